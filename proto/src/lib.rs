@@ -1,0 +1,40 @@
+//! Generated code for sidecar's protobuf contracts.
+//!
+//! Owns: the public gRPC API (`sidecar.v1`: ModelService, TextService,
+//! VisionService, LiteService, AdminService) and the supervisor↔worker
+//! messages (`sidecar.worker.v1`) that travel as `ipc` frame payloads.
+//! Must not: contain logic. The `.proto` files under `proto/sidecar/` are
+//! the source of truth and document every field.
+#![forbid(unsafe_code)]
+#![allow(missing_docs, unreachable_pub, clippy::all)]
+
+// The generated code refers across packages with `super::` paths, so the
+// modules mirror the protobuf package hierarchy.
+#[doc(hidden)]
+pub mod sidecar {
+    pub mod v1 {
+        tonic::include_proto!("sidecar.v1");
+    }
+    pub mod worker {
+        pub mod v1 {
+            tonic::include_proto!("sidecar.worker.v1");
+        }
+    }
+}
+
+/// The public API, package `sidecar.v1`.
+pub use sidecar::v1;
+/// The supervisor↔worker messages, package `sidecar.worker.v1`.
+pub use sidecar::worker::v1 as worker;
+
+/// Encoded `FileDescriptorSet` of every file above, with source comments,
+/// for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sidecar_descriptor.bin"));
+
+/// Version of the supervisor↔worker protocol (`Hello.protocol_version`).
+/// Bump it whenever `sidecar/worker/v1/worker.proto` changes incompatibly.
+pub const WORKER_PROTOCOL_VERSION: u32 = 1;
+
+#[cfg(test)]
+mod contract_tests;
