@@ -1,0 +1,355 @@
+//! Every system call and every `unsafe` block of the crate.
+//!
+//! The rest of the crate is safe code over what this module exposes: a
+//! sealed, mapped memfd region with bounds-checked access, doorbells
+//! (eventfd), the death-watch socketpair, and descriptor inheritance across
+//! `exec` for exactly one child.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, SealFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+use crate::error::{Error, Result};
+
+/// Seals every region carries: its size can never change, so no peer can
+/// make the other side's accesses fault (SIGBUS) by truncating it.
+const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// A shared memory region: an anonymous memfd (no name anywhere in the file
+/// system), sealed against resizing, mapped read-write and shared.
+#[derive(Debug)]
+pub(crate) struct SharedRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain memory shared with another process; every
+// access goes through atomics or bounds-checked copies below, and the
+// protocol decides which side may write which bytes. The pointer is never
+// handed out raw.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above; `&SharedRegion` only allows atomic access and copies
+// whose exclusivity the ring protocol guarantees.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// Creates a zero-filled region of `len` bytes, sealed against resizing.
+    pub(crate) fn create(name: &CStr, len: usize) -> Result<Self> {
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+            .map_err(|e| Error::io("memfd_create", e))?;
+        let size = i64::try_from(len).map_err(|_| Error::Config(format!("region of {len} bytes")))?;
+        nix::unistd::ftruncate(&fd, size).map_err(|e| Error::io("ftruncate", e))?;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS)).map_err(|e| Error::io("seal memfd", e))?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a region received from the creator, after checking that it is a
+    /// sealed memfd; returns it with its size.
+    pub(crate) fn attach(fd: OwnedFd) -> Result<Self> {
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)
+            .map_err(|e| Error::Attach(format!("region is not a sealable memfd: {e}")))?;
+        let seals = SealFlag::from_bits_truncate(seals);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW) {
+            return Err(Error::Attach(format!(
+                "region memfd is not sealed against resizing (seals {seals:?})"
+            )));
+        }
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::io("fstat region", e))?;
+        let len = usize::try_from(stat.st_size)
+            .map_err(|_| Error::Attach(format!("region size {}", stat.st_size)))?;
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<Self> {
+        let nz = NonZeroUsize::new(len).ok_or_else(|| Error::Attach("empty region".into()))?;
+        // SAFETY: a fresh shared mapping of a memfd whose size is sealed at
+        // `len`, so every byte of the mapping stays backed for its lifetime;
+        // the kernel picks the address, so nothing existing is replaced.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|e| Error::io("mmap region", e))?;
+        Ok(SharedRegion {
+            ptr: ptr.cast(),
+            len,
+            fd,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn check(&self, offset: usize, len: usize, align: usize) {
+        let end = offset.checked_add(len);
+        assert!(
+            end.is_some_and(|e| e <= self.len) && offset % align == 0,
+            "region access {offset}+{len} outside the {} byte region (bug: offsets come from the validated layout)",
+            self.len
+        );
+    }
+
+    /// The 64-bit atomic at `offset` (8-aligned).
+    pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        self.check(offset, 8, 8);
+        // SAFETY: in bounds and 8-aligned (checked; the mapping is page
+        // aligned), valid for the region's lifetime, and only ever accessed
+        // atomically by both processes.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The 32-bit atomic at `offset` (4-aligned).
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        self.check(offset, 4, 4);
+        // SAFETY: as `atomic_u64`.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// Copies `src` into the region at `offset`.
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        self.check(offset, src.len(), 1);
+        // SAFETY: in bounds (checked). The ring protocol gives the caller
+        // (the ring's single producer) exclusive use of these bytes: they
+        // are free space the consumer does not read until published.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len());
+        }
+    }
+
+    /// Copies bytes at `offset` out of the region.
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len(), 1);
+        // SAFETY: in bounds (checked); the bytes were published by the
+        // producer, which does not write them again until released.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
+        }
+    }
+
+    /// Bytes at `offset`, read in place.
+    pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        self.check(offset, len, 1);
+        // SAFETY: in bounds (checked). Callers only ask for published,
+        // unreleased frames, which the producer does not touch until the
+        // consumer moves its tail past them (after this borrow ends). A
+        // producer breaking the protocol can change what is read, not where.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
+    }
+
+    /// Lets `fill` write `len` bytes at `offset` in place.
+    pub(crate) fn fill(&self, offset: usize, len: usize, fill: impl FnOnce(&mut [u8])) {
+        self.check(offset, len, 1);
+        // SAFETY: in bounds (checked). Only a ring's single producer calls
+        // this (through `&mut Producer`), on free space that no consumer
+        // reads and no other slice covers until it is published.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), len) };
+        fill(buf);
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; every reference
+        // handed out borrows `self`, so none outlives this.
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A new eventfd (close-on-exec, non-blocking) used as a doorbell.
+pub(crate) fn doorbell() -> Result<OwnedFd> {
+    let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+        0,
+        nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+    )
+    .map_err(|e| Error::io("eventfd", e))?;
+    Ok(efd.into())
+}
+
+/// Rings a doorbell. A full counter (EAGAIN) means it is rung already.
+pub(crate) fn ring(bell: BorrowedFd<'_>) -> Result<()> {
+    match nix::unistd::write(bell, &1u64.to_ne_bytes()) {
+        Ok(_) | Err(Errno::EAGAIN) => Ok(()),
+        Err(e) => Err(Error::io("ring doorbell", e)),
+    }
+}
+
+/// Resets a doorbell; true when it had been rung.
+pub(crate) fn reset(bell: BorrowedFd<'_>) -> Result<bool> {
+    let mut buf = [0u8; 8];
+    match nix::unistd::read(bell, &mut buf) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN) => Ok(false),
+        Err(e) => Err(Error::io("reset doorbell", e)),
+    }
+}
+
+/// The death-watch pair: each side keeps one end; when a process dies its
+/// end closes and the other reads end-of-file at once.
+pub(crate) fn death_watch_pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| Error::io("socketpair", e))
+}
+
+/// Checks the death-watch socket without blocking: true when the peer's
+/// end is closed.
+pub(crate) fn peer_closed(sock: BorrowedFd<'_>) -> Result<bool> {
+    let mut buf = [0u8; 64];
+    loop {
+        match nix::unistd::read(sock, &mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => continue, // nothing is ever sent; drain and ignore
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Ok(true),
+            Err(e) => return Err(Error::io("read death-watch socket", e)),
+        }
+    }
+}
+
+/// What woke a blocking wait.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Woken {
+    pub(crate) bell: bool,
+    pub(crate) peer: bool,
+}
+
+/// Blocks until the doorbell rings, the peer's socket closes, or `timeout`.
+pub(crate) fn wait(bell: BorrowedFd<'_>, sock: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<Woken> {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => {
+            let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut fds = [
+        PollFd::new(bell, PollFlags::POLLIN),
+        PollFd::new(sock, PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => return Err(Error::io("poll", e)),
+    }
+    let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+    Ok(Woken {
+        bell: ready(&fds[0]),
+        peer: ready(&fds[1]),
+    })
+}
+
+/// Duplicates a descriptor (close-on-exec).
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    fd.try_clone_to_owned().map_err(|e| Error::io("dup", e))
+}
+
+/// What `/proc/self/fd/N` points to ("anon_inode:[eventfd]", "socket:[..]",
+/// "/memfd:sidecar-ipc (deleted)").
+pub(crate) fn fd_target(fd: RawFd) -> Result<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| Error::Attach(format!("descriptor {fd} is not open: {e}")))
+}
+
+/// Takes ownership of a descriptor inherited across `exec`, after checking
+/// that it is open and points to `expect` (a substring of its
+/// `/proc/self/fd` link), and marks it close-on-exec so that no process this
+/// one starts inherits it.
+pub(crate) fn adopt_inherited(fd: RawFd, expect: &str) -> Result<OwnedFd> {
+    if fd < 3 {
+        return Err(Error::Attach(format!("descriptor {fd} is a standard stream")));
+    }
+    let target = fd_target(fd)?;
+    if !target.contains(expect) {
+        return Err(Error::Attach(format!(
+            "descriptor {fd} points to {target:?}, expected {expect}"
+        )));
+    }
+    // SAFETY: the descriptor is open (its /proc link exists) and was handed
+    // to this process by its parent for exactly this use. `Ends::from_env`,
+    // the only caller, runs at most once per process (a process-wide flag),
+    // so no other owner of this descriptor exists or will be made.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| Error::io("set cloexec", e))?;
+    Ok(owned)
+}
+
+/// Options for a child process that holds one end of a channel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildSetup {
+    /// Signal the child gets when the spawning thread exits.
+    pub(crate) parent_death_signal: Option<i32>,
+}
+
+/// Spawns `cmd` so that exactly `keep` survive its `exec` (they are
+/// close-on-exec everywhere else, so concurrent spawns of other children do
+/// not leak them).
+pub(crate) fn spawn_keeping(cmd: &mut Command, keep: &[BorrowedFd<'_>], setup: ChildSetup) -> std::io::Result<Child> {
+    let fds: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
+    let parent = std::process::id() as libc::pid_t;
+    let pdeathsig = setup.parent_death_signal;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls (fcntl, prctl, getppid) on
+    // descriptors and values captured by copy; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(sig) = pdeathsig {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("parent exited during spawn"));
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Registers a descriptor this crate owns with the tokio reactor (read
+/// readiness only). Must be called inside a tokio runtime.
+pub(crate) fn async_fd(fd: OwnedFd) -> Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the `OwnedFd` moves into the `AsyncFd`, so the descriptor is
+    // open, refers to the same file description and returns the same number
+    // for as long as the `AsyncFd` lives.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("register with tokio", e.into_parts().1))
+}
