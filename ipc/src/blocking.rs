@@ -284,15 +284,11 @@ impl BlockingChannel {
             return Err(Error::WouldBlock(Blocked::NoCredit));
         }
         let mut tx = lock(&self.tx);
-        let slot = match tx.try_reserve(len).map_err(|e| self.poison(e))? {
-            Some(slot) => slot,
-            None => {
-                tx.want_space();
-                match tx.try_reserve(len).map_err(|e| self.poison(e))? {
-                    Some(slot) => slot,
-                    None => return Err(Error::WouldBlock(Blocked::RingFull)),
-                }
+        let Some(slot) = tx.reserve(len).map_err(|e| self.poison(e))? else {
+            if tx.consumer_wants_wake() {
+                sys::ring(self.peer_bell.as_fd())?;
             }
+            return Err(Error::WouldBlock(Blocked::RingFull));
         };
         let Some(fill) = fill.take() else {
             return Err(Error::Config("frame already sent".into()));

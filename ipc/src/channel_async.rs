@@ -324,10 +324,9 @@ impl Inner {
             }
             {
                 let mut tx = lock(&self.tx);
-                let mut slot = tx.try_reserve(len)?;
-                if slot.is_none() {
-                    tx.want_space();
-                    slot = tx.try_reserve(len)?;
+                let slot = tx.reserve(len)?;
+                if slot.is_none() && tx.consumer_wants_wake() {
+                    sys::ring(self.peer_bell.as_fd())?;
                 }
                 if let Some(slot) = slot {
                     let Some(fill) = fill.take() else {
@@ -356,12 +355,9 @@ impl Inner {
         let mut tx = lock(&self.tx);
         let mut rang = false;
         while let Some((id, kind, payload)) = outbox.front() {
-            let slot = match tx.try_reserve(payload.len())? {
-                Some(slot) => slot,
-                None => {
-                    tx.want_space();
-                    break;
-                }
+            let Some(slot) = tx.reserve(payload.len())? else {
+                rang |= tx.consumer_wants_wake();
+                break;
             };
             tx.commit(slot, *kind, Flags::NONE, *id, payload.len(), |b| b.copy_from_slice(payload));
             outbox.pop_front();

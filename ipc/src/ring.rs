@@ -107,6 +107,17 @@ impl Producer {
         }
     }
 
+    /// Reserves room, or registers for a wake-up when there is none. A
+    /// wrap may have published padding either way, so the caller checks
+    /// `consumer_wants_wake` after this whatever it returns.
+    pub(crate) fn reserve(&mut self, len: usize) -> Result<Option<Slot>> {
+        if let Some(slot) = self.try_reserve(len)? {
+            return Ok(Some(slot));
+        }
+        self.want_space();
+        self.try_reserve(len)
+    }
+
     /// Writes the frame into its slot (`fill` writes the payload in place)
     /// and publishes it.
     pub(crate) fn commit(

@@ -7,7 +7,8 @@
 //!   served round-robin, so one paused request does not stop the others.
 //! - `reverse N`: takes N requests, then answers them newest first, three
 //!   frames each.
-//! - `partial`: writes half of a 1 MiB frame without publishing it, prints
+//! - `partial`: writes half of a frame (1 MiB, or the largest the ring
+//!   takes) without publishing it, prints
 //!   `PARTIAL`, and waits to be killed.
 //! - `grandchild`: prints its own descriptors and those of a child it starts.
 //! - `list-fds`: prints its descriptors.
@@ -142,7 +143,8 @@ fn reverse(chan: &BlockingChannel, n: usize) -> ipc::Result<()> {
 }
 
 fn partial(chan: &BlockingChannel) -> ipc::Result<()> {
-    chan.write_partial_frame_for_test(1 << 20, 1 << 19, 0xAB)?;
+    let len = chan.max_payload().min(1 << 20);
+    chan.write_partial_frame_for_test(len, len / 2, 0xAB)?;
     println!("PARTIAL");
     std::io::stdout().flush().map_err(|e| Error::Config(e.to_string()))?;
     loop {
