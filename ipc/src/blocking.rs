@@ -85,6 +85,7 @@ struct RxState {
 #[derive(Debug, Default)]
 struct WaitState {
     leader: bool,
+    followers: usize,
     generation: u64,
 }
 
@@ -100,17 +101,66 @@ pub struct BlockingChannel {
     credits: Mutex<Credits>,
     wait: Mutex<WaitState>,
     woken: Condvar,
-    my_bell: OwnedFd,
+    /// Blocking eventfd this side sleeps on (one `read` sleeps and resets).
+    my_bell: Arc<OwnedFd>,
     peer_bell: OwnedFd,
-    sock: OwnedFd,
-    peer_gone: AtomicBool,
+    sock: Arc<OwnedFd>,
+    peer_gone: Arc<AtomicBool>,
+    /// Held for its `Drop`, which stops and joins the thread.
+    _watch: DeathWatch,
     corrupt: Mutex<Option<String>>,
+    spin: std::sync::atomic::AtomicU64,
+}
+
+/// A thread blocked on the death-watch socket: when the peer's end closes
+/// it sets `peer_gone` and rings this side's own doorbell, so a sleeper
+/// wakes at once.
+#[derive(Debug)]
+struct DeathWatch {
+    stop: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeathWatch {
+    fn start(sock: Arc<OwnedFd>, bell: Arc<OwnedFd>, gone: Arc<AtomicBool>) -> Result<Self> {
+        let stop = sys::doorbell()?;
+        let stop_here = sys::dup(stop.as_fd())?;
+        let thread = std::thread::Builder::new()
+            .name("ipc-death-watch".into())
+            .spawn(move || {
+                // An error here leaves the channel without death detection
+                // only for sleepers; senders still fail on a closed peer.
+                if let Ok(true) = sys::watch_for_close(sock.as_fd(), stop_here.as_fd()) {
+                    gone.store(true, Ordering::SeqCst);
+                    let _ = sys::ring(bell.as_fd());
+                }
+            })
+            .map_err(|e| Error::io("spawn death-watch thread", e))?;
+        Ok(DeathWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        let _ = sys::ring(self.stop.as_fd());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl BlockingChannel {
     /// Attaches one side of a channel.
     pub fn new(ends: Ends) -> Result<Self> {
         let a = ends.attach()?;
+        sys::set_blocking(a.my_bell.as_fd())?;
+        let my_bell = Arc::new(a.my_bell);
+        let sock = Arc::new(a.sock);
+        let peer_gone = Arc::new(AtomicBool::new(false));
+        let watch = DeathWatch::start(sock.clone(), my_bell.clone(), peer_gone.clone())?;
         Ok(BlockingChannel {
             side: a.side,
             region: a.rx.region_arc(),
@@ -124,17 +174,27 @@ impl BlockingChannel {
             credits: Mutex::new(Credits::new(a.credit_window)),
             wait: Mutex::new(WaitState::default()),
             woken: Condvar::new(),
-            my_bell: a.my_bell,
+            my_bell,
             peer_bell: a.peer_bell,
-            sock: a.sock,
-            peer_gone: AtomicBool::new(false),
+            sock,
+            peer_gone,
+            _watch: watch,
             corrupt: Mutex::new(None),
+            spin: std::sync::atomic::AtomicU64::new(crate::DEFAULT_SPIN.as_nanos() as u64),
         })
     }
 
     /// Attaches the side this process inherited (see [`Ends::from_env`]).
     pub fn from_env() -> Result<Self> {
         Self::new(Ends::from_env()?)
+    }
+
+    /// How long a waiting thread watches the ring before it sleeps on the
+    /// doorbell (default [`crate::DEFAULT_SPIN`]; zero: sleep at once).
+    /// A short watch saves a wake-up when the answer is already coming; it
+    /// is bounded, so an idle channel costs no CPU.
+    pub fn set_spin(&self, spin: Duration) {
+        self.spin.store(spin.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Which side this is.
@@ -191,7 +251,9 @@ impl BlockingChannel {
     /// Sends a frame, waiting for ring space and, for answer frames, for
     /// the request's credit.
     pub fn send(&self, request_id: u64, kind: Kind, flags: Flags, payload: &[u8]) -> Result<()> {
-        self.send_with(request_id, kind, flags, payload.len(), |b| b.copy_from_slice(payload))
+        self.send_with(request_id, kind, flags, payload.len(), |b| {
+            b.copy_from_slice(payload)
+        })
     }
 
     /// Sends a frame of `len` payload bytes that `fill` writes in place.
@@ -216,7 +278,13 @@ impl BlockingChannel {
     /// Sends a frame if that is possible now: otherwise
     /// [`Error::WouldBlock`] says whether the ring is full or the request is
     /// paused for lack of credit.
-    pub fn try_send(&self, request_id: u64, kind: Kind, flags: Flags, payload: &[u8]) -> Result<()> {
+    pub fn try_send(
+        &self,
+        request_id: u64,
+        kind: Kind,
+        flags: Flags,
+        payload: &[u8],
+    ) -> Result<()> {
         let mut fill = Some(|b: &mut [u8]| b.copy_from_slice(payload));
         self.try_send_inner(request_id, kind, flags, payload.len(), &mut fill)
     }
@@ -264,7 +332,9 @@ impl BlockingChannel {
         fill: &mut Option<F>,
     ) -> Result<()> {
         if kind == Kind::Credit {
-            return Err(Error::Config("CREDIT frames are sent by the channel itself".into()));
+            return Err(Error::Config(
+                "CREDIT frames are sent by the channel itself".into(),
+            ));
         }
         self.check_corrupt()?;
         if self.peer_gone.load(Ordering::SeqCst) {
@@ -414,7 +484,7 @@ impl BlockingChannel {
     }
 
     fn check_peer(&self) -> Result<()> {
-        if self.peer_gone.load(Ordering::SeqCst) || sys::peer_closed(self.sock.as_fd())? {
+        if self.peer_gone.load(Ordering::SeqCst) || sys::peer_closed(self.sock.as_ref().as_fd())? {
             self.peer_gone.store(true, Ordering::SeqCst);
             return Err(Error::PeerGone);
         }
@@ -425,10 +495,16 @@ impl BlockingChannel {
     fn kick(&self) {
         let mut st = lock(&self.wait);
         st.generation += 1;
-        self.woken.notify_all();
+        if st.followers > 0 {
+            self.woken.notify_all();
+        }
     }
 
-    fn wait_until<T>(&self, deadline: Option<Instant>, mut attempt: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
         loop {
             let generation = lock(&self.wait).generation;
             if let Some(v) = attempt()? {
@@ -438,7 +514,8 @@ impl BlockingChannel {
         }
     }
 
-    /// Sleeps until something may have changed since `generation`.
+    /// Sleeps until something may have changed since `generation`: the
+    /// leader on the doorbell, the others on the condition variable.
     fn block(&self, generation: u64, deadline: Option<Instant>) -> Result<()> {
         let mut st = lock(&self.wait);
         loop {
@@ -449,33 +526,61 @@ impl BlockingChannel {
             if timeout == Some(Duration::ZERO) {
                 return Err(Error::Timeout);
             }
+            if self.peer_gone.load(Ordering::SeqCst) {
+                // Nothing will ring any more; let the caller see it.
+                return Ok(());
+            }
             if !st.leader {
                 st.leader = true;
                 drop(st);
-                let woken = self.poll_fds(timeout);
+                let slept = if self.spin_for_data() {
+                    Ok(())
+                } else {
+                    sys::sleep_on(self.my_bell.as_fd(), timeout)
+                };
                 let mut st = lock(&self.wait);
                 st.leader = false;
                 st.generation += 1;
-                self.woken.notify_all();
-                return woken;
+                if st.followers > 0 {
+                    self.woken.notify_all();
+                }
+                return slept;
             }
+            st.followers += 1;
             st = self
                 .woken
                 .wait_timeout(st, timeout.unwrap_or(Duration::from_secs(1)))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            st.followers -= 1;
         }
     }
 
-    fn poll_fds(&self, timeout: Option<Duration>) -> Result<()> {
-        let woken = sys::wait(self.my_bell.as_fd(), self.sock.as_fd(), timeout)?;
-        if woken.bell {
-            sys::reset(self.my_bell.as_fd())?;
+    /// Watches the receiving ring for up to the spin time; true when data
+    /// arrived.
+    /// The peer does not ring while this side watches (no system call on
+    /// either side when the answer comes quickly); the wake-up request is
+    /// put back, and the ring checked once more, before sleeping.
+    fn spin_for_data(&self) -> bool {
+        let spin = Duration::from_nanos(self.spin.load(Ordering::Relaxed));
+        let has_data = || lock(&self.rx).consumer.has_data().unwrap_or(true);
+        if !spin.is_zero() {
+            lock(&self.rx).consumer.clear_want_data();
+            let start = Instant::now();
+            loop {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                if has_data() {
+                    return true;
+                }
+                if start.elapsed() >= spin {
+                    break;
+                }
+            }
         }
-        if woken.peer && sys::peer_closed(self.sock.as_fd())? {
-            self.peer_gone.store(true, Ordering::SeqCst);
-        }
-        Ok(())
+        lock(&self.rx).consumer.want_data();
+        has_data()
     }
 
     /// Writes part of a frame of `len` payload bytes (the first `written`

@@ -86,6 +86,7 @@ struct Inner {
     kick: Notify,
     space: Notify,
     failed: Mutex<Option<Error>>,
+    spin_ns: AtomicU64,
     next_id: AtomicU64,
     stats: Mutex<Stats>,
 }
@@ -134,11 +135,21 @@ impl AsyncChannel {
             kick: Notify::new(),
             space: Notify::new(),
             failed: Mutex::new(None),
+            spin_ns: AtomicU64::new(crate::DEFAULT_SPIN.as_nanos() as u64),
             next_id: AtomicU64::new(1),
             stats: Mutex::new(Stats::default()),
         });
         let pump = tokio::spawn(pump(inner.clone()));
         Ok(AsyncChannel { inner, pump })
+    }
+
+    /// How long the pump watches the ring before it sleeps on the doorbell
+    /// (default [`crate::DEFAULT_SPIN`]; zero: sleep at once). It yields to
+    /// other tasks between looks.
+    pub fn set_spin(&self, spin: std::time::Duration) {
+        self.inner
+            .spin_ns
+            .store(spin.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Which side this is.
@@ -181,7 +192,11 @@ impl AsyncChannel {
     }
 
     /// As [`AsyncChannel::request`], with the payload written in place.
-    pub async fn request_with(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<ResponseStream> {
+    pub async fn request_with(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<ResponseStream> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         lock(&self.inner.streams).insert(
@@ -199,7 +214,11 @@ impl AsyncChannel {
             finished: false,
             consumed: 0,
         };
-        match self.inner.send_with(id, Kind::Request, Flags::NONE, len, fill).await {
+        match self
+            .inner
+            .send_with(id, Kind::Request, Flags::NONE, len, fill)
+            .await
+        {
             Ok(()) => Ok(stream),
             Err(e) => {
                 let mut stream = stream;
@@ -210,9 +229,17 @@ impl AsyncChannel {
     }
 
     /// Sends a frame outside any stream (e.g. a CANCEL by id).
-    pub async fn send(&self, request_id: u64, kind: Kind, flags: Flags, payload: &[u8]) -> Result<()> {
+    pub async fn send(
+        &self,
+        request_id: u64,
+        kind: Kind,
+        flags: Flags,
+        payload: &[u8],
+    ) -> Result<()> {
         self.inner
-            .send_with(request_id, kind, flags, payload.len(), |b| b.copy_from_slice(payload))
+            .send_with(request_id, kind, flags, payload.len(), |b| {
+                b.copy_from_slice(payload)
+            })
             .await
     }
 
@@ -261,8 +288,11 @@ impl ResponseStream {
                 } else {
                     self.consumed += 1;
                     if self.consumed >= (self.inner.window / 2).max(1) {
-                        self.inner
-                            .queue_control(self.id, Kind::Credit, flow::encode_credit(self.consumed).to_vec());
+                        self.inner.queue_control(
+                            self.id,
+                            Kind::Credit,
+                            flow::encode_credit(self.consumed).to_vec(),
+                        );
                         self.consumed = 0;
                     }
                 }
@@ -280,7 +310,9 @@ impl ResponseStream {
     /// Sends another frame on this request (more input, a CANCEL).
     pub async fn send(&self, kind: Kind, flags: Flags, payload: &[u8]) -> Result<()> {
         self.inner
-            .send_with(self.id, kind, flags, payload.len(), |b| b.copy_from_slice(payload))
+            .send_with(self.id, kind, flags, payload.len(), |b| {
+                b.copy_from_slice(payload)
+            })
             .await
     }
 
@@ -313,7 +345,9 @@ impl Inner {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<()> {
         if kind == Kind::Credit {
-            return Err(Error::Config("CREDIT frames are sent by the channel itself".into()));
+            return Err(Error::Config(
+                "CREDIT frames are sent by the channel itself".into(),
+            ));
         }
         let mut fill = Some(fill);
         loop {
@@ -359,7 +393,9 @@ impl Inner {
                 rang |= tx.consumer_wants_wake();
                 break;
             };
-            tx.commit(slot, *kind, Flags::NONE, *id, payload.len(), |b| b.copy_from_slice(payload));
+            tx.commit(slot, *kind, Flags::NONE, *id, payload.len(), |b| {
+                b.copy_from_slice(payload)
+            });
             outbox.pop_front();
             lock(&self.stats).frames_out += 1;
             rang |= tx.consumer_wants_wake();
@@ -437,6 +473,30 @@ async fn pump(inner: Arc<Inner>) {
     }
 }
 
+/// Watches the ring for up to the spin time before the pump
+/// sleeps (the peer does not ring meanwhile), yielding between looks so
+/// that the tasks it just woke run first; then asks for a wake-up and
+/// checks once more. True when data arrived.
+async fn spin_for_data(inner: &Inner) -> Result<bool> {
+    let spin = std::time::Duration::from_nanos(inner.spin_ns.load(Ordering::Relaxed));
+    if !spin.is_zero() {
+        lock(&inner.rx).clear_want_data();
+        let start = std::time::Instant::now();
+        loop {
+            if lock(&inner.rx).has_data()? {
+                return Ok(true);
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    let rx = lock(&inner.rx);
+    rx.want_data();
+    rx.has_data()
+}
+
 async fn pump_loop(inner: &Inner) -> Result<()> {
     let mut peer_gone = false;
     loop {
@@ -447,9 +507,7 @@ async fn pump_loop(inner: &Inner) -> Result<()> {
         inner.flush_outbox()?;
         inner.space.notify_waiters();
         {
-            let rx = lock(&inner.rx);
-            rx.want_data();
-            if rx.has_data()? {
+            if spin_for_data(inner).await? {
                 continue;
             }
         }

@@ -142,8 +142,14 @@ impl Ends {
             self.peer_bell.as_fd(),
             self.sock.as_fd(),
         ];
-        let child = sys::spawn_keeping(cmd, &keep, ChildSetup { parent_death_signal })
-            .map_err(|e| Error::io("spawn peer", e))?;
+        let child = sys::spawn_keeping(
+            cmd,
+            &keep,
+            ChildSetup {
+                parent_death_signal,
+            },
+        )
+        .map_err(|e| Error::io("spawn peer", e))?;
         drop(self);
         Ok(child)
     }
@@ -151,8 +157,11 @@ impl Ends {
     /// The ends this process inherited from its parent (`SIDECAR_IPC`).
     /// Callable once per process.
     pub fn from_env() -> Result<Ends> {
-        let value = std::env::var(ENV_VAR)
-            .map_err(|_| Error::Attach(format!("{ENV_VAR} is not set: not started by a channel creator")))?;
+        let value = std::env::var(ENV_VAR).map_err(|_| {
+            Error::Attach(format!(
+                "{ENV_VAR} is not set: not started by a channel creator"
+            ))
+        })?;
         let bad = || Error::Attach(format!("{ENV_VAR}={value:?} is malformed"));
         let (side, fds) = value.split_once(':').ok_or_else(bad)?;
         let side = match side {
@@ -168,7 +177,9 @@ impl Ends {
             return Err(bad());
         };
         if ADOPTED.swap(true, Ordering::SeqCst) {
-            return Err(Error::Attach("the inherited channel was attached already".into()));
+            return Err(Error::Attach(
+                "the inherited channel was attached already".into(),
+            ));
         }
         Ok(Ends {
             side,

@@ -160,12 +160,12 @@ pub fn decode(header: &[u8; HEADER_LEN], published: usize, contiguous: usize) ->
         }
         return Ok(Decoded::Pad { size: contiguous });
     }
-    let kind = Kind::from_u16(kind)
-        .ok_or_else(|| Error::Corrupt(format!("unknown frame kind {kind}")))?;
+    let kind =
+        Kind::from_u16(kind).ok_or_else(|| Error::Corrupt(format!("unknown frame kind {kind}")))?;
     let flags = Flags::from_bits(flags)
         .ok_or_else(|| Error::Corrupt(format!("unknown frame flags {flags:#06x}")))?;
-    let size = frame_size(len)
-        .ok_or_else(|| Error::Corrupt(format!("frame length {len} overflows")))?;
+    let size =
+        frame_size(len).ok_or_else(|| Error::Corrupt(format!("frame length {len} overflows")))?;
     if size > contiguous || size > published {
         return Err(Error::Corrupt(format!(
             "truncated frame: {kind:?} of {len} payload bytes needs {size} bytes, {published} published, {contiguous} before the ring's end"
@@ -215,10 +215,20 @@ mod tests {
     #[test]
     fn unknown_kind_and_flags_are_errors() {
         let h = encode(99, Flags::NONE, 1, 0);
-        assert!(decode(&h, 64, 64).unwrap_err().to_string().contains("kind 99"));
+        assert!(
+            decode(&h, 64, 64)
+                .unwrap_err()
+                .to_string()
+                .contains("kind 99")
+        );
         let mut h = encode(Kind::Request as u16, Flags::NONE, 1, 0);
         h[6] = 0x80;
-        assert!(decode(&h, 64, 64).unwrap_err().to_string().contains("flags"));
+        assert!(
+            decode(&h, 64, 64)
+                .unwrap_err()
+                .to_string()
+                .contains("flags")
+        );
     }
 
     #[test]

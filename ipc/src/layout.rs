@@ -121,7 +121,11 @@ fn round_up(n: usize, to: usize) -> Option<usize> {
 impl Layout {
     /// Layout for rings of (at least) the given capacities.
     pub(crate) fn plan(ring_bytes: [usize; 2], credit_window: u32) -> Result<Layout> {
-        let mut rings = [RingGeometry { ctl: 0, data: 0, capacity: 0 }; 2];
+        let mut rings = [RingGeometry {
+            ctl: 0,
+            data: 0,
+            capacity: 0,
+        }; 2];
         let mut at = DATA_AT;
         for (i, want) in ring_bytes.into_iter().enumerate() {
             let capacity = round_up(want.max(MIN_RING_BYTES), PAGE)
@@ -131,27 +135,63 @@ impl Layout {
                         "ring of {want} bytes: the largest is {MAX_RING_BYTES}"
                     ))
                 })?;
-            rings[i] = RingGeometry { ctl: CTL_AT[i], data: at, capacity };
+            rings[i] = RingGeometry {
+                ctl: CTL_AT[i],
+                data: at,
+                capacity,
+            };
             at += capacity;
         }
         if credit_window == 0 {
             return Err(Error::Config("credit window of 0 frames".into()));
         }
-        Ok(Layout { len: at, rings, credit_window })
+        Ok(Layout {
+            len: at,
+            rings,
+            credit_window,
+        })
     }
 
     /// Writes the header into a fresh (zeroed) region and marks it ready.
     pub(crate) fn initialise(&self, region: &SharedRegion) {
         let mut bytes = [0u8; size_of::<RegionHeader>()];
-        put(&mut bytes, offset_of!(RegionHeader, magic), &MAGIC.to_le_bytes());
-        put(&mut bytes, offset_of!(RegionHeader, version), &VERSION.to_le_bytes());
-        put(&mut bytes, offset_of!(RegionHeader, region_len), &(self.len as u64).to_le_bytes());
-        put(&mut bytes, offset_of!(RegionHeader, credit_window), &self.credit_window.to_le_bytes());
+        put(
+            &mut bytes,
+            offset_of!(RegionHeader, magic),
+            &MAGIC.to_le_bytes(),
+        );
+        put(
+            &mut bytes,
+            offset_of!(RegionHeader, version),
+            &VERSION.to_le_bytes(),
+        );
+        put(
+            &mut bytes,
+            offset_of!(RegionHeader, region_len),
+            &(self.len as u64).to_le_bytes(),
+        );
+        put(
+            &mut bytes,
+            offset_of!(RegionHeader, credit_window),
+            &self.credit_window.to_le_bytes(),
+        );
         for (i, r) in self.rings.iter().enumerate() {
             let at = offset_of!(RegionHeader, rings) + i * size_of::<RingDesc>();
-            put(&mut bytes, at + offset_of!(RingDesc, ctl_offset), &(r.ctl as u64).to_le_bytes());
-            put(&mut bytes, at + offset_of!(RingDesc, data_offset), &(r.data as u64).to_le_bytes());
-            put(&mut bytes, at + offset_of!(RingDesc, capacity), &(r.capacity as u64).to_le_bytes());
+            put(
+                &mut bytes,
+                at + offset_of!(RingDesc, ctl_offset),
+                &(r.ctl as u64).to_le_bytes(),
+            );
+            put(
+                &mut bytes,
+                at + offset_of!(RingDesc, data_offset),
+                &(r.data as u64).to_le_bytes(),
+            );
+            put(
+                &mut bytes,
+                at + offset_of!(RingDesc, capacity),
+                &(r.capacity as u64).to_le_bytes(),
+            );
         }
         region.write(HEADER_AT, &bytes);
         region
@@ -163,7 +203,9 @@ impl Layout {
     pub(crate) fn validate(region: &SharedRegion) -> Result<Layout> {
         let len = region.len();
         if len < DATA_AT + 2 * MIN_RING_BYTES {
-            return Err(Error::Corrupt(format!("region of {len} bytes is too small")));
+            return Err(Error::Corrupt(format!(
+                "region of {len} bytes is too small"
+            )));
         }
         let state = region
             .atomic_u32(HEADER_AT + offset_of!(RegionHeader, state))
@@ -181,7 +223,9 @@ impl Layout {
             )));
         }
         if state != STATE_READY {
-            return Err(Error::Corrupt(format!("region not initialised (state {state:#x})")));
+            return Err(Error::Corrupt(format!(
+                "region not initialised (state {state:#x})"
+            )));
         }
         let region_len = get_u64(&h, offset_of!(RegionHeader, region_len));
         if region_len != len as u64 {
@@ -190,7 +234,11 @@ impl Layout {
             )));
         }
         let credit_window = get_u32(&h, offset_of!(RegionHeader, credit_window));
-        let mut rings = [RingGeometry { ctl: 0, data: 0, capacity: 0 }; 2];
+        let mut rings = [RingGeometry {
+            ctl: 0,
+            data: 0,
+            capacity: 0,
+        }; 2];
         for (i, ring) in rings.iter_mut().enumerate() {
             let at = offset_of!(RegionHeader, rings) + i * size_of::<RingDesc>();
             let ctl = get_u64(&h, at + offset_of!(RingDesc, ctl_offset));
@@ -206,10 +254,12 @@ impl Layout {
             }
             let ok = capacity >= MIN_RING_BYTES as u64
                 && capacity <= MAX_RING_BYTES as u64
-                && capacity % PAGE as u64 == 0
-                && data % PAGE as u64 == 0
+                && capacity.is_multiple_of(PAGE as u64)
+                && data.is_multiple_of(PAGE as u64)
                 && data >= DATA_AT as u64
-                && data.checked_add(capacity).is_some_and(|end| end <= len as u64);
+                && data
+                    .checked_add(capacity)
+                    .is_some_and(|end| end <= len as u64);
             if !ok {
                 return Err(Error::Corrupt(format!(
                     "ring {i}: {capacity} bytes at {data} in a {len} byte region"
@@ -224,7 +274,11 @@ impl Layout {
             return Err(Error::Corrupt("credit window of 0 frames".into()));
         }
         debug_assert_eq!(ALIGN, 8);
-        Ok(Layout { len, rings, credit_window })
+        Ok(Layout {
+            len,
+            rings,
+            credit_window,
+        })
     }
 }
 

@@ -42,3 +42,8 @@ pub use ends::{ChannelConfig, ENV_VAR, Ends, Side, create};
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
+
+/// How long a side waiting for a frame watches the ring before it sleeps on
+/// its doorbell. Bounded, so an idle channel costs no CPU; see
+/// `ipc/README.md` for what it buys on a round trip.
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(20);

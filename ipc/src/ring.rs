@@ -46,7 +46,10 @@ impl Producer {
 
     /// Bytes free now, after checking the consumer's tail.
     fn free(&self) -> Result<u64> {
-        let tail = self.region.atomic_u64(self.geo.tail()).load(Ordering::Acquire);
+        let tail = self
+            .region
+            .atomic_u64(self.geo.tail())
+            .load(Ordering::Acquire);
         let used = self.head.wrapping_sub(tail);
         if used > self.cap() {
             return Err(Error::Corrupt(format!(
@@ -207,7 +210,10 @@ impl Consumer {
 
     /// Bytes published beyond the cursor, after checking the producer's head.
     fn published(&self) -> Result<u64> {
-        let head = self.region.atomic_u64(self.geo.head()).load(Ordering::Acquire);
+        let head = self
+            .region
+            .atomic_u64(self.geo.head())
+            .load(Ordering::Acquire);
         let ahead = head.wrapping_sub(self.cursor);
         let unreleased = head.wrapping_sub(self.released);
         if ahead > self.cap() || unreleased > self.cap() {
@@ -289,6 +295,13 @@ impl Consumer {
         fence(Ordering::SeqCst);
         let w = self.region.atomic_u32(self.geo.producer_waiting());
         w.load(Ordering::SeqCst) != 0 && w.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// Withdraws `want_data` while this side watches the ring itself.
+    pub(crate) fn clear_want_data(&self) {
+        self.region
+            .atomic_u32(self.geo.consumer_waiting())
+            .store(0, Ordering::SeqCst);
     }
 
     /// Asks the producer to ring when it publishes; the caller re-checks

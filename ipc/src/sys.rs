@@ -53,7 +53,8 @@ impl SharedRegion {
     pub(crate) fn create(name: &CStr, len: usize) -> Result<Self> {
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
             .map_err(|e| Error::io("memfd_create", e))?;
-        let size = i64::try_from(len).map_err(|_| Error::Config(format!("region of {len} bytes")))?;
+        let size =
+            i64::try_from(len).map_err(|_| Error::Config(format!("region of {len} bytes")))?;
         nix::unistd::ftruncate(&fd, size).map_err(|e| Error::io("ftruncate", e))?;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS)).map_err(|e| Error::io("seal memfd", e))?;
         Self::map(fd, len)
@@ -107,10 +108,16 @@ impl SharedRegion {
         self.fd.as_fd()
     }
 
+    /// Address of `offset`, after checking the access is in bounds.
+    fn at(&self, offset: usize, len: usize, align: usize) -> *mut u8 {
+        self.check(offset, len, align);
+        self.ptr.as_ptr().wrapping_add(offset)
+    }
+
     fn check(&self, offset: usize, len: usize, align: usize) {
         let end = offset.checked_add(len);
         assert!(
-            end.is_some_and(|e| e <= self.len) && offset % align == 0,
+            end.is_some_and(|e| e <= self.len) && offset.is_multiple_of(align),
             "region access {offset}+{len} outside the {} byte region (bug: offsets come from the validated layout)",
             self.len
         );
@@ -118,58 +125,58 @@ impl SharedRegion {
 
     /// The 64-bit atomic at `offset` (8-aligned).
     pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        self.check(offset, 8, 8);
+        let p = self.at(offset, 8, 8).cast::<AtomicU64>();
         // SAFETY: in bounds and 8-aligned (checked; the mapping is page
         // aligned), valid for the region's lifetime, and only ever accessed
         // atomically by both processes.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+        unsafe { &*p }
     }
 
     /// The 32-bit atomic at `offset` (4-aligned).
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        self.check(offset, 4, 4);
+        let p = self.at(offset, 4, 4).cast::<AtomicU32>();
         // SAFETY: as `atomic_u64`.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+        unsafe { &*p }
     }
 
     /// Copies `src` into the region at `offset`.
     pub(crate) fn write(&self, offset: usize, src: &[u8]) {
-        self.check(offset, src.len(), 1);
+        let p = self.at(offset, src.len(), 1);
         // SAFETY: in bounds (checked). The ring protocol gives the caller
         // (the ring's single producer) exclusive use of these bytes: they
         // are free space the consumer does not read until published.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len());
+            std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len());
         }
     }
 
     /// Copies bytes at `offset` out of the region.
     pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
-        self.check(offset, dst.len(), 1);
+        let p = self.at(offset, dst.len(), 1);
         // SAFETY: in bounds (checked); the bytes were published by the
         // producer, which does not write them again until released.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
+            std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len());
         }
     }
 
     /// Bytes at `offset`, read in place.
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        self.check(offset, len, 1);
+        let p = self.at(offset, len, 1);
         // SAFETY: in bounds (checked). Callers only ask for published,
         // unreleased frames, which the producer does not touch until the
         // consumer moves its tail past them (after this borrow ends). A
         // producer breaking the protocol can change what is read, not where.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
+        unsafe { std::slice::from_raw_parts(p, len) }
     }
 
     /// Lets `fill` write `len` bytes at `offset` in place.
     pub(crate) fn fill(&self, offset: usize, len: usize, fill: impl FnOnce(&mut [u8])) {
-        self.check(offset, len, 1);
+        let p = self.at(offset, len, 1);
         // SAFETY: in bounds (checked). Only a ring's single producer calls
         // this (through `&mut Producer`), on free space that no consumer
         // reads and no other slice covers until it is published.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), len) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(p, len) };
         fill(buf);
     }
 }
@@ -238,37 +245,6 @@ pub(crate) fn peer_closed(sock: BorrowedFd<'_>) -> Result<bool> {
     }
 }
 
-/// What woke a blocking wait.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Woken {
-    pub(crate) bell: bool,
-    pub(crate) peer: bool,
-}
-
-/// Blocks until the doorbell rings, the peer's socket closes, or `timeout`.
-pub(crate) fn wait(bell: BorrowedFd<'_>, sock: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<Woken> {
-    let timeout = match timeout {
-        None => PollTimeout::NONE,
-        Some(t) => {
-            let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-        }
-    };
-    let mut fds = [
-        PollFd::new(bell, PollFlags::POLLIN),
-        PollFd::new(sock, PollFlags::POLLIN),
-    ];
-    match poll(&mut fds, timeout) {
-        Ok(_) | Err(Errno::EINTR) => {}
-        Err(e) => return Err(Error::io("poll", e)),
-    }
-    let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-    Ok(Woken {
-        bell: ready(&fds[0]),
-        peer: ready(&fds[1]),
-    })
-}
-
 /// Duplicates a descriptor (close-on-exec).
 pub(crate) fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     fd.try_clone_to_owned().map_err(|e| Error::io("dup", e))
@@ -288,7 +264,9 @@ pub(crate) fn fd_target(fd: RawFd) -> Result<String> {
 /// one starts inherits it.
 pub(crate) fn adopt_inherited(fd: RawFd, expect: &str) -> Result<OwnedFd> {
     if fd < 3 {
-        return Err(Error::Attach(format!("descriptor {fd} is a standard stream")));
+        return Err(Error::Attach(format!(
+            "descriptor {fd} is a standard stream"
+        )));
     }
     let target = fd_target(fd)?;
     if !target.contains(expect) {
@@ -301,7 +279,8 @@ pub(crate) fn adopt_inherited(fd: RawFd, expect: &str) -> Result<OwnedFd> {
     // the only caller, runs at most once per process (a process-wide flag),
     // so no other owner of this descriptor exists or will be made.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| Error::io("set cloexec", e))?;
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| Error::io("set cloexec", e))?;
     Ok(owned)
 }
 
@@ -315,33 +294,46 @@ pub(crate) struct ChildSetup {
 /// Spawns `cmd` so that exactly `keep` survive its `exec` (they are
 /// close-on-exec everywhere else, so concurrent spawns of other children do
 /// not leak them).
-pub(crate) fn spawn_keeping(cmd: &mut Command, keep: &[BorrowedFd<'_>], setup: ChildSetup) -> std::io::Result<Child> {
+pub(crate) fn spawn_keeping(
+    cmd: &mut Command,
+    keep: &[BorrowedFd<'_>],
+    setup: ChildSetup,
+) -> std::io::Result<Child> {
     let fds: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
     let parent = std::process::id() as libc::pid_t;
     let pdeathsig = setup.parent_death_signal;
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (fcntl, prctl, getppid) on
-    // descriptors and values captured by copy; it allocates nothing.
+    let setup = move || child_setup(&fds, pdeathsig, parent);
+    // SAFETY: `child_setup` runs in the forked child before exec and only
+    // makes async-signal-safe system calls (fcntl, prctl, getppid) on values
+    // captured by copy; it allocates nothing.
     unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if let Some(sig) = pdeathsig {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other("parent exited during spawn"));
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(setup);
     }
     cmd.spawn()
+}
+
+/// In the child between fork and exec: keep `fds` across exec, and ask for
+/// `pdeathsig` when the parent thread exits.
+fn child_setup(fds: &[RawFd], pdeathsig: Option<i32>, parent: libc::pid_t) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fcntl on a descriptor number; an invalid one gives EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if let Some(sig) = pdeathsig {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: getppid has no preconditions.
+        let ppid = unsafe { libc::getppid() };
+        // The parent may have died before prctl took effect.
+        if ppid != parent {
+            return Err(std::io::Error::other("parent exited during spawn"));
+        }
+    }
+    Ok(())
 }
 
 /// Registers a descriptor this crate owns with the tokio reactor (read
@@ -352,4 +344,53 @@ pub(crate) fn async_fd(fd: OwnedFd) -> Result<tokio::io::unix::AsyncFd<OwnedFd>>
     // for as long as the `AsyncFd` lives.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::io("register with tokio", e.into_parts().1))
+}
+
+/// Makes reads on `fd` block (clears `O_NONBLOCK` on its file description).
+pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| Error::io("F_GETFL", e))?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| Error::io("F_SETFL", e))?;
+    Ok(())
+}
+
+/// Sleeps on a blocking doorbell until it rings (one `read`, which also
+/// resets it), or until `timeout`.
+pub(crate) fn sleep_on(bell: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<()> {
+    if let Some(t) = timeout {
+        let ms = t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(bell, PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(Error::io("poll doorbell", e)),
+        }
+    }
+    let mut buf = [0u8; 8];
+    match nix::unistd::read(bell, &mut buf) {
+        Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => Ok(()),
+        Err(e) => Err(Error::io("wait doorbell", e)),
+    }
+}
+
+/// Blocks until the peer's end of the death-watch socket closes (true) or
+/// `stop` rings (false).
+pub(crate) fn watch_for_close(sock: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> Result<bool> {
+    loop {
+        let mut fds = [
+            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("poll death-watch socket", e)),
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return Ok(false);
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) && peer_closed(sock)? {
+            return Ok(true);
+        }
+    }
 }

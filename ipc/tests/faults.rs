@@ -60,7 +60,10 @@ async fn a_sender_blocked_on_a_full_ring_gets_peer_gone() {
     };
     tokio::task::block_in_place(|| peer.line());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!sender.is_finished(), "sender should be blocked on the full ring");
+    assert!(
+        !sender.is_finished(),
+        "sender should be blocked on the full ring"
+    );
     peer.kill9();
     let (sent, err) = timeout(SOON, sender).await.expect("no hang").unwrap();
     assert!(matches!(err, Error::PeerGone), "{err}");
@@ -90,7 +93,9 @@ fn frames_written_before_death_are_still_delivered() {
     let (a, b) = ipc::create(ChannelConfig::default()).unwrap();
     let chan_b = BlockingChannel::new(b).unwrap();
     let chan_a = BlockingChannel::new(a).unwrap();
-    chan_a.send(5, Kind::Request, Flags::END, b"last words").unwrap();
+    chan_a
+        .send(5, Kind::Request, Flags::END, b"last words")
+        .unwrap();
     drop(chan_a); // closes side A's socket: the same as its process exiting
     let r = chan_b.recv_timeout(SOON).unwrap();
     assert_eq!((r.request_id(), r.payload()), (5, &b"last words"[..]));

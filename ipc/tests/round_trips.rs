@@ -29,13 +29,31 @@ async fn payloads_from_0_bytes_to_64_mib_round_trip() {
     let chan = AsyncChannel::new(a).unwrap();
 
     let hello = timeout(SOON, chan.recv_control()).await.unwrap().unwrap();
-    assert_eq!((hello.kind, &hello.payload[..]), (Kind::Hello, &b"hello"[..]));
+    assert_eq!(
+        (hello.kind, &hello.payload[..]),
+        (Kind::Hello, &b"hello"[..])
+    );
 
-    let sizes = [0, 1, 7, 8, 9, 4095, 4096, 65_537, 1 << 20, 8 << 20, 64 << 20];
+    let sizes = [
+        0,
+        1,
+        7,
+        8,
+        9,
+        4095,
+        4096,
+        65_537,
+        1 << 20,
+        8 << 20,
+        64 << 20,
+    ];
     for (i, size) in sizes.into_iter().enumerate() {
         let payload = pattern(size, i as u8);
         let back = echo_once(&chan, &payload).await;
-        assert!(back == payload, "payload of {size} bytes came back different");
+        assert!(
+            back == payload,
+            "payload of {size} bytes came back different"
+        );
     }
 }
 
@@ -48,7 +66,10 @@ async fn payload_larger_than_the_ring_is_refused_naming_both_sizes() {
     let err = chan.request(&vec![0; max + 1]).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&(max + 1).to_string()) && msg.contains(&max.to_string()), "{msg}");
+    assert!(
+        msg.contains(&(max + 1).to_string()) && msg.contains(&max.to_string()),
+        "{msg}"
+    );
     // The channel is still fine.
     assert_eq!(echo_once(&chan, &pattern(max, 3)).await, pattern(max, 3));
 }
@@ -64,7 +85,11 @@ async fn thousands_of_frames_wrap_a_small_ring_from_concurrent_callers() {
         tasks.push(tokio::spawn(async move {
             for i in 0..500usize {
                 let payload = pattern((i * 53 + usize::from(t) * 7) % 3000, t ^ i as u8);
-                assert_eq!(echo_once(&chan, &payload).await, payload, "task {t} frame {i}");
+                assert_eq!(
+                    echo_once(&chan, &payload).await,
+                    payload,
+                    "task {t} frame {i}"
+                );
             }
         }));
     }
@@ -75,7 +100,10 @@ async fn thousands_of_frames_wrap_a_small_ring_from_concurrent_callers() {
             .expect("task ok");
     }
     let stats = chan.stats();
-    assert!(stats.frames_in >= 4000 && stats.frames_out >= 4000, "{stats:?}");
+    assert!(
+        stats.frames_in >= 4000 && stats.frames_out >= 4000,
+        "{stats:?}"
+    );
     assert_eq!(stats.unrouted, 0);
 }
 
@@ -93,7 +121,11 @@ async fn many_requests_in_flight_are_answered_out_of_order() {
     // The peer answers the newest first; read the oldest first.
     for (mut stream, payload) in streams {
         for part in 0u8..3 {
-            let frame = timeout(SOON, stream.next()).await.unwrap().unwrap().unwrap();
+            let frame = timeout(SOON, stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             let mut want = payload.clone();
             want.push(part);
             assert_eq!(frame.payload, want);
@@ -121,7 +153,11 @@ async fn a_slow_reader_pauses_only_its_own_request() {
     let mut fast = chan.request(&job(COUNT, 1000)).await.unwrap();
     // Read the fast request to its end while nobody reads the slow one.
     for i in 0..COUNT {
-        let f = timeout(SOON, fast.next()).await.expect("fast request not stalled").unwrap().unwrap();
+        let f = timeout(SOON, fast.next())
+            .await
+            .expect("fast request not stalled")
+            .unwrap()
+            .unwrap();
         assert_eq!(u32::from_le_bytes(f.payload[..4].try_into().unwrap()), i);
         assert_eq!(f.flags.is_end(), i == COUNT - 1);
         assert!(
@@ -131,7 +167,11 @@ async fn a_slow_reader_pauses_only_its_own_request() {
         );
     }
     assert!(fast.next().await.is_none());
-    assert_eq!(chan.buffered(slow.id()), WINDOW as usize, "slow request paused at its window");
+    assert_eq!(
+        chan.buffered(slow.id()),
+        WINDOW as usize,
+        "slow request paused at its window"
+    );
     // Now the slow reader catches up and gets everything, in order.
     for i in 0..COUNT {
         let f = timeout(SOON, slow.next()).await.unwrap().unwrap().unwrap();
@@ -151,7 +191,11 @@ async fn dropping_a_stream_cancels_it_and_frees_its_credit() {
     let chan = AsyncChannel::new(a).unwrap();
     let job = |count: u32| [count.to_le_bytes(), 16u32.to_le_bytes()].concat();
     let mut abandoned = chan.request(&job(1000)).await.unwrap();
-    let first = timeout(SOON, abandoned.next()).await.unwrap().unwrap().unwrap();
+    let first = timeout(SOON, abandoned.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(first.kind, Kind::Response);
     drop(abandoned);
     // The cancel lifts the window: the peer finishes the dropped request

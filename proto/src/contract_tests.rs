@@ -23,9 +23,7 @@ fn descriptor_set() -> FileDescriptorSet {
 }
 
 fn our_files(set: &FileDescriptorSet) -> impl Iterator<Item = &prost_types::FileDescriptorProto> {
-    set.file
-        .iter()
-        .filter(|f| f.name().starts_with("sidecar/"))
+    set.file.iter().filter(|f| f.name().starts_with("sidecar/"))
 }
 
 struct Undocumented<'a> {

@@ -38,6 +38,9 @@ fn main() -> ExitCode {
         "socket-bench" => socket_bench(),
         _ => match BlockingChannel::from_env() {
             Ok(chan) => match mode {
+                _ if set_spin_from_env(&chan).is_err() => {
+                    Err(Error::Config("IPC_PEER_SPIN_US".into()))
+                }
                 "echo" => echo(&chan),
                 "stream" => stream(&chan),
                 "reverse" => reverse(&chan, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
@@ -57,6 +60,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `IPC_PEER_SPIN_US` overrides the channel's spin time.
+fn set_spin_from_env(chan: &BlockingChannel) -> Result<(), std::num::ParseIntError> {
+    if let Ok(us) = std::env::var("IPC_PEER_SPIN_US") {
+        chan.set_spin(Duration::from_micros(us.parse()?));
+    }
+    Ok(())
+}
+
 fn echo(chan: &BlockingChannel) -> ipc::Result<()> {
     chan.send(0, Kind::Hello, Flags::NONE, b"hello")?;
     loop {
@@ -65,7 +76,9 @@ fn echo(chan: &BlockingChannel) -> ipc::Result<()> {
             continue;
         }
         let (id, len) = (req.request_id(), req.payload().len());
-        chan.send_with(id, Kind::Response, Flags::END, len, |b| b.copy_from_slice(req.payload()))?;
+        chan.send_with(id, Kind::Response, Flags::END, len, |b| {
+            b.copy_from_slice(req.payload())
+        })?;
     }
 }
 
@@ -95,7 +108,9 @@ fn stream(chan: &BlockingChannel) -> ipc::Result<()> {
         }
         let mut progressed = false;
         for _ in 0..jobs.len() {
-            let Some(mut job) = jobs.pop_front() else { break };
+            let Some(mut job) = jobs.pop_front() else {
+                break;
+            };
             let end = job.left == 1;
             let flags = if end { Flags::END } else { Flags::NONE };
             let mut payload = vec![(job.sent % 251) as u8; job.size];
@@ -111,7 +126,9 @@ fn stream(chan: &BlockingChannel) -> ipc::Result<()> {
                         jobs.push_back(job);
                     }
                 }
-                Err(Error::WouldBlock(Blocked::NoCredit | Blocked::RingFull)) => jobs.push_back(job),
+                Err(Error::WouldBlock(Blocked::NoCredit | Blocked::RingFull)) => {
+                    jobs.push_back(job)
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -146,7 +163,9 @@ fn partial(chan: &BlockingChannel) -> ipc::Result<()> {
     let len = chan.max_payload().min(1 << 20);
     chan.write_partial_frame_for_test(len, len / 2, 0xAB)?;
     println!("PARTIAL");
-    std::io::stdout().flush().map_err(|e| Error::Config(e.to_string()))?;
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::Config(e.to_string()))?;
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
@@ -157,7 +176,11 @@ fn fd_targets() -> String {
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for entry in dir.flatten() {
             if let Ok(target) = std::fs::read_link(entry.path()) {
-                out.push(format!("{}={}", entry.file_name().to_string_lossy(), target.display()));
+                out.push(format!(
+                    "{}={}",
+                    entry.file_name().to_string_lossy(),
+                    target.display()
+                ));
             }
         }
     }
@@ -187,11 +210,15 @@ const OP_REPLY_N: u8 = 2;
 /// A cheap pass over every byte, so that both transports make the receiver
 /// touch the data it got.
 fn checksum(data: &[u8]) -> u64 {
-    data.chunks(8).fold(0u64, |acc, c| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        acc ^ u64::from_le_bytes(w)
-    })
+    let words = data.chunks_exact(8);
+    let tail = words.remainder();
+    let mut acc = words.fold(0u64, |acc, w| {
+        acc ^ u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+    });
+    for (i, b) in tail.iter().enumerate() {
+        acc ^= u64::from(*b) << (8 * i);
+    }
+    acc
 }
 
 fn bench(chan: &BlockingChannel) -> ipc::Result<()> {
@@ -215,7 +242,9 @@ fn bench(chan: &BlockingChannel) -> ipc::Result<()> {
             }
             _ => {
                 let len = p.len();
-                chan.send_with(id, Kind::Response, Flags::END, len, |b| b.copy_from_slice(p))?;
+                chan.send_with(id, Kind::Response, Flags::END, len, |b| {
+                    b.copy_from_slice(p)
+                })?;
             }
         }
     }
@@ -227,6 +256,7 @@ fn socket_bench() -> ipc::Result<()> {
     let mut sock = UnixStream::from(fd);
     sock.set_nonblocking(false).map_err(io)?;
     let mut buf = Vec::new();
+    let mut reply = Vec::new();
     loop {
         let mut head = [0u8; 9];
         if sock.read_exact(&mut head).is_err() {
@@ -243,7 +273,7 @@ fn socket_bench() -> ipc::Result<()> {
             }
             OP_REPLY_N => {
                 let n = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) as usize;
-                let reply = vec![0x5Au8; n];
+                reply.resize(n, 0x5A);
                 sock.write_all(&(n as u64).to_le_bytes()).map_err(io)?;
                 sock.write_all(&reply).map_err(io)?;
             }

@@ -9,15 +9,17 @@ use std::time::Duration;
 use ipc::Ends;
 
 /// A peer process that is killed when the test lets go of it.
-pub struct Peer {
-    pub child: Child,
-    pub stdout: Option<BufReader<ChildStdout>>,
+pub(crate) struct Peer {
+    pub(crate) child: Child,
+    pub(crate) stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl Peer {
-    pub fn spawn(ends: Ends, args: &[&str]) -> Peer {
+    pub(crate) fn spawn(ends: Ends, args: &[&str]) -> Peer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ipc-peer"));
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = ends
             .spawn(&mut cmd, Some(libc::SIGKILL))
             .expect("spawn ipc-peer");
@@ -26,7 +28,7 @@ impl Peer {
     }
 
     /// Next line the peer prints (blocking).
-    pub fn line(&mut self) -> String {
+    pub(crate) fn line(&mut self) -> String {
         let mut line = String::new();
         self.stdout
             .as_mut()
@@ -36,7 +38,7 @@ impl Peer {
         line.trim_end().to_owned()
     }
 
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL peer");
         self.child.wait().expect("reap peer");
     }
@@ -50,10 +52,10 @@ impl Drop for Peer {
 }
 
 /// Upper bound for anything that should happen "at once".
-pub const SOON: Duration = Duration::from_secs(10);
+pub(crate) const SOON: Duration = Duration::from_secs(10);
 
 /// Deterministic bytes for a payload of `len` bytes.
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     let mut v = vec![0u8; len];
     let mut x = u32::from(seed) | 1;
     for chunk in v.chunks_mut(4) {
