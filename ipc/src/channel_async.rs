@@ -89,6 +89,7 @@ struct Inner {
     spin_ns: AtomicU64,
     next_id: AtomicU64,
     stats: Mutex<Stats>,
+    pool: Arc<crate::pool::Pool>,
 }
 
 /// One side of a channel with an async API (normally side A, the
@@ -138,6 +139,7 @@ impl AsyncChannel {
             spin_ns: AtomicU64::new(crate::DEFAULT_SPIN.as_nanos() as u64),
             next_id: AtomicU64::new(1),
             stats: Mutex::new(Stats::default()),
+            pool: Arc::default(),
         });
         let pump = tokio::spawn(pump(inner.clone()));
         Ok(AsyncChannel { inner, pump })
@@ -424,7 +426,9 @@ impl Inner {
             request_id: meta.request_id,
             kind: meta.kind,
             flags: meta.flags,
-            payload: Bytes::copy_from_slice(self.region.bytes(found.payload_at, meta.len)),
+            payload: self
+                .pool
+                .copy(self.region.bytes(found.payload_at, meta.len)),
         };
         let mut stats = lock(&self.stats);
         stats.frames_in += 1;

@@ -33,6 +33,7 @@ mod error;
 mod flow;
 mod frame;
 mod layout;
+mod pool;
 mod ring;
 mod sys;
 

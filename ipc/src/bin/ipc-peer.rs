@@ -273,7 +273,10 @@ fn socket_bench() -> ipc::Result<()> {
             }
             OP_REPLY_N => {
                 let n = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) as usize;
-                reply.resize(n, 0x5A);
+                // Produce the answer afresh each time, as the channel peer
+                // does (in place in the ring).
+                reply.resize(n, 0);
+                reply.fill(0x5A);
                 sock.write_all(&(n as u64).to_le_bytes()).map_err(io)?;
                 sock.write_all(&reply).map_err(io)?;
             }
