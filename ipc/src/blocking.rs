@@ -331,11 +331,7 @@ impl BlockingChannel {
         len: usize,
         fill: &mut Option<F>,
     ) -> Result<()> {
-        if kind == Kind::Credit {
-            return Err(Error::Config(
-                "CREDIT frames are sent by the channel itself".into(),
-            ));
-        }
+        flow::check_sendable(kind)?;
         self.check_corrupt()?;
         if self.peer_gone.load(Ordering::SeqCst) {
             return Err(Error::PeerGone);
@@ -353,21 +349,16 @@ impl BlockingChannel {
         if !credits.may_send(id, kind) {
             return Err(Error::WouldBlock(Blocked::NoCredit));
         }
-        let mut tx = lock(&self.tx);
-        let Some(slot) = tx.reserve(len).map_err(|e| self.poison(e))? else {
-            if tx.consumer_wants_wake() {
-                sys::ring(self.peer_bell.as_fd())?;
-            }
-            return Err(Error::WouldBlock(Blocked::RingFull));
-        };
-        let Some(fill) = fill.take() else {
-            return Err(Error::Config("frame already sent".into()));
-        };
-        tx.commit(slot, kind, flags, id, len, fill);
-        credits.on_sent(id, kind, flags.is_end());
-        if tx.consumer_wants_wake() {
+        let offer = lock(&self.tx)
+            .offer(kind, flags, id, len, fill)
+            .map_err(|e| self.poison(e))?;
+        if offer.wake {
             sys::ring(self.peer_bell.as_fd())?;
         }
+        if !offer.sent {
+            return Err(Error::WouldBlock(Blocked::RingFull));
+        }
+        credits.on_sent(id, kind, flags.is_end());
         Ok(())
     }
 

@@ -346,11 +346,7 @@ impl Inner {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<()> {
-        if kind == Kind::Credit {
-            return Err(Error::Config(
-                "CREDIT frames are sent by the channel itself".into(),
-            ));
-        }
+        flow::check_sendable(kind)?;
         let mut fill = Some(fill);
         loop {
             let mut notified = pin!(self.space.notified());
@@ -358,23 +354,13 @@ impl Inner {
             if let Some(e) = lock(&self.failed).as_ref() {
                 return Err(e.duplicate());
             }
-            {
-                let mut tx = lock(&self.tx);
-                let slot = tx.reserve(len)?;
-                if slot.is_none() && tx.consumer_wants_wake() {
-                    sys::ring(self.peer_bell.as_fd())?;
-                }
-                if let Some(slot) = slot {
-                    let Some(fill) = fill.take() else {
-                        return Err(Error::Config("frame already sent".into()));
-                    };
-                    tx.commit(slot, kind, flags, id, len, fill);
-                    lock(&self.stats).frames_out += 1;
-                    if tx.consumer_wants_wake() {
-                        sys::ring(self.peer_bell.as_fd())?;
-                    }
-                    return Ok(());
-                }
+            let offer = lock(&self.tx).offer(kind, flags, id, len, &mut fill)?;
+            if offer.wake {
+                sys::ring(self.peer_bell.as_fd())?;
+            }
+            if offer.sent {
+                lock(&self.stats).frames_out += 1;
+                return Ok(());
             }
             notified.await;
         }
@@ -391,16 +377,14 @@ impl Inner {
         let mut tx = lock(&self.tx);
         let mut rang = false;
         while let Some((id, kind, payload)) = outbox.front() {
-            let Some(slot) = tx.reserve(payload.len())? else {
-                rang |= tx.consumer_wants_wake();
+            let mut fill = Some(|b: &mut [u8]| b.copy_from_slice(payload));
+            let offer = tx.offer(*kind, Flags::NONE, *id, payload.len(), &mut fill)?;
+            rang |= offer.wake;
+            if !offer.sent {
                 break;
-            };
-            tx.commit(slot, *kind, Flags::NONE, *id, payload.len(), |b| {
-                b.copy_from_slice(payload)
-            });
+            }
             outbox.pop_front();
             lock(&self.stats).frames_out += 1;
-            rang |= tx.consumer_wants_wake();
         }
         if rang {
             sys::ring(self.peer_bell.as_fd())?;

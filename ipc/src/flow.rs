@@ -23,6 +23,16 @@ pub(crate) fn counts(kind: Kind) -> bool {
     matches!(kind, Kind::Response | Kind::Error)
 }
 
+/// Refuses the kinds only the channel itself sends.
+pub(crate) fn check_sendable(kind: Kind) -> Result<()> {
+    if kind == Kind::Credit {
+        return Err(Error::Config(
+            "CREDIT frames are sent by the channel itself".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn encode_credit(n: u32) -> [u8; CREDIT_LEN] {
     n.to_le_bytes()
 }

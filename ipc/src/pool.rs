@@ -64,10 +64,12 @@ impl Pool {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         if free.len() < KEPT {
             free.push(buf);
-        } else if let Some(smallest) = free.iter_mut().min_by_key(|b| b.capacity()) {
-            if smallest.capacity() < buf.capacity() {
-                *smallest = buf;
-            }
+        } else if let Some(smallest) = free
+            .iter_mut()
+            .min_by_key(|b| b.capacity())
+            .filter(|s| s.capacity() < buf.capacity())
+        {
+            *smallest = buf;
         }
     }
 

@@ -121,6 +121,35 @@ impl Producer {
         self.try_reserve(len)
     }
 
+    /// Writes a frame if there is room now, taking `fill` only then;
+    /// otherwise registers for a space wake-up. Says whether it was sent
+    /// and whether the consumer asked to be woken (ring its doorbell).
+    pub(crate) fn offer<F: FnOnce(&mut [u8])>(
+        &mut self,
+        kind: Kind,
+        flags: Flags,
+        request_id: u64,
+        len: usize,
+        fill: &mut Option<F>,
+    ) -> Result<Offer> {
+        let slot = self.reserve(len)?;
+        let sent = match (slot, fill.take()) {
+            (Some(slot), Some(fill)) => {
+                self.commit(slot, kind, flags, request_id, len, fill);
+                true
+            }
+            (None, f) => {
+                *fill = f;
+                false
+            }
+            (Some(_), None) => return Err(Error::Config("frame already sent".into())),
+        };
+        Ok(Offer {
+            sent,
+            wake: self.consumer_wants_wake(),
+        })
+    }
+
     /// Writes the frame into its slot (`fill` writes the payload in place)
     /// and publishes it.
     pub(crate) fn commit(
@@ -164,6 +193,13 @@ impl Producer {
         let w = self.region.atomic_u32(self.geo.consumer_waiting());
         w.load(Ordering::SeqCst) != 0 && w.swap(0, Ordering::SeqCst) != 0
     }
+}
+
+/// What `Producer::offer` did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer {
+    pub(crate) sent: bool,
+    pub(crate) wake: bool,
 }
 
 /// A frame found in the ring, not yet released.
