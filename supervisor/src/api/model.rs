@@ -1,0 +1,149 @@
+//! ModelService: loading, unloading and describing models; the model store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sidecar_proto::v1::model_service_server::ModelService;
+use sidecar_proto::v1::{
+    DeleteFileRequest, DeleteFileResponse, FileChunk, GetFileRequest, GetModelRequest,
+    ListFilesRequest, ListFilesResponse, ListModelsRequest, ListModelsResponse, LoadModelRequest,
+    LoadModelResponse, ModelFamily, ModelInfo, PutFileRequest, PutFileResponse,
+    UnloadModelRequest, UnloadModelResponse, load_model_request,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::{Config, Family, ModelSpec, TextSpec};
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::worker::{KillReason, State};
+
+/// The ModelService implementation.
+#[derive(Debug, Clone)]
+pub struct ModelApi {
+    /// Loaded models.
+    pub registry: Arc<Registry>,
+    /// Config (default deadlines).
+    pub config: Arc<Config>,
+}
+
+fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
+    let family = match ModelFamily::try_from(req.family) {
+        Ok(ModelFamily::Text) => Family::Text,
+        Ok(ModelFamily::Vision | ModelFamily::Lite) => {
+            return Err(Error::Unimplemented(format!(
+                "family {} is not served yet: this sidecar runs TEXT models",
+                req.family
+            )));
+        }
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "family {} is not a model family (TEXT, VISION or LITE)",
+                req.family
+            )));
+        }
+    };
+    let text = match req.options {
+        None => TextSpec::default(),
+        Some(load_model_request::Options::Text(t)) => {
+            if t.parallel > 64 {
+                return Err(Error::InvalidArgument(format!(
+                    "text.parallel {} exceeds the limit of 64",
+                    t.parallel
+                )));
+            }
+            TextSpec {
+                context_size: t.context_size,
+                parallel: t.parallel,
+                threads: t.threads,
+                gpu_layers: t.gpu_layers,
+            }
+        }
+        Some(_) => {
+            return Err(Error::InvalidArgument(
+                "options must match the family (text options for a TEXT model)".into(),
+            ));
+        }
+    };
+    Ok(ModelSpec {
+        id: req.model_id,
+        family,
+        path: req.path,
+        preload: true,
+        required: Some(req.required),
+        pinned: req.pinned,
+        text,
+    })
+}
+
+type Chunks = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ModelService for ModelApi {
+    async fn load_model(&self, req: Request<LoadModelRequest>) -> Result<Response<LoadModelResponse>, Status> {
+        let deadline = super::deadline(&req, self.config.deadlines.load);
+        let spec = spec_from(req.into_inner())?;
+        let handle = self.registry.add(spec)?;
+        let status = handle.wait_settled(deadline).await;
+        match status.state {
+            State::Ready => Ok(Response::new(LoadModelResponse { model: Some(handle.info()) })),
+            State::Failed => {
+                let id = handle.spec.id.clone();
+                let message = status.last_error;
+                // A model that cannot load is not kept loaded.
+                let _ = self.registry.remove(&id, KillReason::Requested).await;
+                Err(Error::Unavailable(format!("model {id:?} failed to load: {message}")).into())
+            }
+            _ => Err(Error::DeadlineExceeded(format!(
+                "model {:?} is still loading; watch it with GetModel",
+                handle.spec.id
+            ))
+            .into()),
+        }
+    }
+
+    async fn unload_model(&self, req: Request<UnloadModelRequest>) -> Result<Response<UnloadModelResponse>, Status> {
+        let id = req.into_inner().model_id;
+        self.registry.remove(&id, KillReason::Requested).await?;
+        Ok(Response::new(UnloadModelResponse {}))
+    }
+
+    async fn list_models(&self, req: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        let family = req.into_inner().family;
+        let models: Vec<ModelInfo> = self
+            .registry
+            .list()
+            .into_iter()
+            .map(|h| h.info())
+            .filter(|m| family == 0 || m.family == family)
+            .collect();
+        Ok(Response::new(ListModelsResponse { models }))
+    }
+
+    async fn get_model(&self, req: Request<GetModelRequest>) -> Result<Response<ModelInfo>, Status> {
+        let handle = self.registry.get(&req.into_inner().model_id)?;
+        Ok(Response::new(handle.info()))
+    }
+
+    async fn list_files(&self, req: Request<ListFilesRequest>) -> Result<Response<ListFilesResponse>, Status> {
+        let files = super::files::list(&self.registry, &req.into_inner()).await?;
+        Ok(Response::new(ListFilesResponse { files }))
+    }
+
+    type GetFileStream = Chunks;
+
+    async fn get_file(&self, req: Request<GetFileRequest>) -> Result<Response<Self::GetFileStream>, Status> {
+        let stream = super::files::get(&self.registry, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn put_file(&self, req: Request<Streaming<PutFileRequest>>) -> Result<Response<PutFileResponse>, Status> {
+        let file = super::files::put(&self.registry, req.into_inner()).await?;
+        Ok(Response::new(PutFileResponse { file: Some(file) }))
+    }
+
+    async fn delete_file(&self, req: Request<DeleteFileRequest>) -> Result<Response<DeleteFileResponse>, Status> {
+        super::files::delete(&self.registry, &req.into_inner().path).await?;
+        Ok(Response::new(DeleteFileResponse {}))
+    }
+}

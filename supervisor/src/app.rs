@@ -1,0 +1,93 @@
+//! Wiring: store, spawner, registry, the API server, the admin port, and
+//! shutdown.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sidecar_proto::v1::model_service_server::ModelServiceServer;
+use sidecar_proto::v1::text_service_server::TextServiceServer;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::api::model::ModelApi;
+use crate::api::text::TextApi;
+use crate::config::Config;
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::worker::{KillReason, Spawner};
+
+const SERVICES: [&str; 2] = ["sidecar.v1.ModelService", "sidecar.v1.TextService"];
+
+/// Runs the supervisor until `shutdown` completes, then drains and stops
+/// every worker. Prints one line to stdout once listening:
+/// `sidecar listening api=ADDR admin=ADDR`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.model_store)?;
+    let spawner = Spawner::start()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let registry = Arc::new(Registry::new(store, config.clone(), spawner, health.clone()));
+    for spec in &config.models {
+        registry.add(spec.clone())?;
+    }
+    let accepting = Arc::new(AtomicBool::new(true));
+    let admin = crate::admin::start(config.admin_listen, registry.clone(), accepting.clone())?;
+
+    health.set_service_status("", ServingStatus::Serving).await;
+    for s in SERVICES {
+        health.set_service_status(s, ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sidecar_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Config(format!("listen {}: {e}", config.listen)))?;
+    let api = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("API socket: {e}")))?;
+    tracing::info!(%api, %admin, store = %registry.store.root().display(), "sidecar listening");
+    let _ = writeln!(std::io::stdout(), "sidecar listening api={api} admin={admin}");
+
+    let limit = config.max_message_bytes;
+    let text = TextServiceServer::new(TextApi { registry: registry.clone(), config: config.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let model = ModelServiceServer::new(ModelApi { registry: registry.clone(), config: config.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(text)
+            .add_service(model)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: not serving, draining calls for up to {:?}", config.shutdown_grace);
+    accepting.store(false, Ordering::SeqCst);
+    health.set_service_status("", ServingStatus::NotServing).await;
+    for s in SERVICES {
+        health.set_service_status(s, ServingStatus::NotServing).await;
+    }
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(config.shutdown_grace, server).await.is_err() {
+        tracing::warn!("calls still running after {:?}; stopping anyway", config.shutdown_grace);
+    }
+    for handle in registry.list() {
+        handle.unload(KillReason::Shutdown).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

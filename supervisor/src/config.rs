@@ -1,0 +1,318 @@
+//! Typed configuration: a TOML file, then `SIDECAR_*` environment
+//! variables and command-line flags for the few settings an operator
+//! overrides most.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sidecar_proto::v1::{ModelFamily, TextOptions};
+
+use crate::error::Error;
+
+/// Command-line flags (each also readable from the environment).
+#[derive(Debug, clap::Parser)]
+#[command(name = "sidecar", version, about = "Inference sidecar: gRPC API over supervised model workers")]
+pub struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC API address (overrides the file).
+    #[arg(long, env = "SIDECAR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP admin address for /livez, /readyz (overrides the file).
+    #[arg(long, env = "SIDECAR_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Model store directory (overrides the file).
+    #[arg(long, env = "SIDECAR_MODEL_STORE")]
+    pub model_store: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, env = "SIDECAR_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// The supervisor's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC API address (pod-local by default).
+    pub listen: SocketAddr,
+    /// HTTP admin address (`/livez`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// Model store: every model path is resolved inside it.
+    pub model_store: PathBuf,
+    /// Directory holding the worker binaries; default: the directory of the
+    /// running `sidecar` binary.
+    pub worker_dir: Option<PathBuf>,
+    /// Largest gRPC message accepted or sent, bytes.
+    pub max_message_bytes: usize,
+    /// Deadlines applied when the caller sets none.
+    pub deadlines: Deadlines,
+    /// Worker supervision.
+    pub workers: WorkerPolicy,
+    /// How long in-flight calls may finish after SIGTERM.
+    #[serde(with = "secs")]
+    pub shutdown_grace: Duration,
+    /// The model catalog.
+    pub models: Vec<ModelSpec>,
+}
+
+/// Default deadlines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deadlines {
+    /// Unary calls.
+    #[serde(with = "secs")]
+    pub unary: Duration,
+    /// Token streams.
+    #[serde(with = "secs")]
+    pub stream: Duration,
+    /// Loading a model (hello + load + warm-up).
+    #[serde(with = "secs")]
+    pub load: Duration,
+    /// After a cancel, how long a worker may take to stop before it is
+    /// killed (reason `timeout`).
+    #[serde(with = "secs")]
+    pub cancel_grace: Duration,
+}
+
+/// Heartbeats, restarts, queues.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerPolicy {
+    /// A worker without a heartbeat this long is killed (`unhealthy`).
+    #[serde(with = "secs")]
+    pub heartbeat_timeout: Duration,
+    /// More than this many restarts within `restart_window` marks the model
+    /// FAILED.
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    #[serde(with = "secs")]
+    pub restart_window: Duration,
+    /// First restart delay; doubles each time, with ±20 % jitter.
+    #[serde(with = "secs")]
+    pub backoff_initial: Duration,
+    /// Largest restart delay.
+    #[serde(with = "secs")]
+    pub backoff_max: Duration,
+    /// SIGTERM → SIGKILL grace of the kill path.
+    #[serde(with = "secs")]
+    pub kill_grace: Duration,
+    /// Calls waiting per model beyond those executing; more get
+    /// RESOURCE_EXHAUSTED at once.
+    pub queue_size: usize,
+    /// Calls executing per model at once.
+    pub max_in_flight: usize,
+    /// Ring size of each worker's channel, bytes each way.
+    pub channel_bytes: usize,
+}
+
+/// One model of the catalog.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Model id.
+    pub id: String,
+    /// "text" (vision and lite arrive with their workers).
+    pub family: Family,
+    /// File relative to the model store.
+    pub path: String,
+    /// Start at boot (true) or on the first call.
+    #[serde(default = "yes")]
+    pub preload: bool,
+    /// Readiness requires this model; default: preloaded models are.
+    pub required: Option<bool>,
+    /// Never unloaded to make room.
+    #[serde(default)]
+    pub pinned: bool,
+    /// TEXT options.
+    #[serde(default)]
+    pub text: TextSpec,
+}
+
+/// TEXT options in the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextSpec {
+    /// Context per sequence, tokens; 0 = the model's, capped at 4096.
+    pub context_size: u32,
+    /// Parallel sequences.
+    pub parallel: u32,
+    /// Threads; 0 = the cores this process may use.
+    pub threads: u32,
+    /// GPU layers; absent = none on a host without a GPU.
+    pub gpu_layers: Option<i32>,
+}
+
+impl TextSpec {
+    /// The wire form.
+    pub fn to_proto(&self) -> TextOptions {
+        TextOptions {
+            context_size: self.context_size,
+            parallel: self.parallel,
+            threads: self.threads,
+            gpu_layers: self.gpu_layers,
+            ..Default::default()
+        }
+    }
+}
+
+/// Model families the config knows.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// llama.cpp models.
+    Text,
+}
+
+impl Family {
+    /// The wire enum.
+    pub fn to_proto(self) -> ModelFamily {
+        match self {
+            Family::Text => ModelFamily::Text,
+        }
+    }
+    /// The worker binary's name.
+    pub fn worker_binary(self) -> &'static str {
+        match self {
+            Family::Text => "worker-text",
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ([127, 0, 0, 1], 50051).into(),
+            admin_listen: ([0, 0, 0, 0], 9090).into(),
+            model_store: PathBuf::from("models"),
+            worker_dir: None,
+            max_message_bytes: 64 << 20,
+            deadlines: Deadlines::default(),
+            workers: WorkerPolicy::default(),
+            shutdown_grace: Duration::from_secs(10),
+            models: Vec::new(),
+        }
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            unary: Duration::from_secs(30),
+            stream: Duration::from_secs(300),
+            load: Duration::from_secs(120),
+            cancel_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for WorkerPolicy {
+    fn default() -> Self {
+        WorkerPolicy {
+            heartbeat_timeout: Duration::from_secs(5),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(2),
+            queue_size: 64,
+            max_in_flight: 4,
+            channel_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// The file (if any), then the flags.
+    pub fn load(cli: &Cli) -> Result<Config, Error> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(a) = cli.listen {
+            config.listen = a;
+        }
+        if let Some(a) = cli.admin_listen {
+            config.admin_listen = a;
+        }
+        if let Some(p) = &cli.model_store {
+            config.model_store = p.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.models {
+            crate::registry::check_model_id(&m.id)?;
+            if !seen.insert(&m.id) {
+                return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
+            }
+        }
+        if self.workers.max_in_flight == 0 {
+            return Err(Error::Config("workers.max_in_flight must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Where the worker binaries are.
+    pub fn worker_dir(&self) -> PathBuf {
+        self.worker_dir.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("."))
+        })
+    }
+}
+
+/// Durations in the file are seconds (fractions allowed).
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sidecar.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.models[0].id, "smollm2");
+        assert_eq!(c.models[0].family, Family::Text);
+        assert!(c.models[0].preload);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_duplicate_ids_are_refused() {
+        assert!(toml::from_str::<Config>("listen_typo = 1").is_err());
+        let c: Config = toml::from_str(
+            "[[models]]\nid='a'\nfamily='text'\npath='x'\n[[models]]\nid='a'\nfamily='text'\npath='y'\n",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,94 @@
+//! The supervisor's errors, and the one place they become gRPC statuses.
+
+use tonic::{Code, Status};
+
+/// Everything a call or an operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; the message names the field, the value and the limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such model or file.
+    #[error("{0}")]
+    NotFound(String),
+    /// The id is taken by something else.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Loading, restarting, draining, or the worker died mid-call:
+    /// retryable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The model is FAILED or cannot serve this call.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Queue full, memory budget.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The deadline passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The client went away.
+    #[error("{0}")]
+    Cancelled(String),
+    /// Not built yet; the message says what.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A bad configuration.
+    #[error("config: {0}")]
+    Config(String),
+    /// A bug, or an OS failure we did not expect.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::Unavailable(_) => "unavailable",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::Cancelled(_) => "cancelled",
+            Error::Unimplemented(_) => "unimplemented",
+            Error::Config(_) => "config",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// A worker's ERROR frame, by its gRPC code number.
+    pub fn from_worker(code: u32, message: String) -> Error {
+        match Code::from_i32(code as i32) {
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(message),
+            Code::NotFound => Error::NotFound(message),
+            Code::DeadlineExceeded => Error::DeadlineExceeded(message),
+            Code::Cancelled => Error::Cancelled(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::ResourceExhausted => Error::ResourceExhausted(message),
+            Code::Unimplemented => Error::Unimplemented(message),
+            Code::Unavailable => Error::Unavailable(message),
+            _ => Error::Internal(message),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Cancelled(_) => Code::Cancelled,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Config(_) | Error::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

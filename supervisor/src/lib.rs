@@ -1,0 +1,20 @@
+//! The sidecar supervisor: the gRPC API, one actor per model owning its
+//! worker process, health, and the admin port.
+//!
+//! Owns: routing calls to workers over `ipc`, deadlines, bounded queues,
+//! the worker lifecycle (spawn, hello, load, heartbeats, the one kill path,
+//! restarts with backoff, FAILED), the model store. Must not: link
+//! llama.cpp, OpenCV or LiteRT; those live in the worker binaries.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod registry;
+pub mod store;
+pub mod worker;
+
+pub use config::{Cli, Config};
+pub use error::Error;

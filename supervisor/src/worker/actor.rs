@@ -1,0 +1,424 @@
+//! The actor that owns one model's worker process.
+//!
+//! Every state change goes through `Actor::set`, which publishes the status
+//! and logs one event. The loop: bring the worker up (spawn → hello → load
+//! → READY), supervise it (exit, heartbeats, commands), and on its death
+//! restart it with backoff until the restart budget is spent (FAILED).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipc::Kind;
+use prost::Message;
+use sidecar_proto::worker::{
+    Heartbeat, Hello, Load, WorkerError, WorkerRequest, WorkerResponse, load, worker_request,
+    worker_response,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::process::{self, Exit, KillReason, Spawner};
+use super::{Command, Conn, State, Status, now_ms};
+use crate::config::{Config, ModelSpec};
+
+/// Why `supervise` returned.
+enum Ended {
+    /// The worker is gone.
+    Died { exit: Exit, reason: KillReason },
+    /// Unload: the worker is stopped; end the actor.
+    Unloaded(oneshot::Sender<()>),
+}
+
+struct Actor {
+    spec: Arc<ModelSpec>,
+    file: PathBuf,
+    config: Arc<Config>,
+    spawner: Spawner,
+    cmds: mpsc::Receiver<Command>,
+    status: watch::Sender<Status>,
+    conn: watch::Sender<Option<Conn>>,
+    /// When each counted restart happened, within the window.
+    recent: VecDeque<Instant>,
+    backoff: Duration,
+}
+
+pub(super) fn spawn(
+    spec: Arc<ModelSpec>,
+    file: PathBuf,
+    config: Arc<Config>,
+    spawner: Spawner,
+    cmds: mpsc::Receiver<Command>,
+) -> (watch::Receiver<Status>, watch::Receiver<Option<Conn>>) {
+    let initial = Status {
+        state: if spec.preload { State::Loading } else { State::Idle },
+        pid: 0,
+        restarts: 0,
+        last_error: String::new(),
+        last_kill_reason: None,
+        details: None,
+        memory: None,
+        loaded_unix_ms: 0,
+    };
+    let (status, status_rx) = watch::channel(initial);
+    let (conn, conn_rx) = watch::channel(None);
+    let backoff = config.workers.backoff_initial;
+    let actor = Actor {
+        spec,
+        file,
+        config,
+        spawner,
+        cmds,
+        status,
+        conn,
+        recent: VecDeque::new(),
+        backoff,
+    };
+    tokio::spawn(actor.run());
+    (status_rx, conn_rx)
+}
+
+
+impl Actor {
+    fn set(&self, state: State, change: impl FnOnce(&mut Status)) {
+        self.status.send_modify(|s| {
+            let from = s.state;
+            s.state = state;
+            change(s);
+            tracing::info!(
+                model = %self.spec.id,
+                pid = s.pid,
+                from = ?from,
+                to = ?state,
+                restarts = s.restarts,
+                error = %s.last_error,
+                "model state"
+            );
+        });
+    }
+
+    async fn run(mut self) {
+        let mut want_running = self.spec.preload;
+        loop {
+            if want_running {
+                want_running = false;
+                match self.bring_up().await {
+                    Some(conn) => match self.supervise(conn).await {
+                        Ended::Died { exit, reason } => {
+                            want_running = self.after_death(exit, reason).await;
+                            continue;
+                        }
+                        Ended::Unloaded(done) => {
+                            self.set(State::Stopped, |_| {});
+                            let _ = done.send(());
+                            return;
+                        }
+                    },
+                    None if self.state() == State::Stopped => return,
+                    None => {}
+                }
+            }
+            // Idle or FAILED: wait for a command.
+            match self.cmds.recv().await {
+                None => return,
+                Some(Command::EnsureLoaded) => want_running = self.state() == State::Idle,
+                Some(Command::Restart) => {
+                    self.recent.clear();
+                    self.backoff = self.config.workers.backoff_initial;
+                    want_running = true;
+                }
+                Some(Command::Kill { .. }) => {}
+                Some(Command::Unload { done, .. }) => {
+                    self.set(State::Stopped, |_| {});
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    /// Starts workers until one is READY (`Some`), or the model is FAILED
+    /// or unloaded (`None`).
+    async fn bring_up(&mut self) -> Option<Conn> {
+        loop {
+            self.set(State::Loading, |s| s.pid = 0);
+            match self.start_once().await {
+                Ok(conn) => {
+                    self.backoff = self.config.workers.backoff_initial;
+                    let pid = conn.pid;
+                    self.conn.send_replace(Some(conn.clone()));
+                    self.set(State::Ready, |s| {
+                        s.pid = pid;
+                        if s.loaded_unix_ms == 0 {
+                            s.loaded_unix_ms = now_ms();
+                        }
+                    });
+                    return Some(conn);
+                }
+                Err(message) => {
+                    tracing::warn!(model = %self.spec.id, "worker failed to start: {message}");
+                    self.status.send_modify(|s| s.last_error = message);
+                    if !self.count_restart(KillReason::Crash) {
+                        return None;
+                    }
+                    if !self.wait_backoff().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a restart; false (and FAILED) when the budget is spent.
+    fn count_restart(&mut self, reason: KillReason) -> bool {
+        let now = Instant::now();
+        let window = self.config.workers.restart_window;
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.status.send_modify(|s| {
+            s.restarts += 1;
+            s.last_kill_reason = Some(reason);
+        });
+        if self.recent.len() > self.config.workers.max_restarts as usize {
+            let n = self.recent.len();
+            self.set(State::Failed, |s| {
+                s.pid = 0;
+                s.last_error = format!(
+                    "{} ({n} restarts within {:?}; reload the model to try again)",
+                    s.last_error, window
+                );
+            });
+            return false;
+        }
+        true
+    }
+
+    /// Sleeps out the backoff (RESTARTING); false when unloaded meanwhile.
+    async fn wait_backoff(&mut self) -> bool {
+        let jitter = 0.8 + 0.4 * (now_ms() % 1000) as f64 / 1000.0;
+        let delay = self.backoff.mul_f64(jitter);
+        self.backoff = (self.backoff * 2).min(self.config.workers.backoff_max);
+        self.set(State::Restarting, |s| s.pid = 0);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                cmd = self.cmds.recv() => match cmd {
+                    None => return false,
+                    Some(Command::Unload { done, .. }) => {
+                        self.set(State::Stopped, |_| {});
+                        let _ = done.send(());
+                        return false;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+
+    async fn after_death(&mut self, exit: Exit, reason: KillReason) -> bool {
+        self.conn.send_replace(None);
+        let message = format!("worker (pid {}) ended: {exit}, reason {}", exit.pid, reason.as_str());
+        tracing::warn!(model = %self.spec.id, "{message}");
+        self.status.send_modify(|s| s.last_error = message);
+        self.count_restart(reason) && self.wait_backoff().await
+    }
+
+    /// Spawn → hello → load. On failure the worker is killed and reaped.
+    async fn start_once(&mut self) -> Result<Conn, String> {
+        let workers = &self.config.workers;
+        let (mine, theirs) = ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
+            .map_err(|e| format!("ipc channel: {e}"))?;
+        let program = self.config.worker_dir().join(self.spec.family.worker_binary());
+        let mut child = self
+            .spawner
+            .spawn(&program, theirs)
+            .await
+            .map_err(|e| format!("{}: {e}", program.display()))?;
+        let pid = child.id();
+        self.status.send_modify(|s| s.pid = pid);
+        forward_logs(&mut child, &self.spec.id, pid);
+        let mut exit = process::watch_exit(child);
+        let chan = match ipc::AsyncChannel::new(mine) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
+                return Err(format!("ipc attach: {e}"));
+            }
+        };
+        let deadline = Instant::now() + self.config.deadlines.load;
+        match tokio::time::timeout_at(deadline.into(), self.handshake(&chan)).await {
+            Ok(Ok(details)) => {
+                self.status.send_modify(|s| s.details = details);
+                Ok(Conn { chan, pid, exit })
+            }
+            Ok(Err(e)) => {
+                let ended = process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
+                Err(format!("{e} (worker pid {pid}: {ended})"))
+            }
+            Err(_) => {
+                process::kill_worker(pid, &mut exit, KillReason::Timeout, workers.kill_grace).await;
+                Err(format!(
+                    "worker pid {pid} did not load the model within {:?}",
+                    self.config.deadlines.load
+                ))
+            }
+        }
+    }
+
+    async fn handshake(
+        &self,
+        chan: &ipc::AsyncChannel,
+    ) -> Result<Option<sidecar_proto::v1::TextModelDetails>, String> {
+        let hello = chan
+            .recv_control()
+            .await
+            .map_err(|e| format!("no hello from the worker: {e}"))?;
+        if hello.kind != Kind::Hello {
+            return Err(format!("expected a hello, got {:?}", hello.kind));
+        }
+        let hello = Hello::decode(hello.payload).map_err(|e| format!("bad hello: {e}"))?;
+        if hello.protocol_version != sidecar_proto::WORKER_PROTOCOL_VERSION {
+            return Err(format!(
+                "worker speaks protocol {}, this supervisor {}",
+                hello.protocol_version,
+                sidecar_proto::WORKER_PROTOCOL_VERSION
+            ));
+        }
+        if hello.family != self.spec.family.to_proto() as i32 {
+            return Err(format!("worker serves family {}, expected {:?}", hello.family, self.spec.family));
+        }
+        let req = WorkerRequest {
+            request_tag: format!("load-{}", self.spec.id),
+            deadline_unix_ms: 0,
+            body: Some(worker_request::Body::Load(Load {
+                path: self.file.display().to_string(),
+                family: hello.family,
+                model_id: self.spec.id.clone(),
+                options: Some(load::Options::Text(self.spec.text.to_proto())),
+            })),
+        };
+        let mut answers = chan
+            .request(&req.encode_to_vec())
+            .await
+            .map_err(|e| format!("send load: {e}"))?;
+        let frame = answers
+            .next()
+            .await
+            .ok_or("the worker closed the load request")?
+            .map_err(|e| format!("worker died while loading: {e}"))?;
+        match frame.kind {
+            Kind::Response => {
+                let r = WorkerResponse::decode(frame.payload).map_err(|e| format!("bad load answer: {e}"))?;
+                match r.body {
+                    Some(worker_response::Body::Loaded(l)) => Ok(l.text),
+                    other => Err(format!("unexpected load answer {other:?}")),
+                }
+            }
+            Kind::Error => {
+                let e = WorkerError::decode(frame.payload).map_err(|e| format!("bad load error: {e}"))?;
+                Err(format!("load failed: {}", e.message))
+            }
+            other => Err(format!("unexpected {other:?} frame during load")),
+        }
+    }
+
+    /// Watches a READY worker until it dies or the model is unloaded.
+    async fn supervise(&mut self, mut conn: Conn) -> Ended {
+        let timeout = self.config.workers.heartbeat_timeout;
+        let grace = self.config.workers.kill_grace;
+        let mut last_beat = Instant::now();
+        loop {
+            let beat_due = tokio::time::sleep_until((last_beat + timeout).into());
+            tokio::select! {
+                changed = conn.exit.changed() => {
+                    let exit = conn.exit.borrow().unwrap_or(Exit { pid: conn.pid, code: None, signal: None });
+                    if changed.is_err() || conn.exit.borrow().is_some() {
+                        return Ended::Died { exit, reason: KillReason::Crash };
+                    }
+                }
+                frame = conn.chan.recv_control() => match frame {
+                    Ok(f) if f.kind == Kind::Heartbeat => {
+                        last_beat = Instant::now();
+                        if let Ok(hb) = Heartbeat::decode(f.payload) {
+                            self.status.send_modify(|s| s.memory = hb.memory);
+                        }
+                    }
+                    Ok(f) if f.kind == Kind::Error => {
+                        let msg = WorkerError::decode(f.payload).map(|e| e.message).unwrap_or_default();
+                        tracing::warn!(model = %self.spec.id, pid = conn.pid, "worker error: {msg}");
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // The channel closed: the process is exiting.
+                        let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Crash, grace).await;
+                        return Ended::Died { exit, reason: KillReason::Crash };
+                    }
+                },
+                () = beat_due => {
+                    tracing::warn!(model = %self.spec.id, pid = conn.pid, "no heartbeat for {timeout:?}");
+                    self.conn.send_replace(None);
+                    let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Unhealthy, grace).await;
+                    return Ended::Died { exit, reason: KillReason::Unhealthy };
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Command::Kill { pid, reason }) if pid == conn.pid => {
+                        self.conn.send_replace(None);
+                        let exit = process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
+                        return Ended::Died { exit, reason };
+                    }
+                    Some(Command::Restart) => {
+                        self.conn.send_replace(None);
+                        let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Requested, grace).await;
+                        self.recent.clear();
+                        return Ended::Died { exit, reason: KillReason::Requested };
+                    }
+                    Some(Command::Unload { reason, done }) => {
+                        self.conn.send_replace(None);
+                        self.set(State::Unloading, |_| {});
+                        process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
+                        return Ended::Unloaded(done);
+                    }
+                    Some(_) => {}
+                    None => {
+                        process::kill_worker(conn.pid, &mut conn.exit, KillReason::Shutdown, grace).await;
+                        let (done, _) = oneshot::channel();
+                        return Ended::Unloaded(done);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Re-emits the worker's stdout and stderr line by line under its model
+/// and pid (both pipes at once, so neither can fill).
+fn forward_logs(child: &mut std::process::Child, model: &str, pid: u32) {
+    if let Some(out) = child.stdout.take() {
+        spawn_lines(out.into(), model.to_owned(), pid, "stdout");
+    }
+    if let Some(err) = child.stderr.take() {
+        spawn_lines(err.into(), model.to_owned(), pid, "stderr");
+    }
+}
+
+fn spawn_lines(fd: std::os::fd::OwnedFd, model: String, pid: u32, stream: &'static str) {
+    let file = std::fs::File::from(fd);
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_file(file) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "worker", model = %model, pid, stream, "{line}");
+        }
+    });
+}

@@ -1,0 +1,217 @@
+//! One call to a worker: admission (bounded queue), waiting for READY
+//! within the deadline, the request over the channel, and its answers;
+//! on the deadline, cancel and, if the worker does not stop, kill.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ipc::{Flags, Kind};
+use prost::Message;
+use sidecar_proto::worker::{Cancel, WorkerError, WorkerRequest, WorkerResponse};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{Command, Conn, KillReason, State, WorkerHandle};
+use crate::error::Error;
+
+/// Answers of one call, in order; ends after the worker's last frame.
+#[derive(Debug)]
+pub struct CallStream {
+    stream: Option<ipc::ResponseStream>,
+    conn: Conn,
+    handle: WorkerHandle,
+    deadline: Instant,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Waiting<'a>(&'a WorkerHandle);
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WorkerHandle {
+    /// Sends `req` to the model's worker once it is READY and a slot is
+    /// free, all within `deadline`.
+    pub async fn call(&self, mut req: WorkerRequest, deadline: Instant) -> Result<CallStream, Error> {
+        let id = &self.spec.id;
+        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(self);
+        if waiting >= self.queue_size {
+            return Err(Error::ResourceExhausted(format!(
+                "model {id:?}: queue full ({} calls waiting, the limit is {})",
+                waiting, self.queue_size
+            )));
+        }
+        let conn = self.ready_conn(deadline).await?;
+        let permit = tokio::time::timeout_at(deadline.into(), self.in_flight.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::DeadlineExceeded(format!("model {id:?}: deadline passed while queued")))?
+            .map_err(|_| Error::Unavailable(format!("model {id:?} is unloading")))?;
+        if let Ok(mut used) = self.last_used.lock() {
+            *used = Some(super::now_ms());
+        }
+        req.deadline_unix_ms = super::now_ms() + deadline.saturating_duration_since(Instant::now()).as_millis() as i64;
+        let stream = conn
+            .chan
+            .request(&req.encode_to_vec())
+            .await
+            .map_err(|e| self.channel_error(&conn, e))?;
+        Ok(CallStream {
+            stream: Some(stream),
+            conn,
+            handle: self.clone(),
+            deadline,
+            done: false,
+            _permit: permit,
+        })
+    }
+
+    /// The READY worker, waiting for a load (lazy or first) within the
+    /// deadline.
+    async fn ready_conn(&self, deadline: Instant) -> Result<Conn, Error> {
+        let id = &self.spec.id;
+        let mut status = self.status.clone();
+        let mut conn = self.conn.clone();
+        loop {
+            let state = status.borrow().state;
+            match state {
+                State::Ready => {
+                    if let Some(c) = conn.borrow().clone() {
+                        return Ok(c);
+                    }
+                }
+                State::Idle => {
+                    let _ = self.cmds.send(Command::EnsureLoaded).await;
+                }
+                State::Loading => {}
+                State::Restarting => {
+                    let last = status.borrow().last_error.clone();
+                    return Err(Error::Unavailable(format!(
+                        "model {id:?} is restarting after its worker ended ({last}); retry shortly"
+                    )));
+                }
+                State::Draining => {
+                    return Err(Error::Unavailable(format!("model {id:?} is draining")));
+                }
+                State::Failed => {
+                    let last = status.borrow().last_error.clone();
+                    return Err(Error::FailedPrecondition(format!(
+                        "model {id:?} is FAILED: {last}"
+                    )));
+                }
+                State::Unloading | State::Stopped => {
+                    return Err(Error::Unavailable(format!("model {id:?} is unloading")));
+                }
+            }
+            let changed = tokio::time::timeout_at(deadline.into(), async {
+                tokio::select! {
+                    r = status.changed() => r.is_ok(),
+                    r = conn.changed() => r.is_ok(),
+                }
+            })
+            .await;
+            match changed {
+                Err(_) => {
+                    return Err(Error::DeadlineExceeded(format!(
+                        "model {id:?}: deadline passed while the model was loading"
+                    )));
+                }
+                Ok(false) => return Err(Error::Unavailable(format!("model {id:?} is unloading"))),
+                Ok(true) => {}
+            }
+        }
+    }
+
+    /// What a channel failure means for the caller.
+    fn channel_error(&self, conn: &Conn, e: ipc::Error) -> Error {
+        match e {
+            ipc::Error::PeerGone => Error::Unavailable(format!(
+                "model {:?}: its worker (pid {}) died mid-call{}",
+                self.spec.id,
+                conn.pid,
+                conn.exit.borrow().map(|x| format!(": {x}")).unwrap_or_default()
+            )),
+            ipc::Error::TooLarge { .. } => Error::InvalidArgument(e.to_string()),
+            other => Error::Internal(format!("model {:?}: channel: {other}", self.spec.id)),
+        }
+    }
+}
+
+impl CallStream {
+    /// The next answer; `None` after the last.
+    pub async fn next(&mut self) -> Option<Result<WorkerResponse, Error>> {
+        if self.done {
+            return None;
+        }
+        let stream = self.stream.as_mut()?;
+        let frame = match tokio::time::timeout_at(self.deadline.into(), stream.next()).await {
+            Err(_) => {
+                self.done = true;
+                self.cancel_after_deadline();
+                return Some(Err(Error::DeadlineExceeded(format!(
+                    "model {:?}: deadline passed during the call",
+                    self.handle.spec.id
+                ))));
+            }
+            Ok(None) => {
+                self.done = true;
+                return None;
+            }
+            Ok(Some(Err(e))) => {
+                self.done = true;
+                // Give the reaper a moment so the message can say how it died.
+                let mut exit = self.conn.exit.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(1), exit.wait_for(|e| e.is_some())).await;
+                return Some(Err(self.handle.channel_error(&self.conn, e)));
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if frame.flags.is_end() {
+            self.done = true;
+        }
+        Some(match frame.kind {
+            Kind::Response => WorkerResponse::decode(frame.payload)
+                .map_err(|e| Error::Internal(format!("undecodable worker answer: {e}"))),
+            Kind::Error => {
+                self.done = true;
+                match WorkerError::decode(frame.payload) {
+                    Ok(e) => Err(Error::from_worker(e.code, e.message)),
+                    Err(e) => Err(Error::Internal(format!("undecodable worker error: {e}"))),
+                }
+            }
+            other => Err(Error::Internal(format!("unexpected {other:?} frame from the worker"))),
+        })
+    }
+
+    /// Tells the worker to stop this request; if it has not answered within
+    /// the grace period, kills it (reason `timeout`). Runs in the
+    /// background: the caller gets DEADLINE_EXCEEDED at once.
+    fn cancel_after_deadline(&mut self) {
+        let handle = self.handle.clone();
+        let pid = self.conn.pid;
+        let grace = handle.config.deadlines.cancel_grace;
+        let cancel = Cancel { reason: "deadline".into() }.encode_to_vec();
+        // Finish the exchange in the background.
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = stream.send(Kind::Cancel, Flags::NONE, &cancel).await;
+            let stopped = tokio::time::timeout(grace, async {
+                while let Some(Ok(f)) = stream.next().await {
+                    if f.flags.is_end() {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(stopped, Ok(true)) {
+                tracing::warn!(model = %handle.spec.id, pid, "worker did not stop within {grace:?} of a cancel");
+                let _ = handle.cmds.send(Command::Kill { pid, reason: KillReason::Timeout }).await;
+            }
+        });
+    }
+}

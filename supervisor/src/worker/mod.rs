@@ -1,0 +1,232 @@
+//! One actor per loaded model, owning its worker process; a handle that
+//! API calls use to reach the worker.
+//!
+//! Calls do not pass through the actor: the actor publishes the current
+//! worker connection (`Conn`) once the worker is READY, and a call sends
+//! its request straight into that worker's channel. The actor owns the
+//! lifecycle: spawn, hello, load, heartbeats, death, backoff, restart.
+
+mod actor;
+mod call;
+pub mod process;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use sidecar_proto::v1::{ModelInfo, ModelState, TextModelDetails};
+use sidecar_proto::worker::MemoryReport;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+pub use call::CallStream;
+pub use process::{Exit, KillReason, Spawner};
+
+use crate::config::{Config, ModelSpec};
+use crate::error::Error;
+
+/// Wall-clock now, Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A READY worker's connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The channel to it.
+    pub chan: Arc<ipc::AsyncChannel>,
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended, once it has.
+    pub exit: watch::Receiver<Option<Exit>>,
+}
+
+/// Lifecycle states: the model states of `DESIGN.md`, plus the actor's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Lazily loaded and not loaded yet.
+    Idle,
+    /// Spawning, loading, warming up.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Admitting no new calls.
+    Draining,
+    /// Waiting out the backoff before a new worker.
+    Restarting,
+    /// Restart limit reached or the load failed for good.
+    Failed,
+    /// Being unloaded.
+    Unloading,
+    /// Unloaded; the actor has ended.
+    Stopped,
+}
+
+impl State {
+    /// The wire enum (Idle reads as LOADING-to-be: not yet loaded).
+    pub fn to_proto(self) -> ModelState {
+        match self {
+            State::Idle | State::Loading => ModelState::Loading,
+            State::Ready => ModelState::Ready,
+            State::Draining => ModelState::Draining,
+            State::Restarting => ModelState::Restarting,
+            State::Failed => ModelState::Failed,
+            State::Unloading | State::Stopped => ModelState::Unloading,
+        }
+    }
+}
+
+/// What the actor publishes about its model.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// State.
+    pub state: State,
+    /// Current worker pid (0: none).
+    pub pid: u32,
+    /// Restarts since load.
+    pub restarts: u32,
+    /// Last load failure or death.
+    pub last_error: String,
+    /// Reason of the last kill.
+    pub last_kill_reason: Option<KillReason>,
+    /// What the worker read from the model file.
+    pub details: Option<TextModelDetails>,
+    /// Memory from the last heartbeat.
+    pub memory: Option<MemoryReport>,
+    /// When it first became READY (Unix ms).
+    pub loaded_unix_ms: i64,
+}
+
+/// Commands to the actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A call wants the model loaded (lazy models).
+    EnsureLoaded,
+    /// Kill this worker (if still current) for this reason.
+    Kill { pid: u32, reason: KillReason },
+    /// Restart with a fresh restart budget.
+    Restart,
+    /// Stop the worker and end the actor.
+    Unload { reason: KillReason, done: oneshot::Sender<()> },
+}
+
+/// The handle API calls use.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    /// The model as configured or loaded.
+    pub spec: Arc<ModelSpec>,
+    pub(crate) cmds: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+    conn: watch::Receiver<Option<Conn>>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    waiting: Arc<AtomicUsize>,
+    queue_size: usize,
+    last_used: Arc<std::sync::Mutex<Option<i64>>>,
+    config: Arc<Config>,
+    file_size: u64,
+}
+
+impl WorkerHandle {
+    /// Starts the actor for `spec` (the model file already resolved).
+    pub fn start(
+        spec: ModelSpec,
+        file: std::path::PathBuf,
+        config: Arc<Config>,
+        spawner: Spawner,
+    ) -> WorkerHandle {
+        let spec = Arc::new(spec);
+        let file_size = std::fs::metadata(&file).map_or(0, |m| m.len());
+        let (cmds, rx) = mpsc::channel(16);
+        let (status, conn) = actor::spawn(spec.clone(), file, config.clone(), spawner, rx);
+        WorkerHandle {
+            spec,
+            cmds,
+            status,
+            conn,
+            in_flight: Arc::new(Semaphore::new(config.workers.max_in_flight)),
+            max_in_flight: config.workers.max_in_flight,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue_size: config.workers.queue_size,
+            last_used: Arc::default(),
+            config,
+            file_size,
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Waits for a status change.
+    pub async fn changed(&mut self) -> bool {
+        self.status.changed().await.is_ok()
+    }
+
+    /// Waits until the model is READY or FAILED, or `deadline`.
+    pub async fn wait_settled(&self, deadline: Instant) -> Status {
+        let mut rx = self.status.clone();
+        let settled = |s: &Status| matches!(s.state, State::Ready | State::Failed | State::Stopped);
+        let _ = tokio::time::timeout_at(deadline.into(), rx.wait_for(settled)).await;
+        let s = rx.borrow().clone();
+        s
+    }
+
+    /// Stops the worker and ends the actor.
+    pub async fn unload(&self, reason: KillReason) {
+        let (done, rx) = oneshot::channel();
+        if self.cmds.send(Command::Unload { reason, done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Restarts the worker with a fresh restart budget.
+    pub async fn restart(&self) -> Result<(), Error> {
+        self.cmds
+            .send(Command::Restart)
+            .await
+            .map_err(|_| Error::Unavailable(format!("model {:?} is being unloaded", self.spec.id)))
+    }
+
+    /// The API view of this model.
+    pub fn info(&self) -> ModelInfo {
+        let s = self.status();
+        let memory = s.memory.as_ref().map(|m| sidecar_proto::v1::MemoryUsage {
+            host_private_bytes: m.private_bytes,
+            host_file_bytes: m.file_bytes,
+            channel_bytes: 2 * self.config.workers.channel_bytes as u64,
+            ..Default::default()
+        });
+        let in_flight = self.max_in_flight - self.in_flight.available_permits();
+        ModelInfo {
+            model_id: self.spec.id.clone(),
+            family: self.spec.family.to_proto() as i32,
+            path: self.spec.path.clone(),
+            state: s.state.to_proto() as i32,
+            pinned: self.spec.pinned,
+            required: self.required(),
+            worker_pid: s.pid,
+            restarts: s.restarts,
+            last_error: s.last_error,
+            last_kill_reason: s.last_kill_reason.map_or(0, |r| r.to_proto() as i32),
+            memory,
+            loaded_unix_ms: s.loaded_unix_ms,
+            last_used_unix_ms: self
+                .last_used
+                .lock()
+                .map_or(0, |g| g.unwrap_or_default()),
+            in_flight: in_flight as u32,
+            queue_depth: self.waiting.load(Ordering::Relaxed) as u32,
+            file_size_bytes: self.file_size,
+            options: Some(sidecar_proto::v1::model_info::Options::Text(self.spec.text.to_proto())),
+            text_details: s.details,
+        }
+    }
+
+    /// Whether readiness waits for this model.
+    pub fn required(&self) -> bool {
+        self.spec.required.unwrap_or(self.spec.preload)
+    }
+}
