@@ -21,7 +21,11 @@ struct Probe {
 
 /// Binds `addr` and serves the probes from a dedicated thread; returns the
 /// bound address.
-pub fn start(addr: SocketAddr, registry: Arc<Registry>, accepting: Arc<AtomicBool>) -> Result<SocketAddr, Error> {
+pub fn start(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    accepting: Arc<AtomicBool>,
+) -> Result<SocketAddr, Error> {
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| Error::Config(format!("admin_listen {addr}: {e}")))?;
     listener
@@ -30,11 +34,17 @@ pub fn start(addr: SocketAddr, registry: Arc<Registry>, accepting: Arc<AtomicBoo
     let local = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("admin socket: {e}")))?;
-    let probe = Probe { registry, accepting };
+    let probe = Probe {
+        registry,
+        accepting,
+    };
     std::thread::Builder::new()
         .name("admin-http".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!("admin runtime: {e}");

@@ -24,12 +24,20 @@ const SERVICES: [&str; 2] = ["sidecar.v1.ModelService", "sidecar.v1.TextService"
 /// Runs the supervisor until `shutdown` completes, then drains and stops
 /// every worker. Prints one line to stdout once listening:
 /// `sidecar listening api=ADDR admin=ADDR`.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let config = Arc::new(config);
     let store = Store::open(&config.model_store)?;
     let spawner = Spawner::start()?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let registry = Arc::new(Registry::new(store, config.clone(), spawner, health.clone()));
+    let registry = Arc::new(Registry::new(
+        store,
+        config.clone(),
+        spawner,
+        health.clone(),
+    ));
     for spec in &config.models {
         registry.add(spec.clone())?;
     }
@@ -52,15 +60,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .local_addr()
         .map_err(|e| Error::Internal(format!("API socket: {e}")))?;
     tracing::info!(%api, %admin, store = %registry.store.root().display(), "sidecar listening");
-    let _ = writeln!(std::io::stdout(), "sidecar listening api={api} admin={admin}");
+    let _ = writeln!(
+        std::io::stdout(),
+        "sidecar listening api={api} admin={admin}"
+    );
 
     let limit = config.max_message_bytes;
-    let text = TextServiceServer::new(TextApi { registry: registry.clone(), config: config.clone() })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let model = ModelServiceServer::new(ModelApi { registry: registry.clone(), config: config.clone() })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let text = TextServiceServer::new(TextApi {
+        registry: registry.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let model = ModelServiceServer::new(ModelApi {
+        registry: registry.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -75,15 +92,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     );
 
     shutdown.await;
-    tracing::info!("shutting down: not serving, draining calls for up to {:?}", config.shutdown_grace);
+    tracing::info!(
+        "shutting down: not serving, draining calls for up to {:?}",
+        config.shutdown_grace
+    );
     accepting.store(false, Ordering::SeqCst);
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     for s in SERVICES {
-        health.set_service_status(s, ServingStatus::NotServing).await;
+        health
+            .set_service_status(s, ServingStatus::NotServing)
+            .await;
     }
     let _ = stop_tx.send(());
-    if tokio::time::timeout(config.shutdown_grace, server).await.is_err() {
-        tracing::warn!("calls still running after {:?}; stopping anyway", config.shutdown_grace);
+    if tokio::time::timeout(config.shutdown_grace, server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "calls still running after {:?}; stopping anyway",
+            config.shutdown_grace
+        );
     }
     for handle in registry.list() {
         handle.unload(KillReason::Shutdown).await;

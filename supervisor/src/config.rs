@@ -13,7 +13,11 @@ use crate::error::Error;
 
 /// Command-line flags (each also readable from the environment).
 #[derive(Debug, clap::Parser)]
-#[command(name = "sidecar", version, about = "Inference sidecar: gRPC API over supervised model workers")]
+#[command(
+    name = "sidecar",
+    version,
+    about = "Inference sidecar: gRPC API over supervised model workers"
+)]
 pub struct Cli {
     /// TOML config file.
     #[arg(long, env = "SIDECAR_CONFIG")]
@@ -264,7 +268,9 @@ impl Config {
             }
         }
         if self.workers.max_in_flight == 0 {
-            return Err(Error::Config("workers.max_in_flight must be at least 1".into()));
+            return Err(Error::Config(
+                "workers.max_in_flight must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -16,7 +16,10 @@ use crate::worker::{KillReason, Spawner, State, WorkerHandle};
 pub fn check_model_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
@@ -42,7 +45,12 @@ pub struct Registry {
 
 impl Registry {
     /// An empty registry.
-    pub fn new(store: Store, config: Arc<Config>, spawner: Spawner, health: HealthReporter) -> Self {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        spawner: Spawner,
+        health: HealthReporter,
+    ) -> Self {
         Registry {
             models: RwLock::default(),
             store,

@@ -13,9 +13,8 @@ pub struct Store {
 impl Store {
     /// A store at `root` (created if missing).
     pub fn open(root: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(root).map_err(|e| {
-            Error::Config(format!("model store {}: {e}", root.display()))
-        })?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::Config(format!("model store {}: {e}", root.display())))?;
         let root = root
             .canonicalize()
             .map_err(|e| Error::Config(format!("model store {}: {e}", root.display())))?;
@@ -33,9 +32,9 @@ impl Store {
     pub fn resolve(&self, relative: &str) -> Result<PathBuf, Error> {
         let joined = self.join(relative)?;
         let real = joined.canonicalize().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::NotFound(format!("path {relative:?}: no such file in the model store"))
-            }
+            std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                "path {relative:?}: no such file in the model store"
+            )),
             _ => Error::InvalidArgument(format!("path {relative:?}: {e}")),
         })?;
         if !real.starts_with(&self.root) {
@@ -45,7 +44,9 @@ impl Store {
             )));
         }
         if !real.is_file() {
-            return Err(Error::InvalidArgument(format!("path {relative:?} is not a file")));
+            return Err(Error::InvalidArgument(format!(
+                "path {relative:?} is not a file"
+            )));
         }
         Ok(real)
     }
@@ -86,15 +87,24 @@ mod tests {
         std::fs::write(outside.path().join("secret"), b"x").unwrap();
         std::fs::create_dir(dir.path().join("m")).unwrap();
         std::fs::write(dir.path().join("m/model.gguf"), b"GGUF").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("escape"))
+            .unwrap();
         let store = Store::open(dir.path()).unwrap();
 
-        assert!(store.resolve("m/model.gguf").unwrap().ends_with("m/model.gguf"));
+        assert!(
+            store
+                .resolve("m/model.gguf")
+                .unwrap()
+                .ends_with("m/model.gguf")
+        );
         for bad in ["../x", "m/../../x", "/etc/passwd", "escape", ""] {
             let e = store.resolve(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
         }
-        assert!(matches!(store.resolve("m/missing"), Err(Error::NotFound(_))));
+        assert!(matches!(
+            store.resolve("m/missing"),
+            Err(Error::NotFound(_))
+        ));
         assert!(matches!(store.resolve("m"), Err(Error::InvalidArgument(_))));
     }
 }

@@ -52,7 +52,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("details", &self.details).finish()
+        f.debug_struct("Engine")
+            .field("details", &self.details)
+            .finish()
     }
 }
 
@@ -170,10 +172,15 @@ impl Engine {
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = model.new_context(backend, ctx_params).map_err(|e| {
-            WorkerError::new(Code::Unavailable, format!("llama.cpp context of {context} tokens: {e}"))
+            WorkerError::new(
+                Code::Unavailable,
+                format!("llama.cpp context of {context} tokens: {e}"),
+            )
         })?;
         let details = TextModelDetails {
-            architecture: model.meta_val_str("general.architecture").unwrap_or_default(),
+            architecture: model
+                .meta_val_str("general.architecture")
+                .unwrap_or_default(),
             training_context: train,
             context_size: context,
             parallel: 1,

@@ -9,9 +9,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        .without_time()
+        .with_target(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIDECAR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            // llama.cpp's load chatter is kept at warnings unless asked for.
+            tracing_subscriber::EnvFilter::try_from_env("SIDECAR_WORKER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn")),
         )
         .init();
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());

@@ -48,13 +48,26 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
         let result = handle(&chan, &mut engine, next, &mut backlog);
         if let Err(e) = result {
             tracing::info!(request = id, code = ?e.code, "request failed: {}", e.message);
-            send(&chan, id, Kind::Error, Flags::END, &e.to_proto(false).encode_to_vec())?;
+            send(
+                &chan,
+                id,
+                Kind::Error,
+                Flags::END,
+                &e.to_proto(false).encode_to_vec(),
+            )?;
         }
     }
 }
 
-fn send(chan: &BlockingChannel, id: u64, kind: Kind, flags: Flags, payload: &[u8]) -> Result<(), WorkerError> {
-    chan.send(id, kind, flags, payload).map_err(WorkerError::from)
+fn send(
+    chan: &BlockingChannel,
+    id: u64,
+    kind: Kind,
+    flags: Flags,
+    payload: &[u8],
+) -> Result<(), WorkerError> {
+    chan.send(id, kind, flags, payload)
+        .map_err(WorkerError::from)
 }
 
 fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
@@ -143,7 +156,13 @@ fn handle(
                     load_us: started.elapsed().as_micros() as u64,
                 })),
             };
-            send(chan, id, Kind::Response, Flags::END, &answer.encode_to_vec())
+            send(
+                chan,
+                id,
+                Kind::Response,
+                Flags::END,
+                &answer.encode_to_vec(),
+            )
         }
         Some(worker_request::Body::Generate(g)) => {
             let engine = engine
@@ -223,7 +242,10 @@ fn generate(
             }
         }
         if deadline_ms > 0 && now_ms() >= deadline_ms {
-            return Next::Abort(Code::DeadlineExceeded, "deadline passed during generation".into());
+            return Next::Abort(
+                Code::DeadlineExceeded,
+                "deadline passed during generation".into(),
+            );
         }
         Next::Continue
     };

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use sha2::{Digest, Sha256};
-use sidecar_proto::v1::{FileChunk, FileInfo, GetFileRequest, ListFilesRequest, PutFileRequest, put_file_request};
+use sidecar_proto::v1::{
+    FileChunk, FileInfo, GetFileRequest, ListFilesRequest, PutFileRequest, put_file_request,
+};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
@@ -29,7 +31,9 @@ fn io(what: &str, e: std::io::Error) -> Error {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("file task: {e}")))?
@@ -65,7 +69,12 @@ fn used_files(registry: &Registry) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-fn info(root: &Path, path: &Path, used: &[(PathBuf, String)], with_sha: bool) -> Result<FileInfo, Error> {
+fn info(
+    root: &Path,
+    path: &Path,
+    used: &[(PathBuf, String)],
+    with_sha: bool,
+) -> Result<FileInfo, Error> {
     let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
     let modified = meta
         .modified()
@@ -80,8 +89,16 @@ fn info(root: &Path, path: &Path, used: &[(PathBuf, String)], with_sha: bool) ->
             .into_owned(),
         size_bytes: meta.len(),
         modified_unix_ms: modified,
-        sha256: if with_sha { sha256_file(path)? } else { String::new() },
-        used_by: used.iter().filter(|(p, _)| p == path).map(|(_, id)| id.clone()).collect(),
+        sha256: if with_sha {
+            sha256_file(path)?
+        } else {
+            String::new()
+        },
+        used_by: used
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, id)| id.clone())
+            .collect(),
     })
 }
 
@@ -92,12 +109,20 @@ pub async fn list(registry: &Registry, req: &ListFilesRequest) -> Result<Vec<Fil
         root.clone()
     } else {
         let d = registry.store.join(&req.prefix)?;
-        let real = d.canonicalize().map_err(|e| io(&format!("prefix {:?}", req.prefix), e))?;
+        let real = d
+            .canonicalize()
+            .map_err(|e| io(&format!("prefix {:?}", req.prefix), e))?;
         if !real.starts_with(&root) {
-            return Err(Error::InvalidArgument(format!("prefix {:?} leaves the model store", req.prefix)));
+            return Err(Error::InvalidArgument(format!(
+                "prefix {:?} leaves the model store",
+                req.prefix
+            )));
         }
         if !real.is_dir() {
-            return Err(Error::NotFound(format!("prefix {:?} is not a directory", req.prefix)));
+            return Err(Error::NotFound(format!(
+                "prefix {:?} is not a directory",
+                req.prefix
+            )));
         }
         real
     };
@@ -113,7 +138,9 @@ pub async fn list(registry: &Registry, req: &ListFilesRequest) -> Result<Vec<Fil
                 if name.to_string_lossy().starts_with(TEMP_PREFIX) {
                     continue;
                 }
-                let Ok(real) = path.canonicalize() else { continue };
+                let Ok(real) = path.canonicalize() else {
+                    continue;
+                };
                 if !real.starts_with(&root) {
                     continue;
                 }
@@ -142,7 +169,9 @@ pub async fn get(registry: &Registry, req: GetFileRequest) -> Result<Chunks, Err
     let chunk = match req.chunk_size as usize {
         0 => DEFAULT_CHUNK,
         n if n > MAX_CHUNK => {
-            return Err(Error::InvalidArgument(format!("chunk_size {n} exceeds the limit of {MAX_CHUNK}")));
+            return Err(Error::InvalidArgument(format!(
+                "chunk_size {n} exceeds the limit of {MAX_CHUNK}"
+            )));
         }
         n => n,
     };
@@ -152,14 +181,23 @@ pub async fn get(registry: &Registry, req: GetFileRequest) -> Result<Chunks, Err
     };
     let size = file_info.size_bytes;
     if req.offset > size {
-        return Err(Error::InvalidArgument(format!("offset {} is past the end of the {size} byte file", req.offset)));
+        return Err(Error::InvalidArgument(format!(
+            "offset {} is past the end of the {size} byte file",
+            req.offset
+        )));
     }
-    let end = if req.length == 0 { size } else { size.min(req.offset.saturating_add(req.length)) };
+    let end = if req.length == 0 {
+        size
+    } else {
+        size.min(req.offset.saturating_add(req.length))
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let offset = req.offset;
     tokio::task::spawn_blocking(move || {
         let send = |c: Result<FileChunk, Status>| tx.blocking_send(c).is_ok();
-        let mut f = match std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::Start(offset)).map(|_| f)) {
+        let mut f = match std::fs::File::open(&path)
+            .and_then(|mut f| f.seek(SeekFrom::Start(offset)).map(|_| f))
+        {
             Ok(f) => f,
             Err(e) => {
                 send(Err(io("open", e).into()));
@@ -175,7 +213,11 @@ pub async fn get(registry: &Registry, req: GetFileRequest) -> Result<Chunks, Err
                 send(Err(io("read", e).into()));
                 return;
             }
-            let msg = FileChunk { offset: at, data: data.into(), file: first.take() };
+            let msg = FileChunk {
+                offset: at,
+                data: data.into(),
+                file: first.take(),
+            };
             if !send(Ok(msg)) {
                 return;
             }
@@ -199,31 +241,55 @@ impl Drop for Temp {
 }
 
 /// PutFile.
-pub async fn put(registry: &Registry, mut stream: Streaming<PutFileRequest>) -> Result<FileInfo, Error> {
+pub async fn put(
+    registry: &Registry,
+    mut stream: Streaming<PutFileRequest>,
+) -> Result<FileInfo, Error> {
     let header = match stream.next().await {
-        Some(Ok(PutFileRequest { msg: Some(put_file_request::Msg::Header(h)) })) => h,
-        Some(Ok(_)) | None => return Err(Error::InvalidArgument("the first message must be the header".into())),
+        Some(Ok(PutFileRequest {
+            msg: Some(put_file_request::Msg::Header(h)),
+        })) => h,
+        Some(Ok(_)) | None => {
+            return Err(Error::InvalidArgument(
+                "the first message must be the header".into(),
+            ));
+        }
         Some(Err(s)) => return Err(Error::Cancelled(format!("upload stream: {}", s.message()))),
     };
     let want_sha = header.sha256.to_ascii_lowercase();
     if want_sha.len() != 64 || !want_sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::InvalidArgument(format!("sha256 {:?} is not 64 hex digits", header.sha256)));
+        return Err(Error::InvalidArgument(format!(
+            "sha256 {:?} is not 64 hex digits",
+            header.sha256
+        )));
     }
     let dest = registry.store.join(&header.path)?;
     let root = registry.store.root().to_path_buf();
-    let parent = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+    let parent = dest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.clone());
     std::fs::create_dir_all(&parent).map_err(|e| io("create directory", e))?;
     let real_parent = parent.canonicalize().map_err(|e| io("directory", e))?;
     if !real_parent.starts_with(&root) {
-        return Err(Error::InvalidArgument(format!("path {:?} leaves the model store", header.path)));
+        return Err(Error::InvalidArgument(format!(
+            "path {:?} leaves the model store",
+            header.path
+        )));
     }
     let dest = real_parent.join(dest.file_name().unwrap_or_default());
     if dest.is_symlink() || dest.is_dir() {
-        return Err(Error::InvalidArgument(format!("path {:?} is not a regular file", header.path)));
+        return Err(Error::InvalidArgument(format!(
+            "path {:?} is not a regular file",
+            header.path
+        )));
     }
     if dest.exists() {
         if !header.overwrite {
-            return Err(Error::AlreadyExists(format!("{:?} exists; set overwrite to replace it", header.path)));
+            return Err(Error::AlreadyExists(format!(
+                "{:?} exists; set overwrite to replace it",
+                header.path
+            )));
         }
         let users: Vec<String> = used_files(registry)
             .into_iter()
@@ -248,10 +314,15 @@ pub async fn put(registry: &Registry, mut stream: Streaming<PutFileRequest>) -> 
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
     while let Some(msg) = stream.next().await {
-        let msg = msg.map_err(|s| Error::Cancelled(format!("upload interrupted: {}", s.message())))?;
+        let msg =
+            msg.map_err(|s| Error::Cancelled(format!("upload interrupted: {}", s.message())))?;
         let chunk = match msg.msg {
             Some(put_file_request::Msg::Chunk(c)) => c,
-            _ => return Err(Error::InvalidArgument("only chunks may follow the header".into())),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "only chunks may follow the header".into(),
+                ));
+            }
         };
         written += chunk.len() as u64;
         if written > header.size_bytes {

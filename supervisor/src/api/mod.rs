@@ -45,7 +45,11 @@ pub fn request_id<T>(req: &tonic::Request<T>) -> String {
         .unwrap_or_else(|| {
             use std::sync::atomic::{AtomicU64, Ordering};
             static NEXT: AtomicU64 = AtomicU64::new(1);
-            format!("sc-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+            format!(
+                "sc-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )
         })
 }
 

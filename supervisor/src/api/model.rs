@@ -7,8 +7,8 @@ use sidecar_proto::v1::model_service_server::ModelService;
 use sidecar_proto::v1::{
     DeleteFileRequest, DeleteFileResponse, FileChunk, GetFileRequest, GetModelRequest,
     ListFilesRequest, ListFilesResponse, ListModelsRequest, ListModelsResponse, LoadModelRequest,
-    LoadModelResponse, ModelFamily, ModelInfo, PutFileRequest, PutFileResponse,
-    UnloadModelRequest, UnloadModelResponse, load_model_request,
+    LoadModelResponse, ModelFamily, ModelInfo, PutFileRequest, PutFileResponse, UnloadModelRequest,
+    UnloadModelResponse, load_model_request,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -80,13 +80,18 @@ type Chunks = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ModelService for ModelApi {
-    async fn load_model(&self, req: Request<LoadModelRequest>) -> Result<Response<LoadModelResponse>, Status> {
+    async fn load_model(
+        &self,
+        req: Request<LoadModelRequest>,
+    ) -> Result<Response<LoadModelResponse>, Status> {
         let deadline = super::deadline(&req, self.config.deadlines.load);
         let spec = spec_from(req.into_inner())?;
         let handle = self.registry.add(spec)?;
         let status = handle.wait_settled(deadline).await;
         match status.state {
-            State::Ready => Ok(Response::new(LoadModelResponse { model: Some(handle.info()) })),
+            State::Ready => Ok(Response::new(LoadModelResponse {
+                model: Some(handle.info()),
+            })),
             State::Failed => {
                 let id = handle.spec.id.clone();
                 let message = status.last_error;
@@ -102,13 +107,19 @@ impl ModelService for ModelApi {
         }
     }
 
-    async fn unload_model(&self, req: Request<UnloadModelRequest>) -> Result<Response<UnloadModelResponse>, Status> {
+    async fn unload_model(
+        &self,
+        req: Request<UnloadModelRequest>,
+    ) -> Result<Response<UnloadModelResponse>, Status> {
         let id = req.into_inner().model_id;
         self.registry.remove(&id, KillReason::Requested).await?;
         Ok(Response::new(UnloadModelResponse {}))
     }
 
-    async fn list_models(&self, req: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        req: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
         let family = req.into_inner().family;
         let models: Vec<ModelInfo> = self
             .registry
@@ -120,29 +131,44 @@ impl ModelService for ModelApi {
         Ok(Response::new(ListModelsResponse { models }))
     }
 
-    async fn get_model(&self, req: Request<GetModelRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model(
+        &self,
+        req: Request<GetModelRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
         let handle = self.registry.get(&req.into_inner().model_id)?;
         Ok(Response::new(handle.info()))
     }
 
-    async fn list_files(&self, req: Request<ListFilesRequest>) -> Result<Response<ListFilesResponse>, Status> {
+    async fn list_files(
+        &self,
+        req: Request<ListFilesRequest>,
+    ) -> Result<Response<ListFilesResponse>, Status> {
         let files = super::files::list(&self.registry, &req.into_inner()).await?;
         Ok(Response::new(ListFilesResponse { files }))
     }
 
     type GetFileStream = Chunks;
 
-    async fn get_file(&self, req: Request<GetFileRequest>) -> Result<Response<Self::GetFileStream>, Status> {
+    async fn get_file(
+        &self,
+        req: Request<GetFileRequest>,
+    ) -> Result<Response<Self::GetFileStream>, Status> {
         let stream = super::files::get(&self.registry, req.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
-    async fn put_file(&self, req: Request<Streaming<PutFileRequest>>) -> Result<Response<PutFileResponse>, Status> {
+    async fn put_file(
+        &self,
+        req: Request<Streaming<PutFileRequest>>,
+    ) -> Result<Response<PutFileResponse>, Status> {
         let file = super::files::put(&self.registry, req.into_inner()).await?;
         Ok(Response::new(PutFileResponse { file: Some(file) }))
     }
 
-    async fn delete_file(&self, req: Request<DeleteFileRequest>) -> Result<Response<DeleteFileResponse>, Status> {
+    async fn delete_file(
+        &self,
+        req: Request<DeleteFileRequest>,
+    ) -> Result<Response<DeleteFileResponse>, Status> {
         super::files::delete(&self.registry, &req.into_inner().path).await?;
         Ok(Response::new(DeleteFileResponse {}))
     }

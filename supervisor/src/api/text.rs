@@ -29,7 +29,11 @@ pub struct TextApi {
 type TokenStream = Pin<Box<dyn Stream<Item = Result<GenerateStreamResponse, Status>> + Send>>;
 
 impl TextApi {
-    async fn start(&self, req: Request<GenerateRequest>, stream: bool) -> Result<CallStream, Error> {
+    async fn start(
+        &self,
+        req: Request<GenerateRequest>,
+        stream: bool,
+    ) -> Result<CallStream, Error> {
         let default = if stream {
             self.config.deadlines.stream
         } else {
@@ -40,7 +44,10 @@ impl TextApi {
         let g = req.into_inner();
         let handle = self.registry.get(&g.model_id)?;
         if handle.spec.family != Family::Text {
-            return Err(Error::FailedPrecondition(format!("model {:?} is not a TEXT model", g.model_id)));
+            return Err(Error::FailedPrecondition(format!(
+                "model {:?} is not a TEXT model",
+                g.model_id
+            )));
         }
         if g.prompt.is_empty() {
             return Err(Error::InvalidArgument("prompt must not be empty".into()));
@@ -60,7 +67,9 @@ async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResp
     match call.next().await? {
         Ok(r) => match r.body {
             Some(worker_response::Body::Text(t)) => Some(Ok(t)),
-            other => Some(Err(Error::Internal(format!("unexpected worker answer {other:?}")))),
+            other => Some(Err(Error::Internal(format!(
+                "unexpected worker answer {other:?}"
+            )))),
         },
         Err(e) => Some(Err(e)),
     }
@@ -75,7 +84,10 @@ fn unimplemented(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl TextService for TextApi {
-    async fn generate(&self, req: Request<GenerateRequest>) -> Result<Response<GenerateResponse>, Status> {
+    async fn generate(
+        &self,
+        req: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateResponse>, Status> {
         let mut call = self.start(req, false).await?;
         let mut text = String::new();
         while let Some(msg) = next_message(&mut call).await {
@@ -109,7 +121,9 @@ impl TextService for TextApi {
             while let Some(msg) = next_message(&mut call).await {
                 let last = matches!(
                     &msg,
-                    Ok(GenerateStreamResponse { msg: Some(generate_stream_response::Msg::Done(_)) }) | Err(_)
+                    Ok(GenerateStreamResponse {
+                        msg: Some(generate_stream_response::Msg::Done(_))
+                    }) | Err(_)
                 );
                 // A send error means the client went away: dropping the
                 // call cancels the request in the worker.
@@ -118,7 +132,9 @@ impl TextService for TextApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn chat(&self, _: Request<ChatRequest>) -> Result<Response<GenerateResponse>, Status> {
@@ -127,7 +143,10 @@ impl TextService for TextApi {
 
     type ChatStreamStream = TokenStream;
 
-    async fn chat_stream(&self, _: Request<ChatRequest>) -> Result<Response<Self::ChatStreamStream>, Status> {
+    async fn chat_stream(
+        &self,
+        _: Request<ChatRequest>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
         Err(unimplemented("ChatStream"))
     }
 
@@ -135,7 +154,10 @@ impl TextService for TextApi {
         Err(unimplemented("Embed"))
     }
 
-    async fn tokenize(&self, _: Request<TokenizeRequest>) -> Result<Response<TokenizeResponse>, Status> {
+    async fn tokenize(
+        &self,
+        _: Request<TokenizeRequest>,
+    ) -> Result<Response<TokenizeResponse>, Status> {
         Err(unimplemented("Tokenize"))
     }
 }

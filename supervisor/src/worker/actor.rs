@@ -52,7 +52,11 @@ pub(super) fn spawn(
     cmds: mpsc::Receiver<Command>,
 ) -> (watch::Receiver<Status>, watch::Receiver<Option<Conn>>) {
     let initial = Status {
-        state: if spec.preload { State::Loading } else { State::Idle },
+        state: if spec.preload {
+            State::Loading
+        } else {
+            State::Idle
+        },
         pid: 0,
         restarts: 0,
         last_error: String::new(),
@@ -78,7 +82,6 @@ pub(super) fn spawn(
     tokio::spawn(actor.run());
     (status_rx, conn_rx)
 }
-
 
 impl Actor {
     fn set(&self, state: State, change: impl FnOnce(&mut Status)) {
@@ -178,7 +181,11 @@ impl Actor {
     fn count_restart(&mut self, reason: KillReason) -> bool {
         let now = Instant::now();
         let window = self.config.workers.restart_window;
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -226,7 +233,11 @@ impl Actor {
 
     async fn after_death(&mut self, exit: Exit, reason: KillReason) -> bool {
         self.conn.send_replace(None);
-        let message = format!("worker (pid {}) ended: {exit}, reason {}", exit.pid, reason.as_str());
+        let message = format!(
+            "worker (pid {}) ended: {exit}, reason {}",
+            exit.pid,
+            reason.as_str()
+        );
         tracing::warn!(model = %self.spec.id, "{message}");
         self.status.send_modify(|s| s.last_error = message);
         self.count_restart(reason) && self.wait_backoff().await
@@ -235,9 +246,13 @@ impl Actor {
     /// Spawn → hello → load. On failure the worker is killed and reaped.
     async fn start_once(&mut self) -> Result<Conn, String> {
         let workers = &self.config.workers;
-        let (mine, theirs) = ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
-            .map_err(|e| format!("ipc channel: {e}"))?;
-        let program = self.config.worker_dir().join(self.spec.family.worker_binary());
+        let (mine, theirs) =
+            ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
+                .map_err(|e| format!("ipc channel: {e}"))?;
+        let program = self
+            .config
+            .worker_dir()
+            .join(self.spec.family.worker_binary());
         let mut child = self
             .spawner
             .spawn(&program, theirs)
@@ -261,7 +276,9 @@ impl Actor {
                 Ok(Conn { chan, pid, exit })
             }
             Ok(Err(e)) => {
-                let ended = process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
+                let ended =
+                    process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace)
+                        .await;
                 Err(format!("{e} (worker pid {pid}: {ended})"))
             }
             Err(_) => {
@@ -294,7 +311,10 @@ impl Actor {
             ));
         }
         if hello.family != self.spec.family.to_proto() as i32 {
-            return Err(format!("worker serves family {}, expected {:?}", hello.family, self.spec.family));
+            return Err(format!(
+                "worker serves family {}, expected {:?}",
+                hello.family, self.spec.family
+            ));
         }
         let req = WorkerRequest {
             request_tag: format!("load-{}", self.spec.id),
@@ -317,14 +337,16 @@ impl Actor {
             .map_err(|e| format!("worker died while loading: {e}"))?;
         match frame.kind {
             Kind::Response => {
-                let r = WorkerResponse::decode(frame.payload).map_err(|e| format!("bad load answer: {e}"))?;
+                let r = WorkerResponse::decode(frame.payload)
+                    .map_err(|e| format!("bad load answer: {e}"))?;
                 match r.body {
                     Some(worker_response::Body::Loaded(l)) => Ok(l.text),
                     other => Err(format!("unexpected load answer {other:?}")),
                 }
             }
             Kind::Error => {
-                let e = WorkerError::decode(frame.payload).map_err(|e| format!("bad load error: {e}"))?;
+                let e = WorkerError::decode(frame.payload)
+                    .map_err(|e| format!("bad load error: {e}"))?;
                 Err(format!("load failed: {}", e.message))
             }
             other => Err(format!("unexpected {other:?} frame during load")),

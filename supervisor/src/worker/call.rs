@@ -34,7 +34,11 @@ impl Drop for Waiting<'_> {
 impl WorkerHandle {
     /// Sends `req` to the model's worker once it is READY and a slot is
     /// free, all within `deadline`.
-    pub async fn call(&self, mut req: WorkerRequest, deadline: Instant) -> Result<CallStream, Error> {
+    pub async fn call(
+        &self,
+        mut req: WorkerRequest,
+        deadline: Instant,
+    ) -> Result<CallStream, Error> {
         let id = &self.spec.id;
         let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(self);
@@ -45,14 +49,20 @@ impl WorkerHandle {
             )));
         }
         let conn = self.ready_conn(deadline).await?;
-        let permit = tokio::time::timeout_at(deadline.into(), self.in_flight.clone().acquire_owned())
-            .await
-            .map_err(|_| Error::DeadlineExceeded(format!("model {id:?}: deadline passed while queued")))?
-            .map_err(|_| Error::Unavailable(format!("model {id:?} is unloading")))?;
+        let permit =
+            tokio::time::timeout_at(deadline.into(), self.in_flight.clone().acquire_owned())
+                .await
+                .map_err(|_| {
+                    Error::DeadlineExceeded(format!("model {id:?}: deadline passed while queued"))
+                })?
+                .map_err(|_| Error::Unavailable(format!("model {id:?} is unloading")))?;
         if let Ok(mut used) = self.last_used.lock() {
             *used = Some(super::now_ms());
         }
-        req.deadline_unix_ms = super::now_ms() + deadline.saturating_duration_since(Instant::now()).as_millis() as i64;
+        req.deadline_unix_ms = super::now_ms()
+            + deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64;
         let stream = conn
             .chan
             .request(&req.encode_to_vec())
@@ -131,7 +141,10 @@ impl WorkerHandle {
                 "model {:?}: its worker (pid {}) died mid-call{}",
                 self.spec.id,
                 conn.pid,
-                conn.exit.borrow().map(|x| format!(": {x}")).unwrap_or_default()
+                conn.exit
+                    .borrow()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
             )),
             ipc::Error::TooLarge { .. } => Error::InvalidArgument(e.to_string()),
             other => Error::Internal(format!("model {:?}: channel: {other}", self.spec.id)),
@@ -163,7 +176,9 @@ impl CallStream {
                 self.done = true;
                 // Give the reaper a moment so the message can say how it died.
                 let mut exit = self.conn.exit.clone();
-                let _ = tokio::time::timeout(Duration::from_secs(1), exit.wait_for(|e| e.is_some())).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), exit.wait_for(|e| e.is_some()))
+                        .await;
                 return Some(Err(self.handle.channel_error(&self.conn, e)));
             }
             Ok(Some(Ok(f))) => f,
@@ -181,7 +196,9 @@ impl CallStream {
                     Err(e) => Err(Error::Internal(format!("undecodable worker error: {e}"))),
                 }
             }
-            other => Err(Error::Internal(format!("unexpected {other:?} frame from the worker"))),
+            other => Err(Error::Internal(format!(
+                "unexpected {other:?} frame from the worker"
+            ))),
         })
     }
 
@@ -192,7 +209,10 @@ impl CallStream {
         let handle = self.handle.clone();
         let pid = self.conn.pid;
         let grace = handle.config.deadlines.cancel_grace;
-        let cancel = Cancel { reason: "deadline".into() }.encode_to_vec();
+        let cancel = Cancel {
+            reason: "deadline".into(),
+        }
+        .encode_to_vec();
         // Finish the exchange in the background.
         let Some(mut stream) = self.stream.take() else {
             return;
@@ -210,7 +230,13 @@ impl CallStream {
             .await;
             if !matches!(stopped, Ok(true)) {
                 tracing::warn!(model = %handle.spec.id, pid, "worker did not stop within {grace:?} of a cancel");
-                let _ = handle.cmds.send(Command::Kill { pid, reason: KillReason::Timeout }).await;
+                let _ = handle
+                    .cmds
+                    .send(Command::Kill {
+                        pid,
+                        reason: KillReason::Timeout,
+                    })
+                    .await;
             }
         });
     }

@@ -108,7 +108,10 @@ pub(crate) enum Command {
     /// Restart with a fresh restart budget.
     Restart,
     /// Stop the worker and end the actor.
-    Unload { reason: KillReason, done: oneshot::Sender<()> },
+    Unload {
+        reason: KillReason,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The handle API calls use.
@@ -170,14 +173,18 @@ impl WorkerHandle {
         let mut rx = self.status.clone();
         let settled = |s: &Status| matches!(s.state, State::Ready | State::Failed | State::Stopped);
         let _ = tokio::time::timeout_at(deadline.into(), rx.wait_for(settled)).await;
-        let s = rx.borrow().clone();
-        s
+        rx.borrow().clone()
     }
 
     /// Stops the worker and ends the actor.
     pub async fn unload(&self, reason: KillReason) {
         let (done, rx) = oneshot::channel();
-        if self.cmds.send(Command::Unload { reason, done }).await.is_ok() {
+        if self
+            .cmds
+            .send(Command::Unload { reason, done })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -213,14 +220,13 @@ impl WorkerHandle {
             last_kill_reason: s.last_kill_reason.map_or(0, |r| r.to_proto() as i32),
             memory,
             loaded_unix_ms: s.loaded_unix_ms,
-            last_used_unix_ms: self
-                .last_used
-                .lock()
-                .map_or(0, |g| g.unwrap_or_default()),
+            last_used_unix_ms: self.last_used.lock().map_or(0, |g| g.unwrap_or_default()),
             in_flight: in_flight as u32,
             queue_depth: self.waiting.load(Ordering::Relaxed) as u32,
             file_size_bytes: self.file_size,
-            options: Some(sidecar_proto::v1::model_info::Options::Text(self.spec.text.to_proto())),
+            options: Some(sidecar_proto::v1::model_info::Options::Text(
+                self.spec.text.to_proto(),
+            )),
             text_details: s.details,
         }
     }

@@ -126,7 +126,13 @@ impl Spawner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        for key in ["SIDECAR_LOG", "RUST_BACKTRACE", "RUST_LOG", "LANG", "TZ", "OMP_NUM_THREADS"] {
+        for key in [
+            "SIDECAR_WORKER_LOG",
+            "RUST_BACKTRACE",
+            "LANG",
+            "TZ",
+            "OMP_NUM_THREADS",
+        ] {
             if let Ok(v) = std::env::var(key) {
                 cmd.env(key, v);
             }
@@ -184,10 +190,10 @@ pub async fn kill_worker(
     let _ = killpg(group, Signal::SIGTERM);
     let _ = kill(group, Signal::SIGCONT);
     let reaped = |e: &Option<Exit>| e.is_some();
-    if let Ok(Ok(e)) = tokio::time::timeout(grace, exit.wait_for(reaped)).await {
-        if let Some(e) = *e {
-            return e;
-        }
+    if let Ok(Ok(e)) = tokio::time::timeout(grace, exit.wait_for(reaped)).await
+        && let Some(e) = *e
+    {
+        return e;
     }
     tracing::warn!(pid, "worker ignored SIGTERM for {grace:?}; SIGKILL");
     let _ = killpg(group, Signal::SIGKILL);

@@ -1,0 +1,42 @@
+//! The Python `grpcio` client (stubs generated from the project's protos
+//! at test time) streams a completion from the real sidecar.
+
+use std::process::Command;
+
+use e2e::{Sidecar, root, serial, smollm2_config, store};
+
+#[tokio::test]
+async fn python_grpcio_client_streams_a_completion() {
+    let _serial = serial().await;
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out = tokio::task::spawn_blocking({
+        let api = sc.api.to_string();
+        let out_dir = out_dir.path().to_path_buf();
+        move || {
+            Command::new(python)
+                .arg(root().join("tests/python/smoke.py"))
+                .arg(&api)
+                .arg(root().join("proto"))
+                .arg(&out_dir)
+                .output()
+                .expect("run python")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+}

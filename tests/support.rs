@@ -1,0 +1,254 @@
+//! Starting the real `sidecar` (with the real worker binaries and models)
+//! for end-to-end tests, and talking to it.
+//!
+//! The binaries are found next to the test executable's `deps/` folder, so
+//! run these tests through `cargo test --workspace` (which builds every
+//! binary of the workspace); the models come from `scripts/setup.sh`.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sidecar_proto::v1::model_service_client::ModelServiceClient;
+use sidecar_proto::v1::text_service_client::TextServiceClient;
+use sidecar_proto::v1::{GetModelRequest, ModelInfo, ModelState};
+use tonic::transport::Channel;
+
+/// The SmolLM2 file, relative to the model store.
+pub const SMOLLM2: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// End-to-end tests start processes and measure deadlines: on a 2-core
+/// machine they run one at a time.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary built by this workspace.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        path.display()
+    );
+    path
+}
+
+/// A model store in a temporary folder holding SmolLM2 (hard-linked from
+/// `models/`, or copied) and whatever else a test adds.
+pub fn store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = root().join("models").join(SMOLLM2);
+    assert!(
+        src.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        src.display()
+    );
+    let dest = dir.path().join(SMOLLM2);
+    std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+    if std::fs::hard_link(&src, &dest).is_err() {
+        std::fs::copy(&src, &dest).expect("copy model");
+    }
+    dir
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The supervisor process.
+    pub child: Child,
+    /// gRPC API address.
+    pub api: SocketAddr,
+    /// HTTP admin address.
+    pub admin: SocketAddr,
+    /// Its model store.
+    pub store: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts `sidecar` with `config` (TOML; `listen`, `admin_listen` and
+    /// `model_store` are set here) and waits until it listens.
+    pub fn start(store: tempfile::TempDir, config: &str) -> Sidecar {
+        let file = store.path().join("sidecar.toml");
+        let full = format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\n{config}",
+            store.path().display()
+        );
+        std::fs::write(&file, full).expect("write config");
+        let mut child = Command::new(binary("sidecar"))
+            .arg("--config")
+            .arg(&file)
+            .env("SIDECAR_LOG", "info,worker=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sidecar");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sidecar printed its addresses");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        Sidecar {
+            api: field("api="),
+            admin: field("admin="),
+            child,
+            store,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.api))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the API")
+    }
+
+    /// A TextService client.
+    pub async fn text(&self) -> TextServiceClient<Channel> {
+        TextServiceClient::new(self.channel().await)
+    }
+
+    /// A ModelService client.
+    pub async fn models(&self) -> ModelServiceClient<Channel> {
+        ModelServiceClient::new(self.channel().await)
+    }
+
+    /// GetModel.
+    pub async fn model(&self, id: &str) -> ModelInfo {
+        self.models()
+            .await
+            .get_model(GetModelRequest {
+                model_id: id.into(),
+            })
+            .await
+            .expect("GetModel")
+            .into_inner()
+    }
+
+    /// Waits until `check` holds for the model, or panics after `limit`.
+    pub async fn eventually(
+        &self,
+        id: &str,
+        limit: Duration,
+        check: impl Fn(&ModelInfo) -> bool,
+    ) -> ModelInfo {
+        let start = Instant::now();
+        loop {
+            let m = self.model(id).await;
+            if check(&m) {
+                return m;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "model {id} did not get there within {limit:?}: {m:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the model is READY.
+    pub async fn ready(&self, id: &str) -> ModelInfo {
+        self.eventually(id, Duration::from_secs(60), |m| {
+            m.state == ModelState::Ready as i32
+        })
+        .await
+    }
+
+    /// HTTP GET on the admin port: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.admin).expect("admin connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
+    /// Sends a signal to the supervisor.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).expect("signal sidecar");
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).expect("signal");
+}
+
+/// The default config for one SmolLM2 model with one thread (tests share
+/// 2 cores).
+pub fn smollm2_config(extra_model_keys: &str) -> String {
+    format!(
+        "[[models]]\nid = \"smollm2\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\ntext = {{ context_size = 1024, threads = 1 }}\n{extra_model_keys}\n"
+    )
+}

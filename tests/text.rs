@@ -1,0 +1,239 @@
+//! Generation end to end: a tonic client streams from the real sidecar,
+//! worker-text and SmolLM2; bad input gets the right code and changes
+//! nothing; a full queue refuses at once.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Sidecar, serial, smollm2_config, store};
+use sidecar_proto::v1::{
+    FinishReason, GenerateRequest, LoadModelRequest, ModelFamily, SamplingParams,
+    generate_stream_response::Msg,
+};
+use tonic::Code;
+
+fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        model_id: "smollm2".into(),
+        prompt: prompt.into(),
+        max_tokens,
+        sampling: Some(SamplingParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_completion_streams_token_by_token_and_matches_the_unary_call() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+
+    let mut stream = text
+        .generate_stream(greedy("The capital of France is", 24))
+        .await
+        .expect("stream starts")
+        .into_inner();
+    let mut deltas = Vec::new();
+    let mut done = None;
+    while let Some(msg) = stream.message().await.expect("no error") {
+        match msg.msg.expect("message") {
+            Msg::Delta(d) => {
+                assert!(done.is_none(), "token after the final message");
+                assert_eq!(d.index as usize, deltas.len(), "indices count up");
+                deltas.push(d);
+            }
+            Msg::Done(d) => done = Some(d),
+        }
+    }
+    let done = done.expect("a final message");
+    let usage = done.usage.expect("usage");
+    let streamed: String = deltas
+        .iter()
+        .map(|d| d.text.as_str())
+        .chain([done.text.as_str()])
+        .collect();
+    assert!(!streamed.trim().is_empty(), "generated text");
+    assert!(usage.prompt_tokens >= 5, "{usage:?}");
+    assert_eq!(
+        usage.completion_tokens as usize,
+        deltas.len(),
+        "one message per token"
+    );
+    assert!(usage.completion_tokens <= 24);
+    assert!(
+        [FinishReason::Length as i32, FinishReason::Eos as i32].contains(&done.finish_reason),
+        "{done:?}"
+    );
+    let timings = done.timings.expect("timings");
+    assert!(
+        timings.time_to_first_token_us > 0 && timings.tokens_per_second > 0.0,
+        "{timings:?}"
+    );
+
+    // Greedy decoding: the unary call gives the same text.
+    let whole = text
+        .generate(greedy("The capital of France is", 24))
+        .await
+        .expect("generate")
+        .into_inner();
+    assert_eq!(whole.text, streamed);
+    assert_eq!(
+        whole.usage.expect("usage").completion_tokens,
+        usage.completion_tokens
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let _serial = serial().await;
+    let store = store();
+    std::fs::write(
+        store.path().join("not-a-model.gguf"),
+        b"this is not a GGUF file",
+    )
+    .expect("write");
+    let sc = Sidecar::start(store, &smollm2_config(""));
+    let before = sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+
+    let cases: Vec<(GenerateRequest, Code, &str)> = vec![
+        (
+            GenerateRequest {
+                model_id: "nope".into(),
+                ..greedy("x", 1)
+            },
+            Code::NotFound,
+            "nope",
+        ),
+        (greedy("", 1), Code::InvalidArgument, "prompt"),
+        (
+            greedy("x", 100_000),
+            Code::InvalidArgument,
+            "max_tokens 100000",
+        ),
+        (
+            GenerateRequest {
+                sampling: Some(SamplingParams {
+                    temperature: Some(7.0),
+                    ..Default::default()
+                }),
+                ..greedy("x", 1)
+            },
+            Code::InvalidArgument,
+            "sampling.temperature",
+        ),
+        (
+            GenerateRequest {
+                sampling: Some(SamplingParams {
+                    top_p: Some(0.0),
+                    ..Default::default()
+                }),
+                ..greedy("x", 1)
+            },
+            Code::InvalidArgument,
+            "sampling.top_p",
+        ),
+        (
+            GenerateRequest {
+                stop: vec![String::new()],
+                ..greedy("x", 1)
+            },
+            Code::InvalidArgument,
+            "stop[0]",
+        ),
+    ];
+    for (req, code, needle) in cases {
+        let err = text.generate(req.clone()).await.expect_err("refused");
+        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            err.message()
+        );
+    }
+
+    let mut models = sc.models().await;
+    let load = |id: &str, path: &str| LoadModelRequest {
+        model_id: id.into(),
+        family: ModelFamily::Text as i32,
+        path: path.into(),
+        ..Default::default()
+    };
+    for (req, code) in [
+        (load("evil", "../etc/passwd"), Code::InvalidArgument),
+        (load("evil", "/etc/passwd"), Code::InvalidArgument),
+        (load("Bad Id", "x"), Code::InvalidArgument),
+        (load("missing", "missing.gguf"), Code::NotFound),
+        (
+            LoadModelRequest {
+                family: 0,
+                ..load("nofamily", "not-a-model.gguf")
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        let err = models.load_model(req.clone()).await.expect_err("refused");
+        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+    }
+    let err = models
+        .load_model(load("junk", "not-a-model.gguf"))
+        .await
+        .expect_err("not a GGUF file");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("not a GGUF model file"),
+        "{}",
+        err.message()
+    );
+
+    // Nothing above disturbed the model that works.
+    let ok = text
+        .generate(greedy("Hello", 4))
+        .await
+        .expect("still serves")
+        .into_inner();
+    assert!(ok.usage.expect("usage").completion_tokens > 0);
+    let after = sc.model("smollm2").await;
+    assert_eq!((after.worker_pid, after.restarts), (before.worker_pid, 0));
+    assert_eq!(sc.admin_get("/livez").0, 200);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once() {
+    let _serial = serial().await;
+    let config = format!(
+        "[workers]\nqueue_size = 1\nmax_in_flight = 1\n{}",
+        smollm2_config("")
+    );
+    let sc = Sidecar::start(store(), &config);
+    let worker = sc.ready("smollm2").await.worker_pid;
+    let text = sc.text().await;
+
+    // The worker is stopped, so the first call holds the one slot, the
+    // second waits in the queue, and the third finds the queue full.
+    e2e::signal(worker, nix::sys::signal::Signal::SIGSTOP);
+    let mut running = text.clone();
+    let first = tokio::spawn(async move { running.generate(greedy("Count to ten:", 8)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waiting = text.clone();
+    let second = tokio::spawn(async move { waiting.generate(greedy("Hi", 2)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let err = text
+        .clone()
+        .generate(greedy("Hi", 2))
+        .await
+        .expect_err("queue full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("queue full"), "{}", err.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    e2e::signal(worker, nix::sys::signal::Signal::SIGCONT);
+    first.await.expect("join").expect("first call completes");
+    second.await.expect("join").expect("second call completes");
+}
