@@ -165,6 +165,34 @@ async fn a_model_that_cannot_load_goes_to_failed_and_the_rest_keeps_serving() {
         code, 200,
         "a model that is not required never makes the pod unready: {body}"
     );
+
+    // Fix the file; loading the model again is the explicit reload.
+    let dir = sc.store.path();
+    std::fs::remove_file(dir.join("corrupt.gguf")).expect("remove");
+    std::fs::hard_link(dir.join(e2e::SMOLLM2), dir.join("corrupt.gguf"))
+        .or_else(|_| std::fs::copy(dir.join(e2e::SMOLLM2), dir.join("corrupt.gguf")).map(|_| ()))
+        .expect("replace the file");
+    let reloaded = sc
+        .models()
+        .await
+        .load_model(sidecar_proto::v1::LoadModelRequest {
+            model_id: "broken".into(),
+            family: sidecar_proto::v1::ModelFamily::Text as i32,
+            path: "corrupt.gguf".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("reload after FAILED")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(reloaded.state, ModelState::Ready as i32, "{reloaded:?}");
+    text.generate(GenerateRequest {
+        model_id: "broken".into(),
+        ..greedy("x", 1)
+    })
+    .await
+    .expect("the reloaded model serves");
 }
 
 #[tokio::test]

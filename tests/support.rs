@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use sidecar_proto::v1::admin_service_client::AdminServiceClient;
 use sidecar_proto::v1::model_service_client::ModelServiceClient;
 use sidecar_proto::v1::text_service_client::TextServiceClient;
 use sidecar_proto::v1::{GetModelRequest, ModelInfo, ModelState};
@@ -89,8 +90,9 @@ impl Sidecar {
     pub fn start(store: tempfile::TempDir, config: &str) -> Sidecar {
         let file = store.path().join("sidecar.toml");
         let full = format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\n{config}",
-            store.path().display()
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n{config}",
+            store.path().display(),
+            store.path().join("control.sock").display()
         );
         std::fs::write(&file, full).expect("write config");
         let mut child = Command::new(binary("sidecar"))
@@ -138,6 +140,23 @@ impl Sidecar {
     /// A TextService client.
     pub async fn text(&self) -> TextServiceClient<Channel> {
         TextServiceClient::new(self.channel().await)
+    }
+
+    /// An AdminService client over the control socket.
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        let path = self.store.path().join("control.sock");
+        let channel = tonic::transport::Endpoint::try_from("http://control.sock")
+            .expect("uri")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to the control socket");
+        AdminServiceClient::new(channel)
     }
 
     /// A ModelService client.

@@ -11,6 +11,7 @@ use sidecar_proto::v1::text_service_server::TextServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
+use crate::api::admin::AdminApi;
 use crate::api::model::ModelApi;
 use crate::api::text::TextApi;
 use crate::config::Config;
@@ -59,7 +60,7 @@ pub async fn run(
     let api = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("API socket: {e}")))?;
-    tracing::info!(%api, %admin, store = %registry.store.root().display(), "sidecar listening");
+    tracing::info!(%api, %admin, control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
     let _ = writeln!(
         std::io::stdout(),
         "sidecar listening api={api} admin={admin}"
@@ -78,6 +79,26 @@ pub async fn run(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
+
+    let control = bind_control(&config.control_socket)?;
+    let admin_api = sidecar_proto::v1::admin_service_server::AdminServiceServer::new(AdminApi {
+        registry: registry.clone(),
+        config: config.clone(),
+        started: std::time::Instant::now(),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(admin_api)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(control),
+                async {
+                    let _ = control_stopped.await;
+                },
+            ),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -118,6 +139,41 @@ pub async fn run(
     for handle in registry.list() {
         handle.unload(KillReason::Shutdown).await;
     }
+    let _ = control_stop.send(());
+    let _ = control_server.await;
+    let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the control socket, owner-only (0600) in an owner-only directory
+/// when the supervisor creates it; a stale socket file is replaced.
+fn bind_control(path: &std::path::Path) -> Result<tokio::net::UnixListener, Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        Error::Config(format!("control_socket {}: {what}: {e}", path.display()))
+    };
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail("create directory", e))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("remove stale socket", e)),
+    }
+    // Created owner-only from the start (no window with wider permissions).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|e| fail("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("chmod 0600", e))?;
+    Ok(listener)
 }

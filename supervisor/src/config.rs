@@ -31,6 +31,9 @@ pub struct Cli {
     /// Model store directory (overrides the file).
     #[arg(long, env = "SIDECAR_MODEL_STORE")]
     pub model_store: Option<PathBuf>,
+    /// Control socket path (overrides the file).
+    #[arg(long, env = "SIDECAR_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "SIDECAR_LOG_JSON")]
     pub log_json: bool,
@@ -44,6 +47,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP admin address (`/livez`, `/readyz`).
     pub admin_listen: SocketAddr,
+    /// Control socket (Unix, mode 0600) serving AdminService; nothing that
+    /// changes state is reachable on the network.
+    pub control_socket: PathBuf,
     /// Model store: every model path is resolved inside it.
     pub model_store: PathBuf,
     /// Directory holding the worker binaries; default: the directory of the
@@ -194,6 +200,7 @@ impl Default for Config {
         Config {
             listen: ([127, 0, 0, 1], 50051).into(),
             admin_listen: ([0, 0, 0, 0], 9090).into(),
+            control_socket: PathBuf::from("/run/sidecar/control.sock"),
             model_store: PathBuf::from("models"),
             worker_dir: None,
             max_message_bytes: 64 << 20,
@@ -247,6 +254,9 @@ impl Config {
         }
         if let Some(p) = &cli.model_store {
             config.model_store = p.clone();
+        }
+        if let Some(p) = &cli.control_socket {
+            config.control_socket = p.clone();
         }
         config.validate()?;
         Ok(config)

@@ -1,5 +1,6 @@
 //! The gRPC services of the API port.
 
+pub mod admin;
 pub mod files;
 pub mod model;
 pub mod text;

@@ -87,6 +87,15 @@ impl ModelService for ModelApi {
         let deadline = super::deadline(&req, self.config.deadlines.load);
         let spec = spec_from(req.into_inner())?;
         let handle = self.registry.add(spec)?;
+        if handle.status().state == State::Failed {
+            // Loading a FAILED model again is the explicit reload.
+            handle.restart().await?;
+            let mut rx = handle.clone();
+            let _ = tokio::time::timeout_at(deadline.into(), async {
+                while rx.status().state == State::Failed && rx.changed().await {}
+            })
+            .await;
+        }
         let status = handle.wait_settled(deadline).await;
         match status.state {
             State::Ready => Ok(Response::new(LoadModelResponse {

@@ -64,6 +64,10 @@ pub(super) fn spawn(
         details: None,
         memory: None,
         loaded_unix_ms: 0,
+        started_unix_ms: 0,
+        heartbeat_unix_ms: 0,
+        last_exit: String::new(),
+        worker_version: String::new(),
     };
     let (status, status_rx) = watch::channel(initial);
     let (conn, conn_rx) = watch::channel(None);
@@ -239,7 +243,10 @@ impl Actor {
             reason.as_str()
         );
         tracing::warn!(model = %self.spec.id, "{message}");
-        self.status.send_modify(|s| s.last_error = message);
+        self.status.send_modify(|s| {
+            s.last_error = message;
+            s.last_exit = exit.to_string();
+        });
         self.count_restart(reason) && self.wait_backoff().await
     }
 
@@ -259,7 +266,11 @@ impl Actor {
             .await
             .map_err(|e| format!("{}: {e}", program.display()))?;
         let pid = child.id();
-        self.status.send_modify(|s| s.pid = pid);
+        self.status.send_modify(|s| {
+            s.pid = pid;
+            s.started_unix_ms = now_ms();
+            s.heartbeat_unix_ms = now_ms();
+        });
         forward_logs(&mut child, &self.spec.id, pid);
         let mut exit = process::watch_exit(child);
         let chan = match ipc::AsyncChannel::new(mine) {
@@ -303,6 +314,8 @@ impl Actor {
             return Err(format!("expected a hello, got {:?}", hello.kind));
         }
         let hello = Hello::decode(hello.payload).map_err(|e| format!("bad hello: {e}"))?;
+        self.status
+            .send_modify(|s| s.worker_version = hello.worker_version.clone());
         if hello.protocol_version != sidecar_proto::WORKER_PROTOCOL_VERSION {
             return Err(format!(
                 "worker speaks protocol {}, this supervisor {}",
@@ -371,7 +384,10 @@ impl Actor {
                     Ok(f) if f.kind == Kind::Heartbeat => {
                         last_beat = Instant::now();
                         if let Ok(hb) = Heartbeat::decode(f.payload) {
-                            self.status.send_modify(|s| s.memory = hb.memory);
+                            self.status.send_modify(|s| {
+                                s.memory = hb.memory;
+                                s.heartbeat_unix_ms = now_ms();
+                            });
                         }
                     }
                     Ok(f) if f.kind == Kind::Error => {

@@ -96,6 +96,14 @@ pub struct Status {
     pub memory: Option<MemoryReport>,
     /// When it first became READY (Unix ms).
     pub loaded_unix_ms: i64,
+    /// When the current worker process started (Unix ms).
+    pub started_unix_ms: i64,
+    /// When its last heartbeat arrived (Unix ms).
+    pub heartbeat_unix_ms: i64,
+    /// How the previous worker process ended.
+    pub last_exit: String,
+    /// The worker binary's version, from its hello.
+    pub worker_version: String,
 }
 
 /// Commands to the actor.

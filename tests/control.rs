@@ -1,0 +1,115 @@
+//! The control socket: owner-only, AdminService for operators; and models
+//! loaded lazily on their first call.
+
+use std::os::unix::fs::PermissionsExt;
+
+use e2e::{Sidecar, serial, smollm2_config, store};
+use sidecar_proto::v1::{
+    GenerateRequest, GetStatusRequest, ListWorkersRequest, LoadModelRequest, ModelFamily,
+    ModelState, RestartWorkerRequest, SamplingParams,
+};
+
+fn greedy(model: &str, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        model_id: model.into(),
+        prompt: "Hello".into(),
+        max_tokens,
+        sampling: Some(SamplingParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_control_socket_is_owner_only_and_serves_operators() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    let ready = sc.ready("smollm2").await;
+    let mode = std::fs::metadata(sc.store.path().join("control.sock"))
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    let mut admin = sc.admin().await;
+    let status = admin
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.ready && status.pid > 0, "{status:?}");
+    assert!(status.host.expect("host memory").total_bytes > 0);
+    let workers = admin
+        .list_workers(ListWorkersRequest {})
+        .await
+        .expect("workers")
+        .into_inner()
+        .workers;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        (workers[0].model_id.as_str(), workers[0].pid),
+        ("smollm2", ready.worker_pid)
+    );
+    assert!(workers[0].heartbeat_age_ms < 5_000, "{:?}", workers[0]);
+    assert!(!workers[0].worker_version.is_empty());
+
+    let restarted = admin
+        .restart_worker(RestartWorkerRequest {
+            model_id: "smollm2".into(),
+            drain: false,
+        })
+        .await
+        .expect("restart")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(restarted.state, ModelState::Ready as i32, "{restarted:?}");
+    assert_ne!(restarted.worker_pid, ready.worker_pid);
+    let mut text = sc.text().await;
+    text.generate(greedy("smollm2", 2))
+        .await
+        .expect("serves after the restart");
+}
+
+#[tokio::test]
+async fn a_lazy_model_loads_on_its_first_call() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config("preload = false"));
+    let before = sc.model("smollm2").await;
+    assert_eq!(
+        before.worker_pid, 0,
+        "not started before its first call: {before:?}"
+    );
+    assert!(
+        !before.required,
+        "a lazy model is not required for readiness"
+    );
+    assert_eq!(sc.admin_get("/readyz").0, 200);
+
+    let mut text = sc.text().await;
+    let first = text
+        .generate(greedy("smollm2", 3))
+        .await
+        .expect("the first call waits for the load");
+    assert!(first.into_inner().usage.expect("usage").completion_tokens > 0);
+    assert_ne!(sc.model("smollm2").await.worker_pid, 0);
+
+    // LoadModel of an already loaded model returns it unchanged.
+    let mut models = sc.models().await;
+    let again = models
+        .load_model(LoadModelRequest {
+            model_id: "smollm2".into(),
+            family: ModelFamily::Text as i32,
+            path: e2e::SMOLLM2.into(),
+            ..Default::default()
+        })
+        .await;
+    // The catalog entry has other options (context 1024, 1 thread), so a
+    // bare LoadModel under the same id is a different model.
+    assert_eq!(
+        again.expect_err("different options").code(),
+        tonic::Code::AlreadyExists
+    );
+}
