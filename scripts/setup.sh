@@ -14,7 +14,7 @@ root="$(pwd)"
 cache="${SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar}"
 mkdir -p "$cache/downloads" models
 
-say() { echo "setup: $*"; }
+say() { echo "setup: $*" >&2; }
 
 # --- Rust toolchain (pinned in rust-toolchain.toml) -------------------------
 need_toolchain="$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)"
