@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::death_watch::DeathWatch;
 use crate::ends::{Ends, Side};
 use crate::error::{Blocked, Error, Result};
 use crate::flow::{self, Credits};
@@ -23,58 +24,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A frame received on a [`BlockingChannel`].
-///
-/// The first frame taken while no other is held is read in place in the
-/// shared region (no copy); its space returns to the sender when this is
-/// dropped. Others are copies. Either way [`Received::payload`] gives the
-/// bytes.
-#[derive(Debug)]
-pub struct Received<'a> {
-    chan: &'a BlockingChannel,
-    meta: Meta,
-    payload: Payload<'a>,
-}
+mod received;
 
-#[derive(Debug)]
-enum Payload<'a> {
-    InPlace(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl Received<'_> {
-    /// The request this frame belongs to (0: the channel itself).
-    pub fn request_id(&self) -> u64 {
-        self.meta.request_id
-    }
-    /// Frame kind.
-    pub fn kind(&self) -> Kind {
-        self.meta.kind
-    }
-    /// Frame flags.
-    pub fn flags(&self) -> Flags {
-        self.meta.flags
-    }
-    /// The payload.
-    pub fn payload(&self) -> &[u8] {
-        match &self.payload {
-            Payload::InPlace(b) => b,
-            Payload::Owned(v) => v,
-        }
-    }
-    /// Whether the payload is read in place in shared memory.
-    pub fn is_in_place(&self) -> bool {
-        matches!(self.payload, Payload::InPlace(_))
-    }
-}
-
-impl Drop for Received<'_> {
-    fn drop(&mut self) {
-        if self.is_in_place() {
-            self.chan.release_held();
-        }
-    }
-}
+use received::Payload;
+pub use received::Received;
 
 #[derive(Debug)]
 struct RxState {
@@ -110,46 +63,6 @@ pub struct BlockingChannel {
     _watch: DeathWatch,
     corrupt: Mutex<Option<String>>,
     spin: std::sync::atomic::AtomicU64,
-}
-
-/// A thread blocked on the death-watch socket: when the peer's end closes
-/// it sets `peer_gone` and rings this side's own doorbell, so a sleeper
-/// wakes at once.
-#[derive(Debug)]
-struct DeathWatch {
-    stop: OwnedFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl DeathWatch {
-    fn start(sock: Arc<OwnedFd>, bell: Arc<OwnedFd>, gone: Arc<AtomicBool>) -> Result<Self> {
-        let stop = sys::doorbell()?;
-        let stop_here = sys::dup(stop.as_fd())?;
-        let thread = std::thread::Builder::new()
-            .name("ipc-death-watch".into())
-            .spawn(move || {
-                // An error here leaves the channel without death detection
-                // only for sleepers; senders still fail on a closed peer.
-                if let Ok(true) = sys::watch_for_close(sock.as_fd(), stop_here.as_fd()) {
-                    gone.store(true, Ordering::SeqCst);
-                    let _ = sys::ring(bell.as_fd());
-                }
-            })
-            .map_err(|e| Error::io("spawn death-watch thread", e))?;
-        Ok(DeathWatch {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for DeathWatch {
-    fn drop(&mut self) {
-        let _ = sys::ring(self.stop.as_fd());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl BlockingChannel {

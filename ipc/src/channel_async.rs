@@ -29,6 +29,8 @@ use crate::sys::{self, SharedRegion};
 /// dropped.
 const CONTROL_QUEUE: usize = 256;
 
+mod pump;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -141,7 +143,7 @@ impl AsyncChannel {
             stats: Mutex::new(Stats::default()),
             pool: Arc::default(),
         });
-        let pump = tokio::spawn(pump(inner.clone()));
+        let pump = tokio::spawn(pump::run(inner.clone()));
         Ok(AsyncChannel { inner, pump })
     }
 
@@ -451,70 +453,6 @@ impl Inner {
         self.space.notify_waiters();
         for slot in lock(&self.streams).values() {
             slot.notify.notify_one();
-        }
-    }
-}
-
-async fn pump(inner: Arc<Inner>) {
-    if let Err(e) = pump_loop(&inner).await {
-        inner.fail(e);
-    }
-}
-
-/// Watches the ring for up to the spin time before the pump
-/// sleeps (the peer does not ring meanwhile), yielding between looks so
-/// that the tasks it just woke run first; then asks for a wake-up and
-/// checks once more. True when data arrived.
-async fn spin_for_data(inner: &Inner) -> Result<bool> {
-    let spin = std::time::Duration::from_nanos(inner.spin_ns.load(Ordering::Relaxed));
-    if !spin.is_zero() {
-        lock(&inner.rx).clear_want_data();
-        let start = std::time::Instant::now();
-        loop {
-            if lock(&inner.rx).has_data()? {
-                return Ok(true);
-            }
-            if start.elapsed() >= spin {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-    let rx = lock(&inner.rx);
-    rx.want_data();
-    rx.has_data()
-}
-
-async fn pump_loop(inner: &Inner) -> Result<()> {
-    let mut peer_gone = false;
-    loop {
-        inner.drain()?;
-        if peer_gone {
-            return Err(Error::PeerGone);
-        }
-        inner.flush_outbox()?;
-        inner.space.notify_waiters();
-        {
-            if spin_for_data(inner).await? {
-                continue;
-            }
-        }
-        tokio::select! {
-            guard = inner.bell.readable() => {
-                let mut guard = guard.map_err(|e| Error::io("wait doorbell", e))?;
-                sys::reset(inner.bell.get_ref().as_fd())?;
-                // Each ring of an eventfd is a new edge: clearing here loses none.
-                guard.clear_ready();
-            }
-            guard = inner.sock.readable() => {
-                let mut guard = guard.map_err(|e| Error::io("wait death-watch socket", e))?;
-                if sys::peer_closed(inner.sock.get_ref().as_fd())? {
-                    peer_gone = true;
-                } else {
-                    guard.clear_ready();
-                }
-            }
-            () = inner.kick.notified() => {}
         }
     }
 }

@@ -28,6 +28,7 @@
 
 mod blocking;
 mod channel_async;
+mod death_watch;
 mod ends;
 mod error;
 mod flow;
