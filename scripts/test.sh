@@ -19,6 +19,9 @@ trap 'rm -f "$log"' EXIT
 set -x
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release --locked -- -D warnings
+# The end-to-end tests start the real binaries: build every one first
+# (`cargo test` builds a package's binaries only for its own tests).
+cargo build --workspace --bins --release --locked
 cargo test --workspace --doc --release --locked 2>&1 | tee -a "$log"
 cargo test --workspace --all-targets --release --locked 2>&1 | tee -a "$log"
 { set +x; } 2>/dev/null
