@@ -15,10 +15,12 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use sidecar_proto::v1::{
-    FinishReason, GenerateRequest, SamplingParams, TextModelDetails, TextOptions,
+    ChatMessage, FinishReason, GenerateRequest, OutputConstraint, SamplingParams, TextModelDetails,
+    TextOptions, TokenizeRequest, TokenizeResponse, output_constraint,
 };
 
 use crate::error::{Code, WorkerError};
@@ -205,6 +207,100 @@ impl Engine {
         &self.details
     }
 
+    /// Tokenizes text with the model's vocabulary.
+    pub fn tokenize(&self, req: &TokenizeRequest) -> TokenizeResponse {
+        let vocab = self.model.vocab();
+        let tokens = vocab.tokenize(req.text.as_bytes(), req.add_special.unwrap_or(true), true);
+        let pieces = if req.with_pieces {
+            tokens
+                .iter()
+                .map(|t| {
+                    String::from_utf8_lossy(&vocab.token_to_piece(*t, true, None)).into_owned()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TokenizeResponse {
+            tokens: tokens.iter().map(|t| t.0).collect(),
+            pieces,
+        }
+    }
+
+    /// Renders a conversation with the model's chat template, or the one
+    /// the request names (a llama.cpp built-in name such as "chatml", or a
+    /// template text llama.cpp recognises).
+    pub fn chat_prompt(
+        &self,
+        messages: &[ChatMessage],
+        template: &str,
+    ) -> Result<String, WorkerError> {
+        if messages.is_empty() {
+            return Err(WorkerError::invalid(
+                "messages must hold at least one message",
+            ));
+        }
+        let tmpl = if template.is_empty() {
+            self.model.chat_template(None).map_err(|_| {
+                WorkerError::new(
+                    Code::FailedPrecondition,
+                    "this model has no chat template; name one in chat_template (for example \"chatml\")",
+                )
+            })?
+        } else {
+            LlamaChatTemplate::new(template)
+                .map_err(|_| WorkerError::invalid("chat_template contains a NUL byte"))?
+        };
+        let mut chat = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            if m.role.is_empty() {
+                return Err(WorkerError::invalid(format!(
+                    "messages[{i}].role must not be empty"
+                )));
+            }
+            chat.push(
+                LlamaChatMessage::new(m.role.clone(), m.content.clone()).map_err(|_| {
+                    WorkerError::invalid(format!("messages[{i}] contains a NUL byte"))
+                })?,
+            );
+        }
+        self.model
+            .apply_chat_template(&tmpl, &chat, true)
+            .map_err(|e| {
+                let which = if template.is_empty() {
+                    "the model's chat template".to_owned()
+                } else {
+                    format!("chat_template {template:?}")
+                };
+                WorkerError::invalid(format!("{which} cannot be applied by llama.cpp: {e}"))
+            })
+    }
+
+    /// The grammar sampler for a constraint, if any.
+    fn constraint(
+        &self,
+        c: Option<&OutputConstraint>,
+    ) -> Result<Option<LlamaSampler>, WorkerError> {
+        let grammar = match c.and_then(|c| c.kind.as_ref()) {
+            None => return Ok(None),
+            Some(output_constraint::Kind::Gbnf(g)) => g.clone(),
+            Some(output_constraint::Kind::JsonSchema(schema)) => {
+                llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
+                    WorkerError::invalid(format!(
+                        "constraint.json_schema is not a schema llama.cpp can convert: {e}"
+                    ))
+                })?
+            }
+        };
+        LlamaSampler::grammar(self.model, &grammar, "root")
+            .map(Some)
+            .map_err(|e| {
+                WorkerError::invalid(format!(
+                    "constraint grammar does not parse (its start rule must be `root`): {e}"
+                ))
+            })
+    }
+
     /// Generates for `req`, calling `on_token` after each token; it may
     /// stop the generation (cancel, deadline).
     pub fn generate(
@@ -217,7 +313,8 @@ impl Engine {
             return Err(WorkerError::invalid("prompt must not be empty"));
         }
         check_stops(&req.stop)?;
-        let (mut sampler, seed) = sampler(req.sampling.as_ref(), self.model.n_vocab())?;
+        let grammar = self.constraint(req.constraint.as_ref())?;
+        let (mut sampler, seed) = sampler(req.sampling.as_ref(), self.model.n_vocab(), grammar)?;
         let vocab = self.model.vocab();
         let prompt = vocab.tokenize(req.prompt.as_bytes(), req.add_special.unwrap_or(true), true);
         let n_ctx = self.details.context_size as usize;
@@ -348,7 +445,11 @@ fn check_stops(stops: &[String]) -> Result<(), WorkerError> {
 }
 
 /// The sampler chain for these parameters, with the seed it uses.
-fn sampler(p: Option<&SamplingParams>, n_vocab: i32) -> Result<(LlamaSampler, u64), WorkerError> {
+fn sampler(
+    p: Option<&SamplingParams>,
+    n_vocab: i32,
+    grammar: Option<LlamaSampler>,
+) -> Result<(LlamaSampler, u64), WorkerError> {
     let d = SamplingParams::default();
     let p = p.unwrap_or(&d);
     let temperature = p.temperature.unwrap_or(0.8);
@@ -379,6 +480,8 @@ fn sampler(p: Option<&SamplingParams>, n_vocab: i32) -> Result<(LlamaSampler, u6
     }
     let seed = p.seed.unwrap_or_else(random_seed);
     let mut chain = Vec::new();
+    // The grammar first: it removes every token the grammar does not allow.
+    chain.extend(grammar);
     if repeat_penalty != 1.0 {
         chain.push(LlamaSampler::penalties(
             n_vocab,

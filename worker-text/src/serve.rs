@@ -76,7 +76,13 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
         family: ModelFamily::Text as i32,
         worker_version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
-        capabilities: vec!["generate".into(), "stream".into()],
+        capabilities: vec![
+            "generate".into(),
+            "stream".into(),
+            "chat".into(),
+            "tokenize".into(),
+            "grammar".into(),
+        ],
         memory: Some(memory::report()),
     };
     send(chan, 0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())
@@ -165,10 +171,35 @@ fn handle(
             )
         }
         Some(worker_request::Body::Generate(g)) => {
-            let engine = engine
-                .as_mut()
-                .ok_or_else(|| WorkerError::new(Code::FailedPrecondition, "no model loaded"))?;
+            let engine = loaded(engine)?;
             generate(chan, engine, id, req.deadline_unix_ms, &g, backlog)
+        }
+        Some(worker_request::Body::Chat(c)) => {
+            let engine = loaded(engine)?;
+            let g = sidecar_proto::v1::GenerateRequest {
+                model_id: c.model_id,
+                prompt: engine.chat_prompt(&c.messages, &c.chat_template)?,
+                sampling: c.sampling,
+                max_tokens: c.max_tokens,
+                stop: c.stop,
+                constraint: c.constraint,
+                add_special: Some(true),
+            };
+            generate(chan, engine, id, req.deadline_unix_ms, &g, backlog)
+        }
+        Some(worker_request::Body::Tokenize(t)) => {
+            let answer = WorkerResponse {
+                body: Some(worker_response::Body::Tokenize(
+                    loaded(engine)?.tokenize(&t),
+                )),
+            };
+            send(
+                chan,
+                id,
+                Kind::Response,
+                Flags::END,
+                &answer.encode_to_vec(),
+            )
         }
         Some(_) => Err(WorkerError::new(
             Code::Unimplemented,
@@ -176,6 +207,12 @@ fn handle(
         )),
         None => Err(WorkerError::invalid("empty request")),
     }
+}
+
+fn loaded(engine: &mut Option<Engine>) -> Result<&mut Engine, WorkerError> {
+    engine
+        .as_mut()
+        .ok_or_else(|| WorkerError::new(Code::FailedPrecondition, "no model loaded"))
 }
 
 /// One short generation, so that READY means the model has answered once.

@@ -29,37 +29,105 @@ pub struct TextApi {
 type TokenStream = Pin<Box<dyn Stream<Item = Result<GenerateStreamResponse, Status>> + Send>>;
 
 impl TextApi {
-    async fn start(
+    /// Checks the model and sends `body` to its worker.
+    async fn call<T>(
         &self,
-        req: Request<GenerateRequest>,
+        req: &Request<T>,
+        model_id: &str,
         stream: bool,
+        body: worker_request::Body,
     ) -> Result<CallStream, Error> {
         let default = if stream {
             self.config.deadlines.stream
         } else {
             self.config.deadlines.unary
         };
-        let deadline = super::deadline(&req, default);
-        let request_id = super::request_id(&req);
-        let g = req.into_inner();
-        let handle = self.registry.get(&g.model_id)?;
+        let deadline = super::deadline(req, default);
+        let request_id = super::request_id(req);
+        let handle = self.registry.get(model_id)?;
         if handle.spec.family != Family::Text {
             return Err(Error::FailedPrecondition(format!(
-                "model {:?} is not a TEXT model",
-                g.model_id
+                "model {model_id:?} is not a TEXT model"
             )));
         }
-        if g.prompt.is_empty() {
-            return Err(Error::InvalidArgument("prompt must not be empty".into()));
-        }
-        tracing::debug!(request_id, model = %g.model_id, "generate");
+        tracing::debug!(request_id, model = %model_id, "text call");
         let req = WorkerRequest {
             request_tag: request_id,
             deadline_unix_ms: 0,
-            body: Some(worker_request::Body::Generate(g)),
+            body: Some(body),
         };
         handle.call(req, deadline).await
     }
+
+    async fn start(
+        &self,
+        req: Request<GenerateRequest>,
+        stream: bool,
+    ) -> Result<CallStream, Error> {
+        if req.get_ref().prompt.is_empty() {
+            return Err(Error::InvalidArgument("prompt must not be empty".into()));
+        }
+        let model = req.get_ref().model_id.clone();
+        let body = worker_request::Body::Generate(req.get_ref().clone());
+        self.call(&req, &model, stream, body).await
+    }
+
+    async fn start_chat(
+        &self,
+        req: Request<ChatRequest>,
+        stream: bool,
+    ) -> Result<CallStream, Error> {
+        if req.get_ref().messages.is_empty() {
+            return Err(Error::InvalidArgument(
+                "messages must hold at least one message".into(),
+            ));
+        }
+        let model = req.get_ref().model_id.clone();
+        let body = worker_request::Body::Chat(req.get_ref().clone());
+        self.call(&req, &model, stream, body).await
+    }
+}
+
+/// Collects a token stream into one answer.
+async fn collect(mut call: CallStream) -> Result<GenerateResponse, Status> {
+    let mut text = String::new();
+    while let Some(msg) = next_message(&mut call).await {
+        match msg?.msg {
+            Some(generate_stream_response::Msg::Delta(d)) => text.push_str(&d.text),
+            Some(generate_stream_response::Msg::Done(done)) => {
+                text.push_str(&done.text);
+                return Ok(GenerateResponse {
+                    text,
+                    finish_reason: done.finish_reason,
+                    usage: done.usage,
+                    timings: done.timings,
+                    seed: done.seed,
+                });
+            }
+            None => {}
+        }
+    }
+    Err(Error::Internal("the worker ended the stream without a final message".into()).into())
+}
+
+/// Forwards a token stream to the client; a client that goes away drops
+/// the call, which cancels the request in the worker.
+fn forward(mut call: CallStream) -> TokenStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    tokio::spawn(async move {
+        while let Some(msg) = next_message(&mut call).await {
+            let last = matches!(
+                &msg,
+                Ok(GenerateStreamResponse {
+                    msg: Some(generate_stream_response::Msg::Done(_))
+                }) | Err(_)
+            );
+            if tx.send(msg.map_err(Status::from)).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// The next token-stream message of a call.
@@ -75,38 +143,14 @@ async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResp
     }
 }
 
-fn unimplemented(what: &str) -> Status {
-    Error::Unimplemented(format!(
-        "{what} is not served yet: this sidecar serves Generate and GenerateStream"
-    ))
-    .into()
-}
-
 #[tonic::async_trait]
 impl TextService for TextApi {
     async fn generate(
         &self,
         req: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
-        let mut call = self.start(req, false).await?;
-        let mut text = String::new();
-        while let Some(msg) = next_message(&mut call).await {
-            match msg?.msg {
-                Some(generate_stream_response::Msg::Delta(d)) => text.push_str(&d.text),
-                Some(generate_stream_response::Msg::Done(done)) => {
-                    text.push_str(&done.text);
-                    return Ok(Response::new(GenerateResponse {
-                        text,
-                        finish_reason: done.finish_reason,
-                        usage: done.usage,
-                        timings: done.timings,
-                        seed: done.seed,
-                    }));
-                }
-                None => {}
-            }
-        }
-        Err(Error::Internal("the worker ended the stream without a final message".into()).into())
+        let call = self.start(req, false).await?;
+        Ok(Response::new(collect(call).await?))
     }
 
     type GenerateStreamStream = TokenStream;
@@ -115,49 +159,48 @@ impl TextService for TextApi {
         &self,
         req: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let mut call = self.start(req, true).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(32);
-        tokio::spawn(async move {
-            while let Some(msg) = next_message(&mut call).await {
-                let last = matches!(
-                    &msg,
-                    Ok(GenerateStreamResponse {
-                        msg: Some(generate_stream_response::Msg::Done(_))
-                    }) | Err(_)
-                );
-                // A send error means the client went away: dropping the
-                // call cancels the request in the worker.
-                if tx.send(msg.map_err(Status::from)).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let call = self.start(req, true).await?;
+        Ok(Response::new(forward(call)))
     }
 
-    async fn chat(&self, _: Request<ChatRequest>) -> Result<Response<GenerateResponse>, Status> {
-        Err(unimplemented("Chat"))
+    async fn chat(&self, req: Request<ChatRequest>) -> Result<Response<GenerateResponse>, Status> {
+        let call = self.start_chat(req, false).await?;
+        Ok(Response::new(collect(call).await?))
     }
 
     type ChatStreamStream = TokenStream;
 
     async fn chat_stream(
         &self,
-        _: Request<ChatRequest>,
+        req: Request<ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
-        Err(unimplemented("ChatStream"))
+        let call = self.start_chat(req, true).await?;
+        Ok(Response::new(forward(call)))
     }
 
     async fn embed(&self, _: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
-        Err(unimplemented("Embed"))
+        Err(Error::Unimplemented(
+            "Embed is not served yet: embedding models arrive with the text-family issue".into(),
+        )
+        .into())
     }
 
     async fn tokenize(
         &self,
-        _: Request<TokenizeRequest>,
+        req: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
-        Err(unimplemented("Tokenize"))
+        let model = req.get_ref().model_id.clone();
+        let body = worker_request::Body::Tokenize(req.get_ref().clone());
+        let mut call = self.call(&req, &model, false, body).await?;
+        match call.next().await {
+            Some(Ok(r)) => match r.body {
+                Some(worker_response::Body::Tokenize(t)) => Ok(Response::new(t)),
+                other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
+            },
+            Some(Err(e)) => Err(e.into()),
+            None => {
+                Err(Error::Internal("the worker closed the call without an answer".into()).into())
+            }
+        }
     }
 }
