@@ -237,3 +237,55 @@ async fn a_full_queue_refuses_at_once() {
     first.await.expect("join").expect("first call completes");
     second.await.expect("join").expect("second call completes");
 }
+
+#[tokio::test]
+async fn seeds_repeat_and_stop_strings_are_never_emitted() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+    let sampled = |seed: u64| GenerateRequest {
+        model_id: "smollm2".into(),
+        prompt: "Once upon a time".into(),
+        max_tokens: 32,
+        sampling: Some(SamplingParams {
+            temperature: Some(0.9),
+            seed: Some(seed),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let a = text.generate(sampled(42)).await.expect("a").into_inner();
+    let b = text.generate(sampled(42)).await.expect("b").into_inner();
+    assert_eq!(
+        (a.text.as_str(), a.seed),
+        (b.text.as_str(), 42),
+        "same seed, same output"
+    );
+
+    // Greedy output, then stop at a piece of it that spans tokens.
+    let free = text
+        .generate(greedy("The capital of France is", 24))
+        .await
+        .expect("free")
+        .into_inner();
+    let words: Vec<&str> = free.text.split_whitespace().collect();
+    assert!(words.len() >= 3, "{:?}", free.text);
+    let stop = format!("{} {}", words[1], words[2]);
+    let at = free.text.find(&stop).expect("stop string occurs");
+    let stopped = text
+        .generate(GenerateRequest {
+            stop: vec![stop.clone()],
+            ..greedy("The capital of France is", 24)
+        })
+        .await
+        .expect("stopped")
+        .into_inner();
+    assert_eq!(stopped.finish_reason, FinishReason::Stop as i32);
+    assert_eq!(
+        stopped.text,
+        free.text[..at],
+        "everything before the stop string, nothing of it"
+    );
+    assert!(!stopped.text.contains(&stop));
+}
