@@ -264,8 +264,28 @@ fn generate(
         loop {
             match chan.try_recv() {
                 Ok(Some(frame)) => {
-                    if frame.kind() == Kind::Cancel && frame.request_id() == id {
-                        return Next::Abort(Code::Cancelled, "cancelled by the supervisor".into());
+                    if frame.kind() == Kind::Cancel {
+                        if frame.request_id() == id {
+                            return Next::Abort(
+                                Code::Cancelled,
+                                "cancelled by the supervisor".into(),
+                            );
+                        }
+                        // A queued request whose caller went away: answer
+                        // it as cancelled without running it.
+                        let other = frame.request_id();
+                        drop(frame);
+                        if backlog.iter().any(|n| n.id == other) {
+                            backlog.retain(|n| n.id != other);
+                            let e = WorkerError::new(Code::Cancelled, "cancelled before it ran");
+                            let _ = chan.send(
+                                other,
+                                Kind::Error,
+                                Flags::END,
+                                &e.to_proto(false).encode_to_vec(),
+                            );
+                        }
+                        continue;
                     }
                     if let Ok(Some(n)) = decode(frame.kind(), frame.request_id(), frame.payload()) {
                         backlog.push_back(n);
