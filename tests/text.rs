@@ -289,3 +289,52 @@ async fn seeds_repeat_and_stop_strings_are_never_emitted() {
     );
     assert!(!stopped.text.contains(&stop));
 }
+
+#[tokio::test]
+async fn concurrent_streams_batch_and_match_their_output_alone() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    let ready = sc.ready("smollm2").await;
+    assert_eq!(ready.text_details.expect("details").parallel, 4);
+    let text = sc.text().await;
+    let prompts = [
+        "The capital of France is",
+        "Water boils at",
+        "The largest planet in the solar system is",
+        "def fibonacci(n):",
+    ];
+    let mut alone = Vec::new();
+    for p in prompts {
+        alone.push(
+            text.clone()
+                .generate(greedy(p, 20))
+                .await
+                .expect("alone")
+                .into_inner()
+                .text,
+        );
+    }
+    // All four at once share the worker's batch; a fifth waits for a slot.
+    let mut tasks = Vec::new();
+    for p in prompts.iter().chain(["Once upon a time"].iter()) {
+        let mut t = text.clone();
+        let req = greedy(p, 20);
+        tasks.push(tokio::spawn(async move { t.generate(req).await }));
+    }
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(
+            t.await
+                .expect("join")
+                .expect("batched call")
+                .into_inner()
+                .text,
+        );
+    }
+    assert_eq!(
+        &together[..4],
+        &alone[..],
+        "greedy output is the same alone or batched"
+    );
+    assert!(!together[4].is_empty());
+}

@@ -7,7 +7,6 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -19,19 +18,19 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use sidecar_proto::v1::{
-    ChatMessage, FinishReason, GenerateRequest, OutputConstraint, SamplingParams, TextModelDetails,
-    TextOptions, TokenizeRequest, TokenizeResponse, output_constraint,
+    ChatMessage, GenerateRequest, OutputConstraint, TextModelDetails, TextOptions, TokenizeRequest,
+    TokenizeResponse, output_constraint,
 };
 
 use crate::error::{Code, WorkerError};
-use crate::text::{Filtered, StopFilter, Utf8Stream};
+use crate::sampling::{check_stops, sampler};
+use crate::seq::{Seq, SeqSpec};
 
 /// Default per-sequence context when the request names none.
 const DEFAULT_CONTEXT: u32 = 4096;
 const DEFAULT_BATCH: u32 = 512;
 const DEFAULT_MAX_TOKENS: u32 = 256;
-const MAX_STOPS: usize = 16;
-const MAX_STOP_BYTES: usize = 256;
+const DEFAULT_PARALLEL: u32 = 4;
 
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 
@@ -88,47 +87,6 @@ fn check_gguf(path: &Path) -> Result<(), WorkerError> {
     }
 }
 
-/// Everything one generation produced, for the final message.
-#[derive(Debug)]
-pub struct Finished {
-    /// Why it ended.
-    pub reason: FinishReason,
-    /// Prompt tokens.
-    pub prompt_tokens: u32,
-    /// Generated tokens, the stop string's excluded.
-    pub completion_tokens: u32,
-    /// Prompt processing time.
-    pub prompt: Duration,
-    /// Generation time after the prompt.
-    pub generation: Duration,
-    /// Time to the first generated token.
-    pub first_token: Duration,
-    /// Text held back and never sent with a token.
-    pub tail: String,
-    /// Seed used.
-    pub seed: u64,
-}
-
-/// One generated token as the client sees it.
-#[derive(Debug)]
-pub struct Token {
-    /// Token id.
-    pub id: i32,
-    /// Text to emit now (may be empty).
-    pub text: String,
-    /// Index among generated tokens.
-    pub index: u32,
-}
-
-/// What the caller of `generate` decides after each token.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Keep going.
-    Continue,
-    /// Stop now with this error.
-    Abort(Code, String),
-}
-
 impl Engine {
     /// Loads the model and makes its context.
     pub fn load(path: &Path, options: &TextOptions) -> Result<Engine, WorkerError> {
@@ -157,26 +115,39 @@ impl Engine {
             }
             n => n,
         };
+        let parallel = match options.parallel {
+            0 => DEFAULT_PARALLEL,
+            n if n > 64 => {
+                return Err(WorkerError::invalid(format!(
+                    "parallel {n} exceeds the limit of 64"
+                )));
+            }
+            n => n,
+        };
         let batch = match options.batch_size {
             0 => DEFAULT_BATCH,
             n => n,
         }
-        .min(context);
+        .min(context * parallel);
+        // llama.cpp aborts the process when n_ubatch is not a multiple of
+        // n_seq_max: round it down (at least one token per sequence).
+        let ubatch = (batch - batch % parallel).max(parallel);
         let threads = match options.threads {
             0 => default_threads(),
             n => n,
         } as i32;
+        // llama.cpp splits its context across the sequences.
         let ctx_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(context))
-            .with_n_batch(batch)
-            .with_n_ubatch(batch)
-            .with_n_seq_max(1)
+            .with_n_ctx(NonZeroU32::new(context * parallel))
+            .with_n_batch(batch.max(ubatch))
+            .with_n_ubatch(ubatch)
+            .with_n_seq_max(parallel)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = model.new_context(backend, ctx_params).map_err(|e| {
             WorkerError::new(
                 Code::Unavailable,
-                format!("llama.cpp context of {context} tokens: {e}"),
+                format!("llama.cpp context of {context} tokens x {parallel} sequences: {e}"),
             )
         })?;
         let details = TextModelDetails {
@@ -185,7 +156,7 @@ impl Engine {
                 .unwrap_or_default(),
             training_context: train,
             context_size: context,
-            parallel: 1,
+            parallel,
             vocab_size: model.n_vocab().max(0) as u32,
             embedding_size: model.n_embd().max(0) as u32,
             embeddings: false,
@@ -198,7 +169,7 @@ impl Engine {
             model,
             ctx,
             details,
-            batch_size: batch as usize,
+            batch_size: batch.max(ubatch) as usize,
         })
     }
 
@@ -301,217 +272,100 @@ impl Engine {
             })
     }
 
-    /// Generates for `req`, calling `on_token` after each token; it may
-    /// stop the generation (cancel, deadline).
-    pub fn generate(
-        &mut self,
-        req: &GenerateRequest,
-        mut on_token: impl FnMut(Token) -> Next,
-    ) -> Result<Finished, WorkerError> {
-        let started = Instant::now();
+    /// Starts a sequence for `req` in KV slot `slot`: validates it,
+    /// tokenizes the prompt, builds the sampler, clears the slot's cache.
+    pub fn start(&mut self, slot: usize, req: &GenerateRequest) -> Result<Seq, WorkerError> {
         if req.prompt.is_empty() {
             return Err(WorkerError::invalid("prompt must not be empty"));
         }
         check_stops(&req.stop)?;
         let grammar = self.constraint(req.constraint.as_ref())?;
-        let (mut sampler, seed) = sampler(req.sampling.as_ref(), self.model.n_vocab(), grammar)?;
-        let vocab = self.model.vocab();
-        let prompt = vocab.tokenize(req.prompt.as_bytes(), req.add_special.unwrap_or(true), true);
+        let (sampler, seed) = sampler(req.sampling.as_ref(), self.model.n_vocab(), grammar)?;
+        let prompt = self.model.vocab().tokenize(
+            req.prompt.as_bytes(),
+            req.add_special.unwrap_or(true),
+            true,
+        );
+        if prompt.is_empty() {
+            return Err(WorkerError::invalid("prompt tokenizes to no tokens"));
+        }
         let n_ctx = self.details.context_size as usize;
         let max_tokens = match req.max_tokens {
             0 => DEFAULT_MAX_TOKENS.min(n_ctx.saturating_sub(prompt.len()) as u32),
             n => n,
         } as usize;
-        if prompt.is_empty() {
-            return Err(WorkerError::invalid("prompt tokenizes to no tokens"));
-        }
         if prompt.len() + max_tokens > n_ctx {
             return Err(WorkerError::invalid(format!(
                 "max_tokens {max_tokens} plus the prompt's {} tokens exceeds the model's context of {n_ctx} tokens per sequence",
                 prompt.len()
             )));
         }
-
-        self.ctx.clear_kv_cache();
-        let mut batch = LlamaBatch::new(self.batch_size.max(1), 1);
-        let last = prompt.len() - 1;
-        for (chunk_no, chunk) in prompt.chunks(self.batch_size.max(1)).enumerate() {
-            batch.clear();
-            for (i, t) in chunk.iter().enumerate() {
-                let pos = chunk_no * self.batch_size + i;
-                batch
-                    .add(*t, pos as i32, &[0], pos == last)
-                    .map_err(|e| WorkerError::new(Code::Internal, format!("batch: {e}")))?;
-            }
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| WorkerError::new(Code::Internal, format!("decode prompt: {e}")))?;
-        }
-        let prompt_done = Instant::now();
-
-        let mut utf8 = Utf8Stream::default();
-        let mut stops = StopFilter::new(&req.stop);
-        let mut piece = Vec::new();
-        let mut pos = prompt.len();
-        let mut generated = 0u32;
-        let mut first_token = None;
-        let reason = loop {
-            if generated as usize >= max_tokens {
-                break FinishReason::Length;
-            }
-            if pos >= n_ctx {
-                break FinishReason::Context;
-            }
-            let token: LlamaToken = sampler.sample(&self.ctx, batch.n_tokens() - 1);
-            first_token.get_or_insert_with(|| started.elapsed());
-            if vocab.is_eog(token) {
-                break FinishReason::Eos;
-            }
-            piece.clear();
-            vocab.token_to_piece_into(token, &mut piece, false, None);
-            let decoded = utf8.push(&piece);
-            let (text, stopped) = match stops.push(&decoded) {
-                Filtered::Text(t) => (t, false),
-                Filtered::Stopped(t) => (t, true),
-            };
-            if stopped {
-                if !text.is_empty() {
-                    // The text before the stop string still goes out.
-                    let _ = on_token(Token {
-                        id: token.0,
-                        text,
-                        index: generated,
-                    });
-                }
-                break FinishReason::Stop;
-            }
-            let next = on_token(Token {
-                id: token.0,
-                text,
-                index: generated,
-            });
-            generated += 1;
-            if let Next::Abort(code, message) = next {
-                return Err(WorkerError::new(code, message));
-            }
-            batch.clear();
-            batch
-                .add(token, pos as i32, &[0], true)
-                .map_err(|e| WorkerError::new(Code::Internal, format!("batch: {e}")))?;
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| WorkerError::new(Code::Internal, format!("decode: {e}")))?;
-            pos += 1;
-        };
-        let mut tail = utf8.finish();
-        if reason != FinishReason::Stop {
-            let mut rest = match stops.push(&tail) {
-                Filtered::Text(t) | Filtered::Stopped(t) => t,
-            };
-            rest.push_str(&stops.finish());
-            tail = rest;
-        } else {
-            tail.clear();
-        }
-        Ok(Finished {
-            reason,
-            prompt_tokens: prompt.len() as u32,
-            completion_tokens: generated,
-            prompt: prompt_done - started,
-            generation: prompt_done.elapsed(),
-            first_token: first_token.unwrap_or_else(|| started.elapsed()),
-            tail,
+        self.ctx
+            .clear_kv_cache_seq(Some(slot as u32), None, None)
+            .map_err(|e| WorkerError::new(Code::Internal, format!("clear slot {slot}: {e}")))?;
+        Ok(Seq::new(SeqSpec {
+            slot,
+            prompt,
+            max_tokens,
+            n_ctx,
+            sampler,
             seed,
-        })
+            stops: &req.stop,
+        }))
     }
-}
 
-fn check_stops(stops: &[String]) -> Result<(), WorkerError> {
-    if stops.len() > MAX_STOPS {
-        return Err(WorkerError::invalid(format!(
-            "stop has {} strings, at most {MAX_STOPS} are allowed",
-            stops.len()
-        )));
+    /// Frees a slot's cache.
+    pub fn free(&mut self, slot: usize) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
     }
-    for (i, s) in stops.iter().enumerate() {
-        if s.is_empty() || s.len() > MAX_STOP_BYTES {
-            return Err(WorkerError::invalid(format!(
-                "stop[{i}] is {} bytes, must be 1..={MAX_STOP_BYTES}",
-                s.len()
-            )));
-        }
-    }
-    Ok(())
-}
 
-/// The sampler chain for these parameters, with the seed it uses.
-fn sampler(
-    p: Option<&SamplingParams>,
-    n_vocab: i32,
-    grammar: Option<LlamaSampler>,
-) -> Result<(LlamaSampler, u64), WorkerError> {
-    let d = SamplingParams::default();
-    let p = p.unwrap_or(&d);
-    let temperature = p.temperature.unwrap_or(0.8);
-    let top_k = p.top_k.unwrap_or(40);
-    let top_p = p.top_p.unwrap_or(0.95);
-    let min_p = p.min_p.unwrap_or(0.05);
-    let repeat_penalty = p.repeat_penalty.unwrap_or(1.0);
-    let repeat_last_n = p.repeat_last_n.unwrap_or(64);
-    let range = |name: &str, v: f32, lo: f32, hi: f32, lo_open: bool| {
-        let ok = v.is_finite() && v <= hi && if lo_open { v > lo } else { v >= lo };
-        if ok {
-            Ok(())
-        } else {
-            let open = if lo_open { "(" } else { "[" };
-            Err(WorkerError::invalid(format!(
-                "sampling.{name} {v} is out of range {open}{lo}, {hi}]"
-            )))
+    /// One decode step over these sequences: one token for each that is
+    /// generating, then prompt chunks in the rest of the batch; each
+    /// sequence with logits samples its next token. Events land in the
+    /// sequences.
+    pub fn step(&mut self, seqs: &mut [&mut Seq]) -> Result<(), WorkerError> {
+        let cap = self.batch_size;
+        let mut batch = LlamaBatch::new(cap, self.details.parallel.max(1) as i32);
+        let mut used = 0usize;
+        let add = |batch: &mut LlamaBatch, t: LlamaToken, pos: usize, slot: usize, logits: bool| {
+            batch
+                .add(t, pos as i32, &[slot as i32], logits)
+                .map_err(|e| WorkerError::new(Code::Internal, format!("batch: {e}")))
+        };
+        for s in seqs.iter_mut() {
+            s.logits_at = None;
+            if let Some(t) = s.next_input.take() {
+                add(&mut batch, t, s.pos, s.slot, true)?;
+                s.logits_at = Some(used);
+                s.pos += 1;
+                used += 1;
+            }
         }
-    };
-    range("temperature", temperature, 0.0, 2.0, false)?;
-    range("top_p", top_p, 0.0, 1.0, true)?;
-    range("min_p", min_p, 0.0, 1.0, false)?;
-    range("repeat_penalty", repeat_penalty, 0.0, 10.0, false)?;
-    if top_k as i64 > i64::from(n_vocab) {
-        return Err(WorkerError::invalid(format!(
-            "sampling.top_k {top_k} exceeds the vocabulary size {n_vocab}"
-        )));
-    }
-    let seed = p.seed.unwrap_or_else(random_seed);
-    let mut chain = Vec::new();
-    // The grammar first: it removes every token the grammar does not allow.
-    chain.extend(grammar);
-    if repeat_penalty != 1.0 {
-        chain.push(LlamaSampler::penalties(
-            n_vocab,
-            repeat_last_n as i32,
-            repeat_penalty,
-            0.0,
-            0.0,
-        ));
-    }
-    if temperature == 0.0 {
-        chain.push(LlamaSampler::greedy());
-    } else {
-        if top_k > 0 {
-            chain.push(LlamaSampler::top_k(top_k as i32));
+        for s in seqs.iter_mut() {
+            while s.fed < s.prompt.len() && used < cap {
+                let last = s.fed + 1 == s.prompt.len();
+                add(&mut batch, s.prompt[s.fed], s.fed, s.slot, last)?;
+                if last {
+                    s.logits_at = Some(used);
+                }
+                s.fed += 1;
+                s.pos = s.fed;
+                used += 1;
+            }
         }
-        chain.push(LlamaSampler::top_p(top_p, 1));
-        chain.push(LlamaSampler::min_p(min_p, 1));
-        chain.push(LlamaSampler::temp(temperature));
-        chain.push(LlamaSampler::dist(seed as u32));
+        if used == 0 {
+            return Ok(());
+        }
+        self.ctx
+            .decode(&mut batch)
+            .map_err(|e| WorkerError::new(Code::Internal, format!("decode: {e}")))?;
+        let vocab = self.model.vocab();
+        for s in seqs.iter_mut() {
+            if let Some(i) = s.logits_at.take() {
+                let token = s.sampler.sample(&self.ctx, i as i32);
+                s.on_sampled(token, &vocab);
+            }
+        }
+        Ok(())
     }
-    Ok((LlamaSampler::chain_simple(chain), seed))
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() & 0xFFFF_FFFF
 }

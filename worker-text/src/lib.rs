@@ -10,6 +10,8 @@
 pub mod engine;
 pub mod error;
 pub mod memory;
+pub mod sampling;
+pub mod seq;
 pub mod serve;
 pub mod text;
 

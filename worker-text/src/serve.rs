@@ -1,73 +1,442 @@
-//! The worker's side of the protocol: hello, load, then requests one at a
-//! time, with cancel and deadlines checked between tokens; heartbeats from
-//! a thread of their own.
+//! The worker's side of the protocol: hello, load, then continuous
+//! batching: up to `parallel` sequences share one llama.cpp context; new
+//! requests join between decode steps, finished ones leave at once; a
+//! sequence whose reader is slow (no credit) pauses alone. Cancels and
+//! deadlines are checked between steps; heartbeats come from a thread of
+//! their own.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipc::{BlockingChannel, Flags, Kind};
+use ipc::{Blocked, BlockingChannel, Flags, Kind, Received};
 use prost::Message;
 use sidecar_proto::v1::{
-    GenerateStreamResponse, GenerationDone, ModelFamily, TextOptions, TextTimings, TokenDelta,
-    Usage, generate_stream_response,
+    GenerateRequest, GenerateStreamResponse, GenerationDone, ModelFamily, TextOptions, TextTimings,
+    TokenDelta, Usage, generate_stream_response,
 };
 use sidecar_proto::worker::{
-    Heartbeat, Hello, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
+    Heartbeat, Hello, Load, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
 };
 
-use crate::engine::{Engine, Next, Token};
+use crate::engine::Engine;
 use crate::error::{Code, WorkerError};
 use crate::memory;
+use crate::seq::{Event, Finished, Seq};
 
 /// Heartbeat period.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// A request taken off the channel.
-struct Incoming {
-    id: u64,
-    req: WorkerRequest,
-}
 
 /// Serves the channel until the supervisor goes away.
 pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
     send_hello(&chan)?;
     start_heartbeats(chan.clone());
-    let mut backlog: VecDeque<Incoming> = VecDeque::new();
-    let mut engine: Option<Engine> = None;
+    let mut s = Scheduler {
+        chan: &chan,
+        engine: None,
+        slots: Vec::new(),
+        waiting: VecDeque::new(),
+        outbox: HashMap::new(),
+    };
     loop {
-        let next = match backlog.pop_front() {
-            Some(n) => n,
-            None => match receive(&chan)? {
-                Some(n) => n,
-                None => continue,
-            },
-        };
-        let id = next.id;
-        let result = handle(&chan, &mut engine, next, &mut backlog);
-        if let Err(e) = result {
-            tracing::info!(request = id, code = ?e.code, "request failed: {}", e.message);
-            send(
-                &chan,
-                id,
-                Kind::Error,
-                Flags::END,
-                &e.to_proto(false).encode_to_vec(),
-            )?;
+        if !s.has_work() {
+            match chan.recv() {
+                Ok(frame) => s.on_frame(frame)?,
+                Err(ipc::Error::PeerGone) => gone(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        loop {
+            match chan.try_recv() {
+                Ok(Some(frame)) => s.on_frame(frame)?,
+                Ok(None) => break,
+                Err(ipc::Error::PeerGone) => gone(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        s.expire();
+        s.admit();
+        s.flush()?;
+        let stepped = s.step()?;
+        s.flush()?;
+        if !stepped && s.has_work() {
+            chan.wait(Some(Duration::from_millis(200)))?;
         }
     }
 }
 
-fn send(
-    chan: &BlockingChannel,
-    id: u64,
+fn gone() -> ! {
+    tracing::info!("supervisor gone; exiting");
+    std::process::exit(0)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A frame waiting for ring space or credit.
+struct Out {
     kind: Kind,
     flags: Flags,
-    payload: &[u8],
-) -> Result<(), WorkerError> {
-    chan.send(id, kind, flags, payload)
-        .map_err(WorkerError::from)
+    bytes: Vec<u8>,
+}
+
+/// A request in a slot.
+struct Active {
+    id: u64,
+    deadline_ms: i64,
+    started: Instant,
+    seq: Seq,
+}
+
+/// A generation waiting for a free slot.
+struct Waiting {
+    id: u64,
+    deadline_ms: i64,
+    req: GenerateRequest,
+}
+
+struct Scheduler<'c> {
+    chan: &'c BlockingChannel,
+    engine: Option<Engine>,
+    slots: Vec<Option<Active>>,
+    waiting: VecDeque<Waiting>,
+    outbox: HashMap<u64, VecDeque<Out>>,
+}
+
+impl Scheduler<'_> {
+    fn has_work(&self) -> bool {
+        self.slots.iter().any(Option::is_some)
+            || !self.waiting.is_empty()
+            || !self.outbox.is_empty()
+    }
+
+    fn queue(&mut self, id: u64, kind: Kind, flags: Flags, bytes: Vec<u8>) {
+        self.outbox
+            .entry(id)
+            .or_default()
+            .push_back(Out { kind, flags, bytes });
+    }
+
+    fn answer(&mut self, id: u64, body: worker_response::Body) {
+        let r = WorkerResponse { body: Some(body) };
+        self.queue(id, Kind::Response, Flags::END, r.encode_to_vec());
+    }
+
+    fn fail(&mut self, id: u64, e: &WorkerError) {
+        tracing::info!(request = id, code = ?e.code, "request failed: {}", e.message);
+        self.queue(
+            id,
+            Kind::Error,
+            Flags::END,
+            e.to_proto(false).encode_to_vec(),
+        );
+    }
+
+    fn on_frame(&mut self, frame: Received<'_>) -> Result<(), WorkerError> {
+        let (kind, id) = (frame.kind(), frame.request_id());
+        match kind {
+            Kind::Request => {
+                let req = WorkerRequest::decode(frame.payload()).map_err(|e| {
+                    WorkerError::new(Code::Internal, format!("undecodable request {id}: {e}"))
+                });
+                drop(frame);
+                match req {
+                    Ok(req) => self.on_request(id, req),
+                    Err(e) => self.fail(id, &e),
+                }
+            }
+            Kind::Cancel => {
+                drop(frame);
+                self.cancel(id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, id: u64, req: WorkerRequest) {
+        let deadline_ms = req.deadline_unix_ms;
+        let result = match req.body {
+            Some(worker_request::Body::Load(load)) => self.load(id, load),
+            Some(worker_request::Body::Tokenize(t)) => match &self.engine {
+                Some(e) => {
+                    let body = worker_response::Body::Tokenize(e.tokenize(&t));
+                    self.answer(id, body);
+                    Ok(())
+                }
+                None => Err(not_loaded()),
+            },
+            Some(worker_request::Body::Generate(g)) => {
+                self.waiting.push_back(Waiting {
+                    id,
+                    deadline_ms,
+                    req: g,
+                });
+                Ok(())
+            }
+            Some(worker_request::Body::Chat(c)) => match &self.engine {
+                Some(e) => e.chat_prompt(&c.messages, &c.chat_template).map(|prompt| {
+                    let req = GenerateRequest {
+                        model_id: c.model_id,
+                        prompt,
+                        sampling: c.sampling,
+                        max_tokens: c.max_tokens,
+                        stop: c.stop,
+                        constraint: c.constraint,
+                        add_special: Some(true),
+                    };
+                    self.waiting.push_back(Waiting {
+                        id,
+                        deadline_ms,
+                        req,
+                    });
+                }),
+                None => Err(not_loaded()),
+            },
+            Some(_) => Err(WorkerError::new(
+                Code::Unimplemented,
+                "this call is not served by worker-text yet",
+            )),
+            None => Err(WorkerError::invalid("empty request")),
+        };
+        if let Err(e) = result {
+            self.fail(id, &e);
+        }
+    }
+
+    fn load(&mut self, id: u64, load: Load) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let options = match load.options {
+            Some(sidecar_proto::worker::load::Options::Text(t)) => t,
+            _ => TextOptions::default(),
+        };
+        tracing::info!(model = %load.model_id, path = %load.path, "loading");
+        let mut engine = Engine::load(Path::new(&load.path), &options)?;
+        warm_up(&mut engine)?;
+        let details = engine.details().clone();
+        self.slots = (0..details.parallel).map(|_| None).collect();
+        self.engine = Some(engine);
+        self.answer(
+            id,
+            worker_response::Body::Loaded(Loaded {
+                text: Some(details),
+                lite: None,
+                memory: Some(memory::report()),
+                load_us: started.elapsed().as_micros() as u64,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Stops a request wherever it is and answers it as cancelled.
+    fn cancel(&mut self, id: u64) {
+        let cancelled = WorkerError::new(Code::Cancelled, "cancelled by the supervisor");
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|a| a.id == id))
+        {
+            self.release(i);
+            self.outbox.remove(&id);
+            self.fail(id, &cancelled);
+        } else if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
+            self.waiting.remove(i);
+            self.fail(id, &cancelled);
+        }
+    }
+
+    fn release(&mut self, slot: usize) {
+        self.slots[slot] = None;
+        if let Some(e) = self.engine.as_mut() {
+            e.free(slot);
+        }
+    }
+
+    /// Ends requests whose deadline passed.
+    fn expire(&mut self) {
+        let now = now_ms();
+        let late = |d: i64| d > 0 && now >= d;
+        let expired = WorkerError::new(Code::DeadlineExceeded, "deadline passed in the worker");
+        for i in 0..self.slots.len() {
+            if let Some(a) = &self.slots[i]
+                && late(a.deadline_ms)
+            {
+                let id = a.id;
+                self.release(i);
+                self.fail(id, &expired);
+            }
+        }
+        let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+            self.waiting.drain(..).partition(|w| !late(w.deadline_ms));
+        self.waiting = keep;
+        for w in gone {
+            self.fail(w.id, &expired);
+        }
+    }
+
+    /// Starts waiting requests in free slots.
+    fn admit(&mut self) {
+        while let Some(slot) = self.slots.iter().position(Option::is_none) {
+            let Some(w) = self.waiting.pop_front() else {
+                return;
+            };
+            let Some(engine) = self.engine.as_mut() else {
+                self.fail(w.id, &not_loaded());
+                continue;
+            };
+            match engine.start(slot, &w.req) {
+                Ok(seq) => {
+                    self.slots[slot] = Some(Active {
+                        id: w.id,
+                        deadline_ms: w.deadline_ms,
+                        started: Instant::now(),
+                        seq,
+                    })
+                }
+                Err(e) => self.fail(w.id, &e),
+            }
+        }
+    }
+
+    /// Sends what waits, request by request; a request without credit
+    /// stays paused, a full ring stops the round.
+    fn flush(&mut self) -> Result<(), WorkerError> {
+        let ids: Vec<u64> = self.outbox.keys().copied().collect();
+        'ids: for id in ids {
+            let Some(queue) = self.outbox.get_mut(&id) else {
+                continue;
+            };
+            while let Some(out) = queue.front() {
+                match self.chan.try_send(id, out.kind, out.flags, &out.bytes) {
+                    Ok(()) => {
+                        queue.pop_front();
+                    }
+                    Err(ipc::Error::WouldBlock(Blocked::NoCredit)) => continue 'ids,
+                    Err(ipc::Error::WouldBlock(Blocked::RingFull)) => break 'ids,
+                    Err(ipc::Error::PeerGone) => gone(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.outbox.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// One decode step for every sequence whose reader keeps up; true when
+    /// one ran.
+    fn step(&mut self) -> Result<bool, WorkerError> {
+        let Some(engine) = self.engine.as_mut() else {
+            return Ok(false);
+        };
+        let outbox = &self.outbox;
+        let mut seqs: Vec<&mut Seq> = self
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter(|a| !outbox.contains_key(&a.id))
+            .map(|a| &mut a.seq)
+            .collect();
+        if seqs.is_empty() {
+            return Ok(false);
+        }
+        if let Err(e) = engine.step(&mut seqs) {
+            // A failed decode fails every sequence in it.
+            for i in 0..self.slots.len() {
+                if let Some(a) = &self.slots[i] {
+                    let id = a.id;
+                    self.release(i);
+                    self.fail(id, &e);
+                }
+            }
+            return Ok(true);
+        }
+        for i in 0..self.slots.len() {
+            let Some(a) = self.slots[i].as_mut() else {
+                continue;
+            };
+            let (id, started) = (a.id, a.started);
+            let events = std::mem::take(&mut a.seq.events);
+            let done = a.seq.is_done();
+            for ev in events {
+                let (msg, flags) = match ev {
+                    Event::Token(t) => (
+                        generate_stream_response::Msg::Delta(TokenDelta {
+                            text: t.text,
+                            token_id: t.id,
+                            index: t.index,
+                        }),
+                        Flags::NONE,
+                    ),
+                    Event::Done(f) => (
+                        generate_stream_response::Msg::Done(final_message(f, started)),
+                        Flags::END,
+                    ),
+                };
+                let body = WorkerResponse {
+                    body: Some(worker_response::Body::Text(GenerateStreamResponse {
+                        msg: Some(msg),
+                    })),
+                };
+                self.queue(id, Kind::Response, flags, body.encode_to_vec());
+            }
+            if done {
+                self.release(i);
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn final_message(f: Finished, started: Instant) -> GenerationDone {
+    let generation_s = f.generation.as_secs_f64();
+    GenerationDone {
+        finish_reason: f.reason as i32,
+        usage: Some(Usage {
+            prompt_tokens: f.prompt_tokens,
+            completion_tokens: f.completion_tokens,
+        }),
+        timings: Some(TextTimings {
+            queue_us: 0,
+            prompt_us: f.prompt.as_micros() as u64,
+            generation_us: f.generation.as_micros() as u64,
+            time_to_first_token_us: f.first_token.as_micros() as u64,
+            total_us: started.elapsed().as_micros() as u64,
+            tokens_per_second: if generation_s > 0.0 {
+                f64::from(f.completion_tokens) / generation_s
+            } else {
+                0.0
+            },
+        }),
+        seed: f.seed,
+        text: f.tail,
+    }
+}
+
+fn not_loaded() -> WorkerError {
+    WorkerError::new(Code::FailedPrecondition, "no model loaded")
+}
+
+/// One short generation, so that READY means the model has answered once.
+fn warm_up(engine: &mut Engine) -> Result<(), WorkerError> {
+    let req = GenerateRequest {
+        prompt: "Hello".into(),
+        max_tokens: 1,
+        sampling: Some(sidecar_proto::v1::SamplingParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut seq = engine.start(0, &req)?;
+    while !seq.is_done() {
+        engine.step(&mut [&mut seq])?;
+    }
+    engine.free(0);
+    Ok(())
 }
 
 fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
@@ -82,10 +451,12 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
             "chat".into(),
             "tokenize".into(),
             "grammar".into(),
+            "batching".into(),
         ],
         memory: Some(memory::report()),
     };
-    send(chan, 0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())
+    chan.send(0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())
+        .map_err(WorkerError::from)
 }
 
 fn start_heartbeats(chan: Arc<BlockingChannel>) {
@@ -110,233 +481,4 @@ fn start_heartbeats(chan: Arc<BlockingChannel>) {
     if let Err(e) = spawned {
         tracing::error!("cannot start the heartbeat thread: {e}");
     }
-}
-
-/// Waits for the next request; `None` for frames that need no answer.
-fn receive(chan: &BlockingChannel) -> Result<Option<Incoming>, WorkerError> {
-    let frame = match chan.recv() {
-        Ok(f) => f,
-        Err(ipc::Error::PeerGone) => {
-            tracing::info!("supervisor gone; exiting");
-            std::process::exit(0);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    decode(frame.kind(), frame.request_id(), frame.payload())
-}
-
-fn decode(kind: Kind, id: u64, payload: &[u8]) -> Result<Option<Incoming>, WorkerError> {
-    if kind != Kind::Request {
-        // A cancel for a request that is already answered, or a stray frame.
-        return Ok(None);
-    }
-    let req = WorkerRequest::decode(payload)
-        .map_err(|e| WorkerError::new(Code::Internal, format!("undecodable request {id}: {e}")))?;
-    Ok(Some(Incoming { id, req }))
-}
-
-fn handle(
-    chan: &BlockingChannel,
-    engine: &mut Option<Engine>,
-    incoming: Incoming,
-    backlog: &mut VecDeque<Incoming>,
-) -> Result<(), WorkerError> {
-    let Incoming { id, req } = incoming;
-    match req.body {
-        Some(worker_request::Body::Load(load)) => {
-            let started = Instant::now();
-            let options = match load.options {
-                Some(sidecar_proto::worker::load::Options::Text(t)) => t,
-                _ => TextOptions::default(),
-            };
-            tracing::info!(model = %load.model_id, path = %load.path, "loading");
-            let mut loaded = Engine::load(Path::new(&load.path), &options)?;
-            warm_up(&mut loaded)?;
-            let details = loaded.details().clone();
-            *engine = Some(loaded);
-            let answer = WorkerResponse {
-                body: Some(worker_response::Body::Loaded(Loaded {
-                    text: Some(details),
-                    lite: None,
-                    memory: Some(memory::report()),
-                    load_us: started.elapsed().as_micros() as u64,
-                })),
-            };
-            send(
-                chan,
-                id,
-                Kind::Response,
-                Flags::END,
-                &answer.encode_to_vec(),
-            )
-        }
-        Some(worker_request::Body::Generate(g)) => {
-            let engine = loaded(engine)?;
-            generate(chan, engine, id, req.deadline_unix_ms, &g, backlog)
-        }
-        Some(worker_request::Body::Chat(c)) => {
-            let engine = loaded(engine)?;
-            let g = sidecar_proto::v1::GenerateRequest {
-                model_id: c.model_id,
-                prompt: engine.chat_prompt(&c.messages, &c.chat_template)?,
-                sampling: c.sampling,
-                max_tokens: c.max_tokens,
-                stop: c.stop,
-                constraint: c.constraint,
-                add_special: Some(true),
-            };
-            generate(chan, engine, id, req.deadline_unix_ms, &g, backlog)
-        }
-        Some(worker_request::Body::Tokenize(t)) => {
-            let answer = WorkerResponse {
-                body: Some(worker_response::Body::Tokenize(
-                    loaded(engine)?.tokenize(&t),
-                )),
-            };
-            send(
-                chan,
-                id,
-                Kind::Response,
-                Flags::END,
-                &answer.encode_to_vec(),
-            )
-        }
-        Some(_) => Err(WorkerError::new(
-            Code::Unimplemented,
-            "this call is not served by worker-text yet",
-        )),
-        None => Err(WorkerError::invalid("empty request")),
-    }
-}
-
-fn loaded(engine: &mut Option<Engine>) -> Result<&mut Engine, WorkerError> {
-    engine
-        .as_mut()
-        .ok_or_else(|| WorkerError::new(Code::FailedPrecondition, "no model loaded"))
-}
-
-/// One short generation, so that READY means the model has answered once.
-fn warm_up(engine: &mut Engine) -> Result<(), WorkerError> {
-    let req = sidecar_proto::v1::GenerateRequest {
-        prompt: "Hello".into(),
-        max_tokens: 1,
-        sampling: Some(sidecar_proto::v1::SamplingParams {
-            temperature: Some(0.0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    engine.generate(&req, |_| Next::Continue).map(|_| ())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn generate(
-    chan: &BlockingChannel,
-    engine: &mut Engine,
-    id: u64,
-    deadline_ms: i64,
-    req: &sidecar_proto::v1::GenerateRequest,
-    backlog: &mut VecDeque<Incoming>,
-) -> Result<(), WorkerError> {
-    let started = Instant::now();
-    let mut send_error = None;
-    let on_token = |t: Token| -> Next {
-        let msg = GenerateStreamResponse {
-            msg: Some(generate_stream_response::Msg::Delta(TokenDelta {
-                text: t.text,
-                token_id: t.id,
-                index: t.index,
-            })),
-        };
-        let body = WorkerResponse {
-            body: Some(worker_response::Body::Text(msg)),
-        };
-        if let Err(e) = chan.send(id, Kind::Response, Flags::NONE, &body.encode_to_vec()) {
-            send_error = Some(e);
-            return Next::Abort(Code::Internal, "channel closed".into());
-        }
-        // Between tokens: a cancel for this request, or new requests.
-        loop {
-            match chan.try_recv() {
-                Ok(Some(frame)) => {
-                    if frame.kind() == Kind::Cancel {
-                        if frame.request_id() == id {
-                            return Next::Abort(
-                                Code::Cancelled,
-                                "cancelled by the supervisor".into(),
-                            );
-                        }
-                        // A queued request whose caller went away: answer
-                        // it as cancelled without running it.
-                        let other = frame.request_id();
-                        drop(frame);
-                        if backlog.iter().any(|n| n.id == other) {
-                            backlog.retain(|n| n.id != other);
-                            let e = WorkerError::new(Code::Cancelled, "cancelled before it ran");
-                            let _ = chan.send(
-                                other,
-                                Kind::Error,
-                                Flags::END,
-                                &e.to_proto(false).encode_to_vec(),
-                            );
-                        }
-                        continue;
-                    }
-                    if let Ok(Some(n)) = decode(frame.kind(), frame.request_id(), frame.payload()) {
-                        backlog.push_back(n);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    send_error = Some(e);
-                    return Next::Abort(Code::Internal, "channel closed".into());
-                }
-            }
-        }
-        if deadline_ms > 0 && now_ms() >= deadline_ms {
-            return Next::Abort(
-                Code::DeadlineExceeded,
-                "deadline passed during generation".into(),
-            );
-        }
-        Next::Continue
-    };
-    let finished = engine.generate(req, on_token);
-    if let Some(e) = send_error {
-        return Err(e.into());
-    }
-    let f = finished?;
-    let generation_s = f.generation.as_secs_f64();
-    let done = GenerationDone {
-        finish_reason: f.reason as i32,
-        usage: Some(Usage {
-            prompt_tokens: f.prompt_tokens,
-            completion_tokens: f.completion_tokens,
-        }),
-        timings: Some(TextTimings {
-            queue_us: 0,
-            prompt_us: f.prompt.as_micros() as u64,
-            generation_us: f.generation.as_micros() as u64,
-            time_to_first_token_us: f.first_token.as_micros() as u64,
-            total_us: started.elapsed().as_micros() as u64,
-            tokens_per_second: if generation_s > 0.0 {
-                f64::from(f.completion_tokens) / generation_s
-            } else {
-                0.0
-            },
-        }),
-        seed: f.seed,
-        text: f.tail,
-    };
-    let body = WorkerResponse {
-        body: Some(worker_response::Body::Text(GenerateStreamResponse {
-            msg: Some(generate_stream_response::Msg::Done(done)),
-        })),
-    };
-    send(chan, id, Kind::Response, Flags::END, &body.encode_to_vec())
 }
