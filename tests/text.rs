@@ -338,3 +338,30 @@ async fn concurrent_streams_batch_and_match_their_output_alone() {
     );
     assert!(!together[4].is_empty());
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_frees_its_slot_at_once() {
+    let _serial = serial().await;
+    // One slot: the next call can only run once the abandoned one is gone.
+    let config = smollm2_config("").replace("threads = 1 }", "threads = 1, parallel = 1 }");
+    let sc = Sidecar::start(store(), &format!("[workers]\nmax_in_flight = 1\n{config}"));
+    sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+    let mut stream = text
+        .generate_stream(greedy("Once upon a time, in a land far away,", 1000))
+        .await
+        .expect("stream")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("first token")
+        .expect("message");
+    drop(stream);
+    // 1000 tokens would take several seconds; the slot must be free at once.
+    let mut req = tonic::Request::new(greedy("Hello", 2));
+    req.set_timeout(Duration::from_secs(2));
+    text.generate(req)
+        .await
+        .expect("served right after the cancel");
+}
