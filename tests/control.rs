@@ -3,24 +3,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use e2e::{Sidecar, serial, smollm2_config, store};
+use e2e::{Sidecar, greedy, serial, smollm2_config, store};
 use sidecar_proto::v1::{
-    GenerateRequest, GetStatusRequest, ListWorkersRequest, LoadModelRequest, ModelFamily,
-    ModelState, RestartWorkerRequest, SamplingParams,
+    GetStatusRequest, ListWorkersRequest, LoadModelRequest, ModelFamily, ModelState,
+    RestartWorkerRequest,
 };
-
-fn greedy(model: &str, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        model_id: model.into(),
-        prompt: "Hello".into(),
-        max_tokens,
-        sampling: Some(SamplingParams {
-            temperature: Some(0.0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn the_control_socket_is_owner_only_and_serves_operators() {
@@ -68,7 +55,7 @@ async fn the_control_socket_is_owner_only_and_serves_operators() {
     assert_eq!(restarted.state, ModelState::Ready as i32, "{restarted:?}");
     assert_ne!(restarted.worker_pid, ready.worker_pid);
     let mut text = sc.text().await;
-    text.generate(greedy("smollm2", 2))
+    text.generate(greedy("Hello", 2))
         .await
         .expect("serves after the restart");
 }
@@ -90,7 +77,7 @@ async fn a_lazy_model_loads_on_its_first_call() {
 
     let mut text = sc.text().await;
     let first = text
-        .generate(greedy("smollm2", 3))
+        .generate(greedy("Hello", 3))
         .await
         .expect("the first call waits for the load");
     assert!(first.into_inner().usage.expect("usage").completion_tokens > 0);

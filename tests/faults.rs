@@ -4,25 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Sidecar, alive, serial, signal, smollm2_config, store};
+use e2e::{Sidecar, alive, greedy, serial, signal, smollm2_config, store};
 use nix::sys::signal::Signal;
-use sidecar_proto::v1::{
-    GenerateRequest, KillReason, ModelState, SamplingParams, generate_stream_response::Msg,
-};
+use sidecar_proto::v1::{GenerateRequest, KillReason, ModelState, generate_stream_response::Msg};
 use tonic::Code;
-
-fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        model_id: "smollm2".into(),
-        prompt: prompt.into(),
-        max_tokens,
-        sampling: Some(SamplingParams {
-            temperature: Some(0.0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 const FAST_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max = 0.5\nheartbeat_timeout = 3\nkill_grace = 1\n[deadlines]\ncancel_grace = 1\n";
 

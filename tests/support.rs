@@ -271,3 +271,17 @@ pub fn smollm2_config(extra_model_keys: &str) -> String {
         "[[models]]\nid = \"smollm2\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\ntext = {{ context_size = 1024, threads = 1 }}\n{extra_model_keys}\n"
     )
 }
+
+/// A greedy (temperature 0) request to `smollm2`.
+pub fn greedy(prompt: &str, max_tokens: u32) -> sidecar_proto::v1::GenerateRequest {
+    sidecar_proto::v1::GenerateRequest {
+        model_id: "smollm2".into(),
+        prompt: prompt.into(),
+        max_tokens,
+        sampling: Some(sidecar_proto::v1::SamplingParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -4,25 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Sidecar, serial, smollm2_config, store};
+use e2e::{Sidecar, greedy, serial, smollm2_config, store};
 use sidecar_proto::v1::{
     FinishReason, GenerateRequest, LoadModelRequest, ModelFamily, SamplingParams,
     generate_stream_response::Msg,
 };
 use tonic::Code;
-
-fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        model_id: "smollm2".into(),
-        prompt: prompt.into(),
-        max_tokens,
-        sampling: Some(SamplingParams {
-            temperature: Some(0.0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn a_completion_streams_token_by_token_and_matches_the_unary_call() {

@@ -57,6 +57,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Ids of the loaded models that use `file`.
+fn users_of(registry: &Registry, file: &Path) -> Vec<String> {
+    used_files(registry)
+        .into_iter()
+        .filter(|(p, _)| p == file)
+        .map(|(_, id)| id)
+        .collect()
+}
+
 /// Store-relative files that loaded models use, with their model ids.
 fn used_files(registry: &Registry) -> Vec<(PathBuf, String)> {
     registry
@@ -291,11 +300,7 @@ pub async fn put(
                 header.path
             )));
         }
-        let users: Vec<String> = used_files(registry)
-            .into_iter()
-            .filter(|(p, _)| *p == dest)
-            .map(|(_, id)| id)
-            .collect();
+        let users = users_of(registry, &dest);
         if !users.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "{:?} is used by loaded model(s) {}; unload them first",
@@ -361,11 +366,7 @@ pub async fn put(
 /// DeleteFile.
 pub async fn delete(registry: &Registry, path: &str) -> Result<(), Error> {
     let real = registry.store.resolve(path)?;
-    let users: Vec<String> = used_files(registry)
-        .into_iter()
-        .filter(|(p, _)| *p == real)
-        .map(|(_, id)| id)
-        .collect();
+    let users = users_of(registry, &real);
     if !users.is_empty() {
         return Err(Error::FailedPrecondition(format!(
             "{path:?} is used by loaded model(s) {}; unload them first",
