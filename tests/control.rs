@@ -100,3 +100,58 @@ async fn a_lazy_model_loads_on_its_first_call() {
         tonic::Code::AlreadyExists
     );
 }
+
+#[tokio::test]
+async fn unload_drains_calls_in_flight_first() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    let worker = sc.ready("smollm2").await.worker_pid;
+    let mut text = sc.text().await;
+    let mut stream = text
+        .generate_stream(greedy("List the planets of the solar system.", 40))
+        .await
+        .expect("stream")
+        .into_inner();
+    stream.message().await.expect("first token");
+    let mut models = sc.models().await;
+    let unload = tokio::spawn(async move {
+        models
+            .unload_model(sidecar_proto::v1::UnloadModelRequest {
+                model_id: "smollm2".into(),
+                drain_timeout_ms: 20_000,
+                force: false,
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let refused = text.generate(greedy("Hi", 2)).await.expect_err("draining");
+    assert!(
+        [tonic::Code::Unavailable, tonic::Code::NotFound].contains(&refused.code()),
+        "{refused:?}"
+    );
+    let mut done = false;
+    while let Some(m) = stream.message().await.expect("the call in flight finishes") {
+        done |= matches!(
+            m.msg,
+            Some(sidecar_proto::v1::generate_stream_response::Msg::Done(_))
+        );
+    }
+    assert!(done, "the stream got its final message");
+    unload.await.expect("join").expect("unloaded");
+    let gone = sc
+        .models()
+        .await
+        .get_model(sidecar_proto::v1::GetModelRequest {
+            model_id: "smollm2".into(),
+        })
+        .await;
+    assert_eq!(gone.expect_err("unloaded").code(), tonic::Code::NotFound);
+    let start = std::time::Instant::now();
+    while e2e::alive(worker) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "worker stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -39,7 +39,32 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("file task: {e}")))?
 }
 
+/// Digests already computed, by path, valid while size and modification
+/// time are unchanged.
+type ShaCache = std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>;
+static SHA_CACHE: std::sync::Mutex<Option<ShaCache>> = std::sync::Mutex::new(None);
+
 fn sha256_file(path: &Path) -> Result<String, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
+    let key = (meta.len(), meta.modified().map_err(|e| io("stat", e))?);
+    let cached = SHA_CACHE
+        .lock()
+        .ok()
+        .and_then(|c| c.as_ref().and_then(|c| c.get(path).cloned()));
+    if let Some((len, modified, sha)) = cached
+        && (len, modified) == key
+    {
+        return Ok(sha);
+    }
+    let sha = sha256_uncached(path)?;
+    if let Ok(mut c) = SHA_CACHE.lock() {
+        c.get_or_insert_with(Default::default)
+            .insert(path.to_path_buf(), (key.0, key.1, sha.clone()));
+    }
+    Ok(sha)
+}
+
+fn sha256_uncached(path: &Path) -> Result<String, Error> {
     let mut f = std::fs::File::open(path).map_err(|e| io("open", e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sidecar_proto::v1::model_service_server::ModelService;
 use sidecar_proto::v1::{
@@ -120,8 +121,20 @@ impl ModelService for ModelApi {
         &self,
         req: Request<UnloadModelRequest>,
     ) -> Result<Response<UnloadModelResponse>, Status> {
-        let id = req.into_inner().model_id;
-        self.registry.remove(&id, KillReason::Requested).await?;
+        let req = req.into_inner();
+        let handle = self.registry.get(&req.model_id)?;
+        if !req.force {
+            let wait = match req.drain_timeout_ms {
+                0 => Duration::from_secs(10),
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            if !handle.drain(wait).await {
+                tracing::warn!(model = %req.model_id, "calls still running after {wait:?}; unloading anyway");
+            }
+        }
+        self.registry
+            .remove(&req.model_id, KillReason::Requested)
+            .await?;
         Ok(Response::new(UnloadModelResponse {}))
     }
 

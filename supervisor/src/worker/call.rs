@@ -48,6 +48,11 @@ impl WorkerHandle {
                 waiting, self.queue_size
             )));
         }
+        if self.is_draining() {
+            return Err(Error::Unavailable(format!(
+                "model {id:?} is draining: it admits no new calls"
+            )));
+        }
         let conn = self.ready_conn(deadline).await?;
         let permit =
             tokio::time::timeout_at(deadline.into(), self.in_flight.clone().acquire_owned())

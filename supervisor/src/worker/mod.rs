@@ -132,6 +132,7 @@ pub struct WorkerHandle {
     conn: watch::Receiver<Option<Conn>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     waiting: Arc<AtomicUsize>,
     queue_size: usize,
     last_used: Arc<std::sync::Mutex<Option<i64>>>,
@@ -158,6 +159,7 @@ impl WorkerHandle {
             conn,
             in_flight: Arc::new(Semaphore::new(config.workers.max_in_flight)),
             max_in_flight: config.workers.max_in_flight,
+            draining: Arc::default(),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue_size: config.workers.queue_size,
             last_used: Arc::default(),
@@ -182,6 +184,21 @@ impl WorkerHandle {
         let settled = |s: &Status| matches!(s.state, State::Ready | State::Failed | State::Stopped);
         let _ = tokio::time::timeout_at(deadline.into(), rx.wait_for(settled)).await;
         rx.borrow().clone()
+    }
+
+    /// Admits no new calls (they get UNAVAILABLE) and waits until the
+    /// calls in flight are done or `timeout` passes; true when they are.
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let all = self.max_in_flight as u32;
+        tokio::time::timeout(timeout, self.in_flight.acquire_many(all))
+            .await
+            .is_ok_and(|p| p.is_ok())
+    }
+
+    /// Whether the model admits no new calls.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Stops the worker and ends the actor.
@@ -219,7 +236,11 @@ impl WorkerHandle {
             model_id: self.spec.id.clone(),
             family: self.spec.family.to_proto() as i32,
             path: self.spec.path.clone(),
-            state: s.state.to_proto() as i32,
+            state: if self.is_draining() && s.state == State::Ready {
+                ModelState::Draining as i32
+            } else {
+                s.state.to_proto() as i32
+            },
             pinned: self.spec.pinned,
             required: self.required(),
             worker_pid: s.pid,
