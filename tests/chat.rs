@@ -180,3 +180,47 @@ async fn grammars_and_json_schemas_constrain_the_output() {
         .expect_err("bad schema");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+#[tokio::test]
+async fn a_model_option_sets_the_default_chat_template() {
+    let _serial = serial().await;
+    let config =
+        smollm2_config("").replace("threads = 1 }", "threads = 1, chat_template = \"zephyr\" }");
+    let sc = Sidecar::start(store(), &config);
+    sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+    let chat = |template: &str| ChatRequest {
+        model_id: "smollm2".into(),
+        messages: vec![message("user", "Hello there")],
+        chat_template: template.into(),
+        max_tokens: 1,
+        sampling: greedy(),
+        ..Default::default()
+    };
+    let prompt_tokens =
+        |r: sidecar_proto::v1::GenerateResponse| r.usage.expect("usage").prompt_tokens;
+    let zephyr = prompt_tokens(text.chat(chat("")).await.expect("default").into_inner());
+    let chatml = prompt_tokens(
+        text.chat(chat("chatml"))
+            .await
+            .expect("chatml")
+            .into_inner(),
+    );
+    // "<|user|>\nHello there<|endoftext|>\n<|assistant|>\n" versus the ChatML form.
+    let rendered = text
+        .tokenize(TokenizeRequest {
+            model_id: "smollm2".into(),
+            text: "<|user|>\nHello there<|endoftext|>\n<|assistant|>\n".into(),
+            add_special: None,
+            with_pieces: false,
+        })
+        .await
+        .expect("tokenize")
+        .into_inner();
+    assert_eq!(
+        zephyr as usize,
+        rendered.tokens.len(),
+        "the configured template renders the prompt"
+    );
+    assert_ne!(zephyr, chatml);
+}

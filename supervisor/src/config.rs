@@ -153,6 +153,11 @@ pub struct TextSpec {
     pub threads: u32,
     /// GPU layers; absent = none on a host without a GPU.
     pub gpu_layers: Option<i32>,
+    /// Prompt batch size, tokens; 0 = 512.
+    pub batch_size: u32,
+    /// Chat template used when a Chat request names none; empty = the
+    /// model's own.
+    pub chat_template: String,
 }
 
 impl TextSpec {
@@ -163,7 +168,9 @@ impl TextSpec {
             parallel: self.parallel,
             threads: self.threads,
             gpu_layers: self.gpu_layers,
-            ..Default::default()
+            batch_size: self.batch_size,
+            chat_template: self.chat_template.clone(),
+            embeddings: None,
         }
     }
 }

@@ -46,6 +46,8 @@ fn backend() -> Result<&'static LlamaBackend, WorkerError> {
 /// A loaded model with its context.
 pub struct Engine {
     model: &'static LlamaModel,
+    /// Template for Chat requests that name none (empty: the model's).
+    default_template: String,
     ctx: LlamaContext<'static>,
     details: TextModelDetails,
     batch_size: usize,
@@ -167,6 +169,7 @@ impl Engine {
         };
         Ok(Engine {
             model,
+            default_template: options.chat_template.clone(),
             ctx,
             details,
             batch_size: batch.max(ubatch) as usize,
@@ -211,6 +214,11 @@ impl Engine {
                 "messages must hold at least one message",
             ));
         }
+        let template = if template.is_empty() {
+            self.default_template.as_str()
+        } else {
+            template
+        };
         let tmpl = if template.is_empty() {
             self.model.chat_template(None).map_err(|_| {
                 WorkerError::new(

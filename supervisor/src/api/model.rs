@@ -58,6 +58,8 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
                 parallel: t.parallel,
                 threads: t.threads,
                 gpu_layers: t.gpu_layers,
+                batch_size: t.batch_size,
+                chat_template: t.chat_template,
             }
         }
         Some(_) => {
