@@ -44,8 +44,13 @@ async fn a_worker_killed_mid_stream_gives_unavailable_and_is_respawned() {
         err.message()
     );
 
-    let after = sc.ready("smollm2").await;
-    assert_ne!(after.worker_pid, before.worker_pid);
+    // The supervisor notices the death on its own schedule: wait for the
+    // replacement.
+    let after = sc
+        .eventually("smollm2", Duration::from_secs(30), |m| {
+            m.state == ModelState::Ready as i32 && m.worker_pid != before.worker_pid
+        })
+        .await;
     assert_eq!(after.restarts, 1);
     assert_eq!(after.last_kill_reason, KillReason::Crash as i32);
     assert!(
