@@ -129,13 +129,7 @@ async fn unload_drains_calls_in_flight_first() {
         [tonic::Code::Unavailable, tonic::Code::NotFound].contains(&refused.code()),
         "{refused:?}"
     );
-    let mut done = false;
-    while let Some(m) = stream.message().await.expect("the call in flight finishes") {
-        done |= matches!(
-            m.msg,
-            Some(sidecar_proto::v1::generate_stream_response::Msg::Done(_))
-        );
-    }
+    let done = e2e::finish_stream(&mut stream).await;
     assert!(done, "the stream got its final message");
     unload.await.expect("join").expect("unloaded");
     let gone = sc
@@ -146,12 +140,10 @@ async fn unload_drains_calls_in_flight_first() {
         })
         .await;
     assert_eq!(gone.expect_err("unloaded").code(), tonic::Code::NotFound);
-    let start = std::time::Instant::now();
-    while e2e::alive(worker) {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "worker stopped"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    e2e::wait_gone(
+        worker,
+        std::time::Duration::from_secs(10),
+        "the unloaded model's worker",
+    )
+    .await;
 }

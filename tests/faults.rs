@@ -198,10 +198,7 @@ async fn sigterm_lets_the_stream_finish_then_stops_the_workers() {
         .into_inner();
     stream.message().await.expect("first token");
     sc.signal(Signal::SIGTERM);
-    let mut done = false;
-    while let Some(msg) = stream.message().await.expect("the stream finishes cleanly") {
-        done |= matches!(msg.msg, Some(Msg::Done(_)));
-    }
+    let done = e2e::finish_stream(&mut stream).await;
     assert!(done, "the in-flight stream got its final message");
     let mut sc = sc;
     let start = Instant::now();
@@ -222,12 +219,10 @@ async fn killing_the_supervisor_leaves_no_worker_behind() {
     let worker = sc.ready("smollm2").await.worker_pid;
     sc.child.kill().expect("SIGKILL the supervisor");
     sc.child.wait().expect("reap");
-    let start = Instant::now();
-    while alive(worker) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "worker {worker} outlived its supervisor"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::wait_gone(
+        worker,
+        Duration::from_secs(10),
+        "a worker outliving its supervisor",
+    )
+    .await;
 }

@@ -285,3 +285,30 @@ pub fn greedy(prompt: &str, max_tokens: u32) -> sidecar_proto::v1::GenerateReque
         ..Default::default()
     }
 }
+
+/// Waits until process `pid` is gone, or panics after `limit` naming `what`.
+pub async fn wait_gone(pid: u32, limit: Duration, what: &str) {
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: process {pid} still runs after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads a token stream to its end; true when it ended with the final
+/// message.
+pub async fn finish_stream(
+    stream: &mut tonic::Streaming<sidecar_proto::v1::GenerateStreamResponse>,
+) -> bool {
+    let mut done = false;
+    while let Some(m) = stream.message().await.expect("the stream finishes cleanly") {
+        done |= matches!(
+            m.msg,
+            Some(sidecar_proto::v1::generate_stream_response::Msg::Done(_))
+        );
+    }
+    done
+}
