@@ -309,14 +309,11 @@ async fn concurrent_streams_batch_and_match_their_output_alone() {
         tasks.push(tokio::spawn(async move { t.generate(req).await }));
     }
     let mut together = Vec::new();
+    let mut timings = Vec::new();
     for t in tasks {
-        together.push(
-            t.await
-                .expect("join")
-                .expect("batched call")
-                .into_inner()
-                .text,
-        );
+        let r = t.await.expect("join").expect("batched call").into_inner();
+        timings.push(r.timings.expect("timings"));
+        together.push(r.text);
     }
     assert_eq!(
         &together[..4],
@@ -324,6 +321,14 @@ async fn concurrent_streams_batch_and_match_their_output_alone() {
         "greedy output is the same alone or batched"
     );
     assert!(!together[4].is_empty());
+    // The fifth waited for a slot, and its timings say so.
+    let fifth = &timings[4];
+    assert!(fifth.queue_us > 0, "{fifth:?}");
+    assert!(
+        fifth.total_us >= fifth.queue_us + fifth.prompt_us,
+        "{fifth:?}"
+    );
+    assert!(fifth.time_to_first_token_us >= fifth.queue_us, "{fifth:?}");
 }
 
 #[tokio::test]

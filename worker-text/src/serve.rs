@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipc::{Blocked, BlockingChannel, Flags, Kind, Received};
@@ -31,8 +32,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Serves the channel until the supervisor goes away.
 pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
     send_hello(&chan)?;
-    start_heartbeats(chan.clone());
+    let in_flight = Arc::new(AtomicU32::new(0));
+    start_heartbeats(chan.clone(), in_flight.clone());
     let mut s = Scheduler {
+        in_flight,
         chan: &chan,
         engine: None,
         slots: Vec::new(),
@@ -57,6 +60,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
         }
         s.expire();
         s.admit();
+        s.count();
         s.flush()?;
         let stepped = s.step()?;
         s.flush()?;
@@ -88,18 +92,24 @@ struct Out {
 struct Active {
     id: u64,
     deadline_ms: i64,
-    started: Instant,
+    /// When the request reached the worker.
+    arrived: Instant,
+    /// How long it waited for a slot.
+    queued: Duration,
     seq: Seq,
 }
 
 /// A generation waiting for a free slot.
 struct Waiting {
+    arrived: Instant,
     id: u64,
     deadline_ms: i64,
     req: GenerateRequest,
 }
 
 struct Scheduler<'c> {
+    /// Generations running or waiting for a slot, for the heartbeats.
+    in_flight: Arc<AtomicU32>,
     chan: &'c BlockingChannel,
     engine: Option<Engine>,
     slots: Vec<Option<Active>>,
@@ -108,6 +118,11 @@ struct Scheduler<'c> {
 }
 
 impl Scheduler<'_> {
+    fn count(&self) {
+        let n = self.slots.iter().flatten().count() + self.waiting.len();
+        self.in_flight.store(n as u32, Ordering::Relaxed);
+    }
+
     fn has_work(&self) -> bool {
         self.slots.iter().any(Option::is_some)
             || !self.waiting.is_empty()
@@ -172,6 +187,7 @@ impl Scheduler<'_> {
             },
             Some(worker_request::Body::Generate(g)) => {
                 self.waiting.push_back(Waiting {
+                    arrived: Instant::now(),
                     id,
                     deadline_ms,
                     req: g,
@@ -190,6 +206,7 @@ impl Scheduler<'_> {
                         add_special: Some(true),
                     };
                     self.waiting.push_back(Waiting {
+                        arrived: Instant::now(),
                         id,
                         deadline_ms,
                         req,
@@ -293,7 +310,8 @@ impl Scheduler<'_> {
                     self.slots[slot] = Some(Active {
                         id: w.id,
                         deadline_ms: w.deadline_ms,
-                        started: Instant::now(),
+                        arrived: w.arrived,
+                        queued: w.arrived.elapsed(),
                         seq,
                     })
                 }
@@ -358,7 +376,7 @@ impl Scheduler<'_> {
             let Some(a) = self.slots[i].as_mut() else {
                 continue;
             };
-            let (id, started) = (a.id, a.started);
+            let (id, arrived, queued) = (a.id, a.arrived, a.queued);
             let events = std::mem::take(&mut a.seq.events);
             let done = a.seq.is_done();
             for ev in events {
@@ -372,7 +390,7 @@ impl Scheduler<'_> {
                         Flags::NONE,
                     ),
                     Event::Done(f) => (
-                        generate_stream_response::Msg::Done(final_message(f, started)),
+                        generate_stream_response::Msg::Done(final_message(f, arrived, queued)),
                         Flags::END,
                     ),
                 };
@@ -391,7 +409,9 @@ impl Scheduler<'_> {
     }
 }
 
-fn final_message(f: Finished, started: Instant) -> GenerationDone {
+/// The final message; times count from the request's arrival in the
+/// worker (the supervisor adds its own queueing).
+fn final_message(f: Finished, arrived: Instant, queued: Duration) -> GenerationDone {
     let generation_s = f.generation.as_secs_f64();
     GenerationDone {
         finish_reason: f.reason as i32,
@@ -400,11 +420,11 @@ fn final_message(f: Finished, started: Instant) -> GenerationDone {
             completion_tokens: f.completion_tokens,
         }),
         timings: Some(TextTimings {
-            queue_us: 0,
+            queue_us: queued.as_micros() as u64,
             prompt_us: f.prompt.as_micros() as u64,
             generation_us: f.generation.as_micros() as u64,
-            time_to_first_token_us: f.first_token.as_micros() as u64,
-            total_us: started.elapsed().as_micros() as u64,
+            time_to_first_token_us: (queued + f.first_token).as_micros() as u64,
+            total_us: arrived.elapsed().as_micros() as u64,
             tokens_per_second: if generation_s > 0.0 {
                 f64::from(f.completion_tokens) / generation_s
             } else {
@@ -459,7 +479,7 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
         .map_err(WorkerError::from)
 }
 
-fn start_heartbeats(chan: Arc<BlockingChannel>) {
+fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
     let started = Instant::now();
     let spawned = std::thread::Builder::new()
         .name("heartbeat".into())
@@ -469,7 +489,7 @@ fn start_heartbeats(chan: Arc<BlockingChannel>) {
                 let beat = Heartbeat {
                     seq,
                     memory: Some(memory::report()),
-                    in_flight: 0,
+                    in_flight: in_flight.load(Ordering::Relaxed),
                     uptime_ms: started.elapsed().as_millis() as u64,
                 };
                 match chan.try_send(0, Kind::Heartbeat, Flags::NONE, &beat.encode_to_vec()) {

@@ -23,7 +23,7 @@ impl Utf8Stream {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    // SAFETY-free: the prefix is valid UTF-8 by `valid_up_to`.
+                    // The prefix up to `valid_up_to` is valid UTF-8.
                     out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
                     match e.error_len() {
                         // Invalid bytes: replace them and go on.

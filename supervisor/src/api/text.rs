@@ -131,10 +131,22 @@ fn forward(mut call: CallStream) -> TokenStream {
 }
 
 /// The next token-stream message of a call.
+/// The final message's times then include the call's queueing in the
+/// supervisor.
 async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResponse, Error>> {
     match call.next().await? {
         Ok(r) => match r.body {
-            Some(worker_response::Body::Text(t)) => Some(Ok(t)),
+            Some(worker_response::Body::Text(mut t)) => {
+                if let Some(generate_stream_response::Msg::Done(done)) = t.msg.as_mut()
+                    && let Some(timings) = done.timings.as_mut()
+                {
+                    let queued = call.queued.as_micros() as u64;
+                    timings.queue_us += queued;
+                    timings.time_to_first_token_us += queued;
+                    timings.total_us += queued;
+                }
+                Some(Ok(t))
+            }
             other => Some(Err(Error::Internal(format!(
                 "unexpected worker answer {other:?}"
             )))),

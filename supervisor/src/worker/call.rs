@@ -21,6 +21,8 @@ pub struct CallStream {
     handle: WorkerHandle,
     deadline: Instant,
     done: bool,
+    /// Time the call spent in the supervisor before reaching the worker.
+    pub queued: Duration,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -39,6 +41,7 @@ impl WorkerHandle {
         mut req: WorkerRequest,
         deadline: Instant,
     ) -> Result<CallStream, Error> {
+        let arrived = Instant::now();
         let id = &self.spec.id;
         let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(self);
@@ -79,6 +82,7 @@ impl WorkerHandle {
             handle: self.clone(),
             deadline,
             done: false,
+            queued: arrived.elapsed(),
             _permit: permit,
         })
     }
