@@ -32,19 +32,19 @@ impl TextApi {
     /// Checks the model and sends `body` to its worker.
     async fn call<T>(
         &self,
-        req: &Request<T>,
-        model_id: &str,
+        req: Request<T>,
         stream: bool,
-        body: worker_request::Body,
+        into_body: impl FnOnce(T) -> (String, worker_request::Body),
     ) -> Result<CallStream, Error> {
         let default = if stream {
             self.config.deadlines.stream
         } else {
             self.config.deadlines.unary
         };
-        let deadline = super::deadline(req, default);
-        let request_id = super::request_id(req);
-        let handle = self.registry.get(model_id)?;
+        let deadline = super::deadline(&req, default);
+        let request_id = super::request_id(&req);
+        let (model_id, body) = into_body(req.into_inner());
+        let handle = self.registry.get(&model_id)?;
         if handle.spec.family != Family::Text {
             return Err(Error::FailedPrecondition(format!(
                 "model {model_id:?} is not a TEXT model"
@@ -67,9 +67,10 @@ impl TextApi {
         if req.get_ref().prompt.is_empty() {
             return Err(Error::InvalidArgument("prompt must not be empty".into()));
         }
-        let model = req.get_ref().model_id.clone();
-        let body = worker_request::Body::Generate(req.get_ref().clone());
-        self.call(&req, &model, stream, body).await
+        self.call(req, stream, |g| {
+            (g.model_id.clone(), worker_request::Body::Generate(g))
+        })
+        .await
     }
 
     async fn start_chat(
@@ -82,9 +83,10 @@ impl TextApi {
                 "messages must hold at least one message".into(),
             ));
         }
-        let model = req.get_ref().model_id.clone();
-        let body = worker_request::Body::Chat(req.get_ref().clone());
-        self.call(&req, &model, stream, body).await
+        self.call(req, stream, |c| {
+            (c.model_id.clone(), worker_request::Body::Chat(c))
+        })
+        .await
     }
 }
 
@@ -201,9 +203,11 @@ impl TextService for TextApi {
         &self,
         req: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
-        let model = req.get_ref().model_id.clone();
-        let body = worker_request::Body::Tokenize(req.get_ref().clone());
-        let mut call = self.call(&req, &model, false, body).await?;
+        let mut call = self
+            .call(req, false, |t| {
+                (t.model_id.clone(), worker_request::Body::Tokenize(t))
+            })
+            .await?;
         match call.next().await {
             Some(Ok(r)) => match r.body {
                 Some(worker_response::Body::Tokenize(t)) => Ok(Response::new(t)),
