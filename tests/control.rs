@@ -9,7 +9,7 @@ use sidecar_proto::v1::{
     RestartWorkerRequest,
 };
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_socket_is_owner_only_and_serves_operators() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -60,7 +60,7 @@ async fn the_control_socket_is_owner_only_and_serves_operators() {
         .expect("serves after the restart");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lazy_model_loads_on_its_first_call() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config("preload = false"));
@@ -101,7 +101,7 @@ async fn a_lazy_model_loads_on_its_first_call() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_drains_calls_in_flight_first() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));

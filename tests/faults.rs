@@ -11,7 +11,7 @@ use tonic::Code;
 
 const FAST_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max = 0.5\nheartbeat_timeout = 3\nkill_grace = 1\n[deadlines]\ncancel_grace = 1\n";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_stream_gives_unavailable_and_is_respawned() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &format!("{FAST_RESTARTS}{}", smollm2_config("")));
@@ -66,7 +66,7 @@ async fn a_worker_killed_mid_stream_gives_unavailable_and_is_respawned() {
     assert!(ok.usage.expect("usage").completion_tokens > 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_ends_the_call_at_its_deadline_and_is_replaced() {
     let _serial = serial().await;
     // The call's deadline (the server's default for unary calls, 2 s) comes
@@ -107,7 +107,7 @@ async fn a_stopped_worker_ends_the_call_at_its_deadline_and_is_replaced() {
     assert!(ok.usage.expect("usage").completion_tokens > 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_cannot_load_goes_to_failed_and_the_rest_keeps_serving() {
     let _serial = serial().await;
     let store = store();
@@ -185,7 +185,7 @@ async fn a_model_that_cannot_load_goes_to_failed_and_the_rest_keeps_serving() {
     .expect("the reloaded model serves");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_stream_finish_then_stops_the_workers() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -212,7 +212,7 @@ async fn sigterm_lets_the_stream_finish_then_stops_the_workers() {
     assert!(!alive(worker), "worker stopped with the supervisor");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_supervisor_leaves_no_worker_behind() {
     let _serial = serial().await;
     let mut sc = Sidecar::start(store(), &smollm2_config(""));

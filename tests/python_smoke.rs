@@ -5,7 +5,7 @@ use std::process::Command;
 
 use e2e::{Sidecar, root, serial, smollm2_config, store};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_streams_a_completion() {
     let _serial = serial().await;
     let python = root().join(".venv/bin/python");

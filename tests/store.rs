@@ -65,7 +65,7 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_verified_atomic_and_stay_inside_the_store() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -218,7 +218,7 @@ async fn uploads_are_verified_atomic_and_stay_inside_the_store() {
     assert!(leftovers(&sc.store.path().join("extra")).is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_by_the_client_leaves_nothing() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));

@@ -23,6 +23,8 @@ use tonic::transport::Channel;
 
 /// The SmolLM2 file, relative to the model store.
 pub const SMOLLM2: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The all-MiniLM-L6-v2 file setup converts, relative to the model store.
+pub const MINILM: &str = "minilm/all-MiniLM-L6-v2.f16.gguf";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -57,18 +59,23 @@ pub fn binary(name: &str) -> PathBuf {
 /// `models/`, or copied) and whatever else a test adds.
 pub fn store() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    let src = root().join("models").join(SMOLLM2);
+    add_model(&dir, SMOLLM2);
+    dir
+}
+
+/// Links (or copies) `models/<rel>` into a test store.
+pub fn add_model(store: &tempfile::TempDir, rel: &str) {
+    let src = root().join("models").join(rel);
     assert!(
         src.is_file(),
         "{} is missing: run scripts/setup.sh",
         src.display()
     );
-    let dest = dir.path().join(SMOLLM2);
+    let dest = store.path().join(rel);
     std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
     if std::fs::hard_link(&src, &dest).is_err() {
         std::fs::copy(&src, &dest).expect("copy model");
     }
-    dir
 }
 
 /// A running sidecar.
@@ -232,18 +239,28 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    /// SIGTERM, then waits for the exit (SIGKILL after 15 s). The wait
+    /// leaves the runtime's other thread free, so that the test's gRPC
+    /// connections can answer the server's graceful shutdown at once.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.signal(Signal::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(15) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+            let child = &mut self.child;
+            let mut wait = move || {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(15) {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                let _ = child.kill();
+                let _ = child.wait();
+            };
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                _ => wait(),
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -269,6 +286,13 @@ pub fn signal(pid: u32, sig: Signal) {
 pub fn smollm2_config(extra_model_keys: &str) -> String {
     format!(
         "[[models]]\nid = \"smollm2\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\ntext = {{ context_size = 1024, threads = 1 }}\n{extra_model_keys}\n"
+    )
+}
+
+/// Config for the MiniLM embedding model, one thread.
+pub fn minilm_config(extra_model_keys: &str) -> String {
+    format!(
+        "[[models]]\nid = \"minilm\"\nfamily = \"text\"\npath = \"{MINILM}\"\ntext = {{ threads = 1 }}\n{extra_model_keys}\n"
     )
 }
 

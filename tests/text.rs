@@ -11,7 +11,7 @@ use sidecar_proto::v1::{
 };
 use tonic::Code;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_streams_token_by_token_and_matches_the_unary_call() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -73,7 +73,7 @@ async fn a_completion_streams_token_by_token_and_matches_the_unary_call() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let _serial = serial().await;
     let store = store();
@@ -188,7 +188,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(sc.admin_get("/livez").0, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once() {
     let _serial = serial().await;
     let config = format!(
@@ -225,7 +225,7 @@ async fn a_full_queue_refuses_at_once() {
     second.await.expect("join").expect("second call completes");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_repeat_and_stop_strings_are_never_emitted() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -277,7 +277,7 @@ async fn seeds_repeat_and_stop_strings_are_never_emitted() {
     assert!(!stopped.text.contains(&stop));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_batch_and_match_their_output_alone() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -331,7 +331,7 @@ async fn concurrent_streams_batch_and_match_their_output_alone() {
     assert!(fifth.time_to_first_token_us >= fifth.queue_us, "{fifth:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_frees_its_slot_at_once() {
     let _serial = serial().await;
     // One slot: the next call can only run once the abandoned one is gone.

@@ -158,6 +158,9 @@ pub struct TextSpec {
     /// Chat template used when a Chat request names none; empty = the
     /// model's own.
     pub chat_template: String,
+    /// Serve Embed instead of generation; absent = decided by the model
+    /// file (encoder models such as BERT are embedding models).
+    pub embeddings: Option<bool>,
 }
 
 impl TextSpec {
@@ -170,7 +173,7 @@ impl TextSpec {
             gpu_layers: self.gpu_layers,
             batch_size: self.batch_size,
             chat_template: self.chat_template.clone(),
-            embeddings: None,
+            embeddings: self.embeddings,
         }
     }
 }

@@ -1,28 +1,22 @@
-//! The llama.cpp model and its context, and one generation.
-//!
-//! The worker serves one model for its whole life, so the model is leaked
-//! to a `'static` borrow that the context can hold. One sequence at a time
-//! in this version: the KV cache is cleared before each request.
-
-use std::num::NonZeroU32;
-use std::path::Path;
-use std::sync::OnceLock;
+//! A generation model's context: `parallel` KV slots in one llama.cpp
+//! context, each sequence in its own slot, decoded together one step at a
+//! time.
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use sidecar_proto::v1::{
-    ChatMessage, GenerateRequest, OutputConstraint, TextModelDetails, TextOptions, TokenizeRequest,
-    TokenizeResponse, output_constraint,
+    ChatMessage, GenerateRequest, OutputConstraint, TextModelDetails, TextOptions,
+    output_constraint,
 };
+use std::num::NonZeroU32;
 
 use crate::error::{Code, WorkerError};
+use crate::model::{Model, backend, threads};
 use crate::sampling::{check_stops, sampler};
 use crate::seq::{Seq, SeqSpec};
 
@@ -31,17 +25,6 @@ const DEFAULT_CONTEXT: u32 = 4096;
 const DEFAULT_BATCH: u32 = 512;
 const DEFAULT_MAX_TOKENS: u32 = 256;
 const DEFAULT_PARALLEL: u32 = 4;
-
-static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-
-fn backend() -> Result<&'static LlamaBackend, WorkerError> {
-    if let Some(b) = BACKEND.get() {
-        return Ok(b);
-    }
-    let b = LlamaBackend::init()
-        .map_err(|e| WorkerError::new(Code::Internal, format!("llama.cpp backend: {e}")))?;
-    Ok(BACKEND.get_or_init(|| b))
-}
 
 /// A loaded model with its context.
 pub struct Engine {
@@ -61,52 +44,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Threads to use when the model's options name none: the cores this
-/// process may run on.
-pub fn default_threads() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
-/// Checks the GGUF magic so that a wrong file gets a clear reason.
-fn check_gguf(path: &Path) -> Result<(), WorkerError> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
-    match read {
-        Err(e) => Err(WorkerError::new(
-            Code::Unavailable,
-            format!("cannot read model file {}: {e}", path.display()),
-        )),
-        Ok(()) if &magic != b"GGUF" => Err(WorkerError::new(
-            Code::Unavailable,
-            format!(
-                "{} is not a GGUF model file (starts with {:02x?}, expected \"GGUF\")",
-                path.display(),
-                magic
-            ),
-        )),
-        Ok(()) => Ok(()),
-    }
-}
-
 impl Engine {
-    /// Loads the model and makes its context.
-    pub fn load(path: &Path, options: &TextOptions) -> Result<Engine, WorkerError> {
-        check_gguf(path)?;
-        let backend = backend()?;
-        let gpu_layers = match options.gpu_layers {
-            Some(n) if n < 0 => u32::MAX,
-            Some(n) => n as u32,
-            None => 0,
-        };
-        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
-            WorkerError::new(
-                Code::Unavailable,
-                format!("llama.cpp could not load {}: {e}", path.display()),
-            )
-        })?;
-        let model: &'static LlamaModel = Box::leak(Box::new(model));
+    /// Makes the generation context for a loaded model.
+    pub fn new(loaded: Model, options: &TextOptions) -> Result<Engine, WorkerError> {
+        let (model, gpu_layers) = (loaded.llama, loaded.gpu_layers);
         let train = model.n_ctx_train();
         let context = match options.context_size {
             0 => train.min(DEFAULT_CONTEXT),
@@ -134,10 +75,7 @@ impl Engine {
         // llama.cpp aborts the process when n_ubatch is not a multiple of
         // n_seq_max: round it down (at least one token per sequence).
         let ubatch = (batch - batch % parallel).max(parallel);
-        let threads = match options.threads {
-            0 => default_threads(),
-            n => n,
-        } as i32;
+        let threads = threads(options);
         // llama.cpp splits its context across the sequences.
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(context * parallel))
@@ -146,16 +84,14 @@ impl Engine {
             .with_n_seq_max(parallel)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let ctx = model.new_context(backend, ctx_params).map_err(|e| {
+        let ctx = model.new_context(backend()?, ctx_params).map_err(|e| {
             WorkerError::new(
                 Code::Unavailable,
                 format!("llama.cpp context of {context} tokens x {parallel} sequences: {e}"),
             )
         })?;
         let details = TextModelDetails {
-            architecture: model
-                .meta_val_str("general.architecture")
-                .unwrap_or_default(),
+            architecture: loaded.architecture(),
             training_context: train,
             context_size: context,
             parallel,
@@ -179,26 +115,6 @@ impl Engine {
     /// What the worker read from the file.
     pub fn details(&self) -> &TextModelDetails {
         &self.details
-    }
-
-    /// Tokenizes text with the model's vocabulary.
-    pub fn tokenize(&self, req: &TokenizeRequest) -> TokenizeResponse {
-        let vocab = self.model.vocab();
-        let tokens = vocab.tokenize(req.text.as_bytes(), req.add_special.unwrap_or(true), true);
-        let pieces = if req.with_pieces {
-            tokens
-                .iter()
-                .map(|t| {
-                    String::from_utf8_lossy(&vocab.token_to_piece(*t, true, None)).into_owned()
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        TokenizeResponse {
-            tokens: tokens.iter().map(|t| t.0).collect(),
-            pieces,
-        }
     }
 
     /// Renders a conversation with the model's chat template, or the one

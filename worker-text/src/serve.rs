@@ -21,9 +21,11 @@ use sidecar_proto::worker::{
     Heartbeat, Hello, Load, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
 };
 
+use crate::embed::{EmbedJob, Embedder};
 use crate::engine::Engine;
 use crate::error::{Code, WorkerError};
 use crate::memory;
+use crate::model::Model;
 use crate::seq::{Event, Finished, Seq};
 
 /// Heartbeat period.
@@ -37,7 +39,10 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
     let mut s = Scheduler {
         in_flight,
         chan: &chan,
+        model: None,
         engine: None,
+        embedder: None,
+        embeds: VecDeque::new(),
         slots: Vec::new(),
         waiting: VecDeque::new(),
         outbox: HashMap::new(),
@@ -111,7 +116,13 @@ struct Scheduler<'c> {
     /// Generations running or waiting for a slot, for the heartbeats.
     in_flight: Arc<AtomicU32>,
     chan: &'c BlockingChannel,
+    model: Option<Model>,
+    /// The generation context, for a generation model.
     engine: Option<Engine>,
+    /// The embedding context, for an embedding model.
+    embedder: Option<Embedder>,
+    /// Embed calls not finished yet, in arrival order.
+    embeds: VecDeque<EmbedJob>,
     slots: Vec<Option<Active>>,
     waiting: VecDeque<Waiting>,
     outbox: HashMap<u64, VecDeque<Out>>,
@@ -119,13 +130,14 @@ struct Scheduler<'c> {
 
 impl Scheduler<'_> {
     fn count(&self) {
-        let n = self.slots.iter().flatten().count() + self.waiting.len();
+        let n = self.slots.iter().flatten().count() + self.waiting.len() + self.embeds.len();
         self.in_flight.store(n as u32, Ordering::Relaxed);
     }
 
     fn has_work(&self) -> bool {
         self.slots.iter().any(Option::is_some)
             || !self.waiting.is_empty()
+            || !self.embeds.is_empty()
             || !self.outbox.is_empty()
     }
 
@@ -177,23 +189,32 @@ impl Scheduler<'_> {
         let deadline_ms = req.deadline_unix_ms;
         let result = match req.body {
             Some(worker_request::Body::Load(load)) => self.load(id, load),
-            Some(worker_request::Body::Tokenize(t)) => match &self.engine {
-                Some(e) => {
-                    let body = worker_response::Body::Tokenize(e.tokenize(&t));
+            Some(worker_request::Body::Tokenize(t)) => match &self.model {
+                Some(m) => {
+                    let body = worker_response::Body::Tokenize(m.tokenize(&t));
                     self.answer(id, body);
                     Ok(())
                 }
                 None => Err(not_loaded()),
             },
-            Some(worker_request::Body::Generate(g)) => {
-                self.waiting.push_back(Waiting {
-                    arrived: Instant::now(),
-                    id,
-                    deadline_ms,
-                    req: g,
-                });
-                Ok(())
-            }
+            Some(worker_request::Body::Embed(req)) => match &self.embedder {
+                Some(e) => e
+                    .job(id, deadline_ms, &req)
+                    .map(|job| self.embeds.push_back(job)),
+                None => Err(self.not_served("Embed")),
+            },
+            Some(worker_request::Body::Generate(g)) => match &self.engine {
+                Some(_) => {
+                    self.waiting.push_back(Waiting {
+                        arrived: Instant::now(),
+                        id,
+                        deadline_ms,
+                        req: g,
+                    });
+                    Ok(())
+                }
+                None => Err(self.not_served("Generate")),
+            },
             Some(worker_request::Body::Chat(c)) => match &self.engine {
                 Some(e) => e.chat_prompt(&c.messages, &c.chat_template).map(|prompt| {
                     let req = GenerateRequest {
@@ -212,7 +233,7 @@ impl Scheduler<'_> {
                         req,
                     });
                 }),
-                None => Err(not_loaded()),
+                None => Err(self.not_served("Chat")),
             },
             Some(_) => Err(WorkerError::new(
                 Code::Unimplemented,
@@ -232,11 +253,35 @@ impl Scheduler<'_> {
             _ => TextOptions::default(),
         };
         tracing::info!(model = %load.model_id, path = %load.path, "loading");
-        let mut engine = Engine::load(Path::new(&load.path), &options)?;
-        warm_up(&mut engine)?;
-        let details = engine.details().clone();
-        self.slots = (0..details.parallel).map(|_| None).collect();
-        self.engine = Some(engine);
+        let model = Model::load(Path::new(&load.path), &options)?;
+        let details = match options.embeddings {
+            Some(false) if model.is_embedding() => {
+                return Err(WorkerError::invalid(
+                    "text.embeddings is false, but the model file is an embedding model (pooling, bidirectional attention): it cannot generate",
+                ));
+            }
+            Some(true) if !model.is_embedding() => {
+                return Err(WorkerError::invalid(
+                    "text.embeddings is true, but the model file declares no pooling: it is a generation model",
+                ));
+            }
+            _ if model.is_embedding() => {
+                let mut embedder = Embedder::new(model, &options)?;
+                warm_up_embed(&mut embedder)?;
+                let details = embedder.details().clone();
+                self.embedder = Some(embedder);
+                details
+            }
+            _ => {
+                let mut engine = Engine::new(model, &options)?;
+                warm_up(&mut engine)?;
+                let details = engine.details().clone();
+                self.slots = (0..details.parallel).map(|_| None).collect();
+                self.engine = Some(engine);
+                details
+            }
+        };
+        self.model = Some(model);
         self.answer(
             id,
             worker_response::Body::Loaded(Loaded {
@@ -262,6 +307,9 @@ impl Scheduler<'_> {
             self.fail(id, &cancelled);
         } else if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
             self.waiting.remove(i);
+            self.fail(id, &cancelled);
+        } else if let Some(i) = self.embeds.iter().position(|j| j.id == id) {
+            self.embeds.remove(i);
             self.fail(id, &cancelled);
         }
     }
@@ -292,6 +340,12 @@ impl Scheduler<'_> {
         self.waiting = keep;
         for w in gone {
             self.fail(w.id, &expired);
+        }
+        let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+            self.embeds.drain(..).partition(|j| !late(j.deadline_ms));
+        self.embeds = keep;
+        for j in gone {
+            self.fail(j.id, &expired);
         }
     }
 
@@ -347,6 +401,18 @@ impl Scheduler<'_> {
     /// One decode step for every sequence whose reader keeps up; true when
     /// one ran.
     fn step(&mut self) -> Result<bool, WorkerError> {
+        if let Some(embedder) = self.embedder.as_mut() {
+            if self.embeds.is_empty() {
+                return Ok(false);
+            }
+            for (id, result) in embedder.step(&mut self.embeds) {
+                match result {
+                    Ok(r) => self.answer(id, worker_response::Body::Embed(r)),
+                    Err(e) => self.fail(id, &e),
+                }
+            }
+            return Ok(true);
+        }
         let Some(engine) = self.engine.as_mut() else {
             return Ok(false);
         };
@@ -440,6 +506,38 @@ fn not_loaded() -> WorkerError {
     WorkerError::new(Code::FailedPrecondition, "no model loaded")
 }
 
+impl Scheduler<'_> {
+    /// The error for a call this kind of model does not serve.
+    fn not_served(&self, call: &str) -> WorkerError {
+        match (&self.engine, &self.embedder) {
+            (None, None) => not_loaded(),
+            (_, Some(_)) => WorkerError::new(
+                Code::FailedPrecondition,
+                format!("{call} needs a generation model; this is an embedding model (use Embed)"),
+            ),
+            (Some(_), None) => WorkerError::new(
+                Code::FailedPrecondition,
+                format!("{call} needs an embedding model; this is a generation model"),
+            ),
+        }
+    }
+}
+
+/// One short Embed, so that READY means the model has answered once.
+fn warm_up_embed(embedder: &mut Embedder) -> Result<(), WorkerError> {
+    let req = sidecar_proto::v1::EmbedRequest {
+        inputs: vec!["Hello".into()],
+        ..Default::default()
+    };
+    let mut jobs = VecDeque::from([embedder.job(0, 0, &req)?]);
+    while !jobs.is_empty() {
+        if let Some((_, Err(e))) = embedder.step(&mut jobs).pop() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// One short generation, so that READY means the model has answered once.
 fn warm_up(engine: &mut Engine) -> Result<(), WorkerError> {
     let req = GenerateRequest {
@@ -472,6 +570,7 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
             "tokenize".into(),
             "grammar".into(),
             "batching".into(),
+            "embed".into(),
         ],
         memory: Some(memory::report()),
     };

@@ -60,6 +60,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
                 gpu_layers: t.gpu_layers,
                 batch_size: t.batch_size,
                 chat_template: t.chat_template,
+                embeddings: t.embeddings,
             }
         }
         Some(_) => {

@@ -192,11 +192,23 @@ impl TextService for TextApi {
         Ok(Response::new(forward(call)))
     }
 
-    async fn embed(&self, _: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
-        Err(Error::Unimplemented(
-            "Embed is not served yet: embedding models arrive with the text-family issue".into(),
-        )
-        .into())
+    async fn embed(&self, req: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
+        let mut call = self
+            .call(req, false, |e| {
+                (e.model_id.clone(), worker_request::Body::Embed(e))
+            })
+            .await?;
+        let queued = call.queued.as_micros() as u64;
+        match one_answer(&mut call).await? {
+            worker_response::Body::Embed(mut r) => {
+                if let Some(t) = r.timings.as_mut() {
+                    t.queue_us += queued;
+                    t.total_us += queued;
+                }
+                Ok(Response::new(r))
+            }
+            other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
+        }
     }
 
     async fn tokenize(
@@ -208,15 +220,22 @@ impl TextService for TextApi {
                 (t.model_id.clone(), worker_request::Body::Tokenize(t))
             })
             .await?;
-        match call.next().await {
-            Some(Ok(r)) => match r.body {
-                Some(worker_response::Body::Tokenize(t)) => Ok(Response::new(t)),
-                other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
-            },
-            Some(Err(e)) => Err(e.into()),
-            None => {
-                Err(Error::Internal("the worker closed the call without an answer".into()).into())
-            }
+        match one_answer(&mut call).await? {
+            worker_response::Body::Tokenize(t) => Ok(Response::new(t)),
+            other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
         }
+    }
+}
+
+/// The single answer of a unary worker call.
+async fn one_answer(call: &mut CallStream) -> Result<worker_response::Body, Error> {
+    match call.next().await {
+        Some(Ok(r)) => r
+            .body
+            .ok_or_else(|| Error::Internal("the worker answered with an empty body".into())),
+        Some(Err(e)) => Err(e),
+        None => Err(Error::Internal(
+            "the worker closed the call without an answer".into(),
+        )),
     }
 }
