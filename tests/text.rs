@@ -357,3 +357,64 @@ async fn a_client_that_goes_away_frees_its_slot_at_once() {
         .await
         .expect("served right after the cancel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sequence_stops_within_one_step_and_the_others_carry_on() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+    let long = |prompt: &str| greedy(prompt, 200);
+    let mut a = text
+        .generate_stream(long("Count from 1 to 1000: 1, 2, 3, 4,"))
+        .await
+        .expect("stream a")
+        .into_inner();
+    let mut b = text
+        .generate_stream(long("List the even numbers: 2, 4, 6, 8,"))
+        .await
+        .expect("stream b")
+        .into_inner();
+    // Read A as fast as it comes and cancel it after a few tokens.
+    let seen = 8;
+    for _ in 0..seen {
+        a.message().await.expect("a token").expect("message");
+    }
+    drop(a);
+    // B carries on to its end.
+    let mut deltas = 0;
+    let done = loop {
+        match b.message().await.expect("b carries on").and_then(|m| m.msg) {
+            Some(Msg::Delta(_)) => deltas += 1,
+            Some(Msg::Done(d)) => break d,
+            None => panic!("B ended without its final message"),
+        }
+    };
+    let b_tokens = done.usage.expect("usage").completion_tokens;
+    assert_eq!(b_tokens, 200, "B ran to its length: {done:?}");
+    assert_eq!(deltas, 200);
+
+    // The worker's own count of sampled tokens, once it has settled: B's
+    // 200 plus what A got before the cancel reached the worker.
+    let mut last = u64::MAX;
+    let total = loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = sc.model("smollm2").await.tokens_generated;
+        if now == last {
+            break now;
+        }
+        last = now;
+    };
+    let a_generated = total - u64::from(b_tokens);
+    eprintln!("A: {seen} tokens read, {a_generated} generated");
+    assert!(a_generated >= seen, "{a_generated} < {seen}");
+    // Typically 2 more than read: one token already on its way to the
+    // client when it went away, and the decode step that was running when
+    // the cancel arrived (the worker checks between steps). One more step
+    // of slack for a loaded machine; without the cancel it would be 200.
+    assert!(
+        a_generated <= seen + 3,
+        "A generated {} tokens after the client read {seen} and went away",
+        a_generated
+    );
+}

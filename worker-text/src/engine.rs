@@ -246,8 +246,8 @@ impl Engine {
     /// One decode step over these sequences: one token for each that is
     /// generating, then prompt chunks in the rest of the batch; each
     /// sequence with logits samples its next token. Events land in the
-    /// sequences.
-    pub fn step(&mut self, seqs: &mut [&mut Seq]) -> Result<(), WorkerError> {
+    /// sequences. Returns the number of tokens sampled.
+    pub fn step(&mut self, seqs: &mut [&mut Seq]) -> Result<usize, WorkerError> {
         let cap = self.batch_size;
         let mut batch = LlamaBatch::new(cap, self.details.parallel.max(1) as i32);
         let mut used = 0usize;
@@ -278,18 +278,20 @@ impl Engine {
             }
         }
         if used == 0 {
-            return Ok(());
+            return Ok(0);
         }
         self.ctx
             .decode(&mut batch)
             .map_err(|e| WorkerError::new(Code::Internal, format!("decode: {e}")))?;
         let vocab = self.model.vocab();
+        let mut sampled = 0;
         for s in seqs.iter_mut() {
             if let Some(i) = s.logits_at.take() {
                 let token = s.sampler.sample(&self.ctx, i as i32);
                 s.on_sampled(token, &vocab);
+                sampled += 1;
             }
         }
-        Ok(())
+        Ok(sampled)
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipc::{Blocked, BlockingChannel, Flags, Kind, Received};
@@ -34,10 +34,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Serves the channel until the supervisor goes away.
 pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
     send_hello(&chan)?;
-    let in_flight = Arc::new(AtomicU32::new(0));
-    start_heartbeats(chan.clone(), in_flight.clone());
+    let counters = Arc::new(Counters::default());
+    start_heartbeats(chan.clone(), counters.clone());
     let mut s = Scheduler {
-        in_flight,
+        counters,
         chan: &chan,
         model: None,
         engine: None,
@@ -112,9 +112,17 @@ struct Waiting {
     req: GenerateRequest,
 }
 
+/// What the heartbeats report.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Requests running or waiting.
+    in_flight: AtomicU32,
+    /// Tokens sampled for requests since the worker started.
+    tokens_generated: AtomicU64,
+}
+
 struct Scheduler<'c> {
-    /// Generations running or waiting for a slot, for the heartbeats.
-    in_flight: Arc<AtomicU32>,
+    counters: Arc<Counters>,
     chan: &'c BlockingChannel,
     model: Option<Model>,
     /// The generation context, for a generation model.
@@ -131,7 +139,7 @@ struct Scheduler<'c> {
 impl Scheduler<'_> {
     fn count(&self) {
         let n = self.slots.iter().flatten().count() + self.waiting.len() + self.embeds.len();
-        self.in_flight.store(n as u32, Ordering::Relaxed);
+        self.counters.in_flight.store(n as u32, Ordering::Relaxed);
     }
 
     fn has_work(&self) -> bool {
@@ -427,7 +435,13 @@ impl Scheduler<'_> {
         if seqs.is_empty() {
             return Ok(false);
         }
-        if let Err(e) = engine.step(&mut seqs) {
+        let sampled = engine.step(&mut seqs);
+        if let Ok(n) = sampled {
+            self.counters
+                .tokens_generated
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if let Err(e) = sampled {
             // A failed decode fails every sequence in it.
             for i in 0..self.slots.len() {
                 if let Some(a) = &self.slots[i] {
@@ -578,7 +592,7 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
         .map_err(WorkerError::from)
 }
 
-fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
+fn start_heartbeats(chan: Arc<BlockingChannel>, counters: Arc<Counters>) {
     let started = Instant::now();
     let spawned = std::thread::Builder::new()
         .name("heartbeat".into())
@@ -588,8 +602,9 @@ fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
                 let beat = Heartbeat {
                     seq,
                     memory: Some(memory::report()),
-                    in_flight: in_flight.load(Ordering::Relaxed),
+                    in_flight: counters.in_flight.load(Ordering::Relaxed),
                     uptime_ms: started.elapsed().as_millis() as u64,
+                    tokens_generated: counters.tokens_generated.load(Ordering::Relaxed),
                 };
                 match chan.try_send(0, Kind::Heartbeat, Flags::NONE, &beat.encode_to_vec()) {
                     Ok(()) | Err(ipc::Error::WouldBlock(_)) => {}

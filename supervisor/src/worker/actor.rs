@@ -66,6 +66,7 @@ pub(super) fn spawn(
         loaded_unix_ms: 0,
         started_unix_ms: 0,
         heartbeat_unix_ms: 0,
+        tokens_generated: 0,
         last_exit: String::new(),
         worker_version: String::new(),
     };
@@ -270,6 +271,7 @@ impl Actor {
             s.pid = pid;
             s.started_unix_ms = now_ms();
             s.heartbeat_unix_ms = now_ms();
+            s.tokens_generated = 0;
         });
         forward_logs(&mut child, &self.spec.id, pid);
         let mut exit = process::watch_exit(child);
@@ -387,6 +389,7 @@ impl Actor {
                             self.status.send_modify(|s| {
                                 s.memory = hb.memory;
                                 s.heartbeat_unix_ms = now_ms();
+                                s.tokens_generated = hb.tokens_generated;
                             });
                         }
                     }

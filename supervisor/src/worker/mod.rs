@@ -104,6 +104,8 @@ pub struct Status {
     pub last_exit: String,
     /// The worker binary's version, from its hello.
     pub worker_version: String,
+    /// Tokens the current worker generated, from its last heartbeat.
+    pub tokens_generated: u64,
 }
 
 /// Commands to the actor.
@@ -253,6 +255,7 @@ impl WorkerHandle {
             in_flight: in_flight as u32,
             queue_depth: self.waiting.load(Ordering::Relaxed) as u32,
             file_size_bytes: self.file_size,
+            tokens_generated: s.tokens_generated,
             options: Some(sidecar_proto::v1::model_info::Options::Text(
                 self.spec.text.to_proto(),
             )),
