@@ -1,12 +1,13 @@
 //! The Python `grpcio` client (stubs generated from the project's protos
-//! at test time) streams a completion from the real sidecar.
+//! at test time) streams a completion from the real sidecar and embeds
+//! texts with MiniLM.
 
 use std::process::Command;
 
-use e2e::{Sidecar, root, serial, smollm2_config, store};
+use e2e::{MINILM, Sidecar, add_model, minilm_config, root, serial, smollm2_config, store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpcio_client_streams_a_completion() {
+async fn python_grpcio_client_streams_a_completion_and_embeds() {
     let _serial = serial().await;
     let python = root().join(".venv/bin/python");
     assert!(
@@ -14,8 +15,12 @@ async fn python_grpcio_client_streams_a_completion() {
         "{} is missing: run scripts/setup.sh",
         python.display()
     );
-    let sc = Sidecar::start(store(), &smollm2_config(""));
+    let store = store();
+    add_model(&store, MINILM);
+    let config = format!("{}{}", smollm2_config(""), minilm_config(""));
+    let sc = Sidecar::start(store, &config);
     sc.ready("smollm2").await;
+    sc.ready("minilm").await;
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = tokio::task::spawn_blocking({
         let api = sc.api.to_string();
@@ -38,5 +43,6 @@ async fn python_grpcio_client_streams_a_completion() {
         out.status.success(),
         "python client failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("OK generate"), "{stdout}");
+    assert!(stdout.contains("OK embed"), "{stdout}");
 }

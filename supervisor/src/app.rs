@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sidecar_proto::v1::model_service_server::ModelServiceServer;
 use sidecar_proto::v1::text_service_server::TextServiceServer;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
@@ -100,6 +101,17 @@ pub async fn run(
             ),
     );
 
+    // Connections we accept ourselves do not get tonic's socket options:
+    // without TCP_NODELAY a small message (a token, a unary answer's
+    // trailers) can wait 40 ms for the client's delayed ACK.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn
+            && let Err(e) = c.set_nodelay(true)
+        {
+            tracing::warn!("TCP_NODELAY: {e}");
+        }
+        conn
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -107,7 +119,7 @@ pub async fn run(
             .add_service(reflection)
             .add_service(text)
             .add_service(model)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             }),
     );

@@ -1,9 +1,12 @@
-"""Streams a completion from a running sidecar with the grpcio client.
+"""Streams a completion and embeds texts on a running sidecar with the
+grpcio client.
 
 usage: smoke.py HOST:PORT PROTO_DIR OUT_DIR
 Generates the Python stubs from the project's .proto files into OUT_DIR,
-then streams from model `smollm2` and checks the text and usage counts.
+then streams from model `smollm2` and checks the text and usage counts, and
+embeds with model `minilm` and checks the vectors.
 """
+import math
 import sys
 
 from grpc_tools import protoc
@@ -40,7 +43,26 @@ def main():
         assert done.usage.completion_tokens == len(deltas), (done.usage, len(deltas))
         assert done.usage.prompt_tokens > 0, done.usage
         assert [d.index for d in deltas] == list(range(len(deltas)))
-        print("OK", repr(text), done.usage.prompt_tokens, done.usage.completion_tokens)
+        print("OK generate", repr(text), done.usage.prompt_tokens, done.usage.completion_tokens)
+
+        inputs = ["A man is eating food.", "A man is eating a piece of bread.", "", "Das Wetter ist schön."]
+        reply = stub.Embed(text_pb2.EmbedRequest(model_id="minilm", inputs=inputs), timeout=60)
+        assert reply.dimensions == 384, reply.dimensions
+        assert len(reply.embeddings) == len(inputs)
+        vectors = [list(e.values) for e in reply.embeddings]
+        for v in vectors:
+            assert len(v) == 384 and abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4
+        similar = sum(a * b for a, b in zip(vectors[0], vectors[1]))
+        unrelated = sum(a * b for a, b in zip(vectors[0], vectors[3]))
+        assert similar > 0.5 > unrelated, (similar, unrelated)
+        assert reply.embeddings[2].tokens == 2, reply.embeddings[2]
+        try:
+            stub.Embed(text_pb2.EmbedRequest(model_id="minilm", inputs=["word " * 300]), timeout=60)
+            raise AssertionError("a too long input was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+            assert "256" in e.details(), e.details()
+        print(f"OK embed similar={similar:.3f} unrelated={unrelated:.3f}")
 
 
 if __name__ == "__main__":

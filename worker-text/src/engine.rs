@@ -34,6 +34,9 @@ pub struct Engine {
     ctx: LlamaContext<'static>,
     details: TextModelDetails,
     batch_size: usize,
+    /// The decode batch, reused from step to step (llama.cpp allocates one
+    /// array per token slot when a batch is made).
+    batch: LlamaBatch<'static>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -109,6 +112,7 @@ impl Engine {
             ctx,
             details,
             batch_size: batch.max(ubatch) as usize,
+            batch: LlamaBatch::new(batch.max(ubatch) as usize, parallel as i32),
         })
     }
 
@@ -249,7 +253,8 @@ impl Engine {
     /// sequences. Returns the number of tokens sampled.
     pub fn step(&mut self, seqs: &mut [&mut Seq]) -> Result<usize, WorkerError> {
         let cap = self.batch_size;
-        let mut batch = LlamaBatch::new(cap, self.details.parallel.max(1) as i32);
+        let batch = &mut self.batch;
+        batch.clear();
         let mut used = 0usize;
         let add = |batch: &mut LlamaBatch, t: LlamaToken, pos: usize, slot: usize, logits: bool| {
             batch
@@ -259,7 +264,7 @@ impl Engine {
         for s in seqs.iter_mut() {
             s.logits_at = None;
             if let Some(t) = s.next_input.take() {
-                add(&mut batch, t, s.pos, s.slot, true)?;
+                add(batch, t, s.pos, s.slot, true)?;
                 s.logits_at = Some(used);
                 s.pos += 1;
                 used += 1;
@@ -268,7 +273,7 @@ impl Engine {
         for s in seqs.iter_mut() {
             while s.fed < s.prompt.len() && used < cap {
                 let last = s.fed + 1 == s.prompt.len();
-                add(&mut batch, s.prompt[s.fed], s.fed, s.slot, last)?;
+                add(batch, s.prompt[s.fed], s.fed, s.slot, last)?;
                 if last {
                     s.logits_at = Some(used);
                 }
@@ -281,7 +286,7 @@ impl Engine {
             return Ok(0);
         }
         self.ctx
-            .decode(&mut batch)
+            .decode(batch)
             .map_err(|e| WorkerError::new(Code::Internal, format!("decode: {e}")))?;
         let vocab = self.model.vocab();
         let mut sampled = 0;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The text benchmark: the whole stack against llama.cpp's own tools, side by
+# side in one run. Builds `llama-bench` and `llama-batched-bench` from the
+# llama.cpp tree in the PyPI source package of llama-cpp-python (cached in
+# ~/.cache/sidecar), compiled against the static llama.cpp libraries that
+# the llama-cpp-sys-2 build left in the target folder, so both sides run
+# the same llama.cpp. Prints a Markdown report (see docs/benchmarks.md).
+#
+# Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+cache="${SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+threads="${1:-2}"
+reps="${2:-3}"
+
+scripts/setup.sh
+cargo build --release --workspace --bins
+cargo build --release -p worker-text --example embed_direct
+cargo build --release -p e2e --example bench_text
+release="$CARGO_TARGET_DIR/release"
+
+# --- the reference tools ----------------------------------------------------
+sdist_spec="llama-cpp-python==0.3.36"
+sdist_sha="${LLAMA_CPP_PYTHON_SDIST_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
+sdist_dir="$cache/downloads/llama-cpp-python-0.3.36-sdist"
+sdist="$(find "$sdist_dir" -name '*.tar.gz' 2>/dev/null | head -1)"
+if [[ -z "$sdist" ]]; then
+    echo "bench: downloading the $sdist_spec source package (~77 MB)" >&2
+    mkdir -p "$sdist_dir"
+    "$root/.venv/bin/pip" download -q --no-deps --no-binary :all: -d "$sdist_dir" "$sdist_spec" >/dev/null
+    sdist="$(find "$sdist_dir" -name '*.tar.gz' | head -1)"
+fi
+if ! echo "$sdist_sha  $sdist" | sha256sum --quiet -c -; then
+    echo "bench: checksum mismatch for $sdist" >&2
+    exit 1
+fi
+
+# The llama-cpp-sys-2 build of this profile: headers and static libraries.
+out="$(ls -dt "$release"/build/llama-cpp-sys-2-*/out 2>/dev/null | while read -r d; do
+    [[ -f "$d/lib/libllama.a" ]] && echo "$d" && break; done)"
+if [[ -z "$out" ]]; then
+    echo "bench: no llama-cpp-sys-2 build under $release/build" >&2
+    exit 1
+fi
+# The llama.cpp sources that build compiled (for the `common` headers).
+src="$(grep -m1 '^CMAKE_HOME_DIRECTORY' "$out/build/CMakeCache.txt" | cut -d= -f2)"
+tools="$cache/llama-tools/$(basename "$(dirname "$out")")"
+if [[ ! -x "$tools/llama-bench" || ! -x "$tools/llama-batched-bench" ]]; then
+    echo "bench: building llama-bench and llama-batched-bench" >&2
+    mkdir -p "$tools"
+    tmp="$(mktemp -d)"
+    tar -xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/tools/llama-bench/*' \
+        '*/vendor/llama.cpp/tools/batched-bench/*'
+    t="$(echo "$tmp"/*/vendor/llama.cpp/tools)"
+    libs=("$out/build/common/libllama-common.a" "$out/build/common/libllama-common-base.a"
+        "$out/lib/libllama.a" "$out/lib/libggml.a" "$out/lib/libggml-cpu.a" "$out/lib/libggml-base.a")
+    for extra in "$out"/build/vendor/*/*.a; do libs+=("$extra"); done
+    ssl=()
+    if pkg-config --exists openssl 2>/dev/null; then read -ra ssl <<<"$(pkg-config --libs openssl)"; fi
+    for tool in llama-bench:llama-bench batched-bench:llama-batched-bench; do
+        dir="${tool%%:*}" bin="${tool##*:}"
+        g++ -O2 -std=c++17 -fopenmp -I"$out/include" -I"$src/common" -I"$out/build/common" \
+            -I"$src/vendor" "$t/$dir/$dir.cpp" "$t/$dir/main.cpp" -o "$tools/$bin" \
+            "${libs[@]}" "${ssl[@]}" -lpthread -ldl
+    done
+    rm -rf "$tmp"
+fi
+
+echo "bench: $threads threads, $reps interleaved runs; this takes a few minutes" >&2
+LLAMA_BENCH="$tools/llama-bench" LLAMA_BATCHED_BENCH="$tools/llama-batched-bench" \
+    EMBED_DIRECT="$release/examples/embed_direct" BENCH_THREADS="$threads" BENCH_REPS="$reps" \
+    SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$release/examples/bench_text"
