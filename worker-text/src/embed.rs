@@ -142,9 +142,14 @@ impl Embedder {
             n => n,
         };
         let threads = threads(options);
+        // llama.cpp gives each sequence at least 256 positions (it pads the
+        // per-sequence context to 256). An encoder keeps no KV cache, so
+        // this costs nothing; a causal embedding model would keep that
+        // much per sequence.
+        let per_seq = 256 * batch.div_ceil(256 * seqs).max(1);
         let params = LlamaContextParams::default()
             .with_embeddings(true)
-            .with_n_ctx(NonZeroU32::new(batch))
+            .with_n_ctx(NonZeroU32::new(per_seq * seqs))
             .with_n_batch(batch)
             .with_n_ubatch(batch)
             .with_n_seq_max(seqs)
