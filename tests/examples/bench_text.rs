@@ -113,7 +113,16 @@ async fn stream(
 /// the prompt, as the sidecar's stream generates after its prompt).
 fn llama_bench(model: &str, threads: u32, prompt: usize) -> Res<(f64, f64)> {
     let out = Command::new(env_path("LLAMA_BENCH")?)
-        .args(["-m", model, "-t", &threads.to_string(), "-r", "1", "-o", "json"])
+        .args([
+            "-m",
+            model,
+            "-t",
+            &threads.to_string(),
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ])
         .args(["-p", &prompt.to_string(), "-n", &GEN_TOKENS.to_string()])
         .args(["-d", &format!("0,{prompt}")])
         .output()?;
@@ -143,7 +152,11 @@ fn batched_bench(model: &str, threads: u32, prompt: usize, n: usize) -> Res<(f64
         .args(["-npl", &n.to_string()])
         .output()?;
     if !out.status.success() {
-        return Err(format!("llama-batched-bench: {}", String::from_utf8_lossy(&out.stderr)).into());
+        return Err(format!(
+            "llama-batched-bench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     let line = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -271,7 +284,9 @@ async fn main() -> Res<()> {
             ref_pp.push(t_pp * 1000.0);
         }
         rows.push(Row {
-            figure: format!("aggregate, {n} streams x ({p_tokens} prompt + {GEN_TOKENS} generated)"),
+            figure: format!(
+                "aggregate, {n} streams x ({p_tokens} prompt + {GEN_TOKENS} generated)"
+            ),
             ours: median(&mut ours),
             reference: median(&mut refs),
             reference_name: "llama-batched-bench",
