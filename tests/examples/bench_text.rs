@@ -8,6 +8,8 @@
 //! `LLAMA_BATCHED_BENCH`, `EMBED_DIRECT` (paths of the reference tools),
 //! `BENCH_THREADS` (default 2), `BENCH_REPS` (default 3).
 
+#![allow(clippy::print_stdout)] // The report is this tool's output.
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
