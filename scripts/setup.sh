@@ -107,4 +107,18 @@ if [[ ! -f "$minilm_out" || "$(cat "$minilm_out.stamp" 2>/dev/null)" != "$minilm
     echo "$minilm_stamp" >"$minilm_out.stamp"
 fi
 
+# LiteRT runtime: libLiteRt.so from the ai-edge-litert wheel, into the
+# git-ignored runtime folder (outside the model store); worker-lite loads it
+# at run time.
+litert_wheel="$(fetch_wheel ai-edge-litert==2.3.0 "${LITERT_WHEEL_SHA256:-1f15078a6725d2357d9de9221664c29afa0545d807559c5f7199ce5e40b96b23}")"
+extract "$litert_wheel" ai_edge_litert/libLiteRt.so runtime/litert/libLiteRt.so 8039424
+
+# MediaPipe .tflite models (LITE family): every model of the mediapipe
+# wheel, flattened into models/mediapipe/.
+mediapipe_wheel="$(fetch_wheel mediapipe==0.10.21 "${MEDIAPIPE_WHEEL_SHA256:-05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3}")"
+unzip -Z1 "$mediapipe_wheel" 'mediapipe/modules/*.tflite' | while read -r member; do
+    size="$(unzip -Zl "$mediapipe_wheel" "$member" | awk 'NR==1{print $4}')"
+    extract "$mediapipe_wheel" "$member" "models/mediapipe/$(basename "$member")" "$size"
+done
+
 say "ok (rust $have; models in $root/models)"

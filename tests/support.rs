@@ -97,9 +97,10 @@ impl Sidecar {
     pub fn start(store: tempfile::TempDir, config: &str) -> Sidecar {
         let file = store.path().join("sidecar.toml");
         let full = format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n{config}",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\nlite_runtime = \"{}\"\n{config}",
             store.path().display(),
-            store.path().join("control.sock").display()
+            store.path().join("control.sock").display(),
+            root().join("runtime/litert/libLiteRt.so").display()
         );
         std::fs::write(&file, full).expect("write config");
         let mut child = Command::new(binary("sidecar"))
@@ -294,6 +295,23 @@ pub fn minilm_config(extra_model_keys: &str) -> String {
     format!(
         "[[models]]\nid = \"minilm\"\nfamily = \"text\"\npath = \"{MINILM}\"\ntext = {{ threads = 1 }}\n{extra_model_keys}\n"
     )
+}
+
+/// Config for a LITE model `id` from `models/mediapipe/<file>`, one thread;
+/// the caller adds the file to the store with `add_model`.
+pub fn lite_config(id: &str, file: &str, extra_model_keys: &str) -> String {
+    format!(
+        "[[models]]\nid = \"{id}\"\nfamily = \"lite\"\npath = \"mediapipe/{file}\"\nlite = {{ threads = 1 }}\n{extra_model_keys}\n"
+    )
+}
+
+/// The deterministic input pattern of the LITE reference fixture, as
+/// little-endian bytes: element i of a float tensor is
+/// `((i * 7919) % 1000) / 500 - 1`.
+pub fn float_pattern(elements: usize) -> Vec<u8> {
+    (0..elements)
+        .flat_map(|i| (((i * 7919) % 1000) as f32 / 500.0 - 1.0).to_le_bytes())
+        .collect()
 }
 
 /// A greedy (temperature 0) request to `smollm2`.

@@ -36,6 +36,7 @@ mod frame;
 mod layout;
 mod pool;
 mod ring;
+mod self_memory;
 mod sys;
 
 pub use blocking::{BlockingChannel, Received};
@@ -44,6 +45,7 @@ pub use ends::{ChannelConfig, ENV_VAR, Ends, Side, create};
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
+pub use self_memory::{SelfMemory, self_memory};
 
 /// How long a side waiting for a frame watches the ring before it sleeps on
 /// its doorbell. Bounded, so an idle channel costs no CPU; see

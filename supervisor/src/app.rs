@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::api::admin::AdminApi;
+use crate::api::lite::LiteApi;
 use crate::api::model::ModelApi;
 use crate::api::text::TextApi;
 use crate::config::Config;
@@ -21,7 +22,11 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::worker::{KillReason, Spawner};
 
-const SERVICES: [&str; 2] = ["sidecar.v1.ModelService", "sidecar.v1.TextService"];
+const SERVICES: [&str; 3] = [
+    "sidecar.v1.ModelService",
+    "sidecar.v1.TextService",
+    "sidecar.v1.LiteService",
+];
 
 /// Runs the supervisor until `shutdown` completes, then drains and stops
 /// every worker. Prints one line to stdout once listening:
@@ -74,6 +79,12 @@ pub async fn run(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
+    let lite = sidecar_proto::v1::lite_service_server::LiteServiceServer::new(LiteApi {
+        registry: registry.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     let model = ModelServiceServer::new(ModelApi {
         registry: registry.clone(),
         config: config.clone(),
@@ -118,6 +129,7 @@ pub async fn run(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(text)
+            .add_service(lite)
             .add_service(model)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sidecar_proto::v1::{ModelFamily, TextOptions};
+use sidecar_proto::v1::{Accelerator, LiteOptions, ModelFamily, TextOptions};
 
 use crate::error::Error;
 
@@ -55,6 +55,9 @@ pub struct Config {
     /// Directory holding the worker binaries; default: the directory of the
     /// running `sidecar` binary.
     pub worker_dir: Option<PathBuf>,
+    /// The LiteRT runtime (`libLiteRt.so`) that LITE workers load; relative
+    /// paths are from the working directory.
+    pub lite_runtime: PathBuf,
     /// Largest gRPC message accepted or sent, bytes.
     pub max_message_bytes: usize,
     /// Deadlines applied when the caller sets none.
@@ -124,7 +127,7 @@ pub struct WorkerPolicy {
 pub struct ModelSpec {
     /// Model id.
     pub id: String,
-    /// "text" (vision and lite arrive with their workers).
+    /// "text" or "lite" (vision arrives with its worker).
     pub family: Family,
     /// File relative to the model store.
     pub path: String,
@@ -139,6 +142,46 @@ pub struct ModelSpec {
     /// TEXT options.
     #[serde(default)]
     pub text: TextSpec,
+    /// LITE options.
+    #[serde(default)]
+    pub lite: LiteSpec,
+}
+
+/// LITE options in the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiteSpec {
+    /// XNNPACK threads; 0 = 1.
+    pub threads: u32,
+    /// "cpu" (default) or "gpu".
+    pub accelerator: LiteAccelerator,
+    /// Run on the CPU when the GPU is missing instead of failing.
+    pub allow_fallback: bool,
+}
+
+/// Accelerator of a LITE model.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LiteAccelerator {
+    /// XNNPACK on the CPU.
+    #[default]
+    Cpu,
+    /// LiteRT's GPU accelerator.
+    Gpu,
+}
+
+impl LiteSpec {
+    /// The wire form.
+    pub fn to_proto(&self) -> LiteOptions {
+        LiteOptions {
+            threads: self.threads.max(1),
+            accelerator: match self.accelerator {
+                LiteAccelerator::Cpu => Accelerator::Cpu,
+                LiteAccelerator::Gpu => Accelerator::Gpu,
+            } as i32,
+            allow_fallback: self.allow_fallback,
+        }
+    }
 }
 
 /// TEXT options in the config file.
@@ -184,6 +227,8 @@ impl TextSpec {
 pub enum Family {
     /// llama.cpp models.
     Text,
+    /// LiteRT `.tflite` models.
+    Lite,
 }
 
 impl Family {
@@ -191,12 +236,14 @@ impl Family {
     pub fn to_proto(self) -> ModelFamily {
         match self {
             Family::Text => ModelFamily::Text,
+            Family::Lite => ModelFamily::Lite,
         }
     }
     /// The worker binary's name.
     pub fn worker_binary(self) -> &'static str {
         match self {
             Family::Text => "worker-text",
+            Family::Lite => "worker-lite",
         }
     }
 }
@@ -213,6 +260,7 @@ impl Default for Config {
             control_socket: PathBuf::from("/run/sidecar/control.sock"),
             model_store: PathBuf::from("models"),
             worker_dir: None,
+            lite_runtime: PathBuf::from("runtime/litert/libLiteRt.so"),
             max_message_bytes: 64 << 20,
             deadlines: Deadlines::default(),
             workers: WorkerPolicy::default(),

@@ -2,10 +2,69 @@
 
 pub mod admin;
 pub mod files;
+pub mod lite;
 pub mod model;
 pub mod text;
 
 use std::time::{Duration, Instant};
+
+use sidecar_proto::worker::{WorkerRequest, worker_request, worker_response};
+use tonic::Request;
+
+use crate::config::Family;
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::worker::CallStream;
+
+/// Checks that the model exists and is of `family`, then sends `body` to
+/// its worker under the call's deadline (`default` when it sets none).
+pub async fn call_worker<T>(
+    registry: &Registry,
+    family: Family,
+    default: Duration,
+    req: Request<T>,
+    into_body: impl FnOnce(T) -> (String, worker_request::Body),
+) -> Result<CallStream, Error> {
+    let deadline = deadline(&req, default);
+    let request_id = request_id(&req);
+    let (model_id, body) = into_body(req.into_inner());
+    let handle = registry.get(&model_id)?;
+    if handle.spec.family != family {
+        return Err(Error::FailedPrecondition(format!(
+            "model {model_id:?} is a {} model, not {}",
+            handle
+                .spec
+                .family
+                .to_proto()
+                .as_str_name()
+                .trim_start_matches("MODEL_FAMILY_"),
+            family
+                .to_proto()
+                .as_str_name()
+                .trim_start_matches("MODEL_FAMILY_"),
+        )));
+    }
+    tracing::debug!(request_id, model = %model_id, "worker call");
+    let req = WorkerRequest {
+        request_tag: request_id,
+        deadline_unix_ms: 0,
+        body: Some(body),
+    };
+    handle.call(req, deadline).await
+}
+
+/// The single answer of a unary worker call.
+pub async fn one_answer(call: &mut CallStream) -> Result<worker_response::Body, Error> {
+    match call.next().await {
+        Some(Ok(r)) => r
+            .body
+            .ok_or_else(|| Error::Internal("the worker answered with an empty body".into())),
+        Some(Err(e)) => Err(e),
+        None => Err(Error::Internal(
+            "the worker closed the call without an answer".into(),
+        )),
+    }
+}
 
 /// The call's deadline: the `grpc-timeout` header, or `default`.
 pub fn deadline<T>(req: &tonic::Request<T>, default: Duration) -> Instant {

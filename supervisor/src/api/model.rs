@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sidecar_proto::v1::model_service_server::ModelService;
 use sidecar_proto::v1::{
-    DeleteFileRequest, DeleteFileResponse, FileChunk, GetFileRequest, GetModelRequest,
+    Accelerator, DeleteFileRequest, DeleteFileResponse, FileChunk, GetFileRequest, GetModelRequest,
     ListFilesRequest, ListFilesResponse, ListModelsRequest, ListModelsResponse, LoadModelRequest,
     LoadModelResponse, ModelFamily, ModelInfo, PutFileRequest, PutFileResponse, UnloadModelRequest,
     UnloadModelResponse, load_model_request,
@@ -14,7 +14,7 @@ use sidecar_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::{Config, Family, ModelSpec, TextSpec};
+use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec};
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::worker::{KillReason, State};
@@ -31,11 +31,11 @@ pub struct ModelApi {
 fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
     let family = match ModelFamily::try_from(req.family) {
         Ok(ModelFamily::Text) => Family::Text,
-        Ok(ModelFamily::Vision | ModelFamily::Lite) => {
-            return Err(Error::Unimplemented(format!(
-                "family {} is not served yet: this sidecar runs TEXT models",
-                req.family
-            )));
+        Ok(ModelFamily::Lite) => Family::Lite,
+        Ok(ModelFamily::Vision) => {
+            return Err(Error::Unimplemented(
+                "family VISION is not served yet: this sidecar runs TEXT and LITE models".into(),
+            ));
         }
         _ => {
             return Err(Error::InvalidArgument(format!(
@@ -44,9 +44,33 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
             )));
         }
     };
+    let mut lite = LiteSpec::default();
     let text = match req.options {
         None => TextSpec::default(),
-        Some(load_model_request::Options::Text(t)) => {
+        Some(load_model_request::Options::Lite(l)) if family == Family::Lite => {
+            lite = LiteSpec {
+                threads: l.threads,
+                accelerator: match Accelerator::try_from(l.accelerator) {
+                    Ok(Accelerator::Unspecified | Accelerator::Cpu) => LiteAccelerator::Cpu,
+                    Ok(Accelerator::Gpu) => LiteAccelerator::Gpu,
+                    Err(_) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "lite.accelerator {} is not an Accelerator value",
+                            l.accelerator
+                        )));
+                    }
+                },
+                allow_fallback: l.allow_fallback,
+            };
+            if lite.threads > 64 {
+                return Err(Error::InvalidArgument(format!(
+                    "lite.threads {} exceeds the limit of 64",
+                    lite.threads
+                )));
+            }
+            TextSpec::default()
+        }
+        Some(load_model_request::Options::Text(t)) if family == Family::Text => {
             if t.parallel > 64 {
                 return Err(Error::InvalidArgument(format!(
                     "text.parallel {} exceeds the limit of 64",
@@ -65,7 +89,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
         }
         Some(_) => {
             return Err(Error::InvalidArgument(
-                "options must match the family (text options for a TEXT model)".into(),
+                "options must match the family (text options for a TEXT model, lite options for a LITE model)".into(),
             ));
         }
     };
@@ -77,6 +101,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
         required: Some(req.required),
         pinned: req.pinned,
         text,
+        lite,
     })
 }
 
@@ -107,10 +132,16 @@ impl ModelService for ModelApi {
             })),
             State::Failed => {
                 let id = handle.spec.id.clone();
-                let message = status.last_error;
+                let message = format!("model {id:?} failed to load: {}", status.last_error);
                 // A model that cannot load is not kept loaded.
                 let _ = self.registry.remove(&id, KillReason::Requested).await;
-                Err(Error::Unavailable(format!("model {id:?} failed to load: {message}")).into())
+                // The worker's own refusal keeps its code (no GPU: FAILED_PRECONDITION).
+                Err(match status.last_error_code {
+                    3 => Error::InvalidArgument(message),
+                    9 => Error::FailedPrecondition(message),
+                    _ => Error::Unavailable(message),
+                }
+                .into())
             }
             _ => Err(Error::DeadlineExceeded(format!(
                 "model {:?} is still loading; watch it with GetModel",

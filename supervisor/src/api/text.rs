@@ -8,7 +8,7 @@ use sidecar_proto::v1::{
     ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
     GenerateStreamResponse, TokenizeRequest, TokenizeResponse, generate_stream_response,
 };
-use sidecar_proto::worker::{WorkerRequest, worker_request, worker_response};
+use sidecar_proto::worker::{worker_request, worker_response};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -41,22 +41,7 @@ impl TextApi {
         } else {
             self.config.deadlines.unary
         };
-        let deadline = super::deadline(&req, default);
-        let request_id = super::request_id(&req);
-        let (model_id, body) = into_body(req.into_inner());
-        let handle = self.registry.get(&model_id)?;
-        if handle.spec.family != Family::Text {
-            return Err(Error::FailedPrecondition(format!(
-                "model {model_id:?} is not a TEXT model"
-            )));
-        }
-        tracing::debug!(request_id, model = %model_id, "text call");
-        let req = WorkerRequest {
-            request_tag: request_id,
-            deadline_unix_ms: 0,
-            body: Some(body),
-        };
-        handle.call(req, deadline).await
+        super::call_worker(&self.registry, Family::Text, default, req, into_body).await
     }
 
     async fn start(
@@ -199,7 +184,7 @@ impl TextService for TextApi {
             })
             .await?;
         let queued = call.queued.as_micros() as u64;
-        match one_answer(&mut call).await? {
+        match super::one_answer(&mut call).await? {
             worker_response::Body::Embed(mut r) => {
                 if let Some(t) = r.timings.as_mut() {
                     t.queue_us += queued;
@@ -220,22 +205,9 @@ impl TextService for TextApi {
                 (t.model_id.clone(), worker_request::Body::Tokenize(t))
             })
             .await?;
-        match one_answer(&mut call).await? {
+        match super::one_answer(&mut call).await? {
             worker_response::Body::Tokenize(t) => Ok(Response::new(t)),
             other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
         }
-    }
-}
-
-/// The single answer of a unary worker call.
-async fn one_answer(call: &mut CallStream) -> Result<worker_response::Body, Error> {
-    match call.next().await {
-        Some(Ok(r)) => r
-            .body
-            .ok_or_else(|| Error::Internal("the worker answered with an empty body".into())),
-        Some(Err(e)) => Err(e),
-        None => Err(Error::Internal(
-            "the worker closed the call without an answer".into(),
-        )),
     }
 }

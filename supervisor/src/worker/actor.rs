@@ -13,15 +13,20 @@ use std::time::{Duration, Instant};
 use ipc::Kind;
 use prost::Message;
 use sidecar_proto::worker::{
-    Heartbeat, Hello, Load, WorkerError, WorkerRequest, WorkerResponse, load, worker_request,
-    worker_response,
+    Heartbeat, Hello, Load, Loaded, WorkerError, WorkerRequest, WorkerResponse, load,
+    worker_request, worker_response,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::process::{self, Exit, KillReason, Spawner};
 use super::{Command, Conn, State, Status, now_ms};
-use crate::config::{Config, ModelSpec};
+use crate::config::{Config, Family, ModelSpec};
+
+/// Worker status codes that refuse a load for good (INVALID_ARGUMENT,
+/// FAILED_PRECONDITION): the model goes FAILED without restarts.
+const REFUSED_INVALID: u32 = 3;
+const REFUSED_PRECONDITION: u32 = 9;
 
 /// Why `supervise` returned.
 enum Ended {
@@ -62,6 +67,8 @@ pub(super) fn spawn(
         last_error: String::new(),
         last_kill_reason: None,
         details: None,
+        lite: None,
+        last_error_code: 0,
         memory: None,
         loaded_unix_ms: 0,
         started_unix_ms: 0,
@@ -168,9 +175,18 @@ impl Actor {
                     });
                     return Some(conn);
                 }
-                Err(message) => {
+                Err((message, code)) => {
                     tracing::warn!(model = %self.spec.id, "worker failed to start: {message}");
-                    self.status.send_modify(|s| s.last_error = message);
+                    self.status.send_modify(|s| {
+                        s.last_error = message;
+                        s.last_error_code = code;
+                    });
+                    // The worker ran and refused the load for a reason a
+                    // restart cannot change (bad options, no GPU).
+                    if matches!(code, REFUSED_INVALID | REFUSED_PRECONDITION) {
+                        self.set(State::Failed, |s| s.pid = 0);
+                        return None;
+                    }
                     if !self.count_restart(KillReason::Crash) {
                         return None;
                     }
@@ -251,21 +267,23 @@ impl Actor {
         self.count_restart(reason) && self.wait_backoff().await
     }
 
-    /// Spawn → hello → load. On failure the worker is killed and reaped.
-    async fn start_once(&mut self) -> Result<Conn, String> {
+    /// Spawn → hello → load. On failure the worker is killed and reaped;
+    /// the error carries the worker's status code when it refused the load
+    /// (0 otherwise).
+    async fn start_once(&mut self) -> Result<Conn, (String, u32)> {
         let workers = &self.config.workers;
         let (mine, theirs) =
             ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
-                .map_err(|e| format!("ipc channel: {e}"))?;
+                .map_err(|e| (format!("ipc channel: {e}"), 0))?;
         let program = self
             .config
             .worker_dir()
             .join(self.spec.family.worker_binary());
         let mut child = self
             .spawner
-            .spawn(&program, theirs)
+            .spawn(&program, &self.worker_env(), theirs)
             .await
-            .map_err(|e| format!("{}: {e}", program.display()))?;
+            .map_err(|e| (format!("{}: {e}", program.display()), 0))?;
         let pid = child.id();
         self.status.send_modify(|s| {
             s.pid = pid;
@@ -279,35 +297,64 @@ impl Actor {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
-                return Err(format!("ipc attach: {e}"));
+                return Err((format!("ipc attach: {e}"), 0));
             }
         };
         let deadline = Instant::now() + self.config.deadlines.load;
         match tokio::time::timeout_at(deadline.into(), self.handshake(&chan)).await {
-            Ok(Ok(details)) => {
-                self.status.send_modify(|s| s.details = details);
+            Ok(Ok(loaded)) => {
+                self.status.send_modify(|s| {
+                    s.details = loaded.text;
+                    s.lite = loaded.lite;
+                    s.last_error_code = 0;
+                });
                 Ok(Conn { chan, pid, exit })
             }
-            Ok(Err(e)) => {
+            Ok(Err((e, code))) => {
                 let ended =
                     process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace)
                         .await;
-                Err(format!("{e} (worker pid {pid}: {ended})"))
+                Err((format!("{e} (worker pid {pid}: {ended})"), code))
             }
             Err(_) => {
                 process::kill_worker(pid, &mut exit, KillReason::Timeout, workers.kill_grace).await;
-                Err(format!(
-                    "worker pid {pid} did not load the model within {:?}",
-                    self.config.deadlines.load
+                Err((
+                    format!(
+                        "worker pid {pid} did not load the model within {:?}",
+                        self.config.deadlines.load
+                    ),
+                    0,
                 ))
             }
         }
     }
 
-    async fn handshake(
+    /// What the family's worker needs in its environment.
+    fn worker_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        match self.spec.family {
+            Family::Text => Vec::new(),
+            Family::Lite => {
+                let lib = &self.config.lite_runtime;
+                let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
+                vec![("SIDECAR_LITERT_LIB", lib.into_os_string())]
+            }
+        }
+    }
+
+    /// Hello, then load: an error carries the worker's status code when
+    /// the worker answered the load with an error, 0 otherwise.
+    async fn handshake(&self, chan: &ipc::AsyncChannel) -> Result<Loaded, (String, u32)> {
+        match self.hello_and_load(chan).await {
+            Ok(answer) => answer,
+            Err(message) => Err((message, 0)),
+        }
+    }
+
+    /// Outer error: the handshake broke; inner: the worker's answer.
+    async fn hello_and_load(
         &self,
         chan: &ipc::AsyncChannel,
-    ) -> Result<Option<sidecar_proto::v1::TextModelDetails>, String> {
+    ) -> Result<Result<Loaded, (String, u32)>, String> {
         let hello = chan
             .recv_control()
             .await
@@ -338,7 +385,10 @@ impl Actor {
                 path: self.file.display().to_string(),
                 family: hello.family,
                 model_id: self.spec.id.clone(),
-                options: Some(load::Options::Text(self.spec.text.to_proto())),
+                options: Some(match self.spec.family {
+                    Family::Text => load::Options::Text(self.spec.text.to_proto()),
+                    Family::Lite => load::Options::Lite(self.spec.lite.to_proto()),
+                }),
             })),
         };
         let mut answers = chan
@@ -355,14 +405,14 @@ impl Actor {
                 let r = WorkerResponse::decode(frame.payload)
                     .map_err(|e| format!("bad load answer: {e}"))?;
                 match r.body {
-                    Some(worker_response::Body::Loaded(l)) => Ok(l.text),
+                    Some(worker_response::Body::Loaded(l)) => Ok(Ok(l)),
                     other => Err(format!("unexpected load answer {other:?}")),
                 }
             }
             Kind::Error => {
                 let e = WorkerError::decode(frame.payload)
                     .map_err(|e| format!("bad load error: {e}"))?;
-                Err(format!("load failed: {}", e.message))
+                Ok(Err((format!("load failed: {}", e.message), e.code)))
             }
             other => Err(format!("unexpected {other:?} frame during load")),
         }

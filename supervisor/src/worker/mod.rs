@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 pub use call::CallStream;
 pub use process::{Exit, KillReason, Spawner};
 
-use crate::config::{Config, ModelSpec};
+use crate::config::{Config, Family, ModelSpec};
 use crate::error::Error;
 
 /// Wall-clock now, Unix milliseconds.
@@ -92,6 +92,10 @@ pub struct Status {
     pub last_kill_reason: Option<KillReason>,
     /// What the worker read from the model file.
     pub details: Option<TextModelDetails>,
+    /// LITE models: tensors and accelerator, from the load.
+    pub lite: Option<sidecar_proto::v1::LiteModelInfo>,
+    /// The worker's status code when it refused the last load (0: none).
+    pub last_error_code: u32,
     /// Memory from the last heartbeat.
     pub memory: Option<MemoryReport>,
     /// When it first became READY (Unix ms).
@@ -256,9 +260,22 @@ impl WorkerHandle {
             queue_depth: self.waiting.load(Ordering::Relaxed) as u32,
             file_size_bytes: self.file_size,
             tokens_generated: s.tokens_generated,
-            options: Some(sidecar_proto::v1::model_info::Options::Text(
-                self.spec.text.to_proto(),
-            )),
+            options: Some(match self.spec.family {
+                Family::Text => {
+                    sidecar_proto::v1::model_info::Options::Text(self.spec.text.to_proto())
+                }
+                Family::Lite => {
+                    // The accelerator in use, once the worker has loaded.
+                    let mut o = self.spec.lite.to_proto();
+                    if let Some(l) = &s.lite {
+                        o.accelerator = match l.accelerator.as_str() {
+                            "gpu" => sidecar_proto::v1::Accelerator::Gpu,
+                            _ => sidecar_proto::v1::Accelerator::Cpu,
+                        } as i32;
+                    }
+                    sidecar_proto::v1::model_info::Options::Lite(o)
+                }
+            }),
             text_details: s.details,
         }
     }

@@ -118,8 +118,14 @@ impl Spawner {
     }
 
     /// Spawns `program` in its own process group with a cleared
-    /// environment (an allow-list passes through), holding `ends`.
-    pub async fn spawn(&self, program: &std::path::Path, ends: ipc::Ends) -> Result<Child, Error> {
+    /// environment (an allow-list passes through, plus `env`), holding
+    /// `ends`.
+    pub async fn spawn(
+        &self,
+        program: &std::path::Path,
+        env: &[(&str, std::ffi::OsString)],
+        ends: ipc::Ends,
+    ) -> Result<Child, Error> {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .stdin(Stdio::null())
@@ -137,6 +143,7 @@ impl Spawner {
                 cmd.env(key, v);
             }
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job { cmd, ends, reply })

@@ -1,0 +1,507 @@
+//! Reading Infer requests without copying their tensor bytes, and writing
+//! Infer answers straight into the channel.
+//!
+//! A request's tensor data is borrowed from the frame in shared memory and
+//! copied once, into LiteRT's input buffer; an answer's tensor data is
+//! copied once, from LiteRT's output buffer into the frame. Everything
+//! else goes through prost as usual.
+
+use prost::Message;
+use prost::bytes::Buf;
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encoded_len_varint};
+use sidecar_proto::worker::WorkerRequest;
+
+use crate::error::CallError;
+use crate::tensor::InputRef;
+
+/// `WorkerRequest.body` field numbers handled here.
+const INFER: u32 = 20;
+const INFER_BATCH: u32 = 21;
+/// `WorkerResponse.body` field numbers.
+const INFER_ANSWER: u32 = 17;
+const INFER_BATCH_ANSWER: u32 = 18;
+
+/// An Infer or InferBatch call, borrowed from its frame.
+#[derive(Debug, Default)]
+pub struct InferRef<'a> {
+    /// Input sets (one for Infer).
+    pub sets: Vec<Vec<InputRef<'a>>>,
+    /// Outputs asked for (empty: all).
+    pub outputs: Vec<&'a str>,
+    /// InferBatch rather than Infer.
+    pub batch: bool,
+}
+
+/// A request frame: an Infer call read in place, or anything else decoded.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// Infer / InferBatch, with the deadline (Unix ms, 0: none).
+    Infer(InferRef<'a>, i64),
+    /// Any other request.
+    Other(WorkerRequest),
+}
+
+fn bad(what: &str) -> CallError {
+    CallError::invalid(format!("malformed request: {what}"))
+}
+
+/// The next field: (number, wire type).
+fn key(buf: &mut &[u8]) -> Result<(u32, WireType), CallError> {
+    decode_key(buf).map_err(|e| bad(&e.to_string()))
+}
+
+/// A length-delimited field's bytes.
+fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], CallError> {
+    let len = decode_varint(buf).map_err(|e| bad(&e.to_string()))? as usize;
+    if len > buf.len() {
+        return Err(bad("field longer than the message"));
+    }
+    let (field, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(field)
+}
+
+fn skip(wire: WireType, tag: u32, buf: &mut &[u8]) -> Result<(), CallError> {
+    prost::encoding::skip_field(wire, tag, buf, DecodeContext::default())
+        .map_err(|e| bad(&e.to_string()))
+}
+
+fn utf8<'a>(b: &'a [u8], what: &str) -> Result<&'a str, CallError> {
+    std::str::from_utf8(b).map_err(|_| bad(&format!("{what} is not UTF-8")))
+}
+
+/// Reads a request frame's payload.
+pub fn parse(payload: &[u8]) -> Result<Request<'_>, CallError> {
+    let mut buf = payload;
+    let mut deadline = 0i64;
+    let mut body: Option<(u32, &[u8])> = None;
+    while buf.has_remaining() {
+        let (tag, wire) = key(&mut buf)?;
+        match (tag, wire) {
+            (2, WireType::Varint) => {
+                deadline = decode_varint(&mut buf).map_err(|e| bad(&e.to_string()))? as i64;
+            }
+            (INFER | INFER_BATCH, WireType::LengthDelimited) => {
+                body = Some((tag, delimited(&mut buf)?));
+            }
+            _ => skip(wire, tag, &mut buf)?,
+        }
+    }
+    match body {
+        Some((tag, msg)) => Ok(Request::Infer(infer(msg, tag == INFER_BATCH)?, deadline)),
+        None => WorkerRequest::decode(payload)
+            .map(Request::Other)
+            .map_err(|e| bad(&e.to_string())),
+    }
+}
+
+/// InferRequest {1 model_id, 2 inputs, 3 outputs} or InferBatchRequest
+/// {1 model_id, 2 sets {1 inputs}, 3 outputs}.
+fn infer(mut buf: &[u8], batch: bool) -> Result<InferRef<'_>, CallError> {
+    let mut call = InferRef {
+        batch,
+        ..Default::default()
+    };
+    let mut single = Vec::new();
+    while buf.has_remaining() {
+        let (tag, wire) = key(&mut buf)?;
+        match (tag, wire) {
+            (2, WireType::LengthDelimited) if batch => {
+                let mut set_buf = delimited(&mut buf)?;
+                let mut set = Vec::new();
+                while set_buf.has_remaining() {
+                    let (t, w) = key(&mut set_buf)?;
+                    if (t, w) == (1, WireType::LengthDelimited) {
+                        set.push(tensor(delimited(&mut set_buf)?)?);
+                    } else {
+                        skip(w, t, &mut set_buf)?;
+                    }
+                }
+                call.sets.push(set);
+            }
+            (2, WireType::LengthDelimited) => single.push(tensor(delimited(&mut buf)?)?),
+            (3, WireType::LengthDelimited) => {
+                call.outputs
+                    .push(utf8(delimited(&mut buf)?, "an output name")?);
+            }
+            _ => skip(wire, tag, &mut buf)?,
+        }
+    }
+    if !batch {
+        call.sets.push(single);
+    }
+    Ok(call)
+}
+
+/// Tensor {1 name, 2 dtype, 3 shape (packed or not), 4 data}.
+fn tensor(mut buf: &[u8]) -> Result<InputRef<'_>, CallError> {
+    let mut t = InputRef {
+        name: "",
+        dtype: 0,
+        shape: Vec::new(),
+        data: &[],
+    };
+    let varint = |b: &mut &[u8]| decode_varint(b).map_err(|e| bad(&e.to_string()));
+    while buf.has_remaining() {
+        let (tag, wire) = key(&mut buf)?;
+        match (tag, wire) {
+            (1, WireType::LengthDelimited) => t.name = utf8(delimited(&mut buf)?, "a tensor name")?,
+            (2, WireType::Varint) => t.dtype = varint(&mut buf)? as i32,
+            (3, WireType::LengthDelimited) => {
+                let mut packed = delimited(&mut buf)?;
+                while packed.has_remaining() {
+                    t.shape.push(varint(&mut packed)? as i64);
+                }
+            }
+            (3, WireType::Varint) => t.shape.push(varint(&mut buf)? as i64),
+            (4, WireType::LengthDelimited) => t.data = delimited(&mut buf)?,
+            _ => skip(wire, tag, &mut buf)?,
+        }
+    }
+    Ok(t)
+}
+
+/// An output tensor to write: its name, dtype, shape and byte length; the
+/// bytes are written by the caller.
+#[derive(Debug, Clone)]
+pub struct OutputHead<'a> {
+    /// Tensor name.
+    pub name: &'a str,
+    /// API dtype.
+    pub dtype: i32,
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// Byte length of the data.
+    pub len: usize,
+}
+
+fn key_len(tag: u32) -> usize {
+    encoded_len_varint(u64::from(tag << 3))
+}
+
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+impl OutputHead<'_> {
+    fn shape_len(&self) -> usize {
+        self.shape
+            .iter()
+            .map(|&d| encoded_len_varint(d as u64))
+            .sum()
+    }
+
+    /// Length of the Tensor message body.
+    fn body_len(&self) -> usize {
+        let mut n = 0;
+        if !self.name.is_empty() {
+            n += delimited_len(1, self.name.len());
+        }
+        if self.dtype != 0 {
+            n += key_len(2) + encoded_len_varint(self.dtype as u64);
+        }
+        if !self.shape.is_empty() {
+            n += delimited_len(3, self.shape_len());
+        }
+        if self.len > 0 {
+            n += delimited_len(4, self.len);
+        }
+        n
+    }
+}
+
+/// Timings of an answer, microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Waiting in the worker.
+    pub queue_us: u64,
+    /// Running the model.
+    pub invoke_us: u64,
+    /// From arrival to the answer.
+    pub total_us: u64,
+}
+
+impl Timings {
+    fn body_len(&self) -> usize {
+        [self.queue_us, self.invoke_us, self.total_us]
+            .iter()
+            .filter(|&&v| v != 0)
+            .map(|&v| key_len(1) + encoded_len_varint(v))
+            .sum()
+    }
+}
+
+/// A WorkerResponse with an InferResponse or InferBatchResponse, written
+/// in place: `sets` holds each set's outputs; `data(set, i, out)` writes
+/// output `i` of `set` into `out` (exactly its `len` bytes).
+#[derive(Debug)]
+pub struct Answer<'a> {
+    /// Outputs per set (one set for Infer).
+    pub sets: Vec<Vec<OutputHead<'a>>>,
+    /// Timings.
+    pub timings: Timings,
+    /// InferBatch rather than Infer.
+    pub batch: bool,
+}
+
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf[self.at] = (v as u8) | 0x80;
+            self.at += 1;
+            v >>= 7;
+        }
+        self.buf[self.at] = v as u8;
+        self.at += 1;
+    }
+    fn key(&mut self, tag: u32, wire: WireType) {
+        self.varint(u64::from(tag << 3 | wire as u32));
+    }
+    fn head(&mut self, tag: u32, len: usize) {
+        self.key(tag, WireType::LengthDelimited);
+        self.varint(len as u64);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+    fn take(&mut self, len: usize) -> &mut [u8] {
+        let s = &mut self.buf[self.at..self.at + len];
+        self.at += len;
+        s
+    }
+}
+
+impl Answer<'_> {
+    fn set_len(outputs: &[OutputHead<'_>]) -> usize {
+        outputs.iter().map(|o| delimited_len(1, o.body_len())).sum()
+    }
+
+    fn inner_len(&self) -> usize {
+        let sets: usize = if self.batch {
+            self.sets
+                .iter()
+                .map(|s| delimited_len(1, Self::set_len(s)))
+                .sum()
+        } else {
+            self.sets.first().map_or(0, |s| Self::set_len(s))
+        };
+        sets + delimited_len(2, self.timings.body_len())
+    }
+
+    fn outer_tag(&self) -> u32 {
+        if self.batch {
+            INFER_BATCH_ANSWER
+        } else {
+            INFER_ANSWER
+        }
+    }
+
+    /// Bytes of the whole WorkerResponse.
+    pub fn len(&self) -> usize {
+        delimited_len(self.outer_tag(), self.inner_len())
+    }
+
+    /// Whether the answer has no bytes (never: it always has a body).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Writes the answer into `buf` (exactly `len()` bytes).
+    pub fn write(&self, buf: &mut [u8], mut data: impl FnMut(usize, usize, &mut [u8])) {
+        let mut w = Writer { buf, at: 0 };
+        w.head(self.outer_tag(), self.inner_len());
+        for (s, outputs) in self.sets.iter().enumerate() {
+            if self.batch {
+                w.head(1, Self::set_len(outputs));
+            }
+            for (i, o) in outputs.iter().enumerate() {
+                w.head(1, o.body_len());
+                if !o.name.is_empty() {
+                    w.head(1, o.name.len());
+                    w.bytes(o.name.as_bytes());
+                }
+                if o.dtype != 0 {
+                    w.key(2, WireType::Varint);
+                    w.varint(o.dtype as u64);
+                }
+                if !o.shape.is_empty() {
+                    w.head(3, o.shape_len());
+                    for &d in &o.shape {
+                        w.varint(d as u64);
+                    }
+                }
+                if o.len > 0 {
+                    w.head(4, o.len);
+                    data(s, i, w.take(o.len));
+                }
+            }
+        }
+        w.head(2, self.timings.body_len());
+        for (tag, v) in [
+            (1, self.timings.queue_us),
+            (2, self.timings.invoke_us),
+            (3, self.timings.total_us),
+        ] {
+            if v != 0 {
+                w.key(tag, WireType::Varint);
+                w.varint(v);
+            }
+        }
+        debug_assert_eq!(w.at, w.buf.len(), "answer length");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::bytes::Bytes;
+    use sidecar_proto::v1::{InferBatchRequest, InferRequest, InputSet, Tensor};
+    use sidecar_proto::worker::{WorkerResponse, worker_request, worker_response};
+
+    fn tensor_msg(name: &str, data: &[u8]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            dtype: 1,
+            shape: vec![1, 2, 300],
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn infer_requests_are_read_in_place() {
+        let req = WorkerRequest {
+            request_tag: "t".into(),
+            deadline_unix_ms: 1234,
+            body: Some(worker_request::Body::Infer(InferRequest {
+                model_id: "m".into(),
+                inputs: vec![tensor_msg("a", &[1, 2, 3]), tensor_msg("b", &[])],
+                outputs: vec!["x".into()],
+            })),
+        };
+        let bytes = req.encode_to_vec();
+        let Request::Infer(call, deadline) = parse(&bytes).expect("parse") else {
+            panic!("not read as Infer");
+        };
+        assert_eq!(deadline, 1234);
+        assert!(!call.batch);
+        assert_eq!(call.outputs, vec!["x"]);
+        assert_eq!(call.sets.len(), 1);
+        let a = &call.sets[0][0];
+        assert_eq!(
+            (a.name, a.dtype, a.shape.clone(), a.data),
+            ("a", 1, vec![1, 2, 300], &[1u8, 2, 3][..])
+        );
+        assert_eq!(call.sets[0][1].data, &[] as &[u8]);
+        // The data is borrowed from the frame, not copied.
+        let start = bytes.as_ptr() as usize;
+        let at = a.data.as_ptr() as usize;
+        assert!(at >= start && at < start + bytes.len());
+    }
+
+    #[test]
+    fn batches_and_other_requests() {
+        let req = WorkerRequest {
+            body: Some(worker_request::Body::InferBatch(InferBatchRequest {
+                model_id: "m".into(),
+                sets: vec![
+                    InputSet {
+                        inputs: vec![tensor_msg("a", &[9])],
+                    },
+                    InputSet {
+                        inputs: vec![tensor_msg("a", &[8, 7])],
+                    },
+                ],
+                outputs: vec![],
+            })),
+            ..Default::default()
+        };
+        let bytes = req.encode_to_vec();
+        let Request::Infer(call, _) = parse(&bytes).expect("parse") else {
+            panic!("not read as InferBatch");
+        };
+        assert!(call.batch);
+        assert_eq!(call.sets.len(), 2);
+        assert_eq!(call.sets[1][0].data, &[8u8, 7][..]);
+
+        let other = WorkerRequest {
+            body: Some(worker_request::Body::LiteInfo(Default::default())),
+            ..Default::default()
+        };
+        assert!(matches!(
+            parse(&other.encode_to_vec()),
+            Ok(Request::Other(_))
+        ));
+        assert!(parse(&[0xff, 0xff, 0xff]).is_err(), "garbage is an error");
+    }
+
+    #[test]
+    fn answers_written_in_place_decode_with_prost() {
+        let data: Vec<Vec<u8>> = vec![vec![1; 200], vec![], vec![5, 6, 7, 8]];
+        for batch in [false, true] {
+            let set = || {
+                vec![
+                    OutputHead {
+                        name: "out0",
+                        dtype: 1,
+                        shape: vec![1, 50],
+                        len: data[0].len(),
+                    },
+                    OutputHead {
+                        name: "",
+                        dtype: 4,
+                        shape: vec![],
+                        len: data[1].len(),
+                    },
+                    OutputHead {
+                        name: "out2",
+                        dtype: 6,
+                        shape: vec![2, 2],
+                        len: data[2].len(),
+                    },
+                ]
+            };
+            let answer = Answer {
+                sets: if batch {
+                    vec![set(), set()]
+                } else {
+                    vec![set()]
+                },
+                timings: Timings {
+                    queue_us: 5,
+                    invoke_us: 0,
+                    total_us: 300,
+                },
+                batch,
+            };
+            let mut buf = vec![0u8; answer.len()];
+            answer.write(&mut buf, |_, i, out| out.copy_from_slice(&data[i]));
+            let decoded = WorkerResponse::decode(&buf[..]).expect("prost reads it");
+            let outputs = match decoded.body.expect("body") {
+                worker_response::Body::Infer(r) => {
+                    assert!(!batch);
+                    assert_eq!(r.timings.expect("timings").total_us, 300);
+                    vec![r.outputs]
+                }
+                worker_response::Body::InferBatch(r) => {
+                    assert!(batch);
+                    r.results.into_iter().map(|s| s.outputs).collect()
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(outputs.len(), if batch { 2 } else { 1 });
+            for set in outputs {
+                assert_eq!(set[0].name, "out0");
+                assert_eq!(set[0].shape, vec![1, 50]);
+                assert_eq!(&set[0].data[..], &data[0][..]);
+                assert!(set[1].data.is_empty());
+                assert_eq!(&set[2].data[..], &data[2][..]);
+            }
+        }
+    }
+}
