@@ -6,12 +6,26 @@
 # the llama-cpp-sys-2 build left in the target folder, so both sides run
 # the same llama.cpp. Prints a Markdown report (see docs/benchmarks.md).
 #
+# `scripts/bench.sh lite [REPS]` runs the LITE benchmark instead: latency
+# through the whole stack against the LiteRT Python interpreter in-process.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
+#        scripts/bench.sh lite [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 cache="${SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+
+if [[ "${1:-}" == lite ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_lite
+    echo "bench: LITE, ${2:-3} interleaved runs; this takes a few minutes" >&2
+    BENCH_PYTHON="$root/.venv/bin/python" BENCH_REPS="${2:-3}" \
+        SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_lite"
+    exit
+fi
 threads="${1:-2}"
 reps="${2:-3}"
 

@@ -46,9 +46,11 @@ fi
 # --- Python venv for the grpcio client --------------------------------------
 venv="$root/.venv"
 # grpcio for the Python smoke test; gguf, safetensors and numpy for the
-# embedding model's converter (scripts/convert_bert_gguf.py).
-py_packages=(grpcio==1.76.0 grpcio-tools==1.76.0 protobuf gguf==0.19.0 safetensors==0.8.0 numpy)
-if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, gguf, safetensors, numpy' 2>/dev/null; then
+# embedding model's converter (scripts/convert_bert_gguf.py); litert-quantizer
+# (with ai-edge-litert) for the int8 test models (scripts/make_int8_models.py).
+py_packages=(grpcio==1.76.0 grpcio-tools==1.76.0 protobuf gguf==0.19.0 safetensors==0.8.0 numpy
+    litert-quantizer==0.11.0 ai-edge-litert==2.3.0)
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, gguf, safetensors, numpy, litert_quantizer' 2>/dev/null; then
     say "creating $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "${py_packages[@]}"
@@ -120,5 +122,16 @@ unzip -Z1 "$mediapipe_wheel" 'mediapipe/modules/*.tflite' | while read -r member
     size="$(unzip -Zl "$mediapipe_wheel" "$member" | awk 'NR==1{print $4}')"
     extract "$mediapipe_wheel" "$member" "models/mediapipe/$(basename "$member")" "$size"
 done
+
+# int8 LITE test models, quantized from two float32 MediaPipe models (no
+# int8 .tflite ships in any package). Redone when the script changes.
+int8_stamp="$(sha256sum scripts/make_int8_models.py "$mediapipe_wheel" | sha256sum | cut -c1-16)"
+if [[ "$(cat models/int8/.stamp 2>/dev/null)" != "$int8_stamp" ]]; then
+    say "quantizing the int8 test models"
+    "$venv/bin/python" scripts/make_int8_models.py models/mediapipe models/int8 \
+        iris_landmark hand_recrop >/dev/null 2>&1 ||
+        { echo "setup: scripts/make_int8_models.py failed" >&2; exit 1; }
+    echo "$int8_stamp" >models/int8/.stamp
+fi
 
 say "ok (rust $have; models in $root/models)"

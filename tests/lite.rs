@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Sidecar, add_model, float_pattern, lite_config, serial, signal, smollm2_config, store};
+use e2e::{
+    Sidecar, add_model, float_pattern, int8_pattern, lite_config, serial, signal, smollm2_config,
+    store,
+};
 use nix::sys::signal::Signal;
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
 use sidecar_proto::v1::{
@@ -16,10 +19,11 @@ use sidecar_proto::v1::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-const FACE: &str = "face_detection_short_range.tflite";
+const FACE: &str = "mediapipe/face_detection_short_range.tflite";
 
 struct Output {
     name: String,
+    dtype: String,
     shape: Vec<i64>,
     count: usize,
     sum: f64,
@@ -30,7 +34,8 @@ struct Output {
 
 struct Case {
     model: String,
-    input: (String, Vec<i64>),
+    /// Name, shape, dtype ("float32" or "int8").
+    input: (String, Vec<i64>, String),
     outputs: Vec<Output>,
 }
 
@@ -56,6 +61,7 @@ fn reference() -> Vec<Case> {
                 input: (
                     input["name"].as_str().expect("name").to_owned(),
                     ints(&input["shape"]),
+                    input["dtype"].as_str().expect("dtype").to_owned(),
                 ),
                 outputs: c["outputs"]
                     .as_array()
@@ -63,6 +69,7 @@ fn reference() -> Vec<Case> {
                     .iter()
                     .map(|o| Output {
                         name: o["name"].as_str().expect("name").to_owned(),
+                        dtype: o["dtype"].as_str().expect("dtype").to_owned(),
                         shape: ints(&o["shape"]),
                         count: o["count"].as_u64().expect("count") as usize,
                         sum: o["sum"].as_f64().expect("sum"),
@@ -84,27 +91,48 @@ fn reference() -> Vec<Case> {
         .collect()
 }
 
-fn floats(t: &Tensor) -> Vec<f64> {
-    assert_eq!(t.dtype, DType::DtypeFloat32 as i32, "{}", t.name);
-    t.data
-        .chunks_exact(4)
-        .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-        .collect()
+/// An output's values, by the dtype the reference names.
+fn values(t: &Tensor, dtype: &str) -> Vec<f64> {
+    match dtype {
+        "float32" => {
+            assert_eq!(t.dtype, DType::DtypeFloat32 as i32, "{}", t.name);
+            t.data
+                .chunks_exact(4)
+                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect()
+        }
+        "int8" => {
+            assert_eq!(t.dtype, DType::DtypeInt8 as i32, "{}", t.name);
+            t.data.iter().map(|&b| f64::from(b as i8)).collect()
+        }
+        other => panic!("the reference has an output of dtype {other}"),
+    }
 }
 
 fn input(name: &str, shape: &[i64]) -> Tensor {
-    let n: i64 = shape.iter().product();
+    typed_input(name, shape, "float32")
+}
+
+fn typed_input(name: &str, shape: &[i64], dtype: &str) -> Tensor {
+    let n = shape.iter().product::<i64>() as usize;
+    let (dtype, data) = match dtype {
+        "float32" => (DType::DtypeFloat32, float_pattern(n)),
+        "int8" => (DType::DtypeInt8, int8_pattern(n)),
+        other => panic!("the reference has an input of dtype {other}"),
+    };
     Tensor {
         name: name.into(),
-        dtype: DType::DtypeFloat32 as i32,
+        dtype: dtype as i32,
         shape: shape.to_vec(),
-        data: float_pattern(n as usize).into(),
+        data: data.into(),
     }
 }
 
 fn id_of(model: &str) -> String {
     model
-        .trim_start_matches("mediapipe/")
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
         .trim_end_matches(".tflite")
         .replace('_', "-")
 }
@@ -118,7 +146,7 @@ async fn lite(sc: &Sidecar) -> LiteServiceClient<Channel> {
 
 fn face_sidecar(extra_config: &str) -> Sidecar {
     let store = store();
-    add_model(&store, &format!("mediapipe/{FACE}"));
+    add_model(&store, FACE);
     Sidecar::start(
         store,
         &format!("{extra_config}{}", lite_config("face", FACE, "")),
@@ -137,8 +165,7 @@ async fn outputs_match_the_python_interpreter() {
     let mut config = String::new();
     for c in &cases {
         add_model(&store, &c.model);
-        let file = c.model.trim_start_matches("mediapipe/");
-        config.push_str(&lite_config(&id_of(&c.model), file, ""));
+        config.push_str(&lite_config(&id_of(&c.model), &c.model, ""));
     }
     let sc = Sidecar::start(store, &config);
     let mut client = lite(&sc).await;
@@ -158,6 +185,13 @@ async fn outputs_match_the_python_interpreter() {
             (&info.inputs[0].name, &info.inputs[0].shape),
             (&c.input.0, &c.input.1)
         );
+        if c.input.2 == "int8" {
+            let q = info.inputs[0]
+                .quantization
+                .as_ref()
+                .expect("int8 input quantization");
+            assert!(q.scale.len() == 1 && q.scale[0] > 0.0, "{q:?}");
+        }
         let names: Vec<&str> = info.outputs.iter().map(|o| o.name.as_str()).collect();
         for o in &c.outputs {
             assert!(
@@ -171,7 +205,7 @@ async fn outputs_match_the_python_interpreter() {
         let r = client
             .infer(InferRequest {
                 model_id: id.clone(),
-                inputs: vec![input(&c.input.0, &c.input.1)],
+                inputs: vec![typed_input(&c.input.0, &c.input.1, &c.input.2)],
                 outputs: vec![],
             })
             .await
@@ -186,7 +220,7 @@ async fn outputs_match_the_python_interpreter() {
                 .find(|t| t.name == want.name)
                 .unwrap_or_else(|| panic!("{}: no output {}", c.model, want.name));
             assert_eq!(got.shape, want.shape, "{} {}", c.model, want.name);
-            let v = floats(got);
+            let v = values(got, &want.dtype);
             assert_eq!(v.len(), want.count);
             for (&at, &expected) in want.sample_at.iter().zip(&want.sample) {
                 let diff = (v[at] - expected).abs();
@@ -279,7 +313,7 @@ async fn a_batch_runs_each_set_as_a_single_call_would() {
 async fn bad_tensors_files_and_accelerators_get_clear_errors() {
     let _serial = serial().await;
     let store = store();
-    add_model(&store, &format!("mediapipe/{FACE}"));
+    add_model(&store, FACE);
     std::fs::write(
         store.path().join("junk.tflite"),
         b"this is not a flatbuffer model",
@@ -411,7 +445,7 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
         ..Default::default()
     };
     let err = models
-        .load_model(load("face-gpu", &format!("mediapipe/{FACE}"), gpu))
+        .load_model(load("face-gpu", FACE, gpu))
         .await
         .expect_err("no GPU here");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -419,7 +453,7 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
     let fallback = models
         .load_model(load(
             "face-fallback",
-            &format!("mediapipe/{FACE}"),
+            FACE,
             LiteOptions {
                 allow_fallback: true,
                 ..gpu

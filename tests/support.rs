@@ -297,11 +297,11 @@ pub fn minilm_config(extra_model_keys: &str) -> String {
     )
 }
 
-/// Config for a LITE model `id` from `models/mediapipe/<file>`, one thread;
-/// the caller adds the file to the store with `add_model`.
-pub fn lite_config(id: &str, file: &str, extra_model_keys: &str) -> String {
+/// Config for a LITE model `id` at `path` (relative to the store), one
+/// thread; the caller adds the file to the store with `add_model`.
+pub fn lite_config(id: &str, path: &str, extra_model_keys: &str) -> String {
     format!(
-        "[[models]]\nid = \"{id}\"\nfamily = \"lite\"\npath = \"mediapipe/{file}\"\nlite = {{ threads = 1 }}\n{extra_model_keys}\n"
+        "[[models]]\nid = \"{id}\"\nfamily = \"lite\"\npath = \"{path}\"\nlite = {{ threads = 1 }}\n{extra_model_keys}\n"
     )
 }
 
@@ -311,6 +311,13 @@ pub fn lite_config(id: &str, file: &str, extra_model_keys: &str) -> String {
 pub fn float_pattern(elements: usize) -> Vec<u8> {
     (0..elements)
         .flat_map(|i| (((i * 7919) % 1000) as f32 / 500.0 - 1.0).to_le_bytes())
+        .collect()
+}
+
+/// The same pattern for an int8 tensor: `(i * 31) % 256 - 128`.
+pub fn int8_pattern(elements: usize) -> Vec<u8> {
+    (0..elements)
+        .map(|i| (((i * 31) % 256) as i32 - 128) as i8 as u8)
         .collect()
 }
 

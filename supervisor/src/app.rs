@@ -22,6 +22,12 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::worker::{KillReason, Spawner};
 
+/// HTTP/2 flow-control window per stream on the API port, bytes.
+const STREAM_WINDOW: u32 = 8 << 20;
+/// Largest HTTP/2 frame the API port accepts (the protocol's maximum is
+/// 16 MiB - 1; the 16 KiB default splits a tensor into many frames).
+const MAX_FRAME: u32 = 1 << 20;
+
 const SERVICES: [&str; 3] = [
     "sidecar.v1.ModelService",
     "sidecar.v1.TextService",
@@ -126,6 +132,11 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            // Tensors and images are large messages: HTTP/2's default
+            // 64 KiB windows would cost a round trip per 64 KiB.
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(2 * STREAM_WINDOW))
+            .max_frame_size(Some(MAX_FRAME))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(text)
