@@ -1,13 +1,15 @@
 //! The Python `grpcio` client (stubs generated from the project's protos
-//! at test time) streams a completion from the real sidecar and embeds
-//! texts with MiniLM.
+//! at test time) streams a completion from the real sidecar, embeds texts
+//! with MiniLM and runs a LITE face detector.
 
 use std::process::Command;
 
-use e2e::{MINILM, Sidecar, add_model, minilm_config, root, serial, smollm2_config, store};
+use e2e::{
+    MINILM, Sidecar, add_model, lite_config, minilm_config, root, serial, smollm2_config, store,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpcio_client_streams_a_completion_and_embeds() {
+async fn python_grpcio_client_streams_embeds_and_infers() {
     let _serial = serial().await;
     let python = root().join(".venv/bin/python");
     assert!(
@@ -17,10 +19,18 @@ async fn python_grpcio_client_streams_a_completion_and_embeds() {
     );
     let store = store();
     add_model(&store, MINILM);
-    let config = format!("{}{}", smollm2_config(""), minilm_config(""));
+    let face = "mediapipe/face_detection_short_range.tflite";
+    add_model(&store, face);
+    let config = format!(
+        "{}{}{}",
+        smollm2_config(""),
+        minilm_config(""),
+        lite_config("face-detector", face, "")
+    );
     let sc = Sidecar::start(store, &config);
     sc.ready("smollm2").await;
     sc.ready("minilm").await;
+    sc.ready("face-detector").await;
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = tokio::task::spawn_blocking({
         let api = sc.api.to_string();
@@ -45,4 +55,5 @@ async fn python_grpcio_client_streams_a_completion_and_embeds() {
     );
     assert!(stdout.contains("OK generate"), "{stdout}");
     assert!(stdout.contains("OK embed"), "{stdout}");
+    assert!(stdout.contains("OK lite"), "{stdout}");
 }

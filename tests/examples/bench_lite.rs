@@ -141,12 +141,25 @@ async fn main() -> Res<()> {
                 ours50.push(percentile(&mut times, 0.5));
                 ours99.push(percentile(&mut times, 0.99));
             }
+            // The gRPC hop alone: the same request to an unknown model is
+            // decoded by the supervisor and refused without touching ipc.
+            let mut grpc = Vec::new();
+            let nope = InferRequest {
+                model_id: "no-such-model".into(),
+                ..req.clone()
+            };
+            for _ in 0..200 {
+                let started = Instant::now();
+                let _ = client.infer(nope.clone()).await;
+                grpc.push(started.elapsed().as_secs_f64() * 1e6);
+            }
             let (o50, o99, r50, r99) =
                 (median(ours50), median(ours99), median(ref50), median(ref99));
             breakdown.push(format!(
-                "| {} | {t} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                "| {} | {t} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
                 id_of(model),
                 o50,
+                median(grpc),
                 median(inside),
                 median(invoke)
             ));
@@ -166,11 +179,12 @@ async fn main() -> Res<()> {
         "\nRatio: reference latency / sidecar latency (100% = parity; the gap is gRPC + ipc)."
     );
     println!(
-        "\nWhere a call's time goes (medians): latency at the client; the sidecar's own total \
-         (supervisor queue, ipc, worker); the model's run in the worker.\n"
+        "\nWhere a call's time goes (medians): latency at the client; the same request \
+         refused at once for an unknown model (the gRPC hop alone, input sent, no output); \
+         the sidecar's own total (supervisor queue, ipc, worker); the model's run in the worker.\n"
     );
-    println!("| model | threads | client | sidecar total | model run |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| model | threads | client | gRPC hop | sidecar total | model run |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for line in breakdown {
         println!("{line}");
     }

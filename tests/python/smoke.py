@@ -3,10 +3,12 @@ grpcio client.
 
 usage: smoke.py HOST:PORT PROTO_DIR OUT_DIR
 Generates the Python stubs from the project's .proto files into OUT_DIR,
-then streams from model `smollm2` and checks the text and usage counts, and
-embeds with model `minilm` and checks the vectors.
+then streams from model `smollm2` and checks the text and usage counts,
+embeds with model `minilm` and checks the vectors, and runs the LITE model
+`face-detector` (MediaPipe's short-range face detector) once.
 """
 import math
+import struct
 import sys
 
 from grpc_tools import protoc
@@ -14,13 +16,13 @@ from grpc_tools import protoc
 
 def main():
     addr, proto_dir, out_dir = sys.argv[1:4]
-    protos = [f"{proto_dir}/sidecar/v1/{name}.proto" for name in ("common", "model", "text")]
+    protos = [f"{proto_dir}/sidecar/v1/{name}.proto" for name in ("common", "model", "text", "lite")]
     rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", *protos])
     if rc != 0:
         sys.exit(f"protoc failed with {rc}")
     sys.path.insert(0, out_dir)
     import grpc
-    from sidecar.v1 import text_pb2, text_pb2_grpc
+    from sidecar.v1 import lite_pb2, lite_pb2_grpc, text_pb2, text_pb2_grpc
 
     with grpc.insecure_channel(addr) as channel:
         stub = text_pb2_grpc.TextServiceStub(channel)
@@ -63,6 +65,23 @@ def main():
             assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
             assert "256" in e.details(), e.details()
         print(f"OK embed similar={similar:.3f} unrelated={unrelated:.3f}")
+
+        lite = lite_pb2_grpc.LiteServiceStub(channel)
+        info = lite.GetModelInfo(lite_pb2.GetModelInfoRequest(model_id="face-detector"), timeout=60)
+        (inp,) = info.inputs
+        assert list(inp.shape) == [1, 128, 128, 3] and inp.dtype == lite_pb2.DTYPE_FLOAT32, inp
+        pixels = struct.pack(f"<{128 * 128 * 3}f", *([0.0] * (128 * 128 * 3)))
+        reply = lite.Infer(
+            lite_pb2.InferRequest(
+                model_id="face-detector",
+                inputs=[lite_pb2.Tensor(name=inp.name, dtype=inp.dtype, shape=inp.shape, data=pixels)],
+                outputs=["classificators"],
+            ),
+            timeout=60,
+        )
+        (scores,) = reply.outputs
+        assert list(scores.shape) == [1, 896, 1] and len(scores.data) == 896 * 4, scores.shape
+        print(f"OK lite invoke_us={reply.timings.invoke_us}")
 
 
 if __name__ == "__main__":

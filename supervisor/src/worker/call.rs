@@ -71,9 +71,14 @@ impl WorkerHandle {
             + deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis() as i64;
+        // Encoded straight into the ring: request tensors are copied once
+        // into the channel.
         let stream = conn
             .chan
-            .request(&req.encode_to_vec())
+            .request_with(req.encoded_len(), |mut buf| {
+                // The buffer has exactly the encoded length.
+                let _ = req.encode(&mut buf);
+            })
             .await
             .map_err(|e| self.channel_error(&conn, e))?;
         Ok(CallStream {
