@@ -20,6 +20,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const FACE: &str = "mediapipe/face_detection_short_range.tflite";
+/// A MediaPipe model with a custom op LiteRT does not have.
+const CUSTOM_OP: &str = "mediapipe/face_landmark_with_attention.tflite";
 
 struct Output {
     name: String,
@@ -319,7 +321,13 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
         b"this is not a flatbuffer model",
     )
     .expect("write");
-    let config = format!("{}{}", lite_config("face", FACE, ""), smollm2_config(""));
+    add_model(&store, CUSTOM_OP);
+    // Fast restarts: a file LiteRT refuses is retried like a crash.
+    let config = format!(
+        "[workers]\nbackoff_initial = 0.02\nbackoff_max = 0.1\n{}{}",
+        lite_config("face", FACE, ""),
+        smollm2_config("")
+    );
     let sc = Sidecar::start(store, &config);
     let before = sc.ready("face").await;
     sc.ready("smollm2").await;
@@ -439,6 +447,22 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
         err.message()
     );
     eprintln!("junk refused in {:?}: {}", started.elapsed(), err.message());
+    assert!(
+        err.message().contains("TFL3"),
+        "LiteRT's reason: {}",
+        err.message()
+    );
+
+    let err = models
+        .load_model(load("custom-op", CUSTOM_OP, LiteOptions::default()))
+        .await
+        .expect_err("an op LiteRT lacks");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("Landmarks2TransformMatrix"),
+        "LiteRT's reason: {}",
+        err.message()
+    );
 
     let gpu = LiteOptions {
         accelerator: Accelerator::Gpu as i32,

@@ -323,18 +323,28 @@ fn load_model(load: &Load) -> Result<Served, CallError> {
     let threads = options.threads.max(1);
     let path = Path::new(&load.path);
     tracing::info!(model = %load.model_id, path = %load.path, threads, accelerator, "loading");
+    // Everything LiteRT does at load time (read, compile, the first run
+    // that allocates the tensors) reports its reasons only in its log.
     let (compiled, log) = with_captured_stderr(|| -> Result<Compiled, CallError> {
         let rt = Runtime::load(&lib)?;
-        let model = rt.model(path)?;
-        Ok(model.compile(hw, threads)?)
+        let mut compiled = rt.model(path)?.compile(hw, threads)?;
+        for d in &compiled.input_desc {
+            check_servable(d, "input").map_err(CallError::invalid)?;
+        }
+        for d in &compiled.output_desc {
+            check_servable(d, "output").map_err(CallError::invalid)?;
+        }
+        warm_up(&mut compiled)?;
+        Ok(compiled)
     });
     let compiled = compiled.map_err(|e| {
+        let code = match e.code {
+            _ if gpu => Code::FailedPrecondition,
+            Code::InvalidArgument => Code::InvalidArgument,
+            _ => Code::Unavailable,
+        };
         CallError::new(
-            if gpu {
-                Code::FailedPrecondition
-            } else {
-                Code::Unavailable
-            },
+            code,
             format!(
                 "LiteRT could not load {}: {}{}",
                 load.path,
@@ -343,19 +353,11 @@ fn load_model(load: &Load) -> Result<Served, CallError> {
             ),
         )
     })?;
-    for d in &compiled.input_desc {
-        check_servable(d, "input").map_err(|m| CallError::new(Code::Unavailable, m))?;
-    }
-    for d in &compiled.output_desc {
-        check_servable(d, "output").map_err(|m| CallError::new(Code::Unavailable, m))?;
-    }
-    let mut served = Served {
+    Ok(Served {
         model_id: load.model_id.clone(),
         compiled,
         accelerator,
-    };
-    warm_up(&mut served)?;
-    Ok(served)
+    })
 }
 
 /// A GPU accelerator library shipped next to `libLiteRt.so`, if any.
@@ -370,12 +372,13 @@ fn gpu_accelerator(lib: &Path) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// One inference on zeros, so that READY means the model has run once.
-fn warm_up(s: &mut Served) -> Result<(), CallError> {
-    for i in 0..s.compiled.input_desc.len() {
-        s.compiled.write_input(i, |b| b.fill(0))?;
+/// One inference on zeros, so that READY means the model has run once
+/// (LiteRT allocates the tensors, and finds missing ops, on the first run).
+fn warm_up(c: &mut Compiled) -> Result<(), CallError> {
+    for i in 0..c.input_desc.len() {
+        c.write_input(i, |b| b.fill(0))?;
     }
-    s.compiled.run().map_err(|e| {
+    c.run().map_err(|e| {
         CallError::new(
             Code::Unavailable,
             format!("the model failed its first run: {e}"),
