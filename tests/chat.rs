@@ -224,3 +224,45 @@ async fn a_model_option_sets_the_default_chat_template() {
     );
     assert_ne!(zephyr, chatml);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_a_chat_template_needs_one_named() {
+    let _serial = serial().await;
+    // SmolLM2 with its template key renamed in place (same length, so the
+    // file stays valid): llama.cpp finds no chat template in it.
+    let store = store();
+    let mut bytes = std::fs::read(store.path().join(e2e::SMOLLM2)).expect("read model");
+    let key = b"tokenizer.chat_template";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("SmolLM2 carries a chat template");
+    bytes[at + key.len() - 1] = b'X';
+    std::fs::write(store.path().join("no-template.gguf"), bytes).expect("write");
+    let config = "[[models]]\nid = \"plain\"\nfamily = \"text\"\npath = \"no-template.gguf\"\ntext = { context_size = 512, threads = 1 }\n";
+    let sc = Sidecar::start(store, config);
+    let info = sc.ready("plain").await;
+    assert!(!info.text_details.expect("details").has_chat_template);
+    let mut text = sc.text().await;
+    let chat = |template: &str| ChatRequest {
+        model_id: "plain".into(),
+        messages: vec![message("user", "Hello there")],
+        chat_template: template.into(),
+        max_tokens: 2,
+        sampling: greedy(),
+        ..Default::default()
+    };
+    let err = text.chat(chat("")).await.expect_err("no template");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("no chat template"),
+        "{}",
+        err.message()
+    );
+    let named = text
+        .chat(chat("chatml"))
+        .await
+        .expect("a named template works")
+        .into_inner();
+    assert!(named.usage.expect("usage").completion_tokens > 0);
+}
