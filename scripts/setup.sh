@@ -31,7 +31,7 @@ cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 # --- apt packages -----------------------------------------------------------
-apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip)
+apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip libopencv-dev opencv-data)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -133,5 +133,9 @@ if [[ "$(cat models/int8/.stamp 2>/dev/null)" != "$int8_stamp" ]]; then
         { echo "setup: scripts/make_int8_models.py failed" >&2; exit 1; }
     echo "$int8_stamp" >models/int8/.stamp
 fi
+
+# Test images: scikit-image's sample photographs (a face in astronaut.png).
+skimage_wheel="$(fetch_wheel scikit-image==0.25.2 "${SKIMAGE_WHEEL_SHA256:-24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641}")"
+extract "$skimage_wheel" skimage/data/astronaut.png models/testdata/astronaut.png 791555
 
 say "ok (rust $have; models in $root/models)"

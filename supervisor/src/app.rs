@@ -16,6 +16,7 @@ use crate::api::admin::AdminApi;
 use crate::api::lite::LiteApi;
 use crate::api::model::ModelApi;
 use crate::api::text::TextApi;
+use crate::api::vision::VisionApi;
 use crate::config::Config;
 use crate::error::Error;
 use crate::registry::Registry;
@@ -28,10 +29,11 @@ const STREAM_WINDOW: u32 = 8 << 20;
 /// 16 MiB - 1; the 16 KiB default splits a tensor into many frames).
 const MAX_FRAME: u32 = 1 << 20;
 
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "sidecar.v1.ModelService",
     "sidecar.v1.TextService",
     "sidecar.v1.LiteService",
+    "sidecar.v1.VisionService",
 ];
 
 /// Runs the supervisor until `shutdown` completes, then drains and stops
@@ -91,6 +93,12 @@ pub async fn run(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
+    let vision = sidecar_proto::v1::vision_service_server::VisionServiceServer::new(VisionApi {
+        registry: registry.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     let model = ModelServiceServer::new(ModelApi {
         registry: registry.clone(),
         config: config.clone(),
@@ -141,6 +149,7 @@ pub async fn run(
             .add_service(reflection)
             .add_service(text)
             .add_service(lite)
+            .add_service(vision)
             .add_service(model)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sidecar_proto::v1::{Accelerator, LiteOptions, ModelFamily, TextOptions};
+use sidecar_proto::v1::{Accelerator, LiteOptions, ModelFamily, TextOptions, VisionOptions};
 
 use crate::error::Error;
 
@@ -127,7 +127,7 @@ pub struct WorkerPolicy {
 pub struct ModelSpec {
     /// Model id.
     pub id: String,
-    /// "text" or "lite" (vision arrives with its worker).
+    /// "text", "lite" or "vision".
     pub family: Family,
     /// File relative to the model store.
     pub path: String,
@@ -145,6 +145,27 @@ pub struct ModelSpec {
     /// LITE options.
     #[serde(default)]
     pub lite: LiteSpec,
+    /// VISION options.
+    #[serde(default)]
+    pub vision: VisionSpec,
+}
+
+/// VISION options in the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionSpec {
+    /// Threads for the detector; 0 = 1.
+    pub threads: u32,
+}
+
+impl VisionSpec {
+    /// The wire form (SSD options: the worker's BlazeFace defaults).
+    pub fn to_proto(&self) -> VisionOptions {
+        VisionOptions {
+            threads: self.threads.max(1),
+            ..Default::default()
+        }
+    }
 }
 
 /// LITE options in the config file.
@@ -229,6 +250,8 @@ pub enum Family {
     Text,
     /// LiteRT `.tflite` models.
     Lite,
+    /// Detectors (SSD `.tflite` or OpenCV cascades) with OpenCV.
+    Vision,
 }
 
 impl Family {
@@ -237,6 +260,7 @@ impl Family {
         match self {
             Family::Text => ModelFamily::Text,
             Family::Lite => ModelFamily::Lite,
+            Family::Vision => ModelFamily::Vision,
         }
     }
     /// The worker binary's name.
@@ -244,6 +268,7 @@ impl Family {
         match self {
             Family::Text => "worker-text",
             Family::Lite => "worker-lite",
+            Family::Vision => "worker-vision",
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod files;
 pub mod lite;
 pub mod model;
 pub mod text;
+pub mod vision;
 
 use std::time::{Duration, Instant};
 

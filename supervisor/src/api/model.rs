@@ -14,7 +14,7 @@ use sidecar_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec};
+use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec, VisionSpec};
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::worker::{KillReason, State};
@@ -32,11 +32,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
     let family = match ModelFamily::try_from(req.family) {
         Ok(ModelFamily::Text) => Family::Text,
         Ok(ModelFamily::Lite) => Family::Lite,
-        Ok(ModelFamily::Vision) => {
-            return Err(Error::Unimplemented(
-                "family VISION is not served yet: this sidecar runs TEXT and LITE models".into(),
-            ));
-        }
+        Ok(ModelFamily::Vision) => Family::Vision,
         _ => {
             return Err(Error::InvalidArgument(format!(
                 "family {} is not a model family (TEXT, VISION or LITE)",
@@ -45,6 +41,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
         }
     };
     let mut lite = LiteSpec::default();
+    let mut vision = VisionSpec::default();
     let text = match req.options {
         None => TextSpec::default(),
         Some(load_model_request::Options::Lite(l)) if family == Family::Lite => {
@@ -68,6 +65,15 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
                     lite.threads
                 )));
             }
+            TextSpec::default()
+        }
+        Some(load_model_request::Options::Vision(v)) if family == Family::Vision => {
+            if v.ssd.is_some() {
+                return Err(Error::Unimplemented(
+                    "vision.ssd is not served yet: VISION models use BlazeFace's anchors".into(),
+                ));
+            }
+            vision = VisionSpec { threads: v.threads };
             TextSpec::default()
         }
         Some(load_model_request::Options::Text(t)) if family == Family::Text => {
@@ -102,6 +108,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
         pinned: req.pinned,
         text,
         lite,
+        vision,
     })
 }
 

@@ -333,7 +333,8 @@ impl Actor {
     fn worker_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
         match self.spec.family {
             Family::Text => Vec::new(),
-            Family::Lite => {
+            // VISION workers run `.tflite` detectors through LiteRT too.
+            Family::Lite | Family::Vision => {
                 let lib = &self.config.lite_runtime;
                 let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
                 vec![("SIDECAR_LITERT_LIB", lib.into_os_string())]
@@ -388,6 +389,7 @@ impl Actor {
                 options: Some(match self.spec.family {
                     Family::Text => load::Options::Text(self.spec.text.to_proto()),
                     Family::Lite => load::Options::Lite(self.spec.lite.to_proto()),
+                    Family::Vision => load::Options::Vision(self.spec.vision.to_proto()),
                 }),
             })),
         };

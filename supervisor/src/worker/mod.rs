@@ -261,6 +261,9 @@ impl WorkerHandle {
             file_size_bytes: self.file_size,
             tokens_generated: s.tokens_generated,
             options: Some(match self.spec.family {
+                Family::Vision => {
+                    sidecar_proto::v1::model_info::Options::Vision(self.spec.vision.to_proto())
+                }
                 Family::Text => {
                     sidecar_proto::v1::model_info::Options::Text(self.spec.text.to_proto())
                 }

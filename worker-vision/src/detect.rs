@@ -1,0 +1,278 @@
+//! Detectors: an SSD-style `.tflite` model through LiteRT (BlazeFace and
+//! the like: letterboxed input, MediaPipe's decoding) or an OpenCV cascade.
+
+use std::path::Path;
+
+use opencv::core::{Mat, Rect, Size, Vector};
+use opencv::imgproc;
+use opencv::objdetect::CascadeClassifier;
+use opencv::prelude::*;
+use sidecar_proto::v1::{Box as PixelBox, Detection, Point, SsdOptions};
+use worker_lite::litert::{Compiled, HW_CPU, Runtime};
+
+use crate::error::VisionError;
+use crate::ssd::{self, Anchor, Raw};
+
+/// Where Debian's `opencv-data` puts the cascades.
+pub const CASCADE_DIRS: [&str; 2] = [
+    "/usr/share/opencv4/haarcascades",
+    "/usr/share/opencv4/lbpcascades",
+];
+
+fn cv(what: &str) -> impl Fn(opencv::Error) -> VisionError + '_ {
+    move |e| VisionError::Internal(format!("{what}: {e}"))
+}
+
+/// An SSD-style detector compiled for the CPU.
+pub struct Ssd {
+    compiled: Compiled,
+    options: SsdOptions,
+    anchors: Vec<Anchor>,
+    /// Output index of the box tensor and of the score tensor.
+    boxes: usize,
+    scores: usize,
+}
+
+impl std::fmt::Debug for Ssd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ssd")
+            .field("anchors", &self.anchors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a detection maps back from the detector's input to the frame.
+struct Letterbox {
+    /// Content size inside the input, normalised.
+    content_w: f32,
+    content_h: f32,
+    /// Left/top padding, normalised.
+    pad_x: f32,
+    pad_y: f32,
+}
+
+impl Ssd {
+    /// Loads and compiles `path`; the options default to BlazeFace short
+    /// range.
+    pub fn load(
+        lib: &Path,
+        path: &Path,
+        threads: u32,
+        options: Option<SsdOptions>,
+    ) -> Result<Ssd, VisionError> {
+        let rt = Runtime::load(lib)?;
+        let compiled = rt
+            .model(path)
+            .and_then(|m| m.compile(HW_CPU, threads))
+            .map_err(|e| {
+                VisionError::Unavailable(format!("LiteRT could not load {}: {e}", path.display()))
+            })?;
+        let options = match options {
+            Some(o) if o.input_width > 0 => o,
+            _ => ssd::blazeface_short_range(),
+        };
+        let input = compiled
+            .input_desc
+            .first()
+            .ok_or_else(|| VisionError::Unavailable("the detector has no input".into()))?;
+        let want = [
+            1,
+            options.input_height as i32,
+            options.input_width as i32,
+            3,
+        ];
+        if input.shape != want || input.element_type != 1 {
+            return Err(VisionError::Unavailable(format!(
+                "the detector's input {:?} is {:?} (type {}); an SSD detector takes float32 {want:?}",
+                input.name, input.shape, input.element_type
+            )));
+        }
+        let anchors = ssd::anchors(&options);
+        let coords = 4 + 2 * options.num_keypoints as i32;
+        let classes = options.num_classes.max(1) as i32;
+        let find = |last: i32| {
+            compiled.output_desc.iter().position(|d| {
+                d.shape.len() == 3 && d.shape[1] as usize == anchors.len() && d.shape[2] == last
+            })
+        };
+        let (Some(boxes), Some(scores)) = (find(coords), find(classes)) else {
+            return Err(VisionError::Unavailable(format!(
+                "the detector's outputs {:?} are not [1, {}, {coords}] boxes and [1, {}, {classes}] scores for these anchors",
+                compiled
+                    .output_desc
+                    .iter()
+                    .map(|d| &d.shape)
+                    .collect::<Vec<_>>(),
+                anchors.len(),
+                anchors.len()
+            )));
+        };
+        Ok(Ssd {
+            compiled,
+            options,
+            anchors,
+            boxes,
+            scores,
+        })
+    }
+
+    /// Runs the detector on a BGR frame.
+    pub fn detect(
+        &mut self,
+        frame: &Mat,
+        min_score: f32,
+        iou: f32,
+    ) -> Result<Vec<Detection>, VisionError> {
+        let (w, h) = (frame.cols(), frame.rows());
+        let (iw, ih) = (
+            self.options.input_width as i32,
+            self.options.input_height as i32,
+        );
+        let s = (iw as f32 / w as f32).min(ih as f32 / h as f32);
+        let (nw, nh) = (
+            ((w as f32 * s).round() as i32).clamp(1, iw),
+            ((h as f32 * s).round() as i32).clamp(1, ih),
+        );
+        let mut small = Mat::default();
+        imgproc::resize(
+            frame,
+            &mut small,
+            Size::new(nw, nh),
+            0.0,
+            0.0,
+            imgproc::INTER_LINEAR,
+        )
+        .map_err(cv("resize"))?;
+        let (px, py) = ((iw - nw) / 2, (ih - nh) / 2);
+        let pixels = small.data_bytes().map_err(cv("pixels"))?;
+        let step = small.step1(0).map_err(cv("step"))?;
+        self.compiled.write_input(0, |buf| {
+            for (i, v) in buf.chunks_exact_mut(4).enumerate() {
+                let (c, p) = (i % 3, i / 3);
+                let (x, y) = (p as i32 % iw - px, p as i32 / iw - py);
+                let value = if x >= 0 && y >= 0 && x < nw && y < nh {
+                    // BGR in the frame, RGB into the model, scaled to -1..1.
+                    let byte = pixels[y as usize * step + x as usize * 3 + (2 - c)];
+                    f32::from(byte) / 127.5 - 1.0
+                } else {
+                    -1.0
+                };
+                v.copy_from_slice(&value.to_le_bytes());
+            }
+        })?;
+        self.compiled.run()?;
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let boxes = self.compiled.read_output(self.boxes, floats)?;
+        let scores = self.compiled.read_output(self.scores, floats)?;
+        let raw = ssd::decode(&self.options, &self.anchors, &boxes, &scores, min_score);
+        let lb = Letterbox {
+            content_w: nw as f32 / iw as f32,
+            content_h: nh as f32 / ih as f32,
+            pad_x: px as f32 / iw as f32,
+            pad_y: py as f32 / ih as f32,
+        };
+        Ok(ssd::weighted_nms(raw, iou)
+            .into_iter()
+            .map(|d| to_pixels(&d, &lb, w, h, &self.options.labels))
+            .collect())
+    }
+}
+
+fn to_pixels(d: &Raw, lb: &Letterbox, w: i32, h: i32, labels: &[String]) -> Detection {
+    let x = |v: f32| ((v - lb.pad_x) / lb.content_w * w as f32).clamp(0.0, w as f32);
+    let y = |v: f32| ((v - lb.pad_y) / lb.content_h * h as f32).clamp(0.0, h as f32);
+    let (x0, y0, x1, y1) = (x(d.xmin), y(d.ymin), x(d.xmax), y(d.ymax));
+    Detection {
+        r#box: Some(PixelBox {
+            x: x0,
+            y: y0,
+            width: x1 - x0,
+            height: y1 - y0,
+        }),
+        score: d.score,
+        class_id: d.class_id,
+        label: labels.get(d.class_id as usize).cloned().unwrap_or_default(),
+        keypoints: d
+            .keypoints
+            .iter()
+            .map(|&(kx, ky)| Point { x: x(kx), y: y(ky) })
+            .collect(),
+    }
+}
+
+/// An OpenCV cascade (Haar or LBP).
+pub struct Cascade {
+    classifier: CascadeClassifier,
+}
+
+impl std::fmt::Debug for Cascade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cascade").finish_non_exhaustive()
+    }
+}
+
+impl Cascade {
+    /// Loads a cascade file.
+    pub fn load(path: &Path) -> Result<Cascade, VisionError> {
+        let classifier = CascadeClassifier::new(path).map_err(cv("CascadeClassifier"))?;
+        if classifier.empty().map_err(cv("CascadeClassifier"))? {
+            return Err(VisionError::Unavailable(format!(
+                "{} is not a cascade OpenCV can read",
+                path.display()
+            )));
+        }
+        Ok(Cascade { classifier })
+    }
+
+    /// One of Debian's frontal-face cascades by file name.
+    pub fn system(name: &str) -> Result<Cascade, VisionError> {
+        let path = CASCADE_DIRS
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                VisionError::Precondition(format!(
+                    "the OpenCV cascade {name} is not installed (opencv-data)"
+                ))
+            })?;
+        Cascade::load(&path)
+    }
+
+    /// Faces in a BGR frame. Cascades give no score: every hit reads 1.
+    pub fn detect(&mut self, frame: &Mat) -> Result<Vec<Detection>, VisionError> {
+        let mut grey = Mat::default();
+        imgproc::cvt_color(frame, &mut grey, imgproc::COLOR_BGR2GRAY, 0).map_err(cv("cvtColor"))?;
+        let mut eq = Mat::default();
+        imgproc::equalize_hist(&grey, &mut eq).map_err(cv("equalizeHist"))?;
+        let mut hits = Vector::<Rect>::new();
+        let min = (frame.cols().min(frame.rows()) / 10).max(24);
+        self.classifier
+            .detect_multi_scale(
+                &eq,
+                &mut hits,
+                1.1,
+                5,
+                0,
+                Size::new(min, min),
+                Size::new(0, 0),
+            )
+            .map_err(cv("detectMultiScale"))?;
+        Ok(hits
+            .iter()
+            .map(|r| Detection {
+                r#box: Some(PixelBox {
+                    x: r.x as f32,
+                    y: r.y as f32,
+                    width: r.width as f32,
+                    height: r.height as f32,
+                }),
+                score: 1.0,
+                ..Default::default()
+            })
+            .collect())
+    }
+}

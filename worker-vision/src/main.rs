@@ -1,0 +1,34 @@
+//! `worker-vision`: started by the sidecar supervisor with one end of an
+//! ipc channel (`SIDECAR_IPC`). Logs go to stderr, which the supervisor
+//! reads.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIDECAR_WORKER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let chan = match ipc::BlockingChannel::from_env() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!("worker-vision must be started by the sidecar supervisor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match worker_vision::serve::serve(chan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("worker-vision stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
