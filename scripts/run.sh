@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar/target}"
-cargo build --release --locked -p supervisor -p worker-text
+# The same build as the tests (one set of artifacts): every worker binary.
+cargo build --release --locked --workspace --bins
 exec "$CARGO_TARGET_DIR/release/sidecar" --config examples/sidecar.toml "$@"
