@@ -77,16 +77,28 @@ async fn blazeface_and_the_cascades_find_the_face_where_it_is() {
             data: vec![128u8; 320 * 240 * 3].into(),
         })),
     };
+    // Mid-grey in I420: luma and both chroma planes at 128.
+    let yuv = Image {
+        data: Some(image::Data::Raw(RawImage {
+            width: 64,
+            height: 48,
+            format: PixelFormat::I420 as i32,
+            stride: 0,
+            data: vec![128u8; 64 * 48 * 3 / 2].into(),
+        })),
+    };
     let r = client
         .process_batch(ProcessBatchRequest {
             model_id: "faces".into(),
             task: Some(faces(FaceDetector::Unspecified)),
-            images: vec![astronaut(), blank],
+            images: vec![astronaut(), blank, yuv],
         })
         .await
         .expect("batch")
         .into_inner();
-    assert_eq!(r.results.len(), 2);
+    assert_eq!(r.results.len(), 3);
+    assert_eq!((r.results[2].width, r.results[2].height), (64, 48));
+    assert!(r.results[2].faces.is_empty());
     let photo = &r.results[0];
     assert_eq!((photo.width, photo.height), (512, 512));
     assert_eq!(photo.faces.len(), 1, "{:?}", photo.faces);
@@ -163,6 +175,15 @@ async fn bad_images_and_tasks_get_clear_errors() {
             ..Default::default()
         })),
     };
+    let odd_nv12 = Image {
+        data: Some(image::Data::Raw(RawImage {
+            width: 64,
+            height: 48,
+            format: PixelFormat::Nv12 as i32,
+            stride: 0,
+            data: vec![0u8; 64 * 48].into(),
+        })),
+    };
     let tracking = VisionTask {
         task: Some(vision_task::Task::Tracking(TrackingTask::default())),
     };
@@ -194,6 +215,11 @@ async fn bad_images_and_tasks_get_clear_errors() {
             batch(vec![astronaut()], tracking),
             Code::InvalidArgument,
             vec!["tracking"],
+        ),
+        (
+            batch(vec![odd_nv12], faces(FaceDetector::Unspecified)),
+            Code::InvalidArgument,
+            vec!["images[0]", "4608 bytes", "got 3072"],
         ),
     ];
     for (req, code, words) in cases {

@@ -47,6 +47,9 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
         )));
     }
     let format = PixelFormat::try_from(raw.format).unwrap_or(PixelFormat::Unspecified);
+    if matches!(format, PixelFormat::I420 | PixelFormat::Nv12) {
+        return yuv_to_bgr(raw, format, at);
+    }
     let (channels, typ, code) = match format {
         PixelFormat::Rgb8 => (3, CV_8UC3, Some(imgproc::COLOR_RGB2BGR)),
         PixelFormat::Bgr8 => (3, CV_8UC3, None),
@@ -55,7 +58,7 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
         PixelFormat::Gray8 => (1, CV_8UC1, Some(imgproc::COLOR_GRAY2BGR)),
         other => {
             return Err(VisionError::Invalid(format!(
-                "{at}: pixel format {} is not served in batches yet (RGB8, BGR8, RGBA8, BGRA8, GRAY8 are)",
+                "{at}: format {} is not a pixel layout (RGB8, BGR8, RGBA8, BGRA8, GRAY8, I420 or NV12)",
                 other.as_str_name()
             )));
         }
@@ -95,4 +98,45 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
             Ok(bgr)
         }
     }
+}
+
+/// Planar (I420) or semi-planar (NV12) 4:2:0 YUV, tightly packed: a
+/// luma plane then chroma, `width × height × 3 / 2` bytes.
+fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, VisionError> {
+    let (w, h) = (raw.width as usize, raw.height as usize);
+    if w % 2 != 0 || h % 2 != 0 {
+        return Err(VisionError::Invalid(format!(
+            "{at}: {} needs an even width and height, got {w}x{h}",
+            format.as_str_name()
+        )));
+    }
+    if raw.stride != 0 && raw.stride as usize != w {
+        return Err(VisionError::Invalid(format!(
+            "{at}: {} takes tightly packed planes (stride 0 or {w}), got stride {}",
+            format.as_str_name(),
+            raw.stride
+        )));
+    }
+    let need = w * h * 3 / 2;
+    if raw.data.len() != need {
+        return Err(VisionError::Invalid(format!(
+            "{at}: {w}x{h} {} is {need} bytes, got {}",
+            format.as_str_name(),
+            raw.data.len()
+        )));
+    }
+    let mut yuv =
+        Mat::new_rows_cols_with_default((h * 3 / 2) as i32, w as i32, CV_8UC1, Scalar::all(0.0))
+            .map_err(cv("Mat"))?;
+    yuv.data_bytes_mut()
+        .map_err(cv("Mat bytes"))?
+        .copy_from_slice(&raw.data);
+    let code = if format == PixelFormat::I420 {
+        imgproc::COLOR_YUV2BGR_I420
+    } else {
+        imgproc::COLOR_YUV2BGR_NV12
+    };
+    let mut bgr = Mat::default();
+    imgproc::cvt_color(&yuv, &mut bgr, code, 0).map_err(cv("cvtColor"))?;
+    Ok(bgr)
 }
