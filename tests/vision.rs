@@ -5,9 +5,9 @@
 use e2e::{Sidecar, add_model, serial, store};
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
-    Box as PixelBox, FaceDetectionTask, FaceDetector, Image, PixelFormat, ProcessBatchRequest,
-    ProcessRequest, RawImage, StreamConfig, TrackingTask, VisionTask, image, process_request,
-    vision_task,
+    Box as PixelBox, FaceDetectionTask, FaceDetector, Frame, Image, KillReason, ModelState,
+    OverflowPolicy, PixelFormat, ProcessBatchRequest, ProcessRequest, RawImage, StreamConfig,
+    TrackingTask, VisionTask, frame, image, process_request, vision_task,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -233,18 +233,30 @@ async fn bad_images_and_tasks_get_clear_errors() {
             );
         }
     }
-    // Streaming Process is not served yet, and says so.
-    let first = ProcessRequest {
+    // A stream must start with its config, and its tasks must be served.
+    let frame_first = ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame::default())),
+    };
+    let err = client
+        .process(tokio_stream::iter(vec![frame_first]))
+        .await
+        .expect_err("config first");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let tracking_stream = ProcessRequest {
         msg: Some(process_request::Msg::Config(StreamConfig {
             model_id: "faces".into(),
-            tasks: vec![faces(FaceDetector::Unspecified)],
+            tasks: vec![VisionTask {
+                task: Some(vision_task::Task::Tracking(TrackingTask::default())),
+            }],
             ..Default::default()
         })),
     };
-    let err = client
-        .process(tokio_stream::iter(vec![first]))
+    let mut s = client
+        .process(tokio_stream::iter(vec![tracking_stream]))
         .await
-        .expect_err("not served yet");
+        .expect("stream opens")
+        .into_inner();
+    let err = s.message().await.expect_err("tracking not served yet");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 
     // The worker is the same one and still serves.
@@ -254,4 +266,169 @@ async fn bad_images_and_tasks_get_clear_errors() {
         .expect("still serves");
     let after = sc.model("faces").await;
     assert_eq!((after.worker_pid, after.restarts), (before.worker_pid, 0));
+}
+
+fn config(overflow: OverflowPolicy, max_pending: u32) -> ProcessRequest {
+    ProcessRequest {
+        msg: Some(process_request::Msg::Config(StreamConfig {
+            model_id: "faces".into(),
+            tasks: vec![faces(FaceDetector::Unspecified)],
+            max_pending_frames: max_pending,
+            overflow: overflow as i32,
+        })),
+    }
+}
+
+fn png_frame(index: u64, bytes: &tonic::codegen::Bytes) -> ProcessRequest {
+    ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame {
+            index,
+            timestamp_us: index as i64 * 1000,
+            data: Some(frame::Data::Encoded(bytes.clone())),
+            flush: false,
+        })),
+    }
+}
+
+fn png_bytes() -> tonic::codegen::Bytes {
+    match astronaut().data {
+        Some(image::Data::Encoded(b)) => b,
+        _ => unreachable!("astronaut() is encoded"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_get_a_result_per_frame_and_a_bad_frame_ends_only_its_stream() {
+    let _serial = serial().await;
+    let (sc, client) = sidecar().await;
+    let png = png_bytes();
+    let good: Vec<ProcessRequest> = std::iter::once(config(OverflowPolicy::Unspecified, 2))
+        .chain((10..16).map(|i| png_frame(i, &png)))
+        .collect();
+    let mut bad: Vec<ProcessRequest> = vec![
+        config(OverflowPolicy::Unspecified, 2),
+        png_frame(0, &png),
+        png_frame(1, &png),
+    ];
+    bad.push(png_frame(2, &png.slice(..300)));
+    bad.push(png_frame(3, &png));
+    let (mut c1, mut c2) = (client.clone(), client.clone());
+    let good = tokio::spawn(async move {
+        let mut s = c1
+            .process(tokio_stream::iter(good))
+            .await
+            .expect("open")
+            .into_inner();
+        let mut results = Vec::new();
+        while let Some(r) = s.message().await.expect("the good stream ends cleanly") {
+            results.push(r);
+        }
+        results
+    });
+    let bad = tokio::spawn(async move {
+        let mut s = c2
+            .process(tokio_stream::iter(bad))
+            .await
+            .expect("open")
+            .into_inner();
+        let mut seen = 0;
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => seen += 1,
+                Ok(None) => panic!("the bad stream ended without an error"),
+                Err(e) => return (seen, e),
+            }
+        }
+    });
+    let results = good.await.expect("good stream");
+    assert_eq!(results.len(), 6, "one result per frame");
+    for (r, i) in results.iter().zip(10u64..) {
+        assert_eq!(r.frame_index, i, "in order");
+        assert_eq!(r.timestamp_us, i as i64 * 1000, "timestamp echoed");
+        assert!(!r.dropped);
+        assert_eq!(r.faces.len(), 1, "frame {i}");
+        let found = r.faces[0].r#box.expect("box");
+        assert!(iou(&found, &FACE) >= 0.5, "frame {i}: {found:?}");
+        assert!(r.timings.expect("timings").total_us > 0);
+    }
+    let (seen, err) = bad.await.expect("bad stream");
+    assert_eq!(seen, 2, "the frames before the bad one were answered");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("frame 2"), "{}", err.message());
+    assert_eq!(sc.model("faces").await.restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_falls_behind_drops_its_oldest_frames_when_asked() {
+    let _serial = serial().await;
+    let (_sc, mut client) = sidecar().await;
+    let png = png_bytes();
+    let frames: Vec<ProcessRequest> = std::iter::once(config(OverflowPolicy::DropOldest, 1))
+        .chain((0..30).map(|i| png_frame(i, &png)))
+        .collect();
+    let mut s = client
+        .process(tokio_stream::iter(frames))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut indices = Vec::new();
+    let mut dropped = 0;
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        if r.dropped {
+            dropped += 1;
+            assert!(r.faces.is_empty(), "a dropped frame has no results");
+        }
+        indices.push(r.frame_index);
+    }
+    indices.sort_unstable();
+    assert_eq!(
+        indices,
+        (0..30).collect::<Vec<u64>>(),
+        "every frame answered once, processed or dropped"
+    );
+    eprintln!("{dropped} of 30 frames dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_ends_it_with_unavailable_and_a_new_stream_works() {
+    let _serial = serial().await;
+    let (sc, mut client) = sidecar().await;
+    let before = sc.model("faces").await;
+    let png = png_bytes();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(config(OverflowPolicy::Unspecified, 2))
+        .await
+        .expect("send");
+    tx.send(png_frame(0, &png)).await.expect("send");
+    let mut s = client
+        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open")
+        .into_inner();
+    s.message().await.expect("first result").expect("a result");
+    e2e::signal(before.worker_pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = tx.send(png_frame(1, &png)).await;
+    let err = loop {
+        match s.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    drop(tx);
+    let after = sc
+        .eventually("faces", std::time::Duration::from_secs(30), |m| {
+            m.state == ModelState::Ready as i32 && m.worker_pid != before.worker_pid
+        })
+        .await;
+    assert_eq!(after.last_kill_reason, KillReason::Crash as i32);
+    let frames = vec![config(OverflowPolicy::Unspecified, 2), png_frame(0, &png)];
+    let mut s = client
+        .process(tokio_stream::iter(frames))
+        .await
+        .expect("open")
+        .into_inner();
+    let r = s.message().await.expect("works again").expect("a result");
+    assert_eq!(r.faces.len(), 1);
 }

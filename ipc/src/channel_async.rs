@@ -313,11 +313,20 @@ impl ResponseStream {
 
     /// Sends another frame on this request (more input, a CANCEL).
     pub async fn send(&self, kind: Kind, flags: Flags, payload: &[u8]) -> Result<()> {
-        self.inner
-            .send_with(self.id, kind, flags, payload.len(), |b| {
-                b.copy_from_slice(payload)
-            })
+        self.send_with(kind, flags, payload.len(), |b| b.copy_from_slice(payload))
             .await
+    }
+
+    /// Sends another frame of `len` payload bytes that `fill` writes in
+    /// place.
+    pub async fn send_with(
+        &self,
+        kind: Kind,
+        flags: Flags,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<()> {
+        self.inner.send_with(self.id, kind, flags, len, fill).await
     }
 
     fn finish(&mut self) {

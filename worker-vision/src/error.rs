@@ -20,6 +20,9 @@ pub enum VisionError {
     /// OpenCV or LiteRT failed.
     #[error("{0}")]
     Internal(String),
+    /// The supervisor cancelled (the client went away).
+    #[error("cancelled by the supervisor")]
+    Cancelled,
 }
 
 impl VisionError {
@@ -31,6 +34,7 @@ impl VisionError {
             VisionError::Unimplemented(_) => 12,
             VisionError::Internal(_) => 13,
             VisionError::Unavailable(_) => 14,
+            VisionError::Cancelled => 1,
         };
         WorkerError {
             code,

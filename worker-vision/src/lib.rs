@@ -3,8 +3,9 @@
 //! process, served over the `ipc` channel its supervisor gave it.
 //!
 //! Owns: image decoding (raw pixels, JPEG/PNG), MediaPipe-style SSD
-//! decoding, cascades, ProcessBatch. Not yet: streaming Process (H.264,
-//! tracking, template matching, auto-crop).
+//! decoding, cascades, ProcessBatch, Process streams (per-stream frame
+//! queues with an overflow policy, round-robin). Not yet: H.264, tracking,
+//! template matching, auto-crop.
 #![forbid(unsafe_code)]
 
 pub mod detect;
@@ -12,5 +13,7 @@ pub mod error;
 pub mod image;
 pub mod serve;
 pub mod ssd;
+pub mod streams;
+pub mod tasks;
 
 pub use error::VisionError;

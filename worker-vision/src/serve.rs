@@ -1,19 +1,17 @@
 //! The worker's side of the protocol: hello, load the detector, then
-//! ProcessBatch calls one at a time. Streaming `Process` is not served yet
-//! (UNIMPLEMENTED, said so).
+//! ProcessBatch calls and Process streams. Streams are served round-robin,
+//! one frame per turn; a stream whose reader is slow (no credit) waits
+//! alone; a cancel frees its stream at once.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ipc::{BlockingChannel, Flags, Kind};
-use opencv::prelude::*;
+use ipc::{Blocked, BlockingChannel, Flags, Kind, Received};
 use prost::Message;
-use sidecar_proto::v1::{
-    Detection, FaceDetector, ModelFamily, ProcessBatchRequest, ProcessBatchResponse,
-    ProcessResponse, VisionOptions, vision_task,
-};
+use sidecar_proto::v1::{ModelFamily, VisionOptions};
 use sidecar_proto::worker::{
     Heartbeat, Hello, Load, Loaded, MemoryReport, WorkerRequest, WorkerResponse, worker_request,
     worker_response,
@@ -21,24 +19,10 @@ use sidecar_proto::worker::{
 
 use crate::detect::{Cascade, Ssd};
 use crate::error::VisionError;
-use crate::image::to_bgr;
+use crate::streams::Stream;
+use crate::tasks::{self, Detector, Served};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Most images of one ProcessBatch.
-const MAX_IMAGES: usize = 256;
-
-/// The model's detector.
-enum Detector {
-    Ssd(Box<Ssd>),
-    Cascade(Cascade),
-}
-
-struct Served {
-    detector: Detector,
-    /// Debian's cascades, loaded on first use.
-    haar: Option<Cascade>,
-    lbp: Option<Cascade>,
-}
 
 fn memory() -> MemoryReport {
     let m = ipc::self_memory();
@@ -50,6 +34,23 @@ fn memory() -> MemoryReport {
     }
 }
 
+/// A frame waiting for ring space or credit.
+struct Out {
+    kind: Kind,
+    flags: Flags,
+    bytes: Vec<u8>,
+}
+
+struct Worker<'c> {
+    chan: &'c BlockingChannel,
+    served: Option<Served>,
+    streams: Vec<Stream>,
+    /// Round-robin position among the streams.
+    turn: usize,
+    outbox: HashMap<u64, VecDeque<Out>>,
+    in_flight: Arc<AtomicU32>,
+}
+
 /// Serves the channel until the supervisor goes away.
 pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
     let hello = Hello {
@@ -57,64 +58,47 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
         family: ModelFamily::Vision as i32,
         worker_version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
-        capabilities: vec!["process_batch".into(), "faces".into(), "objects".into()],
+        capabilities: vec![
+            "process_batch".into(),
+            "process".into(),
+            "faces".into(),
+            "objects".into(),
+        ],
         memory: Some(memory()),
     };
     chan.send(0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())?;
     let in_flight = Arc::new(AtomicU32::new(0));
     start_heartbeats(chan.clone(), in_flight.clone());
-    let mut served: Option<Served> = None;
+    let mut w = Worker {
+        chan: &chan,
+        served: None,
+        streams: Vec::new(),
+        turn: 0,
+        outbox: HashMap::new(),
+        in_flight,
+    };
     loop {
-        let frame = match chan.recv() {
-            Ok(f) => f,
-            Err(ipc::Error::PeerGone) => gone(),
-            Err(e) => return Err(e.into()),
-        };
-        let id = frame.request_id();
-        if frame.kind() != Kind::Request {
-            continue;
+        if !w.has_work() {
+            match chan.recv() {
+                Ok(f) => w.on_frame(f),
+                Err(ipc::Error::PeerGone) => gone(),
+                Err(e) => return Err(e.into()),
+            }
         }
-        let req = WorkerRequest::decode(frame.payload());
-        drop(frame);
-        in_flight.store(1, Ordering::Relaxed);
-        let outcome = match req {
-            Err(e) => Err(VisionError::Invalid(format!("malformed request: {e}"))),
-            Ok(req) => match req.body {
-                Some(worker_request::Body::Load(load)) => load_model(&load).map(|s| {
-                    served = Some(s);
-                    worker_response::Body::Loaded(Loaded {
-                        memory: Some(memory()),
-                        ..Default::default()
-                    })
-                }),
-                Some(worker_request::Body::VisionBatch(batch)) => match served.as_mut() {
-                    Some(s) => process_batch(s, &batch).map(worker_response::Body::VisionBatch),
-                    None => Err(VisionError::Precondition("no model loaded".into())),
-                },
-                Some(worker_request::Body::VisionOpen(_)) => Err(VisionError::Unimplemented(
-                    "streaming Process is not served yet; use ProcessBatch".into(),
-                )),
-                Some(_) => Err(VisionError::Unimplemented(
-                    "this call is not served by worker-vision".into(),
-                )),
-                None => Err(VisionError::Invalid("empty request".into())),
-            },
-        };
-        in_flight.store(0, Ordering::Relaxed);
-        let sent = match outcome {
-            Ok(body) => {
-                let r = WorkerResponse { body: Some(body) };
-                chan.send(id, Kind::Response, Flags::END, &r.encode_to_vec())
+        loop {
+            match chan.try_recv() {
+                Ok(Some(f)) => w.on_frame(f),
+                Ok(None) => break,
+                Err(ipc::Error::PeerGone) => gone(),
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => {
-                tracing::info!(request = id, "request failed: {e}");
-                chan.send(id, Kind::Error, Flags::END, &e.to_proto().encode_to_vec())
-            }
-        };
-        match sent {
-            Ok(()) => {}
-            Err(ipc::Error::PeerGone) => gone(),
-            Err(e) => return Err(e.into()),
+        }
+        w.flush()?;
+        let stepped = w.step();
+        w.flush()?;
+        w.in_flight.store(w.streams.len() as u32, Ordering::Relaxed);
+        if !stepped && w.has_work() {
+            chan.wait(Some(Duration::from_millis(200)))?;
         }
     }
 }
@@ -122,6 +106,181 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
 fn gone() -> ! {
     tracing::info!("supervisor gone; exiting");
     std::process::exit(0)
+}
+
+impl Worker<'_> {
+    fn has_work(&self) -> bool {
+        !self.outbox.is_empty() || self.streams.iter().any(|s| s.has_pending())
+    }
+
+    fn queue(&mut self, id: u64, kind: Kind, flags: Flags, bytes: Vec<u8>) {
+        self.outbox
+            .entry(id)
+            .or_default()
+            .push_back(Out { kind, flags, bytes });
+    }
+
+    fn answer(&mut self, id: u64, body: Option<worker_response::Body>, flags: Flags) {
+        let r = WorkerResponse { body };
+        self.queue(id, Kind::Response, flags, r.encode_to_vec());
+    }
+
+    fn fail(&mut self, id: u64, e: &VisionError) {
+        tracing::info!(request = id, "request failed: {e}");
+        self.queue(id, Kind::Error, Flags::END, e.to_proto().encode_to_vec());
+    }
+
+    fn on_frame(&mut self, frame: Received<'_>) {
+        let (id, kind) = (frame.request_id(), frame.kind());
+        match kind {
+            Kind::Request => {
+                let req = WorkerRequest::decode(frame.payload());
+                drop(frame);
+                match req {
+                    Ok(req) => self.on_request(id, req),
+                    Err(e) => {
+                        self.fail(id, &VisionError::Invalid(format!("malformed request: {e}")))
+                    }
+                }
+            }
+            Kind::Cancel => {
+                drop(frame);
+                if let Some(i) = self.streams.iter().position(|s| s.id == id) {
+                    self.streams.remove(i);
+                    self.outbox.remove(&id);
+                    self.fail(id, &VisionError::Cancelled);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, id: u64, req: WorkerRequest) {
+        let result = match req.body {
+            Some(worker_request::Body::Load(load)) => load_model(&load).map(|s| {
+                self.served = Some(s);
+                self.answer(
+                    id,
+                    Some(worker_response::Body::Loaded(Loaded {
+                        memory: Some(memory()),
+                        ..Default::default()
+                    })),
+                    Flags::END,
+                );
+            }),
+            Some(worker_request::Body::VisionBatch(batch)) => match self.served.as_mut() {
+                Some(s) => tasks::process_batch(s, &batch).map(|r| {
+                    self.answer(id, Some(worker_response::Body::VisionBatch(r)), Flags::END)
+                }),
+                None => Err(not_loaded()),
+            },
+            Some(worker_request::Body::VisionOpen(config)) => match &self.served {
+                Some(s) => Stream::open(id, &config, s).map(|stream| self.streams.push(stream)),
+                None => Err(not_loaded()),
+            },
+            Some(worker_request::Body::VisionFrame(f)) => {
+                match self.streams.iter_mut().find(|s| s.id == id) {
+                    // A frame for a stream already ended (an error raced it).
+                    None => Ok(()),
+                    Some(s) => {
+                        if let Some(dropped) = s.push(f) {
+                            self.answer(
+                                id,
+                                Some(worker_response::Body::Vision(dropped)),
+                                Flags::NONE,
+                            );
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Some(worker_request::Body::VisionClose(_)) => {
+                if let Some(s) = self.streams.iter_mut().find(|s| s.id == id) {
+                    s.closed = true;
+                }
+                self.end_closed();
+                Ok(())
+            }
+            Some(_) => Err(VisionError::Unimplemented(
+                "this call is not served by worker-vision".into(),
+            )),
+            None => Err(VisionError::Invalid("empty request".into())),
+        };
+        if let Err(e) = result {
+            self.fail(id, &e);
+        }
+    }
+
+    /// Ends the closed streams that have nothing left to do.
+    fn end_closed(&mut self) {
+        let done: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|s| s.closed && !s.has_pending())
+            .map(|s| s.id)
+            .collect();
+        self.streams.retain(|s| !done.contains(&s.id));
+        for id in done {
+            self.answer(id, None, Flags::END);
+        }
+    }
+
+    /// One frame of the next stream (round-robin) whose reader keeps up;
+    /// true when one ran.
+    fn step(&mut self) -> bool {
+        let Some(served) = self.served.as_mut() else {
+            return false;
+        };
+        let n = self.streams.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            let s = &self.streams[i];
+            if !s.has_pending() || self.outbox.contains_key(&s.id) {
+                continue;
+            }
+            self.turn = i + 1;
+            let id = s.id;
+            match self.streams[i].step(served) {
+                Some(Ok(r)) => self.answer(id, Some(worker_response::Body::Vision(r)), Flags::NONE),
+                Some(Err(e)) => {
+                    self.streams.remove(i);
+                    self.fail(id, &e);
+                }
+                None => {}
+            }
+            self.end_closed();
+            return true;
+        }
+        false
+    }
+
+    /// Sends what waits; a request without credit stays paused, a full
+    /// ring stops the round.
+    fn flush(&mut self) -> Result<(), VisionError> {
+        let ids: Vec<u64> = self.outbox.keys().copied().collect();
+        'ids: for id in ids {
+            let Some(queue) = self.outbox.get_mut(&id) else {
+                continue;
+            };
+            while let Some(out) = queue.front() {
+                match self.chan.try_send(id, out.kind, out.flags, &out.bytes) {
+                    Ok(()) => {
+                        queue.pop_front();
+                    }
+                    Err(ipc::Error::WouldBlock(Blocked::NoCredit)) => continue 'ids,
+                    Err(ipc::Error::WouldBlock(Blocked::RingFull)) => break 'ids,
+                    Err(ipc::Error::PeerGone) => gone(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.outbox.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+fn not_loaded() -> VisionError {
+    VisionError::Precondition("no model loaded".into())
 }
 
 fn load_model(load: &Load) -> Result<Served, VisionError> {
@@ -152,123 +311,7 @@ fn load_model(load: &Load) -> Result<Served, VisionError> {
             )));
         }
     };
-    Ok(Served {
-        detector,
-        haar: None,
-        lbp: None,
-    })
-}
-
-/// One task on every image, in order.
-fn process_batch(
-    s: &mut Served,
-    req: &ProcessBatchRequest,
-) -> Result<ProcessBatchResponse, VisionError> {
-    let n = req.images.len();
-    if n == 0 || n > MAX_IMAGES {
-        return Err(VisionError::Invalid(format!(
-            "images holds {n} images; 1..{MAX_IMAGES} are allowed"
-        )));
-    }
-    let task = req
-        .task
-        .as_ref()
-        .and_then(|t| t.task.as_ref())
-        .ok_or_else(|| VisionError::Invalid("task is required".into()))?;
-    let mut results = Vec::with_capacity(n);
-    for (i, img) in req.images.iter().enumerate() {
-        let started = Instant::now();
-        let frame = to_bgr(img, &format!("images[{i}]"))?;
-        let decoded = started.elapsed();
-        let mut r = ProcessResponse {
-            frame_index: i as u64,
-            width: frame.cols() as u32,
-            height: frame.rows() as u32,
-            ..Default::default()
-        };
-        match task {
-            vision_task::Task::Faces(f) => {
-                let min = if f.min_score > 0.0 { f.min_score } else { 0.5 };
-                let mut faces = match FaceDetector::try_from(f.detector) {
-                    Ok(FaceDetector::Haar) => {
-                        cascade(&mut s.haar, "haarcascade_frontalface_default.xml")?
-                            .detect(&frame)?
-                    }
-                    Ok(FaceDetector::Lbp) => {
-                        cascade(&mut s.lbp, "lbpcascade_frontalface_improved.xml")?
-                            .detect(&frame)?
-                    }
-                    Ok(FaceDetector::Unspecified) => match &mut s.detector {
-                        Detector::Ssd(d) => d.detect(&frame, min, 0.3)?,
-                        Detector::Cascade(c) => c.detect(&frame)?,
-                    },
-                    Err(_) => {
-                        return Err(VisionError::Invalid(format!(
-                            "faces.detector {} is not a FaceDetector value",
-                            f.detector
-                        )));
-                    }
-                };
-                limit(&mut faces, f.max_faces);
-                r.faces = faces;
-            }
-            vision_task::Task::Objects(o) => {
-                let Detector::Ssd(d) = &mut s.detector else {
-                    return Err(VisionError::Precondition(
-                        "objects needs an SSD-style .tflite detector; this model is a cascade"
-                            .into(),
-                    ));
-                };
-                if o.ssd.is_some() {
-                    return Err(VisionError::Unimplemented(
-                        "objects.ssd overrides are not served yet; load the model with its SsdOptions".into(),
-                    ));
-                }
-                let min = if o.min_score > 0.0 { o.min_score } else { 0.5 };
-                let iou = if o.iou_threshold > 0.0 {
-                    o.iou_threshold
-                } else {
-                    0.3
-                };
-                let mut objects = d.detect(&frame, min, iou)?;
-                limit(&mut objects, o.max_detections);
-                r.objects = objects;
-            }
-            vision_task::Task::Tracking(_) => {
-                return Err(VisionError::Invalid(
-                    "tracking is a stream task; it is not allowed in ProcessBatch".into(),
-                ));
-            }
-            vision_task::Task::TemplateMatching(_) | vision_task::Task::AutoCrop(_) => {
-                return Err(VisionError::Unimplemented(
-                    "template matching and auto-crop are not served yet".into(),
-                ));
-            }
-        }
-        r.timings = Some(sidecar_proto::v1::FrameTimings {
-            decode_us: decoded.as_micros() as u64,
-            process_us: (started.elapsed() - decoded).as_micros() as u64,
-            total_us: started.elapsed().as_micros() as u64,
-        });
-        results.push(r);
-    }
-    Ok(ProcessBatchResponse { results })
-}
-
-fn cascade<'a>(slot: &'a mut Option<Cascade>, name: &str) -> Result<&'a mut Cascade, VisionError> {
-    if slot.is_none() {
-        *slot = Some(Cascade::system(name)?);
-    }
-    slot.as_mut()
-        .ok_or_else(|| VisionError::Internal("cascade slot".into()))
-}
-
-/// Keeps the `max` best (0: all).
-fn limit(d: &mut Vec<Detection>, max: u32) {
-    d.sort_by(|a, b| b.score.total_cmp(&a.score));
-    if max > 0 {
-        d.truncate(max as usize);
-    }
+    Ok(Served::new(detector))
 }
 
 fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {

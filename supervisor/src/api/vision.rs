@@ -1,14 +1,15 @@
-//! VisionService: ProcessBatch over the model's worker. Streaming
-//! `Process` is not served yet (UNIMPLEMENTED, said so).
+//! VisionService: Process streams and ProcessBatch over the model's
+//! worker.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use sidecar_proto::v1::vision_service_server::VisionService;
 use sidecar_proto::v1::{
-    ProcessBatchRequest, ProcessBatchResponse, ProcessRequest, ProcessResponse,
+    OverflowPolicy, ProcessBatchRequest, ProcessBatchResponse, ProcessRequest, ProcessResponse,
+    process_request,
 };
-use sidecar_proto::worker::{worker_request, worker_response};
+use sidecar_proto::worker::{WorkerRequest, worker_request, worker_response};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,12 +37,106 @@ impl VisionService for VisionApi {
 
     async fn process(
         &self,
-        _: Request<Streaming<ProcessRequest>>,
+        req: Request<Streaming<ProcessRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        Err(Error::Unimplemented(
-            "streaming Process is not served yet (H.264, tracking, template matching and auto-crop arrive with it); ProcessBatch is".into(),
+        let deadline = super::deadline(&req, self.config.deadlines.stream);
+        let mut input = req.into_inner();
+        let config = match input.message().await?.and_then(|m| m.msg) {
+            Some(process_request::Msg::Config(c)) => c,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "the first message of a Process stream must be a StreamConfig".into(),
+                )
+                .into());
+            }
+        };
+        // Frames the worker holds for this stream: with the default
+        // overflow policy the client is not read beyond them (HTTP/2 flow
+        // control holds it back); with DROP_OLDEST the worker drops.
+        let max_pending = match config.max_pending_frames {
+            0 => 4,
+            n => n as usize,
+        };
+        let drop_oldest = config.overflow == OverflowPolicy::DropOldest as i32;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut call = super::call_worker(
+            &self.registry,
+            Family::Vision,
+            left,
+            Request::new(config),
+            |c| (c.model_id.clone(), worker_request::Body::VisionOpen(c)),
         )
-        .into())
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut waiting = 0usize;
+            let mut input_open = true;
+            loop {
+                let read = input_open && (drop_oldest || waiting < max_pending);
+                tokio::select! {
+                    msg = input.message(), if read => match msg {
+                        Ok(Some(ProcessRequest { msg: Some(process_request::Msg::Frame(f)) })) => {
+                            let more = WorkerRequest {
+                                body: Some(worker_request::Body::VisionFrame(f)),
+                                ..Default::default()
+                            };
+                            if let Err(e) = call.send_more(&more).await {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                            waiting += 1;
+                        }
+                        Ok(Some(_)) => {
+                            let e = Error::InvalidArgument(
+                                "only the first message of a Process stream is a StreamConfig; the rest are frames".into(),
+                            );
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                        Ok(None) => {
+                            input_open = false;
+                            let close = WorkerRequest {
+                                body: Some(worker_request::Body::VisionClose(true)),
+                                ..Default::default()
+                            };
+                            if let Err(e) = call.send_more(&close).await {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        }
+                        // The client went away: dropping the call cancels
+                        // the stream in the worker.
+                        Err(_) => return,
+                    },
+                    answer = call.next() => match answer {
+                        None => return,
+                        Some(Ok(r)) => match r.body {
+                            Some(worker_response::Body::Vision(result)) => {
+                                waiting = waiting.saturating_sub(1);
+                                if tx.send(Ok(result)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // The end of the stream carries no result.
+                            None => {}
+                            Some(other) => {
+                                let e = Error::Internal(format!("unexpected worker answer {other:?}"));
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        },
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn process_batch(

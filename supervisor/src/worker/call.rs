@@ -167,6 +167,21 @@ impl WorkerHandle {
 }
 
 impl CallStream {
+    /// Sends another request frame on this call (a streaming call's next
+    /// input), encoded straight into the ring.
+    pub async fn send_more(&self, req: &WorkerRequest) -> Result<(), Error> {
+        let Some(stream) = self.stream.as_ref() else {
+            return Err(Error::Internal("the call has ended".into()));
+        };
+        stream
+            .send_with(Kind::Request, Flags::NONE, req.encoded_len(), |mut buf| {
+                // The buffer has exactly the encoded length.
+                let _ = req.encode(&mut buf);
+            })
+            .await
+            .map_err(|e| self.handle.channel_error(&self.conn, e))
+    }
+
     /// The next answer; `None` after the last.
     pub async fn next(&mut self) -> Option<Result<WorkerResponse, Error>> {
         if self.done {

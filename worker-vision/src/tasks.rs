@@ -1,0 +1,199 @@
+//! The tasks a frame can get (faces, objects), shared by ProcessBatch and
+//! the streams.
+
+use std::time::Instant;
+
+use opencv::core::Mat;
+use opencv::prelude::*;
+use sidecar_proto::v1::{
+    Detection, FaceDetector, FrameTimings, ProcessBatchRequest, ProcessBatchResponse,
+    ProcessResponse, VisionTask, vision_task,
+};
+
+use crate::detect::{Cascade, Ssd};
+use crate::error::VisionError;
+use crate::image::to_bgr;
+
+/// Most images of one ProcessBatch.
+const MAX_IMAGES: usize = 256;
+
+/// The model's detector.
+#[derive(Debug)]
+pub enum Detector {
+    /// An SSD `.tflite` through LiteRT.
+    Ssd(Box<Ssd>),
+    /// An OpenCV cascade.
+    Cascade(Cascade),
+}
+
+/// The loaded model and the cascades requests may name.
+#[derive(Debug)]
+pub struct Served {
+    /// The model's own detector.
+    pub detector: Detector,
+    /// Debian's cascades, loaded on first use.
+    haar: Option<Cascade>,
+    lbp: Option<Cascade>,
+}
+
+impl Served {
+    /// Serves this detector.
+    pub fn new(detector: Detector) -> Served {
+        Served {
+            detector,
+            haar: None,
+            lbp: None,
+        }
+    }
+}
+
+/// Checks that `task` can run on a frame (streams check at open).
+pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
+    match task {
+        vision_task::Task::Faces(f) => {
+            FaceDetector::try_from(f.detector).map(|_| ()).map_err(|_| {
+                VisionError::Invalid(format!(
+                    "faces.detector {} is not a FaceDetector value",
+                    f.detector
+                ))
+            })
+        }
+        vision_task::Task::Objects(o) => {
+            if !matches!(s.detector, Detector::Ssd(_)) {
+                return Err(VisionError::Precondition(
+                    "objects needs an SSD-style .tflite detector; this model is a cascade".into(),
+                ));
+            }
+            if o.ssd.is_some() {
+                return Err(VisionError::Unimplemented(
+                    "objects.ssd overrides are not served yet; load the model with its SsdOptions"
+                        .into(),
+                ));
+            }
+            Ok(())
+        }
+        vision_task::Task::Tracking(_) => Err(VisionError::Unimplemented(
+            "tracking is not served yet".into(),
+        )),
+        vision_task::Task::TemplateMatching(_) | vision_task::Task::AutoCrop(_) => Err(
+            VisionError::Unimplemented("template matching and auto-crop are not served yet".into()),
+        ),
+    }
+}
+
+/// Runs `tasks` on a decoded frame, filling `r`.
+pub fn run(
+    s: &mut Served,
+    tasks: &[vision_task::Task],
+    frame: &Mat,
+    r: &mut ProcessResponse,
+) -> Result<(), VisionError> {
+    r.width = frame.cols() as u32;
+    r.height = frame.rows() as u32;
+    for task in tasks {
+        match task {
+            vision_task::Task::Faces(f) => {
+                let min = if f.min_score > 0.0 { f.min_score } else { 0.5 };
+                let mut faces = match FaceDetector::try_from(f.detector) {
+                    Ok(FaceDetector::Haar) => {
+                        cascade(&mut s.haar, "haarcascade_frontalface_default.xml")?
+                            .detect(frame)?
+                    }
+                    Ok(FaceDetector::Lbp) => {
+                        cascade(&mut s.lbp, "lbpcascade_frontalface_improved.xml")?.detect(frame)?
+                    }
+                    _ => match &mut s.detector {
+                        Detector::Ssd(d) => d.detect(frame, min, 0.3)?,
+                        Detector::Cascade(c) => c.detect(frame)?,
+                    },
+                };
+                limit(&mut faces, f.max_faces);
+                r.faces = faces;
+            }
+            vision_task::Task::Objects(o) => {
+                let Detector::Ssd(d) = &mut s.detector else {
+                    return Err(VisionError::Precondition(
+                        "objects needs an SSD detector".into(),
+                    ));
+                };
+                let min = if o.min_score > 0.0 { o.min_score } else { 0.5 };
+                let iou = if o.iou_threshold > 0.0 {
+                    o.iou_threshold
+                } else {
+                    0.3
+                };
+                let mut objects = d.detect(frame, min, iou)?;
+                limit(&mut objects, o.max_detections);
+                r.objects = objects;
+            }
+            other => check(other, s)?,
+        }
+    }
+    Ok(())
+}
+
+/// The task of a VisionTask message.
+pub fn task_of(t: &VisionTask) -> Result<&vision_task::Task, VisionError> {
+    t.task
+        .as_ref()
+        .ok_or_else(|| VisionError::Invalid("a task without its kind".into()))
+}
+
+/// One task on every image, in order.
+pub fn process_batch(
+    s: &mut Served,
+    req: &ProcessBatchRequest,
+) -> Result<ProcessBatchResponse, VisionError> {
+    let n = req.images.len();
+    if n == 0 || n > MAX_IMAGES {
+        return Err(VisionError::Invalid(format!(
+            "images holds {n} images; 1..{MAX_IMAGES} are allowed"
+        )));
+    }
+    let task = req
+        .task
+        .as_ref()
+        .ok_or_else(|| VisionError::Invalid("task is required".into()))
+        .and_then(task_of)?;
+    if let vision_task::Task::Tracking(_) = task {
+        return Err(VisionError::Invalid(
+            "tracking is a stream task; it is not allowed in ProcessBatch".into(),
+        ));
+    }
+    check(task, s)?;
+    let tasks = std::slice::from_ref(task);
+    let mut results = Vec::with_capacity(n);
+    for (i, img) in req.images.iter().enumerate() {
+        let started = Instant::now();
+        let frame = to_bgr(img, &format!("images[{i}]"))?;
+        let decoded = started.elapsed();
+        let mut r = ProcessResponse {
+            frame_index: i as u64,
+            ..Default::default()
+        };
+        run(s, tasks, &frame, &mut r)?;
+        r.timings = Some(FrameTimings {
+            decode_us: decoded.as_micros() as u64,
+            process_us: (started.elapsed() - decoded).as_micros() as u64,
+            total_us: started.elapsed().as_micros() as u64,
+        });
+        results.push(r);
+    }
+    Ok(ProcessBatchResponse { results })
+}
+
+fn cascade<'a>(slot: &'a mut Option<Cascade>, name: &str) -> Result<&'a mut Cascade, VisionError> {
+    if slot.is_none() {
+        *slot = Some(Cascade::system(name)?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| VisionError::Internal("cascade slot".into()))
+}
+
+/// Keeps the `max` best (0: all).
+fn limit(d: &mut Vec<Detection>, max: u32) {
+    d.sort_by(|a, b| b.score.total_cmp(&a.score));
+    if max > 0 {
+        d.truncate(max as usize);
+    }
+}
