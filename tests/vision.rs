@@ -432,3 +432,155 @@ async fn a_worker_killed_mid_stream_ends_it_with_unavailable_and_a_new_stream_wo
     let r = s.message().await.expect("works again").expect("a result");
     assert_eq!(r.faces.len(), 1);
 }
+
+/// A deterministic texture, BGR, `w`x`h`, shifted right by `dx` and down by
+/// `dy` (what scrolls in from the edge is texture too): smooth structure at
+/// several scales that never repeats within the frame, plus pixel noise.
+fn texture(w: usize, h: usize, dx: usize, dy: usize) -> Vec<u8> {
+    let value = |x: f64, y: f64, c: f64| -> u8 {
+        let smooth = 60.0 * (x / 9.3 + c).sin() * (y / 7.1).cos()
+            + 45.0 * ((x + 2.0 * y) / 23.7 + c * 0.7).sin()
+            + 30.0 * ((x * x + y * y).sqrt() / 17.9).sin();
+        let hash =
+            ((x as u64 * 73_856_093) ^ (y as u64 * 19_349_663) ^ (c as u64 * 83_492_791)) % 17;
+        (128.0 + smooth + hash as f64).clamp(0.0, 255.0) as u8
+    };
+    let mut out = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                out.push(value(
+                    (x + 1000 - dx) as f64,
+                    (y + 1000 - dy) as f64,
+                    c as f64,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn raw_bgr(w: u32, h: u32, data: Vec<u8>) -> Image {
+    Image {
+        data: Some(image::Data::Raw(RawImage {
+            width: w,
+            height: h,
+            format: PixelFormat::Bgr8 as i32,
+            stride: 0,
+            data: data.into(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_template_from_another_frame_is_found_within_two_pixels() {
+    use sidecar_proto::v1::{MatchMethod, TemplateMatchingTask};
+    let _serial = serial().await;
+    let (_sc, mut client) = sidecar().await;
+    let (w, h) = (320usize, 240usize);
+    // The template: a 48x36 patch of frame A at (100, 80), with noise.
+    let a = texture(w, h, 0, 0);
+    let (tx, ty, tw, th) = (100usize, 80usize, 48usize, 36usize);
+    let mut patch = Vec::with_capacity(tw * th * 3);
+    for y in ty..ty + th {
+        for x in tx..tx + tw {
+            for c in 0..3 {
+                let noise = ((x * 31 + y * 17 + c * 7) % 21) as i32 - 10;
+                patch.push((i32::from(a[(y * w + x) * 3 + c]) + noise).clamp(0, 255) as u8);
+            }
+        }
+    }
+    // Searched in frame B, where everything moved 7 px right and 3 down.
+    let b = raw_bgr(w as u32, h as u32, texture(w, h, 7, 3));
+    let task = |grayscale: bool, scale: f32| VisionTask {
+        task: Some(vision_task::Task::TemplateMatching(TemplateMatchingTask {
+            template: Some(raw_bgr(tw as u32, th as u32, patch.clone())),
+            method: MatchMethod::CcoeffNormed as i32,
+            grayscale,
+            scale,
+            min_score: 0.5,
+        })),
+    };
+    for (grey, scale) in [(false, 1.0), (true, 1.0), (true, 0.5)] {
+        let r = client
+            .process_batch(ProcessBatchRequest {
+                model_id: "faces".into(),
+                task: Some(task(grey, scale)),
+                images: vec![b.clone()],
+            })
+            .await
+            .expect("batch")
+            .into_inner();
+        let m = r.results[0].template_match.expect("a match");
+        let found = m.r#box.expect("box");
+        eprintln!("grey {grey} scale {scale}: {found:?} score {}", m.score);
+        assert!(m.found, "{m:?}");
+        assert!(
+            (found.x - 107.0).abs() <= 2.0 && (found.y - 83.0).abs() <= 2.0,
+            "grey {grey} scale {scale}: {found:?}, expected (107, 83)"
+        );
+        assert_eq!((found.width, found.height), (tw as f32, th as f32));
+    }
+
+    // In a stream, every frame gets its match.
+    let stream = vec![
+        ProcessRequest {
+            msg: Some(process_request::Msg::Config(StreamConfig {
+                model_id: "faces".into(),
+                tasks: vec![task(true, 1.0)],
+                ..Default::default()
+            })),
+        },
+        ProcessRequest {
+            msg: Some(process_request::Msg::Frame(Frame {
+                index: 1,
+                data: Some(frame::Data::Raw(RawImage {
+                    width: w as u32,
+                    height: h as u32,
+                    format: PixelFormat::Bgr8 as i32,
+                    stride: 0,
+                    data: texture(w, h, 7, 3).into(),
+                })),
+                ..Default::default()
+            })),
+        },
+    ];
+    let mut s = client
+        .process(tokio_stream::iter(stream))
+        .await
+        .expect("open")
+        .into_inner();
+    let r = s.message().await.expect("result").expect("one");
+    let found = r.template_match.expect("match").r#box.expect("box");
+    assert!(
+        (found.x - 107.0).abs() <= 2.0 && (found.y - 83.0).abs() <= 2.0,
+        "{found:?}"
+    );
+
+    // A template larger than the frame, and a scale out of range.
+    let small = raw_bgr(20, 20, vec![0u8; 20 * 20 * 3]);
+    let err = client
+        .process_batch(ProcessBatchRequest {
+            model_id: "faces".into(),
+            task: Some(task(false, 1.0)),
+            images: vec![small],
+        })
+        .await
+        .expect_err("too small");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("images[0]") && err.message().contains("smaller than the template"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .process_batch(ProcessBatchRequest {
+            model_id: "faces".into(),
+            task: Some(task(false, 1.5)),
+            images: vec![b],
+        })
+        .await
+        .expect_err("scale");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("scale 1.5"), "{}", err.message());
+}

@@ -15,5 +15,6 @@ pub mod serve;
 pub mod ssd;
 pub mod streams;
 pub mod tasks;
+pub mod template;
 
 pub use error::VisionError;

@@ -12,7 +12,7 @@ use sidecar_proto::v1::{
 
 use crate::error::VisionError;
 use crate::image::to_bgr;
-use crate::tasks::{self, Served};
+use crate::tasks::{self, Prepared, Served};
 
 /// Most frames a stream may keep waiting.
 const MAX_PENDING: u32 = 64;
@@ -23,6 +23,7 @@ pub struct Stream {
     /// Its request id.
     pub id: u64,
     tasks: Vec<vision_task::Task>,
+    prepared: Prepared,
     pending: VecDeque<(Frame, Instant)>,
     max_pending: usize,
     drop_oldest: bool,
@@ -74,6 +75,7 @@ impl Stream {
         };
         Ok(Stream {
             id,
+            prepared: Prepared::new(&tasks)?,
             tasks,
             pending: VecDeque::new(),
             max_pending,
@@ -135,7 +137,7 @@ impl Stream {
                 timestamp_us: f.timestamp_us,
                 ..Default::default()
             };
-            tasks::run(served, &self.tasks, &mat, &mut r)?;
+            tasks::run(served, &self.tasks, &self.prepared, &mat, &mut r, &at)?;
             r.timings = Some(FrameTimings {
                 decode_us: decoded.as_micros() as u64,
                 process_us: (started.elapsed() - decoded).as_micros() as u64,

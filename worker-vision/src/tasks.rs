@@ -13,6 +13,7 @@ use sidecar_proto::v1::{
 use crate::detect::{Cascade, Ssd};
 use crate::error::VisionError;
 use crate::image::to_bgr;
+use crate::template::Template;
 
 /// Most images of one ProcessBatch.
 const MAX_IMAGES: usize = 256;
@@ -75,18 +76,42 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
         vision_task::Task::Tracking(_) => Err(VisionError::Unimplemented(
             "tracking is not served yet".into(),
         )),
-        vision_task::Task::TemplateMatching(_) | vision_task::Task::AutoCrop(_) => Err(
-            VisionError::Unimplemented("template matching and auto-crop are not served yet".into()),
-        ),
+        // Checked when prepared (`Prepared::new`).
+        vision_task::Task::TemplateMatching(_) => Ok(()),
+        vision_task::Task::AutoCrop(_) => Err(VisionError::Unimplemented(
+            "auto-crop is not served yet".into(),
+        )),
     }
 }
 
-/// Runs `tasks` on a decoded frame, filling `r`.
+/// What the tasks of a call or stream set up once (the template).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    template: Option<Template>,
+}
+
+impl Prepared {
+    /// Prepares `tasks` (checked already).
+    pub fn new(tasks: &[vision_task::Task]) -> Result<Prepared, VisionError> {
+        let mut p = Prepared::default();
+        for t in tasks {
+            if let vision_task::Task::TemplateMatching(m) = t {
+                p.template = Some(Template::new(m)?);
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Runs `tasks` on a decoded frame, filling `r`; `at` names the frame in
+/// errors.
 pub fn run(
     s: &mut Served,
     tasks: &[vision_task::Task],
+    prepared: &Prepared,
     frame: &Mat,
     r: &mut ProcessResponse,
+    at: &str,
 ) -> Result<(), VisionError> {
     r.width = frame.cols() as u32;
     r.height = frame.rows() as u32;
@@ -126,6 +151,11 @@ pub fn run(
                 limit(&mut objects, o.max_detections);
                 r.objects = objects;
             }
+            vision_task::Task::TemplateMatching(_) => {
+                if let Some(t) = &prepared.template {
+                    r.template_match = Some(t.find(frame, at)?);
+                }
+            }
             other => check(other, s)?,
         }
     }
@@ -162,6 +192,7 @@ pub fn process_batch(
     }
     check(task, s)?;
     let tasks = std::slice::from_ref(task);
+    let prepared = Prepared::new(tasks)?;
     let mut results = Vec::with_capacity(n);
     for (i, img) in req.images.iter().enumerate() {
         let started = Instant::now();
@@ -171,7 +202,7 @@ pub fn process_batch(
             frame_index: i as u64,
             ..Default::default()
         };
-        run(s, tasks, &frame, &mut r)?;
+        run(s, tasks, &prepared, &frame, &mut r, &format!("images[{i}]"))?;
         r.timings = Some(FrameTimings {
             decode_us: decoded.as_micros() as u64,
             process_us: (started.elapsed() - decoded).as_micros() as u64,
