@@ -584,3 +584,118 @@ async fn a_noisy_template_from_another_frame_is_found_within_two_pixels() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("scale 1.5"), "{}", err.message());
 }
+
+/// A dark 320x180 BGR frame with a bright textured 30x30 square centred at
+/// (`cx`, 90).
+fn square_frame(cx: usize) -> Vec<u8> {
+    let (w, h) = (320usize, 180usize);
+    let mut out = vec![20u8; w * h * 3];
+    for y in 75..105 {
+        for x in cx - 15..cx + 15 {
+            for c in 0..3 {
+                out[(y * w + x) * 3 + c] = 160 + ((x * 7 + y * 13 + c * 5) % 90) as u8;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_crop_follows_faces_and_salient_motion_smoothly() {
+    use sidecar_proto::v1::{AutoCropTask, CropFocus};
+    let _serial = serial().await;
+    let (_sc, mut client) = sidecar().await;
+    let crop = |focus: CropFocus| VisionTask {
+        task: Some(vision_task::Task::AutoCrop(AutoCropTask {
+            aspect_ratio: 9.0 / 16.0,
+            focus: focus as i32,
+            smoothing: 0.0,
+            max_shift: 0.0,
+        })),
+    };
+
+    // Faces: a 9:16 window over the square photograph, around the face.
+    let r = client
+        .process_batch(ProcessBatchRequest {
+            model_id: "faces".into(),
+            task: Some(crop(CropFocus::Unspecified)),
+            images: vec![astronaut()],
+        })
+        .await
+        .expect("crop")
+        .into_inner();
+    let window = r.results[0].crop.clone().expect("a window");
+    let b = window.r#box.expect("box");
+    eprintln!("faces: {b:?}");
+    assert_eq!(window.focus, "faces");
+    assert!(
+        (b.height - 512.0).abs() < 0.5 && (b.width - 288.0).abs() < 0.5,
+        "{b:?}"
+    );
+    assert!(
+        b.x <= FACE.x && b.x + b.width >= FACE.x + FACE.width,
+        "the face is inside {b:?}"
+    );
+
+    // Saliency: a bright square moving right 12 px a frame.
+    let mut frames = vec![ProcessRequest {
+        msg: Some(process_request::Msg::Config(StreamConfig {
+            model_id: "faces".into(),
+            tasks: vec![crop(CropFocus::Saliency)],
+            ..Default::default()
+        })),
+    }];
+    let positions: Vec<usize> = (0..20).map(|i| 40 + 12 * i).collect();
+    for (i, &cx) in positions.iter().enumerate() {
+        frames.push(ProcessRequest {
+            msg: Some(process_request::Msg::Frame(Frame {
+                index: i as u64,
+                data: Some(frame::Data::Raw(RawImage {
+                    width: 320,
+                    height: 180,
+                    format: PixelFormat::Bgr8 as i32,
+                    stride: 0,
+                    data: square_frame(cx).into(),
+                })),
+                ..Default::default()
+            })),
+        });
+    }
+    let mut s = client
+        .process(tokio_stream::iter(frames))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut centres = Vec::new();
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        let w = r.crop.expect("a window");
+        assert_eq!(w.focus, "saliency");
+        let b = w.r#box.expect("box");
+        assert!(
+            (b.height - 180.0).abs() < 0.5 && (b.width - 101.25).abs() < 0.5,
+            "{b:?}"
+        );
+        assert!(
+            b.x >= -0.01 && b.x + b.width <= 320.01,
+            "inside the frame: {b:?}"
+        );
+        centres.push(b.x + b.width / 2.0);
+    }
+    eprintln!("saliency centres: {centres:?}");
+    assert_eq!(centres.len(), 20);
+    // The first window is on the square; then it follows, smoothly: no
+    // step beyond the default 5% of the width, never backwards.
+    assert!(
+        (centres[0] - 50.6).abs() < 25.0,
+        "first window at {}",
+        centres[0]
+    );
+    for pair in centres.windows(2) {
+        let step = pair[1] - pair[0];
+        assert!((-0.5..=16.01).contains(&step), "step {step} in {centres:?}");
+    }
+    assert!(
+        centres[19] > centres[0] + 100.0,
+        "it followed the square: {centres:?}"
+    );
+}

@@ -4,10 +4,11 @@
 //!
 //! Owns: image decoding (raw pixels, JPEG/PNG), MediaPipe-style SSD
 //! decoding, cascades, ProcessBatch, Process streams (per-stream frame
-//! queues with an overflow policy, round-robin). Not yet: H.264, tracking,
-//! template matching, auto-crop.
+//! queues with an overflow policy, round-robin), template matching and
+//! auto-crop. Not yet: H.264, tracking.
 #![forbid(unsafe_code)]
 
+pub mod crop;
 pub mod detect;
 pub mod error;
 pub mod image;

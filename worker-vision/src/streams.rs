@@ -137,7 +137,7 @@ impl Stream {
                 timestamp_us: f.timestamp_us,
                 ..Default::default()
             };
-            tasks::run(served, &self.tasks, &self.prepared, &mat, &mut r, &at)?;
+            tasks::run(served, &self.tasks, &mut self.prepared, &mat, &mut r, &at)?;
             r.timings = Some(FrameTimings {
                 decode_us: decoded.as_micros() as u64,
                 process_us: (started.elapsed() - decoded).as_micros() as u64,

@@ -10,6 +10,7 @@ use sidecar_proto::v1::{
     ProcessResponse, VisionTask, vision_task,
 };
 
+use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
 use crate::error::VisionError;
 use crate::image::to_bgr;
@@ -77,17 +78,16 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
             "tracking is not served yet".into(),
         )),
         // Checked when prepared (`Prepared::new`).
-        vision_task::Task::TemplateMatching(_) => Ok(()),
-        vision_task::Task::AutoCrop(_) => Err(VisionError::Unimplemented(
-            "auto-crop is not served yet".into(),
-        )),
+        vision_task::Task::TemplateMatching(_) | vision_task::Task::AutoCrop(_) => Ok(()),
     }
 }
 
-/// What the tasks of a call or stream set up once (the template).
+/// What the tasks of a call or stream set up once (the template) or keep
+/// from frame to frame (the crop window).
 #[derive(Debug, Default)]
 pub struct Prepared {
     template: Option<Template>,
+    crop: Option<AutoCrop>,
 }
 
 impl Prepared {
@@ -95,8 +95,10 @@ impl Prepared {
     pub fn new(tasks: &[vision_task::Task]) -> Result<Prepared, VisionError> {
         let mut p = Prepared::default();
         for t in tasks {
-            if let vision_task::Task::TemplateMatching(m) = t {
-                p.template = Some(Template::new(m)?);
+            match t {
+                vision_task::Task::TemplateMatching(m) => p.template = Some(Template::new(m)?),
+                vision_task::Task::AutoCrop(c) => p.crop = Some(AutoCrop::new(c)?),
+                _ => {}
             }
         }
         Ok(p)
@@ -108,7 +110,7 @@ impl Prepared {
 pub fn run(
     s: &mut Served,
     tasks: &[vision_task::Task],
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     frame: &Mat,
     r: &mut ProcessResponse,
     at: &str,
@@ -156,6 +158,21 @@ pub fn run(
                     r.template_match = Some(t.find(frame, at)?);
                 }
             }
+            vision_task::Task::AutoCrop(_) => {
+                if let Some(crop) = prepared.crop.as_mut() {
+                    // The frame's faces: this frame's face task's, or the
+                    // model's own detector run for the crop.
+                    let faces = if !crop.wants_faces() || !r.faces.is_empty() {
+                        r.faces.clone()
+                    } else {
+                        match &mut s.detector {
+                            Detector::Ssd(d) => d.detect(frame, 0.5, 0.3)?,
+                            Detector::Cascade(c) => c.detect(frame)?,
+                        }
+                    };
+                    r.crop = Some(crop.window(frame, &faces)?);
+                }
+            }
             other => check(other, s)?,
         }
     }
@@ -192,7 +209,7 @@ pub fn process_batch(
     }
     check(task, s)?;
     let tasks = std::slice::from_ref(task);
-    let prepared = Prepared::new(tasks)?;
+    let mut prepared = Prepared::new(tasks)?;
     let mut results = Vec::with_capacity(n);
     for (i, img) in req.images.iter().enumerate() {
         let started = Instant::now();
@@ -202,7 +219,18 @@ pub fn process_batch(
             frame_index: i as u64,
             ..Default::default()
         };
-        run(s, tasks, &prepared, &frame, &mut r, &format!("images[{i}]"))?;
+        // Images of a batch are independent: no smoothing across them.
+        if let Some(c) = prepared.crop.as_mut() {
+            c.reset();
+        }
+        run(
+            s,
+            tasks,
+            &mut prepared,
+            &frame,
+            &mut r,
+            &format!("images[{i}]"),
+        )?;
         r.timings = Some(FrameTimings {
             decode_us: decoded.as_micros() as u64,
             process_us: (started.elapsed() - decoded).as_micros() as u64,
