@@ -233,7 +233,7 @@ async fn bad_images_and_tasks_get_clear_errors() {
             );
         }
     }
-    // A stream must start with its config, and its tasks must be served.
+    // A stream must start with its config, and its tasks must make sense.
     let frame_first = ProcessRequest {
         msg: Some(process_request::Msg::Frame(Frame::default())),
     };
@@ -256,8 +256,16 @@ async fn bad_images_and_tasks_get_clear_errors() {
         .await
         .expect("stream opens")
         .into_inner();
-    let err = s.message().await.expect_err("tracking not served yet");
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let err = s
+        .message()
+        .await
+        .expect_err("a tracking task with nothing to track");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("initial_boxes or from_detections"),
+        "{}",
+        err.message()
+    );
 
     // The worker is the same one and still serves.
     client
@@ -698,4 +706,110 @@ async fn auto_crop_follows_faces_and_salient_motion_smoothly() {
         centres[19] > centres[0] + 100.0,
         "it followed the square: {centres:?}"
     );
+}
+
+/// A 320x240 BGR frame: a smooth background and a distinct textured 40x40
+/// object with its top-left corner at (`x`, `y`).
+fn object_frame(x: usize, y: usize) -> Vec<u8> {
+    let mut out = texture(320, 240, 0, 0);
+    for v in out.iter_mut() {
+        *v /= 3;
+    }
+    for yy in y..y + 40 {
+        for xx in x..x + 40 {
+            for c in 0..3 {
+                let (dx, dy) = (xx - x, yy - y);
+                out[(yy * 320 + xx) * 3 + c] = if (dx / 8 + dy / 8 + c) % 2 == 0 {
+                    250
+                } else {
+                    90
+                };
+            }
+        }
+    }
+    out
+}
+
+async fn track(
+    client: &mut VisionServiceClient<Channel>,
+    tracker: sidecar_proto::v1::TrackerType,
+) -> Vec<sidecar_proto::v1::ProcessResponse> {
+    let start = PixelBox {
+        x: 40.0,
+        y: 60.0,
+        width: 40.0,
+        height: 40.0,
+    };
+    let mut frames = vec![ProcessRequest {
+        msg: Some(process_request::Msg::Config(StreamConfig {
+            model_id: "faces".into(),
+            tasks: vec![VisionTask {
+                task: Some(vision_task::Task::Tracking(TrackingTask {
+                    tracker: tracker as i32,
+                    initial_boxes: vec![start],
+                    trajectory_length: 8,
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        })),
+    }];
+    for i in 0..20usize {
+        frames.push(ProcessRequest {
+            msg: Some(process_request::Msg::Frame(Frame {
+                index: i as u64,
+                data: Some(frame::Data::Raw(RawImage {
+                    width: 320,
+                    height: 240,
+                    format: PixelFormat::Bgr8 as i32,
+                    stride: 0,
+                    data: object_frame(40 + 5 * i, 60 + 2 * i).into(),
+                })),
+                ..Default::default()
+            })),
+        });
+    }
+    let mut s = client
+        .process(tokio_stream::iter(frames))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        results.push(r);
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_object_keeps_its_id_and_its_trajectory() {
+    use sidecar_proto::v1::TrackerType;
+    let _serial = serial().await;
+    let (_sc, mut client) = sidecar().await;
+    for tracker in [TrackerType::Csrt, TrackerType::Kcf, TrackerType::Medianflow] {
+        let results = track(&mut client, tracker).await;
+        assert_eq!(results.len(), 20, "{tracker:?}");
+        let mut worst = 1.0f32;
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.tracks.len(), 1, "{tracker:?} frame {i}: {:?}", r.tracks);
+            let t = &r.tracks[0];
+            assert_eq!(t.track_id, 1, "{tracker:?}: the id is stable");
+            let truth = PixelBox {
+                x: (40 + 5 * i) as f32,
+                y: (60 + 2 * i) as f32,
+                width: 40.0,
+                height: 40.0,
+            };
+            let v = iou(&t.r#box.expect("box"), &truth);
+            worst = worst.min(v);
+            assert!(
+                t.visible && v >= 0.5,
+                "{tracker:?} frame {i}: IoU {v}, {:?}",
+                t.r#box
+            );
+            assert_eq!(t.trajectory.len(), (i + 1).min(8), "bounded trajectory");
+            assert_eq!(t.trajectory.last().expect("point").frame_index, i as u64);
+        }
+        eprintln!("{tracker:?}: lowest IoU {worst:.2} over 20 frames");
+    }
 }

@@ -4,8 +4,8 @@
 //!
 //! Owns: image decoding (raw pixels, JPEG/PNG), MediaPipe-style SSD
 //! decoding, cascades, ProcessBatch, Process streams (per-stream frame
-//! queues with an overflow policy, round-robin), template matching and
-//! auto-crop. Not yet: H.264, tracking.
+//! queues with an overflow policy, round-robin), template matching,
+//! auto-crop, tracking with trajectories. Not yet: H.264.
 #![forbid(unsafe_code)]
 
 pub mod crop;
@@ -17,5 +17,6 @@ pub mod ssd;
 pub mod streams;
 pub mod tasks;
 pub mod template;
+pub mod track;
 
 pub use error::VisionError;

@@ -15,6 +15,7 @@ use crate::detect::{Cascade, Ssd};
 use crate::error::VisionError;
 use crate::image::to_bgr;
 use crate::template::Template;
+use crate::track::Tracking;
 
 /// Most images of one ProcessBatch.
 const MAX_IMAGES: usize = 256;
@@ -74,11 +75,10 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
             }
             Ok(())
         }
-        vision_task::Task::Tracking(_) => Err(VisionError::Unimplemented(
-            "tracking is not served yet".into(),
-        )),
         // Checked when prepared (`Prepared::new`).
-        vision_task::Task::TemplateMatching(_) | vision_task::Task::AutoCrop(_) => Ok(()),
+        vision_task::Task::TemplateMatching(_)
+        | vision_task::Task::AutoCrop(_)
+        | vision_task::Task::Tracking(_) => Ok(()),
     }
 }
 
@@ -88,6 +88,7 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
 pub struct Prepared {
     template: Option<Template>,
     crop: Option<AutoCrop>,
+    tracking: Option<Tracking>,
 }
 
 impl Prepared {
@@ -98,6 +99,7 @@ impl Prepared {
             match t {
                 vision_task::Task::TemplateMatching(m) => p.template = Some(Template::new(m)?),
                 vision_task::Task::AutoCrop(c) => p.crop = Some(AutoCrop::new(c)?),
+                vision_task::Task::Tracking(t) => p.tracking = Some(Tracking::new(t)?),
                 _ => {}
             }
         }
@@ -173,8 +175,34 @@ pub fn run(
                     r.crop = Some(crop.window(frame, &faces)?);
                 }
             }
-            other => check(other, s)?,
+            // After the other tasks: it may use their detections.
+            vision_task::Task::Tracking(_) => {}
         }
+    }
+    if let Some(tracking) = prepared.tracking.as_mut() {
+        let detections = if tracking.wants_detections() {
+            let found = if !r.faces.is_empty()
+                || tasks
+                    .iter()
+                    .any(|t| matches!(t, vision_task::Task::Faces(_)))
+            {
+                r.faces.clone()
+            } else if tasks
+                .iter()
+                .any(|t| matches!(t, vision_task::Task::Objects(_)))
+            {
+                r.objects.clone()
+            } else {
+                match &mut s.detector {
+                    Detector::Ssd(d) => d.detect(frame, 0.5, 0.3)?,
+                    Detector::Cascade(c) => c.detect(frame)?,
+                }
+            };
+            Some(found)
+        } else {
+            None
+        };
+        r.tracks = tracking.step(frame, r.frame_index, detections.as_deref())?;
     }
     Ok(())
 }
