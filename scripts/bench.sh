@@ -9,8 +9,12 @@
 # `scripts/bench.sh lite [REPS]` runs the LITE benchmark instead: latency
 # through the whole stack against the LiteRT Python interpreter in-process.
 #
+# `scripts/bench.sh vision [REPS]`: face-detection stream FPS against the
+# same processing in-process.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
+#        scripts/bench.sh vision [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -24,6 +28,16 @@ if [[ "${1:-}" == lite ]]; then
     echo "bench: LITE, ${2:-3} interleaved runs; this takes a few minutes" >&2
     BENCH_PYTHON="$root/.venv/bin/python" BENCH_REPS="${2:-3}" \
         SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_lite"
+    exit
+fi
+if [[ "${1:-}" == vision ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p worker-vision --example vision_direct
+    cargo build --release -p e2e --example bench_vision
+    echo "bench: VISION, ${2:-3} interleaved runs; this takes a few minutes" >&2
+    VISION_DIRECT="$CARGO_TARGET_DIR/release/examples/vision_direct" BENCH_REPS="${2:-3}" \
+        SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_vision"
     exit
 fi
 threads="${1:-2}"

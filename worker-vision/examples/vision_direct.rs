@@ -1,0 +1,52 @@
+//! The VISION benchmark's reference (`scripts/bench.sh vision`): the same
+//! processing as a sidecar stream frame (raw BGR pixels to an OpenCV
+//! matrix, BlazeFace through LiteRT with MediaPipe's decoding) in a plain
+//! in-process loop, on the same synthetic frames.
+//!
+//! Usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS
+//! Prints `fps=..`.
+#![allow(clippy::print_stdout)] // The report is this tool's output.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
+use worker_vision::detect::Ssd;
+use worker_vision::image::to_bgr;
+
+/// The benchmark's frames: frame `k` of a `w`x`h` BGR sequence (the client
+/// side makes the same bytes).
+pub fn frame(w: usize, h: usize, k: usize) -> Vec<u8> {
+    (0..w * h * 3)
+        .map(|i| ((i / 3 % w + i / 3 / w + 7 * k + (i % 3) * 50) % 256) as u8)
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() != 6 {
+        return Err("usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS".into());
+    }
+    let (w, h): (usize, usize) = (a[3].parse()?, a[4].parse()?);
+    let seconds: f64 = a[5].parse()?;
+    let mut ssd = Ssd::load(Path::new(&a[1]), Path::new(&a[2]), 1, None)?;
+    let images: Vec<Image> = (0..8)
+        .map(|k| Image {
+            data: Some(image::Data::Raw(RawImage {
+                width: w as u32,
+                height: h as u32,
+                format: PixelFormat::Bgr8 as i32,
+                stride: 0,
+                data: frame(w, h, k).into(),
+            })),
+        })
+        .collect();
+    let (start, mut n) = (Instant::now(), 0usize);
+    while start.elapsed() < Duration::from_secs_f64(seconds) {
+        let mat = to_bgr(&images[n % images.len()], "frame")?;
+        ssd.detect(&mat, 0.5, 0.3)?;
+        n += 1;
+    }
+    println!("fps={:.1}", n as f64 / start.elapsed().as_secs_f64());
+    Ok(())
+}
