@@ -31,7 +31,7 @@ cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 # --- apt packages -----------------------------------------------------------
-apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip libopencv-dev opencv-data)
+apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip libopencv-dev opencv-data nasm)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

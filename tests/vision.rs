@@ -813,3 +813,61 @@ async fn a_tracked_object_keeps_its_id_and_its_trajectory() {
         eprintln!("{tracker:?}: lowest IoU {worst:.2} over 20 frames");
     }
 }
+
+/// A Baseline H.264 Annex-B stream of `n` 160x120 frames of a moving
+/// gradient, made with OpenH264's encoder.
+fn h264_stream(n: usize) -> Vec<u8> {
+    use openh264::encoder::Encoder;
+    use openh264::formats::{RgbSliceU8, YUVBuffer};
+    let (w, h) = (160usize, 120usize);
+    let mut enc = Encoder::new().expect("encoder");
+    let mut out = Vec::new();
+    for k in 0..n {
+        let rgb: Vec<u8> = (0..w * h * 3)
+            .map(|i| ((i / 3 % w + i / 3 / w + 5 * k + (i % 3) * 60) % 256) as u8)
+            .collect();
+        let yuv = YUVBuffer::from_rgb_source(RgbSliceU8::new(&rgb, (w, h)));
+        out.extend(enc.encode(&yuv).expect("encode").to_vec());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_stream_split_anywhere_decodes_every_frame() {
+    let _serial = serial().await;
+    let (_sc, mut client) = sidecar().await;
+    let stream = h264_stream(30);
+    let mut msgs = vec![config(OverflowPolicy::Unspecified, 4)];
+    // Chunks of 777 bytes: NAL units split across messages.
+    for chunk in stream.chunks(777) {
+        msgs.push(ProcessRequest {
+            msg: Some(process_request::Msg::Frame(Frame {
+                data: Some(frame::Data::H264(chunk.to_vec().into())),
+                ..Default::default()
+            })),
+        });
+    }
+    msgs.push(ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame {
+            flush: true,
+            ..Default::default()
+        })),
+    });
+    let chunks = msgs.len() - 2;
+    let mut s = client
+        .process(tokio_stream::iter(msgs))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut indices = Vec::new();
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        assert_eq!((r.width, r.height), (160, 120));
+        indices.push(r.frame_index);
+    }
+    eprintln!("{} pictures from {chunks} chunks", indices.len());
+    assert_eq!(
+        indices,
+        (0..30).collect::<Vec<u64>>(),
+        "every frame, in order"
+    );
+}

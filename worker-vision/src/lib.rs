@@ -5,12 +5,13 @@
 //! Owns: image decoding (raw pixels, JPEG/PNG), MediaPipe-style SSD
 //! decoding, cascades, ProcessBatch, Process streams (per-stream frame
 //! queues with an overflow policy, round-robin), template matching,
-//! auto-crop, tracking with trajectories. Not yet: H.264.
+//! auto-crop, tracking with trajectories, H.264 streams (OpenH264).
 #![forbid(unsafe_code)]
 
 pub mod crop;
 pub mod detect;
 pub mod error;
+pub mod h264;
 pub mod image;
 pub mod serve;
 pub mod ssd;

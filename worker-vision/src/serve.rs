@@ -241,7 +241,15 @@ impl Worker<'_> {
             self.turn = i + 1;
             let id = s.id;
             match self.streams[i].step(served) {
-                Some(Ok(r)) => self.answer(id, Some(worker_response::Body::Vision(r)), Flags::NONE),
+                // An H.264 chunk that completed no picture is acknowledged
+                // with an empty answer, so the supervisor's count of frames
+                // in flight stays true.
+                Some(Ok(results)) if results.is_empty() => self.answer(id, None, Flags::NONE),
+                Some(Ok(results)) => {
+                    for r in results {
+                        self.answer(id, Some(worker_response::Body::Vision(r)), Flags::NONE);
+                    }
+                }
                 Some(Err(e)) => {
                     self.streams.remove(i);
                     self.fail(id, &e);

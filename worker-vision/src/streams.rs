@@ -5,12 +5,15 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use opencv::core::Mat;
+
 use sidecar_proto::v1::{
     Frame, FrameTimings, Image, OverflowPolicy, ProcessResponse, StreamConfig, frame, image,
     vision_task,
 };
 
 use crate::error::VisionError;
+use crate::h264::H264;
 use crate::image::to_bgr;
 use crate::tasks::{self, Prepared, Served};
 
@@ -29,6 +32,10 @@ pub struct Stream {
     drop_oldest: bool,
     /// Arrival count, for frames that give no index.
     arrived: u64,
+    /// The stream's H.264 decoder, made by its first H.264 chunk.
+    h264: Option<H264>,
+    /// Pictures decoded so far, for H.264 chunks that give no index.
+    pictures: u64,
     /// The client sent its last frame.
     pub closed: bool,
 }
@@ -81,19 +88,27 @@ impl Stream {
             max_pending,
             drop_oldest,
             arrived: 0,
+            h264: None,
+            pictures: 0,
             closed: false,
         })
     }
 
     /// Queues a frame; with DROP_OLDEST a full queue gives up its oldest
-    /// frame, whose `dropped` result is returned.
+    /// frame, whose `dropped` result is returned. H.264 chunks are never
+    /// dropped: the pictures after them depend on them.
     pub fn push(&mut self, mut f: Frame) -> Option<ProcessResponse> {
-        if f.index == 0 {
+        let h264 = matches!(f.data, Some(frame::Data::H264(_))) || f.flush;
+        if f.index == 0 && !h264 {
             f.index = self.arrived;
         }
         self.arrived += 1;
         self.pending.push_back((f, Instant::now()));
-        if self.pending.len() > self.max_pending && self.drop_oldest {
+        let oldest_is_h264 = self
+            .pending
+            .front()
+            .is_some_and(|(o, _)| matches!(o.data, Some(frame::Data::H264(_))) || o.flush);
+        if self.pending.len() > self.max_pending && self.drop_oldest && !oldest_is_h264 {
             let (old, _) = self.pending.pop_front()?;
             return Some(ProcessResponse {
                 frame_index: old.index,
@@ -110,41 +125,91 @@ impl Stream {
         !self.pending.is_empty()
     }
 
-    /// Processes the oldest waiting frame. An error ends the stream and
-    /// names the frame.
-    pub fn step(&mut self, served: &mut Served) -> Option<Result<ProcessResponse, VisionError>> {
+    /// Processes the oldest waiting frame: one result, or for an H.264
+    /// chunk one per picture it completed (maybe none). An error ends the
+    /// stream and names the frame.
+    pub fn step(
+        &mut self,
+        served: &mut Served,
+    ) -> Option<Result<Vec<ProcessResponse>, VisionError>> {
         let (f, arrived) = self.pending.pop_front()?;
         let at = format!("frame {}", f.index);
-        let image = match f.data {
-            Some(frame::Data::Raw(raw)) => Image {
-                data: Some(image::Data::Raw(raw)),
-            },
-            Some(frame::Data::Encoded(bytes)) => Image {
-                data: Some(image::Data::Encoded(bytes)),
-            },
-            Some(frame::Data::H264(_)) => {
-                return Some(Err(VisionError::Unimplemented(format!(
-                    "{at}: H.264 frames are not served yet; send raw or JPEG/PNG frames"
-                ))));
-            }
-            None => return Some(Err(VisionError::Invalid(format!("{at}: no frame data")))),
-        };
         let started = Instant::now();
-        let result = to_bgr(&image, &at).and_then(|mat| {
-            let decoded = started.elapsed();
-            let mut r = ProcessResponse {
-                frame_index: f.index,
-                timestamp_us: f.timestamp_us,
-                ..Default::default()
-            };
-            tasks::run(served, &self.tasks, &mut self.prepared, &mat, &mut r, &at)?;
-            r.timings = Some(FrameTimings {
-                decode_us: decoded.as_micros() as u64,
-                process_us: (started.elapsed() - decoded).as_micros() as u64,
-                total_us: arrived.elapsed().as_micros() as u64,
-            });
-            Ok(r)
+        let pictures = match &f.data {
+            Some(frame::Data::Raw(raw)) => to_bgr(
+                &Image {
+                    data: Some(image::Data::Raw(raw.clone())),
+                },
+                &at,
+            )
+            .map(|m| vec![(f.index, m)]),
+            Some(frame::Data::Encoded(bytes)) => to_bgr(
+                &Image {
+                    data: Some(image::Data::Encoded(bytes.clone())),
+                },
+                &at,
+            )
+            .map(|m| vec![(f.index, m)]),
+            Some(frame::Data::H264(chunk)) => self.decode_h264(chunk, f.flush, f.index, &at),
+            None if f.flush => self.decode_h264(&[], true, f.index, &at),
+            None => Err(VisionError::Invalid(format!("{at}: no frame data"))),
+        };
+        let decoded = started.elapsed();
+        let result = pictures.and_then(|pictures| {
+            let mut out = Vec::with_capacity(pictures.len());
+            for (index, mat) in pictures {
+                let t0 = std::time::Instant::now();
+                let mut r = ProcessResponse {
+                    frame_index: index,
+                    timestamp_us: f.timestamp_us,
+                    ..Default::default()
+                };
+                tasks::run(
+                    served,
+                    &self.tasks,
+                    &mut self.prepared,
+                    &mat,
+                    &mut r,
+                    &format!("frame {index}"),
+                )?;
+                r.timings = Some(FrameTimings {
+                    decode_us: decoded.as_micros() as u64,
+                    process_us: t0.elapsed().as_micros() as u64,
+                    total_us: arrived.elapsed().as_micros() as u64,
+                });
+                out.push(r);
+            }
+            Ok(out)
         });
         Some(result)
+    }
+
+    /// Feeds an H.264 chunk to the stream's decoder; the pictures it
+    /// completed, numbered from `index` (or on from the last picture).
+    fn decode_h264(
+        &mut self,
+        chunk: &[u8],
+        flush: bool,
+        index: u64,
+        at: &str,
+    ) -> Result<Vec<(u64, Mat)>, VisionError> {
+        if self.h264.is_none() {
+            self.h264 = Some(H264::new()?);
+        }
+        let Some(decoder) = self.h264.as_mut() else {
+            return Err(VisionError::Internal("H.264 decoder".into()));
+        };
+        let pictures = decoder.feed(chunk, flush, at)?;
+        if index != 0 {
+            self.pictures = index;
+        }
+        Ok(pictures
+            .into_iter()
+            .map(|m| {
+                let i = self.pictures;
+                self.pictures += 1;
+                (i, m)
+            })
+            .collect())
     }
 }

@@ -117,8 +117,9 @@ impl VisionService for VisionApi {
                                     return;
                                 }
                             }
-                            // The end of the stream carries no result.
-                            None => {}
+                            // An H.264 chunk that completed no picture (and the
+                            // end of the stream) carry no result.
+                            None => waiting = waiting.saturating_sub(1),
                             Some(other) => {
                                 let e = Error::Internal(format!("unexpected worker answer {other:?}"));
                                 let _ = tx.send(Err(e.into())).await;
