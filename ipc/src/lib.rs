@@ -34,6 +34,7 @@ mod error;
 mod flow;
 mod frame;
 mod layout;
+mod outbox;
 mod pool;
 mod ring;
 mod self_memory;
@@ -45,6 +46,7 @@ pub use ends::{ChannelConfig, ENV_VAR, Ends, Side, create};
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
+pub use outbox::{Outbox, spawn_heartbeats};
 pub use self_memory::{SelfMemory, self_memory};
 
 /// How long a side waiting for a frame watches the ring before it sleeps on

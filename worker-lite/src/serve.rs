@@ -420,25 +420,17 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), CallError> {
 
 fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
     let started = Instant::now();
-    let spawned = std::thread::Builder::new()
-        .name("heartbeat".into())
-        .spawn(move || {
-            for seq in 1u64.. {
-                std::thread::sleep(HEARTBEAT);
-                let beat = Heartbeat {
-                    seq,
-                    memory: Some(crate::memory::report()),
-                    in_flight: in_flight.load(Ordering::Relaxed),
-                    uptime_ms: started.elapsed().as_millis() as u64,
-                    tokens_generated: 0,
-                };
-                match chan.try_send(0, Kind::Heartbeat, Flags::NONE, &beat.encode_to_vec()) {
-                    Ok(()) | Err(ipc::Error::WouldBlock(_)) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-    if let Err(e) = spawned {
+    let beats = ipc::spawn_heartbeats(chan, HEARTBEAT, move |seq| {
+        Heartbeat {
+            seq,
+            memory: Some(crate::memory::report()),
+            in_flight: in_flight.load(Ordering::Relaxed),
+            uptime_ms: started.elapsed().as_millis() as u64,
+            tokens_generated: 0,
+        }
+        .encode_to_vec()
+    });
+    if let Err(e) = beats {
         tracing::error!("cannot start the heartbeat thread: {e}");
     }
 }

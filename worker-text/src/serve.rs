@@ -5,13 +5,13 @@
 //! deadlines are checked between steps; heartbeats come from a thread of
 //! their own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipc::{Blocked, BlockingChannel, Flags, Kind, Received};
+use ipc::{BlockingChannel, Flags, Kind, Outbox, Received};
 use prost::Message;
 use sidecar_proto::v1::{
     GenerateRequest, GenerateStreamResponse, GenerationDone, ModelFamily, TextOptions, TextTimings,
@@ -45,7 +45,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
         embeds: VecDeque::new(),
         slots: Vec::new(),
         waiting: VecDeque::new(),
-        outbox: HashMap::new(),
+        outbox: Outbox::default(),
     };
     loop {
         if !s.has_work() {
@@ -84,13 +84,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A frame waiting for ring space or credit.
-struct Out {
-    kind: Kind,
-    flags: Flags,
-    bytes: Vec<u8>,
 }
 
 /// A request in a slot.
@@ -133,7 +126,7 @@ struct Scheduler<'c> {
     embeds: VecDeque<EmbedJob>,
     slots: Vec<Option<Active>>,
     waiting: VecDeque<Waiting>,
-    outbox: HashMap<u64, VecDeque<Out>>,
+    outbox: Outbox,
 }
 
 impl Scheduler<'_> {
@@ -150,10 +143,7 @@ impl Scheduler<'_> {
     }
 
     fn queue(&mut self, id: u64, kind: Kind, flags: Flags, bytes: Vec<u8>) {
-        self.outbox
-            .entry(id)
-            .or_default()
-            .push_back(Out { kind, flags, bytes });
+        self.outbox.push(id, kind, flags, bytes);
     }
 
     fn answer(&mut self, id: u64, body: worker_response::Body) {
@@ -311,7 +301,7 @@ impl Scheduler<'_> {
             .position(|s| s.as_ref().is_some_and(|a| a.id == id))
         {
             self.release(i);
-            self.outbox.remove(&id);
+            self.outbox.forget(id);
             self.fail(id, &cancelled);
         } else if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
             self.waiting.remove(i);
@@ -382,28 +372,12 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Sends what waits, request by request; a request without credit
-    /// stays paused, a full ring stops the round.
+    /// Sends what waits; a request without credit stays paused.
     fn flush(&mut self) -> Result<(), WorkerError> {
-        let ids: Vec<u64> = self.outbox.keys().copied().collect();
-        'ids: for id in ids {
-            let Some(queue) = self.outbox.get_mut(&id) else {
-                continue;
-            };
-            while let Some(out) = queue.front() {
-                match self.chan.try_send(id, out.kind, out.flags, &out.bytes) {
-                    Ok(()) => {
-                        queue.pop_front();
-                    }
-                    Err(ipc::Error::WouldBlock(Blocked::NoCredit)) => continue 'ids,
-                    Err(ipc::Error::WouldBlock(Blocked::RingFull)) => break 'ids,
-                    Err(ipc::Error::PeerGone) => gone(),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            self.outbox.remove(&id);
+        match self.outbox.flush(self.chan) {
+            Err(ipc::Error::PeerGone) => gone(),
+            other => other.map_err(WorkerError::from),
         }
-        Ok(())
     }
 
     /// One decode step for every sequence whose reader keeps up; true when
@@ -429,7 +403,7 @@ impl Scheduler<'_> {
             .slots
             .iter_mut()
             .flatten()
-            .filter(|a| !outbox.contains_key(&a.id))
+            .filter(|a| !outbox.holds(a.id))
             .map(|a| &mut a.seq)
             .collect();
         if seqs.is_empty() {
@@ -594,25 +568,17 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), WorkerError> {
 
 fn start_heartbeats(chan: Arc<BlockingChannel>, counters: Arc<Counters>) {
     let started = Instant::now();
-    let spawned = std::thread::Builder::new()
-        .name("heartbeat".into())
-        .spawn(move || {
-            for seq in 1u64.. {
-                std::thread::sleep(HEARTBEAT);
-                let beat = Heartbeat {
-                    seq,
-                    memory: Some(memory::report()),
-                    in_flight: counters.in_flight.load(Ordering::Relaxed),
-                    uptime_ms: started.elapsed().as_millis() as u64,
-                    tokens_generated: counters.tokens_generated.load(Ordering::Relaxed),
-                };
-                match chan.try_send(0, Kind::Heartbeat, Flags::NONE, &beat.encode_to_vec()) {
-                    Ok(()) | Err(ipc::Error::WouldBlock(_)) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-    if let Err(e) = spawned {
+    let beats = ipc::spawn_heartbeats(chan, HEARTBEAT, move |seq| {
+        Heartbeat {
+            seq,
+            memory: Some(memory::report()),
+            in_flight: counters.in_flight.load(Ordering::Relaxed),
+            uptime_ms: started.elapsed().as_millis() as u64,
+            tokens_generated: counters.tokens_generated.load(Ordering::Relaxed),
+        }
+        .encode_to_vec()
+    });
+    if let Err(e) = beats {
         tracing::error!("cannot start the heartbeat thread: {e}");
     }
 }

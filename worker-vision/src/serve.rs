@@ -3,18 +3,16 @@
 //! one frame per turn; a stream whose reader is slow (no credit) waits
 //! alone; a cancel frees its stream at once.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ipc::{Blocked, BlockingChannel, Flags, Kind, Received};
+use ipc::{BlockingChannel, Flags, Kind, Outbox, Received};
 use prost::Message;
 use sidecar_proto::v1::{ModelFamily, VisionOptions};
 use sidecar_proto::worker::{
-    Heartbeat, Hello, Load, Loaded, MemoryReport, WorkerRequest, WorkerResponse, worker_request,
-    worker_response,
+    Heartbeat, Hello, Load, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
 };
 
 use crate::detect::{Cascade, Ssd};
@@ -24,30 +22,13 @@ use crate::tasks::{self, Detector, Served};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-fn memory() -> MemoryReport {
-    let m = ipc::self_memory();
-    MemoryReport {
-        rss_bytes: m.rss_bytes,
-        private_bytes: m.private_bytes,
-        file_bytes: m.file_bytes,
-        ..Default::default()
-    }
-}
-
-/// A frame waiting for ring space or credit.
-struct Out {
-    kind: Kind,
-    flags: Flags,
-    bytes: Vec<u8>,
-}
-
 struct Worker<'c> {
     chan: &'c BlockingChannel,
     served: Option<Served>,
     streams: Vec<Stream>,
     /// Round-robin position among the streams.
     turn: usize,
-    outbox: HashMap<u64, VecDeque<Out>>,
+    outbox: Outbox,
     in_flight: Arc<AtomicU32>,
 }
 
@@ -64,7 +45,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
             "faces".into(),
             "objects".into(),
         ],
-        memory: Some(memory()),
+        memory: Some(worker_lite::memory::report()),
     };
     chan.send(0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())?;
     let in_flight = Arc::new(AtomicU32::new(0));
@@ -74,7 +55,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
         served: None,
         streams: Vec::new(),
         turn: 0,
-        outbox: HashMap::new(),
+        outbox: Outbox::default(),
         in_flight,
     };
     loop {
@@ -114,10 +95,7 @@ impl Worker<'_> {
     }
 
     fn queue(&mut self, id: u64, kind: Kind, flags: Flags, bytes: Vec<u8>) {
-        self.outbox
-            .entry(id)
-            .or_default()
-            .push_back(Out { kind, flags, bytes });
+        self.outbox.push(id, kind, flags, bytes);
     }
 
     fn answer(&mut self, id: u64, body: Option<worker_response::Body>, flags: Flags) {
@@ -147,7 +125,7 @@ impl Worker<'_> {
                 drop(frame);
                 if let Some(i) = self.streams.iter().position(|s| s.id == id) {
                     self.streams.remove(i);
-                    self.outbox.remove(&id);
+                    self.outbox.forget(id);
                     self.fail(id, &VisionError::Cancelled);
                 }
             }
@@ -162,7 +140,7 @@ impl Worker<'_> {
                 self.answer(
                     id,
                     Some(worker_response::Body::Loaded(Loaded {
-                        memory: Some(memory()),
+                        memory: Some(worker_lite::memory::report()),
                         ..Default::default()
                     })),
                     Flags::END,
@@ -235,7 +213,7 @@ impl Worker<'_> {
         for k in 0..n {
             let i = (self.turn + k) % n;
             let s = &self.streams[i];
-            if !s.has_pending() || self.outbox.contains_key(&s.id) {
+            if !s.has_pending() || self.outbox.holds(s.id) {
                 continue;
             }
             self.turn = i + 1;
@@ -262,28 +240,12 @@ impl Worker<'_> {
         false
     }
 
-    /// Sends what waits; a request without credit stays paused, a full
-    /// ring stops the round.
+    /// Sends what waits; a request without credit stays paused.
     fn flush(&mut self) -> Result<(), VisionError> {
-        let ids: Vec<u64> = self.outbox.keys().copied().collect();
-        'ids: for id in ids {
-            let Some(queue) = self.outbox.get_mut(&id) else {
-                continue;
-            };
-            while let Some(out) = queue.front() {
-                match self.chan.try_send(id, out.kind, out.flags, &out.bytes) {
-                    Ok(()) => {
-                        queue.pop_front();
-                    }
-                    Err(ipc::Error::WouldBlock(Blocked::NoCredit)) => continue 'ids,
-                    Err(ipc::Error::WouldBlock(Blocked::RingFull)) => break 'ids,
-                    Err(ipc::Error::PeerGone) => gone(),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            self.outbox.remove(&id);
+        match self.outbox.flush(self.chan) {
+            Err(ipc::Error::PeerGone) => gone(),
+            other => other.map_err(VisionError::from),
         }
-        Ok(())
     }
 }
 
@@ -324,25 +286,17 @@ fn load_model(load: &Load) -> Result<Served, VisionError> {
 
 fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
     let started = Instant::now();
-    let spawned = std::thread::Builder::new()
-        .name("heartbeat".into())
-        .spawn(move || {
-            for seq in 1u64.. {
-                std::thread::sleep(HEARTBEAT);
-                let beat = Heartbeat {
-                    seq,
-                    memory: Some(memory()),
-                    in_flight: in_flight.load(Ordering::Relaxed),
-                    uptime_ms: started.elapsed().as_millis() as u64,
-                    tokens_generated: 0,
-                };
-                match chan.try_send(0, Kind::Heartbeat, Flags::NONE, &beat.encode_to_vec()) {
-                    Ok(()) | Err(ipc::Error::WouldBlock(_)) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-    if let Err(e) = spawned {
+    let beats = ipc::spawn_heartbeats(chan, HEARTBEAT, move |seq| {
+        Heartbeat {
+            seq,
+            memory: Some(worker_lite::memory::report()),
+            in_flight: in_flight.load(Ordering::Relaxed),
+            uptime_ms: started.elapsed().as_millis() as u64,
+            tokens_generated: 0,
+        }
+        .encode_to_vec()
+    });
+    if let Err(e) = beats {
         tracing::error!("cannot start the heartbeat thread: {e}");
     }
 }
