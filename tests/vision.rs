@@ -814,38 +814,83 @@ async fn a_tracked_object_keeps_its_id_and_its_trajectory() {
     }
 }
 
-/// A Baseline H.264 Annex-B stream of `n` 160x120 frames of a moving
-/// gradient, made with OpenH264's encoder.
-fn h264_stream(n: usize) -> Vec<u8> {
-    use openh264::encoder::Encoder;
-    use openh264::formats::{RgbSliceU8, YUVBuffer};
-    let (w, h) = (160usize, 120usize);
-    let mut enc = Encoder::new().expect("encoder");
-    let mut out = Vec::new();
-    for k in 0..n {
-        let rgb: Vec<u8> = (0..w * h * 3)
-            .map(|i| ((i / 3 % w + i / 3 / w + 5 * k + (i % 3) * 60) % 256) as u8)
-            .collect();
-        let yuv = YUVBuffer::from_rgb_source(RgbSliceU8::new(&rgb, (w, h)));
-        out.extend(enc.encode(&yuv).expect("encode").to_vec());
+/// An H.264 Annex-B stream made by ffmpeg (x264, High profile, up to 3
+/// B-frames), and its frame count as ffprobe reads it.
+fn ffmpeg_h264(w: u32, h: u32, frames: u32) -> (Vec<u8>, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stream.264");
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size={w}x{h}:rate=25"))
+        .args(["-frames:v", &frames.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "high",
+            "-bf",
+            "3",
+            "-g",
+            "24",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-f", "h264"])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg (run scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames,has_b_frames"])
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&probe.stdout).to_string();
+    let field = |k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{k} not in ffprobe's {text:?}"))
+    };
+    assert!(field("has_b_frames") > 0, "a stream with B-frames: {text}");
+    (
+        std::fs::read(&path).expect("stream"),
+        field("nb_read_frames"),
+    )
+}
+
+fn h264_chunk(chunk: &[u8]) -> ProcessRequest {
+    ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame {
+            data: Some(frame::Data::H264(chunk.to_vec().into())),
+            ..Default::default()
+        })),
     }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h264_stream_split_anywhere_decodes_every_frame() {
     let _serial = serial().await;
     let (_sc, mut client) = sidecar().await;
-    let stream = h264_stream(30);
+    let (stream, probed) = ffmpeg_h264(320, 240, 60);
     let mut msgs = vec![config(OverflowPolicy::Unspecified, 4)];
-    // Chunks of 777 bytes: NAL units split across messages.
-    for chunk in stream.chunks(777) {
-        msgs.push(ProcessRequest {
-            msg: Some(process_request::Msg::Frame(Frame {
-                data: Some(frame::Data::H264(chunk.to_vec().into())),
-                ..Default::default()
-            })),
-        });
+    // Chunks of 1..2000 bytes: NAL units split across messages anywhere.
+    let (mut at, mut k) = (0usize, 0usize);
+    while at < stream.len() {
+        let len = (k * 7919 % 2000 + 1).min(stream.len() - at);
+        msgs.push(h264_chunk(&stream[at..at + len]));
+        (at, k) = (at + len, k + 1);
     }
     msgs.push(ProcessRequest {
         msg: Some(process_request::Msg::Frame(Frame {
@@ -853,7 +898,6 @@ async fn an_h264_stream_split_anywhere_decodes_every_frame() {
             ..Default::default()
         })),
     });
-    let chunks = msgs.len() - 2;
     let mut s = client
         .process(tokio_stream::iter(msgs))
         .await
@@ -861,13 +905,89 @@ async fn an_h264_stream_split_anywhere_decodes_every_frame() {
         .into_inner();
     let mut indices = Vec::new();
     while let Some(r) = s.message().await.expect("ends cleanly") {
-        assert_eq!((r.width, r.height), (160, 120));
+        assert_eq!((r.width, r.height), (320, 240));
         indices.push(r.frame_index);
     }
-    eprintln!("{} pictures from {chunks} chunks", indices.len());
+    eprintln!(
+        "{} pictures from {k} chunks; ffprobe counts {probed}",
+        indices.len()
+    );
+    assert_eq!(probed, 60);
     assert_eq!(
         indices,
-        (0..30).collect::<Vec<u64>>(),
-        "every frame, in order"
+        (0..probed).collect::<Vec<u64>>(),
+        "every frame ffprobe counts, in order"
     );
+
+    // Garbage after a good start ends that stream with INVALID_ARGUMENT
+    // naming the frame it would have been; a new stream decodes again.
+    let mut garbage = vec![0u8, 0, 0, 1];
+    garbage.extend((0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    garbage.extend([0, 0, 1]);
+    let head = stream.len() / 2;
+    let msgs = vec![
+        config(OverflowPolicy::Unspecified, 4),
+        h264_chunk(&stream[..head]),
+        h264_chunk(&garbage),
+    ];
+    let mut s = client
+        .process(tokio_stream::iter(msgs))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut good = 0u64;
+    let err = loop {
+        match s.message().await {
+            Ok(Some(_)) => good += 1,
+            Ok(None) => panic!("garbage accepted"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("frame {good} (H.264 chunk)"))
+            && err.message().contains("H.264 data the decoder refuses"),
+        "{}",
+        err.message()
+    );
+    eprintln!("garbage after {good} pictures: {}", err.message());
+    let not_h264 = vec![
+        config(OverflowPolicy::Unspecified, 4),
+        h264_chunk(b"GIF89a garbage"),
+    ];
+    let mut s = client
+        .process(tokio_stream::iter(not_h264))
+        .await
+        .expect("open")
+        .into_inner();
+    let err = s.message().await.expect_err("not Annex-B");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("frame 0 (H.264 chunk): not an H.264 Annex-B stream"),
+        "{}",
+        err.message()
+    );
+    let (short, _) = ffmpeg_h264(160, 120, 5);
+    let msgs = vec![
+        config(OverflowPolicy::Unspecified, 4),
+        h264_chunk(&short),
+        ProcessRequest {
+            msg: Some(process_request::Msg::Frame(Frame {
+                flush: true,
+                ..Default::default()
+            })),
+        },
+    ];
+    let mut s = client
+        .process(tokio_stream::iter(msgs))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut n = 0;
+    while s.message().await.expect("decodes").is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 5, "the worker still decodes");
 }

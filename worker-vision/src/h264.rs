@@ -13,10 +13,17 @@ use openh264::{OpenH264API, nal_units};
 
 use crate::error::VisionError;
 
+/// The longest NAL unit a stream may leave incomplete: bytes beyond this
+/// with no start code are not an H.264 stream, and must not grow a buffer
+/// without bound.
+pub const MAX_PENDING: usize = 16 << 20;
+
 /// One stream's decoder and its incomplete bytes.
 pub struct H264 {
     decoder: Decoder,
     pending: Vec<u8>,
+    /// Whether the stream's start was checked for a start code.
+    started: bool,
 }
 
 impl std::fmt::Debug for H264 {
@@ -38,6 +45,31 @@ fn last_start(b: &[u8]) -> usize {
         i -= 1;
     }
     0
+}
+
+/// OpenH264's `DECODING_STATE` bits in words.
+fn decoding_state(code: i64) -> String {
+    const STATES: [(i64, &str); 9] = [
+        (0x02, "a reference picture is lost"),
+        (0x04, "bitstream error"),
+        (0x08, "a dependent layer is lost"),
+        (0x10, "a slice before its parameter sets (SPS/PPS)"),
+        (0x20, "data error (concealed)"),
+        (0x40, "empty reference list"),
+        (0x1000, "invalid argument"),
+        (0x4000, "out of memory"),
+        (0x8000, "picture too large for the output buffer"),
+    ];
+    let words: Vec<&str> = STATES
+        .iter()
+        .filter(|(bit, _)| code & bit != 0)
+        .map(|(_, w)| *w)
+        .collect();
+    if words.is_empty() {
+        format!("decoding state {code:#x}")
+    } else {
+        format!("{} (decoding state {code:#x})", words.join(", "))
+    }
 }
 
 fn to_bgr(yuv: &DecodedYUV<'_>) -> Result<Mat, VisionError> {
@@ -63,6 +95,7 @@ impl H264 {
         Ok(H264 {
             decoder,
             pending: Vec::new(),
+            started: false,
         })
     }
 
@@ -70,14 +103,31 @@ impl H264 {
     /// delayed ones included, when `flush`). `at` names the frame in errors.
     pub fn feed(&mut self, chunk: &[u8], flush: bool, at: &str) -> Result<Vec<Mat>, VisionError> {
         self.pending.extend_from_slice(chunk);
+        if !self.started && (self.pending.len() >= 4 || flush) {
+            if !(self.pending.starts_with(&[0, 0, 1]) || self.pending.starts_with(&[0, 0, 0, 1])) {
+                return Err(VisionError::Invalid(format!(
+                    "{at}: not an H.264 Annex-B stream: it does not begin with a start code (00 00 01)"
+                )));
+            }
+            self.started = true;
+        }
         let cut = if flush {
             self.pending.len()
         } else {
             last_start(&self.pending)
         };
+        if self.pending.len() - cut > MAX_PENDING {
+            return Err(VisionError::Invalid(format!(
+                "{at}: not an H.264 Annex-B stream: {} bytes without a start code (at most {MAX_PENDING})",
+                self.pending.len() - cut
+            )));
+        }
         let complete: Vec<u8> = self.pending.drain(..cut).collect();
         let bad = |e: openh264::Error| {
-            VisionError::Invalid(format!("{at}: H.264 data the decoder refuses: {e}"))
+            VisionError::Invalid(format!(
+                "{at}: H.264 data the decoder refuses: {}",
+                decoding_state(e.native_code())
+            ))
         };
         let mut pictures = Vec::new();
         for nal in nal_units(&complete) {
@@ -96,7 +146,67 @@ impl H264 {
 
 #[cfg(test)]
 mod tests {
-    use super::last_start;
+    use super::{H264, last_start};
+
+    /// Deterministic noise.
+    fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn garbage_is_refused_not_buffered() {
+        let mut d = H264::new().expect("decoder");
+        let e = d
+            .feed(&noise(5000, 7), false, "frame 0")
+            .expect_err("no start code");
+        assert!(
+            e.to_string()
+                .contains("frame 0: not an H.264 Annex-B stream"),
+            "{e}"
+        );
+
+        // Start codes around noise: the decoder's own refusal, in words.
+        let mut g = vec![0, 0, 0, 1];
+        g.extend(noise(3000, 8));
+        g.extend([0, 0, 1]);
+        g.extend(noise(3000, 9));
+        g.extend([0, 0, 1]);
+        let mut d = H264::new().expect("decoder");
+        let e = d.feed(&g, true, "frame 3").expect_err("noise");
+        assert!(
+            e.to_string()
+                .starts_with("frame 3: H.264 data the decoder refuses: "),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("Backtrace"), "{e}");
+    }
+
+    #[test]
+    fn a_start_code_split_across_the_first_chunks_is_accepted() {
+        let mut d = H264::new().expect("decoder");
+        assert!(d.feed(&[0, 0], false, "frame 0").expect("short").is_empty());
+        assert!(
+            d.feed(&[0, 1, 0x09, 0xf0], false, "frame 1")
+                .expect("AUD")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_endless_unit_is_refused_at_the_bound() {
+        let mut d = H264::new().expect("decoder");
+        let mut first = vec![0, 0, 0, 1, 0x65];
+        first.extend(vec![0x55; super::MAX_PENDING]);
+        let e = d.feed(&first, false, "frame 0").expect_err("too long");
+        assert!(e.to_string().contains("without a start code"), "{e}");
+    }
 
     #[test]
     fn the_last_start_code_is_found_in_both_forms() {

@@ -133,7 +133,13 @@ impl Stream {
         served: &mut Served,
     ) -> Option<Result<Vec<ProcessResponse>, VisionError>> {
         let (f, arrived) = self.pending.pop_front()?;
-        let at = format!("frame {}", f.index);
+        let at = match &f.data {
+            // A chunk without an index feeds the stream's next picture.
+            Some(frame::Data::H264(_)) | None if f.index == 0 => {
+                format!("frame {} (H.264 chunk)", self.pictures)
+            }
+            _ => format!("frame {}", f.index),
+        };
         let started = Instant::now();
         let pictures = match &f.data {
             Some(frame::Data::Raw(raw)) => to_bgr(
