@@ -34,6 +34,7 @@ mod error;
 mod flow;
 mod frame;
 mod layout;
+pub mod malloc;
 mod outbox;
 mod pool;
 mod ring;

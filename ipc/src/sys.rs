@@ -394,3 +394,10 @@ pub(crate) fn watch_for_close(sock: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> Res
         }
     }
 }
+
+/// Sets one of glibc's `mallopt` parameters; false when glibc refuses it.
+pub(crate) fn mallopt(param: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: `mallopt` only updates the allocator's tunables (under its
+    // own lock); any value is accepted or refused with 0.
+    unsafe { libc::mallopt(param, value) == 1 }
+}

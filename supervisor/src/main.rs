@@ -7,6 +7,7 @@ use clap::Parser;
 use supervisor::{Cli, Config};
 
 fn main() -> ExitCode {
+    ipc::malloc::keep_freed_memory();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIDECAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

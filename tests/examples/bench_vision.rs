@@ -34,12 +34,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One stream run: its FPS and the worker's mean per-frame timings.
+struct Run {
+    fps: f64,
+    decode_us: u64,
+    process_us: u64,
+    total_us: u64,
+}
+
 async fn stream_fps(
     client: &mut VisionServiceClient<tonic::transport::Channel>,
     w: usize,
     h: usize,
     seconds: f64,
-) -> Res<f64> {
+) -> Res<Run> {
     let frames: Vec<tonic::codegen::Bytes> = (0..8).map(|k| frame_bytes(w, h, k).into()).collect();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ProcessRequest {
@@ -82,16 +90,30 @@ async fn stream_fps(
         }
     });
     let mut n = 0usize;
+    let (mut dec, mut pro, mut tot) = (0u64, 0u64, 0u64);
     while let Some(r) = results.message().await? {
         assert!(!r.dropped);
         n += 1;
+        let t = r.timings.unwrap_or_default();
+        dec += t.decode_us;
+        pro += t.process_us;
+        tot += t.total_us;
     }
     sender.await?;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    let n64 = n.max(1) as u64;
+    Ok(Run {
+        fps: n as f64 / start.elapsed().as_secs_f64(),
+        decode_us: dec / n64,
+        process_us: pro / n64,
+        total_us: tot / n64,
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Res<()> {
+    // The client keeps freed memory as the sidecar's processes do, so its
+    // own allocations do not skew the machine's two cores.
+    ipc::malloc::keep_freed_memory();
     let direct = std::env::var("VISION_DIRECT")
         .map_err(|_| "VISION_DIRECT is not set (run scripts/bench.sh vision)")?;
     let reps: usize = std::env::var("BENCH_REPS").map_or(Ok(3), |v| v.parse())?;
@@ -115,10 +137,12 @@ async fn main() -> Res<()> {
         "Machine: {} cores; 1 thread; median over {reps} interleaved runs of {seconds} s.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| stream | sidecar FPS | in-process FPS | ratio |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| stream | sidecar FPS | in-process FPS | ratio | worker decode / process / arrival-to-result (µs) |"
+    );
+    println!("|---|---:|---:|---:|---|");
     for (w, h) in [(640usize, 480usize), (1280, 720)] {
-        let (mut ours, mut refs) = (Vec::new(), Vec::new());
+        let (mut ours, mut refs, mut last) = (Vec::new(), Vec::new(), None);
         for _ in 0..reps {
             let out = Command::new(&direct)
                 .arg(root().join("runtime/litert/libLiteRt.so"))
@@ -137,12 +161,18 @@ async fn main() -> Res<()> {
                 })?
                 .parse()?;
             refs.push(fps);
-            ours.push(stream_fps(&mut client, w, h, seconds).await?);
+            let run = stream_fps(&mut client, w, h, seconds).await?;
+            ours.push(run.fps);
+            last = Some(run);
         }
         let (o, r) = (median(ours), median(refs));
+        let t = last.ok_or("no runs")?;
         println!(
-            "| {w}x{h} BGR, BlazeFace | {o:.1} | {r:.1} | {:.0}% |",
-            100.0 * o / r
+            "| {w}x{h} BGR, BlazeFace | {o:.1} | {r:.1} | {:.0}% | {} / {} / {} |",
+            100.0 * o / r,
+            t.decode_us,
+            t.process_us,
+            t.total_us
         );
     }
     println!("\nRatio: sidecar FPS / in-process FPS.");

@@ -82,6 +82,20 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
             raw.data.len()
         )));
     }
+    if stride == row {
+        // Tightly packed: a matrix over the frame's own bytes, so the
+        // only pass over the pixels is the copy or conversion to BGR.
+        let flat = Mat::from_slice(&raw.data[..row * h as usize]).map_err(cv("Mat"))?;
+        let shaped = flat.reshape(channels as i32, h as i32).map_err(cv("Mat"))?;
+        return match code {
+            None => shaped.try_clone().map_err(cv("Mat")),
+            Some(code) => {
+                let mut bgr = Mat::default();
+                imgproc::cvt_color(&shaped, &mut bgr, code, 0).map_err(cv("cvtColor"))?;
+                Ok(bgr)
+            }
+        };
+    }
     let mut mat = Mat::new_rows_cols_with_default(h as i32, w as i32, typ, Scalar::all(0.0))
         .map_err(cv("Mat"))?;
     {
@@ -125,12 +139,9 @@ fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, Visi
             raw.data.len()
         )));
     }
-    let mut yuv =
-        Mat::new_rows_cols_with_default((h * 3 / 2) as i32, w as i32, CV_8UC1, Scalar::all(0.0))
-            .map_err(cv("Mat"))?;
-    yuv.data_bytes_mut()
-        .map_err(cv("Mat bytes"))?
-        .copy_from_slice(&raw.data);
+    // A matrix over the frame's own bytes: luma rows, then chroma rows.
+    let flat = Mat::from_slice(&raw.data[..]).map_err(cv("Mat"))?;
+    let yuv = flat.reshape(1, (h * 3 / 2) as i32).map_err(cv("Mat"))?;
     let code = if format == PixelFormat::I420 {
         imgproc::COLOR_YUV2BGR_I420
     } else {
@@ -139,4 +150,105 @@ fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, Visi
     let mut bgr = Mat::default();
     imgproc::cvt_color(&yuv, &mut bgr, code, 0).map_err(cv("cvtColor"))?;
     Ok(bgr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_bgr;
+    use opencv::prelude::*;
+    use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
+
+    fn raw(w: u32, h: u32, format: PixelFormat, stride: u32, data: Vec<u8>) -> Image {
+        Image {
+            data: Some(image::Data::Raw(RawImage {
+                width: w,
+                height: h,
+                format: format as i32,
+                stride,
+                data: data.into(),
+            })),
+        }
+    }
+
+    fn bgr_bytes(img: &Image) -> Vec<u8> {
+        let m = to_bgr(img, "t").expect("converts");
+        assert_eq!(m.channels(), 3);
+        m.data_bytes().expect("continuous").to_vec()
+    }
+
+    /// BGR pixels (b, g, r) of a 3x2 test picture.
+    const PIXELS: [[u8; 3]; 6] = [
+        [10, 20, 30],
+        [40, 50, 60],
+        [70, 80, 90],
+        [0, 0, 255],
+        [0, 255, 0],
+        [255, 0, 0],
+    ];
+
+    #[test]
+    fn every_packed_layout_gives_the_same_bgr_pixels() {
+        let want: Vec<u8> = PIXELS.iter().flatten().copied().collect();
+        let bgr = want.clone();
+        let rgb: Vec<u8> = PIXELS.iter().flat_map(|p| [p[2], p[1], p[0]]).collect();
+        let rgba: Vec<u8> = PIXELS.iter().flat_map(|p| [p[2], p[1], p[0], 7]).collect();
+        let bgra: Vec<u8> = PIXELS.iter().flat_map(|p| [p[0], p[1], p[2], 7]).collect();
+        for (format, data) in [
+            (PixelFormat::Bgr8, bgr.clone()),
+            (PixelFormat::Rgb8, rgb),
+            (PixelFormat::Rgba8, rgba),
+            (PixelFormat::Bgra8, bgra),
+        ] {
+            assert_eq!(bgr_bytes(&raw(3, 2, format, 0, data)), want, "{format:?}");
+        }
+        // Rows padded to 12 bytes, with and without the last row's padding.
+        let mut padded = Vec::new();
+        for row in bgr.chunks(9) {
+            padded.extend_from_slice(row);
+            padded.extend_from_slice(&[99, 99, 99]);
+        }
+        assert_eq!(
+            bgr_bytes(&raw(3, 2, PixelFormat::Bgr8, 12, padded.clone())),
+            want
+        );
+        padded.truncate(21);
+        assert_eq!(bgr_bytes(&raw(3, 2, PixelFormat::Bgr8, 12, padded)), want);
+        let grey = bgr_bytes(&raw(
+            3,
+            2,
+            PixelFormat::Gray8,
+            0,
+            vec![0, 50, 100, 150, 200, 250],
+        ));
+        assert_eq!(&grey[3..6], &[50, 50, 50]);
+    }
+
+    #[test]
+    fn yuv_planes_convert_in_both_layouts() {
+        // 2x2 of luma 128 with neutral chroma: mid-grey, both layouts.
+        for format in [PixelFormat::I420, PixelFormat::Nv12] {
+            let px = bgr_bytes(&raw(2, 2, format, 0, vec![128, 128, 128, 128, 128, 128]));
+            assert!(
+                px.iter().all(|&v| v.abs_diff(128) <= 2),
+                "{format:?}: {px:?}"
+            );
+        }
+        // Strong red chroma (V high): red dominates in both layouts.
+        let i420 = bgr_bytes(&raw(
+            2,
+            2,
+            PixelFormat::I420,
+            0,
+            vec![82, 82, 82, 82, 90, 240],
+        ));
+        let nv12 = bgr_bytes(&raw(
+            2,
+            2,
+            PixelFormat::Nv12,
+            0,
+            vec![82, 82, 82, 82, 90, 240],
+        ));
+        assert_eq!(i420, nv12);
+        assert!(i420[2] > 200 && i420[1] < 40 && i420[0] < 60, "{i420:?}");
+    }
 }

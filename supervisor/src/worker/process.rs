@@ -138,6 +138,11 @@ impl Spawner {
             "LANG",
             "TZ",
             "OMP_NUM_THREADS",
+            // glibc's allocator, for an operator who overrides
+            // `ipc::malloc::keep_freed_memory`'s defaults.
+            "MALLOC_TRIM_THRESHOLD_",
+            "MALLOC_MMAP_THRESHOLD_",
+            "GLIBC_TUNABLES",
         ] {
             if let Ok(v) = std::env::var(key) {
                 cmd.env(key, v);
