@@ -19,6 +19,7 @@ use crate::api::text::TextApi;
 use crate::api::vision::VisionApi;
 use crate::config::Config;
 use crate::error::Error;
+use crate::memory::Guard;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::worker::{KillReason, Spawner};
@@ -47,12 +48,16 @@ pub async fn run(
     let store = Store::open(&config.model_store)?;
     let spawner = Spawner::start()?;
     let (health, health_service) = tonic_health::server::health_reporter();
+    let guard = Guard::new(config.clone());
     let registry = Arc::new(Registry::new(
         store,
         config.clone(),
         spawner,
         health.clone(),
+        guard.clone(),
     ));
+    guard.attach(&registry);
+    tokio::spawn(guard.run(health.clone()));
     for spec in &config.models {
         registry.add(spec.clone())?;
     }

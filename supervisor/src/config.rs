@@ -64,6 +64,8 @@ pub struct Config {
     pub deadlines: Deadlines,
     /// Worker supervision.
     pub workers: WorkerPolicy,
+    /// The memory guard.
+    pub memory: MemoryPolicy,
     /// How long in-flight calls may finish after SIGTERM.
     #[serde(with = "secs")]
     pub shutdown_grace: Duration,
@@ -121,6 +123,54 @@ pub struct WorkerPolicy {
     pub channel_bytes: usize,
 }
 
+/// The memory guard: what it samples, keeps free and lets models use.
+/// Sizes are bytes, or strings such as "512MiB", "2GiB", "100MB".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryPolicy {
+    /// How often worker memory, host memory and GPUs are sampled.
+    #[serde(with = "secs")]
+    pub sample_interval: Duration,
+    /// Host memory kept free: loads that would eat into it are refused (or
+    /// make room first), and a worker that pushes available memory below
+    /// it is killed (`oom`).
+    #[serde(with = "bytes")]
+    pub host_reserve: u64,
+    /// What all models together may use; 0 = the container's cgroup
+    /// `memory.max` less `cgroup_margin` (the supervisor's own room), or
+    /// the host's memory where there is no limit.
+    #[serde(with = "bytes")]
+    pub limit: u64,
+    /// Room left to the supervisor under the container's limit.
+    #[serde(with = "bytes")]
+    pub cgroup_margin: u64,
+    /// GPU memory kept free on every device.
+    #[serde(with = "bytes")]
+    pub gpu_reserve: u64,
+    /// Idle time after which a model loaded on demand (`preload = false`)
+    /// is unloaded; preloaded models stay unless their own `keep_alive`
+    /// says otherwise.
+    #[serde(with = "secs")]
+    pub on_demand_keep_alive: Duration,
+    /// The worker's `oom_score_adj` (the supervisor keeps its own), so a
+    /// kernel OOM picks a worker first.
+    pub worker_oom_score_adj: i32,
+}
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        MemoryPolicy {
+            sample_interval: Duration::from_secs(1),
+            host_reserve: 256 << 20,
+            limit: 0,
+            cgroup_margin: 128 << 20,
+            gpu_reserve: 512 << 20,
+            on_demand_keep_alive: Duration::from_secs(300),
+            worker_oom_score_adj: 800,
+        }
+    }
+}
+
 /// One model of the catalog.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +189,18 @@ pub struct ModelSpec {
     /// Never unloaded to make room.
     #[serde(default)]
     pub pinned: bool,
+    /// Private host memory the worker may use; over it, it is killed
+    /// (`oom`). 0 = no per-model budget (the host reserve still applies).
+    #[serde(default, with = "bytes")]
+    pub memory_budget: u64,
+    /// What admission assumes the model needs before it has run; 0 = the
+    /// guard's estimate from the file (and, for text models, the KV cache).
+    #[serde(default, with = "bytes")]
+    pub memory_estimate: u64,
+    /// Unload after this long without calls (seconds); absent = never for
+    /// preloaded models, `memory.on_demand_keep_alive` for the others.
+    #[serde(default, with = "opt_secs")]
+    pub keep_alive: Option<Duration>,
     /// TEXT options.
     #[serde(default)]
     pub text: TextSpec,
@@ -289,6 +351,7 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             deadlines: Deadlines::default(),
             workers: WorkerPolicy::default(),
+            memory: MemoryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             models: Vec::new(),
         }
@@ -391,9 +454,95 @@ mod secs {
     }
 }
 
+/// Optional durations in seconds.
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Byte sizes: an integer, or a string with a unit (B, KB, MB, GB, KiB,
+/// MiB, GiB, TiB).
+pub mod bytes {
+    use serde::{Deserialize, Deserializer};
+
+    /// Parses "512MiB", "2 GiB", "100MB", "4096".
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size such as 512MiB"))?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB, TiB)"
+                ));
+            }
+        };
+        Ok((number * scale as f64) as u64)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Number(n) => Ok(n),
+            Size::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_with_and_without_units() {
+        for (text, want) in [
+            ("4096", 4096),
+            ("512MiB", 512 << 20),
+            ("2 GiB", 2 << 30),
+            ("100MB", 100_000_000),
+            ("1.5GiB", 3 << 29),
+        ] {
+            assert_eq!(bytes::parse(text), Ok(want), "{text}");
+        }
+        assert!(bytes::parse("12 parsecs").is_err());
+        assert!(bytes::parse("MiB").is_err());
+        let c: Config = toml::from_str(
+            "[memory]\nhost_reserve = \"1GiB\"\n[[models]]\nid='a'\nfamily='text'\npath='x'\nmemory_budget = 1000\nkeep_alive = 2.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.memory.host_reserve, 1 << 30);
+        assert_eq!(c.models[0].memory_budget, 1000);
+        assert_eq!(c.models[0].keep_alive, Some(Duration::from_millis(2500)));
+    }
 
     #[test]
     fn the_example_config_parses() {

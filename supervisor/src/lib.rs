@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod memory;
 pub mod registry;
 pub mod store;
 pub mod worker;

@@ -8,6 +8,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::{Config, ModelSpec};
 use crate::error::Error;
+use crate::memory::Guard;
 use crate::store::Store;
 use crate::worker::{KillReason, Spawner, State, WorkerHandle};
 
@@ -41,6 +42,8 @@ pub struct Registry {
     config: Arc<Config>,
     spawner: Spawner,
     health: HealthReporter,
+    /// The memory guard.
+    pub guard: Arc<Guard>,
 }
 
 impl Registry {
@@ -50,6 +53,7 @@ impl Registry {
         config: Arc<Config>,
         spawner: Spawner,
         health: HealthReporter,
+        guard: Arc<Guard>,
     ) -> Self {
         Registry {
             models: RwLock::default(),
@@ -57,6 +61,7 @@ impl Registry {
             config,
             spawner,
             health,
+            guard,
         }
     }
 
@@ -76,7 +81,13 @@ impl Registry {
                 spec.id
             )));
         }
-        let handle = WorkerHandle::start(spec, file, self.config.clone(), self.spawner.clone());
+        let handle = WorkerHandle::start(
+            spec,
+            file,
+            self.config.clone(),
+            self.spawner.clone(),
+            self.guard.clone(),
+        );
         models.insert(handle.spec.id.clone(), handle.clone());
         self.watch_health(handle.clone());
         Ok(handle)

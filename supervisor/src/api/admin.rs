@@ -9,8 +9,8 @@ use std::time::Instant;
 use sidecar_proto::v1::admin_service_server::AdminService;
 use sidecar_proto::v1::{
     CallWorkerRequest, CallWorkerResponse, DrainModelRequest, DrainModelResponse, GetStatusRequest,
-    HostMemory, ListWorkersRequest, ListWorkersResponse, LogLine, RestartWorkerRequest,
-    RestartWorkerResponse, StatusResponse, StreamLogsRequest, WorkerInfo,
+    ListWorkersRequest, ListWorkersResponse, LogLine, RestartWorkerRequest, RestartWorkerResponse,
+    StatusResponse, StreamLogsRequest, WorkerInfo,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -31,34 +31,6 @@ pub struct AdminApi {
     pub started: Instant,
 }
 
-/// Host memory from /proc/meminfo and the cgroup v2 files, where readable.
-fn host_memory() -> HostMemory {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kb = |name: &str| -> u64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |v| v * 1024)
-    };
-    let cgroup =
-        |file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{file}")).unwrap_or_default();
-    let oom_kills = cgroup("memory.events")
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    HostMemory {
-        total_bytes: kb("MemTotal:"),
-        available_bytes: kb("MemAvailable:"),
-        cgroup_limit_bytes: cgroup("memory.max").trim().parse().unwrap_or(0),
-        cgroup_usage_bytes: cgroup("memory.current").trim().parse().unwrap_or(0),
-        cgroup_oom_kills: oom_kills,
-        reserve_bytes: 0,
-    }
-}
-
 fn unimplemented(what: &str) -> Status {
     Error::Unimplemented(format!("{what} is not served yet on the control socket")).into()
 }
@@ -77,9 +49,9 @@ impl AdminService for AdminApi {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             ready: self.registry.not_ready().is_empty(),
-            host: Some(host_memory()),
-            gpu_monitoring: false,
-            gpus: Vec::new(),
+            host: Some(self.registry.guard.host_proto()),
+            gpu_monitoring: self.registry.guard.gpu_monitoring(),
+            gpus: self.registry.guard.gpus_proto(),
             models: self.registry.list().iter().map(|h| h.info()).collect(),
         }))
     }

@@ -106,6 +106,9 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
         preload: true,
         required: Some(req.required),
         pinned: req.pinned,
+        memory_budget: req.memory_budget_bytes,
+        memory_estimate: 0,
+        keep_alive: None,
         text,
         lite,
         vision,
@@ -145,6 +148,7 @@ impl ModelService for ModelApi {
                 // The worker's own refusal keeps its code (no GPU: FAILED_PRECONDITION).
                 Err(match status.last_error_code {
                     3 => Error::InvalidArgument(message),
+                    crate::worker::REFUSED_MEMORY => Error::ResourceExhausted(message),
                     9 => Error::FailedPrecondition(message),
                     _ => Error::Unavailable(message),
                 }

@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::process::{self, Exit, KillReason, Spawner};
 use super::{Command, Conn, State, Status, now_ms};
 use crate::config::{Config, Family, ModelSpec};
+use crate::memory::{Guard, SharedMemory, host};
+
+/// The status code of an admission refusal (RESOURCE_EXHAUSTED).
+pub const REFUSED_MEMORY: u32 = 8;
 
 /// Worker status codes that refuse a load for good (INVALID_ARGUMENT,
 /// FAILED_PRECONDITION): the model goes FAILED without restarts.
@@ -34,6 +38,33 @@ enum Ended {
     Died { exit: Exit, reason: KillReason },
     /// Unload: the worker is stopped; end the actor.
     Unloaded(oneshot::Sender<()>),
+    /// Evicted to free memory: the worker is stopped; back to IDLE.
+    Evicted {
+        note: String,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Why the actor brings a worker up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Preloaded, or loaded through LoadModel.
+    Load,
+    /// A call needs a lazily loaded model.
+    OnDemand,
+    /// Its previous worker died.
+    Restart,
+}
+
+/// What the actor is made of.
+pub(super) struct Parts {
+    pub(super) spec: Arc<ModelSpec>,
+    pub(super) file: PathBuf,
+    pub(super) config: Arc<Config>,
+    pub(super) spawner: Spawner,
+    pub(super) cmds: mpsc::Receiver<Command>,
+    pub(super) guard: Arc<Guard>,
+    pub(super) memory: SharedMemory,
 }
 
 struct Actor {
@@ -47,15 +78,20 @@ struct Actor {
     /// When each counted restart happened, within the window.
     recent: VecDeque<Instant>,
     backoff: Duration,
+    guard: Arc<Guard>,
+    memory: SharedMemory,
 }
 
-pub(super) fn spawn(
-    spec: Arc<ModelSpec>,
-    file: PathBuf,
-    config: Arc<Config>,
-    spawner: Spawner,
-    cmds: mpsc::Receiver<Command>,
-) -> (watch::Receiver<Status>, watch::Receiver<Option<Conn>>) {
+pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<Option<Conn>>) {
+    let Parts {
+        spec,
+        file,
+        config,
+        spawner,
+        cmds,
+        guard,
+        memory,
+    } = parts;
     let initial = Status {
         state: if spec.preload {
             State::Loading
@@ -76,6 +112,8 @@ pub(super) fn spawn(
         tokens_generated: 0,
         last_exit: String::new(),
         worker_version: String::new(),
+        kill_note: None,
+        oom_kills_at_start: 0,
     };
     let (status, status_rx) = watch::channel(initial);
     let (conn, conn_rx) = watch::channel(None);
@@ -90,6 +128,8 @@ pub(super) fn spawn(
         conn,
         recent: VecDeque::new(),
         backoff,
+        guard,
+        memory,
     };
     tokio::spawn(actor.run());
     (status_rx, conn_rx)
@@ -114,20 +154,30 @@ impl Actor {
     }
 
     async fn run(mut self) {
-        let mut want_running = self.spec.preload;
+        let mut want = self.spec.preload.then_some(Why::Load);
         loop {
-            if want_running {
-                want_running = false;
-                match self.bring_up().await {
-                    Some(conn) => match self.supervise(conn).await {
+            if let Some(why) = want.take() {
+                match self.bring_up(why).await {
+                    Some(conn) => match self.supervise_admitted(conn).await {
                         Ended::Died { exit, reason } => {
-                            want_running = self.after_death(exit, reason).await;
+                            if self.after_death(exit, reason).await {
+                                want = Some(Why::Restart);
+                            }
                             continue;
                         }
                         Ended::Unloaded(done) => {
                             self.set(State::Stopped, |_| {});
                             let _ = done.send(());
                             return;
+                        }
+                        Ended::Evicted { note, done } => {
+                            self.conn.send_replace(None);
+                            self.set(State::Idle, |s| {
+                                s.pid = 0;
+                                s.last_error = note;
+                                s.last_error_code = 0;
+                            });
+                            let _ = done.send(());
                         }
                     },
                     None if self.state() == State::Stopped => return,
@@ -137,13 +187,20 @@ impl Actor {
             // Idle or FAILED: wait for a command.
             match self.cmds.recv().await {
                 None => return,
-                Some(Command::EnsureLoaded) => want_running = self.state() == State::Idle,
+                Some(Command::EnsureLoaded) => {
+                    if self.state() == State::Idle {
+                        want = Some(Why::OnDemand);
+                    }
+                }
                 Some(Command::Restart) => {
                     self.recent.clear();
                     self.backoff = self.config.workers.backoff_initial;
-                    want_running = true;
+                    want = Some(Why::Load);
                 }
                 Some(Command::Kill { .. }) => {}
+                Some(Command::Evict { done, .. }) => {
+                    let _ = done.send(());
+                }
                 Some(Command::Unload { done, .. }) => {
                     self.set(State::Stopped, |_| {});
                     let _ = done.send(());
@@ -157,11 +214,42 @@ impl Actor {
         self.status.borrow().state
     }
 
-    /// Starts workers until one is READY (`Some`), or the model is FAILED
-    /// or unloaded (`None`).
-    async fn bring_up(&mut self) -> Option<Conn> {
+    /// Starts workers until one is READY (`Some`), or the model is FAILED,
+    /// back to IDLE (memory refused an on-demand load) or unloaded (`None`).
+    async fn bring_up(&mut self, mut why: Why) -> Option<Conn> {
         loop {
             self.set(State::Loading, |s| s.pid = 0);
+            if let Err(e) = self.guard.admit(&self.spec.id, &self.memory).await {
+                let message = e.to_string();
+                tracing::warn!(model = %self.spec.id, "load refused: {message}");
+                match why {
+                    Why::OnDemand => {
+                        self.set(State::Idle, |s| {
+                            s.last_error = message;
+                            s.last_error_code = REFUSED_MEMORY;
+                        });
+                        return None;
+                    }
+                    Why::Load => {
+                        self.set(State::Failed, |s| {
+                            s.last_error = message;
+                            s.last_error_code = REFUSED_MEMORY;
+                        });
+                        return None;
+                    }
+                    // Respawned when memory allows, within the restart budget.
+                    Why::Restart => {
+                        self.status.send_modify(|s| {
+                            s.last_error = message;
+                            s.last_error_code = REFUSED_MEMORY;
+                        });
+                        if !self.count_restart(KillReason::Oom) || !self.wait_backoff().await {
+                            return None;
+                        }
+                        continue;
+                    }
+                }
+            }
             match self.start_once().await {
                 Ok(conn) => {
                     self.backoff = self.config.workers.backoff_initial;
@@ -176,6 +264,7 @@ impl Actor {
                     return Some(conn);
                 }
                 Err((message, code)) => {
+                    self.release_memory();
                     tracing::warn!(model = %self.spec.id, "worker failed to start: {message}");
                     self.status.send_modify(|s| {
                         s.last_error = message;
@@ -193,6 +282,7 @@ impl Actor {
                     if !self.wait_backoff().await {
                         return None;
                     }
+                    why = Why::Restart;
                 }
             }
         }
@@ -246,16 +336,36 @@ impl Actor {
                         let _ = done.send(());
                         return false;
                     }
+                    Some(Command::Evict { done, .. }) => {
+                        let _ = done.send(());
+                    }
                     Some(_) => {}
                 },
             }
         }
     }
 
-    async fn after_death(&mut self, exit: Exit, reason: KillReason) -> bool {
+    async fn after_death(&mut self, exit: Exit, mut reason: KillReason) -> bool {
         self.conn.send_replace(None);
+        let mut why = String::new();
+        if let Some((pid, r, note)) = self.status.borrow().kill_note.clone()
+            && pid == exit.pid
+        {
+            why = format!(": {note}");
+            reason = r;
+        }
+        // A SIGKILL nobody here sent, while the container's OOM-kill count
+        // rose: the kernel's OOM killer.
+        let before = self.status.borrow().oom_kills_at_start;
+        let now = host::sample().cgroup_oom_kills;
+        if reason == KillReason::Crash && exit.signal == Some(libc::SIGKILL) && now > before {
+            reason = KillReason::Oom;
+            why = format!(
+                ": killed by the kernel's OOM killer (the container's oom_kill count went from {before} to {now})"
+            );
+        }
         let message = format!(
-            "worker (pid {}) ended: {exit}, reason {}",
+            "worker (pid {}) ended: {exit}, reason {}{why}",
             exit.pid,
             reason.as_str()
         );
@@ -285,12 +395,23 @@ impl Actor {
             .await
             .map_err(|e| (format!("{}: {e}", program.display()), 0))?;
         let pid = child.id();
+        // A kernel OOM in the container picks a worker before the supervisor.
+        if let Err(e) = host::set_oom_score_adj(pid, self.config.memory.worker_oom_score_adj) {
+            tracing::warn!(model = %self.spec.id, pid, "cannot set oom_score_adj: {e}");
+        }
+        let oom_kills = host::sample().cgroup_oom_kills;
         self.status.send_modify(|s| {
             s.pid = pid;
             s.started_unix_ms = now_ms();
             s.heartbeat_unix_ms = now_ms();
             s.tokens_generated = 0;
+            s.kill_note = None;
+            s.oom_kills_at_start = oom_kills;
         });
+        if let Ok(mut m) = self.memory.lock() {
+            m.latest = None;
+            m.gpu.clear();
+        }
         forward_logs(&mut child, &self.spec.id, pid);
         let mut exit = process::watch_exit(child);
         let chan = match ipc::AsyncChannel::new(mine) {
@@ -342,6 +463,38 @@ impl Actor {
         }
     }
 
+    /// The text options, with GPU layers cut to what fits in the free
+    /// memory of the roomiest GPU (NVML) when layers are asked for.
+    fn text_options(&self) -> sidecar_proto::v1::TextOptions {
+        let mut t = self.spec.text.to_proto();
+        let Some(wanted) = t.gpu_layers.filter(|n| *n != 0) else {
+            return t;
+        };
+        if !self.guard.gpu_monitoring() {
+            return t;
+        }
+        let Some(shape) = crate::memory::gguf::text_shape(&self.file) else {
+            return t;
+        };
+        let size = std::fs::metadata(&self.file).map_or(0, |m| m.len());
+        let per_layer = size / shape.layers.max(1);
+        let beside = self
+            .memory
+            .lock()
+            .map_or(0, |m| m.estimate.saturating_sub(size));
+        let fit = self
+            .guard
+            .gpu_layers(wanted, shape.layers, per_layer, beside);
+        if fit != wanted {
+            tracing::info!(
+                model = %self.spec.id,
+                "offloading {fit} layers to the GPU instead of {wanted}: that is what fits above the reserve"
+            );
+        }
+        t.gpu_layers = Some(fit);
+        t
+    }
+
     /// Hello, then load: an error carries the worker's status code when
     /// the worker answered the load with an error, 0 otherwise.
     async fn handshake(&self, chan: &ipc::AsyncChannel) -> Result<Loaded, (String, u32)> {
@@ -387,7 +540,7 @@ impl Actor {
                 family: hello.family,
                 model_id: self.spec.id.clone(),
                 options: Some(match self.spec.family {
-                    Family::Text => load::Options::Text(self.spec.text.to_proto()),
+                    Family::Text => load::Options::Text(self.text_options()),
                     Family::Lite => load::Options::Lite(self.spec.lite.to_proto()),
                     Family::Vision => load::Options::Vision(self.spec.vision.to_proto()),
                 }),
@@ -418,6 +571,21 @@ impl Actor {
             }
             other => Err(format!("unexpected {other:?} frame during load")),
         }
+    }
+
+    /// Its worker is gone: its memory no longer counts against others.
+    fn release_memory(&self) {
+        if let Ok(mut m) = self.memory.lock() {
+            m.admitted = false;
+            m.latest = None;
+            m.gpu.clear();
+        }
+    }
+
+    async fn supervise_admitted(&mut self, conn: Conn) -> Ended {
+        let ended = self.supervise(conn).await;
+        self.release_memory();
+        ended
     }
 
     /// Watches a READY worker until it dies or the model is unloaded.
@@ -463,10 +631,17 @@ impl Actor {
                     return Ended::Died { exit, reason: KillReason::Unhealthy };
                 }
                 cmd = self.cmds.recv() => match cmd {
-                    Some(Command::Kill { pid, reason }) if pid == conn.pid => {
+                    Some(Command::Kill { pid, reason, note }) if pid == conn.pid => {
+                        self.status.send_modify(|s| s.kill_note = Some((pid, reason, note)));
                         self.conn.send_replace(None);
                         let exit = process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
                         return Ended::Died { exit, reason };
+                    }
+                    Some(Command::Evict { note, done }) => {
+                        self.conn.send_replace(None);
+                        self.set(State::Unloading, |s| s.last_error = note.clone());
+                        process::kill_worker(conn.pid, &mut conn.exit, KillReason::Requested, grace).await;
+                        return Ended::Evicted { note, done };
                     }
                     Some(Command::Restart) => {
                         self.conn.send_replace(None);

@@ -98,6 +98,7 @@ impl WorkerHandle {
         let id = &self.spec.id;
         let mut status = self.status.clone();
         let mut conn = self.conn.clone();
+        let mut asked = false;
         loop {
             let state = status.borrow().state;
             match state {
@@ -106,7 +107,14 @@ impl WorkerHandle {
                         return Ok(c);
                     }
                 }
+                // The load this call asked for was refused for memory.
+                State::Idle
+                    if asked && status.borrow().last_error_code == super::REFUSED_MEMORY =>
+                {
+                    return Err(Error::ResourceExhausted(status.borrow().last_error.clone()));
+                }
                 State::Idle => {
+                    asked = true;
                     let _ = self.cmds.send(Command::EnsureLoaded).await;
                 }
                 State::Loading => {}
@@ -148,18 +156,38 @@ impl WorkerHandle {
         }
     }
 
-    /// What a channel failure means for the caller.
+    /// What a channel failure means for the caller: a worker the guard
+    /// (or the kernel's OOM killer) killed for memory is RESOURCE_EXHAUSTED
+    /// with the figures; any other death UNAVAILABLE.
     fn channel_error(&self, conn: &Conn, e: ipc::Error) -> Error {
         match e {
-            ipc::Error::PeerGone => Error::Unavailable(format!(
-                "model {:?}: its worker (pid {}) died mid-call{}",
-                self.spec.id,
-                conn.pid,
-                conn.exit
-                    .borrow()
-                    .map(|x| format!(": {x}"))
-                    .unwrap_or_default()
-            )),
+            ipc::Error::PeerGone => {
+                let id = &self.spec.id;
+                let pid = conn.pid;
+                let exit = *conn.exit.borrow();
+                let how = exit.map(|x| format!(": {x}")).unwrap_or_default();
+                let status = self.status();
+                if let Some((p, reason, note)) = status.kill_note
+                    && p == pid
+                    && matches!(reason, KillReason::Oom | KillReason::Vram)
+                {
+                    return Error::ResourceExhausted(format!(
+                        "model {id:?}: its worker (pid {pid}) was killed (reason {}): {note}",
+                        reason.as_str()
+                    ));
+                }
+                let oom_kills = crate::memory::host::sample().cgroup_oom_kills;
+                if exit.is_some_and(|x| x.signal == Some(libc::SIGKILL))
+                    && oom_kills > status.oom_kills_at_start
+                {
+                    return Error::ResourceExhausted(format!(
+                        "model {id:?}: its worker (pid {pid}) was killed by the kernel's OOM killer{how}"
+                    ));
+                }
+                Error::Unavailable(format!(
+                    "model {id:?}: its worker (pid {pid}) died mid-call{how}"
+                ))
+            }
             ipc::Error::TooLarge { .. } => Error::InvalidArgument(e.to_string()),
             other => Error::Internal(format!("model {:?}: channel: {other}", self.spec.id)),
         }
@@ -264,6 +292,7 @@ impl CallStream {
                     .send(Command::Kill {
                         pid,
                         reason: KillReason::Timeout,
+                        note: format!("did not stop within {grace:?} of a cancel"),
                     })
                     .await;
             }

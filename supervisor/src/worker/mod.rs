@@ -18,11 +18,13 @@ use sidecar_proto::v1::{ModelInfo, ModelState, TextModelDetails};
 use sidecar_proto::worker::MemoryReport;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+pub use actor::REFUSED_MEMORY;
 pub use call::CallStream;
 pub use process::{Exit, KillReason, Spawner};
 
 use crate::config::{Config, Family, ModelSpec};
 use crate::error::Error;
+use crate::memory::{Guard, ModelMemory, SharedMemory};
 
 /// Wall-clock now, Unix milliseconds.
 pub(crate) fn now_ms() -> i64 {
@@ -110,6 +112,11 @@ pub struct Status {
     pub worker_version: String,
     /// Tokens the current worker generated, from its last heartbeat.
     pub tokens_generated: u64,
+    /// The guard's kill in progress: (pid, reason, why), so callers of
+    /// that worker learn why it went.
+    pub kill_note: Option<(u32, KillReason, String)>,
+    /// The container's OOM-kill count when the current worker started.
+    pub oom_kills_at_start: u64,
 }
 
 /// Commands to the actor.
@@ -117,8 +124,19 @@ pub struct Status {
 pub(crate) enum Command {
     /// A call wants the model loaded (lazy models).
     EnsureLoaded,
-    /// Kill this worker (if still current) for this reason.
-    Kill { pid: u32, reason: KillReason },
+    /// Kill this worker (if still current) for this reason; `note` says
+    /// why (empty: the reason says it all).
+    Kill {
+        pid: u32,
+        reason: KillReason,
+        note: String,
+    },
+    /// Stop the worker to free its memory; the model goes back to IDLE
+    /// and loads again on its next call. Not a restart.
+    Evict {
+        note: String,
+        done: oneshot::Sender<()>,
+    },
     /// Restart with a fresh restart budget.
     Restart,
     /// Stop the worker and end the actor.
@@ -144,6 +162,7 @@ pub struct WorkerHandle {
     last_used: Arc<std::sync::Mutex<Option<i64>>>,
     config: Arc<Config>,
     file_size: u64,
+    memory: SharedMemory,
 }
 
 impl WorkerHandle {
@@ -153,11 +172,24 @@ impl WorkerHandle {
         file: std::path::PathBuf,
         config: Arc<Config>,
         spawner: Spawner,
+        guard: Arc<Guard>,
     ) -> WorkerHandle {
         let spec = Arc::new(spec);
         let file_size = std::fs::metadata(&file).map_or(0, |m| m.len());
+        let memory = Arc::new(std::sync::Mutex::new(ModelMemory {
+            estimate: crate::memory::estimate(&spec, &file),
+            ..Default::default()
+        }));
         let (cmds, rx) = mpsc::channel(16);
-        let (status, conn) = actor::spawn(spec.clone(), file, config.clone(), spawner, rx);
+        let (status, conn) = actor::spawn(actor::Parts {
+            spec: spec.clone(),
+            file,
+            config: config.clone(),
+            spawner,
+            cmds: rx,
+            guard,
+            memory: memory.clone(),
+        });
         WorkerHandle {
             spec,
             cmds,
@@ -171,7 +203,44 @@ impl WorkerHandle {
             last_used: Arc::default(),
             config,
             file_size,
+            memory,
         }
+    }
+
+    /// The guard's figures for this model.
+    pub fn memory(&self) -> ModelMemory {
+        self.memory_slot().clone()
+    }
+
+    pub(crate) fn memory_slot(&self) -> std::sync::MutexGuard<'_, ModelMemory> {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Calls running or waiting.
+    pub fn busy(&self) -> bool {
+        self.in_flight.available_permits() < self.max_in_flight
+            || self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// The last call's time (Unix ms; 0: none yet).
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used.lock().map_or(0, |g| g.unwrap_or_default())
+    }
+
+    /// Stops the worker to free its memory (the model goes back to IDLE);
+    /// returns once the process is gone.
+    pub async fn evict(&self, note: String) {
+        let (done, rx) = oneshot::channel();
+        if self.cmds.send(Command::Evict { note, done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Kills worker `pid` (if still current) through the actor's kill path.
+    pub async fn kill(&self, pid: u32, reason: KillReason, note: String) {
+        let _ = self.cmds.send(Command::Kill { pid, reason, note }).await;
     }
 
     /// The current status.
@@ -231,11 +300,28 @@ impl WorkerHandle {
     /// The API view of this model.
     pub fn info(&self) -> ModelInfo {
         let s = self.status();
-        let memory = s.memory.as_ref().map(|m| sidecar_proto::v1::MemoryUsage {
-            host_private_bytes: m.private_bytes,
-            host_file_bytes: m.file_bytes,
+        let guard = self.memory();
+        // The guard's own sample of the process; before its first one, the
+        // worker's report from its heartbeat.
+        let (private, file) = match (&guard.latest, &s.memory) {
+            (Some(p), _) if s.pid != 0 => (p.private, p.file),
+            (_, Some(r)) if s.pid != 0 => (r.private_bytes, r.file_bytes),
+            _ => (0, 0),
+        };
+        let memory = Some(sidecar_proto::v1::MemoryUsage {
+            host_private_bytes: private,
+            host_file_bytes: file,
             channel_bytes: 2 * self.config.workers.channel_bytes as u64,
-            ..Default::default()
+            host_budget_bytes: self.spec.memory_budget,
+            gpu: if s.pid != 0 {
+                guard.gpu_proto()
+            } else {
+                Vec::new()
+            },
+            sampled_unix_ms: guard.sampled_ms,
+            estimate_bytes: guard.estimate,
+            peak_private_bytes: guard.peak_private,
+            peak_resident_bytes: guard.peak_resident,
         });
         let in_flight = self.max_in_flight - self.in_flight.available_permits();
         ModelInfo {
@@ -255,7 +341,7 @@ impl WorkerHandle {
             last_kill_reason: s.last_kill_reason.map_or(0, |r| r.to_proto() as i32),
             memory,
             loaded_unix_ms: s.loaded_unix_ms,
-            last_used_unix_ms: self.last_used.lock().map_or(0, |g| g.unwrap_or_default()),
+            last_used_unix_ms: self.last_used_ms(),
             in_flight: in_flight as u32,
             queue_depth: self.waiting.load(Ordering::Relaxed) as u32,
             file_size_bytes: self.file_size,

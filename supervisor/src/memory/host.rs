@@ -1,0 +1,141 @@
+//! Host memory as `/proc` and the cgroup v2 files show it.
+
+use std::path::{Path, PathBuf};
+
+/// The host and the container, sampled once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostSample {
+    /// `MemTotal`.
+    pub total: u64,
+    /// `MemAvailable`.
+    pub available: u64,
+    /// The container's `memory.max` (0: none or unreadable).
+    pub cgroup_limit: u64,
+    /// The container's `memory.current` (0: unreadable).
+    pub cgroup_usage: u64,
+    /// The container's `memory.events` `oom_kill` count.
+    pub cgroup_oom_kills: u64,
+}
+
+impl HostSample {
+    /// Memory still usable: the host's available memory, or the room left
+    /// under the container's limit when that is smaller.
+    pub fn free(&self) -> u64 {
+        if self.cgroup_limit > 0 {
+            self.available
+                .min(self.cgroup_limit.saturating_sub(self.cgroup_usage))
+        } else {
+            self.available
+        }
+    }
+}
+
+/// One process's resident memory, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// `RssAnon`: private memory, what budgets count.
+    pub private: u64,
+    /// `RssFile`: mapped files (the model), which the kernel can drop.
+    pub file: u64,
+    /// `RssShmem`: shared memory (the channel).
+    pub shared: u64,
+}
+
+/// A `/proc`-style "Name:   123 kB" field, in bytes.
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// A process's memory; `None` once it is gone.
+pub fn process(pid: u32) -> Option<ProcessMemory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status(&status)
+}
+
+fn parse_status(status: &str) -> Option<ProcessMemory> {
+    Some(ProcessMemory {
+        private: kb_field(status, "RssAnon")?,
+        file: kb_field(status, "RssFile").unwrap_or(0),
+        shared: kb_field(status, "RssShmem").unwrap_or(0),
+    })
+}
+
+/// This process's cgroup v2 directory (`0::/path` in `/proc/self/cgroup`).
+fn own_cgroup() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')))
+}
+
+/// Samples the host and the container.
+pub fn sample() -> HostSample {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let dir = own_cgroup().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    HostSample {
+        total: kb_field(&meminfo, "MemTotal").unwrap_or(0),
+        available: kb_field(&meminfo, "MemAvailable").unwrap_or(0),
+        // "max" (no limit) does not parse: 0.
+        cgroup_limit: read("memory.max").trim().parse().unwrap_or(0),
+        cgroup_usage: read("memory.current").trim().parse().unwrap_or(0),
+        cgroup_oom_kills: oom_kills(&read("memory.events")),
+    }
+}
+
+fn oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sets a process's `oom_score_adj` (raising it needs no privilege).
+pub fn set_oom_score_adj(pid: u32, adj: i32) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_are_read_in_bytes() {
+        let status = "Name:\tworker-text\nVmRSS:\t  300 kB\nRssAnon:\t  100 kB\nRssFile:\t  150 kB\nRssShmem:\t   50 kB\n";
+        assert_eq!(
+            parse_status(status),
+            Some(ProcessMemory {
+                private: 102_400,
+                file: 153_600,
+                shared: 51_200
+            })
+        );
+        assert_eq!(parse_status("Name:\tzombie\n"), None);
+        assert_eq!(oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"), 1);
+    }
+
+    #[test]
+    fn free_memory_is_the_smaller_of_host_and_container_room() {
+        let mut s = HostSample {
+            total: 16 << 30,
+            available: 10 << 30,
+            ..Default::default()
+        };
+        assert_eq!(s.free(), 10 << 30);
+        s.cgroup_limit = 4 << 30;
+        s.cgroup_usage = 3 << 30;
+        assert_eq!(s.free(), 1 << 30);
+    }
+
+    #[test]
+    fn this_process_and_host_are_readable() {
+        let me = process(std::process::id()).expect("own status");
+        assert!(me.private > 0);
+        let host = sample();
+        assert!(host.total > 0 && host.available > 0 && host.available <= host.total);
+    }
+}

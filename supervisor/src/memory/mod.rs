@@ -1,0 +1,473 @@
+//! The memory guard: samples every worker's memory, the host's and the
+//! GPUs' once per `memory.sample_interval`; admits a load only when it
+//! fits (unloading idle, unpinned models first); kills a worker over its
+//! budget, or the one that pushed the host under its reserve or a GPU
+//! under its reserve, through the actor's one kill path; unloads models
+//! idle past their keep-alive.
+//!
+//! The decisions are pure functions in [`policy`]; this module gathers
+//! the figures and carries the decisions out.
+
+pub mod gguf;
+pub mod gpu;
+pub mod host;
+pub mod policy;
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+
+use sidecar_proto::v1::{GpuDevice, GpuMemory, HostMemory};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{Config, Family, ModelSpec};
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::worker::{KillReason, State, WorkerHandle, now_ms};
+
+use self::host::{HostSample, ProcessMemory};
+use self::policy::{Admission, Candidate, Room, Usage, Verdict};
+
+/// What the guard knows of one model's memory.
+#[derive(Debug, Clone, Default)]
+pub struct ModelMemory {
+    /// What admission assumed before the model ran.
+    pub estimate: u64,
+    /// Largest private memory sampled.
+    pub peak_private: u64,
+    /// Largest private plus file-backed memory sampled.
+    pub peak_resident: u64,
+    /// The last sample of the current worker.
+    pub latest: Option<ProcessMemory>,
+    /// Device memory of the current worker: (index, uuid, bytes).
+    pub gpu: Vec<(u32, String, u64)>,
+    /// When sampled (Unix ms).
+    pub sampled_ms: i64,
+    /// Admitted and not stopped since: its footprint counts against the
+    /// room of other loads.
+    pub admitted: bool,
+}
+
+impl ModelMemory {
+    /// What admission counts for this model: its estimate, or more when
+    /// it was measured larger.
+    pub fn footprint(&self) -> u64 {
+        self.estimate.max(self.peak_resident)
+    }
+
+    /// The wire form of the GPU figures.
+    pub fn gpu_proto(&self) -> Vec<GpuMemory> {
+        self.gpu
+            .iter()
+            .map(|(index, uuid, used)| GpuMemory {
+                device_index: *index,
+                device_uuid: uuid.clone(),
+                used_bytes: *used,
+            })
+            .collect()
+    }
+}
+
+/// Shared between a model's handle, its actor and the guard.
+pub type SharedMemory = Arc<Mutex<ModelMemory>>;
+
+/// The estimate of a model before it runs: the configured figure, or one
+/// computed from the file.
+pub fn estimate(spec: &ModelSpec, file: &std::path::Path) -> u64 {
+    if spec.memory_estimate > 0 {
+        return spec.memory_estimate;
+    }
+    let size = std::fs::metadata(file).map_or(0, |m| m.len());
+    match spec.family {
+        Family::Text => policy::text_need(
+            size,
+            gguf::text_shape(file).as_ref(),
+            spec.text.context_size,
+            spec.text.parallel,
+            spec.text.batch_size,
+        ),
+        Family::Lite => policy::lite_need(size),
+        Family::Vision => policy::vision_need(size),
+    }
+}
+
+/// The last host and GPU samples.
+#[derive(Debug, Clone, Default)]
+struct Latest {
+    host: HostSample,
+    gpus: Vec<gpu::Device>,
+}
+
+/// The guard.
+#[derive(Debug)]
+pub struct Guard {
+    config: Arc<Config>,
+    gpus: Option<gpu::Gpus>,
+    latest: Mutex<Latest>,
+    registry: OnceLock<Weak<Registry>>,
+    /// One admission at a time, so two loads cannot both count the same
+    /// free memory.
+    admitting: tokio::sync::Mutex<()>,
+}
+
+impl Guard {
+    /// Opens NVML (logging once when the host has none).
+    pub fn new(config: Arc<Config>) -> Arc<Guard> {
+        let gpus = match gpu::Gpus::open() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::info!("GPU monitoring is off: NVML not available ({e})");
+                None
+            }
+        };
+        let latest = Latest {
+            host: host::sample(),
+            gpus: gpus.as_ref().map(gpu::Gpus::sample).unwrap_or_default(),
+        };
+        Arc::new(Guard {
+            config,
+            gpus,
+            latest: Mutex::new(latest),
+            registry: OnceLock::new(),
+            admitting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Gives the guard the registry it watches.
+    pub fn attach(&self, registry: &Arc<Registry>) {
+        let _ = self.registry.set(Arc::downgrade(registry));
+    }
+
+    fn models(&self) -> Vec<WorkerHandle> {
+        self.registry
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|r| r.list())
+            .unwrap_or_default()
+    }
+
+    fn latest(&self) -> Latest {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether NVML is loaded.
+    pub fn gpu_monitoring(&self) -> bool {
+        self.gpus.is_some()
+    }
+
+    /// The host as last sampled, for GetStatus.
+    pub fn host_proto(&self) -> HostMemory {
+        let h = self.latest().host;
+        HostMemory {
+            total_bytes: h.total,
+            available_bytes: h.available,
+            cgroup_limit_bytes: h.cgroup_limit,
+            cgroup_usage_bytes: h.cgroup_usage,
+            cgroup_oom_kills: h.cgroup_oom_kills,
+            reserve_bytes: self.config.memory.host_reserve,
+        }
+    }
+
+    /// The GPUs as last sampled, for GetStatus.
+    pub fn gpus_proto(&self) -> Vec<GpuDevice> {
+        self.latest()
+            .gpus
+            .iter()
+            .map(|d| GpuDevice {
+                index: d.index,
+                name: d.name.clone(),
+                uuid: d.uuid.clone(),
+                total_bytes: d.total,
+                used_bytes: d.used,
+                free_bytes: d.free,
+                reserve_bytes: self.config.memory.gpu_reserve,
+            })
+            .collect()
+    }
+
+    /// What all models may use: the configured limit, else the
+    /// container's less its margin, else the host's memory.
+    fn limit(&self, h: &HostSample) -> u64 {
+        let m = &self.config.memory;
+        if m.limit > 0 {
+            m.limit
+        } else if h.cgroup_limit > 0 {
+            h.cgroup_limit.saturating_sub(m.cgroup_margin)
+        } else {
+            h.total
+        }
+    }
+
+    /// Admits model `id`, which needs `need` bytes: at once when it fits,
+    /// after unloading idle, unpinned models (least recently used first)
+    /// when that makes room, else RESOURCE_EXHAUSTED with the numbers.
+    /// On success the model's memory is marked admitted.
+    pub async fn admit(&self, id: &str, memory: &SharedMemory) -> Result<(), Error> {
+        let _one = self.admitting.lock().await;
+        let need = memory.lock().map_or(0, |m| m.footprint());
+        let h = host::sample();
+        let others: Vec<WorkerHandle> = self
+            .models()
+            .into_iter()
+            .filter(|m| m.spec.id != id && m.memory().admitted)
+            .collect();
+        let committed = others.iter().map(|m| m.memory().footprint()).sum();
+        let room = Room {
+            limit: self.limit(&h),
+            committed,
+            free: h.free(),
+            reserve: self.config.memory.host_reserve,
+        };
+        let candidates: Vec<Candidate> = others
+            .iter()
+            .filter(|m| m.status().state == State::Ready)
+            .map(|m| Candidate {
+                id: m.spec.id.clone(),
+                footprint: m.memory().footprint(),
+                last_used_ms: m.last_used_ms(),
+                pinned: m.spec.pinned,
+                busy: m.busy(),
+            })
+            .collect();
+        let admitted = || {
+            if let Ok(mut m) = memory.lock() {
+                m.admitted = true;
+            }
+        };
+        match policy::admit(need, room, &candidates) {
+            Admission::Fits => {
+                admitted();
+                Ok(())
+            }
+            Admission::Evict(ids) => {
+                for victim in ids {
+                    if let Some(m) = others.iter().find(|m| m.spec.id == victim) {
+                        let note = format!(
+                            "unloaded to make room for model {id:?} (needs {}, {} free above the reserve of {})",
+                            mib(need),
+                            mib(room.available()),
+                            mib(room.reserve)
+                        );
+                        tracing::info!(model = %victim, "{note}");
+                        m.evict(note).await;
+                    }
+                }
+                admitted();
+                Ok(())
+            }
+            Admission::Refuse {
+                needed,
+                free,
+                reserve,
+            } => Err(Error::ResourceExhausted(format!(
+                "model {id:?} needs {} of host memory; {} is free to models (limit {}, {} held by other models, {} kept in reserve), even after unloading every idle, unpinned model",
+                mib(needed),
+                mib(free),
+                mib(room.limit),
+                mib(room.committed),
+                mib(reserve)
+            ))),
+        }
+    }
+
+    /// GPU layers for a text model that wants `wanted` (-1: all) with
+    /// `layers` layers of `per_layer` bytes and `overhead` beside them:
+    /// what fits on the device with the most free memory, or `wanted`
+    /// unchanged without NVML.
+    pub fn gpu_layers(&self, wanted: i32, layers: u64, per_layer: u64, overhead: u64) -> i32 {
+        let devices = self.latest().gpus;
+        devices
+            .iter()
+            .filter(|d| d.ok)
+            .map(|d| {
+                policy::gpu_layers_that_fit(
+                    d.free,
+                    self.config.memory.gpu_reserve,
+                    overhead,
+                    layers,
+                    per_layer,
+                    wanted,
+                )
+            })
+            .max()
+            .unwrap_or(wanted)
+    }
+
+    /// Samples and enforces every `memory.sample_interval`, forever.
+    pub async fn run(self: Arc<Self>, mut health: HealthReporter) {
+        let mut tick = tokio::time::interval(self.config.memory.sample_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.step(&mut health).await;
+        }
+    }
+
+    async fn step(&self, health: &mut HealthReporter) {
+        let h = host::sample();
+        let gpus = self
+            .gpus
+            .as_ref()
+            .map(gpu::Gpus::sample)
+            .unwrap_or_default();
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Latest {
+            host: h,
+            gpus: gpus.clone(),
+        };
+        let models = self.models();
+        let now = now_ms();
+        let mut usage = Vec::new();
+        for m in &models {
+            let s = m.status();
+            if s.pid == 0 || !holds_memory(s.state) {
+                continue;
+            }
+            let Some(p) = host::process(s.pid) else {
+                continue;
+            };
+            let reported = s.memory.as_ref().map(|r| r.gpu.clone()).unwrap_or_default();
+            let on_gpus = gpu::worker_usage(&gpus, s.pid, &reported);
+            let estimate = {
+                let mut mem = m.memory_slot();
+                mem.latest = Some(p);
+                mem.peak_private = mem.peak_private.max(p.private);
+                mem.peak_resident = mem.peak_resident.max(p.private + p.file);
+                mem.gpu = on_gpus;
+                mem.sampled_ms = now;
+                mem.estimate
+            };
+            if s.state == State::Ready {
+                usage.push((
+                    Usage {
+                        id: m.spec.id.clone(),
+                        private: p.private,
+                        estimate,
+                        budget: m.spec.memory_budget,
+                        pinned: m.spec.pinned,
+                    },
+                    m.clone(),
+                    s.pid,
+                ));
+            }
+        }
+        let weighed: Vec<Usage> = usage.iter().map(|(u, _, _)| u.clone()).collect();
+        let reserve = self.config.memory.host_reserve;
+        for verdict in policy::verdicts(&weighed, h.free(), reserve) {
+            let (id, note) = match &verdict {
+                Verdict::OverBudget { id, used, budget } => (
+                    id,
+                    format!(
+                        "host memory: private memory {} is over the model's budget of {}",
+                        mib(*used),
+                        mib(*budget)
+                    ),
+                ),
+                Verdict::HostReserve {
+                    id,
+                    used,
+                    free,
+                    reserve,
+                } => (
+                    id,
+                    format!(
+                        "host memory: {} free is under the reserve of {}; this worker held {} private, the most over its estimate",
+                        mib(*free),
+                        mib(*reserve),
+                        mib(*used)
+                    ),
+                ),
+            };
+            if let Some((_, m, pid)) = usage.iter().find(|(u, _, _)| &u.id == id) {
+                tracing::warn!(model = %id, pid, "killing worker: {note}");
+                m.kill(*pid, KillReason::Oom, note).await;
+            }
+        }
+        self.enforce_gpu_reserve(&gpus, &models).await;
+        self.unload_idle(&models, now).await;
+        // A device NVML cannot read, or one under its reserve, takes no
+        // new GPU work: NOT_SERVING under `gpu/<index>`.
+        for d in &gpus {
+            let status = if d.ok && d.free >= self.config.memory.gpu_reserve {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health
+                .set_service_status(format!("gpu/{}", d.index), status)
+                .await;
+        }
+    }
+
+    /// A device under its reserve: kill the worker of ours holding the
+    /// most memory on it (reason `vram`).
+    async fn enforce_gpu_reserve(&self, gpus: &[gpu::Device], models: &[WorkerHandle]) {
+        let reserve = self.config.memory.gpu_reserve;
+        for d in gpus.iter().filter(|d| d.ok && d.free < reserve) {
+            let worst = models
+                .iter()
+                .filter_map(|m| {
+                    let s = m.status();
+                    let used = m
+                        .memory()
+                        .gpu
+                        .iter()
+                        .find(|(i, _, _)| *i == d.index)
+                        .map(|(_, _, b)| *b)?;
+                    (s.state == State::Ready && s.pid != 0).then_some((used, m, s.pid))
+                })
+                .max_by_key(|(used, _, _)| *used);
+            match worst {
+                Some((used, m, pid)) => {
+                    let note = format!(
+                        "GPU {} memory: {} free is under the reserve of {}; this worker held {} on it, the most",
+                        d.index,
+                        mib(d.free),
+                        mib(reserve),
+                        mib(used)
+                    );
+                    tracing::warn!(model = %m.spec.id, pid, "killing worker: {note}");
+                    m.kill(pid, KillReason::Vram, note).await;
+                }
+                None => tracing::warn!(
+                    "GPU {} has {} free, under the reserve of {}, and none of it is ours",
+                    d.index,
+                    mib(d.free),
+                    mib(reserve)
+                ),
+            }
+        }
+    }
+
+    /// Unloads READY models without calls for longer than their keep-alive.
+    async fn unload_idle(&self, models: &[WorkerHandle], now: i64) {
+        for m in models {
+            let keep = match m.spec.keep_alive {
+                Some(k) => k,
+                None if m.spec.preload => continue,
+                None => self.config.memory.on_demand_keep_alive,
+            };
+            let s = m.status();
+            if s.state != State::Ready || m.busy() {
+                continue;
+            }
+            let since = m.last_used_ms().max(s.loaded_unix_ms);
+            if since > 0 && now - since > keep.as_millis() as i64 {
+                let note = format!("unloaded after {:?} without calls (keep_alive)", keep);
+                tracing::info!(model = %m.spec.id, "{note}");
+                m.evict(note).await;
+            }
+        }
+    }
+}
+
+/// States in which a model's worker holds (or is about to hold) memory.
+fn holds_memory(state: State) -> bool {
+    matches!(state, State::Loading | State::Ready | State::Draining)
+}
+
+/// Bytes in MiB, for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
