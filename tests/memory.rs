@@ -100,8 +100,12 @@ async fn a_worker_over_its_budget_is_killed_and_its_callers_get_resource_exhaust
     );
     eprintln!("caller got: {}", err.message());
 
-    let m = sc.model("smollm2").await;
-    assert_eq!(m.last_kill_reason, KillReason::Oom as i32, "{m:?}");
+    // The actor records the death once the process is reaped.
+    let m = sc
+        .eventually("smollm2", Duration::from_secs(10), |m| {
+            m.last_kill_reason == KillReason::Oom as i32
+        })
+        .await;
     assert!(
         m.last_error.contains("private memory") && m.last_error.contains("20.0 MiB"),
         "the event names both figures: {}",

@@ -104,6 +104,11 @@ pub struct Guard {
     gpus: Option<gpu::Gpus>,
     latest: Mutex<Latest>,
     registry: OnceLock<Weak<Registry>>,
+    /// Pids of workers stopped for memory whose GPU memory NVML may still
+    /// list: the next admission waits until it no longer does.
+    stopped: Mutex<Vec<u32>>,
+    /// The most devices NVML has listed.
+    devices_seen: Mutex<usize>,
     /// One admission at a time, so two loads cannot both count the same
     /// free memory.
     admitting: tokio::sync::Mutex<()>,
@@ -129,6 +134,8 @@ impl Guard {
             latest: Mutex::new(latest),
             registry: OnceLock::new(),
             admitting: tokio::sync::Mutex::new(()),
+            stopped: Mutex::new(Vec::new()),
+            devices_seen: Mutex::new(0),
         })
     }
 
@@ -206,6 +213,7 @@ impl Guard {
     /// On success the model's memory is marked admitted.
     pub async fn admit(&self, id: &str, memory: &SharedMemory) -> Result<(), Error> {
         let _one = self.admitting.lock().await;
+        self.wait_gpu_released().await;
         let need = memory.lock().map_or(0, |m| m.footprint());
         let h = host::sample();
         let others: Vec<WorkerHandle> = self
@@ -251,9 +259,12 @@ impl Guard {
                             mib(room.reserve)
                         );
                         tracing::info!(model = %victim, "{note}");
+                        let pid = m.status().pid;
                         m.evict(note).await;
+                        self.stopped(pid);
                     }
                 }
+                self.wait_gpu_released().await;
                 admitted();
                 Ok(())
             }
@@ -382,9 +393,11 @@ impl Guard {
             if let Some((_, m, pid)) = usage.iter().find(|(u, _, _)| &u.id == id) {
                 tracing::warn!(model = %id, pid, "killing worker: {note}");
                 m.kill(*pid, KillReason::Oom, note).await;
+                self.stopped(*pid);
             }
         }
         self.enforce_gpu_reserve(&gpus, &models).await;
+        self.gpu_models_health(&gpus, &models, health).await;
         self.unload_idle(&models, now).await;
         // A device NVML cannot read, or one under its reserve, takes no
         // new GPU work: NOT_SERVING under `gpu/<index>`.
@@ -396,6 +409,76 @@ impl Guard {
             };
             health
                 .set_service_status(format!("gpu/{}", d.index), status)
+                .await;
+        }
+    }
+
+    fn stopped(&self, pid: u32) {
+        if self.gpus.is_some() && pid != 0 {
+            self.stopped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(pid);
+        }
+    }
+
+    /// Before room is reused: waits (up to 10 s) until NVML lists none of
+    /// the workers stopped for memory, so their device memory is back.
+    async fn wait_gpu_released(&self) {
+        let Some(gpus) = &self.gpus else {
+            return;
+        };
+        let pids =
+            std::mem::take(&mut *self.stopped.lock().unwrap_or_else(PoisonError::into_inner));
+        if pids.is_empty() {
+            return;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let holding = gpus
+                .sample()
+                .iter()
+                .any(|d| pids.iter().any(|p| d.processes.contains_key(p)));
+            if !holding {
+                return;
+            }
+            if std::time::Instant::now() > until {
+                tracing::warn!(?pids, "stopped workers still hold GPU memory after 10 s");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A model that uses a GPU is NOT_SERVING in health while a device
+    /// NVML listed before is gone or unreadable.
+    async fn gpu_models_health(
+        &self,
+        gpus: &[gpu::Device],
+        models: &[WorkerHandle],
+        health: &mut HealthReporter,
+    ) {
+        if self.gpus.is_none() {
+            return;
+        }
+        let seen = {
+            let mut seen = self
+                .devices_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *seen = (*seen).max(gpus.len());
+            *seen
+        };
+        let lost = gpus.len() < seen || gpus.iter().any(|d| !d.ok);
+        for m in models.iter().filter(|m| uses_gpu(&m.spec)) {
+            let serving = !lost && m.status().state == State::Ready;
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health
+                .set_service_status(format!("model/{}", m.spec.id), status)
                 .await;
         }
     }
@@ -429,6 +512,7 @@ impl Guard {
                     );
                     tracing::warn!(model = %m.spec.id, pid, "killing worker: {note}");
                     m.kill(pid, KillReason::Vram, note).await;
+                    self.stopped(pid);
                 }
                 None => tracing::warn!(
                     "GPU {} has {} free, under the reserve of {}, and none of it is ours",
@@ -459,6 +543,15 @@ impl Guard {
                 m.evict(note).await;
             }
         }
+    }
+}
+
+/// Whether a model asks for a GPU.
+fn uses_gpu(spec: &ModelSpec) -> bool {
+    match spec.family {
+        Family::Text => spec.text.gpu_layers.is_some_and(|n| n != 0),
+        Family::Lite => spec.lite.accelerator == crate::config::LiteAccelerator::Gpu,
+        Family::Vision => false,
     }
 }
 
