@@ -152,16 +152,7 @@ impl Sidecar {
 
     /// An AdminService client over the control socket.
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
-        let path = self.store.path().join("control.sock");
-        let channel = tonic::transport::Endpoint::try_from("http://control.sock")
-            .expect("uri")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
+        let channel = supervisor::ctl::connect(&self.store.path().join("control.sock"))
             .await
             .expect("connect to the control socket");
         AdminServiceClient::new(channel)

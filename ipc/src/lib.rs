@@ -34,7 +34,9 @@ mod error;
 mod flow;
 mod frame;
 mod layout;
+pub mod loopback;
 pub mod malloc;
+mod names;
 mod outbox;
 mod pool;
 mod ring;
@@ -47,6 +49,7 @@ pub use ends::{ChannelConfig, ENV_VAR, Ends, Side, create};
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
+pub use names::RequestNames;
 pub use outbox::{Outbox, spawn_heartbeats};
 pub use self_memory::{SelfMemory, self_memory};
 

@@ -1,4 +1,4 @@
-//! The HTTP admin port: `/livez` and `/readyz`, on a runtime of its own so
+//! The HTTP admin port: `/livez`, `/readyz` and `/metrics`, on a runtime of its own so
 //! probes are answered however busy the data path is. Read-only.
 
 use std::net::SocketAddr;
@@ -55,6 +55,7 @@ pub fn start(
                 let app = Router::new()
                     .route("/livez", get(|| async { "ok\n" }))
                     .route("/readyz", get(readyz))
+                    .route("/metrics", get(metrics))
                     .with_state(probe);
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
@@ -68,6 +69,16 @@ pub fn start(
         })
         .map_err(|e| Error::Internal(format!("admin thread: {e}")))?;
     Ok(local)
+}
+
+async fn metrics(State(p): State<Probe>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::metrics().render(&p.registry),
+    )
 }
 
 async fn readyz(State(p): State<Probe>) -> (StatusCode, String) {

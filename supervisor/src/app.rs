@@ -119,10 +119,18 @@ pub async fn run(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
+    let control_models = ModelServiceServer::new(ModelApi {
+        registry: registry.clone(),
+        config: config.clone(),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let control_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(admin_api)
+            // LoadModel and UnloadModel for `sidecarctl`, off the network.
+            .add_service(control_models)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(control),
                 async {
@@ -150,6 +158,7 @@ pub async fn run(
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(2 * STREAM_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
+            .layer(crate::metrics::CallLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(text)

@@ -59,6 +59,31 @@ impl Error {
         }
     }
 
+    /// The same error, its message ending with the call's request id, so
+    /// a caller's report can be matched with the logs.
+    pub fn with_request_id(self, id: &str) -> Error {
+        let tag = |m: String| {
+            if id.is_empty() || m.contains(id) {
+                m
+            } else {
+                format!("{m} [request {id}]")
+            }
+        };
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(tag(m)),
+            Error::NotFound(m) => Error::NotFound(tag(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(tag(m)),
+            Error::Unavailable(m) => Error::Unavailable(tag(m)),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(tag(m)),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(tag(m)),
+            Error::DeadlineExceeded(m) => Error::DeadlineExceeded(tag(m)),
+            Error::Cancelled(m) => Error::Cancelled(tag(m)),
+            Error::Unimplemented(m) => Error::Unimplemented(tag(m)),
+            Error::Config(m) => Error::Config(tag(m)),
+            Error::Internal(m) => Error::Internal(tag(m)),
+        }
+    }
+
     /// A worker's ERROR frame, by its gRPC code number.
     pub fn from_worker(code: u32, message: String) -> Error {
         match Code::from_i32(code as i32) {

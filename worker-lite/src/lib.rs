@@ -11,6 +11,7 @@ pub mod error;
 pub mod litert;
 pub mod memory;
 pub mod serve;
+pub mod standalone;
 pub mod tensor;
 pub mod wire;
 

@@ -1,6 +1,8 @@
 //! `worker-lite`: started by the sidecar supervisor with one end of an ipc
 //! channel (`SIDECAR_IPC`) and the LiteRT runtime's path
 //! (`SIDECAR_LITERT_LIB`). Logs go to stderr, which the supervisor reads.
+//! With arguments (`--model m.tflite`) it runs standalone and prints its
+//! answer (see `worker_lite::standalone`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -18,6 +20,23 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() || std::env::var_os(ipc::ENV_VAR).is_none() {
+        let parsed = match worker_lite::standalone::parse(&args) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("worker-lite: {e}\n{}", worker_lite::standalone::USAGE);
+                return ExitCode::from(2);
+            }
+        };
+        return match worker_lite::standalone::run(&parsed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("worker-lite: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let chan = match ipc::BlockingChannel::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => {

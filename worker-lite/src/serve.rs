@@ -52,6 +52,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), CallError> {
             continue;
         }
         let arrived = Instant::now();
+        let request_id = wire::request_tag(frame.payload());
         in_flight.store(1, Ordering::Relaxed);
         // An Infer call is worked on while its frame is held: the tensor
         // bytes are read in place.
@@ -87,7 +88,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), CallError> {
                 chan.send(id, Kind::Response, Flags::END, &r.encode_to_vec())
             }
             Err(e) => {
-                tracing::info!(request = id, code = ?e.code, "request failed: {}", e.message);
+                tracing::info!(request = id, request_id, code = ?e.code, "request failed: {}", e.message);
                 chan.send(id, Kind::Error, Flags::END, &e.to_proto().encode_to_vec())
             }
         };

@@ -70,6 +70,26 @@ fn utf8<'a>(b: &'a [u8], what: &str) -> Result<&'a str, CallError> {
     std::str::from_utf8(b).map_err(|_| bad(&format!("{what} is not UTF-8")))
 }
 
+/// The caller's request id (field 1) of a request frame's payload, ""
+/// when absent or unreadable.
+pub fn request_tag(payload: &[u8]) -> String {
+    let mut buf = payload;
+    while buf.has_remaining() {
+        let Ok((tag, wire)) = key(&mut buf) else {
+            break;
+        };
+        if (tag, wire) == (1, WireType::LengthDelimited) {
+            return delimited(&mut buf)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+        }
+        if skip(wire, tag, &mut buf).is_err() {
+            break;
+        }
+    }
+    String::new()
+}
+
 /// Reads a request frame's payload.
 pub fn parse(payload: &[u8]) -> Result<Request<'_>, CallError> {
     let mut buf = payload;
@@ -385,6 +405,7 @@ mod tests {
             })),
         };
         let bytes = req.encode_to_vec();
+        assert_eq!(request_tag(&bytes), "t");
         let Request::Infer(call, deadline) = parse(&bytes).expect("parse") else {
             panic!("not read as Infer");
         };

@@ -15,6 +15,7 @@ pub mod model;
 pub mod sampling;
 pub mod seq;
 pub mod serve;
+pub mod standalone;
 pub mod text;
 
 pub use error::{Code, WorkerError};

@@ -1,5 +1,7 @@
 //! `worker-text`: started by the sidecar supervisor with one end of an ipc
 //! channel (`SIDECAR_IPC`). Logs go to stderr, which the supervisor reads.
+//! With arguments (`--model m.gguf --prompt ...`) it runs standalone and
+//! prints its answer (see `worker_text::standalone`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -19,6 +21,23 @@ fn main() -> ExitCode {
         )
         .init();
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() || std::env::var_os(ipc::ENV_VAR).is_none() {
+        let parsed = match worker_text::standalone::parse(&args) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("worker-text: {e}\n{}", worker_text::standalone::USAGE);
+                return ExitCode::from(2);
+            }
+        };
+        return match worker_text::standalone::run(&parsed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("worker-text: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let chan = match ipc::BlockingChannel::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => {

@@ -46,6 +46,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), WorkerError> {
         slots: Vec::new(),
         waiting: VecDeque::new(),
         outbox: Outbox::default(),
+        names: ipc::RequestNames::default(),
     };
     loop {
         if !s.has_work() {
@@ -127,6 +128,8 @@ struct Scheduler<'c> {
     slots: Vec<Option<Active>>,
     waiting: VecDeque<Waiting>,
     outbox: Outbox,
+    /// The callers' request ids, for log lines.
+    names: ipc::RequestNames,
 }
 
 impl Scheduler<'_> {
@@ -152,7 +155,8 @@ impl Scheduler<'_> {
     }
 
     fn fail(&mut self, id: u64, e: &WorkerError) {
-        tracing::info!(request = id, code = ?e.code, "request failed: {}", e.message);
+        let request_id = self.names.get(id);
+        tracing::info!(request = id, request_id, code = ?e.code, "request failed: {}", e.message);
         self.queue(
             id,
             Kind::Error,
@@ -170,7 +174,11 @@ impl Scheduler<'_> {
                 });
                 drop(frame);
                 match req {
-                    Ok(req) => self.on_request(id, req),
+                    Ok(req) => {
+                        tracing::debug!(request = id, request_id = %req.request_tag, "request");
+                        self.names.insert(id, req.request_tag.clone());
+                        self.on_request(id, req)
+                    }
                     Err(e) => self.fail(id, &e),
                 }
             }

@@ -15,6 +15,7 @@ pub mod h264;
 pub mod image;
 pub mod serve;
 pub mod ssd;
+pub mod standalone;
 pub mod streams;
 pub mod tasks;
 pub mod template;

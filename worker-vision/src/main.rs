@@ -1,6 +1,7 @@
 //! `worker-vision`: started by the sidecar supervisor with one end of an
 //! ipc channel (`SIDECAR_IPC`). Logs go to stderr, which the supervisor
-//! reads.
+//! reads. With arguments (`--model m.tflite --image f.png`) it runs
+//! standalone and prints its answer (see `worker_vision::standalone`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -18,6 +19,23 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() || std::env::var_os(ipc::ENV_VAR).is_none() {
+        let parsed = match worker_vision::standalone::parse(&args) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("worker-vision: {e}\n{}", worker_vision::standalone::USAGE);
+                return ExitCode::from(2);
+            }
+        };
+        return match worker_vision::standalone::run(&parsed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("worker-vision: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let chan = match ipc::BlockingChannel::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => {

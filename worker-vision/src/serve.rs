@@ -29,6 +29,8 @@ struct Worker<'c> {
     /// Round-robin position among the streams.
     turn: usize,
     outbox: Outbox,
+    /// The callers' request ids, for log lines.
+    names: ipc::RequestNames,
     in_flight: Arc<AtomicU32>,
 }
 
@@ -56,6 +58,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
         streams: Vec::new(),
         turn: 0,
         outbox: Outbox::default(),
+        names: ipc::RequestNames::default(),
         in_flight,
     };
     loop {
@@ -104,7 +107,8 @@ impl Worker<'_> {
     }
 
     fn fail(&mut self, id: u64, e: &VisionError) {
-        tracing::info!(request = id, "request failed: {e}");
+        let request_id = self.names.get(id);
+        tracing::info!(request = id, request_id, "request failed: {e}");
         self.queue(id, Kind::Error, Flags::END, e.to_proto().encode_to_vec());
     }
 
@@ -115,7 +119,12 @@ impl Worker<'_> {
                 let req = WorkerRequest::decode(frame.payload());
                 drop(frame);
                 match req {
-                    Ok(req) => self.on_request(id, req),
+                    Ok(req) => {
+                        if !req.request_tag.is_empty() {
+                            self.names.insert(id, req.request_tag.clone());
+                        }
+                        self.on_request(id, req)
+                    }
                     Err(e) => {
                         self.fail(id, &VisionError::Invalid(format!("malformed request: {e}")))
                     }

@@ -1,16 +1,21 @@
-//! AdminService on the control socket: status, workers, restarts.
-//! Draining, log streaming and direct worker calls are not served yet
-//! (UNIMPLEMENTED, said so in the message).
+//! AdminService on the control socket: status, workers, restarts,
+//! draining, log streaming and direct worker calls.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use prost::Message;
 use sidecar_proto::v1::admin_service_server::AdminService;
 use sidecar_proto::v1::{
-    CallWorkerRequest, CallWorkerResponse, DrainModelRequest, DrainModelResponse, GetStatusRequest,
-    ListWorkersRequest, ListWorkersResponse, LogLine, RestartWorkerRequest, RestartWorkerResponse,
-    StatusResponse, StreamLogsRequest, WorkerInfo,
+    CallTimings, CallWorkerRequest, CallWorkerResponse, ChatRequest, DrainModelRequest,
+    DrainModelResponse, EmbedRequest, GenerateRequest, GetStatusRequest, InferRequest,
+    ListWorkersRequest, ListWorkersResponse, LogLine, ProcessBatchRequest, RestartWorkerRequest,
+    RestartWorkerResponse, StatusResponse, StreamLogsRequest, TokenizeRequest, WorkerInfo,
+    call_worker_request, call_worker_response,
+};
+use sidecar_proto::worker::{
+    WorkerError, WorkerRequest, WorkerResponse, worker_request, worker_response,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -29,10 +34,6 @@ pub struct AdminApi {
     pub config: Arc<Config>,
     /// When the supervisor started.
     pub started: Instant,
-}
-
-fn unimplemented(what: &str) -> Status {
-    Error::Unimplemented(format!("{what} is not served yet on the control socket")).into()
 }
 
 type Logs = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
@@ -119,26 +120,231 @@ impl AdminService for AdminApi {
 
     async fn drain_model(
         &self,
-        _: Request<DrainModelRequest>,
+        req: Request<DrainModelRequest>,
     ) -> Result<Response<DrainModelResponse>, Status> {
-        Err(unimplemented("DrainModel"))
+        let deadline = super::deadline(&req, self.config.shutdown_grace);
+        let req = req.into_inner();
+        let handle = self.registry.get(&req.model_id)?;
+        if req.resume {
+            handle.resume();
+        } else {
+            let state = handle.status().state;
+            if state != State::Ready {
+                return Err(Error::FailedPrecondition(format!(
+                    "model {:?} is {state:?}: only a READY model drains",
+                    req.model_id
+                ))
+                .into());
+            }
+            if req.wait {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !handle.drain(left).await {
+                    return Err(Error::DeadlineExceeded(format!(
+                        "model {:?} is DRAINING but calls were still in flight at the deadline",
+                        req.model_id
+                    ))
+                    .into());
+                }
+            } else {
+                handle.set_draining();
+            }
+        }
+        Ok(Response::new(DrainModelResponse {
+            model: Some(handle.info()),
+        }))
     }
 
     type StreamLogsStream = Logs;
 
     async fn stream_logs(
         &self,
-        _: Request<StreamLogsRequest>,
+        req: Request<StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        Err(unimplemented("StreamLogs"))
+        let req = req.into_inner();
+        let model = (!req.model_id.is_empty()).then_some(req.model_id);
+        if let Some(m) = &model {
+            self.registry.get(m)?;
+        }
+        let book = crate::logs::book();
+        // Subscribed before the history is read: no line falls between.
+        let mut rx = book.subscribe();
+        let tail = match req.tail {
+            0 => 100,
+            n => (n as usize).min(crate::logs::HISTORY),
+        };
+        let (history, next) = book.tail(model.as_deref(), tail);
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            for line in history {
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+            if !req.follow {
+                return;
+            }
+            let mut dropped = 0u64;
+            loop {
+                tokio::select! {
+                    got = rx.recv() => match got {
+                        Ok((seq, mut line)) => {
+                            if seq < next || model.as_deref().is_some_and(|m| m != line.model_id) {
+                                continue;
+                            }
+                            line.dropped_before = std::mem::take(&mut dropped);
+                            if tx.send(Ok(line)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => dropped += n,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     type CallWorkerStream = Calls;
 
     async fn call_worker(
         &self,
-        _: Request<CallWorkerRequest>,
+        req: Request<CallWorkerRequest>,
     ) -> Result<Response<Self::CallWorkerStream>, Status> {
-        Err(unimplemented("CallWorker"))
+        let deadline = super::deadline(&req, self.config.deadlines.unary);
+        let request_id = super::request_id(&req);
+        let req = req.into_inner();
+        let handle = self.registry.get(&req.model_id)?;
+        let model = req.model_id.clone();
+        let body = match req.call {
+            Some(call_worker_request::Call::Generate(g)) => {
+                worker_request::Body::Generate(GenerateRequest {
+                    model_id: model,
+                    ..g
+                })
+            }
+            Some(call_worker_request::Call::Chat(c)) => worker_request::Body::Chat(ChatRequest {
+                model_id: model,
+                ..c
+            }),
+            Some(call_worker_request::Call::Embed(e)) => {
+                worker_request::Body::Embed(EmbedRequest {
+                    model_id: model,
+                    ..e
+                })
+            }
+            Some(call_worker_request::Call::Tokenize(t)) => {
+                worker_request::Body::Tokenize(TokenizeRequest {
+                    model_id: model,
+                    ..t
+                })
+            }
+            Some(call_worker_request::Call::Vision(v)) => {
+                worker_request::Body::VisionBatch(ProcessBatchRequest {
+                    model_id: model,
+                    ..v
+                })
+            }
+            Some(call_worker_request::Call::Infer(i)) => {
+                worker_request::Body::Infer(InferRequest {
+                    model_id: model,
+                    ..i
+                })
+            }
+            None => return Err(Error::InvalidArgument("call must hold one request".into()).into()),
+        };
+        let wreq = WorkerRequest {
+            request_tag: request_id.clone(),
+            deadline_unix_ms: crate::worker::now_ms()
+                + deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as i64,
+            body: Some(body),
+        };
+        let sent = Instant::now();
+        let mut stream = handle
+            .call_direct(&wreq)
+            .await
+            .map_err(|e| e.with_request_id(&request_id))?;
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut first = None;
+            let mut frames = 0u32;
+            loop {
+                let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+                let frame = match next {
+                    Err(_) => {
+                        let e = Error::DeadlineExceeded(
+                            "the worker did not finish before the deadline".into(),
+                        );
+                        let _ = tx.send(Err(e.with_request_id(&request_id).into())).await;
+                        return;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        let e = Error::Unavailable(format!("the worker's channel: {e}"));
+                        let _ = tx.send(Err(e.with_request_id(&request_id).into())).await;
+                        return;
+                    }
+                    Ok(Some(Ok(f))) => f,
+                };
+                frames += 1;
+                first.get_or_insert_with(|| sent.elapsed());
+                let end = frame.flags.is_end();
+                let msg = match frame.kind {
+                    ipc::Kind::Response => match WorkerResponse::decode(frame.payload) {
+                        Ok(r) => direct_answer(r),
+                        Err(e) => Err(Error::Internal(format!("undecodable worker answer: {e}"))),
+                    },
+                    ipc::Kind::Error => match WorkerError::decode(frame.payload) {
+                        Ok(e) => Err(Error::from_worker(e.code, e.message)),
+                        Err(e) => Err(Error::Internal(format!("undecodable worker error: {e}"))),
+                    },
+                    _ => continue,
+                };
+                let failed = msg.is_err();
+                let msg = msg.map_err(|e| Status::from(e.with_request_id(&request_id)));
+                if let Ok(None) = msg {
+                } else if tx.send(msg.map(|m| m.unwrap_or_default())).await.is_err() {
+                    return;
+                }
+                if end || failed {
+                    break;
+                }
+            }
+            let done = CallWorkerResponse {
+                msg: Some(call_worker_response::Msg::Done(CallTimings {
+                    first_response_us: first.unwrap_or_default().as_micros() as u64,
+                    total_us: sent.elapsed().as_micros() as u64,
+                    frames,
+                })),
+            };
+            let _ = tx.send(Ok(done)).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
+}
+
+/// A worker's answer as a CallWorker message (`None`: an empty answer).
+fn direct_answer(r: WorkerResponse) -> Result<Option<CallWorkerResponse>, Error> {
+    use call_worker_response::Msg;
+    let msg = match r.body {
+        None => return Ok(None),
+        Some(worker_response::Body::Text(t)) => Msg::Text(t),
+        Some(worker_response::Body::Embed(e)) => Msg::Embed(e),
+        Some(worker_response::Body::Tokenize(t)) => Msg::Tokenize(t),
+        Some(worker_response::Body::VisionBatch(v)) => Msg::Vision(v),
+        Some(worker_response::Body::Infer(i)) => Msg::Infer(i),
+        Some(other) => {
+            return Err(Error::Internal(format!(
+                "unexpected worker answer {other:?}"
+            )));
+        }
+    };
+    Ok(Some(CallWorkerResponse { msg: Some(msg) }))
 }

@@ -29,7 +29,10 @@ pub async fn call_worker<T>(
     let deadline = deadline(&req, default);
     let request_id = request_id(&req);
     let (model_id, body) = into_body(req.into_inner());
-    let handle = registry.get(&model_id)?;
+    let method = crate::metrics::note_model(&model_id);
+    let handle = registry
+        .get(&model_id)
+        .map_err(|e| e.with_request_id(&request_id))?;
     if handle.spec.family != family {
         return Err(Error::FailedPrecondition(format!(
             "model {model_id:?} is a {} model, not {}",
@@ -43,15 +46,31 @@ pub async fn call_worker<T>(
                 .to_proto()
                 .as_str_name()
                 .trim_start_matches("MODEL_FAMILY_"),
-        )));
+        ))
+        .with_request_id(&request_id));
     }
     tracing::debug!(request_id, model = %model_id, "worker call");
     let req = WorkerRequest {
-        request_tag: request_id,
+        request_tag: request_id.clone(),
         deadline_unix_ms: 0,
         body: Some(body),
     };
-    handle.call(req, deadline).await
+    match handle.call(req, deadline).await {
+        Ok(call) => {
+            crate::metrics::metrics()
+                .queue_wait
+                .get_or_create(&crate::metrics::MethodModel {
+                    method,
+                    model: model_id,
+                })
+                .observe(call.queued.as_secs_f64());
+            Ok(call)
+        }
+        Err(e) => {
+            tracing::info!(request_id, model = %model_id, "call refused: {e}");
+            Err(e.with_request_id(&request_id))
+        }
+    }
 }
 
 /// The single answer of a unary worker call.

@@ -131,6 +131,7 @@ async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResp
                     timings.queue_us += queued;
                     timings.time_to_first_token_us += queued;
                     timings.total_us += queued;
+                    record(call.model_id(), done.usage.as_ref(), timings);
                 }
                 Some(Ok(t))
             }
@@ -139,6 +140,34 @@ async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResp
             )))),
         },
         Err(e) => Some(Err(e)),
+    }
+}
+
+/// A finished generation's token counts and speeds, in the metrics.
+fn record(
+    model: &str,
+    usage: Option<&sidecar_proto::v1::Usage>,
+    timings: &sidecar_proto::v1::TextTimings,
+) {
+    let m = crate::metrics::metrics();
+    let label = crate::metrics::ModelLabel {
+        model: model.to_owned(),
+    };
+    m.ttft
+        .get_or_create(&label)
+        .observe(timings.time_to_first_token_us as f64 / 1e6);
+    if let Some(u) = usage {
+        m.tokens_generated
+            .get_or_create(&label)
+            .inc_by(u64::from(u.completion_tokens));
+        m.tokens_prompted
+            .get_or_create(&label)
+            .inc_by(u64::from(u.prompt_tokens));
+        if timings.generation_us > 0 && u.completion_tokens > 0 {
+            m.tokens_per_second
+                .get_or_create(&label)
+                .observe(f64::from(u.completion_tokens) * 1e6 / timings.generation_us as f64);
+        }
     }
 }
 

@@ -20,6 +20,44 @@ use crate::registry::Registry;
 /// Most images of one ProcessBatch (the worker checks it too).
 const MAX_IMAGES: usize = 256;
 
+/// One stream's frame counts, added to the metrics when it ends.
+struct FrameCounts {
+    model: String,
+    started: std::time::Instant,
+    arrived: u64,
+    processed: u64,
+    dropped: u64,
+}
+
+impl FrameCounts {
+    fn new(model: String) -> FrameCounts {
+        FrameCounts {
+            model,
+            started: std::time::Instant::now(),
+            arrived: 0,
+            processed: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl Drop for FrameCounts {
+    fn drop(&mut self) {
+        let m = crate::metrics::metrics();
+        m.frame(&self.model, "in", self.arrived);
+        m.frame(&self.model, "processed", self.processed);
+        m.frame(&self.model, "dropped", self.dropped);
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.processed > 0 && secs > 0.0 {
+            m.stream_fps
+                .get_or_create(&crate::metrics::ModelLabel {
+                    model: self.model.clone(),
+                })
+                .observe(self.processed as f64 / secs);
+        }
+    }
+}
+
 /// The VisionService implementation.
 #[derive(Debug, Clone)]
 pub struct VisionApi {
@@ -59,6 +97,7 @@ impl VisionService for VisionApi {
         };
         let drop_oldest = config.overflow == OverflowPolicy::DropOldest as i32;
         let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let model = config.model_id.clone();
         let mut call = super::call_worker(
             &self.registry,
             Family::Vision,
@@ -69,6 +108,7 @@ impl VisionService for VisionApi {
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
+            let mut counts = FrameCounts::new(model);
             let mut waiting = 0usize;
             let mut input_open = true;
             loop {
@@ -84,6 +124,7 @@ impl VisionService for VisionApi {
                                 let _ = tx.send(Err(e.into())).await;
                                 return;
                             }
+                            counts.arrived += 1;
                             waiting += 1;
                         }
                         Ok(Some(_)) => {
@@ -113,6 +154,11 @@ impl VisionService for VisionApi {
                         Some(Ok(r)) => match r.body {
                             Some(worker_response::Body::Vision(result)) => {
                                 waiting = waiting.saturating_sub(1);
+                                if result.dropped {
+                                    counts.dropped += 1;
+                                } else {
+                                    counts.processed += 1;
+                                }
                                 if tx.send(Ok(result)).await.is_err() {
                                     return;
                                 }

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use ipc::Kind;
 use prost::Message;
+use sidecar_proto::v1::LogSource;
 use sidecar_proto::worker::{
     Heartbeat, Hello, Load, Loaded, WorkerError, WorkerRequest, WorkerResponse, load,
     worker_request, worker_response,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use super::process::{self, Exit, KillReason, Spawner};
 use super::{Command, Conn, State, Status, now_ms};
@@ -149,6 +151,20 @@ impl Actor {
                 restarts = s.restarts,
                 error = %s.last_error,
                 "model state"
+            );
+            let error = if s.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.last_error)
+            };
+            crate::logs::book().push(
+                &self.spec.id,
+                s.pid,
+                LogSource::Supervisor,
+                &format!(
+                    "state {from:?} -> {state:?}, restarts {}{error}",
+                    s.restarts
+                ),
             );
         });
     }
@@ -300,6 +316,7 @@ impl Actor {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
+        crate::metrics::metrics().restart(&self.spec.id, reason);
         self.status.send_modify(|s| {
             s.restarts += 1;
             s.last_kill_reason = Some(reason);
@@ -369,7 +386,8 @@ impl Actor {
             exit.pid,
             reason.as_str()
         );
-        tracing::warn!(model = %self.spec.id, "{message}");
+        let last_words = crate::logs::book().last_words(&self.spec.id, exit.pid);
+        tracing::warn!(model = %self.spec.id, pid = exit.pid, last_lines = %last_words, "{message}");
         self.status.send_modify(|s| {
             s.last_error = message;
             s.last_exit = exit.to_string();
@@ -412,7 +430,7 @@ impl Actor {
             m.latest = None;
             m.gpu.clear();
         }
-        forward_logs(&mut child, &self.spec.id, pid);
+        forward_logs(&mut child, &self.spec.id, self.spec.family, pid);
         let mut exit = process::watch_exit(child);
         let chan = match ipc::AsyncChannel::new(mine) {
             Ok(c) => Arc::new(c),
@@ -631,6 +649,11 @@ impl Actor {
                     return Ended::Died { exit, reason: KillReason::Unhealthy };
                 }
                 cmd = self.cmds.recv() => match cmd {
+                    // Already dead: it died on its own, whatever the kill was for.
+                    Some(Command::Kill { pid, .. }) if pid == conn.pid && conn.exit.borrow().is_some() => {
+                        let exit = conn.exit.borrow().unwrap_or(Exit { pid, code: None, signal: None });
+                        return Ended::Died { exit, reason: KillReason::Crash };
+                    }
                     Some(Command::Kill { pid, reason, note }) if pid == conn.pid => {
                         self.status.send_modify(|s| s.kill_note = Some((pid, reason, note)));
                         self.conn.send_replace(None);
@@ -667,26 +690,49 @@ impl Actor {
     }
 }
 
-/// Re-emits the worker's stdout and stderr line by line under its model
-/// and pid (both pipes at once, so neither can fill).
-fn forward_logs(child: &mut std::process::Child, model: &str, pid: u32) {
+/// Re-emits the worker's stdout and stderr line by line under a span
+/// naming its model, family and pid (both pipes at once, so neither can
+/// fill), and keeps them in the log book.
+fn forward_logs(child: &mut std::process::Child, model: &str, family: Family, pid: u32) {
+    let span = tracing::info_span!("worker", model = %model, family = family.worker_binary(), pid);
     if let Some(out) = child.stdout.take() {
-        spawn_lines(out.into(), model.to_owned(), pid, "stdout");
+        spawn_lines(
+            out.into(),
+            model.to_owned(),
+            pid,
+            LogSource::Stdout,
+            span.clone(),
+        );
     }
     if let Some(err) = child.stderr.take() {
-        spawn_lines(err.into(), model.to_owned(), pid, "stderr");
+        spawn_lines(err.into(), model.to_owned(), pid, LogSource::Stderr, span);
     }
 }
 
-fn spawn_lines(fd: std::os::fd::OwnedFd, model: String, pid: u32, stream: &'static str) {
+fn spawn_lines(
+    fd: std::os::fd::OwnedFd,
+    model: String,
+    pid: u32,
+    source: LogSource,
+    span: tracing::Span,
+) {
     let file = std::fs::File::from(fd);
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_file(file) else {
         return;
     };
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "worker", model = %model, pid, stream, "{line}");
+    let stream = if source == LogSource::Stdout {
+        "stdout"
+    } else {
+        "stderr"
+    };
+    tokio::spawn(
+        async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "worker", stream, "{line}");
+                crate::logs::book().push(&model, pid, source, &line);
+            }
         }
-    });
+        .instrument(span),
+    );
 }

@@ -23,6 +23,8 @@ pub struct CallStream {
     done: bool,
     /// Time the call spent in the supervisor before reaching the worker.
     pub queued: Duration,
+    /// The caller's request id.
+    pub request_id: String,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -43,24 +45,38 @@ impl WorkerHandle {
     ) -> Result<CallStream, Error> {
         let arrived = Instant::now();
         let id = &self.spec.id;
+        let metrics = crate::metrics::metrics();
         let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(self);
         if waiting >= self.queue_size {
+            metrics.reject(id, "queue_full");
             return Err(Error::ResourceExhausted(format!(
                 "model {id:?}: queue full ({} calls waiting, the limit is {})",
                 waiting, self.queue_size
             )));
         }
         if self.is_draining() {
+            metrics.reject(id, "draining");
             return Err(Error::Unavailable(format!(
                 "model {id:?} is draining: it admits no new calls"
             )));
         }
-        let conn = self.ready_conn(deadline).await?;
+        let conn = self.ready_conn(deadline).await.inspect_err(|e| {
+            metrics.reject(
+                id,
+                match e {
+                    Error::ResourceExhausted(_) => "memory",
+                    Error::DeadlineExceeded(_) => "deadline",
+                    Error::FailedPrecondition(_) => "failed",
+                    _ => "unavailable",
+                },
+            );
+        })?;
         let permit =
             tokio::time::timeout_at(deadline.into(), self.in_flight.clone().acquire_owned())
                 .await
                 .map_err(|_| {
+                    metrics.reject(id, "deadline");
                     Error::DeadlineExceeded(format!("model {id:?}: deadline passed while queued"))
                 })?
                 .map_err(|_| Error::Unavailable(format!("model {id:?} is unloading")))?;
@@ -88,6 +104,7 @@ impl WorkerHandle {
             deadline,
             done: false,
             queued: arrived.elapsed(),
+            request_id: req.request_tag,
             _permit: permit,
         })
     }
@@ -159,7 +176,7 @@ impl WorkerHandle {
     /// What a channel failure means for the caller: a worker the guard
     /// (or the kernel's OOM killer) killed for memory is RESOURCE_EXHAUSTED
     /// with the figures; any other death UNAVAILABLE.
-    fn channel_error(&self, conn: &Conn, e: ipc::Error) -> Error {
+    pub(super) fn channel_error(&self, conn: &Conn, e: ipc::Error) -> Error {
         match e {
             ipc::Error::PeerGone => {
                 let id = &self.spec.id;
@@ -195,6 +212,11 @@ impl WorkerHandle {
 }
 
 impl CallStream {
+    /// The model this call went to.
+    pub fn model_id(&self) -> &str {
+        &self.handle.spec.id
+    }
+
     /// Sends another request frame on this call (a streaming call's next
     /// input), encoded straight into the ring.
     pub async fn send_more(&self, req: &WorkerRequest) -> Result<(), Error> {
@@ -210,14 +232,29 @@ impl CallStream {
             .map_err(|e| self.handle.channel_error(&self.conn, e))
     }
 
-    /// The next answer; `None` after the last.
+    /// The next answer; `None` after the last. Errors end with the
+    /// request id.
     pub async fn next(&mut self) -> Option<Result<WorkerResponse, Error>> {
+        let answer = self.next_untagged().await?;
+        Some(answer.map_err(|e| e.with_request_id(&self.request_id)))
+    }
+
+    async fn next_untagged(&mut self) -> Option<Result<WorkerResponse, Error>> {
         if self.done {
             return None;
         }
         let stream = self.stream.as_mut()?;
-        let frame = match tokio::time::timeout_at(self.deadline.into(), stream.next()).await {
-            Err(_) => {
+        // Checked first: a fast worker keeps frames waiting, and a ready
+        // frame would otherwise win over a deadline already past.
+        let next = if Instant::now() >= self.deadline {
+            Err(())
+        } else {
+            tokio::time::timeout_at(self.deadline.into(), stream.next())
+                .await
+                .map_err(|_| ())
+        };
+        let frame = match next {
+            Err(()) => {
                 self.done = true;
                 self.cancel_after_deadline();
                 return Some(Err(Error::DeadlineExceeded(format!(
@@ -276,13 +313,17 @@ impl CallStream {
         };
         tokio::spawn(async move {
             let _ = stream.send(Kind::Cancel, Flags::NONE, &cancel).await;
+            // Stopped: its last frame came, or the worker is gone anyway
+            // (its death is the actor's to report, not a timeout).
             let stopped = tokio::time::timeout(grace, async {
-                while let Some(Ok(f)) = stream.next().await {
-                    if f.flags.is_end() {
-                        return true;
+                while let Some(frame) = stream.next().await {
+                    match frame {
+                        Ok(f) if f.flags.is_end() => return true,
+                        Ok(_) => {}
+                        Err(_) => return true,
                     }
                 }
-                false
+                true
             })
             .await;
             if !matches!(stopped, Ok(true)) {

@@ -271,6 +271,36 @@ impl WorkerHandle {
             .is_ok_and(|p| p.is_ok())
     }
 
+    /// Stops admitting new calls without waiting.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Admits calls again after a drain.
+    pub fn resume(&self) {
+        self.draining.store(false, Ordering::SeqCst);
+    }
+
+    /// Sends `req` straight into the current worker's channel: no queue,
+    /// no in-flight slot, no wait for READY (`sidecarctl call`).
+    pub async fn call_direct(
+        &self,
+        req: &sidecar_proto::worker::WorkerRequest,
+    ) -> Result<ipc::ResponseStream, Error> {
+        use prost::Message;
+        let Some(conn) = self.conn.borrow().clone() else {
+            return Err(Error::Unavailable(format!(
+                "model {:?} has no worker running ({:?})",
+                self.spec.id,
+                self.status().state
+            )));
+        };
+        conn.chan
+            .request(&req.encode_to_vec())
+            .await
+            .map_err(|e| self.channel_error(&conn, e))
+    }
+
     /// Whether the model admits no new calls.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)

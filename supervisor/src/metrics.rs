@@ -1,0 +1,543 @@
+//! Prometheus metrics, served as text on the admin port's `/metrics`.
+//!
+//! Calls are counted by a tower layer around the API server ([`CallLayer`]):
+//! it knows the method from the path and the status code from the
+//! response's headers (errors) or trailers (the end of a stream, which it
+//! waits for), and a task-local [`CallInfo`] that `api::call_worker` fills
+//! with the model and the request id. The rest is recorded where it
+//! happens (queue wait, rejections, tokens, frames, restarts), and the
+//! per-model gauges (state, memory, uptime, in flight, queue depth) are
+//! read from the registry at each scrape.
+
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::worker::{KillReason, State};
+
+/// `method`, `model` and the gRPC `code` name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// gRPC method ("TextService/Generate").
+    pub method: String,
+    /// Model id ("" when the call failed before naming one).
+    pub model: String,
+    /// gRPC status code name ("OK", "RESOURCE_EXHAUSTED", ...).
+    pub code: String,
+}
+
+/// `method` and `model`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodModel {
+    /// gRPC method.
+    pub method: String,
+    /// Model id.
+    pub model: String,
+}
+
+/// `model`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// Model id.
+    pub model: String,
+}
+
+/// `model` and a `reason` (of a rejection or a kill).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelReason {
+    /// Model id.
+    pub model: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `model` and a `kind` (of frames or memory).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelKind {
+    /// Model id.
+    pub model: String,
+    /// What.
+    pub kind: String,
+}
+
+/// `model` and its `state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelStateLabel {
+    /// Model id.
+    pub model: String,
+    /// "ready", "loading", ...
+    pub state: String,
+}
+
+type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
+fn rates() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+/// Every metric.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Calls by method, model and status code.
+    pub requests: Family<CallLabels, Counter>,
+    /// Call duration, to the last message.
+    pub latency: Hist<MethodModel>,
+    /// Time a call waited in the supervisor before reaching its worker.
+    pub queue_wait: Hist<MethodModel>,
+    /// Calls refused before reaching a worker, by reason.
+    pub rejected: Family<ModelReason, Counter>,
+    /// Text: time to the first token.
+    pub ttft: Hist<ModelLabel>,
+    /// Text: tokens generated.
+    pub tokens_generated: Family<ModelLabel, Counter>,
+    /// Text: prompt tokens.
+    pub tokens_prompted: Family<ModelLabel, Counter>,
+    /// Text: generation speed of each call.
+    pub tokens_per_second: Hist<ModelLabel>,
+    /// Vision: frames by `in`, `processed`, `dropped`.
+    pub frames: Family<ModelKind, Counter>,
+    /// Vision: each finished stream's frames per second.
+    pub stream_fps: Hist<ModelLabel>,
+    /// Worker restarts by kill reason.
+    pub restarts: Family<ModelReason, Counter>,
+    in_flight: Family<ModelLabel, Gauge>,
+    queue_depth: Family<ModelLabel, Gauge>,
+    state: Family<ModelStateLabel, Gauge>,
+    memory: Family<ModelKind, Gauge>,
+    uptime: Family<ModelLabel, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sidecar");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(seconds),
+            queue_wait: Family::new_with_constructor(seconds),
+            rejected: Family::default(),
+            ttft: Family::new_with_constructor(seconds),
+            tokens_generated: Family::default(),
+            tokens_prompted: Family::default(),
+            tokens_per_second: Family::new_with_constructor(rates),
+            frames: Family::default(),
+            stream_fps: Family::new_with_constructor(rates),
+            restarts: Family::default(),
+            in_flight: Family::default(),
+            queue_depth: Family::default(),
+            state: Family::default(),
+            memory: Family::default(),
+            uptime: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Calls by method, model and gRPC status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Call duration to its last message",
+            m.latency.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time a call waited in the supervisor before reaching its worker",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Calls refused before reaching a worker, by reason (queue_full, draining, memory, deadline, failed, unavailable)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Text: time to the first token, queueing included",
+            m.ttft.clone(),
+        );
+        registry.register(
+            "tokens_generated",
+            "Text: tokens generated",
+            m.tokens_generated.clone(),
+        );
+        registry.register(
+            "tokens_prompted",
+            "Text: prompt tokens evaluated",
+            m.tokens_prompted.clone(),
+        );
+        registry.register(
+            "tokens_per_second",
+            "Text: generation speed of each call",
+            m.tokens_per_second.clone(),
+        );
+        registry.register(
+            "vision_frames",
+            "Vision: frames received (in), answered (processed) and dropped",
+            m.frames.clone(),
+        );
+        registry.register(
+            "vision_stream_fps",
+            "Vision: each finished stream's processed frames per second",
+            m.stream_fps.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Worker restarts by kill reason (crash, oom, vram, timeout, unhealthy, requested)",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Calls executing per model",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Calls waiting per model",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "model_state",
+            "1 for the model's current state",
+            m.state.clone(),
+        );
+        registry.register(
+            "worker_memory_bytes",
+            "Worker memory by kind (host_private, host_file, gpu)",
+            m.memory.clone(),
+        );
+        registry.register(
+            "worker_uptime_seconds",
+            "Seconds since the model's current worker started",
+            m.uptime.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A call refused before its worker.
+    pub fn reject(&self, model: &str, reason: &str) {
+        self.rejected
+            .get_or_create(&ModelReason {
+                model: model.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A worker restart.
+    pub fn restart(&self, model: &str, reason: KillReason) {
+        self.restarts
+            .get_or_create(&ModelReason {
+                model: model.into(),
+                reason: reason.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// Vision frames of one kind.
+    pub fn frame(&self, model: &str, kind: &str, n: u64) {
+        self.frames
+            .get_or_create(&ModelKind {
+                model: model.into(),
+                kind: kind.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// The Prometheus text exposition, with the per-model gauges read
+    /// from `models` now.
+    pub fn render(&self, models: &crate::registry::Registry) -> String {
+        for f in [&self.in_flight, &self.queue_depth, &self.uptime] {
+            f.clear();
+        }
+        self.state.clear();
+        self.memory.clear();
+        let now = crate::worker::now_ms();
+        for h in models.list() {
+            let info = h.info();
+            let s = h.status();
+            let model = ModelLabel {
+                model: info.model_id.clone(),
+            };
+            let kind = |k: &str| ModelKind {
+                model: info.model_id.clone(),
+                kind: k.into(),
+            };
+            self.in_flight
+                .get_or_create(&model)
+                .set(i64::from(info.in_flight));
+            self.queue_depth
+                .get_or_create(&model)
+                .set(i64::from(info.queue_depth));
+            self.state
+                .get_or_create(&ModelStateLabel {
+                    model: info.model_id.clone(),
+                    state: state_name(s.state).into(),
+                })
+                .set(1);
+            if s.pid != 0 {
+                self.uptime
+                    .get_or_create(&model)
+                    .set((now - s.started_unix_ms).max(0) / 1000);
+            }
+            if let Some(m) = &info.memory {
+                let gpu: u64 = m.gpu.iter().map(|g| g.used_bytes).sum();
+                for (name, v) in [
+                    ("host_private", m.host_private_bytes),
+                    ("host_file", m.host_file_bytes),
+                    ("gpu", gpu),
+                ] {
+                    self.memory.get_or_create(&kind(name)).set(v as i64);
+                }
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("metrics encoding: {e}");
+        }
+        out
+    }
+}
+
+/// The gRPC status code's name, as Prometheus labels show it.
+pub fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Idle => "idle",
+        State::Loading => "loading",
+        State::Ready => "ready",
+        State::Draining => "draining",
+        State::Restarting => "restarting",
+        State::Failed => "failed",
+        State::Unloading => "unloading",
+        State::Stopped => "stopped",
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// What the layer knows of a call, and what the handler adds.
+#[derive(Debug, Default)]
+pub struct CallInfo {
+    /// "TextService/Generate".
+    pub method: String,
+    model: Mutex<String>,
+}
+
+impl CallInfo {
+    /// The model the call names.
+    pub fn model(&self) -> String {
+        self.model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+tokio::task_local! {
+    static CALL: Arc<CallInfo>;
+}
+
+/// Names the current call's model (from `api::call_worker`); the method,
+/// for the caller's own metrics. Outside a call: "".
+pub fn note_model(model: &str) -> String {
+    CALL.try_with(|c| {
+        *c.model.lock().unwrap_or_else(PoisonError::into_inner) = model.to_owned();
+        c.method.clone()
+    })
+    .unwrap_or_default()
+}
+
+/// Counts every call of the service it wraps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLayer;
+
+impl<S> tower::Layer<S> for CallLayer {
+    type Service = CallService<S>;
+    fn layer(&self, inner: S) -> CallService<S> {
+        CallService { inner }
+    }
+}
+
+/// See [`CallLayer`].
+#[derive(Debug, Clone)]
+pub struct CallService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for CallService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    R: http_body::Body + Send + 'static,
+{
+    type Response = http::Response<Recorded<R>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        // Health probes and reflection (`/grpc.…`) are not counted.
+        let method = if path.starts_with("/grpc.") {
+            String::new()
+        } else {
+            path.trim_start_matches('/')
+                .rsplit_once('.')
+                .map_or_else(|| path.to_owned(), |(_, m)| m.to_owned())
+        };
+        let info = Arc::new(CallInfo {
+            method,
+            ..Default::default()
+        });
+        let started = Instant::now();
+        let fut = CALL.scope(info.clone(), self.inner.call(req));
+        Box::pin(async move {
+            let resp = fut.await?;
+            // An error answer carries its status in the headers.
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok());
+            let mut record = Record {
+                info,
+                started,
+                done: false,
+            };
+            if let Some(code) = code {
+                record.finish(code);
+            }
+            Ok(resp.map(|body| Recorded { body, record }))
+        })
+    }
+}
+
+struct Record {
+    info: Arc<CallInfo>,
+    started: Instant,
+    done: bool,
+}
+
+impl Record {
+    fn finish(&mut self, code: i32) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.info.method.is_empty() {
+            return;
+        }
+        let m = metrics();
+        let model = self.info.model();
+        m.requests
+            .get_or_create(&CallLabels {
+                method: self.info.method.clone(),
+                model: model.clone(),
+                code: code_name(code).to_owned(),
+            })
+            .inc();
+        m.latency
+            .get_or_create(&MethodModel {
+                method: self.info.method.clone(),
+                model,
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        // The body went away before its trailers: the client cancelled.
+        self.finish(tonic::Code::Cancelled as i32);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call when its trailers pass.
+    pub struct Recorded<B> {
+        #[pin]
+        body: B,
+        record: Record,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Recorded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+        {
+            let code = trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(tonic::Code::Unknown as i32);
+            this.record.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,554 @@
+//! What operators meet: `/metrics` after a scripted mix of calls, a crash
+//! and a timeout; `sidecarctl` against a running sidecar (status, workers,
+//! call, logs -f, drain, restart, load/unload, exit codes); request ids in
+//! error messages and worker log lines; the probes as the Kubernetes
+//! manifests assume them; the worker binaries standalone.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{Sidecar, add_model, binary, greedy, minilm_config, serial, signal, store};
+use nix::sys::signal::Signal;
+use sidecar_proto::v1::{EmbedRequest, GenerateRequest, ModelState, TokenizeRequest};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const FAST_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max = 0.5\nkill_grace = 1\n[deadlines]\ncancel_grace = 1\n";
+
+/// The value of one sample line of the Prometheus text (`name{labels}`),
+/// 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(
+        store(),
+        &format!("{FAST_RESTARTS}stream = 0.1\n{}", e2e::smollm2_config("")),
+    );
+    let before = sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+    for _ in 0..3 {
+        text.generate(greedy("One, two,", 4))
+            .await
+            .expect("generate");
+    }
+    text.tokenize(TokenizeRequest {
+        model_id: "smollm2".into(),
+        text: "hello".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("tokenize");
+    let err = text
+        .generate(GenerateRequest {
+            model_id: "nope".into(),
+            ..greedy("x", 1)
+        })
+        .await
+        .expect_err("no such model");
+    assert_eq!(err.code(), Code::NotFound);
+    // A timeout: a token stream's deadline (0.1 s here, the server's
+    // default for streams) passes long before 300 tokens.
+    let mut stream = text
+        .generate_stream(greedy("Once upon a time", 300))
+        .await
+        .expect("stream")
+        .into_inner();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("300 tokens within 0.1 s"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // A crash.
+    signal(before.worker_pid, Signal::SIGKILL);
+    // Back, and sampled by the memory guard.
+    sc.eventually("smollm2", Duration::from_secs(20), |m| {
+        m.state == ModelState::Ready as i32
+            && m.worker_pid != before.worker_pid
+            && m.memory
+                .as_ref()
+                .is_some_and(|mem| mem.host_private_bytes > 0)
+    })
+    .await;
+
+    let (code, metrics) = sc.admin_get("/metrics");
+    assert_eq!(code, 200);
+    let want = [
+        (
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"smollm2\",code=\"OK\"}",
+            3.0,
+        ),
+        (
+            "sidecar_requests_total{method=\"TextService/Tokenize\",model=\"smollm2\",code=\"OK\"}",
+            1.0,
+        ),
+        (
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"nope\",code=\"NOT_FOUND\"}",
+            1.0,
+        ),
+        (
+            "sidecar_requests_total{method=\"TextService/GenerateStream\",model=\"smollm2\",code=\"DEADLINE_EXCEEDED\"}",
+            1.0,
+        ),
+        (
+            "sidecar_worker_restarts_total{model=\"smollm2\",reason=\"crash\"}",
+            1.0,
+        ),
+        (
+            "sidecar_model_state{model=\"smollm2\",state=\"ready\"}",
+            1.0,
+        ),
+        (
+            "sidecar_request_duration_seconds_count{method=\"TextService/Generate\",model=\"smollm2\"}",
+            3.0,
+        ),
+        (
+            "sidecar_queue_wait_seconds_count{method=\"TextService/Generate\",model=\"smollm2\"}",
+            3.0,
+        ),
+    ];
+    for (series, value) in want {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    }
+    // Three finished generations of 4 tokens each.
+    assert_eq!(
+        sample(
+            &metrics,
+            "sidecar_tokens_generated_total{model=\"smollm2\"}"
+        ),
+        12.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sidecar_time_to_first_token_seconds_count{model=\"smollm2\"}"
+        ),
+        3.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "sidecar_worker_memory_bytes{model=\"smollm2\",kind=\"host_private\"}"
+        ) > 0.0
+    );
+    assert_eq!(
+        sample(&metrics, "sidecar_in_flight{model=\"smollm2\"}"),
+        0.0
+    );
+}
+
+/// Runs `sidecarctl` against `sc`: (exit code, stdout, stderr).
+fn ctl(sc: &Sidecar, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("sidecarctl"))
+        .arg("--socket")
+        .arg(sc.store.path().join("control.sock"))
+        .args(args)
+        .output()
+        .expect("run sidecarctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecarctl_serves_an_operator_through_the_control_socket() {
+    let _serial = serial().await;
+    let store = store();
+    add_model(&store, e2e::MINILM);
+    add_model(&store, "mediapipe/face_detection_short_range.tflite");
+    let sc = Sidecar::start(
+        store,
+        &format!(
+            "{FAST_RESTARTS}{}{}",
+            e2e::smollm2_config(""),
+            minilm_config("")
+        ),
+    );
+    let first = sc.ready("smollm2").await;
+    sc.ready("minilm").await;
+
+    let (code, out, _) = ctl(&sc, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("READY") && out.contains("smollm2") && out.contains("minilm"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&sc, &["--json", "status"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["models"][1]["state"], "READY", "{status}");
+    assert_eq!(status["models"][1]["pid"], first.worker_pid);
+    let (code, out, _) = ctl(&sc, &["workers"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&first.worker_pid.to_string()), "{out}");
+
+    // A call straight to the worker, with its timings.
+    let (code, out, _) = ctl(
+        &sc,
+        &[
+            "call",
+            "smollm2",
+            "--prompt",
+            "One, two,",
+            "--max-tokens",
+            "4",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("[4 prompt tokens, 4 generated") || out.contains(" generated"),
+        "{out}"
+    );
+    assert!(out.contains("[worker: first answer"), "{out}");
+    let (code, out, _) = ctl(
+        &sc,
+        &["--json", "call", "minilm", "--embed", "hello", "world"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let first_line: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first_line["embeddings"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        first_line["embeddings"][0].as_array().map(Vec::len),
+        Some(384)
+    );
+
+    // logs -f follows: a restart shows up as new lines.
+    let mut follow = Command::new(binary("sidecarctl"))
+        .arg("--socket")
+        .arg(sc.store.path().join("control.sock"))
+        .args(["logs", "smollm2", "-f", "--tail", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let (code, out, _) = ctl(&sc, &["restart", "smollm2"]);
+    assert_eq!(code, 0, "{out}");
+    let restarted = sc.ready("smollm2").await;
+    assert_ne!(restarted.worker_pid, first.worker_pid);
+    let lines = BufReader::new(follow.stdout.take().expect("stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+            if seen
+                .iter()
+                .any(|l| l.contains(&format!("[{}]", restarted.worker_pid)))
+            {
+                break;
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("smollm2[{}]", restarted.worker_pid))),
+        "the new worker's lines are followed: {seen:?}"
+    );
+
+    // Drain: new calls are refused; resume admits them again.
+    let (code, out, _) = ctl(&sc, &["drain", "smollm2", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("DRAINING"), "{out}");
+    let err = sc
+        .text()
+        .await
+        .generate(greedy("x", 1))
+        .await
+        .expect_err("draining");
+    assert_eq!(err.code(), Code::Unavailable);
+    let (code, _, _) = ctl(&sc, &["drain", "smollm2", "--resume"]);
+    assert_eq!(code, 0);
+    sc.text()
+        .await
+        .generate(greedy("x", 1))
+        .await
+        .expect("admitted again");
+
+    // Load and unload a LITE model through the socket.
+    let (code, out, err) = ctl(
+        &sc,
+        &[
+            "load",
+            "face",
+            "lite",
+            "mediapipe/face_detection_short_range.tflite",
+            "--optional",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("face") && out.contains("READY"), "{out}");
+    let (code, out, _) = ctl(&sc, &["unload", "face"]);
+    assert_eq!((code, out.trim()), (0, "unloaded face"));
+
+    // Exit codes scripts can use.
+    let (code, _, err) = ctl(&sc, &["restart", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    let (code, _, _) = ctl(&sc, &["frobnicate"]);
+    assert_eq!(code, 2);
+    let out = Command::new(binary("sidecarctl"))
+        .args(["--socket", "/nonexistent/control.sock", "status"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reach_error_messages_and_worker_log_lines() {
+    let _serial = serial().await;
+    let store = store();
+    add_model(&store, e2e::MINILM);
+    let sc = Sidecar::start(store, &minilm_config(""));
+    sc.ready("minilm").await;
+    let long = "word ".repeat(600);
+    let mut req = tonic::Request::new(EmbedRequest {
+        model_id: "minilm".into(),
+        inputs: vec![long],
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "req-42".parse().expect("metadata"));
+    let err = sc.text().await.embed(req).await.expect_err("too long");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().ends_with("[request req-42]"),
+        "{}",
+        err.message()
+    );
+    let (code, out, _) = ctl(&sc, &["--json", "logs", "minilm", "--tail", "50"]);
+    assert_eq!(code, 0);
+    let tagged: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["request_id"] == "req-42")
+        .collect();
+    assert!(
+        tagged.iter().any(|l| l["source"] == "stderr"
+            && l["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("request failed"))),
+        "the worker's line about the call carries its id: {out}"
+    );
+    // Without an id, one is made up and still reported.
+    let err = sc
+        .text()
+        .await
+        .generate(greedy("x", 1))
+        .await
+        .expect_err("no smollm2 here");
+    assert!(err.message().contains("[request sc-"), "{}", err.message());
+}
+
+async fn health(sc: &Sidecar, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", sc.api))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status()
+}
+
+/// The worker processes the supervisor started.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_behave_as_the_kubernetes_manifests_assume() {
+    let _serial = serial().await;
+    let store = store();
+    // A file that is not a model: its load fails for good.
+    std::fs::write(store.path().join("broken.gguf"), b"not a gguf file").expect("write");
+    let sc = Sidecar::start(
+        store,
+        &format!("[deadlines]\nload = 60\n{}", e2e::smollm2_config("")),
+    );
+    // Catch the worker while it loads and stop it: a model that loads
+    // slowly.
+    let start = Instant::now();
+    let worker = loop {
+        if let Some(&p) = children(sc.child.id()).first() {
+            signal(p, Signal::SIGSTOP);
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no worker started"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let m = sc.model("smollm2").await;
+    if m.state == ModelState::Loading as i32 {
+        assert_eq!(sc.admin_get("/livez").0, 200, "alive while a model loads");
+        assert_eq!(
+            sc.admin_get("/readyz").0,
+            503,
+            "not ready while a required model loads"
+        );
+        assert_eq!(
+            health(&sc, "model/smollm2").await,
+            ServingStatus::NotServing
+        );
+    } else {
+        eprintln!("the worker finished loading before it was stopped: {m:?}");
+    }
+    signal(worker, Signal::SIGCONT);
+    sc.ready("smollm2").await;
+    assert_eq!(sc.admin_get("/livez").0, 200);
+    assert_eq!(sc.admin_get("/readyz").0, 200);
+    assert_eq!(health(&sc, "model/smollm2").await, ServingStatus::Serving);
+
+    // A FAILED optional model leaves readiness alone; a required one not.
+    drop(sc);
+    let store = e2e::store();
+    std::fs::write(store.path().join("broken.gguf"), b"not a gguf file").expect("write");
+    let broken = |id: &str, required: bool| {
+        format!(
+            "[[models]]\nid = \"{id}\"\nfamily = \"text\"\npath = \"broken.gguf\"\nrequired = {required}\n"
+        )
+    };
+    let sc = Sidecar::start(
+        store,
+        &format!("{}{}", e2e::smollm2_config(""), broken("optional", false)),
+    );
+    sc.ready("smollm2").await;
+    sc.eventually("optional", Duration::from_secs(20), |m| {
+        m.state == ModelState::Failed as i32
+    })
+    .await;
+    assert_eq!(sc.admin_get("/readyz").0, 200, "a FAILED optional model");
+    assert_eq!(
+        health(&sc, "model/optional").await,
+        ServingStatus::NotServing
+    );
+    drop(sc);
+    let store = e2e::store();
+    std::fs::write(store.path().join("broken.gguf"), b"not a gguf file").expect("write");
+    let sc = Sidecar::start(
+        store,
+        &format!("{}{}", e2e::smollm2_config(""), broken("needed", true)),
+    );
+    sc.ready("smollm2").await;
+    let failed = sc
+        .eventually("needed", Duration::from_secs(20), |m| {
+            m.state == ModelState::Failed as i32
+        })
+        .await;
+    assert!(
+        failed.last_error.contains("not a GGUF model file"),
+        "{failed:?}"
+    );
+    let (code, body) = sc.admin_get("/readyz");
+    assert_eq!(code, 503, "a FAILED required model: {body}");
+    assert!(body.contains("needed"), "{body}");
+    assert_eq!(sc.admin_get("/livez").0, 200);
+    assert_eq!(health(&sc, "model/needed").await, ServingStatus::NotServing);
+}
+
+#[test]
+fn the_worker_binaries_run_standalone() {
+    let models = e2e::root().join("models");
+    let run = |bin: &str, args: &[&str]| {
+        let out = Command::new(binary(bin))
+            .args(args)
+            .env(
+                "SIDECAR_LITERT_LIB",
+                e2e::root().join("runtime/litert/libLiteRt.so"),
+            )
+            .output()
+            .expect("run worker");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{bin}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let smollm2 = models.join(e2e::SMOLLM2);
+    let out = run(
+        "worker-text",
+        &[
+            "--model",
+            smollm2.to_str().expect("utf8"),
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "4",
+        ],
+    );
+    assert!(
+        out.contains("Paris") && out.contains("4 generated"),
+        "{out}"
+    );
+    let face = models.join("mediapipe/face_detection_short_range.tflite");
+    let out = run("worker-lite", &["--model", face.to_str().expect("utf8")]);
+    assert!(
+        out.contains("input  input FLOAT32 [1, 128, 128, 3]")
+            && out.contains("classificators FLOAT32 [1, 896, 1]:"),
+        "{out}"
+    );
+    let image = models.join("testdata/astronaut.png");
+    let out = run(
+        "worker-vision",
+        &[
+            "--model",
+            face.to_str().expect("utf8"),
+            "--image",
+            image.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.contains("1 faces"), "{out}");
+    // Bad usage: exit code 2 and the usage line.
+    let out = Command::new(binary("worker-text"))
+        .arg("--prompt")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: worker-text"));
+}
