@@ -51,7 +51,7 @@ pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_si
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
 pub use names::RequestNames;
 pub use outbox::{Outbox, spawn_heartbeats};
-pub use self_memory::{SelfMemory, self_memory};
+pub use self_memory::{SelfMemory, proc_kb_field, process_memory, self_memory};
 
 /// How long a side waiting for a frame watches the ring before it sleeps on
 /// its doorbell. Bounded, so an idle channel costs no CPU; see

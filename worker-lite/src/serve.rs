@@ -419,7 +419,9 @@ fn send_hello(chan: &BlockingChannel) -> Result<(), CallError> {
         .map_err(CallError::from)
 }
 
-fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
+/// Starts the heartbeat thread: memory, requests in flight, uptime
+/// (`worker-vision` uses it too).
+pub fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
     let started = Instant::now();
     let beats = ipc::spawn_heartbeats(chan, HEARTBEAT, move |seq| {
         Heartbeat {

@@ -6,21 +6,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipc::{BlockingChannel, Flags, Kind, Outbox, Received};
 use prost::Message;
 use sidecar_proto::v1::{ModelFamily, VisionOptions};
 use sidecar_proto::worker::{
-    Heartbeat, Hello, Load, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
+    Hello, Load, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
 };
 
 use crate::detect::{Cascade, Ssd};
 use crate::error::VisionError;
 use crate::streams::Stream;
 use crate::tasks::{self, Detector, Served};
-
-const HEARTBEAT: Duration = Duration::from_secs(1);
 
 struct Worker<'c> {
     chan: &'c BlockingChannel,
@@ -51,7 +49,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
     };
     chan.send(0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())?;
     let in_flight = Arc::new(AtomicU32::new(0));
-    start_heartbeats(chan.clone(), in_flight.clone());
+    worker_lite::serve::start_heartbeats(chan.clone(), in_flight.clone());
     let mut w = Worker {
         chan: &chan,
         served: None,
@@ -291,21 +289,4 @@ fn load_model(load: &Load) -> Result<Served, VisionError> {
         }
     };
     Ok(Served::new(detector))
-}
-
-fn start_heartbeats(chan: Arc<BlockingChannel>, in_flight: Arc<AtomicU32>) {
-    let started = Instant::now();
-    let beats = ipc::spawn_heartbeats(chan, HEARTBEAT, move |seq| {
-        Heartbeat {
-            seq,
-            memory: Some(worker_lite::memory::report()),
-            in_flight: in_flight.load(Ordering::Relaxed),
-            uptime_ms: started.elapsed().as_millis() as u64,
-            tokens_generated: 0,
-        }
-        .encode_to_vec()
-    });
-    if let Err(e) = beats {
-        tracing::error!("cannot start the heartbeat thread: {e}");
-    }
 }

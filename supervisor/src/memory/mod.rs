@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::registry::Registry;
 use crate::worker::{KillReason, State, WorkerHandle, now_ms};
 
-use self::host::{HostSample, ProcessMemory};
+use self::host::HostSample;
 use self::policy::{Admission, Candidate, Room, Usage, Verdict};
 
 /// What the guard knows of one model's memory.
@@ -37,7 +37,7 @@ pub struct ModelMemory {
     /// Largest private plus file-backed memory sampled.
     pub peak_resident: u64,
     /// The last sample of the current worker.
-    pub latest: Option<ProcessMemory>,
+    pub latest: Option<ipc::SelfMemory>,
     /// Device memory of the current worker: (index, uuid, bytes).
     pub gpu: Vec<(u32, String, u64)>,
     /// When sampled (Unix ms).
@@ -335,7 +335,7 @@ impl Guard {
             if s.pid == 0 || !holds_memory(s.state) {
                 continue;
             }
-            let Some(p) = host::process(s.pid) else {
+            let Some(p) = ipc::process_memory(s.pid) else {
                 continue;
             };
             let reported = s.memory.as_ref().map(|r| r.gpu.clone()).unwrap_or_default();
@@ -343,8 +343,8 @@ impl Guard {
             let estimate = {
                 let mut mem = m.memory_slot();
                 mem.latest = Some(p);
-                mem.peak_private = mem.peak_private.max(p.private);
-                mem.peak_resident = mem.peak_resident.max(p.private + p.file);
+                mem.peak_private = mem.peak_private.max(p.private_bytes);
+                mem.peak_resident = mem.peak_resident.max(p.private_bytes + p.file_bytes);
                 mem.gpu = on_gpus;
                 mem.sampled_ms = now;
                 mem.estimate
@@ -353,7 +353,7 @@ impl Guard {
                 usage.push((
                     Usage {
                         id: m.spec.id.clone(),
-                        private: p.private,
+                        private: p.private_bytes,
                         estimate,
                         budget: m.spec.memory_budget,
                         pinned: m.spec.pinned,

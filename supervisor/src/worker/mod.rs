@@ -334,7 +334,7 @@ impl WorkerHandle {
         // The guard's own sample of the process; before its first one, the
         // worker's report from its heartbeat.
         let (private, file) = match (&guard.latest, &s.memory) {
-            (Some(p), _) if s.pid != 0 => (p.private, p.file),
+            (Some(p), _) if s.pid != 0 => (p.private_bytes, p.file_bytes),
             (_, Some(r)) if s.pid != 0 => (r.private_bytes, r.file_bytes),
             _ => (0, 0),
         };
