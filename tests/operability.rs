@@ -1,22 +1,17 @@
 //! What operators meet: `/metrics` after a scripted mix of calls, a crash
-//! and a timeout; `sidecarctl` against a running sidecar (status, workers,
-//! call, logs -f, drain, restart, load/unload, exit codes); request ids in
-//! error messages and worker log lines; the probes as the Kubernetes
-//! manifests assume them; the worker binaries standalone.
+//! and a timeout; request ids in error messages and worker log lines; the
+//! probes as the Kubernetes manifests assume them. (`sidecarctl`:
+//! `tests/sidecarctl.rs`; the workers standalone: `tests/standalone.rs`.)
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{Sidecar, add_model, binary, greedy, minilm_config, serial, signal, store};
+use e2e::{QUICK_RESTARTS, Sidecar, add_model, greedy, minilm_config, serial, signal, store};
 use nix::sys::signal::Signal;
 use sidecar_proto::v1::{EmbedRequest, GenerateRequest, ModelState, TokenizeRequest};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-const FAST_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max = 0.5\nkill_grace = 1\n[deadlines]\ncancel_grace = 1\n";
 
 /// The value of one sample line of the Prometheus text (`name{labels}`),
 /// 0 when absent.
@@ -33,7 +28,7 @@ async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
     let _serial = serial().await;
     let sc = Sidecar::start(
         store(),
-        &format!("{FAST_RESTARTS}stream = 0.1\n{}", e2e::smollm2_config("")),
+        &format!("{QUICK_RESTARTS}stream = 0.1\n{}", e2e::smollm2_config("")),
     );
     let before = sc.ready("smollm2").await;
     let mut text = sc.text().await;
@@ -150,175 +145,6 @@ async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
     );
 }
 
-/// Runs `sidecarctl` against `sc`: (exit code, stdout, stderr).
-fn ctl(sc: &Sidecar, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary("sidecarctl"))
-        .arg("--socket")
-        .arg(sc.store.path().join("control.sock"))
-        .args(args)
-        .output()
-        .expect("run sidecarctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidecarctl_serves_an_operator_through_the_control_socket() {
-    let _serial = serial().await;
-    let store = store();
-    add_model(&store, e2e::MINILM);
-    add_model(&store, "mediapipe/face_detection_short_range.tflite");
-    let sc = Sidecar::start(
-        store,
-        &format!(
-            "{FAST_RESTARTS}{}{}",
-            e2e::smollm2_config(""),
-            minilm_config("")
-        ),
-    );
-    let first = sc.ready("smollm2").await;
-    sc.ready("minilm").await;
-
-    let (code, out, _) = ctl(&sc, &["status"]);
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("READY") && out.contains("smollm2") && out.contains("minilm"),
-        "{out}"
-    );
-    let (code, out, _) = ctl(&sc, &["--json", "status"]);
-    assert_eq!(code, 0);
-    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(status["ready"], true);
-    assert_eq!(status["models"][1]["state"], "READY", "{status}");
-    assert_eq!(status["models"][1]["pid"], first.worker_pid);
-    let (code, out, _) = ctl(&sc, &["workers"]);
-    assert_eq!(code, 0);
-    assert!(out.contains(&first.worker_pid.to_string()), "{out}");
-
-    // A call straight to the worker, with its timings.
-    let (code, out, _) = ctl(
-        &sc,
-        &[
-            "call",
-            "smollm2",
-            "--prompt",
-            "One, two,",
-            "--max-tokens",
-            "4",
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("[4 prompt tokens, 4 generated") || out.contains(" generated"),
-        "{out}"
-    );
-    assert!(out.contains("[worker: first answer"), "{out}");
-    let (code, out, _) = ctl(
-        &sc,
-        &["--json", "call", "minilm", "--embed", "hello", "world"],
-    );
-    assert_eq!(code, 0, "{out}");
-    let first_line: serde_json::Value =
-        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
-    assert_eq!(first_line["embeddings"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        first_line["embeddings"][0].as_array().map(Vec::len),
-        Some(384)
-    );
-
-    // logs -f follows: a restart shows up as new lines.
-    let mut follow = Command::new(binary("sidecarctl"))
-        .arg("--socket")
-        .arg(sc.store.path().join("control.sock"))
-        .args(["logs", "smollm2", "-f", "--tail", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("logs -f");
-    let (code, out, _) = ctl(&sc, &["restart", "smollm2"]);
-    assert_eq!(code, 0, "{out}");
-    let restarted = sc.ready("smollm2").await;
-    assert_ne!(restarted.worker_pid, first.worker_pid);
-    let lines = BufReader::new(follow.stdout.take().expect("stdout"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            seen.push(line);
-            if seen
-                .iter()
-                .any(|l| l.contains(&format!("[{}]", restarted.worker_pid)))
-            {
-                break;
-            }
-        }
-    }
-    let _ = follow.kill();
-    let _ = follow.wait();
-    assert!(
-        seen.iter()
-            .any(|l| l.contains(&format!("smollm2[{}]", restarted.worker_pid))),
-        "the new worker's lines are followed: {seen:?}"
-    );
-
-    // Drain: new calls are refused; resume admits them again.
-    let (code, out, _) = ctl(&sc, &["drain", "smollm2", "--wait"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("DRAINING"), "{out}");
-    let err = sc
-        .text()
-        .await
-        .generate(greedy("x", 1))
-        .await
-        .expect_err("draining");
-    assert_eq!(err.code(), Code::Unavailable);
-    let (code, _, _) = ctl(&sc, &["drain", "smollm2", "--resume"]);
-    assert_eq!(code, 0);
-    sc.text()
-        .await
-        .generate(greedy("x", 1))
-        .await
-        .expect("admitted again");
-
-    // Load and unload a LITE model through the socket.
-    let (code, out, err) = ctl(
-        &sc,
-        &[
-            "load",
-            "face",
-            "lite",
-            "mediapipe/face_detection_short_range.tflite",
-            "--optional",
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("face") && out.contains("READY"), "{out}");
-    let (code, out, _) = ctl(&sc, &["unload", "face"]);
-    assert_eq!((code, out.trim()), (0, "unloaded face"));
-
-    // Exit codes scripts can use.
-    let (code, _, err) = ctl(&sc, &["restart", "nope"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("NOT_FOUND"), "{err}");
-    let (code, _, _) = ctl(&sc, &["frobnicate"]);
-    assert_eq!(code, 2);
-    let out = Command::new(binary("sidecarctl"))
-        .args(["--socket", "/nonexistent/control.sock", "status"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(3));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_reach_error_messages_and_worker_log_lines() {
     let _serial = serial().await;
@@ -341,7 +167,7 @@ async fn request_ids_reach_error_messages_and_worker_log_lines() {
         "{}",
         err.message()
     );
-    let (code, out, _) = ctl(&sc, &["--json", "logs", "minilm", "--tail", "50"]);
+    let (code, out, _) = sc.ctl(&["--json", "logs", "minilm", "--tail", "50"]);
     assert_eq!(code, 0);
     let tagged: Vec<serde_json::Value> = out
         .lines()
@@ -488,67 +314,4 @@ async fn probes_behave_as_the_kubernetes_manifests_assume() {
     assert!(body.contains("needed"), "{body}");
     assert_eq!(sc.admin_get("/livez").0, 200);
     assert_eq!(health(&sc, "model/needed").await, ServingStatus::NotServing);
-}
-
-#[test]
-fn the_worker_binaries_run_standalone() {
-    let models = e2e::root().join("models");
-    let run = |bin: &str, args: &[&str]| {
-        let out = Command::new(binary(bin))
-            .args(args)
-            .env(
-                "SIDECAR_LITERT_LIB",
-                e2e::root().join("runtime/litert/libLiteRt.so"),
-            )
-            .output()
-            .expect("run worker");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{bin}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
-    let smollm2 = models.join(e2e::SMOLLM2);
-    let out = run(
-        "worker-text",
-        &[
-            "--model",
-            smollm2.to_str().expect("utf8"),
-            "--prompt",
-            "The capital of France is",
-            "--max-tokens",
-            "4",
-        ],
-    );
-    assert!(
-        out.contains("Paris") && out.contains("4 generated"),
-        "{out}"
-    );
-    let face = models.join("mediapipe/face_detection_short_range.tflite");
-    let out = run("worker-lite", &["--model", face.to_str().expect("utf8")]);
-    assert!(
-        out.contains("input  input FLOAT32 [1, 128, 128, 3]")
-            && out.contains("classificators FLOAT32 [1, 896, 1]:"),
-        "{out}"
-    );
-    let image = models.join("testdata/astronaut.png");
-    let out = run(
-        "worker-vision",
-        &[
-            "--model",
-            face.to_str().expect("utf8"),
-            "--image",
-            image.to_str().expect("utf8"),
-        ],
-    );
-    assert!(out.contains("1 faces"), "{out}");
-    // Bad usage: exit code 2 and the usage line.
-    let out = Command::new(binary("worker-text"))
-        .arg("--prompt")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: worker-text"));
 }

@@ -26,6 +26,12 @@ pub const SMOLLM2: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The all-MiniLM-L6-v2 file setup converts, relative to the model store.
 pub const MINILM: &str = "minilm/all-MiniLM-L6-v2.f16.gguf";
 
+/// Restarts within a test's patience: short backoff and grace periods.
+pub const QUICK_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max = 0.5\nkill_grace = 1\n[deadlines]\ncancel_grace = 1\n";
+
+#[path = "vision_support.rs"]
+pub mod vision;
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// End-to-end tests start processes and measure deadlines: on a 2-core
@@ -156,6 +162,22 @@ impl Sidecar {
             .await
             .expect("connect to the control socket");
         AdminServiceClient::new(channel)
+    }
+
+    /// Runs `sidecarctl` against this sidecar's control socket: (exit
+    /// code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(binary("sidecarctl"))
+            .arg("--socket")
+            .arg(self.store.path().join("control.sock"))
+            .args(args)
+            .output()
+            .expect("run sidecarctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// A ModelService client.

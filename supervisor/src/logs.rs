@@ -1,4 +1,5 @@
-//! The workers' log lines, kept in memory: the last lines of each model
+//! The workers' log lines: read from their pipes, re-emitted, and kept in
+//! memory: the last lines of each model
 //! (for `StreamLogs` and for the event of a worker's death), and a
 //! broadcast of new lines for followers.
 
@@ -6,7 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{LazyLock, Mutex, PoisonError};
 
 use sidecar_proto::v1::{LogLine, LogSource};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 /// Lines kept per model.
 pub const HISTORY: usize = 500;
@@ -104,6 +107,58 @@ impl LogBook {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Re-emits the worker's stdout and stderr line by line under a span
+/// naming its model, family and pid (both pipes at once, so neither can
+/// fill), and keeps them in the log book.
+pub fn forward(
+    child: &mut std::process::Child,
+    model: &str,
+    family: crate::config::Family,
+    pid: u32,
+) {
+    let span = tracing::info_span!("worker", model = %model, family = family.worker_binary(), pid);
+    if let Some(out) = child.stdout.take() {
+        spawn_lines(
+            out.into(),
+            model.to_owned(),
+            pid,
+            LogSource::Stdout,
+            span.clone(),
+        );
+    }
+    if let Some(err) = child.stderr.take() {
+        spawn_lines(err.into(), model.to_owned(), pid, LogSource::Stderr, span);
+    }
+}
+
+fn spawn_lines(
+    fd: std::os::fd::OwnedFd,
+    model: String,
+    pid: u32,
+    source: LogSource,
+    span: tracing::Span,
+) {
+    let file = std::fs::File::from(fd);
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_file(file) else {
+        return;
+    };
+    let stream = if source == LogSource::Stdout {
+        "stdout"
+    } else {
+        "stderr"
+    };
+    tokio::spawn(
+        async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "worker", stream, "{line}");
+                book().push(&model, pid, source, &line);
+            }
+        }
+        .instrument(span),
+    );
 }
 
 #[cfg(test)]

@@ -13,18 +13,15 @@ use std::time::{Duration, Instant};
 use ipc::Kind;
 use prost::Message;
 use sidecar_proto::v1::LogSource;
-use sidecar_proto::worker::{
-    Heartbeat, Hello, Load, Loaded, WorkerError, WorkerRequest, WorkerResponse, load,
-    worker_request, worker_response,
-};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use sidecar_proto::worker::{Heartbeat, WorkerError};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::Instrument;
 
 use super::process::{self, Exit, KillReason, Spawner};
 use super::{Command, Conn, State, Status, now_ms};
-use crate::config::{Config, Family, ModelSpec};
+use crate::config::{Config, ModelSpec};
 use crate::memory::{Guard, SharedMemory, host};
+
+mod start;
 
 /// The status code of an admission refusal (RESOURCE_EXHAUSTED).
 pub const REFUSED_MEMORY: u32 = 8;
@@ -395,202 +392,6 @@ impl Actor {
         self.count_restart(reason) && self.wait_backoff().await
     }
 
-    /// Spawn → hello → load. On failure the worker is killed and reaped;
-    /// the error carries the worker's status code when it refused the load
-    /// (0 otherwise).
-    async fn start_once(&mut self) -> Result<Conn, (String, u32)> {
-        let workers = &self.config.workers;
-        let (mine, theirs) =
-            ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
-                .map_err(|e| (format!("ipc channel: {e}"), 0))?;
-        let program = self
-            .config
-            .worker_dir()
-            .join(self.spec.family.worker_binary());
-        let mut child = self
-            .spawner
-            .spawn(&program, &self.worker_env(), theirs)
-            .await
-            .map_err(|e| (format!("{}: {e}", program.display()), 0))?;
-        let pid = child.id();
-        // A kernel OOM in the container picks a worker before the supervisor.
-        if let Err(e) = host::set_oom_score_adj(pid, self.config.memory.worker_oom_score_adj) {
-            tracing::warn!(model = %self.spec.id, pid, "cannot set oom_score_adj: {e}");
-        }
-        let oom_kills = host::sample().cgroup_oom_kills;
-        self.status.send_modify(|s| {
-            s.pid = pid;
-            s.started_unix_ms = now_ms();
-            s.heartbeat_unix_ms = now_ms();
-            s.tokens_generated = 0;
-            s.kill_note = None;
-            s.oom_kills_at_start = oom_kills;
-        });
-        if let Ok(mut m) = self.memory.lock() {
-            m.latest = None;
-            m.gpu.clear();
-        }
-        forward_logs(&mut child, &self.spec.id, self.spec.family, pid);
-        let mut exit = process::watch_exit(child);
-        let chan = match ipc::AsyncChannel::new(mine) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
-                return Err((format!("ipc attach: {e}"), 0));
-            }
-        };
-        let deadline = Instant::now() + self.config.deadlines.load;
-        match tokio::time::timeout_at(deadline.into(), self.handshake(&chan)).await {
-            Ok(Ok(loaded)) => {
-                self.status.send_modify(|s| {
-                    s.details = loaded.text;
-                    s.lite = loaded.lite;
-                    s.last_error_code = 0;
-                });
-                Ok(Conn { chan, pid, exit })
-            }
-            Ok(Err((e, code))) => {
-                let ended =
-                    process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace)
-                        .await;
-                Err((format!("{e} (worker pid {pid}: {ended})"), code))
-            }
-            Err(_) => {
-                process::kill_worker(pid, &mut exit, KillReason::Timeout, workers.kill_grace).await;
-                Err((
-                    format!(
-                        "worker pid {pid} did not load the model within {:?}",
-                        self.config.deadlines.load
-                    ),
-                    0,
-                ))
-            }
-        }
-    }
-
-    /// What the family's worker needs in its environment.
-    fn worker_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
-        match self.spec.family {
-            Family::Text => Vec::new(),
-            // VISION workers run `.tflite` detectors through LiteRT too.
-            Family::Lite | Family::Vision => {
-                let lib = &self.config.lite_runtime;
-                let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
-                vec![("SIDECAR_LITERT_LIB", lib.into_os_string())]
-            }
-        }
-    }
-
-    /// The text options, with GPU layers cut to what fits in the free
-    /// memory of the roomiest GPU (NVML) when layers are asked for.
-    fn text_options(&self) -> sidecar_proto::v1::TextOptions {
-        let mut t = self.spec.text.to_proto();
-        let Some(wanted) = t.gpu_layers.filter(|n| *n != 0) else {
-            return t;
-        };
-        if !self.guard.gpu_monitoring() {
-            return t;
-        }
-        let Some(shape) = crate::memory::gguf::text_shape(&self.file) else {
-            return t;
-        };
-        let size = std::fs::metadata(&self.file).map_or(0, |m| m.len());
-        let per_layer = size / shape.layers.max(1);
-        let beside = self
-            .memory
-            .lock()
-            .map_or(0, |m| m.estimate.saturating_sub(size));
-        let fit = self
-            .guard
-            .gpu_layers(wanted, shape.layers, per_layer, beside);
-        if fit != wanted {
-            tracing::info!(
-                model = %self.spec.id,
-                "offloading {fit} layers to the GPU instead of {wanted}: that is what fits above the reserve"
-            );
-        }
-        t.gpu_layers = Some(fit);
-        t
-    }
-
-    /// Hello, then load: an error carries the worker's status code when
-    /// the worker answered the load with an error, 0 otherwise.
-    async fn handshake(&self, chan: &ipc::AsyncChannel) -> Result<Loaded, (String, u32)> {
-        match self.hello_and_load(chan).await {
-            Ok(answer) => answer,
-            Err(message) => Err((message, 0)),
-        }
-    }
-
-    /// Outer error: the handshake broke; inner: the worker's answer.
-    async fn hello_and_load(
-        &self,
-        chan: &ipc::AsyncChannel,
-    ) -> Result<Result<Loaded, (String, u32)>, String> {
-        let hello = chan
-            .recv_control()
-            .await
-            .map_err(|e| format!("no hello from the worker: {e}"))?;
-        if hello.kind != Kind::Hello {
-            return Err(format!("expected a hello, got {:?}", hello.kind));
-        }
-        let hello = Hello::decode(hello.payload).map_err(|e| format!("bad hello: {e}"))?;
-        self.status
-            .send_modify(|s| s.worker_version = hello.worker_version.clone());
-        if hello.protocol_version != sidecar_proto::WORKER_PROTOCOL_VERSION {
-            return Err(format!(
-                "worker speaks protocol {}, this supervisor {}",
-                hello.protocol_version,
-                sidecar_proto::WORKER_PROTOCOL_VERSION
-            ));
-        }
-        if hello.family != self.spec.family.to_proto() as i32 {
-            return Err(format!(
-                "worker serves family {}, expected {:?}",
-                hello.family, self.spec.family
-            ));
-        }
-        let req = WorkerRequest {
-            request_tag: format!("load-{}", self.spec.id),
-            deadline_unix_ms: 0,
-            body: Some(worker_request::Body::Load(Load {
-                path: self.file.display().to_string(),
-                family: hello.family,
-                model_id: self.spec.id.clone(),
-                options: Some(match self.spec.family {
-                    Family::Text => load::Options::Text(self.text_options()),
-                    Family::Lite => load::Options::Lite(self.spec.lite.to_proto()),
-                    Family::Vision => load::Options::Vision(self.spec.vision.to_proto()),
-                }),
-            })),
-        };
-        let mut answers = chan
-            .request(&req.encode_to_vec())
-            .await
-            .map_err(|e| format!("send load: {e}"))?;
-        let frame = answers
-            .next()
-            .await
-            .ok_or("the worker closed the load request")?
-            .map_err(|e| format!("worker died while loading: {e}"))?;
-        match frame.kind {
-            Kind::Response => {
-                let r = WorkerResponse::decode(frame.payload)
-                    .map_err(|e| format!("bad load answer: {e}"))?;
-                match r.body {
-                    Some(worker_response::Body::Loaded(l)) => Ok(Ok(l)),
-                    other => Err(format!("unexpected load answer {other:?}")),
-                }
-            }
-            Kind::Error => {
-                let e = WorkerError::decode(frame.payload)
-                    .map_err(|e| format!("bad load error: {e}"))?;
-                Ok(Err((format!("load failed: {}", e.message), e.code)))
-            }
-            other => Err(format!("unexpected {other:?} frame during load")),
-        }
-    }
-
     /// Its worker is gone: its memory no longer counts against others.
     fn release_memory(&self) {
         if let Ok(mut m) = self.memory.lock() {
@@ -688,51 +489,4 @@ impl Actor {
             }
         }
     }
-}
-
-/// Re-emits the worker's stdout and stderr line by line under a span
-/// naming its model, family and pid (both pipes at once, so neither can
-/// fill), and keeps them in the log book.
-fn forward_logs(child: &mut std::process::Child, model: &str, family: Family, pid: u32) {
-    let span = tracing::info_span!("worker", model = %model, family = family.worker_binary(), pid);
-    if let Some(out) = child.stdout.take() {
-        spawn_lines(
-            out.into(),
-            model.to_owned(),
-            pid,
-            LogSource::Stdout,
-            span.clone(),
-        );
-    }
-    if let Some(err) = child.stderr.take() {
-        spawn_lines(err.into(), model.to_owned(), pid, LogSource::Stderr, span);
-    }
-}
-
-fn spawn_lines(
-    fd: std::os::fd::OwnedFd,
-    model: String,
-    pid: u32,
-    source: LogSource,
-    span: tracing::Span,
-) {
-    let file = std::fs::File::from(fd);
-    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_file(file) else {
-        return;
-    };
-    let stream = if source == LogSource::Stdout {
-        "stdout"
-    } else {
-        "stderr"
-    };
-    tokio::spawn(
-        async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "worker", stream, "{line}");
-                crate::logs::book().push(&model, pid, source, &line);
-            }
-        }
-        .instrument(span),
-    );
 }

@@ -9,10 +9,7 @@
 //! per-model gauges (state, memory, uptime, in flight, queue depth) are
 //! read from the registry at each scrape.
 
-use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +19,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::worker::{KillReason, State};
+
+mod layer;
+
+pub use layer::{CallInfo, CallLayer, CallService, Recorded, note_model};
 
 /// `method`, `model` and the gRPC `code` name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,8 +123,8 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("sidecar");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("sidecar"),
             requests: Family::default(),
             latency: Family::new_with_constructor(seconds),
             queue_wait: Family::new_with_constructor(seconds),
@@ -140,89 +141,88 @@ impl Metrics {
             state: Family::default(),
             memory: Family::default(),
             uptime: Family::default(),
-            registry: Registry::default(),
         };
-        registry.register(
+        m.registry.register(
             "requests",
             "Calls by method, model and gRPC status code",
             m.requests.clone(),
         );
-        registry.register(
+        m.registry.register(
             "request_duration_seconds",
             "Call duration to its last message",
             m.latency.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queue_wait_seconds",
             "Time a call waited in the supervisor before reaching its worker",
             m.queue_wait.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rejected",
             "Calls refused before reaching a worker, by reason (queue_full, draining, memory, deadline, failed, unavailable)",
             m.rejected.clone(),
         );
-        registry.register(
+        m.registry.register(
             "time_to_first_token_seconds",
             "Text: time to the first token, queueing included",
             m.ttft.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tokens_generated",
             "Text: tokens generated",
             m.tokens_generated.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tokens_prompted",
             "Text: prompt tokens evaluated",
             m.tokens_prompted.clone(),
         );
-        registry.register(
+        m.registry.register(
             "tokens_per_second",
             "Text: generation speed of each call",
             m.tokens_per_second.clone(),
         );
-        registry.register(
+        m.registry.register(
             "vision_frames",
             "Vision: frames received (in), answered (processed) and dropped",
             m.frames.clone(),
         );
-        registry.register(
+        m.registry.register(
             "vision_stream_fps",
             "Vision: each finished stream's processed frames per second",
             m.stream_fps.clone(),
         );
-        registry.register(
+        m.registry.register(
             "worker_restarts",
             "Worker restarts by kill reason (crash, oom, vram, timeout, unhealthy, requested)",
             m.restarts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "in_flight",
             "Calls executing per model",
             m.in_flight.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queue_depth",
             "Calls waiting per model",
             m.queue_depth.clone(),
         );
-        registry.register(
+        m.registry.register(
             "model_state",
             "1 for the model's current state",
             m.state.clone(),
         );
-        registry.register(
+        m.registry.register(
             "worker_memory_bytes",
             "Worker memory by kind (host_private, host_file, gpu)",
             m.memory.clone(),
         );
-        registry.register(
+        m.registry.register(
             "worker_uptime_seconds",
             "Seconds since the model's current worker started",
             m.uptime.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// A call refused before its worker.
@@ -355,189 +355,4 @@ fn state_name(s: State) -> &'static str {
 pub fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &METRICS
-}
-
-/// What the layer knows of a call, and what the handler adds.
-#[derive(Debug, Default)]
-pub struct CallInfo {
-    /// "TextService/Generate".
-    pub method: String,
-    model: Mutex<String>,
-}
-
-impl CallInfo {
-    /// The model the call names.
-    pub fn model(&self) -> String {
-        self.model
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-tokio::task_local! {
-    static CALL: Arc<CallInfo>;
-}
-
-/// Names the current call's model (from `api::call_worker`); the method,
-/// for the caller's own metrics. Outside a call: "".
-pub fn note_model(model: &str) -> String {
-    CALL.try_with(|c| {
-        *c.model.lock().unwrap_or_else(PoisonError::into_inner) = model.to_owned();
-        c.method.clone()
-    })
-    .unwrap_or_default()
-}
-
-/// Counts every call of the service it wraps.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallLayer;
-
-impl<S> tower::Layer<S> for CallLayer {
-    type Service = CallService<S>;
-    fn layer(&self, inner: S) -> CallService<S> {
-        CallService { inner }
-    }
-}
-
-/// See [`CallLayer`].
-#[derive(Debug, Clone)]
-pub struct CallService<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B, R> tower::Service<http::Request<B>> for CallService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    R: http_body::Body + Send + 'static,
-{
-    type Response = http::Response<Recorded<R>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path();
-        // Health probes and reflection (`/grpc.…`) are not counted.
-        let method = if path.starts_with("/grpc.") {
-            String::new()
-        } else {
-            path.trim_start_matches('/')
-                .rsplit_once('.')
-                .map_or_else(|| path.to_owned(), |(_, m)| m.to_owned())
-        };
-        let info = Arc::new(CallInfo {
-            method,
-            ..Default::default()
-        });
-        let started = Instant::now();
-        let fut = CALL.scope(info.clone(), self.inner.call(req));
-        Box::pin(async move {
-            let resp = fut.await?;
-            // An error answer carries its status in the headers.
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok());
-            let mut record = Record {
-                info,
-                started,
-                done: false,
-            };
-            if let Some(code) = code {
-                record.finish(code);
-            }
-            Ok(resp.map(|body| Recorded { body, record }))
-        })
-    }
-}
-
-struct Record {
-    info: Arc<CallInfo>,
-    started: Instant,
-    done: bool,
-}
-
-impl Record {
-    fn finish(&mut self, code: i32) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        if self.info.method.is_empty() {
-            return;
-        }
-        let m = metrics();
-        let model = self.info.model();
-        m.requests
-            .get_or_create(&CallLabels {
-                method: self.info.method.clone(),
-                model: model.clone(),
-                code: code_name(code).to_owned(),
-            })
-            .inc();
-        m.latency
-            .get_or_create(&MethodModel {
-                method: self.info.method.clone(),
-                model,
-            })
-            .observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        // The body went away before its trailers: the client cancelled.
-        self.finish(tonic::Code::Cancelled as i32);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that records the call when its trailers pass.
-    pub struct Recorded<B> {
-        #[pin]
-        body: B,
-        record: Record,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for Recorded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(trailers) = frame.trailers_ref()
-        {
-            let code = trailers
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .unwrap_or(tonic::Code::Unknown as i32);
-            this.record.finish(code);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }

@@ -1,0 +1,194 @@
+//! The tower layer that counts every API call by method, model and gRPC
+//! status code, and times it.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::{CallLabels, MethodModel, code_name, metrics};
+
+/// What the layer knows of a call, and what the handler adds.
+#[derive(Debug, Default)]
+pub struct CallInfo {
+    /// "TextService/Generate".
+    pub method: String,
+    model: Mutex<String>,
+}
+
+impl CallInfo {
+    /// The model the call names.
+    pub fn model(&self) -> String {
+        self.model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+tokio::task_local! {
+    static CALL: Arc<CallInfo>;
+}
+
+/// Names the current call's model (from `api::call_worker`); the method,
+/// for the caller's own metrics. Outside a call: "".
+pub fn note_model(model: &str) -> String {
+    CALL.try_with(|c| {
+        *c.model.lock().unwrap_or_else(PoisonError::into_inner) = model.to_owned();
+        c.method.clone()
+    })
+    .unwrap_or_default()
+}
+
+/// Counts every call of the service it wraps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLayer;
+
+impl<S> tower::Layer<S> for CallLayer {
+    type Service = CallService<S>;
+    fn layer(&self, inner: S) -> CallService<S> {
+        CallService { inner }
+    }
+}
+
+/// See [`CallLayer`].
+#[derive(Debug, Clone)]
+pub struct CallService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for CallService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    R: http_body::Body + Send + 'static,
+{
+    type Response = http::Response<Recorded<R>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        // Health probes and reflection (`/grpc.…`) are not counted.
+        let method = if path.starts_with("/grpc.") {
+            String::new()
+        } else {
+            path.trim_start_matches('/')
+                .rsplit_once('.')
+                .map_or_else(|| path.to_owned(), |(_, m)| m.to_owned())
+        };
+        let info = Arc::new(CallInfo {
+            method,
+            ..Default::default()
+        });
+        let started = Instant::now();
+        let fut = CALL.scope(info.clone(), self.inner.call(req));
+        Box::pin(async move {
+            let resp = fut.await?;
+            // An error answer carries its status in the headers.
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok());
+            let mut record = Record {
+                info,
+                started,
+                done: false,
+            };
+            if let Some(code) = code {
+                record.finish(code);
+            }
+            Ok(resp.map(|body| Recorded { body, record }))
+        })
+    }
+}
+
+struct Record {
+    info: Arc<CallInfo>,
+    started: Instant,
+    done: bool,
+}
+
+impl Record {
+    fn finish(&mut self, code: i32) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.info.method.is_empty() {
+            return;
+        }
+        let m = metrics();
+        let model = self.info.model();
+        m.requests
+            .get_or_create(&CallLabels {
+                method: self.info.method.clone(),
+                model: model.clone(),
+                code: code_name(code).to_owned(),
+            })
+            .inc();
+        m.latency
+            .get_or_create(&MethodModel {
+                method: self.info.method.clone(),
+                model,
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        // The body went away before its trailers: the client cancelled.
+        self.finish(tonic::Code::Cancelled as i32);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call when its trailers pass.
+    pub struct Recorded<B> {
+        #[pin]
+        body: B,
+        record: Record,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Recorded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+        {
+            let code = trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(tonic::Code::Unknown as i32);
+            this.record.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,216 @@
+//! Bringing one worker up: spawn with its channel, hello, load (the
+//! family's options; a text model's GPU layers cut to what fits).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipc::Kind;
+use prost::Message;
+use sidecar_proto::worker::{
+    Hello, Load, Loaded, WorkerError, WorkerRequest, WorkerResponse, load, worker_request,
+    worker_response,
+};
+
+use super::super::process::{self, KillReason};
+use super::super::{Conn, now_ms};
+use super::Actor;
+use crate::config::Family;
+use crate::memory::host;
+
+impl Actor {
+    /// Spawn → hello → load. On failure the worker is killed and reaped;
+    /// the error carries the worker's status code when it refused the load
+    /// (0 otherwise).
+    pub(super) async fn start_once(&mut self) -> Result<Conn, (String, u32)> {
+        let workers = &self.config.workers;
+        let (mine, theirs) =
+            ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
+                .map_err(|e| (format!("ipc channel: {e}"), 0))?;
+        let program = self
+            .config
+            .worker_dir()
+            .join(self.spec.family.worker_binary());
+        let mut child = self
+            .spawner
+            .spawn(&program, &self.worker_env(), theirs)
+            .await
+            .map_err(|e| (format!("{}: {e}", program.display()), 0))?;
+        let pid = child.id();
+        // A kernel OOM in the container picks a worker before the supervisor.
+        if let Err(e) = host::set_oom_score_adj(pid, self.config.memory.worker_oom_score_adj) {
+            tracing::warn!(model = %self.spec.id, pid, "cannot set oom_score_adj: {e}");
+        }
+        let oom_kills = host::sample().cgroup_oom_kills;
+        self.status.send_modify(|s| {
+            s.pid = pid;
+            s.started_unix_ms = now_ms();
+            s.heartbeat_unix_ms = now_ms();
+            s.tokens_generated = 0;
+            s.kill_note = None;
+            s.oom_kills_at_start = oom_kills;
+        });
+        if let Ok(mut m) = self.memory.lock() {
+            m.latest = None;
+            m.gpu.clear();
+        }
+        crate::logs::forward(&mut child, &self.spec.id, self.spec.family, pid);
+        let mut exit = process::watch_exit(child);
+        let chan = match ipc::AsyncChannel::new(mine) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
+                return Err((format!("ipc attach: {e}"), 0));
+            }
+        };
+        let deadline = Instant::now() + self.config.deadlines.load;
+        match tokio::time::timeout_at(deadline.into(), self.handshake(&chan)).await {
+            Ok(Ok(loaded)) => {
+                self.status.send_modify(|s| {
+                    s.details = loaded.text;
+                    s.lite = loaded.lite;
+                    s.last_error_code = 0;
+                });
+                Ok(Conn { chan, pid, exit })
+            }
+            Ok(Err((e, code))) => {
+                let ended =
+                    process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace)
+                        .await;
+                Err((format!("{e} (worker pid {pid}: {ended})"), code))
+            }
+            Err(_) => {
+                process::kill_worker(pid, &mut exit, KillReason::Timeout, workers.kill_grace).await;
+                Err((
+                    format!(
+                        "worker pid {pid} did not load the model within {:?}",
+                        self.config.deadlines.load
+                    ),
+                    0,
+                ))
+            }
+        }
+    }
+
+    /// What the family's worker needs in its environment.
+    fn worker_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        match self.spec.family {
+            Family::Text => Vec::new(),
+            // VISION workers run `.tflite` detectors through LiteRT too.
+            Family::Lite | Family::Vision => {
+                let lib = &self.config.lite_runtime;
+                let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
+                vec![("SIDECAR_LITERT_LIB", lib.into_os_string())]
+            }
+        }
+    }
+
+    /// The text options, with GPU layers cut to what fits in the free
+    /// memory of the roomiest GPU (NVML) when layers are asked for.
+    fn text_options(&self) -> sidecar_proto::v1::TextOptions {
+        let mut t = self.spec.text.to_proto();
+        let Some(wanted) = t.gpu_layers.filter(|n| *n != 0) else {
+            return t;
+        };
+        if !self.guard.gpu_monitoring() {
+            return t;
+        }
+        let Some(shape) = crate::memory::gguf::text_shape(&self.file) else {
+            return t;
+        };
+        let size = std::fs::metadata(&self.file).map_or(0, |m| m.len());
+        let per_layer = size / shape.layers.max(1);
+        let beside = self
+            .memory
+            .lock()
+            .map_or(0, |m| m.estimate.saturating_sub(size));
+        let fit = self
+            .guard
+            .gpu_layers(wanted, shape.layers, per_layer, beside);
+        if fit != wanted {
+            tracing::info!(
+                model = %self.spec.id,
+                "offloading {fit} layers to the GPU instead of {wanted}: that is what fits above the reserve"
+            );
+        }
+        t.gpu_layers = Some(fit);
+        t
+    }
+
+    /// Hello, then load: an error carries the worker's status code when
+    /// the worker answered the load with an error, 0 otherwise.
+    async fn handshake(&self, chan: &ipc::AsyncChannel) -> Result<Loaded, (String, u32)> {
+        match self.hello_and_load(chan).await {
+            Ok(answer) => answer,
+            Err(message) => Err((message, 0)),
+        }
+    }
+
+    /// Outer error: the handshake broke; inner: the worker's answer.
+    async fn hello_and_load(
+        &self,
+        chan: &ipc::AsyncChannel,
+    ) -> Result<Result<Loaded, (String, u32)>, String> {
+        let hello = chan
+            .recv_control()
+            .await
+            .map_err(|e| format!("no hello from the worker: {e}"))?;
+        if hello.kind != Kind::Hello {
+            return Err(format!("expected a hello, got {:?}", hello.kind));
+        }
+        let hello = Hello::decode(hello.payload).map_err(|e| format!("bad hello: {e}"))?;
+        self.status
+            .send_modify(|s| s.worker_version = hello.worker_version.clone());
+        if hello.protocol_version != sidecar_proto::WORKER_PROTOCOL_VERSION {
+            return Err(format!(
+                "worker speaks protocol {}, this supervisor {}",
+                hello.protocol_version,
+                sidecar_proto::WORKER_PROTOCOL_VERSION
+            ));
+        }
+        if hello.family != self.spec.family.to_proto() as i32 {
+            return Err(format!(
+                "worker serves family {}, expected {:?}",
+                hello.family, self.spec.family
+            ));
+        }
+        let req = WorkerRequest {
+            request_tag: format!("load-{}", self.spec.id),
+            deadline_unix_ms: 0,
+            body: Some(worker_request::Body::Load(Load {
+                path: self.file.display().to_string(),
+                family: hello.family,
+                model_id: self.spec.id.clone(),
+                options: Some(match self.spec.family {
+                    Family::Text => load::Options::Text(self.text_options()),
+                    Family::Lite => load::Options::Lite(self.spec.lite.to_proto()),
+                    Family::Vision => load::Options::Vision(self.spec.vision.to_proto()),
+                }),
+            })),
+        };
+        let mut answers = chan
+            .request(&req.encode_to_vec())
+            .await
+            .map_err(|e| format!("send load: {e}"))?;
+        let frame = answers
+            .next()
+            .await
+            .ok_or("the worker closed the load request")?
+            .map_err(|e| format!("worker died while loading: {e}"))?;
+        match frame.kind {
+            Kind::Response => {
+                let r = WorkerResponse::decode(frame.payload)
+                    .map_err(|e| format!("bad load answer: {e}"))?;
+                match r.body {
+                    Some(worker_response::Body::Loaded(l)) => Ok(Ok(l)),
+                    other => Err(format!("unexpected load answer {other:?}")),
+                }
+            }
+            Kind::Error => {
+                let e = WorkerError::decode(frame.payload)
+                    .map_err(|e| format!("bad load error: {e}"))?;
+                Ok(Err((format!("load failed: {}", e.message), e.code)))
+            }
+            other => Err(format!("unexpected {other:?} frame during load")),
+        }
+    }
+}

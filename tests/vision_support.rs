@@ -1,0 +1,78 @@
+//! What the VISION tests share: BlazeFace in a sidecar, scikit-image's
+//! astronaut with its face labelled by hand, face tasks and stream configs.
+
+use sidecar_proto::v1::vision_service_client::VisionServiceClient;
+use sidecar_proto::v1::{
+    Box as PixelBox, FaceDetectionTask, FaceDetector, Image, OverflowPolicy, ProcessRequest,
+    StreamConfig, VisionTask, image, process_request, vision_task,
+};
+use tonic::transport::Channel;
+
+use crate::{Sidecar, add_model, store};
+
+/// The face detector file, relative to the model store.
+pub const BLAZEFACE: &str = "mediapipe/face_detection_short_range.tflite";
+
+/// Eileen Collins' face in astronaut.png (512x512), labelled by hand: from
+/// the eyebrows to the chin, cheek to cheek.
+pub const FACE: PixelBox = PixelBox {
+    x: 172.0,
+    y: 84.0,
+    width: 100.0,
+    height: 100.0,
+};
+
+pub fn iou(a: &PixelBox, b: &PixelBox) -> f32 {
+    let ix = ((a.x + a.width).min(b.x + b.width) - a.x.max(b.x)).max(0.0);
+    let iy = ((a.y + a.height).min(b.y + b.height) - a.y.max(b.y)).max(0.0);
+    let inter = ix * iy;
+    inter / (a.width * a.height + b.width * b.height - inter)
+}
+
+pub fn astronaut() -> Image {
+    let path = crate::root().join("models/testdata/astronaut.png");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
+    Image {
+        data: Some(image::Data::Encoded(bytes.into())),
+    }
+}
+
+pub fn faces(detector: FaceDetector) -> VisionTask {
+    VisionTask {
+        task: Some(vision_task::Task::Faces(FaceDetectionTask {
+            detector: detector as i32,
+            min_score: 0.5,
+            max_faces: 0,
+        })),
+    }
+}
+
+/// A sidecar with BlazeFace loaded as the VISION model `faces`, and a
+/// client.
+pub async fn sidecar() -> (Sidecar, VisionServiceClient<Channel>) {
+    let store = store();
+    add_model(&store, BLAZEFACE);
+    let config = format!(
+        "[[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\nvision = {{ threads = 1 }}\n"
+    );
+    let sc = Sidecar::start(store, &config);
+    sc.ready("faces").await;
+    let client = VisionServiceClient::connect(format!("http://{}", sc.api))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20);
+    (sc, client)
+}
+
+/// A stream's first message: face detection on `faces`.
+pub fn config(overflow: OverflowPolicy, max_pending: u32) -> ProcessRequest {
+    ProcessRequest {
+        msg: Some(process_request::Msg::Config(StreamConfig {
+            model_id: "faces".into(),
+            tasks: vec![faces(FaceDetector::Unspecified)],
+            max_pending_frames: max_pending,
+            overflow: overflow as i32,
+        })),
+    }
+}
