@@ -301,7 +301,10 @@ impl BlockingChannel {
                 Payload::Owned(self.region.bytes(f.payload_at, f.meta.len).to_vec())
             } else {
                 rx.consumer.hold(&f);
-                Payload::InPlace(self.region.bytes(f.payload_at, f.meta.len))
+                Payload::InPlace {
+                    at: f.payload_at,
+                    bytes: self.region.bytes(f.payload_at, f.meta.len),
+                }
             };
             Received {
                 chan: self,

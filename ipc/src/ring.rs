@@ -15,6 +15,13 @@ use crate::frame::{self, Decoded, Flags, HEADER_LEN, Kind, Meta, frame_size};
 use crate::layout::RingGeometry;
 use crate::sys::SharedRegion;
 
+/// An empty ring whose next frame would start this far in or further
+/// starts over at its front instead (a padding frame to the end, as when a
+/// frame does not fit). A ring used one message at a time then touches,
+/// and keeps resident, only its front: its shared memory is about its
+/// largest message, not its capacity.
+pub(crate) const REWIND_AFTER: usize = 1 << 20;
+
 /// Writing end of a ring.
 #[derive(Debug)]
 pub(crate) struct Producer {
@@ -68,7 +75,8 @@ impl Producer {
     }
 
     /// Reserves room for a frame of `len` payload bytes, wrapping with a
-    /// padding frame when the rest of the ring is too short. `None`: full.
+    /// padding frame when the rest of the ring is too short, or when the
+    /// ring is empty and [`REWIND_AFTER`] is behind. `None`: full.
     pub(crate) fn try_reserve(&mut self, len: usize) -> Result<Option<Slot>> {
         let too_large = || Error::TooLarge {
             payload: len,
@@ -83,7 +91,8 @@ impl Producer {
             let free = self.free()?;
             let idx = (self.head % self.cap()) as usize;
             let contiguous = self.geo.capacity - idx;
-            if contiguous < size {
+            let rewind = idx >= REWIND_AFTER && free == self.cap();
+            if contiguous < size || rewind {
                 if free < contiguous as u64 {
                     return Ok(None);
                 }

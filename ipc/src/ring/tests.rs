@@ -89,6 +89,36 @@ fn a_full_ring_refuses_until_released_and_large_frames_fit_after_padding() {
 }
 
 #[test]
+fn an_empty_ring_starts_over_at_its_front_after_the_first_mib() {
+    let (mut p, mut c, region, layout) = ring_pair(8 << 20);
+    let front = layout.rings[0].data + crate::frame::HEADER_LEN;
+    let mib = vec![7u8; 1 << 20];
+    // Two frames back to back: the second follows the first.
+    assert!(send(&mut p, 1, &mib));
+    assert!(send(&mut p, 2, &mib));
+    let first = c.next().unwrap().unwrap();
+    let second = c.next().unwrap().unwrap();
+    assert_eq!(first.payload_at, front);
+    assert!(second.payload_at > first.payload_at + (1 << 20));
+    // Not yet released: the next frame goes on past them.
+    assert!(send(&mut p, 3, &mib));
+    let third = c.next().unwrap().unwrap();
+    assert!(third.payload_at > second.payload_at);
+    c.release();
+    // Empty and past the first MiB: the next frame is at the front again,
+    // intact.
+    assert!(send(&mut p, 4, &[4; 100]));
+    let fourth = c.next().unwrap().unwrap();
+    assert_eq!((fourth.meta.request_id, fourth.payload_at), (4, front));
+    assert_eq!(region.bytes(fourth.payload_at, 100), &[4u8; 100][..]);
+    c.release();
+    // Empty but still within the first MiB: no rewind.
+    assert!(send(&mut p, 5, &[5; 100]));
+    let fifth = c.next().unwrap().unwrap();
+    assert!(fifth.payload_at > front);
+}
+
+#[test]
 fn too_large_names_both_sizes() {
     let (mut p, _, _, _) = ring_pair(4096);
     let err = p.try_reserve(5000).unwrap_err();
