@@ -378,3 +378,79 @@ async fn a_worker_killed_mid_stream_ends_it_with_unavailable_and_a_new_stream_wo
     let r = s.message().await.expect("works again").expect("a result");
     assert_eq!(r.faces.len(), 1);
 }
+
+/// A `w`x`h` raw frame of `channels` bytes per pixel (a gradient).
+fn big_frame(index: u64, w: u32, h: u32, format: PixelFormat, channels: usize) -> ProcessRequest {
+    let data: Vec<u8> = (0..w as usize * h as usize * channels)
+        .map(|i| (i / channels % 251) as u8)
+        .collect();
+    ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame {
+            index,
+            data: Some(frame::Data::Raw(RawImage {
+                width: w,
+                height: h,
+                format: format as i32,
+                stride: 0,
+                data: data.into(),
+            })),
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_hd_and_4k_raw_frames_and_a_large_batch_go_through() {
+    let _serial = serial().await;
+    let (sc, mut client) = sidecar().await;
+    // 6.2 MB, 24.9 MB and 3.7 MB messages, then more full-HD frames back
+    // to back: larger than the default 4 MiB ring of a text worker.
+    let mut frames = vec![
+        config(OverflowPolicy::Unspecified, 4),
+        big_frame(1, 1920, 1080, PixelFormat::Bgr8, 3),
+        big_frame(2, 3840, 2160, PixelFormat::Bgr8, 3),
+        big_frame(3, 1280, 720, PixelFormat::Rgba8, 4),
+    ];
+    frames.extend((4..10).map(|i| big_frame(i, 1920, 1080, PixelFormat::Bgr8, 3)));
+    let mut s = client
+        .process(tokio_stream::iter(frames))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut sizes = Vec::new();
+    while let Some(r) = s.message().await.expect("large frames are served") {
+        assert!(!r.dropped);
+        sizes.push((r.frame_index, r.width, r.height));
+    }
+    let mut want = vec![(1, 1920, 1080), (2, 3840, 2160), (3, 1280, 720)];
+    want.extend((4..10).map(|i| (i, 1920, 1080)));
+    assert_eq!(sizes, want);
+
+    let images: Vec<Image> = (0..6)
+        .map(|k| Image {
+            data: Some(image::Data::Raw(RawImage {
+                width: 1920,
+                height: 1080,
+                format: PixelFormat::Bgr8 as i32,
+                stride: 0,
+                data: vec![k as u8 * 40; 1920 * 1080 * 3].into(),
+            })),
+        })
+        .collect();
+    let r = client
+        .process_batch(ProcessBatchRequest {
+            model_id: "faces".into(),
+            task: Some(faces(FaceDetector::Unspecified)),
+            images,
+        })
+        .await
+        .expect("a 37 MB batch")
+        .into_inner();
+    assert_eq!(r.results.len(), 6);
+    assert!(
+        r.results
+            .iter()
+            .all(|x| (x.width, x.height) == (1920, 1080))
+    );
+    assert_eq!(sc.model("faces").await.restarts, 0);
+}

@@ -124,7 +124,10 @@ pub struct WorkerPolicy {
     pub queue_size: usize,
     /// Calls executing per model at once.
     pub max_in_flight: usize,
-    /// Ring size of each worker's channel, bytes each way.
+    /// Ring size of each worker's channel, bytes each way. Rings that
+    /// carry frames or tensors (VISION requests, LITE both ways) are grown
+    /// so that every message the API accepts (`max_message_bytes`) fits;
+    /// see [`Config::channel`].
     pub channel_bytes: usize,
 }
 
@@ -436,6 +439,28 @@ impl Config {
         Ok(())
     }
 
+    /// The channel of a `family` worker. Frames and tensors are written once
+    /// into a ring and read in place, so the rings that carry them hold a
+    /// message of `max_message_bytes` (with room for the request around
+    /// it); the others, tokens and results, keep `workers.channel_bytes`.
+    /// Shared memory is only used as a ring wraps over it.
+    pub fn channel(&self, family: Family) -> ipc::ChannelConfig {
+        /// The worker request around a client's message, and a frame header.
+        const ENVELOPE: usize = 64 << 10;
+        let small = self.workers.channel_bytes;
+        let large = small.max(self.max_message_bytes.saturating_add(ENVELOPE));
+        let (request, response) = match family {
+            Family::Text => (small, small),
+            Family::Vision => (large, small),
+            Family::Lite => (large, large),
+        };
+        ipc::ChannelConfig {
+            request_ring_bytes: request,
+            response_ring_bytes: response,
+            ..ipc::ChannelConfig::with_ring_bytes(small)
+        }
+    }
+
     /// Where the worker binaries are.
     pub fn worker_dir(&self) -> PathBuf {
         self.worker_dir.clone().unwrap_or_else(|| {
@@ -450,6 +475,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rings_that_carry_frames_and_tensors_hold_the_largest_message() {
+        let config = Config::default();
+        let big = config.max_message_bytes;
+        let text = config.channel(Family::Text);
+        assert_eq!(text.request_ring_bytes, 4 << 20);
+        assert_eq!(text.response_ring_bytes, 4 << 20);
+        let vision = config.channel(Family::Vision);
+        assert!(vision.request_ring_bytes > big);
+        assert_eq!(vision.response_ring_bytes, 4 << 20);
+        let lite = config.channel(Family::Lite);
+        assert!(lite.request_ring_bytes > big && lite.response_ring_bytes > big);
+        // The configured ring size still wins when it is larger.
+        let mut roomy = Config::default();
+        roomy.workers.channel_bytes = 256 << 20;
+        assert_eq!(roomy.channel(Family::Vision).request_ring_bytes, 256 << 20);
+    }
 
     #[test]
     fn sizes_read_with_and_without_units() {

@@ -205,7 +205,10 @@ impl WorkerHandle {
                     "model {id:?}: its worker (pid {pid}) died mid-call{how}"
                 ))
             }
-            ipc::Error::TooLarge { .. } => Error::InvalidArgument(e.to_string()),
+            ipc::Error::TooLarge { payload, max, .. } => Error::InvalidArgument(format!(
+                "model {:?}: the request is {payload} bytes; its worker's channel carries at most {max} (workers.channel_bytes, max_message_bytes)",
+                self.spec.id
+            )),
             other => Error::Internal(format!("model {:?}: channel: {other}", self.spec.id)),
         }
     }

@@ -333,15 +333,15 @@ impl WorkerHandle {
         let guard = self.memory();
         // The guard's own sample of the process; before its first one, the
         // worker's report from its heartbeat.
-        let (private, file) = match (&guard.latest, &s.memory) {
-            (Some(p), _) if s.pid != 0 => (p.private_bytes, p.file_bytes),
-            (_, Some(r)) if s.pid != 0 => (r.private_bytes, r.file_bytes),
-            _ => (0, 0),
+        let (private, file, shared) = match (&guard.latest, &s.memory) {
+            (Some(p), _) if s.pid != 0 => (p.private_bytes, p.file_bytes, p.shared_bytes),
+            (_, Some(r)) if s.pid != 0 => (r.private_bytes, r.file_bytes, 0),
+            _ => (0, 0, 0),
         };
         let memory = Some(sidecar_proto::v1::MemoryUsage {
             host_private_bytes: private,
             host_file_bytes: file,
-            channel_bytes: 2 * self.config.workers.channel_bytes as u64,
+            channel_bytes: shared,
             host_budget_bytes: self.spec.memory_budget,
             gpu: if s.pid != 0 {
                 guard.gpu_proto()

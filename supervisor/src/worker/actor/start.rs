@@ -23,9 +23,8 @@ impl Actor {
     /// (0 otherwise).
     pub(super) async fn start_once(&mut self) -> Result<Conn, (String, u32)> {
         let workers = &self.config.workers;
-        let (mine, theirs) =
-            ipc::create(ipc::ChannelConfig::with_ring_bytes(workers.channel_bytes))
-                .map_err(|e| (format!("ipc channel: {e}"), 0))?;
+        let (mine, theirs) = ipc::create(self.config.channel(self.spec.family))
+            .map_err(|e| (format!("ipc channel: {e}"), 0))?;
         let program = self
             .config
             .worker_dir()
