@@ -1,5 +1,6 @@
 //! What the VISION tests share: BlazeFace in a sidecar, scikit-image's
-//! astronaut with its face labelled by hand, face tasks and stream configs.
+//! astronaut with its face labelled by hand, face tasks and stream configs,
+//! H.264 streams made by ffmpeg.
 
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
@@ -75,4 +76,29 @@ pub fn config(overflow: OverflowPolicy, max_pending: u32) -> ProcessRequest {
             overflow: overflow as i32,
         })),
     }
+}
+
+/// Makes `path`, an H.264 Annex-B stream of `frames` pictures of ffmpeg's
+/// `testsrc2` at `w`x`h`, encoded by x264 with `x264` options.
+pub fn ffmpeg_h264(
+    path: &std::path::Path,
+    w: usize,
+    h: usize,
+    frames: u32,
+    x264: &[&str],
+) -> Result<(), String> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .arg("-i")
+        .arg(format!("testsrc2=size={w}x{h}:rate=25"))
+        .args(["-frames:v", &frames.to_string(), "-c:v", "libx264"])
+        .args(x264)
+        .args(["-pix_fmt", "yuv420p", "-f", "h264"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("ffmpeg (run scripts/setup.sh): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
 }

@@ -390,37 +390,9 @@ async fn a_tracked_object_keeps_its_id_and_its_trajectory() {
 fn ffmpeg_h264(w: u32, h: u32, frames: u32) -> (Vec<u8>, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("stream.264");
-    let out = std::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc2=size={w}x{h}:rate=25"))
-        .args(["-frames:v", &frames.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "high",
-            "-bf",
-            "3",
-            "-g",
-            "24",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-f", "h264"])
-        .arg(&path)
-        .output()
-        .expect("ffmpeg (run scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let x264 = ["-profile:v", "high", "-bf", "3", "-g", "24"];
+    e2e::vision::ffmpeg_h264(&path, w as usize, h as usize, frames, &x264)
+        .unwrap_or_else(|e| panic!("{e}"));
     let probe = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=nb_read_frames,has_b_frames"])
@@ -561,4 +533,47 @@ async fn an_h264_stream_split_anywhere_decodes_every_frame() {
         n += 1;
     }
     assert_eq!(n, 5, "the worker still decodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_h264_sender_is_held_back_by_max_pending_frames() {
+    let _serial = serial().await;
+    let (_sc, mut client) = sidecar().await;
+    let (stream, probed) = ffmpeg_h264(320, 240, 60);
+    // The stream 12 times over (each copy starts with an IDR picture), in
+    // 32 KiB chunks of several pictures each, all offered at once: the
+    // worker may hold at most 2 chunks, so no picture waits in it for long.
+    let mut msgs = vec![config(OverflowPolicy::Unspecified, 2)];
+    let copies = 12;
+    let all: Vec<u8> = (0..copies).flat_map(|_| stream.iter().copied()).collect();
+    msgs.extend(all.chunks(32 << 10).map(h264_chunk));
+    let chunks = msgs.len() - 1;
+    msgs.push(ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame {
+            flush: true,
+            ..Default::default()
+        })),
+    });
+    let started = std::time::Instant::now();
+    let mut s = client
+        .process(tokio_stream::iter(msgs))
+        .await
+        .expect("open")
+        .into_inner();
+    let (mut pictures, mut longest) = (0u64, 0u64);
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        pictures += 1;
+        longest = longest.max(r.timings.expect("timings").total_us);
+    }
+    let wall = started.elapsed().as_micros() as u64;
+    eprintln!(
+        "{pictures} pictures from {chunks} chunks in {wall} µs; longest wait in the worker {longest} µs"
+    );
+    assert_eq!(pictures, copies * probed, "every picture of every copy");
+    // Were the chunks all forwarded at once, the last pictures would wait
+    // in the worker for most of the run.
+    assert!(
+        longest < wall / 5,
+        "a picture waited {longest} µs in the worker of a {wall} µs run"
+    );
 }

@@ -1,13 +1,19 @@
 //! The VISION benchmark (`scripts/bench.sh vision`): end-to-end frames per
 //! second of a face-detection stream (tonic client → sidecar → ipc →
 //! worker-vision, BlazeFace through LiteRT) against the same processing
-//! in-process (`worker-vision/examples/vision_direct.rs`), interleaved,
-//! at 640x480 and 1280x720. Prints a Markdown report.
+//! in-process (`worker-vision/examples/vision_direct.rs`), interleaved:
+//! raw BGR frames at 640x480 and 1280x720, and a 1280x720 H.264 stream made
+//! by ffmpeg. Reports the CPU time each process spent per frame beside the
+//! rates, and what the machine's cores allow at that cost. Prints a
+//! Markdown report.
 //!
 //! Environment (set by `scripts/bench.sh`): `VISION_DIRECT`, `BENCH_REPS`
-//! (default 3), `BENCH_SECONDS` (default 3).
+//! (default 3), `BENCH_SECONDS` (default 3), `BENCH_SIZES` (default
+//! `640x480,1280x720,1280x720/h264`), `BENCH_CONFIG` (TOML put before the
+//! model in the sidecar's config, e.g. a `[workers]` table).
 #![allow(clippy::print_stdout)] // The report is this tool's output.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,6 +28,9 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MODEL: &str = "mediapipe/face_detection_short_range.tflite";
 
+/// Bytes per H.264 message (as `vision_direct` feeds its decoder).
+const H264_CHUNK: usize = 64 << 10;
+
 /// The same frames as `vision_direct`'s.
 fn frame_bytes(w: usize, h: usize, k: usize) -> Vec<u8> {
     (0..w * h * 3)
@@ -29,26 +38,134 @@ fn frame_bytes(w: usize, h: usize, k: usize) -> Vec<u8> {
         .collect()
 }
 
+/// One run of the in-process reference: its FPS.
+fn in_process_fps(direct: &str, source: &Source, seconds: f64) -> Res<f64> {
+    let out = Command::new(direct)
+        .arg(root().join("runtime/litert/libLiteRt.so"))
+        .arg(root().join("models").join(MODEL))
+        .args([
+            source.w.to_string(),
+            source.h.to_string(),
+            seconds.to_string(),
+        ])
+        .args(&source.h264)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fps = text.trim().strip_prefix("fps=").ok_or_else(|| {
+        format!(
+            "vision_direct: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(fps.parse()?)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// One stream run: its FPS and the worker's mean per-frame timings.
+/// One stream run: its FPS, the worker's mean per-frame timings and the
+/// CPU time each process spent per frame.
 struct Run {
     fps: f64,
     decode_us: u64,
     process_us: u64,
     total_us: u64,
+    cpu: Cpu,
+}
+
+/// The processes of a run, by pid.
+#[derive(Clone, Copy)]
+struct Pids {
+    client: u32,
+    supervisor: u32,
+    worker: u32,
+}
+
+/// CPU time (user + system) in milliseconds per processed frame.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    client: f64,
+    supervisor: f64,
+    worker: f64,
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far.
+fn cpu_seconds(pid: u32) -> Res<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').ok_or("odd /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.ok_or("no CLK_TCK")? as f64;
+    Ok(ticks / hz)
+}
+
+impl Pids {
+    fn cpu(&self) -> Res<[f64; 3]> {
+        Ok([
+            cpu_seconds(self.client)?,
+            cpu_seconds(self.supervisor)?,
+            cpu_seconds(self.worker)?,
+        ])
+    }
+}
+
+/// What a run streams: raw BGR frames of a size, or an H.264 file in the
+/// chunks `vision_direct` feeds its decoder, over and over.
+#[derive(Debug, Clone)]
+struct Source {
+    w: usize,
+    h: usize,
+    h264: Option<PathBuf>,
+}
+
+impl Source {
+    fn label(&self) -> String {
+        let kind = if self.h264.is_some() { "H.264" } else { "BGR" };
+        format!("{}x{} {kind}", self.w, self.h)
+    }
+
+    /// The messages' data, sent in turn.
+    fn data(&self) -> Res<Vec<frame::Data>> {
+        let Some(file) = &self.h264 else {
+            return Ok((0..8)
+                .map(|k| {
+                    frame::Data::Raw(RawImage {
+                        width: self.w as u32,
+                        height: self.h as u32,
+                        format: PixelFormat::Bgr8 as i32,
+                        stride: 0,
+                        data: frame_bytes(self.w, self.h, k).into(),
+                    })
+                })
+                .collect());
+        };
+        let stream = tonic::codegen::Bytes::from(std::fs::read(file)?);
+        Ok((0..stream.len())
+            .step_by(H264_CHUNK)
+            .map(|at| frame::Data::H264(stream.slice(at..(at + H264_CHUNK).min(stream.len()))))
+            .collect())
+    }
+}
+
+/// An H.264 stream of `w`x`h` made by ffmpeg: x264 as a camera streams
+/// (no B-frames), one IDR at its start, so it can be sent over and over.
+fn camera_h264(dir: &Path, w: usize, h: usize) -> Res<PathBuf> {
+    let path = dir.join(format!("{w}x{h}.264"));
+    let x264 = ["-preset", "veryfast", "-tune", "zerolatency", "-g", "120"];
+    e2e::vision::ffmpeg_h264(&path, w, h, 120, &x264)?;
+    Ok(path)
 }
 
 async fn stream_fps(
     client: &mut VisionServiceClient<tonic::transport::Channel>,
-    w: usize,
-    h: usize,
+    pids: Pids,
+    source: &Source,
     seconds: f64,
 ) -> Res<Run> {
-    let frames: Vec<tonic::codegen::Bytes> = (0..8).map(|k| frame_bytes(w, h, k).into()).collect();
+    let data = source.data()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ProcessRequest {
         msg: Some(process_request::Msg::Config(StreamConfig {
@@ -66,20 +183,14 @@ async fn stream_fps(
         .await?
         .into_inner();
     let start = Instant::now();
+    let cpu_before = pids.cpu()?;
     let end = start + Duration::from_secs_f64(seconds);
     let sender = tokio::spawn(async move {
         let mut k = 0usize;
         while Instant::now() < end {
             let f = ProcessRequest {
                 msg: Some(process_request::Msg::Frame(Frame {
-                    index: k as u64,
-                    data: Some(frame::Data::Raw(RawImage {
-                        width: w as u32,
-                        height: h as u32,
-                        format: PixelFormat::Bgr8 as i32,
-                        stride: 0,
-                        data: frames[k % frames.len()].clone(),
-                    })),
+                    data: Some(data[k % data.len()].clone()),
                     ..Default::default()
                 })),
             };
@@ -100,13 +211,46 @@ async fn stream_fps(
         tot += t.total_us;
     }
     sender.await?;
+    let cpu_after = pids.cpu()?;
+    let per_frame = |i: usize| 1000.0 * (cpu_after[i] - cpu_before[i]) / n.max(1) as f64;
     let n64 = n.max(1) as u64;
     Ok(Run {
+        cpu: Cpu {
+            client: per_frame(0),
+            supervisor: per_frame(1),
+            worker: per_frame(2),
+        },
         fps: n as f64 / start.elapsed().as_secs_f64(),
         decode_us: dec / n64,
         process_us: pro / n64,
         total_us: tot / n64,
     })
+}
+
+/// The streams to run: `BENCH_SIZES` ("640x480,1280x720,1280x720/h264":
+/// raw BGR frames of a size, or an H.264 stream of it), else those three.
+fn sources(dir: &Path) -> Res<Vec<Source>> {
+    let list =
+        std::env::var("BENCH_SIZES").unwrap_or_else(|_| "640x480,1280x720,1280x720/h264".into());
+    list.split(',')
+        .map(|s| {
+            let (size, h264) = match s.trim().split_once('/') {
+                Some((size, "h264")) => (size, true),
+                None => (s.trim(), false),
+                Some(_) => return Err("BENCH_SIZES: WIDTHxHEIGHT[/h264],...".into()),
+            };
+            let (w, h) = size
+                .split_once('x')
+                .ok_or("BENCH_SIZES: WIDTHxHEIGHT[/h264],...")?;
+            let (w, h) = (w.parse()?, h.parse()?);
+            let h264 = if h264 {
+                Some(camera_h264(dir, w, h)?)
+            } else {
+                None
+            };
+            Ok(Source { w, h, h264 })
+        })
+        .collect()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +267,15 @@ async fn main() -> Res<()> {
     let sc = Sidecar::start(
         store,
         &format!(
-            "[[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{MODEL}\"\nvision = {{ threads = 1 }}\n"
+            "{}[[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{MODEL}\"\nvision = {{ threads = 1 }}\n",
+            std::env::var("BENCH_CONFIG").unwrap_or_default()
         ),
     );
-    sc.ready("faces").await;
+    let pids = Pids {
+        client: std::process::id(),
+        supervisor: sc.child.id(),
+        worker: sc.ready("faces").await.worker_pid,
+    };
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", sc.api))?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
@@ -137,44 +286,41 @@ async fn main() -> Res<()> {
         "Machine: {} cores; 1 thread; median over {reps} interleaved runs of {seconds} s.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "| stream | sidecar FPS | in-process FPS | ratio | worker decode / process / arrival-to-result (µs) |"
+        "| stream | sidecar FPS | in-process FPS | ratio | worker decode / process / arrival-to-result (µs) | CPU ms per frame: client / supervisor / worker (in-process) | CPU-bound FPS on {cores} cores |"
     );
-    println!("|---|---:|---:|---:|---|");
-    for (w, h) in [(640usize, 480usize), (1280, 720)] {
-        let (mut ours, mut refs, mut last) = (Vec::new(), Vec::new(), None);
+    println!("|---|---:|---:|---:|---|---|---:|");
+    let dir = tempfile::tempdir()?;
+    for source in sources(dir.path())? {
+        let (mut runs, mut refs) = (Vec::new(), Vec::new());
         for _ in 0..reps {
-            let out = Command::new(&direct)
-                .arg(root().join("runtime/litert/libLiteRt.so"))
-                .arg(root().join("models").join(MODEL))
-                .args([w.to_string(), h.to_string(), seconds.to_string()])
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let fps: f64 = text
-                .trim()
-                .strip_prefix("fps=")
-                .ok_or_else(|| {
-                    format!(
-                        "vision_direct: {text} {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                })?
-                .parse()?;
-            refs.push(fps);
-            let run = stream_fps(&mut client, w, h, seconds).await?;
-            ours.push(run.fps);
-            last = Some(run);
+            refs.push(in_process_fps(&direct, &source, seconds)?);
+            runs.push(stream_fps(&mut client, pids, &source, seconds).await?);
         }
-        let (o, r) = (median(ours), median(refs));
-        let t = last.ok_or("no runs")?;
+        runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
+        let (t, r) = (&runs[runs.len() / 2], median(refs));
+        let c = t.cpu;
         println!(
-            "| {w}x{h} BGR, BlazeFace | {o:.1} | {r:.1} | {:.0}% | {} / {} / {} |",
-            100.0 * o / r,
+            "| {}, BlazeFace | {:.1} | {r:.1} | {:.0}% | {} / {} / {} | {:.2} / {:.2} / {:.2} ({:.2}) | {:.0} |",
+            source.label(),
+            t.fps,
+            100.0 * t.fps / r,
             t.decode_us,
             t.process_us,
-            t.total_us
+            t.total_us,
+            c.client,
+            c.supervisor,
+            c.worker,
+            1000.0 / r,
+            1000.0 * cores as f64 / (c.client + c.supervisor + c.worker),
         );
     }
-    println!("\nRatio: sidecar FPS / in-process FPS.");
+    println!(
+        "\nRatio: sidecar FPS / in-process FPS (medians). CPU per frame: user + system time of \
+         each process over the median run, divided by the frames processed; in-process, one \
+         busy thread, 1000 / FPS. CPU-bound FPS: the most this machine's cores could process \
+         at that CPU cost per frame, with client, supervisor and worker all on them."
+    );
     Ok(())
 }

@@ -84,7 +84,10 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), CallError> {
         let sent = match outcome {
             Ok(None) => Ok(()),
             Ok(Some(body)) => {
-                let r = WorkerResponse { body: Some(body) };
+                let r = WorkerResponse {
+                    body: Some(body),
+                    ..Default::default()
+                };
                 chan.send(id, Kind::Response, Flags::END, &r.encode_to_vec())
             }
             Err(e) => {

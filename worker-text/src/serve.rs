@@ -150,7 +150,10 @@ impl Scheduler<'_> {
     }
 
     fn answer(&mut self, id: u64, body: worker_response::Body) {
-        let r = WorkerResponse { body: Some(body) };
+        let r = WorkerResponse {
+            body: Some(body),
+            ..Default::default()
+        };
         self.queue(id, Kind::Response, Flags::END, r.encode_to_vec());
     }
 
@@ -460,6 +463,7 @@ impl Scheduler<'_> {
                     body: Some(worker_response::Body::Text(GenerateStreamResponse {
                         msg: Some(msg),
                     })),
+                    ..Default::default()
                 };
                 self.queue(id, Kind::Response, flags, body.encode_to_vec());
             }

@@ -3,8 +3,12 @@
 //! matrix, BlazeFace through LiteRT with MediaPipe's decoding) in a plain
 //! in-process loop, on the same synthetic frames.
 //!
-//! Usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS
-//! Prints `fps=..`.
+//! With an H.264 Annex-B file, the pictures of that stream instead, fed to
+//! the stream decoder in the chunks a client sends, the file over and over
+//! (its first picture is an IDR).
+//!
+//! Usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS [H264-FILE]
+//! Prints `fps=..` (pictures per second).
 #![allow(clippy::print_stdout)] // The report is this tool's output.
 
 use std::path::Path;
@@ -12,7 +16,11 @@ use std::time::{Duration, Instant};
 
 use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
 use worker_vision::detect::Ssd;
+use worker_vision::h264::H264;
 use worker_vision::image::to_bgr;
+
+/// Bytes per H.264 chunk, as `bench_vision` sends them.
+pub const H264_CHUNK: usize = 64 << 10;
 
 /// The benchmark's frames: frame `k` of a `w`x`h` BGR sequence (the client
 /// side makes the same bytes).
@@ -23,13 +31,33 @@ pub fn frame(w: usize, h: usize, k: usize) -> Vec<u8> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The worker's allocator settings, so both sides allocate alike.
+    ipc::malloc::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 6 {
-        return Err("usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS".into());
+    if a.len() != 6 && a.len() != 7 {
+        return Err("usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS [H264-FILE]".into());
     }
     let (w, h): (usize, usize) = (a[3].parse()?, a[4].parse()?);
     let seconds: f64 = a[5].parse()?;
     let mut ssd = Ssd::load(Path::new(&a[1]), Path::new(&a[2]), 1, None)?;
+    if let Some(file) = a.get(6) {
+        let stream = std::fs::read(file)?;
+        let mut decoder = H264::new()?;
+        let (start, mut n) = (Instant::now(), 0usize);
+        'run: loop {
+            for chunk in stream.chunks(H264_CHUNK) {
+                for mat in decoder.feed(chunk, false, "chunk")? {
+                    ssd.detect(&mat, 0.5, 0.3)?;
+                    n += 1;
+                    if start.elapsed() >= Duration::from_secs_f64(seconds) {
+                        break 'run;
+                    }
+                }
+            }
+        }
+        println!("fps={:.1}", n as f64 / start.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let images: Vec<Image> = (0..8)
         .map(|k| Image {
             data: Some(image::Data::Raw(RawImage {

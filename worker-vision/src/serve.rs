@@ -20,8 +20,8 @@ use crate::error::VisionError;
 use crate::streams::Stream;
 use crate::tasks::{self, Detector, Served};
 
-struct Worker<'c> {
-    chan: &'c BlockingChannel,
+struct Worker {
+    chan: Arc<BlockingChannel>,
     served: Option<Served>,
     streams: Vec<Stream>,
     /// Round-robin position among the streams.
@@ -51,7 +51,7 @@ pub fn serve(chan: Arc<BlockingChannel>) -> Result<(), VisionError> {
     let in_flight = Arc::new(AtomicU32::new(0));
     worker_lite::serve::start_heartbeats(chan.clone(), in_flight.clone());
     let mut w = Worker {
-        chan: &chan,
+        chan: chan.clone(),
         served: None,
         streams: Vec::new(),
         turn: 0,
@@ -90,7 +90,7 @@ fn gone() -> ! {
     std::process::exit(0)
 }
 
-impl Worker<'_> {
+impl Worker {
     fn has_work(&self) -> bool {
         !self.outbox.is_empty() || self.streams.iter().any(|s| s.has_pending())
     }
@@ -100,7 +100,18 @@ impl Worker<'_> {
     }
 
     fn answer(&mut self, id: u64, body: Option<worker_response::Body>, flags: Flags) {
-        let r = WorkerResponse { body };
+        self.answer_part(id, body, flags, false);
+    }
+
+    /// An answer; `more`: another answer to the same frame message follows.
+    fn answer_part(
+        &mut self,
+        id: u64,
+        body: Option<worker_response::Body>,
+        flags: Flags,
+        more: bool,
+    ) {
+        let r = WorkerResponse { more, body };
         self.queue(id, Kind::Response, flags, r.encode_to_vec());
     }
 
@@ -113,21 +124,15 @@ impl Worker<'_> {
     fn on_frame(&mut self, frame: Received<'_>) {
         let (id, kind) = (frame.request_id(), frame.kind());
         match kind {
-            Kind::Request => {
-                let req = WorkerRequest::decode(frame.payload());
-                drop(frame);
-                match req {
-                    Ok(req) => {
-                        if !req.request_tag.is_empty() {
-                            self.names.insert(id, req.request_tag.clone());
-                        }
-                        self.on_request(id, req)
+            Kind::Request => match self.decode(frame) {
+                Ok(req) => {
+                    if !req.request_tag.is_empty() {
+                        self.names.insert(id, req.request_tag.clone());
                     }
-                    Err(e) => {
-                        self.fail(id, &VisionError::Invalid(format!("malformed request: {e}")))
-                    }
+                    self.on_request(id, req)
                 }
-            }
+                Err(e) => self.fail(id, &VisionError::Invalid(format!("malformed request: {e}"))),
+            },
             Kind::Cancel => {
                 drop(frame);
                 if let Some(i) = self.streams.iter().position(|s| s.id == id) {
@@ -137,6 +142,22 @@ impl Worker<'_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Decodes a request without copying its payload out of the channel:
+    /// a stream frame's pixels go straight into the matrix the tasks read,
+    /// a batch is served at once. Anything else may be kept (a stream's
+    /// template), so it is decoded again into owned bytes, or it would
+    /// hold the channel's space.
+    fn decode(&self, frame: Received<'_>) -> Result<WorkerRequest, prost::DecodeError> {
+        let payload = self.chan.payload_bytes(frame);
+        let req = WorkerRequest::decode(payload.clone())?;
+        match req.body {
+            Some(worker_request::Body::VisionFrame(_) | worker_request::Body::VisionBatch(_)) => {
+                Ok(req)
+            }
+            _ => WorkerRequest::decode(&payload[..]),
         }
     }
 
@@ -231,8 +252,10 @@ impl Worker<'_> {
                 // in flight stays true.
                 Some(Ok(results)) if results.is_empty() => self.answer(id, None, Flags::NONE),
                 Some(Ok(results)) => {
-                    for r in results {
-                        self.answer(id, Some(worker_response::Body::Vision(r)), Flags::NONE);
+                    let last = results.len() - 1;
+                    for (i, r) in results.into_iter().enumerate() {
+                        let body = Some(worker_response::Body::Vision(r));
+                        self.answer_part(id, body, Flags::NONE, i < last);
                     }
                 }
                 Some(Err(e)) => {
@@ -249,7 +272,7 @@ impl Worker<'_> {
 
     /// Sends what waits; a request without credit stays paused.
     fn flush(&mut self) -> Result<(), VisionError> {
-        match self.outbox.flush(self.chan) {
+        match self.outbox.flush(&self.chan) {
             Err(ipc::Error::PeerGone) => gone(),
             other => other.map_err(VisionError::from),
         }

@@ -3,7 +3,7 @@
 //! busy stream does not starve the others.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opencv::core::Mat;
 
@@ -20,6 +20,35 @@ use crate::tasks::{self, Prepared, Served};
 /// Most frames a stream may keep waiting.
 const MAX_PENDING: u32 = 64;
 
+/// A frame waiting its turn, no longer tied to the message it came in
+/// (whose bytes may lie in the channel's shared memory).
+#[derive(Debug)]
+struct Waiting {
+    index: u64,
+    timestamp_us: i64,
+    data: Data,
+    arrived: Instant,
+}
+
+#[derive(Debug)]
+enum Data {
+    /// Raw pixels, converted to BGR on arrival straight from the message
+    /// (their one copy), or why they could not be; and how long it took.
+    Pixels(Result<Mat, VisionError>, Duration),
+    /// A JPEG or PNG, decoded in its turn.
+    Encoded(Vec<u8>),
+    /// An H.264 chunk (and whether the stream ends after it).
+    H264(Vec<u8>, bool),
+    /// No data: an error in its turn.
+    Missing,
+}
+
+impl Waiting {
+    fn is_h264(&self) -> bool {
+        matches!(self.data, Data::H264(..))
+    }
+}
+
 /// One open stream.
 #[derive(Debug)]
 pub struct Stream {
@@ -27,7 +56,7 @@ pub struct Stream {
     pub id: u64,
     tasks: Vec<vision_task::Task>,
     prepared: Prepared,
-    pending: VecDeque<(Frame, Instant)>,
+    pending: VecDeque<Waiting>,
     max_pending: usize,
     drop_oldest: bool,
     /// Arrival count, for frames that give no index.
@@ -96,20 +125,41 @@ impl Stream {
 
     /// Queues a frame; with DROP_OLDEST a full queue gives up its oldest
     /// frame, whose `dropped` result is returned. H.264 chunks are never
-    /// dropped: the pictures after them depend on them.
-    pub fn push(&mut self, mut f: Frame) -> Option<ProcessResponse> {
-        let h264 = matches!(f.data, Some(frame::Data::H264(_))) || f.flush;
-        if f.index == 0 && !h264 {
-            f.index = self.arrived;
-        }
+    /// dropped: the pictures after them depend on them. Nothing of `f` is
+    /// kept: raw pixels are converted now, other data copied.
+    pub fn push(&mut self, f: Frame) -> Option<ProcessResponse> {
+        let arrived = Instant::now();
+        let mut index = f.index;
+        let data = match f.data {
+            Some(frame::Data::H264(chunk)) => Data::H264(chunk.to_vec(), f.flush),
+            None if f.flush => Data::H264(Vec::new(), true),
+            Some(frame::Data::Raw(raw)) => {
+                index = self.index_of(index);
+                let image = Image {
+                    data: Some(image::Data::Raw(raw)),
+                };
+                let bgr = to_bgr(&image, &format!("frame {index}"));
+                Data::Pixels(bgr, arrived.elapsed())
+            }
+            Some(frame::Data::Encoded(bytes)) => {
+                index = self.index_of(index);
+                Data::Encoded(bytes.to_vec())
+            }
+            None => {
+                index = self.index_of(index);
+                Data::Missing
+            }
+        };
         self.arrived += 1;
-        self.pending.push_back((f, Instant::now()));
-        let oldest_is_h264 = self
-            .pending
-            .front()
-            .is_some_and(|(o, _)| matches!(o.data, Some(frame::Data::H264(_))) || o.flush);
+        self.pending.push_back(Waiting {
+            index,
+            timestamp_us: f.timestamp_us,
+            data,
+            arrived,
+        });
+        let oldest_is_h264 = self.pending.front().is_some_and(Waiting::is_h264);
         if self.pending.len() > self.max_pending && self.drop_oldest && !oldest_is_h264 {
-            let (old, _) = self.pending.pop_front()?;
+            let old = self.pending.pop_front()?;
             return Some(ProcessResponse {
                 frame_index: old.index,
                 timestamp_us: old.timestamp_us,
@@ -118,6 +168,11 @@ impl Stream {
             });
         }
         None
+    }
+
+    /// A picture's index: the client's, else its arrival count.
+    fn index_of(&self, given: u64) -> u64 {
+        if given == 0 { self.arrived } else { given }
     }
 
     /// Frames waiting.
@@ -132,42 +187,41 @@ impl Stream {
         &mut self,
         served: &mut Served,
     ) -> Option<Result<Vec<ProcessResponse>, VisionError>> {
-        let (f, arrived) = self.pending.pop_front()?;
-        let at = match &f.data {
+        let w = self.pending.pop_front()?;
+        let at = match &w.data {
             // A chunk without an index feeds the stream's next picture.
-            Some(frame::Data::H264(_)) | None if f.index == 0 => {
-                format!("frame {} (H.264 chunk)", self.pictures)
-            }
-            _ => format!("frame {}", f.index),
+            Data::H264(..) if w.index == 0 => format!("frame {} (H.264 chunk)", self.pictures),
+            _ => format!("frame {}", w.index),
         };
         let started = Instant::now();
-        let pictures = match &f.data {
-            Some(frame::Data::Raw(raw)) => to_bgr(
-                &Image {
-                    data: Some(image::Data::Raw(raw.clone())),
-                },
-                &at,
-            )
-            .map(|m| vec![(f.index, m)]),
-            Some(frame::Data::Encoded(bytes)) => to_bgr(
-                &Image {
-                    data: Some(image::Data::Encoded(bytes.clone())),
-                },
-                &at,
-            )
-            .map(|m| vec![(f.index, m)]),
-            Some(frame::Data::H264(chunk)) => self.decode_h264(chunk, f.flush, f.index, &at),
-            None if f.flush => self.decode_h264(&[], true, f.index, &at),
-            None => Err(VisionError::Invalid(format!("{at}: no frame data"))),
+        let (pictures, before) = match w.data {
+            Data::Pixels(bgr, took) => (bgr.map(|m| vec![(w.index, m)]), took),
+            Data::Encoded(bytes) => {
+                let image = Image {
+                    data: Some(image::Data::Encoded(bytes.into())),
+                };
+                (
+                    to_bgr(&image, &at).map(|m| vec![(w.index, m)]),
+                    Duration::ZERO,
+                )
+            }
+            Data::H264(chunk, flush) => (
+                self.decode_h264(&chunk, flush, w.index, &at),
+                Duration::ZERO,
+            ),
+            Data::Missing => (
+                Err(VisionError::Invalid(format!("{at}: no frame data"))),
+                Duration::ZERO,
+            ),
         };
-        let decoded = started.elapsed();
+        let decoded = before + started.elapsed();
         let result = pictures.and_then(|pictures| {
             let mut out = Vec::with_capacity(pictures.len());
             for (index, mat) in pictures {
                 let t0 = std::time::Instant::now();
                 let mut r = ProcessResponse {
                     frame_index: index,
-                    timestamp_us: f.timestamp_us,
+                    timestamp_us: w.timestamp_us,
                     ..Default::default()
                 };
                 tasks::run(
@@ -181,7 +235,7 @@ impl Stream {
                 r.timings = Some(FrameTimings {
                     decode_us: decoded.as_micros() as u64,
                     process_us: t0.elapsed().as_micros() as u64,
-                    total_us: arrived.elapsed().as_micros() as u64,
+                    total_us: w.arrived.elapsed().as_micros() as u64,
                 });
                 out.push(r);
             }

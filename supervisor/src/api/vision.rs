@@ -58,6 +58,45 @@ impl Drop for FrameCounts {
     }
 }
 
+/// The frame messages of a stream its worker holds: sent, not yet answered
+/// in full (one result, a `dropped` result, an empty answer for an H.264
+/// chunk that completed no picture, or several results, all but the last
+/// marked `more`). Bounds what a stream keeps in its worker.
+#[derive(Debug)]
+struct Held {
+    messages: usize,
+    most: usize,
+}
+
+impl Held {
+    /// With the default overflow policy the client is not read beyond
+    /// `max_pending` (HTTP/2 flow control holds it back). With DROP_OLDEST
+    /// it is read on, so the worker sees new frames and drops old ones,
+    /// up to twice that: H.264 chunks are never dropped.
+    fn new(max_pending: usize, drop_oldest: bool) -> Held {
+        let most = if drop_oldest {
+            2 * max_pending
+        } else {
+            max_pending
+        };
+        Held { messages: 0, most }
+    }
+
+    fn may_read(&self) -> bool {
+        self.messages < self.most
+    }
+
+    fn sent(&mut self) {
+        self.messages += 1;
+    }
+
+    fn answered(&mut self, more: bool) {
+        if !more {
+            self.messages = self.messages.saturating_sub(1);
+        }
+    }
+}
+
 /// The VisionService implementation.
 #[derive(Debug, Clone)]
 pub struct VisionApi {
@@ -88,14 +127,12 @@ impl VisionService for VisionApi {
                 .into());
             }
         };
-        // Frames the worker holds for this stream: with the default
-        // overflow policy the client is not read beyond them (HTTP/2 flow
-        // control holds it back); with DROP_OLDEST the worker drops.
         let max_pending = match config.max_pending_frames {
             0 => 4,
             n => n as usize,
         };
         let drop_oldest = config.overflow == OverflowPolicy::DropOldest as i32;
+        let mut held = Held::new(max_pending, drop_oldest);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let model = config.model_id.clone();
         let mut call = super::call_worker(
@@ -109,10 +146,9 @@ impl VisionService for VisionApi {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             let mut counts = FrameCounts::new(model);
-            let mut waiting = 0usize;
             let mut input_open = true;
             loop {
-                let read = input_open && (drop_oldest || waiting < max_pending);
+                let read = input_open && held.may_read();
                 tokio::select! {
                     msg = input.message(), if read => match msg {
                         Ok(Some(ProcessRequest { msg: Some(process_request::Msg::Frame(f)) })) => {
@@ -125,7 +161,7 @@ impl VisionService for VisionApi {
                                 return;
                             }
                             counts.arrived += 1;
-                            waiting += 1;
+                            held.sent();
                         }
                         Ok(Some(_)) => {
                             let e = Error::InvalidArgument(
@@ -153,7 +189,7 @@ impl VisionService for VisionApi {
                         None => return,
                         Some(Ok(r)) => match r.body {
                             Some(worker_response::Body::Vision(result)) => {
-                                waiting = waiting.saturating_sub(1);
+                                held.answered(r.more);
                                 if result.dropped {
                                     counts.dropped += 1;
                                 } else {
@@ -165,7 +201,7 @@ impl VisionService for VisionApi {
                             }
                             // An H.264 chunk that completed no picture (and the
                             // end of the stream) carry no result.
-                            None => waiting = waiting.saturating_sub(1),
+                            None => held.answered(r.more),
                             Some(other) => {
                                 let e = Error::Internal(format!("unexpected worker answer {other:?}"));
                                 let _ = tx.send(Err(e.into())).await;
@@ -209,5 +245,38 @@ impl VisionService for VisionApi {
             worker_response::Body::VisionBatch(r) => Ok(Response::new(r)),
             other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+
+    #[test]
+    fn a_chunk_with_several_pictures_counts_once() {
+        let mut held = Held::new(2, false);
+        held.sent();
+        held.sent();
+        assert!(!held.may_read(), "two messages held, two allowed");
+        // A chunk that completed three pictures: two answers marked more.
+        held.answered(true);
+        held.answered(true);
+        assert!(!held.may_read(), "the chunk is not done yet");
+        held.answered(false);
+        assert!(held.may_read());
+        held.sent();
+        assert!(!held.may_read());
+    }
+
+    #[test]
+    fn drop_oldest_reads_on_but_not_without_bound() {
+        let mut held = Held::new(2, true);
+        for _ in 0..4 {
+            assert!(held.may_read());
+            held.sent();
+        }
+        assert!(!held.may_read(), "H.264 chunks are never dropped");
+        held.answered(false);
+        assert!(held.may_read());
     }
 }
