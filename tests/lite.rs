@@ -554,30 +554,3 @@ async fn a_killed_or_stopped_lite_worker_is_replaced_and_the_next_call_succeeds(
     );
     client.infer(call()).await.expect("served after the hang");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lite_channel_used_one_call_at_a_time_stays_near_its_largest_message() {
-    let _serial = serial().await;
-    let sc = face_sidecar("[memory]\nsample_interval = 1\n");
-    sc.ready("face").await;
-    let mut client = lite(&sc).await;
-    // 400 calls of a 192 KiB input: 77 MB through a ring of 64 MiB.
-    for _ in 0..400 {
-        client
-            .infer(InferRequest {
-                model_id: "face".into(),
-                inputs: vec![face_input()],
-                outputs: vec![],
-            })
-            .await
-            .expect("infer");
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let channel = sc.model("face").await.memory.expect("memory").channel_bytes;
-    eprintln!("worker's resident channel after 400 calls: {channel} bytes");
-    assert!(channel > 0, "the channel is sampled");
-    assert!(
-        channel < 8 << 20,
-        "rings start over at their front when empty: {channel} bytes resident"
-    );
-}

@@ -2,10 +2,10 @@
 //! MediaPipe's BlazeFace through LiteRT (and OpenCV's cascades) on
 //! scikit-image's astronaut photograph, with a face box labelled by hand:
 //! detection, bad input, streams, a killed worker. (Template matching,
-//! auto-crop, tracking and H.264: `tests/vision_tasks.rs`.)
+//! auto-crop, tracking: `tests/vision_tasks.rs`; H.264: `tests/vision_h264.rs`.)
 
 use e2e::serial;
-use e2e::vision::{FACE, astronaut, config, faces, iou, sidecar};
+use e2e::vision::{FACE, astronaut, config, faces, iou, raw_frame, sidecar};
 use sidecar_proto::v1::{
     Box as PixelBox, FaceDetector, Frame, Image, KillReason, ModelState, OverflowPolicy,
     PixelFormat, ProcessBatchRequest, ProcessRequest, RawImage, StreamConfig, TrackingTask,
@@ -380,23 +380,17 @@ async fn a_worker_killed_mid_stream_ends_it_with_unavailable_and_a_new_stream_wo
 }
 
 /// A `w`x`h` raw frame of `channels` bytes per pixel (a gradient).
-fn big_frame(index: u64, w: u32, h: u32, format: PixelFormat, channels: usize) -> ProcessRequest {
-    let data: Vec<u8> = (0..w as usize * h as usize * channels)
+fn big_frame(
+    index: u64,
+    w: usize,
+    h: usize,
+    format: PixelFormat,
+    channels: usize,
+) -> ProcessRequest {
+    let data = (0..w * h * channels)
         .map(|i| (i / channels % 251) as u8)
         .collect();
-    ProcessRequest {
-        msg: Some(process_request::Msg::Frame(Frame {
-            index,
-            data: Some(frame::Data::Raw(RawImage {
-                width: w,
-                height: h,
-                format: format as i32,
-                stride: 0,
-                data: data.into(),
-            })),
-            ..Default::default()
-        })),
-    }
+    raw_frame(index, w, h, format, data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

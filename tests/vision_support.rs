@@ -4,8 +4,8 @@
 
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
-    Box as PixelBox, FaceDetectionTask, FaceDetector, Image, OverflowPolicy, ProcessRequest,
-    StreamConfig, VisionTask, image, process_request, vision_task,
+    Box as PixelBox, FaceDetectionTask, FaceDetector, Frame, Image, OverflowPolicy, PixelFormat,
+    ProcessRequest, RawImage, StreamConfig, VisionTask, frame, image, process_request, vision_task,
 };
 use tonic::transport::Channel;
 
@@ -74,6 +74,29 @@ pub fn config(overflow: OverflowPolicy, max_pending: u32) -> ProcessRequest {
             tasks: vec![faces(FaceDetector::Unspecified)],
             max_pending_frames: max_pending,
             overflow: overflow as i32,
+        })),
+    }
+}
+
+/// A stream message of raw, tightly packed pixels.
+pub fn raw_frame(
+    index: u64,
+    w: usize,
+    h: usize,
+    format: PixelFormat,
+    data: Vec<u8>,
+) -> ProcessRequest {
+    ProcessRequest {
+        msg: Some(process_request::Msg::Frame(Frame {
+            index,
+            data: Some(frame::Data::Raw(RawImage {
+                width: w as u32,
+                height: h as u32,
+                format: format as i32,
+                stride: 0,
+                data: data.into(),
+            })),
+            ..Default::default()
         })),
     }
 }

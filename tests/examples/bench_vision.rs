@@ -28,7 +28,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MODEL: &str = "mediapipe/face_detection_short_range.tflite";
 
-/// Bytes per H.264 message (as `vision_direct` feeds its decoder).
+/// Bytes per H.264 message (`vision_direct` is told the same).
 const H264_CHUNK: usize = 64 << 10;
 
 /// The same frames as `vision_direct`'s.
@@ -48,7 +48,12 @@ fn in_process_fps(direct: &str, source: &Source, seconds: f64) -> Res<f64> {
             source.h.to_string(),
             seconds.to_string(),
         ])
-        .args(&source.h264)
+        .args(
+            source
+                .h264
+                .iter()
+                .flat_map(|f| [f.as_os_str().to_owned(), H264_CHUNK.to_string().into()]),
+        )
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let fps = text.trim().strip_prefix("fps=").ok_or_else(|| {

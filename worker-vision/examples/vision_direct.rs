@@ -4,10 +4,10 @@
 //! in-process loop, on the same synthetic frames.
 //!
 //! With an H.264 Annex-B file, the pictures of that stream instead, fed to
-//! the stream decoder in the chunks a client sends, the file over and over
-//! (its first picture is an IDR).
+//! the stream decoder in chunks of CHUNK bytes (as the client sends them),
+//! the file over and over (its first picture is an IDR).
 //!
-//! Usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS [H264-FILE]
+//! Usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS [H264-FILE CHUNK]
 //! Prints `fps=..` (pictures per second).
 #![allow(clippy::print_stdout)] // The report is this tool's output.
 
@@ -18,9 +18,6 @@ use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
 use worker_vision::detect::Ssd;
 use worker_vision::h264::H264;
 use worker_vision::image::to_bgr;
-
-/// Bytes per H.264 chunk, as `bench_vision` sends them.
-pub const H264_CHUNK: usize = 64 << 10;
 
 /// The benchmark's frames: frame `k` of a `w`x`h` BGR sequence (the client
 /// side makes the same bytes).
@@ -34,18 +31,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The worker's allocator settings, so both sides allocate alike.
     ipc::malloc::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 6 && a.len() != 7 {
-        return Err("usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS [H264-FILE]".into());
+    if a.len() != 6 && a.len() != 8 {
+        return Err(
+            "usage: vision_direct LIBLITERT MODEL WIDTH HEIGHT SECONDS [H264-FILE CHUNK]".into(),
+        );
     }
     let (w, h): (usize, usize) = (a[3].parse()?, a[4].parse()?);
     let seconds: f64 = a[5].parse()?;
     let mut ssd = Ssd::load(Path::new(&a[1]), Path::new(&a[2]), 1, None)?;
     if let Some(file) = a.get(6) {
         let stream = std::fs::read(file)?;
+        let chunk_bytes: usize = a[7].parse()?;
         let mut decoder = H264::new()?;
         let (start, mut n) = (Instant::now(), 0usize);
         'run: loop {
-            for chunk in stream.chunks(H264_CHUNK) {
+            for chunk in stream.chunks(chunk_bytes) {
                 for mat in decoder.feed(chunk, false, "chunk")? {
                     ssd.detect(&mat, 0.5, 0.3)?;
                     n += 1;

@@ -129,26 +129,26 @@ impl Stream {
     /// kept: raw pixels are converted now, other data copied.
     pub fn push(&mut self, f: Frame) -> Option<ProcessResponse> {
         let arrived = Instant::now();
-        let mut index = f.index;
+        let h264 = matches!(f.data, Some(frame::Data::H264(_))) || (f.data.is_none() && f.flush);
+        // A picture without an index is numbered by arrival; a chunk's
+        // pictures by the decoder.
+        let index = if f.index == 0 && !h264 {
+            self.arrived
+        } else {
+            f.index
+        };
         let data = match f.data {
             Some(frame::Data::H264(chunk)) => Data::H264(chunk.to_vec(), f.flush),
             None if f.flush => Data::H264(Vec::new(), true),
             Some(frame::Data::Raw(raw)) => {
-                index = self.index_of(index);
                 let image = Image {
                     data: Some(image::Data::Raw(raw)),
                 };
                 let bgr = to_bgr(&image, &format!("frame {index}"));
                 Data::Pixels(bgr, arrived.elapsed())
             }
-            Some(frame::Data::Encoded(bytes)) => {
-                index = self.index_of(index);
-                Data::Encoded(bytes.to_vec())
-            }
-            None => {
-                index = self.index_of(index);
-                Data::Missing
-            }
+            Some(frame::Data::Encoded(bytes)) => Data::Encoded(bytes.to_vec()),
+            None => Data::Missing,
         };
         self.arrived += 1;
         self.pending.push_back(Waiting {
@@ -168,11 +168,6 @@ impl Stream {
             });
         }
         None
-    }
-
-    /// A picture's index: the client's, else its arrival count.
-    fn index_of(&self, given: u64) -> u64 {
-        if given == 0 { self.arrived } else { given }
     }
 
     /// Frames waiting.

@@ -1,0 +1,61 @@
+use super::*;
+
+#[test]
+fn rings_that_carry_frames_and_tensors_hold_the_largest_message() {
+    let config = Config::default();
+    let big = config.max_message_bytes;
+    let text = config.channel(Family::Text);
+    assert_eq!(text.request_ring_bytes, 4 << 20);
+    assert_eq!(text.response_ring_bytes, 4 << 20);
+    let vision = config.channel(Family::Vision);
+    assert!(vision.request_ring_bytes > big);
+    assert_eq!(vision.response_ring_bytes, 4 << 20);
+    let lite = config.channel(Family::Lite);
+    assert!(lite.request_ring_bytes > big && lite.response_ring_bytes > big);
+    // The configured ring size still wins when it is larger.
+    let mut roomy = Config::default();
+    roomy.workers.channel_bytes = 256 << 20;
+    assert_eq!(roomy.channel(Family::Vision).request_ring_bytes, 256 << 20);
+}
+
+#[test]
+fn sizes_read_with_and_without_units() {
+    for (text, want) in [
+        ("4096", 4096),
+        ("512MiB", 512 << 20),
+        ("2 GiB", 2 << 30),
+        ("100MB", 100_000_000),
+        ("1.5GiB", 3 << 29),
+    ] {
+        assert_eq!(bytes::parse(text), Ok(want), "{text}");
+    }
+    assert!(bytes::parse("12 parsecs").is_err());
+    assert!(bytes::parse("MiB").is_err());
+    let c: Config = toml::from_str(
+        "[memory]\nhost_reserve = \"1GiB\"\n[[models]]\nid='a'\nfamily='text'\npath='x'\nmemory_budget = 1000\nkeep_alive = 2.5\n",
+    )
+    .unwrap();
+    assert_eq!(c.memory.host_reserve, 1 << 30);
+    assert_eq!(c.models[0].memory_budget, 1000);
+    assert_eq!(c.models[0].keep_alive, Some(Duration::from_millis(2500)));
+}
+
+#[test]
+fn the_example_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sidecar.toml");
+    let c = Config::from_file(&path).unwrap();
+    assert_eq!(c.models[0].id, "smollm2");
+    assert_eq!(c.models[0].family, Family::Text);
+    assert!(c.models[0].preload);
+    c.validate().unwrap();
+}
+
+#[test]
+fn unknown_keys_and_duplicate_ids_are_refused() {
+    assert!(toml::from_str::<Config>("listen_typo = 1").is_err());
+    let c: Config = toml::from_str(
+        "[[models]]\nid='a'\nfamily='text'\npath='x'\n[[models]]\nid='a'\nfamily='text'\npath='y'\n",
+    )
+    .unwrap();
+    assert!(c.validate().unwrap_err().to_string().contains("twice"));
+}
