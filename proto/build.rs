@@ -32,6 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .bytes(".")
+        // The supervisor's config file takes a VISION model's SSD options
+        // as they are on the wire.
+        .type_attribute(
+            ".sidecar.v1.SsdOptions",
+            "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -448,3 +448,59 @@ async fn full_hd_and_4k_raw_frames_and_a_large_batch_go_through() {
     );
     assert_eq!(sc.model("faces").await.restarts, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_ends_its_streams_work_at_once() {
+    let _serial = serial().await;
+    let (sc, mut client) = sidecar().await;
+    let before = sc.model("faces").await;
+    let png = png_bytes();
+    // 64 frames of PNG decoding, face detection and CSRT tracking: about a
+    // second of the worker's time once they are all in its queue.
+    let tracked = StreamConfig {
+        model_id: "faces".into(),
+        tasks: vec![
+            faces(FaceDetector::Unspecified),
+            VisionTask {
+                task: Some(vision_task::Task::Tracking(TrackingTask {
+                    tracker: sidecar_proto::v1::TrackerType::Csrt as i32,
+                    initial_boxes: vec![FACE],
+                    ..Default::default()
+                })),
+            },
+        ],
+        max_pending_frames: 64,
+        ..Default::default()
+    };
+    let mut msgs = vec![ProcessRequest {
+        msg: Some(process_request::Msg::Config(tracked)),
+    }];
+    msgs.extend((0..64).map(|i| png_frame(i, &png)));
+    let mut s = client
+        .process(tokio_stream::iter(msgs))
+        .await
+        .expect("open")
+        .into_inner();
+    s.message().await.expect("first result").expect("a result");
+    // Give the supervisor time to forward the rest, then go away.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let cpu = || e2e::cpu_seconds(before.worker_pid).expect("worker alive");
+    let start = cpu();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let busy = cpu() - start;
+    eprintln!("worker CPU in the second after the client left: {busy:.2} s");
+    assert!(busy < 0.2, "the worker went on for {busy:.2} s of CPU");
+    // Same worker, and it serves the next stream.
+    let frames = vec![config(OverflowPolicy::Unspecified, 2), png_frame(0, &png)];
+    let mut s = client
+        .process(tokio_stream::iter(frames))
+        .await
+        .expect("open")
+        .into_inner();
+    let r = s.message().await.expect("works").expect("a result");
+    assert_eq!(r.faces.len(), 1);
+    let after = sc.model("faces").await;
+    assert_eq!((after.worker_pid, after.restarts), (before.worker_pid, 0));
+}

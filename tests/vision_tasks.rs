@@ -1,15 +1,19 @@
 //! VISION tasks end to end on the real sidecar: template matching, auto-crop,
 //! tracking with trajectories. (H.264 streams: `tests/vision_h264.rs`.)
 
-use e2e::serial;
 use e2e::vision::{FACE, astronaut, iou, raw_frame, sidecar};
+use e2e::{add_model, serial};
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
-    Box as PixelBox, Image, PixelFormat, ProcessBatchRequest, ProcessRequest, RawImage,
-    StreamConfig, TrackingTask, VisionTask, image, process_request, vision_task,
+    Box as PixelBox, Image, LoadModelRequest, ModelFamily, ObjectDetectionTask, PixelFormat,
+    ProcessBatchRequest, ProcessRequest, RawImage, SsdOptions, StreamConfig, TrackingTask,
+    VisionOptions, VisionTask, image, load_model_request, process_request, vision_task,
 };
 use tonic::Code;
 use tonic::transport::Channel;
+
+const POSE: &str = "mediapipe/pose_detection.tflite";
+const PALM: &str = "mediapipe/palm_detection_lite.tflite";
 
 /// A deterministic texture, BGR, `w`x`h`, shifted right by `dx` and down by
 /// `dy` (what scrolls in from the edge is texture too): smooth structure at
@@ -353,4 +357,140 @@ async fn a_tracked_object_keeps_its_id_and_its_trajectory() {
         }
         eprintln!("{tracker:?}: lowest IoU {worst:.2} over 20 frames");
     }
+}
+
+/// MediaPipe's anchors and decoding for its pose detector (224x224, five
+/// layers, 2254 anchors, 4 keypoints), from its graph's options.
+fn pose_ssd() -> SsdOptions {
+    SsdOptions {
+        input_width: 224,
+        input_height: 224,
+        min_scale: 0.148_437_5,
+        max_scale: 0.75,
+        anchor_offset_x: 0.5,
+        anchor_offset_y: 0.5,
+        strides: vec![8, 16, 32, 32, 32],
+        aspect_ratios: vec![1.0],
+        fixed_anchor_size: true,
+        interpolated_scale_aspect_ratio: 1.0,
+        num_classes: 1,
+        num_keypoints: 4,
+        x_scale: 224.0,
+        y_scale: 224.0,
+        w_scale: 224.0,
+        h_scale: 224.0,
+        score_clipping_thresh: 100.0,
+        labels: vec!["person".into()],
+    }
+}
+
+/// The same for its palm detector (192x192, four layers, 2016 anchors, 7
+/// keypoints).
+fn palm_ssd() -> SsdOptions {
+    SsdOptions {
+        input_width: 192,
+        input_height: 192,
+        strides: vec![8, 16, 16, 16],
+        num_keypoints: 7,
+        x_scale: 192.0,
+        y_scale: 192.0,
+        w_scale: 192.0,
+        h_scale: 192.0,
+        labels: vec!["palm".into()],
+        ..pose_ssd()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_ssd_detectors_run_with_their_own_anchors() {
+    let _serial = serial().await;
+    let (sc, mut client) = sidecar().await;
+    let mut models = sc.models().await;
+    let load = |id: &str, path: &str, ssd: SsdOptions| LoadModelRequest {
+        model_id: id.into(),
+        family: ModelFamily::Vision as i32,
+        path: path.into(),
+        options: Some(load_model_request::Options::Vision(VisionOptions {
+            threads: 1,
+            ssd: Some(ssd),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let objects = |id: &str| ProcessBatchRequest {
+        model_id: id.into(),
+        task: Some(VisionTask {
+            task: Some(vision_task::Task::Objects(ObjectDetectionTask {
+                min_score: 0.5,
+                ..Default::default()
+            })),
+        }),
+        images: vec![astronaut()],
+    };
+    add_model(&sc.store, POSE);
+    add_model(&sc.store, PALM);
+
+    // MediaPipe's pose detector finds the astronaut: a box over her face
+    // and its first keypoint, the hips' centre, below it.
+    models
+        .load_model(load("pose", POSE, pose_ssd()))
+        .await
+        .expect("pose");
+    let r = client
+        .process_batch(objects("pose"))
+        .await
+        .expect("objects")
+        .into_inner();
+    let found = &r.results[0].objects;
+    eprintln!("pose: {found:?}");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let person = &found[0];
+    assert_eq!(person.label, "person");
+    let b = person.r#box.expect("box");
+    assert!(iou(&b, &FACE) >= 0.2, "{b:?}");
+    assert!(person.keypoints.len() == 4 && person.keypoints[0].y > FACE.y + FACE.height);
+
+    // The palm detector loads with its own anchors (2016, 7 keypoints) and
+    // labels what it finds.
+    models
+        .load_model(load("palm", PALM, palm_ssd()))
+        .await
+        .expect("palm");
+    let r = client
+        .process_batch(objects("palm"))
+        .await
+        .expect("objects")
+        .into_inner();
+    let found = &r.results[0].objects;
+    eprintln!("palm: {} found", found.len());
+    assert!(
+        found
+            .iter()
+            .all(|d| d.label == "palm" && d.keypoints.len() == 7 && d.score >= 0.5)
+    );
+
+    // Options that do not fit the model, or no detector has, are refused.
+    let err = models
+        .load_model(load("wrong", PALM, pose_ssd()))
+        .await
+        .expect_err("pose anchors on the palm model");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("takes float32 [1, 224, 224, 3]"),
+        "{}",
+        err.message()
+    );
+    let mut tiny = palm_ssd();
+    tiny.strides = vec![1];
+    let err = models
+        .load_model(load("tiny", PALM, tiny))
+        .await
+        .expect_err("stride 1");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("a stride is at least 4"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(sc.model("faces").await.restarts, 0);
 }

@@ -96,24 +96,13 @@ struct Cpu {
     worker: f64,
 }
 
-/// CPU seconds (user + system, all threads) a process has used so far.
-fn cpu_seconds(pid: u32) -> Res<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').ok_or("odd /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.ok_or("no CLK_TCK")? as f64;
-    Ok(ticks / hz)
+fn cpu(pid: u32) -> Res<f64> {
+    Ok(e2e::cpu_seconds(pid).ok_or_else(|| format!("no CPU time for pid {pid}"))?)
 }
 
 impl Pids {
     fn cpu(&self) -> Res<[f64; 3]> {
-        Ok([
-            cpu_seconds(self.client)?,
-            cpu_seconds(self.supervisor)?,
-            cpu_seconds(self.worker)?,
-        ])
+        Ok([cpu(self.client)?, cpu(self.supervisor)?, cpu(self.worker)?])
     }
 }
 

@@ -60,6 +60,13 @@ impl Ssd {
         threads: u32,
         options: Option<SsdOptions>,
     ) -> Result<Ssd, VisionError> {
+        let options = match options {
+            Some(o) => {
+                ssd::check(&o).map_err(VisionError::Invalid)?;
+                o
+            }
+            None => ssd::blazeface_short_range(),
+        };
         let rt = Runtime::load(lib)?;
         let compiled = rt
             .model(path)
@@ -67,10 +74,6 @@ impl Ssd {
             .map_err(|e| {
                 VisionError::Unavailable(format!("LiteRT could not load {}: {e}", path.display()))
             })?;
-        let options = match options {
-            Some(o) if o.input_width > 0 => o,
-            _ => ssd::blazeface_short_range(),
-        };
         let input = compiled
             .input_desc
             .first()
@@ -81,8 +84,10 @@ impl Ssd {
             options.input_width as i32,
             3,
         ];
+        // A model and options that do not fit together are the caller's
+        // to fix: INVALID_ARGUMENT, the model FAILED at once.
         if input.shape != want || input.element_type != 1 {
-            return Err(VisionError::Unavailable(format!(
+            return Err(VisionError::Invalid(format!(
                 "the detector's input {:?} is {:?} (type {}); an SSD detector takes float32 {want:?}",
                 input.name, input.shape, input.element_type
             )));
@@ -96,7 +101,7 @@ impl Ssd {
             })
         };
         let (Some(boxes), Some(scores)) = (find(coords), find(classes)) else {
-            return Err(VisionError::Unavailable(format!(
+            return Err(VisionError::Invalid(format!(
                 "the detector's outputs {:?} are not [1, {}, {coords}] boxes and [1, {}, {classes}] scores for these anchors",
                 compiled
                     .output_desc

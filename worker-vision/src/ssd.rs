@@ -61,6 +61,46 @@ pub fn blazeface_short_range() -> SsdOptions {
     }
 }
 
+/// Refuses options no SSD detector has, before anchors are made from
+/// them (a caller's options must not make millions of anchors): a zero
+/// input size, no layers or more than 8, a stride under 4, more than 8
+/// aspect ratios, scales that are not positive and finite, more than 32 keypoints or
+/// 1000 classes.
+pub fn check(o: &SsdOptions) -> Result<(), String> {
+    let positive = [
+        ("min_scale", o.min_scale),
+        ("max_scale", o.max_scale),
+        ("x_scale", o.x_scale),
+        ("y_scale", o.y_scale),
+        ("w_scale", o.w_scale),
+        ("h_scale", o.h_scale),
+    ];
+    if o.input_width == 0 || o.input_height == 0 {
+        Err("ssd.input_width and ssd.input_height must be set".into())
+    } else if o.strides.is_empty() || o.strides.len() > 8 {
+        Err(format!(
+            "ssd.strides has {} layers; 1..8 are allowed",
+            o.strides.len()
+        ))
+    } else if let Some(s) = o.strides.iter().find(|s| **s < 4) {
+        Err(format!("ssd.strides holds {s}; a stride is at least 4"))
+    } else if o.aspect_ratios.len() > 8 {
+        Err(format!(
+            "ssd.aspect_ratios has {}; at most 8 are allowed",
+            o.aspect_ratios.len()
+        ))
+    } else if let Some((name, v)) = positive.iter().find(|(_, v)| !v.is_finite() || *v <= 0.0) {
+        Err(format!("ssd.{name} is {v}; it must be positive"))
+    } else if o.num_keypoints > 32 || o.num_classes > 1000 {
+        Err(format!(
+            "ssd has {} keypoints and {} classes; at most 32 and 1000",
+            o.num_keypoints, o.num_classes
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn scale(min: f32, max: f32, i: usize, n: usize) -> f32 {
     if n == 1 {
         (min + max) / 2.0
@@ -242,6 +282,23 @@ pub fn weighted_nms(mut dets: Vec<Raw>, threshold: f32) -> Vec<Raw> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_no_detector_has_are_refused() {
+        assert_eq!(check(&blazeface_short_range()), Ok(()));
+        let bad = |f: fn(&mut SsdOptions)| {
+            let mut o = blazeface_short_range();
+            f(&mut o);
+            check(&o).unwrap_err()
+        };
+        assert!(bad(|o| o.input_width = 0).contains("input_width"));
+        assert!(bad(|o| o.strides.clear()).contains("0 layers"));
+        assert!(bad(|o| o.strides = vec![8; 9]).contains("9 layers"));
+        assert!(bad(|o| o.strides[0] = 1).contains("holds 1"));
+        assert!(bad(|o| o.aspect_ratios = vec![1.0; 9]).contains("aspect_ratios"));
+        assert!(bad(|o| o.x_scale = 0.0).contains("x_scale is 0"));
+        assert!(bad(|o| o.num_keypoints = 33).contains("33 keypoints"));
+    }
 
     #[test]
     fn blazeface_short_range_has_896_anchors() {

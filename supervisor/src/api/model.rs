@@ -68,12 +68,10 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
             TextSpec::default()
         }
         Some(load_model_request::Options::Vision(v)) if family == Family::Vision => {
-            if v.ssd.is_some() {
-                return Err(Error::Unimplemented(
-                    "vision.ssd is not served yet: VISION models use BlazeFace's anchors".into(),
-                ));
-            }
-            vision = VisionSpec { threads: v.threads };
+            vision = VisionSpec {
+                threads: v.threads,
+                ssd: v.ssd,
+            };
             TextSpec::default()
         }
         Some(load_model_request::Options::Text(t)) if family == Family::Text => {

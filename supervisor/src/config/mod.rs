@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sidecar_proto::v1::{Accelerator, LiteOptions, ModelFamily, TextOptions, VisionOptions};
+use sidecar_proto::v1::{
+    Accelerator, LiteOptions, ModelFamily, SsdOptions, TextOptions, VisionOptions,
+};
 
 use crate::error::Error;
 
@@ -226,13 +228,18 @@ pub struct ModelSpec {
 pub struct VisionSpec {
     /// Threads for the detector; 0 = 1.
     pub threads: u32,
+    /// Anchors and decoding of an SSD `.tflite` detector (MediaPipe's
+    /// options, e.g. for its palm or pose detector); absent: BlazeFace
+    /// short range. The worker checks them against the model's tensors.
+    pub ssd: Option<SsdOptions>,
 }
 
 impl VisionSpec {
-    /// The wire form (SSD options: the worker's BlazeFace defaults).
+    /// The wire form.
     pub fn to_proto(&self) -> VisionOptions {
         VisionOptions {
             threads: self.threads.max(1),
+            ssd: self.ssd.clone(),
             ..Default::default()
         }
     }

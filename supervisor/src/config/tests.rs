@@ -59,3 +59,23 @@ fn unknown_keys_and_duplicate_ids_are_refused() {
     .unwrap();
     assert!(c.validate().unwrap_err().to_string().contains("twice"));
 }
+
+#[test]
+fn a_vision_model_takes_its_ssd_options_from_the_file() {
+    let c: Config = toml::from_str(
+        "[[models]]\nid='palm'\nfamily='vision'\npath='palm_detection_lite.tflite'\nvision = { threads = 2, ssd = { input_width = 192, input_height = 192, min_scale = 0.1484375, max_scale = 0.75, strides = [8, 16, 16, 16], num_keypoints = 7, labels = ['palm'] } }\n",
+    )
+    .unwrap();
+    let wire = c.models[0].vision.to_proto();
+    assert_eq!(wire.threads, 2);
+    let ssd = wire.ssd.expect("ssd options");
+    assert_eq!((ssd.input_width, ssd.num_keypoints), (192, 7));
+    assert_eq!(ssd.strides, [8, 16, 16, 16]);
+    assert_eq!(ssd.labels, ["palm"]);
+    assert_eq!(ssd.x_scale, 0.0, "unset fields keep their defaults");
+    // A misspelt option is an error, not a silent default.
+    let typo = "[[models]]\nid='p'\nfamily='vision'\npath='p.tflite'\nvision = { ssd = { stride = [8] } }\n";
+    assert!(toml::from_str::<Config>(typo).is_err());
+    // Without options: BlazeFace's, chosen by the worker.
+    assert_eq!(VisionSpec::default().to_proto().ssd, None);
+}
