@@ -6,8 +6,13 @@
 //! header, two single-producer/single-consumer rings of frames (request id,
 //! kind, flags, length, payload), eventfd doorbells (no spinning on an idle
 //! channel), a socketpair that tells each side at once when the other dies,
-//! and per-request flow control. Must not: know about models, protobuf
-//! messages or gRPC; its payloads are opaque bytes.
+//! and per-request flow control; an in-process peer for tests and
+//! standalone runs ([`loopback`]); and [`malloc`], which keeps freed heap
+//! for the channel's large payloads. Must not: know about models, protobuf
+//! messages or gRPC (its payloads are opaque bytes), or run a worker: what
+//! a worker does with its frames (serve loop, outbox, heartbeats, request
+//! names, memory reports) is `worker-runtime`'s, and the `/proc` readers
+//! are `procmem`'s.
 //!
 //! Front ends: [`AsyncChannel`] (tokio, for the supervisor) and
 //! [`BlockingChannel`] (threads, for workers). All `unsafe` code is in the
@@ -36,11 +41,8 @@ mod frame;
 mod layout;
 pub mod loopback;
 pub mod malloc;
-mod names;
-mod outbox;
 mod pool;
 mod ring;
-mod self_memory;
 mod sys;
 
 pub use blocking::{BlockingChannel, Received};
@@ -49,9 +51,6 @@ pub use ends::{ChannelConfig, ENV_VAR, Ends, Side, create};
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
-pub use names::RequestNames;
-pub use outbox::{Outbox, spawn_heartbeats};
-pub use self_memory::{SelfMemory, proc_kb_field, process_memory, self_memory};
 
 /// How long a side waiting for a frame watches the ring before it sleeps on
 /// its doorbell. Bounded, so an idle channel costs no CPU; see

@@ -1,8 +1,9 @@
 //! A worker's serve loop and a stand-in supervisor in one process, over a
 //! real channel: how each worker binary runs standalone for debugging
 //! (`worker-text --model m.gguf --prompt "..."`) with the very code that
-//! serves the supervisor. Payloads stay opaque bytes here; the worker's
-//! `main` encodes its requests and decodes the answers.
+//! serves the supervisor. Payloads stay opaque bytes here; the worker
+//! runtime's standalone driver (`worker_runtime::standalone`) encodes the
+//! requests and decodes the answers.
 
 use std::sync::Arc;
 

@@ -77,7 +77,7 @@ async fn metrics(State(p): State<Probe>) -> ([(axum::http::HeaderName, &'static 
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        crate::metrics::metrics().render(&p.registry),
+        p.registry.shared().metrics.render(&p.registry.gauges()),
     )
 }
 

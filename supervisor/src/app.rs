@@ -19,10 +19,12 @@ use crate::api::text::TextApi;
 use crate::api::vision::VisionApi;
 use crate::config::Config;
 use crate::error::Error;
+use crate::lifecycle::KillReason;
 use crate::memory::Guard;
-use crate::registry::Registry;
+use crate::registry::{Models, Registry};
+use crate::shared::Shared;
 use crate::store::Store;
-use crate::worker::{KillReason, Spawner};
+use crate::worker::Spawner;
 
 /// HTTP/2 flow-control window per stream on the API port, bytes.
 const STREAM_WINDOW: u32 = 8 << 20;
@@ -44,19 +46,22 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let config = Arc::new(config);
+    // Built once here and passed down: nothing below is a global.
+    let shared = Shared::new(config);
+    let config = shared.config.clone();
     let store = Store::open(&config.model_store)?;
     let spawner = Spawner::start()?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let guard = Guard::new(config.clone());
+    let models = Arc::new(Models::default());
+    let guard = Guard::new(config.clone(), models.clone());
     let registry = Arc::new(Registry::new(
+        models,
         store,
-        config.clone(),
+        shared.clone(),
         spawner,
         health.clone(),
         guard.clone(),
     ));
-    guard.attach(&registry);
     tokio::spawn(guard.run(health.clone()));
     for spec in &config.models {
         registry.add(spec.clone())?;
@@ -158,7 +163,7 @@ pub async fn run(
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(2 * STREAM_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
-            .layer(crate::metrics::CallLayer)
+            .layer(crate::metrics::CallLayer::new(shared.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(text)

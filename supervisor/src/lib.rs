@@ -10,15 +10,22 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod error;
+pub mod ids;
+pub mod lifecycle;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod registry;
+pub mod shared;
 pub mod store;
 pub mod worker;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::{Cli, Config};
 pub use error::Error;

@@ -2,9 +2,12 @@
 //! memory: the last lines of each model
 //! (for `StreamLogs` and for the event of a worker's death), and a
 //! broadcast of new lines for followers.
+//!
+//! One `LogBook` per process, built at start and passed down as a handle
+//! (`Shared::logs`); tests build their own.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sidecar_proto::v1::{LogLine, LogSource};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -29,13 +32,13 @@ struct Book {
     by_model: BTreeMap<String, VecDeque<(u64, LogLine)>>,
 }
 
-/// The process's log book.
-pub fn book() -> &'static LogBook {
-    static BOOK: LazyLock<LogBook> = LazyLock::new(|| LogBook {
-        lines: Mutex::default(),
-        tx: broadcast::channel(4096).0,
-    });
-    &BOOK
+impl Default for LogBook {
+    fn default() -> Self {
+        LogBook {
+            lines: Mutex::default(),
+            tx: broadcast::channel(4096).0,
+        }
+    }
 }
 
 /// The request id a worker's log line is about (`request_id=…`).
@@ -50,7 +53,7 @@ impl LogBook {
     /// Adds a line (numbered in arrival order) and tells followers.
     pub fn push(&self, model: &str, pid: u32, source: LogSource, text: &str) {
         let line = LogLine {
-            unix_ms: crate::worker::now_ms(),
+            unix_ms: crate::clock::now_ms(),
             model_id: model.to_owned(),
             pid,
             source: source as i32,
@@ -113,6 +116,7 @@ impl LogBook {
 /// naming its model, family and pid (both pipes at once, so neither can
 /// fill), and keeps them in the log book.
 pub fn forward(
+    book: &Arc<LogBook>,
     child: &mut std::process::Child,
     model: &str,
     family: crate::config::Family,
@@ -121,6 +125,7 @@ pub fn forward(
     let span = tracing::info_span!("worker", model = %model, family = family.worker_binary(), pid);
     if let Some(out) = child.stdout.take() {
         spawn_lines(
+            book.clone(),
             out.into(),
             model.to_owned(),
             pid,
@@ -129,11 +134,19 @@ pub fn forward(
         );
     }
     if let Some(err) = child.stderr.take() {
-        spawn_lines(err.into(), model.to_owned(), pid, LogSource::Stderr, span);
+        spawn_lines(
+            book.clone(),
+            err.into(),
+            model.to_owned(),
+            pid,
+            LogSource::Stderr,
+            span,
+        );
     }
 }
 
 fn spawn_lines(
+    book: Arc<LogBook>,
     fd: std::os::fd::OwnedFd,
     model: String,
     pid: u32,
@@ -154,7 +167,7 @@ fn spawn_lines(
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::info!(target: "worker", stream, "{line}");
-                book().push(&model, pid, source, &line);
+                book.push(&model, pid, source, &line);
             }
         }
         .instrument(span),
@@ -168,8 +181,8 @@ mod tests {
     #[test]
     fn lines_are_kept_per_model_in_order_and_bounded() {
         let b = LogBook {
-            lines: Mutex::default(),
             tx: broadcast::channel(16).0,
+            ..LogBook::default()
         };
         let mut rx = b.subscribe();
         for i in 0..HISTORY + 5 {

@@ -6,40 +6,50 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{Config, ModelSpec};
+use crate::clock::now_ms;
+use crate::config::ModelSpec;
 use crate::error::Error;
-use crate::memory::Guard;
+use crate::ids::check_model_id;
+use crate::lifecycle::{KillReason, State};
+use crate::memory::{Guard, Tenant, Tenants};
+use crate::metrics::ModelGauges;
+use crate::shared::Shared;
 use crate::store::Store;
-use crate::worker::{KillReason, Spawner, State, WorkerHandle};
+use crate::worker::{Spawner, WorkerHandle};
 
-/// Checks a model id: 1..64 of [a-z0-9._-], starting with a letter or
-/// digit.
-pub fn check_model_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "model_id {id:?} must be 1..64 characters of [a-z0-9._-] starting with a letter or digit"
-        )))
+/// The models by id: the registry's map, which the memory guard reads too
+/// (as its `Tenants`). Built first, so the guard and the registry can both
+/// be built whole.
+#[derive(Debug, Default)]
+pub struct Models(RwLock<BTreeMap<String, WorkerHandle>>);
+
+impl Models {
+    fn list(&self) -> Vec<WorkerHandle> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Tenants for Models {
+    fn tenants(&self) -> Vec<Arc<dyn Tenant>> {
+        self.list()
+            .into_iter()
+            .map(|h| Arc::new(h) as Arc<dyn Tenant>)
+            .collect()
     }
 }
 
 /// The loaded models.
 #[derive(Debug)]
 pub struct Registry {
-    models: RwLock<BTreeMap<String, WorkerHandle>>,
+    models: Arc<Models>,
     /// The model store.
     pub store: Store,
-    config: Arc<Config>,
+    shared: Shared,
     spawner: Spawner,
     health: HealthReporter,
     /// The memory guard.
@@ -47,18 +57,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// An empty registry.
+    /// A registry over `models` (empty; the guard watches the same map).
     pub fn new(
+        models: Arc<Models>,
         store: Store,
-        config: Arc<Config>,
+        shared: Shared,
         spawner: Spawner,
         health: HealthReporter,
         guard: Arc<Guard>,
     ) -> Self {
         Registry {
-            models: RwLock::default(),
+            models,
             store,
-            config,
+            shared,
             spawner,
             health,
             guard,
@@ -71,7 +82,11 @@ impl Registry {
     pub fn add(&self, spec: ModelSpec) -> Result<WorkerHandle, Error> {
         check_model_id(&spec.id)?;
         let file = self.store.resolve(&spec.path)?;
-        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self
+            .models
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = models.get(&spec.id) {
             if *existing.spec == spec {
                 return Ok(existing.clone());
@@ -84,7 +99,7 @@ impl Registry {
         let handle = WorkerHandle::start(
             spec,
             file,
-            self.config.clone(),
+            self.shared.clone(),
             self.spawner.clone(),
             self.guard.clone(),
         );
@@ -96,6 +111,7 @@ impl Registry {
     /// A model by id.
     pub fn get(&self, id: &str) -> Result<WorkerHandle, Error> {
         self.models
+            .0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
@@ -105,11 +121,34 @@ impl Registry {
 
     /// Every model, by id.
     pub fn list(&self) -> Vec<WorkerHandle> {
-        self.models
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
+        self.models.list()
+    }
+
+    /// The handles the supervisor's parts share.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Every model's gauges now, for a metrics scrape.
+    pub fn gauges(&self) -> Vec<ModelGauges> {
+        let now = now_ms();
+        self.list()
+            .iter()
+            .map(|h| {
+                let info = h.info();
+                let s = h.status();
+                ModelGauges {
+                    model: info.model_id,
+                    state: s.state,
+                    in_flight: info.in_flight,
+                    queue_depth: info.queue_depth,
+                    uptime_s: (s.pid != 0).then(|| (now - s.started_unix_ms).max(0) / 1000),
+                    memory: info.memory.map(|m| {
+                        let gpu = m.gpu.iter().map(|g| g.used_bytes).sum();
+                        [m.host_private_bytes, m.host_file_bytes, gpu]
+                    }),
+                }
+            })
             .collect()
     }
 
@@ -118,6 +157,7 @@ impl Registry {
         let handle = self.get(id)?;
         handle.unload(reason).await;
         self.models
+            .0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);

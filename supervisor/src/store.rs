@@ -1,6 +1,13 @@
-//! The model store: a directory every model path is resolved inside.
+//! The model store: a directory every model path is resolved inside, and
+//! the digests already computed of its files.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 
@@ -8,6 +15,52 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// sha256 of its files, computed once per content.
+    pub digests: Arc<Digests>,
+}
+
+/// Digests already computed, by path, valid while size and modification
+/// time are unchanged. One per store, held by it (not a process global).
+#[derive(Debug, Default)]
+pub struct Digests {
+    known: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+/// A digest in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Digests {
+    /// The file's sha256 in hex: from the cache while its size and
+    /// modification time are unchanged, else read again.
+    pub fn sha256(&self, path: &Path) -> Result<String, Error> {
+        let fail = |what: &str, e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("{what}: {e}")),
+            _ => Error::Internal(format!("{what}: {e}")),
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail("stat", e))?;
+        let key = (meta.len(), meta.modified().map_err(|e| fail("stat", e))?);
+        let lock = || self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((len, modified, sha)) = lock().get(path).cloned()
+            && (len, modified) == key
+        {
+            return Ok(sha);
+        }
+        let mut f = std::fs::File::open(path).map_err(|e| fail("open", e))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| fail("read", e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let sha = hex(&h.finalize());
+        lock().insert(path.to_path_buf(), (key.0, key.1, sha.clone()));
+        Ok(sha)
+    }
 }
 
 impl Store {
@@ -18,7 +71,10 @@ impl Store {
         let root = root
             .canonicalize()
             .map_err(|e| Error::Config(format!("model store {}: {e}", root.display())))?;
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            digests: Arc::default(),
+        })
     }
 
     /// The store's directory.

@@ -5,50 +5,16 @@
 //! answer (see `worker_lite::standalone`).
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-use std::sync::Arc;
+use worker_lite::standalone;
 
-fn main() -> ExitCode {
-    ipc::malloc::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIDECAR_WORKER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.is_empty() || std::env::var_os(ipc::ENV_VAR).is_none() {
-        let parsed = match worker_lite::standalone::parse(&args) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("worker-lite: {e}\n{}", worker_lite::standalone::USAGE);
-                return ExitCode::from(2);
-            }
-        };
-        return match worker_lite::standalone::run(&parsed) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("worker-lite: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let chan = match ipc::BlockingChannel::from_env() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            tracing::error!("worker-lite must be started by the sidecar supervisor: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match worker_lite::serve::serve(chan) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("worker-lite stopped: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    worker_runtime::main(&worker_runtime::Binary {
+        name: "worker-lite",
+        log_filter: "info",
+        setup: || {},
+        usage: standalone::USAGE,
+        parse: standalone::parse,
+        standalone: standalone::run,
+        family: worker_lite::Lite::default,
+    })
 }

@@ -1,18 +1,19 @@
 //! `worker-lite --model m.tflite [--input NAME=FILE ...]`: the worker
 //! without the supervisor, for debugging a model from `kubectl exec`. It
-//! runs the same serve loop over an in-process channel (`ipc::loopback`),
-//! prints the model's tensors, runs one inference (on the given raw input
-//! files, or on zeros) and prints the outputs. The LiteRT runtime comes
-//! from `SIDECAR_LITERT_LIB` as when the supervisor starts it.
+//! runs the same serve loop over an in-process channel
+//! (`worker_runtime::standalone`), prints the model's tensors, runs one
+//! inference (on the given raw input files, or on zeros) and prints the
+//! outputs. The LiteRT runtime comes from `SIDECAR_LITERT_LIB` as when the
+//! supervisor starts it.
 #![allow(clippy::print_stdout)] // Printing the answer is the point.
 
-use prost::Message;
 use sidecar_proto::v1::{
     DType, InferRequest, LiteModelInfo, LiteOptions, ModelFamily, Tensor, TensorInfo,
 };
-use sidecar_proto::worker::{
-    Load, WorkerError, WorkerRequest, WorkerResponse, load, worker_request, worker_response,
-};
+use sidecar_proto::worker::{Load, load, worker_request, worker_response};
+use worker_runtime::standalone::{exchange, flags, request, start};
+
+use crate::serve::Lite;
 
 /// The usage line.
 pub const USAGE: &str = "usage: worker-lite --model FILE.tflite [--input NAME=RAWFILE ...] [--threads N]\n(the LiteRT runtime: SIDECAR_LITERT_LIB, default runtime/litert/libLiteRt.so; started without arguments by the sidecar supervisor)";
@@ -28,64 +29,24 @@ pub struct Args {
 /// Parses the command line (without the program name).
 pub fn parse(args: &[String]) -> Result<Args, String> {
     let mut a = Args::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = value?.clone(),
-            "--threads" => {
-                a.threads = value?
-                    .parse()
-                    .map_err(|_| "--threads: not a number".to_owned())?;
-            }
+    for f in flags(args) {
+        match f.name {
+            "--model" => a.model = f.value()?.to_owned(),
+            "--threads" => a.threads = f.number()?,
             "--input" => {
-                let v = value?;
+                let v = f.value()?;
                 let (name, file) = v
                     .split_once('=')
                     .ok_or_else(|| format!("--input {v:?}: NAME=RAWFILE"))?;
                 a.inputs.push((name.to_owned(), file.to_owned()));
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            _ => return Err(f.unknown()),
         }
     }
     if a.model.is_empty() {
         return Err("--model is required".into());
     }
     Ok(a)
-}
-
-/// A request frame's payload (tagged "standalone" in the logs).
-pub fn request(body: worker_request::Body) -> Vec<u8> {
-    WorkerRequest {
-        request_tag: "standalone".into(),
-        deadline_unix_ms: 0,
-        body: Some(body),
-    }
-    .encode_to_vec()
-}
-
-/// Sends one request; its answer body, or what failed (also used by
-/// `worker-vision`'s standalone mode).
-pub fn exchange(
-    session: &ipc::loopback::Session,
-    req: &[u8],
-) -> Result<Option<worker_response::Body>, String> {
-    let mut out = Err("no answer".to_owned());
-    session
-        .call(req, |frame| {
-            out = match frame.kind {
-                ipc::Kind::Response => WorkerResponse::decode(frame.payload.clone())
-                    .map(|r| r.body)
-                    .map_err(|e| format!("undecodable answer: {e}")),
-                ipc::Kind::Error => Err(match WorkerError::decode(frame.payload.clone()) {
-                    Ok(e) => format!("error (gRPC code {}): {}", e.code, e.message),
-                    Err(e) => format!("undecodable error: {e}"),
-                }),
-                _ => return,
-            };
-        })
-        .map_err(|e| e.to_string())?;
-    out
 }
 
 fn describe(t: &TensorInfo) -> String {
@@ -101,12 +62,7 @@ fn describe(t: &TensorInfo) -> String {
 /// Loads the model, runs one inference and prints it all.
 pub fn run(a: &Args) -> Result<(), String> {
     let path = std::path::absolute(&a.model).map_err(|e| format!("{}: {e}", a.model))?;
-    let session = ipc::loopback::Session::start(64 << 20, |chan| {
-        if let Err(e) = crate::serve::serve(chan) {
-            eprintln!("worker-lite: {e}");
-        }
-    })
-    .map_err(|e| e.to_string())?;
+    let session = start("worker-lite", Lite::default)?;
     let loaded = exchange(
         &session,
         &request(worker_request::Body::Load(Load {
@@ -191,10 +147,12 @@ mod tests {
 
     #[test]
     fn the_command_line_is_read_and_checked() {
-        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let a = parse(&args(&["--model", "m.tflite", "--input", "x=in.bin"])).unwrap();
+        let a = parse(&["--model", "m.tflite", "--input", "x=in.bin"].map(String::from)).unwrap();
         assert_eq!(a.inputs, [("x".to_owned(), "in.bin".to_owned())]);
-        assert!(parse(&args(&["--input", "x"])).is_err());
-        assert!(parse(&args(&[])).unwrap_err().contains("--model"));
+        assert_eq!(
+            parse(&["--input", "x"].map(String::from)).unwrap_err(),
+            "--input \"x\": NAME=RAWFILE"
+        );
+        assert!(parse(&[]).unwrap_err().contains("--model"));
     }
 }

@@ -1,10 +1,9 @@
 //! Tensor types and shapes: LiteRT's element types against the API's
 //! `DType`, and the checks an input gets before it reaches the runtime.
 
+use litert::{ElementType, TensorDesc};
 use sidecar_proto::v1::{DType, Quantization, TensorInfo};
-
-use crate::error::CallError;
-use crate::litert::{ElementType, TensorDesc};
+use worker_runtime::WorkerError;
 
 /// The API dtype and element size of a LiteRT element type, if served.
 pub fn dtype_of(t: ElementType) -> Option<(DType, usize)> {
@@ -94,17 +93,17 @@ pub fn match_inputs<'r, 'a>(
     model: &[TensorDesc],
     given: &'r [InputRef<'a>],
     at: &str,
-) -> Result<Vec<&'r InputRef<'a>>, CallError> {
+) -> Result<Vec<&'r InputRef<'a>>, WorkerError> {
     for g in given {
         if !model.iter().any(|m| m.name == g.name) {
             let names: Vec<&str> = model.iter().map(|m| m.name.as_str()).collect();
-            return Err(CallError::invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "{at}inputs: unknown tensor {:?}; the model's inputs are {names:?}",
                 g.name
             )));
         }
         if given.iter().filter(|o| o.name == g.name).count() > 1 {
-            return Err(CallError::invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "{at}inputs: tensor {:?} given more than once",
                 g.name
             )));
@@ -114,7 +113,7 @@ pub fn match_inputs<'r, 'a>(
         .iter()
         .map(|m| {
             let Some(g) = given.iter().find(|g| g.name == m.name) else {
-                return Err(CallError::invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "{at}inputs: missing tensor {:?} (dtype {}, shape {:?})",
                     m.name,
                     dtype_name(dtype_of(m.element_type).map_or(0, |d| d.0 as i32)),
@@ -123,7 +122,7 @@ pub fn match_inputs<'r, 'a>(
             };
             let (dtype, elem) = dtype_of(m.element_type).unwrap_or((DType::DtypeUnspecified, 0));
             if g.dtype != dtype as i32 {
-                return Err(CallError::invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "{at}inputs: tensor {:?} expects dtype {}, got {}",
                     m.name,
                     dtype_name(dtype as i32),
@@ -132,14 +131,14 @@ pub fn match_inputs<'r, 'a>(
             }
             let want: Vec<i64> = m.shape.iter().map(|&x| i64::from(x)).collect();
             if g.shape != want {
-                return Err(CallError::invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "{at}inputs: tensor {:?} expects shape {want:?}, got {:?}",
                     m.name, g.shape
                 )));
             }
             let bytes = byte_size(&m.shape, elem).unwrap_or(0);
             if g.data.len() != bytes {
-                return Err(CallError::invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "{at}inputs: tensor {:?} of shape {want:?} and dtype {} is {bytes} bytes, got {}",
                     m.name,
                     dtype_name(dtype as i32),

@@ -10,8 +10,8 @@ use prost::Message;
 use prost::bytes::Buf;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encoded_len_varint};
 use sidecar_proto::worker::WorkerRequest;
+use worker_runtime::WorkerError;
 
-use crate::error::CallError;
 use crate::tensor::InputRef;
 
 /// `WorkerRequest.body` field numbers handled here.
@@ -41,17 +41,17 @@ pub enum Request<'a> {
     Other(WorkerRequest),
 }
 
-fn bad(what: &str) -> CallError {
-    CallError::invalid(format!("malformed request: {what}"))
+fn bad(what: &str) -> WorkerError {
+    WorkerError::invalid(format!("malformed request: {what}"))
 }
 
 /// The next field: (number, wire type).
-fn key(buf: &mut &[u8]) -> Result<(u32, WireType), CallError> {
+fn key(buf: &mut &[u8]) -> Result<(u32, WireType), WorkerError> {
     decode_key(buf).map_err(|e| bad(&e.to_string()))
 }
 
 /// A length-delimited field's bytes.
-fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], CallError> {
+fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], WorkerError> {
     let len = decode_varint(buf).map_err(|e| bad(&e.to_string()))? as usize;
     if len > buf.len() {
         return Err(bad("field longer than the message"));
@@ -61,37 +61,17 @@ fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], CallError> {
     Ok(field)
 }
 
-fn skip(wire: WireType, tag: u32, buf: &mut &[u8]) -> Result<(), CallError> {
+fn skip(wire: WireType, tag: u32, buf: &mut &[u8]) -> Result<(), WorkerError> {
     prost::encoding::skip_field(wire, tag, buf, DecodeContext::default())
         .map_err(|e| bad(&e.to_string()))
 }
 
-fn utf8<'a>(b: &'a [u8], what: &str) -> Result<&'a str, CallError> {
+fn utf8<'a>(b: &'a [u8], what: &str) -> Result<&'a str, WorkerError> {
     std::str::from_utf8(b).map_err(|_| bad(&format!("{what} is not UTF-8")))
 }
 
-/// The caller's request id (field 1) of a request frame's payload, ""
-/// when absent or unreadable.
-pub fn request_tag(payload: &[u8]) -> String {
-    let mut buf = payload;
-    while buf.has_remaining() {
-        let Ok((tag, wire)) = key(&mut buf) else {
-            break;
-        };
-        if (tag, wire) == (1, WireType::LengthDelimited) {
-            return delimited(&mut buf)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-        }
-        if skip(wire, tag, &mut buf).is_err() {
-            break;
-        }
-    }
-    String::new()
-}
-
 /// Reads a request frame's payload.
-pub fn parse(payload: &[u8]) -> Result<Request<'_>, CallError> {
+pub fn parse(payload: &[u8]) -> Result<Request<'_>, WorkerError> {
     let mut buf = payload;
     let mut deadline = 0i64;
     let mut body: Option<(u32, &[u8])> = None;
@@ -117,7 +97,7 @@ pub fn parse(payload: &[u8]) -> Result<Request<'_>, CallError> {
 
 /// InferRequest {1 model_id, 2 inputs, 3 outputs} or InferBatchRequest
 /// {1 model_id, 2 sets {1 inputs}, 3 outputs}.
-fn infer(mut buf: &[u8], batch: bool) -> Result<InferRef<'_>, CallError> {
+fn infer(mut buf: &[u8], batch: bool) -> Result<InferRef<'_>, WorkerError> {
     let mut call = InferRef {
         batch,
         ..Default::default()
@@ -154,7 +134,7 @@ fn infer(mut buf: &[u8], batch: bool) -> Result<InferRef<'_>, CallError> {
 }
 
 /// Tensor {1 name, 2 dtype, 3 shape (packed or not), 4 data}.
-fn tensor(mut buf: &[u8]) -> Result<InputRef<'_>, CallError> {
+fn tensor(mut buf: &[u8]) -> Result<InputRef<'_>, WorkerError> {
     let mut t = InputRef {
         name: "",
         dtype: 0,
@@ -405,7 +385,6 @@ mod tests {
             })),
         };
         let bytes = req.encode_to_vec();
-        assert_eq!(request_tag(&bytes), "t");
         let Request::Infer(call, deadline) = parse(&bytes).expect("parse") else {
             panic!("not read as Infer");
         };

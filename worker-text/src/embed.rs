@@ -17,8 +17,8 @@ use sidecar_proto::v1::{
     Usage,
 };
 
-use crate::error::{Code, WorkerError};
 use crate::model::{Model, backend, threads};
+use worker_runtime::{Code, WorkerError};
 
 /// Most inputs one call may carry.
 pub const MAX_INPUTS: usize = 1024;

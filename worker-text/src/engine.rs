@@ -15,10 +15,10 @@ use sidecar_proto::v1::{
 };
 use std::num::NonZeroU32;
 
-use crate::error::{Code, WorkerError};
 use crate::model::{Model, backend, threads};
 use crate::sampling::{check_stops, sampler};
 use crate::seq::{Seq, SeqSpec};
+use worker_runtime::{Code, WorkerError};
 
 /// Default per-sequence context when the request names none.
 const DEFAULT_CONTEXT: u32 = 4096;

@@ -12,7 +12,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use sidecar_proto::v1::{TextOptions, TokenizeRequest, TokenizeResponse};
 
-use crate::error::{Code, WorkerError};
+use worker_runtime::{Code, WorkerError};
 
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 

@@ -3,7 +3,7 @@
 use llama_cpp_2::sampling::LlamaSampler;
 use sidecar_proto::v1::SamplingParams;
 
-use crate::error::WorkerError;
+use worker_runtime::WorkerError;
 
 const MAX_STOPS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;

@@ -1,20 +1,20 @@
 //! `worker-text --model m.gguf (--prompt TEXT | --embed TEXT... |
 //! --tokenize TEXT)`: the worker without the supervisor, for debugging a
 //! model from `kubectl exec`. It runs the same serve loop over an
-//! in-process channel (`ipc::loopback`) and prints what it would have
+//! in-process channel (`worker_runtime::standalone`) and prints what it would have
 //! answered.
 #![allow(clippy::print_stdout)] // Printing the answer is the point.
 
 use std::io::Write;
 
-use prost::Message;
 use sidecar_proto::v1::{
     EmbedRequest, GenerateRequest, ModelFamily, SamplingParams, TextOptions, TokenizeRequest,
     generate_stream_response,
 };
-use sidecar_proto::worker::{
-    Load, WorkerError, WorkerRequest, WorkerResponse, load, worker_request, worker_response,
-};
+use sidecar_proto::worker::{Load, load, worker_request, worker_response};
+use worker_runtime::standalone::{flags, request, start, stream};
+
+use crate::serve::Text;
 
 /// What to do, from the command line.
 #[derive(Debug, Default)]
@@ -37,26 +37,16 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         max_tokens: 32,
         ..Default::default()
     };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        let number = |v: String| {
-            v.parse::<u32>()
-                .map_err(|_| format!("{flag}: not a number"))
-        };
-        match flag.as_str() {
-            "--model" => a.model = value()?,
-            "--prompt" => a.prompt = Some(value()?),
-            "--max-tokens" => a.max_tokens = number(value()?)?,
-            "--embed" => a.embed.push(value()?),
-            "--tokenize" => a.tokenize = Some(value()?),
-            "--context" => a.context = number(value()?)?,
-            "--threads" => a.threads = number(value()?)?,
-            other => return Err(format!("unknown argument {other:?}")),
+    for f in flags(args) {
+        match f.name {
+            "--model" => a.model = f.value()?.to_owned(),
+            "--prompt" => a.prompt = Some(f.value()?.to_owned()),
+            "--max-tokens" => a.max_tokens = f.number()?,
+            "--embed" => a.embed.push(f.value()?.to_owned()),
+            "--tokenize" => a.tokenize = Some(f.value()?.to_owned()),
+            "--context" => a.context = f.number()?,
+            "--threads" => a.threads = f.number()?,
+            _ => return Err(f.unknown()),
         }
     }
     if a.model.is_empty() {
@@ -65,24 +55,10 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-fn request(body: worker_request::Body) -> Vec<u8> {
-    WorkerRequest {
-        request_tag: "standalone".into(),
-        deadline_unix_ms: 0,
-        body: Some(body),
-    }
-    .encode_to_vec()
-}
-
 /// Loads the model and runs the request; `Err` says what failed.
 pub fn run(a: &Args) -> Result<(), String> {
     let path = std::path::absolute(&a.model).map_err(|e| format!("{}: {e}", a.model))?;
-    let session = ipc::loopback::Session::start(64 << 20, |chan| {
-        if let Err(e) = crate::serve::serve(chan) {
-            eprintln!("worker-text: {e}");
-        }
-    })
-    .map_err(|e| e.to_string())?;
+    let session = start("worker-text", Text::default)?;
     let load = request(worker_request::Body::Load(Load {
         path: path.display().to_string(),
         family: ModelFamily::Text as i32,
@@ -94,7 +70,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             ..Default::default()
         })),
     }));
-    exchange(&session, &load)?;
+    stream(&session, &load, show)?;
     let body = if let Some(prompt) = &a.prompt {
         worker_request::Body::Generate(GenerateRequest {
             prompt: prompt.clone(),
@@ -118,28 +94,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     } else {
         return Ok(());
     };
-    exchange(&session, &request(body))
-}
-
-/// Sends one request and prints each answer as it comes.
-fn exchange(session: &ipc::loopback::Session, req: &[u8]) -> Result<(), String> {
-    let mut failed = None;
-    session
-        .call(req, |frame| match frame.kind {
-            ipc::Kind::Response => match WorkerResponse::decode(frame.payload.clone()) {
-                Ok(r) => show(r.body),
-                Err(e) => failed = Some(format!("undecodable answer: {e}")),
-            },
-            ipc::Kind::Error => {
-                failed = Some(match WorkerError::decode(frame.payload.clone()) {
-                    Ok(e) => format!("error (gRPC code {}): {}", e.code, e.message),
-                    Err(e) => format!("undecodable error: {e}"),
-                });
-            }
-            _ => {}
-        })
-        .map_err(|e| e.to_string())?;
-    failed.map_or(Ok(()), Err)
+    stream(&session, &request(body), show)
 }
 
 fn show(body: Option<worker_response::Body>) {
@@ -202,41 +157,27 @@ fn show(body: Option<worker_response::Body>) {
 mod tests {
     use super::parse;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    /// `parse` of the words of `line`.
+    fn parse_words(line: &str) -> Result<super::Args, String> {
+        parse(&line.split(' ').map(String::from).collect::<Vec<_>>())
     }
 
     #[test]
     fn the_command_line_is_read_and_checked() {
-        let a = parse(&args(&[
-            "--model",
-            "m.gguf",
-            "--prompt",
-            "Hi",
-            "--max-tokens",
-            "5",
-        ]))
-        .unwrap();
+        let a = parse_words("--model m.gguf --prompt Hi --max-tokens 5").unwrap();
         assert_eq!(
             (a.model.as_str(), a.prompt.as_deref(), a.max_tokens),
             ("m.gguf", Some("Hi"), 5)
         );
-        assert!(
-            parse(&args(&["--prompt", "x"]))
-                .unwrap_err()
-                .contains("--model")
+        let missing = parse_words("--prompt x").unwrap_err();
+        assert_eq!(missing, "--model is required");
+        assert_eq!(parse_words("--model").unwrap_err(), "--model needs a value");
+        let bogus = parse_words("--model m --bogus").unwrap_err();
+        assert_eq!(bogus, "unknown argument \"--bogus\"");
+        let e = parse_words("--model m --embed a --embed b --context 64").unwrap();
+        assert_eq!(
+            (e.embed, e.context),
+            (vec!["a".to_owned(), "b".to_owned()], 64)
         );
-        assert!(
-            parse(&args(&["--model"]))
-                .unwrap_err()
-                .contains("needs a value")
-        );
-        assert!(
-            parse(&args(&["--model", "m", "--bogus"]))
-                .unwrap_err()
-                .contains("unknown")
-        );
-        let e = parse(&args(&["--model", "m", "--embed", "a", "--embed", "b"])).unwrap();
-        assert_eq!(e.embed, ["a", "b"]);
     }
 }

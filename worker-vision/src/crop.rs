@@ -8,12 +8,9 @@ use opencv::imgproc;
 use opencv::prelude::*;
 use opencv::saliency::StaticSaliencySpectralResidual;
 use sidecar_proto::v1::{AutoCropTask, Box as PixelBox, CropFocus, CropWindow, Detection};
+use worker_runtime::WorkerError;
 
-use crate::error::VisionError;
-
-fn cv(what: &str) -> impl Fn(opencv::Error) -> VisionError + '_ {
-    move |e| VisionError::Internal(format!("{what}: {e}"))
-}
+use crate::error::cv;
 
 /// A crop task's options and its state across frames.
 #[derive(Debug)]
@@ -28,18 +25,18 @@ pub struct AutoCrop {
 
 impl AutoCrop {
     /// Checks the options.
-    pub fn new(t: &AutoCropTask) -> Result<AutoCrop, VisionError> {
+    pub fn new(t: &AutoCropTask) -> Result<AutoCrop, WorkerError> {
         if !(t.aspect_ratio > 0.0 && t.aspect_ratio.is_finite()) {
-            return Err(VisionError::Invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "auto_crop.aspect_ratio {} must be a positive width / height",
                 t.aspect_ratio
             )));
         }
-        let unit = |v: f32, name: &str, default: f32| -> Result<f32, VisionError> {
+        let unit = |v: f32, name: &str, default: f32| -> Result<f32, WorkerError> {
             match v {
                 0.0 => Ok(default),
                 v if (0.0..=1.0).contains(&v) => Ok(v),
-                v => Err(VisionError::Invalid(format!(
+                v => Err(WorkerError::invalid(format!(
                     "auto_crop.{name} {v} is outside 0..1"
                 ))),
             }
@@ -47,7 +44,7 @@ impl AutoCrop {
         Ok(AutoCrop {
             aspect: t.aspect_ratio,
             focus: CropFocus::try_from(t.focus).map_err(|_| {
-                VisionError::Invalid(format!(
+                WorkerError::invalid(format!(
                     "auto_crop.focus {} is not a CropFocus value",
                     t.focus
                 ))
@@ -69,7 +66,7 @@ impl AutoCrop {
     }
 
     /// The window for this frame, given its faces.
-    pub fn window(&mut self, frame: &Mat, faces: &[Detection]) -> Result<CropWindow, VisionError> {
+    pub fn window(&mut self, frame: &Mat, faces: &[Detection]) -> Result<CropWindow, WorkerError> {
         let (w, h) = (frame.cols() as f32, frame.rows() as f32);
         let (cw, ch) = if w / h > self.aspect {
             (h * self.aspect, h)
@@ -124,7 +121,7 @@ impl AutoCrop {
 
 /// Centroid of the spectral-residual saliency map (computed at 64 px wide,
 /// as the method intends), in frame pixels; None on a featureless frame.
-fn salient_centre(frame: &Mat) -> Result<Option<(f32, f32)>, VisionError> {
+fn salient_centre(frame: &Mat) -> Result<Option<(f32, f32)>, WorkerError> {
     let mut sal = StaticSaliencySpectralResidual::create().map_err(cv("saliency"))?;
     let mut map = Mat::default();
     // `compute_saliency` lives on the Saliency trait.

@@ -3,14 +3,15 @@
 
 use std::path::Path;
 
+use litert::{Compiled, HW_CPU, Runtime};
 use opencv::core::{Mat, Rect, Size, Vector};
 use opencv::imgproc;
 use opencv::objdetect::CascadeClassifier;
 use opencv::prelude::*;
 use sidecar_proto::v1::{Box as PixelBox, Detection, Point, SsdOptions};
-use worker_lite::litert::{Compiled, HW_CPU, Runtime};
+use worker_runtime::WorkerError;
 
-use crate::error::VisionError;
+use crate::error::{cv, lite_error};
 use crate::ssd::{self, Anchor, Raw};
 
 /// Where Debian's `opencv-data` puts the cascades.
@@ -18,10 +19,6 @@ pub const CASCADE_DIRS: [&str; 2] = [
     "/usr/share/opencv4/haarcascades",
     "/usr/share/opencv4/lbpcascades",
 ];
-
-fn cv(what: &str) -> impl Fn(opencv::Error) -> VisionError + '_ {
-    move |e| VisionError::Internal(format!("{what}: {e}"))
-}
 
 /// An SSD-style detector compiled for the CPU.
 pub struct Ssd {
@@ -59,25 +56,25 @@ impl Ssd {
         path: &Path,
         threads: u32,
         options: Option<SsdOptions>,
-    ) -> Result<Ssd, VisionError> {
+    ) -> Result<Ssd, WorkerError> {
         let options = match options {
             Some(o) => {
-                ssd::check(&o).map_err(VisionError::Invalid)?;
+                ssd::check(&o).map_err(WorkerError::invalid)?;
                 o
             }
             None => ssd::blazeface_short_range(),
         };
-        let rt = Runtime::load(lib)?;
+        let rt = Runtime::load(lib).map_err(lite_error)?;
         let compiled = rt
             .model(path)
             .and_then(|m| m.compile(HW_CPU, threads))
             .map_err(|e| {
-                VisionError::Unavailable(format!("LiteRT could not load {}: {e}", path.display()))
+                WorkerError::unavailable(format!("LiteRT could not load {}: {e}", path.display()))
             })?;
         let input = compiled
             .input_desc
             .first()
-            .ok_or_else(|| VisionError::Unavailable("the detector has no input".into()))?;
+            .ok_or_else(|| WorkerError::unavailable("the detector has no input"))?;
         let want = [
             1,
             options.input_height as i32,
@@ -87,7 +84,7 @@ impl Ssd {
         // A model and options that do not fit together are the caller's
         // to fix: INVALID_ARGUMENT, the model FAILED at once.
         if input.shape != want || input.element_type != 1 {
-            return Err(VisionError::Invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "the detector's input {:?} is {:?} (type {}); an SSD detector takes float32 {want:?}",
                 input.name, input.shape, input.element_type
             )));
@@ -101,7 +98,7 @@ impl Ssd {
             })
         };
         let (Some(boxes), Some(scores)) = (find(coords), find(classes)) else {
-            return Err(VisionError::Invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "the detector's outputs {:?} are not [1, {}, {coords}] boxes and [1, {}, {classes}] scores for these anchors",
                 compiled
                     .output_desc
@@ -127,7 +124,7 @@ impl Ssd {
         frame: &Mat,
         min_score: f32,
         iou: f32,
-    ) -> Result<Vec<Detection>, VisionError> {
+    ) -> Result<Vec<Detection>, WorkerError> {
         let (w, h) = (frame.cols(), frame.rows());
         let (iw, ih) = (
             self.options.input_width as i32,
@@ -151,28 +148,36 @@ impl Ssd {
         let (px, py) = ((iw - nw) / 2, (ih - nh) / 2);
         let pixels = small.data_bytes().map_err(cv("pixels"))?;
         let step = small.step1(0).map_err(cv("step"))?;
-        self.compiled.write_input(0, |buf| {
-            for (i, v) in buf.chunks_exact_mut(4).enumerate() {
-                let (c, p) = (i % 3, i / 3);
-                let (x, y) = (p as i32 % iw - px, p as i32 / iw - py);
-                let value = if x >= 0 && y >= 0 && x < nw && y < nh {
-                    // BGR in the frame, RGB into the model, scaled to -1..1.
-                    let byte = pixels[y as usize * step + x as usize * 3 + (2 - c)];
-                    f32::from(byte) / 127.5 - 1.0
-                } else {
-                    -1.0
-                };
-                v.copy_from_slice(&value.to_le_bytes());
-            }
-        })?;
-        self.compiled.run()?;
+        self.compiled
+            .write_input(0, |buf| {
+                for (i, v) in buf.chunks_exact_mut(4).enumerate() {
+                    let (c, p) = (i % 3, i / 3);
+                    let (x, y) = (p as i32 % iw - px, p as i32 / iw - py);
+                    let value = if x >= 0 && y >= 0 && x < nw && y < nh {
+                        // BGR in the frame, RGB into the model, scaled to -1..1.
+                        let byte = pixels[y as usize * step + x as usize * 3 + (2 - c)];
+                        f32::from(byte) / 127.5 - 1.0
+                    } else {
+                        -1.0
+                    };
+                    v.copy_from_slice(&value.to_le_bytes());
+                }
+            })
+            .map_err(lite_error)?;
+        self.compiled.run().map_err(lite_error)?;
         let floats = |b: &[u8]| -> Vec<f32> {
             b.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         };
-        let boxes = self.compiled.read_output(self.boxes, floats)?;
-        let scores = self.compiled.read_output(self.scores, floats)?;
+        let boxes = self
+            .compiled
+            .read_output(self.boxes, floats)
+            .map_err(lite_error)?;
+        let scores = self
+            .compiled
+            .read_output(self.scores, floats)
+            .map_err(lite_error)?;
         let raw = ssd::decode(&self.options, &self.anchors, &boxes, &scores, min_score);
         let lb = Letterbox {
             content_w: nw as f32 / iw as f32,
@@ -222,10 +227,10 @@ impl std::fmt::Debug for Cascade {
 
 impl Cascade {
     /// Loads a cascade file.
-    pub fn load(path: &Path) -> Result<Cascade, VisionError> {
+    pub fn load(path: &Path) -> Result<Cascade, WorkerError> {
         let classifier = CascadeClassifier::new(path).map_err(cv("CascadeClassifier"))?;
         if classifier.empty().map_err(cv("CascadeClassifier"))? {
-            return Err(VisionError::Unavailable(format!(
+            return Err(WorkerError::unavailable(format!(
                 "{} is not a cascade OpenCV can read",
                 path.display()
             )));
@@ -234,13 +239,13 @@ impl Cascade {
     }
 
     /// One of Debian's frontal-face cascades by file name.
-    pub fn system(name: &str) -> Result<Cascade, VisionError> {
+    pub fn system(name: &str) -> Result<Cascade, WorkerError> {
         let path = CASCADE_DIRS
             .iter()
             .map(|d| Path::new(d).join(name))
             .find(|p| p.is_file())
             .ok_or_else(|| {
-                VisionError::Precondition(format!(
+                WorkerError::precondition(format!(
                     "the OpenCV cascade {name} is not installed (opencv-data)"
                 ))
             })?;
@@ -248,7 +253,7 @@ impl Cascade {
     }
 
     /// Faces in a BGR frame. Cascades give no score: every hit reads 1.
-    pub fn detect(&mut self, frame: &Mat) -> Result<Vec<Detection>, VisionError> {
+    pub fn detect(&mut self, frame: &Mat) -> Result<Vec<Detection>, WorkerError> {
         let mut grey = Mat::default();
         imgproc::cvt_color(frame, &mut grey, imgproc::COLOR_BGR2GRAY, 0).map_err(cv("cvtColor"))?;
         let mut eq = Mat::default();

@@ -1,57 +1,16 @@
-//! Errors of the vision worker, each with the code the caller gets.
+//! The vision worker's errors are `worker_runtime::WorkerError`s; these
+//! turn the native libraries' errors into one (the orphan rule keeps a
+//! `From` impl out of this crate): OpenCV's and LiteRT's failures are
+//! INTERNAL, named by what was being done.
 
-use sidecar_proto::worker::WorkerError;
+use worker_runtime::WorkerError;
 
-/// A failed call.
-#[derive(Debug, thiserror::Error)]
-pub enum VisionError {
-    /// Bad input: the message names the image or option.
-    #[error("{0}")]
-    Invalid(String),
-    /// The model cannot do this.
-    #[error("{0}")]
-    Precondition(String),
-    /// Not served yet.
-    #[error("{0}")]
-    Unimplemented(String),
-    /// The model could not be loaded.
-    #[error("{0}")]
-    Unavailable(String),
-    /// OpenCV or LiteRT failed.
-    #[error("{0}")]
-    Internal(String),
-    /// The supervisor cancelled (the client went away).
-    #[error("cancelled by the supervisor")]
-    Cancelled,
+/// An OpenCV failure while doing `what`, as INTERNAL.
+pub fn cv(what: &str) -> impl Fn(opencv::Error) -> WorkerError + '_ {
+    move |e| WorkerError::internal(format!("{what}: {e}"))
 }
 
-impl VisionError {
-    /// The wire form (gRPC codes as numbers).
-    pub fn to_proto(&self) -> WorkerError {
-        let code = match self {
-            VisionError::Invalid(_) => 3,
-            VisionError::Precondition(_) => 9,
-            VisionError::Unimplemented(_) => 12,
-            VisionError::Internal(_) => 13,
-            VisionError::Unavailable(_) => 14,
-            VisionError::Cancelled => 1,
-        };
-        WorkerError {
-            code,
-            message: self.to_string(),
-            fatal: false,
-        }
-    }
-}
-
-impl From<worker_lite::LiteError> for VisionError {
-    fn from(e: worker_lite::LiteError) -> Self {
-        VisionError::Internal(e.to_string())
-    }
-}
-
-impl From<ipc::Error> for VisionError {
-    fn from(e: ipc::Error) -> Self {
-        VisionError::Internal(format!("ipc: {e}"))
-    }
+/// A LiteRT failure of the detector, as INTERNAL.
+pub fn lite_error(e: litert::LiteError) -> WorkerError {
+    WorkerError::internal(e.to_string())
 }

@@ -10,8 +10,7 @@ use opencv::prelude::*;
 use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
 use openh264::{OpenH264API, nal_units};
-
-use crate::error::VisionError;
+use worker_runtime::WorkerError;
 
 /// The longest NAL unit a stream may leave incomplete: bytes beyond this
 /// with no start code are not an H.264 stream, and must not grow a buffer
@@ -72,26 +71,26 @@ fn decoding_state(code: i64) -> String {
     }
 }
 
-fn to_bgr(yuv: &DecodedYUV<'_>) -> Result<Mat, VisionError> {
+fn to_bgr(yuv: &DecodedYUV<'_>) -> Result<Mat, WorkerError> {
     let (w, h) = yuv.dimensions();
     let mut rgb = Mat::new_rows_cols_with_default(h as i32, w as i32, CV_8UC3, Scalar::all(0.0))
-        .map_err(|e| VisionError::Internal(format!("Mat: {e}")))?;
+        .map_err(|e| WorkerError::internal(format!("Mat: {e}")))?;
     yuv.write_rgb8(
         rgb.data_bytes_mut()
-            .map_err(|e| VisionError::Internal(format!("Mat bytes: {e}")))?,
+            .map_err(|e| WorkerError::internal(format!("Mat bytes: {e}")))?,
     );
     let mut bgr = Mat::default();
     imgproc::cvt_color(&rgb, &mut bgr, imgproc::COLOR_RGB2BGR, 0)
-        .map_err(|e| VisionError::Internal(format!("cvtColor: {e}")))?;
+        .map_err(|e| WorkerError::internal(format!("cvtColor: {e}")))?;
     Ok(bgr)
 }
 
 impl H264 {
     /// A decoder for a new stream.
-    pub fn new() -> Result<H264, VisionError> {
+    pub fn new() -> Result<H264, WorkerError> {
         let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
         let decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
-            .map_err(|e| VisionError::Internal(format!("OpenH264: {e}")))?;
+            .map_err(|e| WorkerError::internal(format!("OpenH264: {e}")))?;
         Ok(H264 {
             decoder,
             pending: Vec::new(),
@@ -101,11 +100,11 @@ impl H264 {
 
     /// Feeds a chunk; returns the pictures it completed (all of them, the
     /// delayed ones included, when `flush`). `at` names the frame in errors.
-    pub fn feed(&mut self, chunk: &[u8], flush: bool, at: &str) -> Result<Vec<Mat>, VisionError> {
+    pub fn feed(&mut self, chunk: &[u8], flush: bool, at: &str) -> Result<Vec<Mat>, WorkerError> {
         self.pending.extend_from_slice(chunk);
         if !self.started && (self.pending.len() >= 4 || flush) {
             if !(self.pending.starts_with(&[0, 0, 1]) || self.pending.starts_with(&[0, 0, 0, 1])) {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "{at}: not an H.264 Annex-B stream: it does not begin with a start code (00 00 01)"
                 )));
             }
@@ -117,14 +116,14 @@ impl H264 {
             last_start(&self.pending)
         };
         if self.pending.len() - cut > MAX_PENDING {
-            return Err(VisionError::Invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "{at}: not an H.264 Annex-B stream: {} bytes without a start code (at most {MAX_PENDING})",
                 self.pending.len() - cut
             )));
         }
         let complete: Vec<u8> = self.pending.drain(..cut).collect();
         let bad = |e: openh264::Error| {
-            VisionError::Invalid(format!(
+            WorkerError::invalid(format!(
                 "{at}: H.264 data the decoder refuses: {}",
                 decoding_state(e.native_code())
             ))

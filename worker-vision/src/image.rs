@@ -6,43 +6,40 @@ use opencv::imgcodecs;
 use opencv::imgproc;
 use opencv::prelude::*;
 use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
+use worker_runtime::WorkerError;
 
-use crate::error::VisionError;
+use crate::error::cv;
 
 /// Largest width or height accepted.
 const MAX_SIDE: u32 = 16384;
 
-fn cv(what: &str) -> impl Fn(opencv::Error) -> VisionError + '_ {
-    move |e| VisionError::Internal(format!("{what}: {e}"))
-}
-
 /// Decodes `img` into an 8-bit BGR matrix; `at` names it in errors
 /// ("images[3]").
-pub fn to_bgr(img: &Image, at: &str) -> Result<Mat, VisionError> {
+pub fn to_bgr(img: &Image, at: &str) -> Result<Mat, WorkerError> {
     match &img.data {
         Some(image::Data::Raw(raw)) => raw_to_bgr(raw, at),
         Some(image::Data::Encoded(bytes)) => {
             if bytes.is_empty() {
-                return Err(VisionError::Invalid(format!("{at}: empty encoded image")));
+                return Err(WorkerError::invalid(format!("{at}: empty encoded image")));
             }
             let buf = Vector::<u8>::from_slice(bytes);
             let mat = imgcodecs::imdecode(&buf, imgcodecs::IMREAD_COLOR).map_err(cv("imdecode"))?;
             if mat.empty() {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "{at}: the encoded image ({} bytes) is not a JPEG or PNG OpenCV can decode",
                     bytes.len()
                 )));
             }
             Ok(mat)
         }
-        None => Err(VisionError::Invalid(format!("{at}: no image data"))),
+        None => Err(WorkerError::invalid(format!("{at}: no image data"))),
     }
 }
 
-fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
+fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, WorkerError> {
     let (w, h) = (raw.width, raw.height);
     if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "{at}: size {w}x{h}; each side must be 1..{MAX_SIDE}"
         )));
     }
@@ -57,7 +54,7 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
         PixelFormat::Bgra8 => (4, CV_8UC4, Some(imgproc::COLOR_BGRA2BGR)),
         PixelFormat::Gray8 => (1, CV_8UC1, Some(imgproc::COLOR_GRAY2BGR)),
         other => {
-            return Err(VisionError::Invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "{at}: format {} is not a pixel layout (RGB8, BGR8, RGBA8, BGRA8, GRAY8, I420 or NV12)",
                 other.as_str_name()
             )));
@@ -70,13 +67,13 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
         raw.stride as usize
     };
     if stride < row {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "{at}: stride {stride} is smaller than a row of {row} bytes"
         )));
     }
     let need = stride * (h as usize - 1) + row;
     if raw.data.len() != need && raw.data.len() != stride * h as usize {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "{at}: {w}x{h} {} with stride {stride} is {need} bytes, got {}",
             format.as_str_name(),
             raw.data.len()
@@ -116,16 +113,16 @@ fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, VisionError> {
 
 /// Planar (I420) or semi-planar (NV12) 4:2:0 YUV, tightly packed: a
 /// luma plane then chroma, `width × height × 3 / 2` bytes.
-fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, VisionError> {
+fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, WorkerError> {
     let (w, h) = (raw.width as usize, raw.height as usize);
     if w % 2 != 0 || h % 2 != 0 {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "{at}: {} needs an even width and height, got {w}x{h}",
             format.as_str_name()
         )));
     }
     if raw.stride != 0 && raw.stride as usize != w {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "{at}: {} takes tightly packed planes (stride 0 or {w}), got stride {}",
             format.as_str_name(),
             raw.stride
@@ -133,7 +130,7 @@ fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, Visi
     }
     let need = w * h * 3 / 2;
     if raw.data.len() != need {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "{at}: {w}x{h} {} is {need} bytes, got {}",
             format.as_str_name(),
             raw.data.len()

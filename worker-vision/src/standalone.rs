@@ -1,8 +1,9 @@
 //! `worker-vision --model DETECTOR --image FILE...`: the worker without
 //! the supervisor, for debugging a detector from `kubectl exec`. It runs
-//! the same serve loop over an in-process channel (`ipc::loopback`),
-//! detects faces in each image (JPEG or PNG) and prints the boxes. A
-//! `.tflite` detector needs the LiteRT runtime (`SIDECAR_LITERT_LIB`).
+//! the same serve loop over an in-process channel
+//! (`worker_runtime::standalone`), detects faces in each image (JPEG or
+//! PNG) and prints the boxes. A `.tflite` detector needs the LiteRT
+//! runtime (`SIDECAR_LITERT_LIB`).
 #![allow(clippy::print_stdout)] // Printing the answer is the point.
 
 use sidecar_proto::v1::{
@@ -10,7 +11,9 @@ use sidecar_proto::v1::{
     vision_task,
 };
 use sidecar_proto::worker::{Load, load, worker_request, worker_response};
-use worker_lite::standalone::{exchange, request};
+use worker_runtime::standalone::{exchange, flags, request, start};
+
+use crate::serve::Vision;
 
 /// The usage line.
 pub const USAGE: &str = "usage: worker-vision --model DETECTOR(.tflite|.xml) --image FILE... [--min-score S]\n(started without arguments by the sidecar supervisor)";
@@ -29,18 +32,12 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         min_score: 0.5,
         ..Default::default()
     };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = value?.clone(),
-            "--image" => a.images.push(value?.clone()),
-            "--min-score" => {
-                a.min_score = value?
-                    .parse()
-                    .map_err(|_| "--min-score: not a number".to_owned())?;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+    for f in flags(args) {
+        match f.name {
+            "--model" => a.model = f.value()?.to_owned(),
+            "--image" => a.images.push(f.value()?.to_owned()),
+            "--min-score" => a.min_score = f.number()?,
+            _ => return Err(f.unknown()),
         }
     }
     if a.model.is_empty() || a.images.is_empty() {
@@ -52,12 +49,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
 /// Loads the detector, runs it on the images and prints the faces.
 pub fn run(a: &Args) -> Result<(), String> {
     let path = std::path::absolute(&a.model).map_err(|e| format!("{}: {e}", a.model))?;
-    let session = ipc::loopback::Session::start(64 << 20, |chan| {
-        if let Err(e) = crate::serve::serve(chan) {
-            eprintln!("worker-vision: {e}");
-        }
-    })
-    .map_err(|e| e.to_string())?;
+    let session = start("worker-vision", Vision::default)?;
     exchange(
         &session,
         &request(worker_request::Body::Load(Load {
@@ -120,12 +112,14 @@ mod tests {
 
     #[test]
     fn the_command_line_is_read_and_checked() {
-        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let a = parse(&args(&[
+        let given = [
             "--model", "m.tflite", "--image", "a.png", "--image", "b.jpg",
-        ]))
-        .unwrap();
+        ];
+        let a = parse(&given.map(String::from)).unwrap();
         assert_eq!(a.images, ["a.png", "b.jpg"]);
-        assert!(parse(&args(&["--model", "m.tflite"])).is_err());
+        assert_eq!(a.min_score, 0.5, "the default");
+        assert!(parse(&["--model", "m.tflite"].map(String::from)).is_err());
+        let score = ["--min-score", "high"].map(String::from);
+        assert_eq!(parse(&score).unwrap_err(), "--min-score: not a number");
     }
 }

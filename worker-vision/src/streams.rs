@@ -11,8 +11,8 @@ use sidecar_proto::v1::{
     Frame, FrameTimings, Image, OverflowPolicy, ProcessResponse, StreamConfig, frame, image,
     vision_task,
 };
+use worker_runtime::WorkerError;
 
-use crate::error::VisionError;
 use crate::h264::H264;
 use crate::image::to_bgr;
 use crate::tasks::{self, Prepared, Served};
@@ -34,7 +34,7 @@ struct Waiting {
 enum Data {
     /// Raw pixels, converted to BGR on arrival straight from the message
     /// (their one copy), or why they could not be; and how long it took.
-    Pixels(Result<Mat, VisionError>, Duration),
+    Pixels(Result<Mat, WorkerError>, Duration),
     /// A JPEG or PNG, decoded in its turn.
     Encoded(Vec<u8>),
     /// An H.264 chunk (and whether the stream ends after it).
@@ -71,11 +71,9 @@ pub struct Stream {
 
 impl Stream {
     /// Opens a stream after checking its config.
-    pub fn open(id: u64, config: &StreamConfig, served: &Served) -> Result<Stream, VisionError> {
+    pub fn open(id: u64, config: &StreamConfig, served: &Served) -> Result<Stream, WorkerError> {
         if config.tasks.is_empty() {
-            return Err(VisionError::Invalid(
-                "tasks must hold at least one task".into(),
-            ));
+            return Err(WorkerError::invalid("tasks must hold at least one task"));
         }
         let mut tasks = Vec::new();
         for t in &config.tasks {
@@ -84,8 +82,8 @@ impl Stream {
             if tasks.iter().any(|k: &vision_task::Task| {
                 std::mem::discriminant(k) == std::mem::discriminant(&task)
             }) {
-                return Err(VisionError::Invalid(
-                    "tasks holds the same kind of task twice".into(),
+                return Err(WorkerError::invalid(
+                    "tasks holds the same kind of task twice",
                 ));
             }
             tasks.push(task);
@@ -93,7 +91,7 @@ impl Stream {
         let max_pending = match config.max_pending_frames {
             0 => 4,
             n if n > MAX_PENDING => {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "max_pending_frames {n} exceeds the limit of {MAX_PENDING}"
                 )));
             }
@@ -103,7 +101,7 @@ impl Stream {
             Ok(OverflowPolicy::Unspecified) => false,
             Ok(OverflowPolicy::DropOldest) => true,
             Err(_) => {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "overflow {} is not an OverflowPolicy value",
                     config.overflow
                 )));
@@ -181,7 +179,7 @@ impl Stream {
     pub fn step(
         &mut self,
         served: &mut Served,
-    ) -> Option<Result<Vec<ProcessResponse>, VisionError>> {
+    ) -> Option<Result<Vec<ProcessResponse>, WorkerError>> {
         let w = self.pending.pop_front()?;
         let at = match &w.data {
             // A chunk without an index feeds the stream's next picture.
@@ -205,7 +203,7 @@ impl Stream {
                 Duration::ZERO,
             ),
             Data::Missing => (
-                Err(VisionError::Invalid(format!("{at}: no frame data"))),
+                Err(WorkerError::invalid(format!("{at}: no frame data"))),
                 Duration::ZERO,
             ),
         };
@@ -247,12 +245,12 @@ impl Stream {
         flush: bool,
         index: u64,
         at: &str,
-    ) -> Result<Vec<(u64, Mat)>, VisionError> {
+    ) -> Result<Vec<(u64, Mat)>, WorkerError> {
         if self.h264.is_none() {
             self.h264 = Some(H264::new()?);
         }
         let Some(decoder) = self.h264.as_mut() else {
-            return Err(VisionError::Internal("H.264 decoder".into()));
+            return Err(WorkerError::internal("H.264 decoder"));
         };
         let pictures = decoder.feed(chunk, flush, at)?;
         if index != 0 {

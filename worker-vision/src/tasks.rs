@@ -9,10 +9,10 @@ use sidecar_proto::v1::{
     Detection, FaceDetector, FrameTimings, ProcessBatchRequest, ProcessBatchResponse,
     ProcessResponse, VisionTask, vision_task,
 };
+use worker_runtime::{WorkerError, deadline};
 
 use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
-use crate::error::VisionError;
 use crate::image::to_bgr;
 use crate::template::Template;
 use crate::track::Tracking;
@@ -51,11 +51,11 @@ impl Served {
 }
 
 /// Checks that `task` can run on a frame (streams check at open).
-pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
+pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
     match task {
         vision_task::Task::Faces(f) => {
             FaceDetector::try_from(f.detector).map(|_| ()).map_err(|_| {
-                VisionError::Invalid(format!(
+                WorkerError::invalid(format!(
                     "faces.detector {} is not a FaceDetector value",
                     f.detector
                 ))
@@ -63,14 +63,13 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), VisionError> {
         }
         vision_task::Task::Objects(o) => {
             if !matches!(s.detector, Detector::Ssd(_)) {
-                return Err(VisionError::Precondition(
-                    "objects needs an SSD-style .tflite detector; this model is a cascade".into(),
+                return Err(WorkerError::precondition(
+                    "objects needs an SSD-style .tflite detector; this model is a cascade",
                 ));
             }
             if o.ssd.is_some() {
-                return Err(VisionError::Unimplemented(
-                    "objects.ssd overrides are not served yet; load the model with its SsdOptions"
-                        .into(),
+                return Err(WorkerError::unimplemented(
+                    "objects.ssd overrides are not served yet; load the model with its SsdOptions",
                 ));
             }
             Ok(())
@@ -93,7 +92,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// Prepares `tasks` (checked already).
-    pub fn new(tasks: &[vision_task::Task]) -> Result<Prepared, VisionError> {
+    pub fn new(tasks: &[vision_task::Task]) -> Result<Prepared, WorkerError> {
         let mut p = Prepared::default();
         for t in tasks {
             match t {
@@ -116,7 +115,7 @@ pub fn run(
     frame: &Mat,
     r: &mut ProcessResponse,
     at: &str,
-) -> Result<(), VisionError> {
+) -> Result<(), WorkerError> {
     r.width = frame.cols() as u32;
     r.height = frame.rows() as u32;
     for task in tasks {
@@ -141,9 +140,7 @@ pub fn run(
             }
             vision_task::Task::Objects(o) => {
                 let Detector::Ssd(d) = &mut s.detector else {
-                    return Err(VisionError::Precondition(
-                        "objects needs an SSD detector".into(),
-                    ));
+                    return Err(WorkerError::precondition("objects needs an SSD detector"));
                 };
                 let min = if o.min_score > 0.0 { o.min_score } else { 0.5 };
                 let iou = if o.iou_threshold > 0.0 {
@@ -208,31 +205,33 @@ pub fn run(
 }
 
 /// The task of a VisionTask message.
-pub fn task_of(t: &VisionTask) -> Result<&vision_task::Task, VisionError> {
+pub fn task_of(t: &VisionTask) -> Result<&vision_task::Task, WorkerError> {
     t.task
         .as_ref()
-        .ok_or_else(|| VisionError::Invalid("a task without its kind".into()))
+        .ok_or_else(|| WorkerError::invalid("a task without its kind"))
 }
 
-/// One task on every image, in order.
+/// One task on every image, in order; the deadline (Unix ms, 0: none) is
+/// checked before each image.
 pub fn process_batch(
     s: &mut Served,
     req: &ProcessBatchRequest,
-) -> Result<ProcessBatchResponse, VisionError> {
+    deadline_ms: i64,
+) -> Result<ProcessBatchResponse, WorkerError> {
     let n = req.images.len();
     if n == 0 || n > MAX_IMAGES {
-        return Err(VisionError::Invalid(format!(
+        return Err(WorkerError::invalid(format!(
             "images holds {n} images; 1..{MAX_IMAGES} are allowed"
         )));
     }
     let task = req
         .task
         .as_ref()
-        .ok_or_else(|| VisionError::Invalid("task is required".into()))
+        .ok_or_else(|| WorkerError::invalid("task is required"))
         .and_then(task_of)?;
     if let vision_task::Task::Tracking(_) = task {
-        return Err(VisionError::Invalid(
-            "tracking is a stream task; it is not allowed in ProcessBatch".into(),
+        return Err(WorkerError::invalid(
+            "tracking is a stream task; it is not allowed in ProcessBatch",
         ));
     }
     check(task, s)?;
@@ -240,6 +239,7 @@ pub fn process_batch(
     let mut prepared = Prepared::new(tasks)?;
     let mut results = Vec::with_capacity(n);
     for (i, img) in req.images.iter().enumerate() {
+        deadline::check(deadline_ms)?;
         let started = Instant::now();
         let frame = to_bgr(img, &format!("images[{i}]"))?;
         let decoded = started.elapsed();
@@ -269,12 +269,12 @@ pub fn process_batch(
     Ok(ProcessBatchResponse { results })
 }
 
-fn cascade<'a>(slot: &'a mut Option<Cascade>, name: &str) -> Result<&'a mut Cascade, VisionError> {
+fn cascade<'a>(slot: &'a mut Option<Cascade>, name: &str) -> Result<&'a mut Cascade, WorkerError> {
     if slot.is_none() {
         *slot = Some(Cascade::system(name)?);
     }
     slot.as_mut()
-        .ok_or_else(|| VisionError::Internal("cascade slot".into()))
+        .ok_or_else(|| WorkerError::internal("cascade slot"))
 }
 
 /// Keeps the `max` best (0: all).

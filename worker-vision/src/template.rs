@@ -5,13 +5,10 @@ use opencv::core::{Mat, Point, Size, no_array};
 use opencv::imgproc;
 use opencv::prelude::*;
 use sidecar_proto::v1::{Box as PixelBox, MatchMethod, TemplateMatch, TemplateMatchingTask};
+use worker_runtime::WorkerError;
 
-use crate::error::VisionError;
+use crate::error::cv;
 use crate::image::to_bgr;
-
-fn cv(what: &str) -> impl Fn(opencv::Error) -> VisionError + '_ {
-    move |e| VisionError::Internal(format!("{what}: {e}"))
-}
 
 /// A template ready to match.
 #[derive(Debug)]
@@ -30,17 +27,17 @@ pub struct Template {
 
 impl Template {
     /// Checks the options and prepares the template.
-    pub fn new(t: &TemplateMatchingTask) -> Result<Template, VisionError> {
+    pub fn new(t: &TemplateMatchingTask) -> Result<Template, WorkerError> {
         let image = t
             .template
             .as_ref()
-            .ok_or_else(|| VisionError::Invalid("template_matching.template is required".into()))?;
+            .ok_or_else(|| WorkerError::invalid("template_matching.template is required"))?;
         let bgr = to_bgr(image, "template_matching.template")?;
         let scale = match t.scale {
             0.0 => 1.0,
             s if s > 0.0 && s <= 1.0 => f64::from(s),
             s => {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "template_matching.scale {s} is outside 0 < scale <= 1"
                 )));
             }
@@ -52,7 +49,7 @@ impl Template {
             Ok(MatchMethod::CcorrNormed) => (imgproc::TM_CCORR_NORMED, false),
             Ok(MatchMethod::SqdiffNormed) => (imgproc::TM_SQDIFF_NORMED, true),
             Err(_) => {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "template_matching.method {} is not a MatchMethod value",
                     t.method
                 )));
@@ -73,9 +70,9 @@ impl Template {
     }
 
     /// The best match in a BGR frame.
-    pub fn find(&self, frame: &Mat, at: &str) -> Result<TemplateMatch, VisionError> {
+    pub fn find(&self, frame: &Mat, at: &str) -> Result<TemplateMatch, WorkerError> {
         if frame.cols() < self.width || frame.rows() < self.height {
-            return Err(VisionError::Invalid(format!(
+            return Err(WorkerError::invalid(format!(
                 "{at}: the frame ({}x{}) is smaller than the template ({}x{})",
                 frame.cols(),
                 frame.rows(),
@@ -118,7 +115,7 @@ impl Template {
 }
 
 /// Scales and optionally greys an image for matching.
-fn prepare(bgr: &Mat, scale: f64, grey: bool) -> Result<Mat, VisionError> {
+fn prepare(bgr: &Mat, scale: f64, grey: bool) -> Result<Mat, WorkerError> {
     let scaled = if scale < 1.0 {
         let size = Size::new(
             ((f64::from(bgr.cols()) * scale).round() as i32).max(1),

@@ -15,12 +15,9 @@ use opencv::video::{TrackerMIL, TrackerMIL_Params};
 use sidecar_proto::v1::{
     Box as PixelBox, Detection, Point, Track, TrackerType, TrackingTask, TrajectoryPoint,
 };
+use worker_runtime::WorkerError;
 
-use crate::error::VisionError;
-
-fn cv(what: &str) -> impl Fn(opencv::Error) -> VisionError + '_ {
-    move |e| VisionError::Internal(format!("{what}: {e}"))
-}
+use crate::error::cv;
 
 /// One OpenCV tracker of any kind.
 enum Engine {
@@ -32,7 +29,7 @@ enum Engine {
 }
 
 impl Engine {
-    fn new(kind: TrackerType, frame: &Mat, b: Rect) -> Result<Engine, VisionError> {
+    fn new(kind: TrackerType, frame: &Mat, b: Rect) -> Result<Engine, WorkerError> {
         let mut e = match kind {
             TrackerType::Unspecified | TrackerType::Csrt => Engine::Csrt(
                 TrackerCSRT::create(&TrackerCSRT_Params::default().map_err(cv("CSRT"))?)
@@ -77,7 +74,7 @@ impl Engine {
     }
 
     /// The object's box in this frame, if found.
-    fn update(&mut self, frame: &Mat) -> Result<Option<Rect>, VisionError> {
+    fn update(&mut self, frame: &Mat) -> Result<Option<Rect>, WorkerError> {
         let mut r = Rect::default();
         let mut d = Rect2d::default();
         let found = match self {
@@ -157,21 +154,21 @@ fn iou(a: Rect, b: Rect) -> f32 {
 
 impl Tracking {
     /// Checks the options.
-    pub fn new(t: &TrackingTask) -> Result<Tracking, VisionError> {
+    pub fn new(t: &TrackingTask) -> Result<Tracking, WorkerError> {
         let kind = TrackerType::try_from(t.tracker).map_err(|_| {
-            VisionError::Invalid(format!(
+            WorkerError::invalid(format!(
                 "tracking.tracker {} is not a TrackerType value",
                 t.tracker
             ))
         })?;
         if t.initial_boxes.is_empty() && !t.from_detections {
-            return Err(VisionError::Invalid(
-                "tracking needs initial_boxes or from_detections".into(),
+            return Err(WorkerError::invalid(
+                "tracking needs initial_boxes or from_detections",
             ));
         }
         for (i, b) in t.initial_boxes.iter().enumerate() {
             if !(b.width >= 1.0 && b.height >= 1.0) {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "tracking.initial_boxes[{i}] is {}x{}; boxes are at least 1x1",
                     b.width, b.height
                 )));
@@ -180,7 +177,7 @@ impl Tracking {
         let trajectory_len = match t.trajectory_length {
             0 => 64,
             n if n > 1024 => {
-                return Err(VisionError::Invalid(format!(
+                return Err(WorkerError::invalid(format!(
                     "tracking.trajectory_length {n} exceeds the limit of 1024"
                 )));
             }
@@ -214,7 +211,7 @@ impl Tracking {
             && (self.frames == 0 || self.frames.is_multiple_of(u64::from(self.detect_every)))
     }
 
-    fn add(&mut self, frame: &Mat, rect: Rect) -> Result<(), VisionError> {
+    fn add(&mut self, frame: &Mat, rect: Rect) -> Result<(), WorkerError> {
         let engine = Engine::new(self.kind, frame, rect)?;
         self.tracks.push(Tracked {
             id: self.next_id,
@@ -235,7 +232,7 @@ impl Tracking {
         frame: &Mat,
         index: u64,
         detections: Option<&[Detection]>,
-    ) -> Result<Vec<Track>, VisionError> {
+    ) -> Result<Vec<Track>, WorkerError> {
         let first = self.frames == 0;
         self.frames += 1;
         // Existing tracks follow the object first.

@@ -20,10 +20,11 @@ use sidecar_proto::worker::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::error::Error;
+use crate::lifecycle::State;
 use crate::registry::Registry;
-use crate::worker::{State, now_ms};
 
 /// The AdminService implementation.
 #[derive(Debug, Clone)]
@@ -165,7 +166,7 @@ impl AdminService for AdminApi {
         if let Some(m) = &model {
             self.registry.get(m)?;
         }
-        let book = crate::logs::book();
+        let book = &self.registry.shared().logs;
         // Subscribed before the history is read: no line falls between.
         let mut rx = book.subscribe();
         let tail = match req.tail {
@@ -215,7 +216,7 @@ impl AdminService for AdminApi {
         req: Request<CallWorkerRequest>,
     ) -> Result<Response<Self::CallWorkerStream>, Status> {
         let deadline = super::deadline(&req, self.config.deadlines.unary);
-        let request_id = super::request_id(&req);
+        let request_id = super::request_id(&req, &self.registry.shared().request_ids);
         let req = req.into_inner();
         let handle = self.registry.get(&req.model_id)?;
         let model = req.model_id.clone();
@@ -258,7 +259,7 @@ impl AdminService for AdminApi {
         };
         let wreq = WorkerRequest {
             request_tag: request_id.clone(),
-            deadline_unix_ms: crate::worker::now_ms()
+            deadline_unix_ms: now_ms()
                 + deadline
                     .saturating_duration_since(Instant::now())
                     .as_millis() as i64,

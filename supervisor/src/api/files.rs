@@ -18,6 +18,7 @@ use tonic::{Status, Streaming};
 
 use crate::error::Error;
 use crate::registry::Registry;
+use crate::store::{Digests, hex};
 
 const DEFAULT_CHUNK: usize = 1 << 20;
 const MAX_CHUNK: usize = 4 << 20;
@@ -37,49 +38,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("file task: {e}")))?
-}
-
-/// Digests already computed, by path, valid while size and modification
-/// time are unchanged.
-type ShaCache = std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>;
-static SHA_CACHE: std::sync::Mutex<Option<ShaCache>> = std::sync::Mutex::new(None);
-
-fn sha256_file(path: &Path) -> Result<String, Error> {
-    let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
-    let key = (meta.len(), meta.modified().map_err(|e| io("stat", e))?);
-    let cached = SHA_CACHE
-        .lock()
-        .ok()
-        .and_then(|c| c.as_ref().and_then(|c| c.get(path).cloned()));
-    if let Some((len, modified, sha)) = cached
-        && (len, modified) == key
-    {
-        return Ok(sha);
-    }
-    let sha = sha256_uncached(path)?;
-    if let Ok(mut c) = SHA_CACHE.lock() {
-        c.get_or_insert_with(Default::default)
-            .insert(path.to_path_buf(), (key.0, key.1, sha.clone()));
-    }
-    Ok(sha)
-}
-
-fn sha256_uncached(path: &Path) -> Result<String, Error> {
-    let mut f = std::fs::File::open(path).map_err(|e| io("open", e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| io("read", e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Ids of the loaded models that use `file`.
@@ -107,7 +65,7 @@ fn info(
     root: &Path,
     path: &Path,
     used: &[(PathBuf, String)],
-    with_sha: bool,
+    digests: Option<&Digests>,
 ) -> Result<FileInfo, Error> {
     let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
     let modified = meta
@@ -123,10 +81,9 @@ fn info(
             .into_owned(),
         size_bytes: meta.len(),
         modified_unix_ms: modified,
-        sha256: if with_sha {
-            sha256_file(path)?
-        } else {
-            String::new()
+        sha256: match digests {
+            Some(d) => d.sha256(path)?,
+            None => String::new(),
         },
         used_by: used
             .iter()
@@ -161,7 +118,8 @@ pub async fn list(registry: &Registry, req: &ListFilesRequest) -> Result<Vec<Fil
         real
     };
     let used = used_files(registry);
-    let (recursive, with_sha) = (req.recursive, req.with_sha256);
+    let recursive = req.recursive;
+    let digests = req.with_sha256.then(|| registry.store.digests.clone());
     blocking(move || {
         let mut out = Vec::new();
         let mut dirs = vec![dir];
@@ -183,7 +141,7 @@ pub async fn list(registry: &Registry, req: &ListFilesRequest) -> Result<Vec<Fil
                         dirs.push(path);
                     }
                 } else if real.is_file() {
-                    out.push(info(&root, &path, &used, with_sha)?);
+                    out.push(info(&root, &path, &used, digests.as_deref())?);
                 }
             }
         }
@@ -211,7 +169,8 @@ pub async fn get(registry: &Registry, req: GetFileRequest) -> Result<Chunks, Err
     };
     let file_info = {
         let path = path.clone();
-        blocking(move || info(&root, &path, &used, true)).await?
+        let digests = registry.store.digests.clone();
+        blocking(move || info(&root, &path, &used, Some(&digests))).await?
     };
     let size = file_info.size_bytes;
     if req.offset > size {
@@ -337,7 +296,7 @@ pub async fn put(
     let temp_path = real_parent.join(format!(
         "{TEMP_PREFIX}{}-{}.part",
         std::process::id(),
-        crate::worker::now_ms()
+        crate::clock::now_ms()
     ));
     let mut temp = Temp(Some(temp_path.clone()));
     let mut file = std::fs::File::create(&temp_path).map_err(|e| io("create temporary file", e))?;
@@ -383,7 +342,7 @@ pub async fn put(
     if let Ok(d) = std::fs::File::open(&real_parent) {
         let _ = d.sync_all();
     }
-    let mut out = info(&root, &dest, &used_files(registry), false)?;
+    let mut out = info(&root, &dest, &used_files(registry), None)?;
     out.sha256 = got_sha;
     Ok(out)
 }

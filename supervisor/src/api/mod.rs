@@ -27,7 +27,7 @@ pub async fn call_worker<T>(
     into_body: impl FnOnce(T) -> (String, worker_request::Body),
 ) -> Result<CallStream, Error> {
     let deadline = deadline(&req, default);
-    let request_id = request_id(&req);
+    let request_id = request_id(&req, &registry.shared().request_ids);
     let (model_id, body) = into_body(req.into_inner());
     let method = crate::metrics::note_model(&model_id);
     let handle = registry
@@ -57,7 +57,9 @@ pub async fn call_worker<T>(
     };
     match handle.call(req, deadline).await {
         Ok(call) => {
-            crate::metrics::metrics()
+            registry
+                .shared()
+                .metrics
                 .queue_wait
                 .get_or_create(&crate::metrics::MethodModel {
                     method,
@@ -115,22 +117,14 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-/// The caller's `x-request-id`, or a new one.
-pub fn request_id<T>(req: &tonic::Request<T>) -> String {
+/// The caller's `x-request-id`, or a new one from `ids`.
+pub fn request_id<T>(req: &tonic::Request<T>, ids: &crate::ids::RequestIds) -> String {
     req.metadata()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(1);
-            format!(
-                "sc-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            )
-        })
+        .unwrap_or_else(|| ids.next())
 }
 
 #[cfg(test)]

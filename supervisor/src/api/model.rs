@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec, VisionSpec};
 use crate::error::Error;
+use crate::lifecycle::{KillReason, State};
 use crate::registry::Registry;
-use crate::worker::{KillReason, State};
 
 /// The ModelService implementation.
 #[derive(Debug, Clone)]

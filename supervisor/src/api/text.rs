@@ -131,7 +131,12 @@ async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResp
                     timings.queue_us += queued;
                     timings.time_to_first_token_us += queued;
                     timings.total_us += queued;
-                    record(call.model_id(), done.usage.as_ref(), timings);
+                    record(
+                        call.metrics(),
+                        call.model_id(),
+                        done.usage.as_ref(),
+                        timings,
+                    );
                 }
                 Some(Ok(t))
             }
@@ -145,11 +150,11 @@ async fn next_message(call: &mut CallStream) -> Option<Result<GenerateStreamResp
 
 /// A finished generation's token counts and speeds, in the metrics.
 fn record(
+    m: &crate::metrics::Metrics,
     model: &str,
     usage: Option<&sidecar_proto::v1::Usage>,
     timings: &sidecar_proto::v1::TextTimings,
 ) {
-    let m = crate::metrics::metrics();
     let label = crate::metrics::ModelLabel {
         model: model.to_owned(),
     };

@@ -22,6 +22,7 @@ const MAX_IMAGES: usize = 256;
 
 /// One stream's frame counts, added to the metrics when it ends.
 struct FrameCounts {
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     model: String,
     started: std::time::Instant,
     arrived: u64,
@@ -30,8 +31,9 @@ struct FrameCounts {
 }
 
 impl FrameCounts {
-    fn new(model: String) -> FrameCounts {
+    fn new(metrics: std::sync::Arc<crate::metrics::Metrics>, model: String) -> FrameCounts {
         FrameCounts {
+            metrics,
             model,
             started: std::time::Instant::now(),
             arrived: 0,
@@ -43,7 +45,7 @@ impl FrameCounts {
 
 impl Drop for FrameCounts {
     fn drop(&mut self) {
-        let m = crate::metrics::metrics();
+        let m = &self.metrics;
         m.frame(&self.model, "in", self.arrived);
         m.frame(&self.model, "processed", self.processed);
         m.frame(&self.model, "dropped", self.dropped);
@@ -144,8 +146,9 @@ impl VisionService for VisionApi {
         )
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let metrics = call.metrics().clone();
         tokio::spawn(async move {
-            let mut counts = FrameCounts::new(model);
+            let mut counts = FrameCounts::new(metrics, model);
             let mut input_open = true;
             loop {
                 let read = input_open && held.may_read();

@@ -433,7 +433,7 @@ impl Config {
     fn validate(&self) -> Result<(), Error> {
         let mut seen = std::collections::HashSet::new();
         for m in &self.models {
-            crate::registry::check_model_id(&m.id)?;
+            crate::ids::check_model_id(&m.id)?;
             if !seen.insert(&m.id) {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }

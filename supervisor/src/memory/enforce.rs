@@ -9,9 +9,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::policy::{self, Usage, Verdict};
-use super::{Guard, Latest, gpu, host, mib};
+use super::{Guard, Latest, Tenant, gpu, host, lock, mib};
+use crate::clock::now_ms;
 use crate::config::{Family, ModelSpec};
-use crate::worker::{KillReason, State, WorkerHandle, now_ms};
+use crate::lifecycle::{KillReason, State};
 
 impl Guard {
     /// Samples and enforces every `memory.sample_interval`, forever.
@@ -39,17 +40,16 @@ impl Guard {
         let now = now_ms();
         let mut usage = Vec::new();
         for m in &models {
-            let s = m.status();
+            let s = m.view();
             if s.pid == 0 || !holds_memory(s.state) {
                 continue;
             }
-            let Some(p) = ipc::process_memory(s.pid) else {
+            let Some(p) = procmem::process_memory(s.pid) else {
                 continue;
             };
-            let reported = s.memory.as_ref().map(|r| r.gpu.clone()).unwrap_or_default();
-            let on_gpus = gpu::worker_usage(&gpus, s.pid, &reported);
+            let on_gpus = gpu::worker_usage(&gpus, s.pid, &s.reported_gpu);
             let estimate = {
-                let mut mem = m.memory_slot();
+                let mut mem = lock(m.memory());
                 mem.latest = Some(p);
                 mem.peak_private = mem.peak_private.max(p.private_bytes);
                 mem.peak_resident = mem.peak_resident.max(p.private_bytes + p.file_bytes);
@@ -60,11 +60,11 @@ impl Guard {
             if s.state == State::Ready {
                 usage.push((
                     Usage {
-                        id: m.spec.id.clone(),
+                        id: m.spec().id.clone(),
                         private: p.private_bytes,
                         estimate,
-                        budget: m.spec.memory_budget,
-                        pinned: m.spec.pinned,
+                        budget: m.spec().memory_budget,
+                        pinned: m.spec().pinned,
                     },
                     m.clone(),
                     s.pid,
@@ -126,7 +126,7 @@ impl Guard {
     async fn gpu_models_health(
         &self,
         gpus: &[gpu::Device],
-        models: &[WorkerHandle],
+        models: &[Arc<dyn Tenant>],
         health: &mut HealthReporter,
     ) {
         if self.gpus.is_none() {
@@ -141,30 +141,29 @@ impl Guard {
             *seen
         };
         let lost = gpus.len() < seen || gpus.iter().any(|d| !d.ok);
-        for m in models.iter().filter(|m| uses_gpu(&m.spec)) {
-            let serving = !lost && m.status().state == State::Ready;
+        for m in models.iter().filter(|m| uses_gpu(m.spec())) {
+            let serving = !lost && m.view().state == State::Ready;
             let status = if serving {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
             health
-                .set_service_status(format!("model/{}", m.spec.id), status)
+                .set_service_status(format!("model/{}", m.spec().id), status)
                 .await;
         }
     }
 
     /// A device under its reserve: kill the worker of ours holding the
     /// most memory on it (reason `vram`).
-    async fn enforce_gpu_reserve(&self, gpus: &[gpu::Device], models: &[WorkerHandle]) {
+    async fn enforce_gpu_reserve(&self, gpus: &[gpu::Device], models: &[Arc<dyn Tenant>]) {
         let reserve = self.config.memory.gpu_reserve;
         for d in gpus.iter().filter(|d| d.ok && d.free < reserve) {
             let worst = models
                 .iter()
                 .filter_map(|m| {
-                    let s = m.status();
-                    let used = m
-                        .memory()
+                    let s = m.view();
+                    let used = lock(m.memory())
                         .gpu
                         .iter()
                         .find(|(i, _, _)| *i == d.index)
@@ -181,7 +180,7 @@ impl Guard {
                         mib(reserve),
                         mib(used)
                     );
-                    tracing::warn!(model = %m.spec.id, pid, "killing worker: {note}");
+                    tracing::warn!(model = %m.spec().id, pid, "killing worker: {note}");
                     m.kill(pid, KillReason::Vram, note).await;
                     self.stopped(pid);
                 }
@@ -196,21 +195,21 @@ impl Guard {
     }
 
     /// Unloads READY models without calls for longer than their keep-alive.
-    async fn unload_idle(&self, models: &[WorkerHandle], now: i64) {
+    async fn unload_idle(&self, models: &[Arc<dyn Tenant>], now: i64) {
         for m in models {
-            let keep = match m.spec.keep_alive {
+            let keep = match m.spec().keep_alive {
                 Some(k) => k,
-                None if m.spec.preload => continue,
+                None if m.spec().preload => continue,
                 None => self.config.memory.on_demand_keep_alive,
             };
-            let s = m.status();
+            let s = m.view();
             if s.state != State::Ready || m.busy() {
                 continue;
             }
             let since = m.last_used_ms().max(s.loaded_unix_ms);
             if since > 0 && now - since > keep.as_millis() as i64 {
                 let note = format!("unloaded after {:?} without calls (keep_alive)", keep);
-                tracing::info!(model = %m.spec.id, "{note}");
+                tracing::info!(model = %m.spec().id, "{note}");
                 m.evict(note).await;
             }
         }

@@ -1,5 +1,5 @@
 //! Host memory as `/proc` and the cgroup v2 files show it (a worker's own
-//! figures: `ipc::process_memory`).
+//! figures: `procmem::process_memory`).
 
 use std::path::{Path, PathBuf};
 
@@ -44,8 +44,8 @@ pub fn sample() -> HostSample {
     let dir = own_cgroup().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
     let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
     HostSample {
-        total: ipc::proc_kb_field(&meminfo, "MemTotal").unwrap_or(0),
-        available: ipc::proc_kb_field(&meminfo, "MemAvailable").unwrap_or(0),
+        total: procmem::proc_kb_field(&meminfo, "MemTotal").unwrap_or(0),
+        available: procmem::proc_kb_field(&meminfo, "MemAvailable").unwrap_or(0),
         // "max" (no limit) does not parse: 0.
         cgroup_limit: read("memory.max").trim().parse().unwrap_or(0),
         cgroup_usage: read("memory.current").trim().parse().unwrap_or(0),

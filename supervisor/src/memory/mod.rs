@@ -12,20 +12,23 @@ pub mod gguf;
 pub mod gpu;
 pub mod host;
 pub mod policy;
+pub mod tenant;
 
 mod enforce;
+#[cfg(test)]
+mod tests;
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sidecar_proto::v1::{GpuDevice, GpuMemory, HostMemory};
 
 use crate::config::{Config, Family, ModelSpec};
 use crate::error::Error;
-use crate::registry::Registry;
-use crate::worker::{State, WorkerHandle};
+use crate::lifecycle::State;
 
 use self::host::HostSample;
 use self::policy::{Admission, Candidate, Room};
+pub use self::tenant::{Done, Tenant, Tenants, View};
 
 /// What the guard knows of one model's memory.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +40,7 @@ pub struct ModelMemory {
     /// Largest private plus file-backed memory sampled.
     pub peak_resident: u64,
     /// The last sample of the current worker.
-    pub latest: Option<ipc::SelfMemory>,
+    pub latest: Option<procmem::ProcessMemory>,
     /// Device memory of the current worker: (index, uuid, bytes).
     pub gpu: Vec<(u32, String, u64)>,
     /// When sampled (Unix ms).
@@ -45,6 +48,8 @@ pub struct ModelMemory {
     /// Admitted and not stopped since: its footprint counts against the
     /// room of other loads.
     pub admitted: bool,
+    /// Chosen by an admission to be unloaded: no other admission picks it.
+    pub evicting: bool,
 }
 
 impl ModelMemory {
@@ -90,6 +95,9 @@ pub fn estimate(spec: &ModelSpec, file: &std::path::Path) -> u64 {
     }
 }
 
+/// Models to unload before a load, and the note each is given.
+type Plan = (Vec<Arc<dyn Tenant>>, String);
+
 /// The last host and GPU samples.
 #[derive(Debug, Clone, Default)]
 struct Latest {
@@ -103,20 +111,23 @@ pub struct Guard {
     config: Arc<Config>,
     gpus: Option<gpu::Gpus>,
     latest: Mutex<Latest>,
-    registry: OnceLock<Weak<Registry>>,
+    /// The models it watches (the registry's map).
+    tenants: Arc<dyn Tenants>,
     /// Pids of workers stopped for memory whose GPU memory NVML may still
     /// list: the next admission waits until it no longer does.
     stopped: Mutex<Vec<u32>>,
     /// The most devices NVML has listed.
     devices_seen: Mutex<usize>,
-    /// One admission at a time, so two loads cannot both count the same
-    /// free memory.
+    /// One admission decision at a time, so two loads cannot both count
+    /// the same free memory. Held only while deciding, never across
+    /// another model's eviction.
     admitting: tokio::sync::Mutex<()>,
 }
 
 impl Guard {
-    /// Opens NVML (logging once when the host has none).
-    pub fn new(config: Arc<Config>) -> Arc<Guard> {
+    /// A guard over `tenants`; opens NVML (logging once when the host has
+    /// none).
+    pub fn new(config: Arc<Config>, tenants: Arc<dyn Tenants>) -> Arc<Guard> {
         let gpus = match gpu::Gpus::open() {
             Ok(g) => Some(g),
             Err(e) => {
@@ -124,6 +135,15 @@ impl Guard {
                 None
             }
         };
+        Self::with_gpus(config, tenants, gpus)
+    }
+
+    /// A guard with the GPUs given (tests: none).
+    fn with_gpus(
+        config: Arc<Config>,
+        tenants: Arc<dyn Tenants>,
+        gpus: Option<gpu::Gpus>,
+    ) -> Arc<Guard> {
         let latest = Latest {
             host: host::sample(),
             gpus: gpus.as_ref().map(gpu::Gpus::sample).unwrap_or_default(),
@@ -132,24 +152,15 @@ impl Guard {
             config,
             gpus,
             latest: Mutex::new(latest),
-            registry: OnceLock::new(),
+            tenants,
             admitting: tokio::sync::Mutex::new(()),
             stopped: Mutex::new(Vec::new()),
             devices_seen: Mutex::new(0),
         })
     }
 
-    /// Gives the guard the registry it watches.
-    pub fn attach(&self, registry: &Arc<Registry>) {
-        let _ = self.registry.set(Arc::downgrade(registry));
-    }
-
-    fn models(&self) -> Vec<WorkerHandle> {
-        self.registry
-            .get()
-            .and_then(Weak::upgrade)
-            .map(|r| r.list())
-            .unwrap_or_default()
+    fn models(&self) -> Vec<Arc<dyn Tenant>> {
+        self.tenants.tenants()
     }
 
     fn latest(&self) -> Latest {
@@ -207,21 +218,48 @@ impl Guard {
         }
     }
 
-    /// Admits model `id`, which needs `need` bytes: at once when it fits,
-    /// after unloading idle, unpinned models (least recently used first)
-    /// when that makes room, else RESOURCE_EXHAUSTED with the numbers.
-    /// On success the model's memory is marked admitted.
+    /// Admits model `id`, which needs its footprint: at once when it
+    /// fits, after unloading idle, unpinned models (least recently used
+    /// first) when that makes room, else RESOURCE_EXHAUSTED with the
+    /// numbers. On success the model's memory is marked admitted.
+    ///
+    /// The decision is taken under one lock (the room is reserved for `id`
+    /// and the models chosen to go are marked, so a concurrent admission
+    /// neither counts that room twice nor picks them again); the evictions
+    /// are awaited after the lock is released, so an actor that is itself
+    /// waiting to be admitted can never block another's admission.
     pub async fn admit(&self, id: &str, memory: &SharedMemory) -> Result<(), Error> {
-        let _one = self.admitting.lock().await;
+        let (victims, note) = {
+            let _one = self.admitting.lock().await;
+            self.wait_gpu_released().await;
+            match self.decide(id, memory)? {
+                None => return Ok(()),
+                Some(plan) => plan,
+            }
+        };
+        for victim in &victims {
+            tracing::info!(model = %victim.spec().id, "{note}");
+            let pid = victim.view().pid;
+            victim.evict(note.clone()).await;
+            lock(victim.memory()).evicting = false;
+            self.stopped(pid);
+        }
         self.wait_gpu_released().await;
-        let need = memory.lock().map_or(0, |m| m.footprint());
+        Ok(())
+    }
+
+    /// The admission decision: `None` when `id` fits as things are, the
+    /// models to unload first (and why) when that makes room; both mark
+    /// `id` admitted. RESOURCE_EXHAUSTED when nothing makes room.
+    fn decide(&self, id: &str, memory: &SharedMemory) -> Result<Option<Plan>, Error> {
+        let need = lock(memory).footprint();
         let h = host::sample();
-        let others: Vec<WorkerHandle> = self
+        let others: Vec<Arc<dyn Tenant>> = self
             .models()
             .into_iter()
-            .filter(|m| m.spec.id != id && m.memory().admitted)
+            .filter(|m| m.spec().id != id && lock(m.memory()).admitted)
             .collect();
-        let committed = others.iter().map(|m| m.memory().footprint()).sum();
+        let committed = others.iter().map(|m| lock(m.memory()).footprint()).sum();
         let room = Room {
             limit: self.limit(&h),
             committed,
@@ -230,43 +268,36 @@ impl Guard {
         };
         let candidates: Vec<Candidate> = others
             .iter()
-            .filter(|m| m.status().state == State::Ready)
+            .filter(|m| m.view().state == State::Ready && !lock(m.memory()).evicting)
             .map(|m| Candidate {
-                id: m.spec.id.clone(),
-                footprint: m.memory().footprint(),
+                id: m.spec().id.clone(),
+                footprint: lock(m.memory()).footprint(),
                 last_used_ms: m.last_used_ms(),
-                pinned: m.spec.pinned,
+                pinned: m.spec().pinned,
                 busy: m.busy(),
             })
             .collect();
-        let admitted = || {
-            if let Ok(mut m) = memory.lock() {
-                m.admitted = true;
-            }
-        };
         match policy::admit(need, room, &candidates) {
             Admission::Fits => {
-                admitted();
-                Ok(())
+                lock(memory).admitted = true;
+                Ok(None)
             }
             Admission::Evict(ids) => {
-                for victim in ids {
-                    if let Some(m) = others.iter().find(|m| m.spec.id == victim) {
-                        let note = format!(
-                            "unloaded to make room for model {id:?} (needs {}, {} free above the reserve of {})",
-                            mib(need),
-                            mib(room.available()),
-                            mib(room.reserve)
-                        );
-                        tracing::info!(model = %victim, "{note}");
-                        let pid = m.status().pid;
-                        m.evict(note).await;
-                        self.stopped(pid);
-                    }
+                let victims: Vec<Arc<dyn Tenant>> = others
+                    .into_iter()
+                    .filter(|m| ids.contains(&m.spec().id))
+                    .collect();
+                for v in &victims {
+                    lock(v.memory()).evicting = true;
                 }
-                self.wait_gpu_released().await;
-                admitted();
-                Ok(())
+                lock(memory).admitted = true;
+                let note = format!(
+                    "unloaded to make room for model {id:?} (needs {}, {} free above the reserve of {})",
+                    mib(need),
+                    mib(room.available()),
+                    mib(room.reserve)
+                );
+                Ok(Some((victims, note)))
             }
             Admission::Refuse {
                 needed,
@@ -342,6 +373,11 @@ impl Guard {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+}
+
+/// A model's figures, locked (a poisoned lock still holds good figures).
+fn lock(m: &SharedMemory) -> std::sync::MutexGuard<'_, ModelMemory> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Bytes in MiB, for messages.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::{CallLabels, MethodModel, code_name, metrics};
+use super::{CallLabels, MethodModel, Metrics, code_name};
 
 /// What the layer knows of a call, and what the handler adds.
 #[derive(Debug, Default)]
@@ -40,14 +40,26 @@ pub fn note_model(model: &str) -> String {
     .unwrap_or_default()
 }
 
-/// Counts every call of the service it wraps.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallLayer;
+/// Counts every call of the service it wraps, into its `Metrics`.
+#[derive(Debug, Clone)]
+pub struct CallLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl CallLayer {
+    /// A layer that records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> CallLayer {
+        CallLayer { metrics }
+    }
+}
 
 impl<S> tower::Layer<S> for CallLayer {
     type Service = CallService<S>;
     fn layer(&self, inner: S) -> CallService<S> {
-        CallService { inner }
+        CallService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -55,6 +67,7 @@ impl<S> tower::Layer<S> for CallLayer {
 #[derive(Debug, Clone)]
 pub struct CallService<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -90,6 +103,7 @@ where
             ..Default::default()
         });
         let started = Instant::now();
+        let metrics = self.metrics.clone();
         let fut = CALL.scope(info.clone(), self.inner.call(req));
         Box::pin(async move {
             let resp = fut.await?;
@@ -101,6 +115,7 @@ where
                 .and_then(|v| v.parse::<i32>().ok());
             let mut record = Record {
                 info,
+                metrics,
                 started,
                 done: false,
             };
@@ -114,6 +129,7 @@ where
 
 struct Record {
     info: Arc<CallInfo>,
+    metrics: Arc<Metrics>,
     started: Instant,
     done: bool,
 }
@@ -127,7 +143,7 @@ impl Record {
         if self.info.method.is_empty() {
             return;
         }
-        let m = metrics();
+        let m = &self.metrics;
         let model = self.info.model();
         m.requests
             .get_or_create(&CallLabels {

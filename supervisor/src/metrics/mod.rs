@@ -7,9 +7,12 @@
 //! with the model and the request id. The rest is recorded where it
 //! happens (queue wait, rejections, tokens, frames, restarts), and the
 //! per-model gauges (state, memory, uptime, in flight, queue depth) are
-//! read from the registry at each scrape.
-
-use std::sync::LazyLock;
+//! handed to [`Metrics::render`] at each scrape by whoever owns the
+//! models (the admin port reads them from the registry), so this module
+//! knows nothing of the registry or the workers.
+//!
+//! One `Metrics` per process, built at start and passed down as a handle
+//! (`Shared::metrics`); tests build their own.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +21,24 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::worker::{KillReason, State};
+use crate::lifecycle::{KillReason, State};
+
+/// One model's gauges at a scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelGauges {
+    /// Model id.
+    pub model: String,
+    /// Its state.
+    pub state: State,
+    /// Calls executing.
+    pub in_flight: u32,
+    /// Calls waiting.
+    pub queue_depth: u32,
+    /// Seconds since the current worker started (`None`: no worker).
+    pub uptime_s: Option<i64>,
+    /// Host private, host file-backed and GPU bytes (`None`: not sampled).
+    pub memory: Option<[u64; 3]>,
+}
 
 mod layer;
 
@@ -121,8 +141,15 @@ pub struct Metrics {
     uptime: Family<ModelLabel, Gauge>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Metrics {
+    /// Every family, registered and empty.
+    pub fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("sidecar"),
             requests: Family::default(),
@@ -255,50 +282,41 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// The Prometheus text exposition, with the per-model gauges read
-    /// from `models` now.
-    pub fn render(&self, models: &crate::registry::Registry) -> String {
+    /// The Prometheus text exposition, with the per-model gauges as
+    /// given (the models present now).
+    pub fn render(&self, models: &[ModelGauges]) -> String {
         for f in [&self.in_flight, &self.queue_depth, &self.uptime] {
             f.clear();
         }
         self.state.clear();
         self.memory.clear();
-        let now = crate::worker::now_ms();
-        for h in models.list() {
-            let info = h.info();
-            let s = h.status();
+        for g in models {
             let model = ModelLabel {
-                model: info.model_id.clone(),
-            };
-            let kind = |k: &str| ModelKind {
-                model: info.model_id.clone(),
-                kind: k.into(),
+                model: g.model.clone(),
             };
             self.in_flight
                 .get_or_create(&model)
-                .set(i64::from(info.in_flight));
+                .set(i64::from(g.in_flight));
             self.queue_depth
                 .get_or_create(&model)
-                .set(i64::from(info.queue_depth));
+                .set(i64::from(g.queue_depth));
             self.state
                 .get_or_create(&ModelStateLabel {
-                    model: info.model_id.clone(),
-                    state: state_name(s.state).into(),
+                    model: g.model.clone(),
+                    state: g.state.as_str().into(),
                 })
                 .set(1);
-            if s.pid != 0 {
-                self.uptime
-                    .get_or_create(&model)
-                    .set((now - s.started_unix_ms).max(0) / 1000);
+            if let Some(up) = g.uptime_s {
+                self.uptime.get_or_create(&model).set(up);
             }
-            if let Some(m) = &info.memory {
-                let gpu: u64 = m.gpu.iter().map(|g| g.used_bytes).sum();
-                for (name, v) in [
-                    ("host_private", m.host_private_bytes),
-                    ("host_file", m.host_file_bytes),
-                    ("gpu", gpu),
-                ] {
-                    self.memory.get_or_create(&kind(name)).set(v as i64);
+            if let Some(bytes) = g.memory {
+                for (name, v) in ["host_private", "host_file", "gpu"].into_iter().zip(bytes) {
+                    self.memory
+                        .get_or_create(&ModelKind {
+                            model: g.model.clone(),
+                            kind: name.into(),
+                        })
+                        .set(v as i64);
                 }
             }
         }
@@ -336,23 +354,4 @@ pub fn code_name(code: i32) -> &'static str {
         .and_then(|i| NAMES.get(i))
         .copied()
         .unwrap_or("UNKNOWN")
-}
-
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Idle => "idle",
-        State::Loading => "loading",
-        State::Ready => "ready",
-        State::Draining => "draining",
-        State::Restarting => "restarting",
-        State::Failed => "failed",
-        State::Unloading => "unloading",
-        State::Stopped => "stopped",
-    }
-}
-
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-    &METRICS
 }

@@ -10,8 +10,9 @@ use prost::Message;
 use sidecar_proto::worker::{Cancel, WorkerError, WorkerRequest, WorkerResponse};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Command, Conn, KillReason, State, WorkerHandle};
+use super::{Command, Conn, WorkerHandle};
 use crate::error::Error;
+use crate::lifecycle::{KillReason, State};
 
 /// Answers of one call, in order; ends after the worker's last frame.
 #[derive(Debug)]
@@ -45,7 +46,7 @@ impl WorkerHandle {
     ) -> Result<CallStream, Error> {
         let arrived = Instant::now();
         let id = &self.spec.id;
-        let metrics = crate::metrics::metrics();
+        let metrics = &self.shared.metrics;
         let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(self);
         if waiting >= self.queue_size {
@@ -81,9 +82,9 @@ impl WorkerHandle {
                 })?
                 .map_err(|_| Error::Unavailable(format!("model {id:?} is unloading")))?;
         if let Ok(mut used) = self.last_used.lock() {
-            *used = Some(super::now_ms());
+            *used = Some(crate::clock::now_ms());
         }
-        req.deadline_unix_ms = super::now_ms()
+        req.deadline_unix_ms = crate::clock::now_ms()
             + deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis() as i64;
@@ -220,6 +221,11 @@ impl CallStream {
         &self.handle.spec.id
     }
 
+    /// The metrics this call records into.
+    pub fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        &self.handle.shared.metrics
+    }
+
     /// Sends another request frame on this call (a streaming call's next
     /// input), encoded straight into the ring.
     pub async fn send_more(&self, req: &WorkerRequest) -> Result<(), Error> {
@@ -305,7 +311,7 @@ impl CallStream {
     fn cancel_after_deadline(&mut self) {
         let handle = self.handle.clone();
         let pid = self.conn.pid;
-        let grace = handle.config.deadlines.cancel_grace;
+        let grace = handle.shared.config.deadlines.cancel_grace;
         let cancel = Cancel {
             reason: "deadline".into(),
         }

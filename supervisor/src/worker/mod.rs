@@ -9,6 +9,7 @@
 mod actor;
 mod call;
 pub mod process;
+mod tenant;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,18 +21,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub use actor::REFUSED_MEMORY;
 pub use call::CallStream;
-pub use process::{Exit, KillReason, Spawner};
+pub use process::{Exit, Spawner};
 
-use crate::config::{Config, Family, ModelSpec};
+use crate::config::{Family, ModelSpec};
 use crate::error::Error;
+use crate::lifecycle::{KillReason, State};
 use crate::memory::{Guard, ModelMemory, SharedMemory};
-
-/// Wall-clock now, Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::shared::Shared;
 
 /// A READY worker's connection.
 #[derive(Debug, Clone)]
@@ -42,41 +38,6 @@ pub struct Conn {
     pub pid: u32,
     /// How it ended, once it has.
     pub exit: watch::Receiver<Option<Exit>>,
-}
-
-/// Lifecycle states: the model states of `DESIGN.md`, plus the actor's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Lazily loaded and not loaded yet.
-    Idle,
-    /// Spawning, loading, warming up.
-    Loading,
-    /// Serving.
-    Ready,
-    /// Admitting no new calls.
-    Draining,
-    /// Waiting out the backoff before a new worker.
-    Restarting,
-    /// Restart limit reached or the load failed for good.
-    Failed,
-    /// Being unloaded.
-    Unloading,
-    /// Unloaded; the actor has ended.
-    Stopped,
-}
-
-impl State {
-    /// The wire enum (Idle reads as LOADING-to-be: not yet loaded).
-    pub fn to_proto(self) -> ModelState {
-        match self {
-            State::Idle | State::Loading => ModelState::Loading,
-            State::Ready => ModelState::Ready,
-            State::Draining => ModelState::Draining,
-            State::Restarting => ModelState::Restarting,
-            State::Failed => ModelState::Failed,
-            State::Unloading | State::Stopped => ModelState::Unloading,
-        }
-    }
 }
 
 /// What the actor publishes about its model.
@@ -160,7 +121,7 @@ pub struct WorkerHandle {
     waiting: Arc<AtomicUsize>,
     queue_size: usize,
     last_used: Arc<std::sync::Mutex<Option<i64>>>,
-    config: Arc<Config>,
+    shared: Shared,
     file_size: u64,
     memory: SharedMemory,
 }
@@ -170,7 +131,7 @@ impl WorkerHandle {
     pub fn start(
         spec: ModelSpec,
         file: std::path::PathBuf,
-        config: Arc<Config>,
+        shared: Shared,
         spawner: Spawner,
         guard: Arc<Guard>,
     ) -> WorkerHandle {
@@ -184,7 +145,7 @@ impl WorkerHandle {
         let (status, conn) = actor::spawn(actor::Parts {
             spec: spec.clone(),
             file,
-            config: config.clone(),
+            shared: shared.clone(),
             spawner,
             cmds: rx,
             guard,
@@ -195,13 +156,13 @@ impl WorkerHandle {
             cmds,
             status,
             conn,
-            in_flight: Arc::new(Semaphore::new(config.workers.max_in_flight)),
-            max_in_flight: config.workers.max_in_flight,
+            in_flight: Arc::new(Semaphore::new(shared.config.workers.max_in_flight)),
+            max_in_flight: shared.config.workers.max_in_flight,
             draining: Arc::default(),
             waiting: Arc::new(AtomicUsize::new(0)),
-            queue_size: config.workers.queue_size,
+            queue_size: shared.config.workers.queue_size,
             last_used: Arc::default(),
-            config,
+            shared,
             file_size,
             memory,
         }
@@ -209,13 +170,10 @@ impl WorkerHandle {
 
     /// The guard's figures for this model.
     pub fn memory(&self) -> ModelMemory {
-        self.memory_slot().clone()
-    }
-
-    pub(crate) fn memory_slot(&self) -> std::sync::MutexGuard<'_, ModelMemory> {
         self.memory
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Calls running or waiting.

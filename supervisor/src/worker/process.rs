@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch};
 
 use crate::error::Error;
+use crate::lifecycle::KillReason;
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,54 +33,6 @@ impl fmt::Display for Exit {
                 write!(f, "signal {s} ({name})")
             }
             (None, None) => f.write_str("unknown exit"),
-        }
-    }
-}
-
-/// Why the supervisor ended a worker: the one list of `DESIGN.md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KillReason {
-    /// It died on its own.
-    Crash,
-    /// Host memory.
-    Oom,
-    /// GPU memory.
-    Vram,
-    /// Did not stop after a deadline's cancel.
-    Timeout,
-    /// Missed heartbeats.
-    Unhealthy,
-    /// Asked for.
-    Requested,
-    /// Supervisor shutdown.
-    Shutdown,
-}
-
-impl KillReason {
-    /// Label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KillReason::Crash => "crash",
-            KillReason::Oom => "oom",
-            KillReason::Vram => "vram",
-            KillReason::Timeout => "timeout",
-            KillReason::Unhealthy => "unhealthy",
-            KillReason::Requested => "requested",
-            KillReason::Shutdown => "shutdown",
-        }
-    }
-
-    /// The wire enum.
-    pub fn to_proto(self) -> sidecar_proto::v1::KillReason {
-        use sidecar_proto::v1::KillReason as K;
-        match self {
-            KillReason::Crash => K::Crash,
-            KillReason::Oom => K::Oom,
-            KillReason::Vram => K::Vram,
-            KillReason::Timeout => K::Timeout,
-            KillReason::Unhealthy => K::Unhealthy,
-            KillReason::Requested => K::Requested,
-            KillReason::Shutdown => K::Shutdown,
         }
     }
 }

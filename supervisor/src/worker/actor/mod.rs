@@ -10,18 +10,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipc::Kind;
-use prost::Message;
 use sidecar_proto::v1::LogSource;
-use sidecar_proto::worker::{Heartbeat, WorkerError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::process::{self, Exit, KillReason, Spawner};
-use super::{Command, Conn, State, Status, now_ms};
+use super::process::{Exit, Spawner};
+use super::{Command, Conn, Status};
+use crate::clock::now_ms;
 use crate::config::{Config, ModelSpec};
+use crate::lifecycle::{KillReason, State};
 use crate::memory::{Guard, SharedMemory, host};
+use crate::shared::Shared;
 
 mod start;
+mod supervise;
+
+use start::Started;
 
 /// The status code of an admission refusal (RESOURCE_EXHAUSTED).
 pub const REFUSED_MEMORY: u32 = 8;
@@ -59,7 +62,7 @@ enum Why {
 pub(super) struct Parts {
     pub(super) spec: Arc<ModelSpec>,
     pub(super) file: PathBuf,
-    pub(super) config: Arc<Config>,
+    pub(super) shared: Shared,
     pub(super) spawner: Spawner,
     pub(super) cmds: mpsc::Receiver<Command>,
     pub(super) guard: Arc<Guard>,
@@ -69,7 +72,7 @@ pub(super) struct Parts {
 struct Actor {
     spec: Arc<ModelSpec>,
     file: PathBuf,
-    config: Arc<Config>,
+    shared: Shared,
     spawner: Spawner,
     cmds: mpsc::Receiver<Command>,
     status: watch::Sender<Status>,
@@ -85,7 +88,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
     let Parts {
         spec,
         file,
-        config,
+        shared,
         spawner,
         cmds,
         guard,
@@ -116,11 +119,11 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
     };
     let (status, status_rx) = watch::channel(initial);
     let (conn, conn_rx) = watch::channel(None);
-    let backoff = config.workers.backoff_initial;
+    let backoff = shared.config.workers.backoff_initial;
     let actor = Actor {
         spec,
         file,
-        config,
+        shared,
         spawner,
         cmds,
         status,
@@ -135,6 +138,10 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
 }
 
 impl Actor {
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
     fn set(&self, state: State, change: impl FnOnce(&mut Status)) {
         self.status.send_modify(|s| {
             let from = s.state;
@@ -154,7 +161,7 @@ impl Actor {
             } else {
                 format!(" ({})", s.last_error)
             };
-            crate::logs::book().push(
+            self.shared.logs.push(
                 &self.spec.id,
                 s.pid,
                 LogSource::Supervisor,
@@ -207,7 +214,7 @@ impl Actor {
                 }
                 Some(Command::Restart) => {
                     self.recent.clear();
-                    self.backoff = self.config.workers.backoff_initial;
+                    self.backoff = self.config().workers.backoff_initial;
                     want = Some(Why::Load);
                 }
                 Some(Command::Kill { .. }) => {}
@@ -264,8 +271,12 @@ impl Actor {
                 }
             }
             match self.start_once().await {
-                Ok(conn) => {
-                    self.backoff = self.config.workers.backoff_initial;
+                Started::Interrupted(cmd) => match self.after_interrupt(cmd).await {
+                    Some(next) => why = next,
+                    None => return None,
+                },
+                Started::Ready(conn) => {
+                    self.backoff = self.config().workers.backoff_initial;
                     let pid = conn.pid;
                     self.conn.send_replace(Some(conn.clone()));
                     self.set(State::Ready, |s| {
@@ -276,7 +287,7 @@ impl Actor {
                     });
                     return Some(conn);
                 }
-                Err((message, code)) => {
+                Started::Failed(message, code) => {
                     self.release_memory();
                     tracing::warn!(model = %self.spec.id, "worker failed to start: {message}");
                     self.status.send_modify(|s| {
@@ -304,7 +315,7 @@ impl Actor {
     /// Counts a restart; false (and FAILED) when the budget is spent.
     fn count_restart(&mut self, reason: KillReason) -> bool {
         let now = Instant::now();
-        let window = self.config.workers.restart_window;
+        let window = self.config().workers.restart_window;
         while self
             .recent
             .front()
@@ -313,12 +324,12 @@ impl Actor {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
-        crate::metrics::metrics().restart(&self.spec.id, reason);
+        self.shared.metrics.restart(&self.spec.id, reason);
         self.status.send_modify(|s| {
             s.restarts += 1;
             s.last_kill_reason = Some(reason);
         });
-        if self.recent.len() > self.config.workers.max_restarts as usize {
+        if self.recent.len() > self.config().workers.max_restarts as usize {
             let n = self.recent.len();
             self.set(State::Failed, |s| {
                 s.pid = 0;
@@ -336,7 +347,7 @@ impl Actor {
     async fn wait_backoff(&mut self) -> bool {
         let jitter = 0.8 + 0.4 * (now_ms() % 1000) as f64 / 1000.0;
         let delay = self.backoff.mul_f64(jitter);
-        self.backoff = (self.backoff * 2).min(self.config.workers.backoff_max);
+        self.backoff = (self.backoff * 2).min(self.config().workers.backoff_max);
         self.set(State::Restarting, |s| s.pid = 0);
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -383,7 +394,7 @@ impl Actor {
             exit.pid,
             reason.as_str()
         );
-        let last_words = crate::logs::book().last_words(&self.spec.id, exit.pid);
+        let last_words = self.shared.logs.last_words(&self.spec.id, exit.pid);
         tracing::warn!(model = %self.spec.id, pid = exit.pid, last_lines = %last_words, "{message}");
         self.status.send_modify(|s| {
             s.last_error = message;
@@ -398,95 +409,6 @@ impl Actor {
             m.admitted = false;
             m.latest = None;
             m.gpu.clear();
-        }
-    }
-
-    async fn supervise_admitted(&mut self, conn: Conn) -> Ended {
-        let ended = self.supervise(conn).await;
-        self.release_memory();
-        ended
-    }
-
-    /// Watches a READY worker until it dies or the model is unloaded.
-    async fn supervise(&mut self, mut conn: Conn) -> Ended {
-        let timeout = self.config.workers.heartbeat_timeout;
-        let grace = self.config.workers.kill_grace;
-        let mut last_beat = Instant::now();
-        loop {
-            let beat_due = tokio::time::sleep_until((last_beat + timeout).into());
-            tokio::select! {
-                changed = conn.exit.changed() => {
-                    let exit = conn.exit.borrow().unwrap_or(Exit { pid: conn.pid, code: None, signal: None });
-                    if changed.is_err() || conn.exit.borrow().is_some() {
-                        return Ended::Died { exit, reason: KillReason::Crash };
-                    }
-                }
-                frame = conn.chan.recv_control() => match frame {
-                    Ok(f) if f.kind == Kind::Heartbeat => {
-                        last_beat = Instant::now();
-                        if let Ok(hb) = Heartbeat::decode(f.payload) {
-                            self.status.send_modify(|s| {
-                                s.memory = hb.memory;
-                                s.heartbeat_unix_ms = now_ms();
-                                s.tokens_generated = hb.tokens_generated;
-                            });
-                        }
-                    }
-                    Ok(f) if f.kind == Kind::Error => {
-                        let msg = WorkerError::decode(f.payload).map(|e| e.message).unwrap_or_default();
-                        tracing::warn!(model = %self.spec.id, pid = conn.pid, "worker error: {msg}");
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        // The channel closed: the process is exiting.
-                        let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Crash, grace).await;
-                        return Ended::Died { exit, reason: KillReason::Crash };
-                    }
-                },
-                () = beat_due => {
-                    tracing::warn!(model = %self.spec.id, pid = conn.pid, "no heartbeat for {timeout:?}");
-                    self.conn.send_replace(None);
-                    let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Unhealthy, grace).await;
-                    return Ended::Died { exit, reason: KillReason::Unhealthy };
-                }
-                cmd = self.cmds.recv() => match cmd {
-                    // Already dead: it died on its own, whatever the kill was for.
-                    Some(Command::Kill { pid, .. }) if pid == conn.pid && conn.exit.borrow().is_some() => {
-                        let exit = conn.exit.borrow().unwrap_or(Exit { pid, code: None, signal: None });
-                        return Ended::Died { exit, reason: KillReason::Crash };
-                    }
-                    Some(Command::Kill { pid, reason, note }) if pid == conn.pid => {
-                        self.status.send_modify(|s| s.kill_note = Some((pid, reason, note)));
-                        self.conn.send_replace(None);
-                        let exit = process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
-                        return Ended::Died { exit, reason };
-                    }
-                    Some(Command::Evict { note, done }) => {
-                        self.conn.send_replace(None);
-                        self.set(State::Unloading, |s| s.last_error = note.clone());
-                        process::kill_worker(conn.pid, &mut conn.exit, KillReason::Requested, grace).await;
-                        return Ended::Evicted { note, done };
-                    }
-                    Some(Command::Restart) => {
-                        self.conn.send_replace(None);
-                        let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Requested, grace).await;
-                        self.recent.clear();
-                        return Ended::Died { exit, reason: KillReason::Requested };
-                    }
-                    Some(Command::Unload { reason, done }) => {
-                        self.conn.send_replace(None);
-                        self.set(State::Unloading, |_| {});
-                        process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
-                        return Ended::Unloaded(done);
-                    }
-                    Some(_) => {}
-                    None => {
-                        process::kill_worker(conn.pid, &mut conn.exit, KillReason::Shutdown, grace).await;
-                        let (done, _) = oneshot::channel();
-                        return Ended::Unloaded(done);
-                    }
-                },
-            }
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Bringing one worker up: spawn with its channel, hello, load (the
-//! family's options; a text model's GPU layers cut to what fits).
+//! family's options; a text model's GPU layers cut to what fits). The
+//! actor reads its commands while the worker loads: an unload, an
+//! eviction, a restart or a kill of that worker stops it at once instead
+//! of waiting out the load.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,22 +14,53 @@ use sidecar_proto::worker::{
     worker_response,
 };
 
-use super::super::process::{self, KillReason};
-use super::super::{Conn, now_ms};
-use super::Actor;
-use crate::config::Family;
-use crate::memory::host;
+use tokio::sync::{mpsc, watch};
+
+use super::super::process;
+use super::super::{Command, Conn, Status};
+use super::{Actor, Why};
+use crate::clock::now_ms;
+use crate::config::{Family, ModelSpec};
+use crate::lifecycle::{KillReason, State};
+use crate::memory::{Guard, SharedMemory, host};
+
+/// How one start ended.
+pub(super) enum Started {
+    /// Loaded and warmed up.
+    Ready(Conn),
+    /// It failed: why, and the worker's status code when it refused the
+    /// load (0 otherwise). The worker is gone.
+    Failed(String, u32),
+    /// A command came first; the worker is gone.
+    Interrupted(Command),
+}
+
+/// What the hello and the load read of the actor: borrowed field by field,
+/// so the actor's command queue stays free to read meanwhile.
+struct Handshake<'a> {
+    spec: &'a ModelSpec,
+    file: &'a std::path::Path,
+    status: &'a watch::Sender<Status>,
+    guard: &'a Guard,
+    memory: &'a SharedMemory,
+}
 
 impl Actor {
-    /// Spawn → hello → load. On failure the worker is killed and reaped;
-    /// the error carries the worker's status code when it refused the load
-    /// (0 otherwise).
-    pub(super) async fn start_once(&mut self) -> Result<Conn, (String, u32)> {
-        let workers = &self.config.workers;
-        let (mine, theirs) = ipc::create(self.config.channel(self.spec.family))
+    /// Spawn → hello → load. On failure or a command the worker is killed
+    /// and reaped.
+    pub(super) async fn start_once(&mut self) -> Started {
+        match self.spawn_and_load().await {
+            Ok(started) => started,
+            Err((message, code)) => Started::Failed(message, code),
+        }
+    }
+
+    async fn spawn_and_load(&mut self) -> Result<Started, (String, u32)> {
+        let grace = self.config().workers.kill_grace;
+        let (mine, theirs) = ipc::create(self.config().channel(self.spec.family))
             .map_err(|e| (format!("ipc channel: {e}"), 0))?;
         let program = self
-            .config
+            .config()
             .worker_dir()
             .join(self.spec.family.worker_binary());
         let mut child = self
@@ -36,7 +70,7 @@ impl Actor {
             .map_err(|e| (format!("{}: {e}", program.display()), 0))?;
         let pid = child.id();
         // A kernel OOM in the container picks a worker before the supervisor.
-        if let Err(e) = host::set_oom_score_adj(pid, self.config.memory.worker_oom_score_adj) {
+        if let Err(e) = host::set_oom_score_adj(pid, self.config().memory.worker_oom_score_adj) {
             tracing::warn!(model = %self.spec.id, pid, "cannot set oom_score_adj: {e}");
         }
         let oom_kills = host::sample().cgroup_oom_kills;
@@ -52,41 +86,97 @@ impl Actor {
             m.latest = None;
             m.gpu.clear();
         }
-        crate::logs::forward(&mut child, &self.spec.id, self.spec.family, pid);
+        crate::logs::forward(
+            &self.shared.logs,
+            &mut child,
+            &self.spec.id,
+            self.spec.family,
+            pid,
+        );
         let mut exit = process::watch_exit(child);
         let chan = match ipc::AsyncChannel::new(mine) {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace).await;
+                process::kill_worker(pid, &mut exit, KillReason::Crash, grace).await;
                 return Err((format!("ipc attach: {e}"), 0));
             }
         };
-        let deadline = Instant::now() + self.config.deadlines.load;
-        match tokio::time::timeout_at(deadline.into(), self.handshake(&chan)).await {
+        let load_deadline = self.config().deadlines.load;
+        let deadline = Instant::now() + load_deadline;
+        let hs = Handshake {
+            spec: &self.spec,
+            file: &self.file,
+            status: &self.status,
+            guard: &self.guard,
+            memory: &self.memory,
+        };
+        let outcome = tokio::select! {
+            done = tokio::time::timeout_at(deadline.into(), hs.run(&chan)) => done,
+            cmd = interrupting(&mut self.cmds, pid) => {
+                let reason = match &cmd {
+                    Command::Unload { reason, .. } | Command::Kill { reason, .. } => *reason,
+                    _ => KillReason::Requested,
+                };
+                tracing::info!(model = %self.spec.id, pid, "stopping the loading worker: {cmd:?}");
+                process::kill_worker(pid, &mut exit, reason, grace).await;
+                return Ok(Started::Interrupted(cmd));
+            }
+        };
+        match outcome {
             Ok(Ok(loaded)) => {
                 self.status.send_modify(|s| {
                     s.details = loaded.text;
                     s.lite = loaded.lite;
                     s.last_error_code = 0;
                 });
-                Ok(Conn { chan, pid, exit })
+                Ok(Started::Ready(Conn { chan, pid, exit }))
             }
             Ok(Err((e, code))) => {
-                let ended =
-                    process::kill_worker(pid, &mut exit, KillReason::Crash, workers.kill_grace)
-                        .await;
+                let ended = process::kill_worker(pid, &mut exit, KillReason::Crash, grace).await;
                 Err((format!("{e} (worker pid {pid}: {ended})"), code))
             }
             Err(_) => {
-                process::kill_worker(pid, &mut exit, KillReason::Timeout, workers.kill_grace).await;
+                process::kill_worker(pid, &mut exit, KillReason::Timeout, grace).await;
                 Err((
-                    format!(
-                        "worker pid {pid} did not load the model within {:?}",
-                        self.config.deadlines.load
-                    ),
+                    format!("worker pid {pid} did not load the model within {load_deadline:?}"),
                     0,
                 ))
             }
+        }
+    }
+
+    /// Carries out a command that stopped a loading worker: `Some` to start
+    /// another (a restart, or a kill within the restart budget), `None`
+    /// when the model is unloaded, back to IDLE, or FAILED.
+    pub(super) async fn after_interrupt(&mut self, cmd: Command) -> Option<Why> {
+        self.release_memory();
+        match cmd {
+            Command::Unload { done, .. } => {
+                self.set(State::Stopped, |s| s.pid = 0);
+                let _ = done.send(());
+                None
+            }
+            Command::Evict { note, done } => {
+                self.set(State::Idle, |s| {
+                    s.pid = 0;
+                    s.last_error = note;
+                    s.last_error_code = 0;
+                });
+                let _ = done.send(());
+                None
+            }
+            Command::Restart => {
+                self.recent.clear();
+                self.backoff = self.config().workers.backoff_initial;
+                Some(Why::Load)
+            }
+            Command::Kill { reason, note, .. } => {
+                self.status.send_modify(|s| {
+                    s.last_error = format!("killed while loading ({}): {note}", reason.as_str());
+                });
+                (self.count_restart(reason) && self.wait_backoff().await).then_some(Why::Restart)
+            }
+            Command::EnsureLoaded => Some(Why::Load),
         }
     }
 
@@ -96,13 +186,35 @@ impl Actor {
             Family::Text => Vec::new(),
             // VISION workers run `.tflite` detectors through LiteRT too.
             Family::Lite | Family::Vision => {
-                let lib = &self.config.lite_runtime;
+                let lib = &self.config().lite_runtime;
                 let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
                 vec![("SIDECAR_LITERT_LIB", lib.into_os_string())]
             }
         }
     }
+}
 
+/// The first command that stops a loading worker (`pid`): an unload, an
+/// eviction, a restart, or a kill of that worker. A closed queue (the
+/// supervisor is going) reads as an unload for shutdown.
+async fn interrupting(cmds: &mut mpsc::Receiver<Command>, pid: u32) -> Command {
+    loop {
+        match cmds.recv().await {
+            None => {
+                let (done, _) = tokio::sync::oneshot::channel();
+                return Command::Unload {
+                    reason: KillReason::Shutdown,
+                    done,
+                };
+            }
+            Some(Command::EnsureLoaded) => {}
+            Some(Command::Kill { pid: p, .. }) if p != pid => {}
+            Some(cmd) => return cmd,
+        }
+    }
+}
+
+impl Handshake<'_> {
     /// The text options, with GPU layers cut to what fits in the free
     /// memory of the roomiest GPU (NVML) when layers are asked for.
     fn text_options(&self) -> sidecar_proto::v1::TextOptions {
@@ -113,10 +225,10 @@ impl Actor {
         if !self.guard.gpu_monitoring() {
             return t;
         }
-        let Some(shape) = crate::memory::gguf::text_shape(&self.file) else {
+        let Some(shape) = crate::memory::gguf::text_shape(self.file) else {
             return t;
         };
-        let size = std::fs::metadata(&self.file).map_or(0, |m| m.len());
+        let size = std::fs::metadata(self.file).map_or(0, |m| m.len());
         let per_layer = size / shape.layers.max(1);
         let beside = self
             .memory
@@ -137,7 +249,7 @@ impl Actor {
 
     /// Hello, then load: an error carries the worker's status code when
     /// the worker answered the load with an error, 0 otherwise.
-    async fn handshake(&self, chan: &ipc::AsyncChannel) -> Result<Loaded, (String, u32)> {
+    async fn run(&self, chan: &ipc::AsyncChannel) -> Result<Loaded, (String, u32)> {
         match self.hello_and_load(chan).await {
             Ok(answer) => answer,
             Err(message) => Err((message, 0)),

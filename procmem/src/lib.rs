@@ -1,12 +1,16 @@
-//! A process's resident memory, read from `/proc/<pid>/status`: what a
-//! worker reports about itself with every heartbeat, and what the
-//! supervisor's memory guard samples of every worker. Here because every
-//! binary needs it and `ipc` is the one crate they all share below the
-//! protocol types.
+//! `procmem`: a process's resident memory, read from `/proc/<pid>/status`,
+//! and `/proc`-style "Name: 123 kB" fields. Both sides use it: a worker
+//! reports its own memory with every heartbeat, and the supervisor's memory
+//! guard samples every worker and the host.
+//!
+//! A leaf crate of its own (no dependencies) rather than part of `ipc`,
+//! whose one job is the channel: the supervisor and every worker need these
+//! readers, and neither side should reach into the other's crates for them.
+#![forbid(unsafe_code)]
 
 /// Resident memory of a process, bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SelfMemory {
+pub struct ProcessMemory {
     /// Resident set (`VmRSS`).
     pub rss_bytes: u64,
     /// Resident anonymous memory (`RssAnon`): heap, model weights copied in.
@@ -26,8 +30,8 @@ pub fn proc_kb_field(text: &str, name: &str) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
-fn parse(status: &str) -> Option<SelfMemory> {
-    Some(SelfMemory {
+fn parse(status: &str) -> Option<ProcessMemory> {
+    Some(ProcessMemory {
         rss_bytes: proc_kb_field(status, "VmRSS").unwrap_or(0),
         private_bytes: proc_kb_field(status, "RssAnon")?,
         file_bytes: proc_kb_field(status, "RssFile").unwrap_or(0),
@@ -36,13 +40,13 @@ fn parse(status: &str) -> Option<SelfMemory> {
 }
 
 /// Reads this process's memory (zeros where `/proc` is unreadable).
-pub fn self_memory() -> SelfMemory {
+pub fn self_memory() -> ProcessMemory {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     parse(&status).unwrap_or_default()
 }
 
 /// Reads process `pid`'s memory; `None` once it is gone (or a zombie).
-pub fn process_memory(pid: u32) -> Option<SelfMemory> {
+pub fn process_memory(pid: u32) -> Option<ProcessMemory> {
     parse(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
@@ -65,7 +69,7 @@ mod tests {
         let status = "Name:\tworker-text\nVmRSS:\t  300 kB\nRssAnon:\t  100 kB\nRssFile:\t  150 kB\nRssShmem:\t   50 kB\n";
         assert_eq!(
             parse(status),
-            Some(SelfMemory {
+            Some(ProcessMemory {
                 rss_bytes: 307_200,
                 private_bytes: 102_400,
                 file_bytes: 153_600,

@@ -1,0 +1,78 @@
+//! Identifiers: the rule for model ids, and the request ids the supervisor
+//! gives calls that bring none. A leaf module (it knows only the error type).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::Error;
+
+/// Checks a model id: 1..64 of [a-z0-9._-], starting with a letter or
+/// digit.
+pub fn check_model_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "model_id {id:?} must be 1..64 characters of [a-z0-9._-] starting with a letter or digit"
+        )))
+    }
+}
+
+/// Request ids for calls without an `x-request-id`: `sc-<pid>-<n>`, `n`
+/// counting from 1. One per process, built at start and passed down.
+#[derive(Debug)]
+pub struct RequestIds {
+    pid: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            pid: std::process::id(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The next id.
+    pub fn next(&self) -> String {
+        format!(
+            "sc-{}-{}",
+            self.pid,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_follow_the_rule() {
+        for ok in ["a", "smollm2", "m-1.q4_0", &"x".repeat(64)] {
+            assert!(check_model_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a b", "a/b", "x\"} 1\n", &"x".repeat(65)] {
+            assert!(check_model_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_ids_count_up() {
+        let ids = RequestIds::default();
+        let pid = std::process::id();
+        assert_eq!(ids.next(), format!("sc-{pid}-1"));
+        assert_eq!(ids.next(), format!("sc-{pid}-2"));
+    }
+}

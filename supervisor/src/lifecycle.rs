@@ -1,0 +1,141 @@
+//! The words of a model's lifecycle, shared by the actor, the memory guard,
+//! metrics, logs and the API: its states and the reasons a worker is
+//! killed. A leaf: it depends on nothing else in the crate.
+
+use sidecar_proto::v1::ModelState;
+
+/// Lifecycle states: the model states of `DESIGN.md`, plus the actor's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Lazily loaded and not loaded yet.
+    Idle,
+    /// Spawning, loading, warming up.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Admitting no new calls.
+    Draining,
+    /// Waiting out the backoff before a new worker.
+    Restarting,
+    /// Restart limit reached or the load failed for good.
+    Failed,
+    /// Being unloaded.
+    Unloading,
+    /// Unloaded; the actor has ended.
+    Stopped,
+}
+
+impl State {
+    /// The wire enum (Idle reads as LOADING-to-be: not yet loaded).
+    pub fn to_proto(self) -> ModelState {
+        match self {
+            State::Idle | State::Loading => ModelState::Loading,
+            State::Ready => ModelState::Ready,
+            State::Draining => ModelState::Draining,
+            State::Restarting => ModelState::Restarting,
+            State::Failed => ModelState::Failed,
+            State::Unloading | State::Stopped => ModelState::Unloading,
+        }
+    }
+}
+
+impl State {
+    /// Every state, for metrics series that exist before the first event.
+    pub const ALL: [State; 8] = [
+        State::Idle,
+        State::Loading,
+        State::Ready,
+        State::Draining,
+        State::Restarting,
+        State::Failed,
+        State::Unloading,
+        State::Stopped,
+    ];
+
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Loading => "loading",
+            State::Ready => "ready",
+            State::Draining => "draining",
+            State::Restarting => "restarting",
+            State::Failed => "failed",
+            State::Unloading => "unloading",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// Why the supervisor ended a worker: the one list of `DESIGN.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// It died on its own.
+    Crash,
+    /// Host memory.
+    Oom,
+    /// GPU memory.
+    Vram,
+    /// Did not stop after a deadline's cancel.
+    Timeout,
+    /// Missed heartbeats.
+    Unhealthy,
+    /// Asked for.
+    Requested,
+    /// Supervisor shutdown.
+    Shutdown,
+}
+
+impl KillReason {
+    /// Every reason, for metrics series that exist before the first event.
+    pub const ALL: [KillReason; 7] = [
+        KillReason::Crash,
+        KillReason::Oom,
+        KillReason::Vram,
+        KillReason::Timeout,
+        KillReason::Unhealthy,
+        KillReason::Requested,
+        KillReason::Shutdown,
+    ];
+
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Crash => "crash",
+            KillReason::Oom => "oom",
+            KillReason::Vram => "vram",
+            KillReason::Timeout => "timeout",
+            KillReason::Unhealthy => "unhealthy",
+            KillReason::Requested => "requested",
+            KillReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The wire enum.
+    pub fn to_proto(self) -> sidecar_proto::v1::KillReason {
+        use sidecar_proto::v1::KillReason as K;
+        match self {
+            KillReason::Crash => K::Crash,
+            KillReason::Oom => K::Oom,
+            KillReason::Vram => K::Vram,
+            KillReason::Timeout => K::Timeout,
+            KillReason::Unhealthy => K::Unhealthy,
+            KillReason::Requested => K::Requested,
+            KillReason::Shutdown => K::Shutdown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_distinct() {
+        let states: std::collections::BTreeSet<_> = State::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(states.len(), State::ALL.len());
+        let reasons: std::collections::BTreeSet<_> =
+            KillReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons.len(), KillReason::ALL.len());
+    }
+}

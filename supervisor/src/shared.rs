@@ -1,0 +1,36 @@
+//! What the supervisor's parts share: the config, the metrics, the log
+//! book and the request-id counter. Built once at start (`app::run`) and
+//! passed down, so nothing in the crate is a process global and a test can
+//! build its own.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::ids::RequestIds;
+use crate::logs::LogBook;
+use crate::metrics::Metrics;
+
+/// The handles every part of the supervisor may use.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The workers' and the actors' log lines.
+    pub logs: Arc<LogBook>,
+    /// Ids for calls that bring none.
+    pub request_ids: Arc<RequestIds>,
+}
+
+impl Shared {
+    /// Fresh handles around `config`.
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            logs: Arc::new(LogBook::default()),
+            request_ids: Arc::new(RequestIds::default()),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `worker-runtime`: what every worker process (`worker-text`,
+//! `worker-lite`, `worker-vision`) does the same way, so that each worker
+//! crate keeps only its family: what it loads and how it answers.
+//!
+//! Owns: attaching to the channel and HELLO (protocol version, family,
+//! version, pid, capabilities, memory); the heartbeat thread
+//! ([`heartbeat`]: memory, requests in flight, uptime, tokens); the serve
+//! loop ([`serve`]) and its seam, the [`Family`] trait; the per-request
+//! [`Outbox`]; the one worker-side error ([`WorkerError`], [`Code`]) and
+//! its wire form; request bookkeeping ([`RequestNames`], [`request_tag`]);
+//! deadlines ([`deadline`]); the memory report ([`memory`], from
+//! `procmem`); exiting with status 0 when the supervisor is gone; the
+//! standalone driver ([`standalone`]); and `main` itself ([`main`],
+//! [`Binary`]). Later, the worker's sandbox (no_new_privs, seccomp,
+//! landlock) and receiving the model files as open descriptors instead
+//! of paths belong here too: every family needs them the same way.
+//!
+//! Must not: know any family's models or native libraries (llama.cpp,
+//! LiteRT, OpenCV), talk gRPC, or reach into the channel's internals (it
+//! uses `ipc`'s public API; the channel stays `ipc`'s one job).
+#![forbid(unsafe_code)]
+
+mod binary;
+pub mod deadline;
+mod error;
+mod family;
+pub mod heartbeat;
+pub mod memory;
+mod outbox;
+mod requests;
+mod serve;
+pub mod standalone;
+
+pub use binary::{Binary, LOG_ENV, main};
+pub use error::{Code, WorkerError, not_loaded};
+pub use family::{Call, Context, Family, Read, decode};
+pub use outbox::Outbox;
+pub use requests::{RequestNames, request_tag};
+pub use serve::serve;

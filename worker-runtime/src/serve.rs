@@ -1,0 +1,188 @@
+//! The serve loop every worker runs: HELLO, the heartbeat thread, then
+//! frames → family → outbox until the supervisor goes away.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ipc::{BlockingChannel, Flags, Kind, Received};
+use prost::Message;
+use sidecar_proto::worker::{Hello, WorkerRequest, worker_request, worker_response};
+
+use crate::error::WorkerError;
+use crate::family::{Call, Context, Family, Read};
+use crate::heartbeat::{self, Counters};
+use crate::memory;
+use crate::requests::request_tag;
+
+/// How long a loop with work that cannot go on (every reader behind)
+/// sleeps at most before it looks again.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Serves the channel with `family` until the supervisor goes away, then
+/// returns `Ok` (the worker's process should exit with status 0). An error
+/// is a broken channel or a family's failed step: the worker cannot go on.
+pub fn serve<F: Family>(chan: Arc<BlockingChannel>, family: F) -> Result<(), WorkerError> {
+    serve_every(chan, family, heartbeat::PERIOD)
+}
+
+/// Why the loop ends.
+enum Stop {
+    /// The supervisor is gone (the channel's peer).
+    Gone,
+    /// The channel broke or the family failed.
+    Failed(WorkerError),
+}
+
+impl From<ipc::Error> for Stop {
+    fn from(e: ipc::Error) -> Self {
+        match e {
+            ipc::Error::PeerGone => Stop::Gone,
+            e => Stop::Failed(e.into()),
+        }
+    }
+}
+
+impl From<WorkerError> for Stop {
+    fn from(e: WorkerError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// [`serve`] with heartbeats every `period`.
+pub(crate) fn serve_every<F: Family>(
+    chan: Arc<BlockingChannel>,
+    mut family: F,
+    period: Duration,
+) -> Result<(), WorkerError> {
+    let counters = Arc::new(Counters::default());
+    let mut cx = Context::new(chan.clone());
+    let stop = match send_hello::<F>(&chan) {
+        Err(stop) => stop,
+        Ok(()) => {
+            heartbeat::start(chan.clone(), period, counters.clone());
+            loop {
+                if let Err(stop) = turn(&chan, &mut family, &mut cx, &counters) {
+                    break stop;
+                }
+            }
+        }
+    };
+    match stop {
+        Stop::Gone => {
+            tracing::info!("supervisor gone; exiting");
+            Ok(())
+        }
+        Stop::Failed(e) => Err(e),
+    }
+}
+
+fn send_hello<F: Family>(chan: &BlockingChannel) -> Result<(), Stop> {
+    let hello = Hello {
+        protocol_version: sidecar_proto::WORKER_PROTOCOL_VERSION,
+        family: F::FAMILY as i32,
+        worker_version: F::VERSION.into(),
+        pid: std::process::id(),
+        capabilities: F::CAPABILITIES.iter().map(|&c| c.into()).collect(),
+        memory: Some(memory::report()),
+    };
+    Ok(chan.send(0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())?)
+}
+
+/// Whether the loop must not block on the channel.
+fn busy<F: Family>(family: &F, cx: &Context) -> bool {
+    family.has_work() || !cx.outbox.is_empty()
+}
+
+/// One turn: the frames waiting (blocking for one when idle), queued
+/// answers, one step, queued answers; the counters for the heartbeats.
+fn turn<F: Family>(
+    chan: &BlockingChannel,
+    family: &mut F,
+    cx: &mut Context,
+    counters: &Counters,
+) -> Result<(), Stop> {
+    if !busy(family, cx) {
+        let frame = chan.recv()?;
+        on_frame(family, cx, counters, frame);
+    }
+    while let Some(frame) = chan.try_recv()? {
+        on_frame(family, cx, counters, frame);
+    }
+    cx.outbox.flush(chan)?;
+    let stepped = family.step(cx)?;
+    cx.outbox.flush(chan)?;
+    counters
+        .in_flight
+        .store(family.in_flight(), Ordering::Relaxed);
+    counters
+        .tokens_generated
+        .store(family.tokens_generated(), Ordering::Relaxed);
+    if !stepped && busy(family, cx) {
+        chan.wait(Some(IDLE_WAIT))?;
+    }
+    Ok(())
+}
+
+fn on_frame<F: Family>(family: &mut F, cx: &mut Context, counters: &Counters, frame: Received<'_>) {
+    let id = frame.request_id();
+    match frame.kind() {
+        Kind::Request => {
+            let arrived = Instant::now();
+            let tag = request_tag(frame.payload());
+            if !tag.is_empty() {
+                tracing::debug!(request = id, request_id = %tag, "request");
+                cx.names.insert(id, tag);
+            }
+            // This one is in flight while the family reads it.
+            counters
+                .in_flight
+                .store(family.in_flight().saturating_add(1), Ordering::Relaxed);
+            match family.read(cx, frame) {
+                Ok(Read::Request(req)) => dispatch(family, cx, id, arrived, req),
+                Ok(Read::Answered) => {}
+                Err(e) => cx.fail(id, &e),
+            }
+        }
+        Kind::Cancel => {
+            drop(frame);
+            if family.cancel(id) {
+                cx.outbox.forget(id);
+                cx.fail(id, &WorkerError::cancelled());
+            }
+        }
+        _ => {}
+    }
+}
+
+fn dispatch<F: Family>(
+    family: &mut F,
+    cx: &mut Context,
+    id: u64,
+    arrived: Instant,
+    req: WorkerRequest,
+) {
+    let result = match req.body {
+        Some(worker_request::Body::Load(load)) => family.load(&load).map(|mut loaded| {
+            loaded.memory = Some(memory::report());
+            loaded.load_us = arrived.elapsed().as_micros() as u64;
+            cx.answer(id, worker_response::Body::Loaded(loaded));
+        }),
+        Some(body) => {
+            let call = Call {
+                id,
+                deadline_ms: req.deadline_unix_ms,
+                arrived,
+                body,
+            };
+            family.request(cx, call)
+        }
+        None => Err(WorkerError::invalid("empty request")),
+    };
+    if let Err(e) = result {
+        cx.fail(id, &e);
+    }
+}
+
+#[cfg(test)]
+mod tests;

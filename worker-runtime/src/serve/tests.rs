@@ -1,0 +1,303 @@
+//! The serve loop with a tiny family, over real in-process channels: the
+//! standalone driver's (`ipc::loopback`), and one this test plays the
+//! supervisor on (cancels, heartbeats, the supervisor going away).
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ipc::{AsyncChannel, ChannelConfig, Flags, Kind};
+use prost::Message;
+use sidecar_proto::v1::{
+    GenerateRequest, GenerateStreamResponse, ModelFamily, TokenDelta, TokenizeRequest,
+    TokenizeResponse, generate_stream_response,
+};
+use sidecar_proto::worker::{
+    Heartbeat, Hello, Load, Loaded, WorkerRequest, WorkerResponse, worker_request, worker_response,
+};
+
+use super::*;
+use crate::deadline;
+use crate::standalone::{exchange, request, start, stream};
+use crate::{Code, not_loaded};
+
+/// Counts: Tokenize answers at once with the text's length; Generate
+/// streams `max_tokens` deltas, one per step, pausing while its reader is
+/// behind; a model file named "bad" does not load.
+#[derive(Debug, Default)]
+struct Counting {
+    loaded: bool,
+    /// (request id, deadline, tokens left).
+    streams: Vec<(u64, i64, u32)>,
+    tokens: u64,
+}
+
+impl Family for Counting {
+    const FAMILY: ModelFamily = ModelFamily::Text;
+    const VERSION: &'static str = "9.9.9";
+    const CAPABILITIES: &'static [&'static str] = &["count", "stream"];
+
+    fn load(&mut self, load: &Load) -> Result<Loaded, WorkerError> {
+        if load.path == "bad" {
+            return Err(WorkerError::invalid("bad: not a model"));
+        }
+        self.loaded = true;
+        Ok(Loaded::default())
+    }
+
+    fn request(&mut self, cx: &mut Context, call: Call) -> Result<(), WorkerError> {
+        if !self.loaded {
+            return Err(not_loaded());
+        }
+        match call.body {
+            worker_request::Body::Tokenize(t) if t.text == "fail" => {
+                Err(WorkerError::invalid("text \"fail\" fails"))
+            }
+            worker_request::Body::Tokenize(t) => {
+                let tokens = vec![t.text.len() as i32];
+                let r = TokenizeResponse {
+                    tokens,
+                    pieces: Vec::new(),
+                };
+                cx.answer(call.id, worker_response::Body::Tokenize(r));
+                Ok(())
+            }
+            worker_request::Body::Generate(g) => {
+                self.streams.push((call.id, call.deadline_ms, g.max_tokens));
+                Ok(())
+            }
+            _ => Err(WorkerError::unimplemented("not counted")),
+        }
+    }
+
+    fn cancel(&mut self, id: u64) -> bool {
+        let before = self.streams.len();
+        self.streams.retain(|s| s.0 != id);
+        self.streams.len() < before
+    }
+
+    fn has_work(&self) -> bool {
+        !self.streams.is_empty()
+    }
+
+    fn step(&mut self, cx: &mut Context) -> Result<bool, WorkerError> {
+        let now = deadline::now_ms();
+        let (late, on_time): (Vec<_>, Vec<_>) = self
+            .streams
+            .drain(..)
+            .partition(|s| deadline::passed(s.1, now));
+        self.streams = on_time;
+        for (id, ..) in late {
+            cx.fail(id, &deadline::exceeded());
+        }
+        let mut stepped = false;
+        for (id, _, left) in &mut self.streams {
+            if cx.holds(*id) {
+                continue;
+            }
+            *left -= 1;
+            self.tokens += 1;
+            stepped = true;
+            let delta = GenerateStreamResponse {
+                msg: Some(generate_stream_response::Msg::Delta(TokenDelta {
+                    index: *left,
+                    ..Default::default()
+                })),
+            };
+            let r = WorkerResponse {
+                body: Some(worker_response::Body::Text(delta)),
+                ..Default::default()
+            };
+            let flags = if *left == 0 { Flags::END } else { Flags::NONE };
+            cx.respond(*id, &r, flags);
+        }
+        self.streams.retain(|s| s.2 > 0);
+        Ok(stepped)
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.streams.len() as u32
+    }
+
+    fn tokens_generated(&self) -> u64 {
+        self.tokens
+    }
+}
+
+fn load(path: &str) -> Vec<u8> {
+    request(worker_request::Body::Load(Load {
+        path: path.into(),
+        ..Default::default()
+    }))
+}
+
+fn tokenize(text: &str) -> Vec<u8> {
+    request(worker_request::Body::Tokenize(TokenizeRequest {
+        text: text.into(),
+        ..Default::default()
+    }))
+}
+
+fn generate(tokens: u32, deadline_ms: i64) -> Vec<u8> {
+    WorkerRequest {
+        request_tag: "gen".into(),
+        deadline_unix_ms: deadline_ms,
+        body: Some(worker_request::Body::Generate(GenerateRequest {
+            max_tokens: tokens,
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn a_family_answers_fails_and_streams_over_the_loopback() {
+    let s = start("worker-test", Counting::default).expect("session");
+    let hello = Hello::decode(&s.hello[..]).expect("hello");
+    assert_eq!(
+        hello.protocol_version,
+        sidecar_proto::WORKER_PROTOCOL_VERSION
+    );
+    assert_eq!(hello.family, ModelFamily::Text as i32);
+    assert_eq!(hello.worker_version, "9.9.9");
+    assert_eq!(hello.capabilities, ["count", "stream"]);
+    assert_eq!(hello.pid, std::process::id());
+    assert!(hello.memory.is_some_and(|m| m.rss_bytes > 0));
+
+    assert_eq!(
+        exchange(&s, &tokenize("x")).expect_err("not loaded"),
+        "error (gRPC code 9): no model loaded"
+    );
+    assert_eq!(
+        exchange(&s, &load("bad")).expect_err("refused"),
+        "error (gRPC code 3): bad: not a model"
+    );
+    match exchange(&s, &load("good")).expect("loaded") {
+        Some(worker_response::Body::Loaded(l)) => {
+            assert!(
+                l.memory.is_some_and(|m| m.rss_bytes > 0),
+                "the runtime adds memory"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match exchange(&s, &tokenize("four")).expect("answer") {
+        Some(worker_response::Body::Tokenize(t)) => assert_eq!(t.tokens, [4]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        exchange(&s, &tokenize("fail")).expect_err("fails"),
+        "error (gRPC code 3): text \"fail\" fails"
+    );
+    assert_eq!(
+        exchange(&s, &request(worker_request::Body::VisionClose(true))).expect_err("other"),
+        "error (gRPC code 12): not counted"
+    );
+    let empty = WorkerRequest::default().encode_to_vec();
+    assert_eq!(
+        exchange(&s, &empty).expect_err("empty"),
+        "error (gRPC code 3): empty request"
+    );
+    let garbage = exchange(&s, &[0xff, 0xff]).expect_err("garbage");
+    assert!(
+        garbage.starts_with("error (gRPC code 3): malformed request"),
+        "{garbage}"
+    );
+
+    let mut indices = Vec::new();
+    stream(&s, &generate(3, 0), |body| match body {
+        Some(worker_response::Body::Text(t)) => match t.msg {
+            Some(generate_stream_response::Msg::Delta(d)) => indices.push(d.index),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    })
+    .expect("stream");
+    assert_eq!(indices, [2, 1, 0]);
+    assert_eq!(
+        exchange(&s, &generate(3, deadline::now_ms() - 1)).expect_err("late"),
+        "error (gRPC code 4): deadline passed in the worker"
+    );
+}
+
+/// Waits at most 10 s for `rx`.
+fn within<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not happen within 10 s"))
+}
+
+#[test]
+fn a_cancel_frees_a_paused_request_and_the_worker_ends_with_its_supervisor() {
+    let config = ChannelConfig {
+        credit_window: 4,
+        ..ChannelConfig::with_ring_bytes(1 << 20)
+    };
+    let (supervisor_end, worker_end) = ipc::create(config).expect("channel");
+    let worker = Arc::new(BlockingChannel::new(worker_end).expect("worker end"));
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let ended = serve_every(worker, Counting::default(), Duration::from_millis(20));
+        let _ = done_tx.send(ended);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let chan = AsyncChannel::new(supervisor_end).expect("supervisor end");
+        let hello = chan.recv_control().await.expect("hello");
+        assert_eq!(hello.kind, Kind::Hello);
+        let mut loaded = chan.request(&load("good")).await.expect("load");
+        let answer = loaded.next().await.expect("frame").expect("ok");
+        assert_eq!(answer.kind, Kind::Response);
+
+        // Endless, and never read: it pauses at its window of 4 frames.
+        let mut endless = chan
+            .request(&generate(u32::MAX, 0))
+            .await
+            .expect("generate");
+        let beat = loop {
+            let f = chan.recv_control().await.expect("heartbeat");
+            assert_eq!(f.kind, Kind::Heartbeat);
+            let beat = Heartbeat::decode(f.payload).expect("decode");
+            if beat.tokens_generated >= 5 {
+                break beat;
+            }
+        };
+        // Four frames went out, the fifth waits in the outbox, and the
+        // request generates no more while its reader is behind.
+        assert_eq!(
+            (beat.in_flight, beat.tokens_generated),
+            (1, 5),
+            "paused, in flight"
+        );
+        assert!(beat.memory.is_some_and(|m| m.rss_bytes > 0));
+
+        endless
+            .send(Kind::Cancel, Flags::NONE, &[])
+            .await
+            .expect("cancel");
+        let mut frames = Vec::new();
+        while let Some(f) = endless.next().await {
+            frames.push(f.expect("frame"));
+        }
+        let last = frames.pop().expect("the cancel's answer");
+        assert_eq!(frames.len(), 4, "the frames sent before the cancel");
+        assert_eq!(last.kind, Kind::Error);
+        let e = sidecar_proto::worker::WorkerError::decode(last.payload).expect("error");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (Code::Cancelled as u32, "cancelled by the supervisor")
+        );
+        // The worker goes on serving.
+        let mut next = chan.request(&tokenize("ab")).await.expect("tokenize");
+        let f = next.next().await.expect("frame").expect("ok");
+        let r = WorkerResponse::decode(f.payload).expect("answer");
+        assert!(matches!(
+            r.body,
+            Some(worker_response::Body::Tokenize(t)) if t.tokens == [2]
+        ));
+    });
+    drop(rt);
+    let ended = within(&done, "the worker's end after its supervisor's");
+    assert!(ended.is_ok(), "{ended:?}");
+}
