@@ -40,7 +40,7 @@ impl State {
 }
 
 impl State {
-    /// Every state, for metrics series that exist before the first event.
+    /// Every state, in order.
     pub const ALL: [State; 8] = [
         State::Idle,
         State::Loading,
@@ -87,7 +87,7 @@ pub enum KillReason {
 }
 
 impl KillReason {
-    /// Every reason, for metrics series that exist before the first event.
+    /// Every reason, in `DESIGN.md`'s order.
     pub const ALL: [KillReason; 7] = [
         KillReason::Crash,
         KillReason::Oom,

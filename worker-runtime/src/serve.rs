@@ -71,6 +71,11 @@ pub(crate) fn serve_every<F: Family>(
     match stop {
         Stop::Gone => {
             tracing::info!("supervisor gone; exiting");
+            // The model is not dropped: the worker exits at once, as it
+            // always has, and a hang or a crash in a native runtime's
+            // teardown (llama.cpp, LiteRT, OpenCV) cannot turn its exit 0
+            // into a signal or a slow death.
+            std::mem::forget(family);
             Ok(())
         }
         Stop::Failed(e) => Err(e),
@@ -94,22 +99,27 @@ fn busy<F: Family>(family: &F, cx: &Context) -> bool {
     family.has_work() || !cx.outbox.is_empty()
 }
 
-/// One turn: the frames waiting (blocking for one when idle), queued
-/// answers, one step, queued answers; the counters for the heartbeats.
+/// One turn: the frames waiting (blocking for one when idle), each followed
+/// by the queued answers, one step, the queued answers; the counters for
+/// the heartbeats.
 fn turn<F: Family>(
     chan: &BlockingChannel,
     family: &mut F,
     cx: &mut Context,
     counters: &Counters,
 ) -> Result<(), Stop> {
+    // Queued answers go out after each frame: a family that answers in
+    // place while it reads (LITE runs a whole inference there) must not
+    // keep another request's queued answer waiting behind the next frame.
     if !busy(family, cx) {
         let frame = chan.recv()?;
         on_frame(family, cx, counters, frame);
+        cx.outbox.flush(chan)?;
     }
     while let Some(frame) = chan.try_recv()? {
         on_frame(family, cx, counters, frame);
+        cx.outbox.flush(chan)?;
     }
-    cx.outbox.flush(chan)?;
     let stepped = family.step(cx)?;
     cx.outbox.flush(chan)?;
     counters

@@ -49,7 +49,7 @@ impl Guard {
             };
             let on_gpus = gpu::worker_usage(&gpus, s.pid, &s.reported_gpu);
             let estimate = {
-                let mut mem = lock(m.memory());
+                let mut mem = lock(m.figures());
                 mem.latest = Some(p);
                 mem.peak_private = mem.peak_private.max(p.private_bytes);
                 mem.peak_resident = mem.peak_resident.max(p.private_bytes + p.file_bytes);
@@ -163,7 +163,7 @@ impl Guard {
                 .iter()
                 .filter_map(|m| {
                     let s = m.view();
-                    let used = lock(m.memory())
+                    let used = lock(m.figures())
                         .gpu
                         .iter()
                         .find(|(i, _, _)| *i == d.index)

@@ -95,8 +95,18 @@ pub fn estimate(spec: &ModelSpec, file: &std::path::Path) -> u64 {
     }
 }
 
-/// Models to unload before a load, and the note each is given.
-type Plan = (Vec<Arc<dyn Tenant>>, String);
+/// What an admission decided.
+enum Decision {
+    /// Admitted as things are.
+    Fits,
+    /// Admitted once these models are unloaded (each given the note).
+    Evict(Vec<Arc<dyn Tenant>>, String),
+    /// No room now, but models being unloaded hold some: decide again
+    /// when one is gone.
+    Wait,
+    /// No room, even after unloading every model that may go.
+    Refuse(Error),
+}
 
 /// The last host and GPU samples.
 #[derive(Debug, Clone, Default)]
@@ -122,6 +132,8 @@ pub struct Guard {
     /// the same free memory. Held only while deciding, never across
     /// another model's eviction.
     admitting: tokio::sync::Mutex<()>,
+    /// Evictions carried out so far (admissions waiting for room watch it).
+    evictions: tokio::sync::watch::Sender<u64>,
 }
 
 impl Guard {
@@ -154,6 +166,7 @@ impl Guard {
             latest: Mutex::new(latest),
             tenants,
             admitting: tokio::sync::Mutex::new(()),
+            evictions: tokio::sync::watch::channel(0).0,
             stopped: Mutex::new(Vec::new()),
             devices_seen: Mutex::new(0),
         })
@@ -227,39 +240,52 @@ impl Guard {
     /// and the models chosen to go are marked, so a concurrent admission
     /// neither counts that room twice nor picks them again); the evictions
     /// are awaited after the lock is released, so an actor that is itself
-    /// waiting to be admitted can never block another's admission.
+    /// waiting to be admitted can never block another's admission. An
+    /// admission that finds no room only because models being unloaded
+    /// still hold it waits for those evictions and decides again.
     pub async fn admit(&self, id: &str, memory: &SharedMemory) -> Result<(), Error> {
-        let (victims, note) = {
-            let _one = self.admitting.lock().await;
-            self.wait_gpu_released().await;
-            match self.decide(id, memory)? {
-                None => return Ok(()),
-                Some(plan) => plan,
+        loop {
+            let mut finished = self.evictions.subscribe();
+            let decision = {
+                let _one = self.admitting.lock().await;
+                self.wait_gpu_released().await;
+                finished.borrow_and_update();
+                self.decide(id, memory)
+            };
+            match decision {
+                Decision::Fits => return Ok(()),
+                Decision::Refuse(e) => return Err(e),
+                Decision::Wait => {
+                    tracing::debug!(model = %id, "waiting for models being unloaded");
+                    let _ = finished.changed().await;
+                }
+                Decision::Evict(victims, note) => {
+                    for victim in &victims {
+                        tracing::info!(model = %victim.spec().id, "{note}");
+                        let pid = victim.view().pid;
+                        victim.evict(note.clone()).await;
+                        lock(victim.figures()).evicting = false;
+                        self.stopped(pid);
+                        self.evictions.send_modify(|n| *n += 1);
+                    }
+                    self.wait_gpu_released().await;
+                    return Ok(());
+                }
             }
-        };
-        for victim in &victims {
-            tracing::info!(model = %victim.spec().id, "{note}");
-            let pid = victim.view().pid;
-            victim.evict(note.clone()).await;
-            lock(victim.memory()).evicting = false;
-            self.stopped(pid);
         }
-        self.wait_gpu_released().await;
-        Ok(())
     }
 
-    /// The admission decision: `None` when `id` fits as things are, the
-    /// models to unload first (and why) when that makes room; both mark
-    /// `id` admitted. RESOURCE_EXHAUSTED when nothing makes room.
-    fn decide(&self, id: &str, memory: &SharedMemory) -> Result<Option<Plan>, Error> {
+    /// The admission decision. `Fits` and `Evict` mark `id` admitted (and
+    /// `Evict` marks the models to unload first).
+    fn decide(&self, id: &str, memory: &SharedMemory) -> Decision {
         let need = lock(memory).footprint();
         let h = host::sample();
         let others: Vec<Arc<dyn Tenant>> = self
             .models()
             .into_iter()
-            .filter(|m| m.spec().id != id && lock(m.memory()).admitted)
+            .filter(|m| m.spec().id != id && lock(m.figures()).admitted)
             .collect();
-        let committed = others.iter().map(|m| lock(m.memory()).footprint()).sum();
+        let committed = others.iter().map(|m| lock(m.figures()).footprint()).sum();
         let room = Room {
             limit: self.limit(&h),
             committed,
@@ -268,10 +294,10 @@ impl Guard {
         };
         let candidates: Vec<Candidate> = others
             .iter()
-            .filter(|m| m.view().state == State::Ready && !lock(m.memory()).evicting)
+            .filter(|m| m.view().state == State::Ready && !lock(m.figures()).evicting)
             .map(|m| Candidate {
                 id: m.spec().id.clone(),
-                footprint: lock(m.memory()).footprint(),
+                footprint: lock(m.figures()).footprint(),
                 last_used_ms: m.last_used_ms(),
                 pinned: m.spec().pinned,
                 busy: m.busy(),
@@ -280,7 +306,7 @@ impl Guard {
         match policy::admit(need, room, &candidates) {
             Admission::Fits => {
                 lock(memory).admitted = true;
-                Ok(None)
+                Decision::Fits
             }
             Admission::Evict(ids) => {
                 let victims: Vec<Arc<dyn Tenant>> = others
@@ -288,7 +314,7 @@ impl Guard {
                     .filter(|m| ids.contains(&m.spec().id))
                     .collect();
                 for v in &victims {
-                    lock(v.memory()).evicting = true;
+                    lock(v.figures()).evicting = true;
                 }
                 lock(memory).admitted = true;
                 let note = format!(
@@ -297,13 +323,17 @@ impl Guard {
                     mib(room.available()),
                     mib(room.reserve)
                 );
-                Ok(Some((victims, note)))
+                Decision::Evict(victims, note)
+            }
+            // Models on their way out still hold memory that will be room.
+            Admission::Refuse { .. } if others.iter().any(|m| lock(m.figures()).evicting) => {
+                Decision::Wait
             }
             Admission::Refuse {
                 needed,
                 free,
                 reserve,
-            } => Err(Error::ResourceExhausted(format!(
+            } => Decision::Refuse(Error::ResourceExhausted(format!(
                 "model {id:?} needs {} of host memory; {} is free to models (limit {}, {} held by other models, {} kept in reserve), even after unloading every idle, unpinned model",
                 mib(needed),
                 mib(free),
@@ -348,26 +378,33 @@ impl Guard {
 
     /// Before room is reused: waits (up to 10 s) until NVML lists none of
     /// the workers stopped for memory, so their device memory is back.
+    /// Every admission waits for the same list (each pid is forgotten once
+    /// NVML no longer lists it, or after the 10 s).
     async fn wait_gpu_released(&self) {
         let Some(gpus) = &self.gpus else {
             return;
         };
-        let pids =
-            std::mem::take(&mut *self.stopped.lock().unwrap_or_else(PoisonError::into_inner));
-        if pids.is_empty() {
-            return;
-        }
+        let stopped = || self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let holding = gpus
-                .sample()
+            let seen = stopped().clone();
+            if seen.is_empty() {
+                return;
+            }
+            let devices = gpus.sample();
+            let holding: Vec<u32> = seen
                 .iter()
-                .any(|d| pids.iter().any(|p| d.processes.contains_key(p)));
-            if !holding {
+                .copied()
+                .filter(|p| devices.iter().any(|d| d.processes.contains_key(p)))
+                .collect();
+            // Pids added meanwhile (by another admission) stay listed.
+            stopped().retain(|p| !seen.contains(p) || holding.contains(p));
+            if holding.is_empty() {
                 return;
             }
             if std::time::Instant::now() > until {
-                tracing::warn!(?pids, "stopped workers still hold GPU memory after 10 s");
+                tracing::warn!(pids = ?holding, "stopped workers still hold GPU memory after 10 s");
+                stopped().retain(|p| !holding.contains(p));
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

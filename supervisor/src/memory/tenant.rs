@@ -14,7 +14,8 @@ use super::SharedMemory;
 use crate::config::ModelSpec;
 use crate::lifecycle::{KillReason, State};
 
-/// A future the guard awaits (a kill or an eviction carried out).
+/// A future the guard awaits: an eviction carried out, or a kill handed to
+/// the actor.
 pub type Done<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// One model's lifecycle, read at once.
@@ -37,13 +38,13 @@ pub trait Tenant: Send + Sync + Debug {
     /// Its lifecycle now.
     fn view(&self) -> View;
     /// The guard's figures for it (shared with its actor).
-    fn memory(&self) -> &SharedMemory;
+    fn figures(&self) -> &SharedMemory;
     /// Calls running or waiting.
     fn busy(&self) -> bool;
     /// Its last call (Unix ms; 0: none).
     fn last_used_ms(&self) -> i64;
-    /// Kills worker `pid` (if still current) through the actor's one
-    /// kill path, `note` saying why.
+    /// Has the actor kill worker `pid` (if still current) through its one
+    /// kill path, `note` saying why; done once the actor has the command.
     fn kill(&self, pid: u32, reason: KillReason, note: String) -> Done<'_>;
     /// Stops its worker to free memory (the model goes back to IDLE);
     /// done once the process is gone.

@@ -82,7 +82,7 @@ impl Tenant for Fake {
         }
     }
 
-    fn memory(&self) -> &SharedMemory {
+    fn figures(&self) -> &SharedMemory {
         &self.memory
     }
 
@@ -117,24 +117,48 @@ impl Tenant for Fake {
 }
 
 #[derive(Debug, Default)]
-struct Fakes(Vec<Arc<Fake>>);
+struct Fakes {
+    fakes: Vec<Arc<Fake>>,
+    /// Listing takes a while: two admissions deciding at once would
+    /// overlap inside it.
+    slow: bool,
+}
 
 impl Tenants for Fakes {
     fn tenants(&self) -> Vec<Arc<dyn Tenant>> {
-        self.0
+        if self.slow {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.fakes
             .iter()
             .map(|f| f.clone() as Arc<dyn Tenant>)
             .collect()
     }
 }
 
-/// A guard with room for `limit_mib` over `fakes` (no reserve; the host's
-/// real free memory is far above these limits, so the limit decides).
+/// A guard with room for `limit_mib` over `fakes`, no reserve: the room is
+/// the smaller of the limit and the host's free memory, so the host must
+/// have well over the limit free for the limit to decide.
 fn guard(limit_mib: u64, fakes: &[Arc<Fake>]) -> Arc<Guard> {
+    guard_over(limit_mib, fakes, false)
+}
+
+fn guard_over(limit_mib: u64, fakes: &[Arc<Fake>], slow: bool) -> Arc<Guard> {
+    let free = super::host::sample().free();
+    assert!(
+        free > 4 * limit_mib * MIB,
+        "these tests need over {} MiB of free host memory; {} is free",
+        4 * limit_mib,
+        free / MIB
+    );
     let mut config = Config::default();
     config.memory.limit = limit_mib * MIB;
     config.memory.host_reserve = 0;
-    let g = Guard::with_gpus(Arc::new(config), Arc::new(Fakes(fakes.to_vec())), None);
+    let tenants = Fakes {
+        fakes: fakes.to_vec(),
+        slow,
+    };
+    let g = Guard::with_gpus(Arc::new(config), Arc::new(tenants), None);
     for f in fakes {
         let _ = f.guard.set(g.clone());
     }
@@ -206,13 +230,21 @@ async fn nothing_that_may_go_is_a_refusal_with_the_numbers() {
     assert_eq!(busy.evictions.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_admissions_never_count_the_same_room_twice() {
-    for _ in 0..20 {
+    for _ in 0..10 {
         let b = Arc::new(Fake::new("b", 600, State::Loading));
         let c = Arc::new(Fake::new("c", 600, State::Loading));
-        let g = guard(1000, &[b.clone(), c.clone()]);
-        let (rb, rc) = tokio::join!(admit(&g, &b), admit(&g, &c));
+        let g = guard_over(1000, &[b.clone(), c.clone()], true);
+        let one = tokio::spawn({
+            let (g, b) = (g.clone(), b.clone());
+            async move { admit(&g, &b).await }
+        });
+        let other = tokio::spawn({
+            let (g, c) = (g.clone(), c.clone());
+            async move { admit(&g, &c).await }
+        });
+        let (rb, rc) = (one.await.expect("join"), other.await.expect("join"));
         assert!(
             rb.is_ok() != rc.is_ok(),
             "exactly one of two 600 MiB loads fits in 1000 MiB: {rb:?} {rc:?}"
@@ -222,20 +254,19 @@ async fn concurrent_admissions_never_count_the_same_room_twice() {
     }
 }
 
-#[tokio::test]
-async fn a_model_being_unloaded_for_one_load_is_neither_counted_as_room_nor_picked_again() {
+/// b's admission unloads a 600 MiB victim that takes its time to go;
+/// meanwhile c (of `c_mib`) asks for room. Returns c's answer.
+async fn while_a_victim_goes(c_mib: u64) -> (Result<(), Error>, Arc<Fake>, Arc<Fake>) {
     let mut victim = Fake::new("victim", 600, State::Ready);
     victim.on_evict = OnEvict::WaitForTest;
     let victim = Arc::new(victim);
     let b = Arc::new(Fake::new("b", 500, State::Loading));
-    let c = Arc::new(Fake::new("c", 500, State::Loading));
+    let c = Arc::new(Fake::new("c", c_mib, State::Loading));
     let g = guard(1000, &[victim.clone(), b.clone(), c.clone()]);
     let first = tokio::spawn({
         let (g, b) = (g.clone(), b.clone());
         async move { admit(&g, &b).await }
     });
-    // Once b's admission has chosen the victim, c's finds no room: the
-    // victim still holds its memory and is already spoken for.
     tokio::time::timeout(PATIENCE, async {
         while !lock(&victim.memory).evicting {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -243,12 +274,37 @@ async fn a_model_being_unloaded_for_one_load_is_neither_counted_as_room_nor_pick
     })
     .await
     .expect("b's admission picks the victim");
-    let err = admit(&g, &c).await.expect_err("no room for c");
-    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    let second = tokio::spawn({
+        let (g, c) = (g.clone(), c.clone());
+        async move { admit(&g, &c).await }
+    });
+    // c's admission cannot be answered while the victim still holds the
+    // room: it is neither admitted nor refused, and picks no other victim.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!second.is_finished() && !c.admitted());
     victim.release.notify_one();
     first.await.expect("join").expect("b admitted");
-    assert_eq!(victim.evictions.load(Ordering::SeqCst), 1);
-    assert!(b.admitted() && !c.admitted());
+    let answer = second.await.expect("join");
+    assert_eq!(victim.evictions.load(Ordering::SeqCst), 1, "unloaded once");
+    assert!(b.admitted());
+    (answer, c, victim)
+}
+
+#[tokio::test]
+async fn a_load_waits_for_a_model_being_unloaded_and_fits_once_it_is_gone() {
+    let (answer, c, _) = while_a_victim_goes(500).await;
+    answer.expect("500 + 500 fit in 1000 once the victim is gone");
+    assert!(c.admitted());
+}
+
+#[tokio::test]
+async fn a_load_that_does_not_fit_even_after_an_unload_in_progress_is_refused_then() {
+    let (answer, c, victim) = while_a_victim_goes(600).await;
+    let err = answer.expect_err("500 + 600 do not fit in 1000");
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    assert!(!c.admitted() && !victim.admitted());
 }
 
 #[tokio::test]

@@ -34,6 +34,13 @@ struct Rig {
 
 /// A registry whose workers are the fake, with `limit_mib` for models.
 fn rig(limit_mib: u64) -> Rig {
+    rig_with(limit_mib, |_| {})
+}
+
+/// [`rig`], with `tune` applied to the config. Heartbeats may be missed
+/// for 30 s (a loaded machine can starve a worker for a while): only the
+/// test of a silent worker shortens it.
+fn rig_with(limit_mib: u64, tune: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = dir.path().join("bin");
     let store = dir.path().join("store");
@@ -61,11 +68,12 @@ fn rig(limit_mib: u64) -> Rig {
     config.workers.backoff_initial = Duration::from_millis(20);
     config.workers.backoff_max = Duration::from_millis(100);
     config.workers.max_restarts = MAX_RESTARTS;
-    config.workers.heartbeat_timeout = Duration::from_secs(1);
+    config.workers.heartbeat_timeout = Duration::from_secs(30);
     config.workers.kill_grace = Duration::from_millis(500);
     config.deadlines.load = Duration::from_secs(60);
     config.memory.limit = limit_mib * MIB;
     config.memory.host_reserve = 0;
+    tune(&mut config);
     let shared = Shared::new(config);
     let models = Arc::new(Models::default());
     let guard = Guard::new(shared.config.clone(), models.clone());
@@ -234,7 +242,9 @@ async fn a_load_the_worker_refuses_fails_at_once_without_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_without_heartbeats_is_killed_as_unhealthy_and_respawned() {
-    let rig = rig(1000);
+    let rig = rig_with(1000, |c| {
+        c.workers.heartbeat_timeout = Duration::from_secs(1)
+    });
     let h = rig.registry.add(spec("silent-e", 10, true)).expect("add");
     let first = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
     let s = wait_for(&h, "killed as unhealthy", |s| {
@@ -314,4 +324,52 @@ async fn two_loads_that_do_not_both_fit_never_both_run() {
         assert_eq!(s.last_error_code, REFUSED_MEMORY, "{}", s.last_error);
         assert!(s.last_error.contains("needs 60.0 MiB"), "{}", s.last_error);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_during_a_load_stop_it_as_each_says() {
+    let rig = rig(1000);
+    let h = rig.registry.add(spec("slow-k", 10, true)).expect("add");
+    let loading = |s: &Status| s.state == State::Loading && s.pid != 0;
+    let first = wait_for(&h, "a worker loading", loading).await.pid;
+    // A kill for another worker (one already gone) leaves this load alone.
+    h.kill(first + 1_000_000, KillReason::Oom, "not this one".into())
+        .await;
+    // A kill of the loading worker (the guard's, for memory) counts a
+    // restart and starts another after the backoff.
+    h.kill(first, KillReason::Oom, "over its budget".into())
+        .await;
+    let s = wait_for(&h, "a second worker loading", |s| {
+        loading(s) && s.pid != first
+    })
+    .await;
+    assert!(!alive(first), "the first loading worker is gone");
+    assert_eq!(s.restarts, 1, "one kill, one restart: {s:?}");
+    assert_eq!(s.last_kill_reason, Some(KillReason::Oom));
+    assert!(
+        s.last_error
+            .contains("killed while loading (oom): over its budget"),
+        "{}",
+        s.last_error
+    );
+    assert!(s.last_exit.contains("signal"), "{}", s.last_exit);
+    // A restart starts a third with a fresh budget.
+    let second = s.pid;
+    h.restart().await.expect("restart");
+    wait_for(&h, "a third worker loading", |s| {
+        loading(s) && s.pid != second
+    })
+    .await;
+    assert!(!alive(second));
+    // An eviction stops the load and leaves the model IDLE.
+    h.evict("make room".into()).await;
+    let s = h.status();
+    assert_eq!(s.state, State::Idle, "{s:?}");
+    assert_eq!((s.pid, s.last_error.as_str()), (0, "make room"));
+    assert_eq!(s.restarts, 1, "neither a restart nor an eviction counts");
+    assert!(!h.memory().admitted, "its room is given back");
+    rig.registry
+        .remove("slow-k", KillReason::Requested)
+        .await
+        .expect("remove");
 }

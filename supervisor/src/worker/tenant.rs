@@ -20,7 +20,7 @@ impl Tenant for WorkerHandle {
         }
     }
 
-    fn memory(&self) -> &SharedMemory {
+    fn figures(&self) -> &SharedMemory {
         &self.memory
     }
 

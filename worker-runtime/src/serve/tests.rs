@@ -301,3 +301,83 @@ fn a_cancel_frees_a_paused_request_and_the_worker_ends_with_its_supervisor() {
     let ended = within(&done, "the worker's end after its supervisor's");
     assert!(ended.is_ok(), "{ended:?}");
 }
+
+/// Answers Tokenize in place while it reads (as LITE answers Infer), fails
+/// the text "fail", and notes for each frame whether the answer queued for
+/// the frame before it was still waiting in the outbox.
+#[derive(Debug, Default)]
+struct InPlace {
+    last: Option<u64>,
+    held: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl Family for InPlace {
+    const FAMILY: ModelFamily = ModelFamily::Lite;
+    const VERSION: &'static str = "0.0.1";
+    const CAPABILITIES: &'static [&'static str] = &["in_place"];
+
+    fn load(&mut self, _load: &Load) -> Result<Loaded, WorkerError> {
+        Ok(Loaded::default())
+    }
+
+    fn read(&mut self, cx: &mut Context, frame: ipc::Received<'_>) -> Result<Read, WorkerError> {
+        let id = frame.request_id();
+        let req = crate::family::decode(frame.payload())?;
+        if let Some(before) = self.last.replace(id) {
+            self.held.lock().expect("held").push(cx.holds(before));
+        }
+        match req.body {
+            Some(worker_request::Body::Tokenize(t)) if t.text == "fail" => {
+                Err(WorkerError::invalid("fails"))
+            }
+            Some(worker_request::Body::Tokenize(t)) => {
+                let r = WorkerResponse {
+                    body: Some(worker_response::Body::Tokenize(TokenizeResponse {
+                        tokens: vec![t.text.len() as i32],
+                        pieces: Vec::new(),
+                    })),
+                    ..Default::default()
+                };
+                cx.chan()
+                    .send(id, Kind::Response, Flags::END, &r.encode_to_vec())?;
+                Ok(Read::Answered)
+            }
+            _ => Ok(Read::Request(req)),
+        }
+    }
+
+    fn request(&mut self, _cx: &mut Context, _call: Call) -> Result<(), WorkerError> {
+        Err(WorkerError::unimplemented("in place only"))
+    }
+}
+
+#[test]
+fn a_queued_answer_goes_out_before_the_next_frame_is_read() {
+    let (supervisor_end, worker_end) =
+        ipc::create(ChannelConfig::with_ring_bytes(1 << 20)).expect("channel");
+    let worker = Arc::new(BlockingChannel::new(worker_end).expect("worker end"));
+    let family = InPlace::default();
+    let held = family.held.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let chan = AsyncChannel::new(supervisor_end).expect("supervisor end");
+        // Both frames wait in the ring before the worker starts: it reads
+        // them in one turn.
+        let mut failing = chan.request(&tokenize("fail")).await.expect("send");
+        let mut in_place = chan.request(&tokenize("four")).await.expect("send");
+        std::thread::spawn(move || serve_every(worker, family, Duration::from_secs(60)));
+        assert_eq!(chan.recv_control().await.expect("hello").kind, Kind::Hello);
+        let f = failing.next().await.expect("frame").expect("ok");
+        assert_eq!(f.kind, Kind::Error);
+        let f = in_place.next().await.expect("frame").expect("ok");
+        assert_eq!(f.kind, Kind::Response);
+    });
+    assert_eq!(
+        *held.lock().expect("held"),
+        [false],
+        "the first frame's error was sent before the second frame was read"
+    );
+}

@@ -118,7 +118,8 @@ impl Actor {
                     _ => KillReason::Requested,
                 };
                 tracing::info!(model = %self.spec.id, pid, "stopping the loading worker: {cmd:?}");
-                process::kill_worker(pid, &mut exit, reason, grace).await;
+                let ended = process::kill_worker(pid, &mut exit, reason, grace).await;
+                self.status.send_modify(|s| s.last_exit = ended.to_string());
                 return Ok(Started::Interrupted(cmd));
             }
         };
