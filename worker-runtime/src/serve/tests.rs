@@ -219,6 +219,14 @@ fn a_family_answers_fails_and_streams_over_the_loopback() {
     );
 }
 
+/// A runtime for the test's side of the channel (the supervisor's).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Waits at most 10 s for `rx`.
 fn within<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
     rx.recv_timeout(Duration::from_secs(10))
@@ -238,10 +246,7 @@ fn a_cancel_frees_a_paused_request_and_the_worker_ends_with_its_supervisor() {
         let ended = serve_every(worker, Counting::default(), Duration::from_millis(20));
         let _ = done_tx.send(ended);
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let chan = AsyncChannel::new(supervisor_end).expect("supervisor end");
         let hello = chan.recv_control().await.expect("hello");
@@ -358,10 +363,7 @@ fn a_queued_answer_goes_out_before_the_next_frame_is_read() {
     let worker = Arc::new(BlockingChannel::new(worker_end).expect("worker end"));
     let family = InPlace::default();
     let held = family.held.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let chan = AsyncChannel::new(supervisor_end).expect("supervisor end");
         // Both frames wait in the ring before the worker starts: it reads
