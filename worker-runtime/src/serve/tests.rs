@@ -281,6 +281,15 @@ fn a_cancel_frees_a_paused_request_and_the_worker_ends_with_its_supervisor() {
             .send(Kind::Cancel, Flags::NONE, &[])
             .await
             .expect("cancel");
+        // Reading grants credit: read only once the worker has taken the
+        // cancel (nothing in flight), or the credit could reach it first
+        // and let the queued fifth frame out.
+        loop {
+            let f = chan.recv_control().await.expect("heartbeat");
+            if Heartbeat::decode(f.payload).is_ok_and(|b| b.in_flight == 0) {
+                break;
+            }
+        }
         let mut frames = Vec::new();
         while let Some(f) = endless.next().await {
             frames.push(f.expect("frame"));
