@@ -111,8 +111,13 @@ async fn a_stopped_worker_ends_the_call_at_its_deadline_and_is_replaced() {
 async fn a_model_that_cannot_load_goes_to_failed_and_the_rest_keeps_serving() {
     let _serial = serial().await;
     let store = store();
-    // A GGUF header followed by garbage: llama.cpp refuses it.
+    // A well-formed GGUF header (one tensor, no keys: nothing the
+    // supervisor's reader refuses) followed by garbage: llama.cpp refuses
+    // it, in the worker, at every start.
     let mut bad = b"GGUF".to_vec();
+    bad.extend(3u32.to_le_bytes());
+    bad.extend(1u64.to_le_bytes());
+    bad.extend(0u64.to_le_bytes());
     bad.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
     std::fs::write(store.path().join("corrupt.gguf"), bad).expect("write");
     let config = format!(

@@ -1,60 +1,9 @@
 //! The model store over the API: uploads are all-or-nothing, paths stay
 //! inside the store, files in use are protected.
 
-use e2e::{SMOLLM2, Sidecar, serial, smollm2_config, store};
-use sidecar_proto::v1::{
-    DeleteFileRequest, GetFileRequest, ListFilesRequest, PutFileHeader, PutFileRequest,
-    put_file_request::Msg,
-};
+use e2e::{SMOLLM2, Sidecar, serial, sha256_hex, smollm2_config, store, upload};
+use sidecar_proto::v1::{DeleteFileRequest, GetFileRequest, ListFilesRequest, PutFileRequest};
 use tonic::Code;
-
-fn sha256_hex(data: &[u8]) -> String {
-    // sha256 via the system tool keeps the test independent of the
-    // supervisor's own implementation.
-    use std::io::Write;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(data)
-        .expect("write");
-    let out = child.wait_with_output().expect("sha256sum output");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn upload(
-    path: &str,
-    data: &[u8],
-    sha: &str,
-    overwrite: bool,
-    cut_after: Option<usize>,
-) -> Vec<PutFileRequest> {
-    let mut msgs = vec![PutFileRequest {
-        msg: Some(Msg::Header(PutFileHeader {
-            path: path.into(),
-            size_bytes: data.len() as u64,
-            sha256: sha.into(),
-            overwrite,
-        })),
-    }];
-    let chunks: Vec<&[u8]> = data.chunks(64 << 10).collect();
-    let n = cut_after.unwrap_or(chunks.len());
-    for c in chunks.into_iter().take(n) {
-        msgs.push(PutFileRequest {
-            msg: Some(Msg::Chunk(c.to_vec().into())),
-        });
-    }
-    msgs
-}
 
 fn leftovers(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();

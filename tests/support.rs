@@ -385,3 +385,54 @@ pub async fn finish_stream(
     }
     done
 }
+
+/// The sha256 of `data` in hex, by `sha256sum`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    // sha256 via the system tool keeps the test independent of the
+    // supervisor's own implementation.
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("write");
+    let out = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// PutFile's messages for `data` at `path`: the header (with `sha`), then
+/// 64 KiB chunks, all of them or the first `cut_after`.
+pub fn upload(
+    path: &str,
+    data: &[u8],
+    sha: &str,
+    overwrite: bool,
+    cut_after: Option<usize>,
+) -> Vec<sidecar_proto::v1::PutFileRequest> {
+    let mut msgs = vec![sidecar_proto::v1::PutFileRequest {
+        msg: Some(sidecar_proto::v1::put_file_request::Msg::Header(sidecar_proto::v1::PutFileHeader {
+            path: path.into(),
+            size_bytes: data.len() as u64,
+            sha256: sha.into(),
+            overwrite,
+        })),
+    }];
+    let chunks: Vec<&[u8]> = data.chunks(64 << 10).collect();
+    let n = cut_after.unwrap_or(chunks.len());
+    for c in chunks.into_iter().take(n) {
+        msgs.push(sidecar_proto::v1::PutFileRequest {
+            msg: Some(sidecar_proto::v1::put_file_request::Msg::Chunk(c.to_vec().into())),
+        });
+    }
+    msgs
+}

@@ -75,24 +75,43 @@ impl ModelMemory {
 /// Shared between a model's handle, its actor and the guard.
 pub type SharedMemory = Arc<Mutex<ModelMemory>>;
 
-/// The estimate of a model before it runs: the configured figure, or one
-/// computed from the file.
-pub fn estimate(spec: &ModelSpec, file: &std::path::Path) -> u64 {
+/// What the guard reads of a model's file before its first load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// What admission assumes it needs: the configured figure, or one
+    /// computed from the file.
+    pub estimate: u64,
+    /// A text model's shape, from its GGUF header.
+    pub shape: Option<gguf::TextShape>,
+}
+
+/// Reads what the guard needs of `file` (blocking file I/O: call it off
+/// the async threads). `Err`: a header that is hostile or impossible, with
+/// the reason; the model is refused.
+pub fn prepare(spec: &ModelSpec, file: &std::path::Path) -> Result<Prepared, String> {
+    let shape = match spec.family {
+        Family::Text => gguf::text_shape(file)?,
+        Family::Lite | Family::Vision => None,
+    };
     if spec.memory_estimate > 0 {
-        return spec.memory_estimate;
+        return Ok(Prepared {
+            estimate: spec.memory_estimate,
+            shape,
+        });
     }
     let size = std::fs::metadata(file).map_or(0, |m| m.len());
-    match spec.family {
+    let estimate = match spec.family {
         Family::Text => policy::text_need(
             size,
-            gguf::text_shape(file).as_ref(),
+            shape.as_ref(),
             spec.text.context_size,
             spec.text.parallel,
             spec.text.batch_size,
         ),
         Family::Lite => policy::lite_need(size),
         Family::Vision => policy::vision_need(size),
-    }
+    };
+    Ok(Prepared { estimate, shape })
 }
 
 /// What an admission decided.

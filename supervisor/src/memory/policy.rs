@@ -26,10 +26,19 @@ pub fn text_need(
         0 => s.context_train.clamp(1, 4096),
         n => u64::from(n),
     };
-    let tokens = context * u64::from(parallel.max(1));
-    let kv = tokens * s.layers * s.kv_bytes_per_token_layer();
-    let logits = u64::from(if batch == 0 { 512 } else { batch }) * s.vocab * 4;
-    file_size + kv + logits + RUNTIME_OVERHEAD
+    // Saturating: a header's values cannot wrap the need around to a
+    // small number (an impossible need is refused with its figures).
+    let tokens = context.saturating_mul(u64::from(parallel.max(1)));
+    let kv = tokens
+        .saturating_mul(s.layers)
+        .saturating_mul(s.kv_bytes_per_token_layer());
+    let logits = u64::from(if batch == 0 { 512 } else { batch })
+        .saturating_mul(s.vocab)
+        .saturating_mul(4);
+    file_size
+        .saturating_add(kv)
+        .saturating_add(logits)
+        .saturating_add(RUNTIME_OVERHEAD)
 }
 
 /// A LITE model's need: the file, an arena as large again, and the

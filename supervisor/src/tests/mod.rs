@@ -373,3 +373,39 @@ async fn commands_during_a_load_stop_it_as_each_says() {
         .await
         .expect("remove");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_header_fails_the_model_before_any_worker_starts() {
+    let rig = rig(1000);
+    // Arrays nested 100 000 deep.
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend(0u64.to_le_bytes());
+    f.extend(1u64.to_le_bytes());
+    f.extend(4u64.to_le_bytes());
+    f.extend(b"evil");
+    f.extend(9u32.to_le_bytes());
+    for _ in 0..100_000 {
+        f.extend(9u32.to_le_bytes());
+        f.extend(1u64.to_le_bytes());
+    }
+    let store = rig.registry.store.root().to_path_buf();
+    std::fs::write(store.join("evil.gguf"), f).expect("write");
+    let mut s = spec("ok-evil", 0, true);
+    s.path = "evil.gguf".into();
+    let h = rig.registry.add(s).expect("add");
+    let s = wait_for(&h, "FAILED", |s| s.state == State::Failed).await;
+    assert_eq!(s.last_error_code, 3, "INVALID_ARGUMENT's code");
+    assert_eq!(s.restarts, 0);
+    assert!(
+        s.last_error == "evil.gguf: GGUF header: arrays nested deeper than 8",
+        "{}",
+        s.last_error
+    );
+    assert_eq!(s.started_unix_ms, 0, "no worker was started");
+    assert!(
+        !transitions(&rig, "ok-evil")
+            .iter()
+            .any(|t| t.ends_with("-> Ready") || t.ends_with("-> Restarting"))
+    );
+}

@@ -138,7 +138,8 @@ impl WorkerHandle {
         let spec = Arc::new(spec);
         let file_size = std::fs::metadata(&file).map_or(0, |m| m.len());
         let memory = Arc::new(std::sync::Mutex::new(ModelMemory {
-            estimate: crate::memory::estimate(&spec, &file),
+            // The actor reads the file's header before the first load.
+            estimate: spec.memory_estimate,
             ..Default::default()
         }));
         let (cmds, rx) = mpsc::channel(16);

@@ -82,6 +82,8 @@ struct Actor {
     backoff: Duration,
     guard: Arc<Guard>,
     memory: SharedMemory,
+    /// What the guard read of the model's file, once, before its first load.
+    prepared: Option<crate::memory::Prepared>,
 }
 
 pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<Option<Conn>>) {
@@ -132,6 +134,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
         backoff,
         guard,
         memory,
+        prepared: None,
     };
     tokio::spawn(actor.run());
     (status_rx, conn_rx)
@@ -237,6 +240,9 @@ impl Actor {
     /// Starts workers until one is READY (`Some`), or the model is FAILED,
     /// back to IDLE (memory refused an on-demand load) or unloaded (`None`).
     async fn bring_up(&mut self, mut why: Why) -> Option<Conn> {
+        if !self.prepare().await {
+            return None;
+        }
         loop {
             self.set(State::Loading, |s| s.pid = 0);
             if let Err(e) = self.guard.admit(&self.spec.id, &self.memory).await {

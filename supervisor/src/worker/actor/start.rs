@@ -22,6 +22,7 @@ use super::{Actor, Why};
 use crate::clock::now_ms;
 use crate::config::{Family, ModelSpec};
 use crate::lifecycle::{KillReason, State};
+use crate::memory::gguf::TextShape;
 use crate::memory::{Guard, SharedMemory, host};
 
 /// How one start ended.
@@ -40,6 +41,7 @@ pub(super) enum Started {
 struct Handshake<'a> {
     spec: &'a ModelSpec,
     file: &'a std::path::Path,
+    shape: Option<&'a TextShape>,
     status: &'a watch::Sender<Status>,
     guard: &'a Guard,
     memory: &'a SharedMemory,
@@ -106,6 +108,7 @@ impl Actor {
         let hs = Handshake {
             spec: &self.spec,
             file: &self.file,
+            shape: self.prepared.as_ref().and_then(|p| p.shape.as_ref()),
             status: &self.status,
             guard: &self.guard,
             memory: &self.memory,
@@ -144,6 +147,36 @@ impl Actor {
                 ))
             }
         }
+    }
+
+    /// Reads the model file's header once, on a blocking thread (never on
+    /// the async threads, never under the registry's lock): the estimate
+    /// admission uses and a text model's shape. A header that is hostile or
+    /// impossible fails the model at once (INVALID_ARGUMENT, no restarts);
+    /// false then.
+    pub(super) async fn prepare(&mut self) -> bool {
+        if self.prepared.is_some() {
+            return true;
+        }
+        let (spec, file) = (self.spec.clone(), self.file.clone());
+        let read = tokio::task::spawn_blocking(move || crate::memory::prepare(&spec, &file)).await;
+        let refused = match read {
+            Ok(Ok(p)) => {
+                if let Ok(mut m) = self.memory.lock() {
+                    m.estimate = p.estimate;
+                }
+                self.prepared = Some(p);
+                return true;
+            }
+            Ok(Err(why)) => format!("{}: {why}", self.spec.path),
+            Err(e) => format!("{}: reading its header failed: {e}", self.spec.path),
+        };
+        tracing::warn!(model = %self.spec.id, "model refused: {refused}");
+        self.set(State::Failed, |s| {
+            s.last_error = refused;
+            s.last_error_code = super::REFUSED_INVALID;
+        });
+        false
     }
 
     /// Carries out a command that stopped a loading worker: `Some` to start
@@ -226,7 +259,7 @@ impl Handshake<'_> {
         if !self.guard.gpu_monitoring() {
             return t;
         }
-        let Some(shape) = crate::memory::gguf::text_shape(self.file) else {
+        let Some(shape) = self.shape else {
             return t;
         };
         let size = std::fs::metadata(self.file).map_or(0, |m| m.len());

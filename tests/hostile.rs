@@ -1,0 +1,170 @@
+//! Hostile model files, as a client would send them: uploaded with
+//! PutFile, then loaded. Each gets a clear error with the right code; the
+//! supervisor keeps its pid, its probes and its memory, and the other
+//! models serve.
+
+use e2e::{Sidecar, greedy, serial, sha256_hex, smollm2_config, store, upload};
+use sidecar_proto::v1::{GetModelRequest, LoadModelRequest, ModelFamily};
+use tonic::Code;
+
+/// Resident memory of process `pid`, bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+fn header(kvs: u64) -> Vec<u8> {
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend(0u64.to_le_bytes());
+    f.extend(kvs.to_le_bytes());
+    f
+}
+
+fn key(out: &mut Vec<u8>, key: &str, typ: u32) {
+    out.extend((key.len() as u64).to_le_bytes());
+    out.extend(key.as_bytes());
+    out.extend(typ.to_le_bytes());
+}
+
+fn kv_u64(out: &mut Vec<u8>, k: &str, v: u64) {
+    key(out, k, 10);
+    out.extend(v.to_le_bytes());
+}
+
+/// A GGUF header whose `llama.*` keys are `shape`.
+fn shaped(shape: &[(&str, u64)]) -> Vec<u8> {
+    let mut f = header(1 + shape.len() as u64);
+    key(&mut f, "general.architecture", 8);
+    f.extend(5u64.to_le_bytes());
+    f.extend(b"llama");
+    for (k, v) in shape {
+        kv_u64(&mut f, &format!("llama.{k}"), *v);
+    }
+    f
+}
+
+/// Uploads `data` as `path`, loads it as TEXT model `id`, and returns the
+/// load's error.
+async fn upload_and_load(sc: &Sidecar, path: &str, id: &str, data: &[u8]) -> tonic::Status {
+    let mut models = sc.models().await;
+    let sha = sha256_hex(data);
+    models
+        .put_file(tokio_stream::iter(upload(path, data, &sha, false, None)))
+        .await
+        .expect("upload");
+    let err = models
+        .load_model(LoadModelRequest {
+            model_id: id.into(),
+            family: ModelFamily::Text as i32,
+            path: path.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    let gone = models
+        .get_model(GetModelRequest {
+            model_id: id.into(),
+        })
+        .await
+        .expect_err("a refused model is not kept");
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    err
+}
+
+/// The supervisor is the same process, its probes answer 200, the required
+/// model serves, and its memory grew by less than 64 MiB.
+async fn unharmed(sc: &Sidecar, pid: u32, rss_before: u64) {
+    assert_eq!(sc.child.id(), pid);
+    assert!(e2e::alive(pid), "the supervisor is alive");
+    assert_eq!(sc.admin_get("/livez").0, 200);
+    let (code, body) = sc.admin_get("/readyz");
+    assert_eq!(code, 200, "{body}");
+    sc.text()
+        .await
+        .generate(greedy("Hello", 2))
+        .await
+        .expect("the other model serves");
+    let grown = rss(pid).saturating_sub(rss_before);
+    assert!(
+        grown < 64 << 20,
+        "the supervisor's memory grew by {} MiB",
+        grown >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gguf_of_arrays_nested_300_000_deep_is_refused_without_harm() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let pid = sc.child.id();
+    let before = rss(pid);
+    // The file that overflowed the supervisor's stack: 3.6 MB of arrays
+    // nested 300 000 deep.
+    let mut f = header(1);
+    key(&mut f, "evil", 9);
+    for _ in 0..300_000 {
+        f.extend(9u32.to_le_bytes());
+        f.extend(1u64.to_le_bytes());
+    }
+    f.extend(4u32.to_le_bytes());
+    f.extend(0u64.to_le_bytes());
+    assert!(f.len() > 3_500_000);
+    let err = upload_and_load(&sc, "evil/nested.gguf", "nested", &f).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("evil/nested.gguf: GGUF header: arrays nested deeper than 8"),
+        "{}",
+        err.message()
+    );
+    unharmed(&sc, pid, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gguf_sizes_that_overflow_the_admission_arithmetic_are_refused_with_the_figures() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let pid = sc.child.id();
+    let before = rss(pid);
+    // Values no model has: refused naming the key, the value and the limit.
+    let impossible = shaped(&[
+        ("block_count", u64::MAX),
+        ("embedding_length", 1 << 62),
+        ("attention.head_count", 1),
+    ]);
+    let err = upload_and_load(&sc, "evil/impossible.gguf", "impossible", &impossible).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("llama.block_count {} exceeds 65536", u64::MAX)),
+        "{}",
+        err.message()
+    );
+    // Each value plausible, their product past any memory: the need
+    // saturates (it never wraps to a small number) and admission refuses
+    // it with the numbers.
+    let huge = shaped(&[
+        ("block_count", 1 << 16),
+        ("embedding_length", 1 << 20),
+        ("attention.head_count", 1),
+        ("attention.head_count_kv", 1 << 16),
+        ("context_length", 1 << 26),
+    ]);
+    let err = upload_and_load(&sc, "evil/huge.gguf", "huge", &huge).await;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("needs 17592186044416.0 MiB of host memory"),
+        "{}",
+        err.message()
+    );
+    unharmed(&sc, pid, before).await;
+}
