@@ -18,7 +18,9 @@ use nix::unistd::Pid;
 use sidecar_proto::v1::admin_service_client::AdminServiceClient;
 use sidecar_proto::v1::model_service_client::ModelServiceClient;
 use sidecar_proto::v1::text_service_client::TextServiceClient;
-use sidecar_proto::v1::{GetModelRequest, ModelInfo, ModelState};
+use sidecar_proto::v1::{
+    GetModelRequest, ModelInfo, ModelState, PutFileHeader, PutFileRequest, put_file_request,
+};
 use tonic::transport::Channel;
 
 /// The SmolLM2 file, relative to the model store.
@@ -418,9 +420,9 @@ pub fn upload(
     sha: &str,
     overwrite: bool,
     cut_after: Option<usize>,
-) -> Vec<sidecar_proto::v1::PutFileRequest> {
-    let mut msgs = vec![sidecar_proto::v1::PutFileRequest {
-        msg: Some(sidecar_proto::v1::put_file_request::Msg::Header(sidecar_proto::v1::PutFileHeader {
+) -> Vec<PutFileRequest> {
+    let mut msgs = vec![PutFileRequest {
+        msg: Some(put_file_request::Msg::Header(PutFileHeader {
             path: path.into(),
             size_bytes: data.len() as u64,
             sha256: sha.into(),
@@ -430,8 +432,8 @@ pub fn upload(
     let chunks: Vec<&[u8]> = data.chunks(64 << 10).collect();
     let n = cut_after.unwrap_or(chunks.len());
     for c in chunks.into_iter().take(n) {
-        msgs.push(sidecar_proto::v1::PutFileRequest {
-            msg: Some(sidecar_proto::v1::put_file_request::Msg::Chunk(c.to_vec().into())),
+        msgs.push(PutFileRequest {
+            msg: Some(put_file_request::Msg::Chunk(c.to_vec().into())),
         });
     }
     msgs
