@@ -1,10 +1,12 @@
-//! Hostile model files, as a client would send them: uploaded with
-//! PutFile, then loaded. Each gets a clear error with the right code; the
-//! supervisor keeps its pid, its probes and its memory, and the other
-//! models serve.
+//! Hostile clients: model files uploaded with PutFile and then loaded,
+//! and calls that choose their model ids and method paths. Each gets a
+//! clear error with the right code; the supervisor keeps its pid, its
+//! probes and its memory, and the other models serve.
 
 use e2e::{Sidecar, greedy, serial, sha256_hex, smollm2_config, store, upload};
-use sidecar_proto::v1::{GetModelRequest, LoadModelRequest, ModelFamily};
+use sidecar_proto::v1::{
+    GenerateRequest, GenerateResponse, GetModelRequest, LoadModelRequest, ModelFamily,
+};
 use tonic::Code;
 
 /// Resident memory of process `pid`, bytes (`VmRSS`).
@@ -167,4 +169,125 @@ async fn gguf_sizes_that_overflow_the_admission_arithmetic_are_refused_with_the_
         err.message()
     );
     unharmed(&sc, pid, before).await;
+}
+
+/// `/metrics`, checked to be well-formed: no line a client wrote.
+fn metrics(sc: &Sidecar) -> Vec<String> {
+    let (code, body) = sc.admin_get("/metrics");
+    assert_eq!(code, 200);
+    body.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_model_ids_and_method_paths_add_no_series_and_no_lines() {
+    let _serial = serial().await;
+    let sc = Sidecar::start(store(), &smollm2_config(""));
+    sc.ready("smollm2").await;
+    let pid = sc.child.id();
+    let before_rss = rss(pid);
+    // The series alerts are written on exist before the first event.
+    let fresh = metrics(&sc);
+    for line in [
+        "sidecar_worker_restarts_total{model=\"smollm2\",reason=\"crash\"} 0",
+        "sidecar_rejected_total{model=\"smollm2\",reason=\"queue_full\"} 0",
+    ] {
+        assert!(fresh.iter().any(|l| l == line), "{line} missing");
+    }
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", sc.api))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    // One call of each kind first: the `unknown` series exist from here.
+    let call = move |n: u32| {
+        let channel = channel.clone();
+        async move {
+            if n.is_multiple_of(2) {
+                // A model id of the client's choosing (one that tried to
+                // write lines into /metrics among them).
+                let model_id = if n == 0 {
+                    "x\"} 1\nfake_metric 1\n#".to_owned()
+                } else {
+                    format!("made-up-{n}")
+                };
+                let err = sidecar_proto::v1::text_service_client::TextServiceClient::new(channel)
+                    .generate(GenerateRequest {
+                        model_id,
+                        ..greedy("x", 1)
+                    })
+                    .await
+                    .expect_err("no such model");
+                assert_eq!(err.code(), Code::NotFound, "{err:?}");
+            } else {
+                // A method path of the client's choosing.
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.expect("ready");
+                let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+                    "/sidecar.v1.TextService/Made{n}"
+                ))
+                .expect("path");
+                let codec = tonic_prost::ProstCodec::<GenerateRequest, GenerateResponse>::default();
+                let err = grpc
+                    .unary(tonic::Request::new(greedy("x", 1)), path, codec)
+                    .await
+                    .expect_err("no such method");
+                assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+            }
+        }
+    };
+    call(0).await;
+    call(1).await;
+    let warm = metrics(&sc);
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..1250u32 {
+                call(2 + t * 1250 + k).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("calls");
+    }
+    let after = metrics(&sc);
+    // 10 000 calls later: the same series (the same lines but for their
+    // figures), none of them naming a made-up id or path, no injected line.
+    let names = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| l.rsplit_once(' ').map_or(l.as_str(), |(k, _)| k).to_owned())
+            .collect()
+    };
+    let (warm, after_names) = (names(&warm), names(&after));
+    let new: Vec<&String> = after_names
+        .iter()
+        .filter(|n| !warm.contains(n))
+        .take(5)
+        .collect();
+    assert!(
+        warm == after_names,
+        "the series changed: {} lines before, {} after; new ones: {new:?}",
+        warm.len(),
+        after_names.len()
+    );
+    assert!(!after.iter().any(|l| l.starts_with("fake_metric")));
+    assert!(
+        !after
+            .iter()
+            .any(|l| l.contains("made-up") || l.contains("Made"))
+    );
+    assert!(
+        after.iter().any(|l| l.starts_with(
+            "sidecar_requests_total{method=\"unknown\",model=\"\",code=\"UNIMPLEMENTED\"} "
+        )),
+        "made-up paths count under method unknown"
+    );
+    assert!(
+        after.iter().any(|l| l.starts_with(
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\"} "
+        )),
+        "made-up ids count under model unknown"
+    );
+    unharmed(&sc, pid, before_rss).await;
 }

@@ -91,7 +91,7 @@ async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
             1.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"nope\",code=\"NOT_FOUND\"}",
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\"}",
             1.0,
         ),
         (

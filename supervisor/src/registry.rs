@@ -103,6 +103,7 @@ impl Registry {
             self.spawner.clone(),
             self.guard.clone(),
         );
+        self.shared.metrics.enroll(&handle.spec.id);
         models.insert(handle.spec.id.clone(), handle.clone());
         self.watch_health(handle.clone());
         Ok(handle)

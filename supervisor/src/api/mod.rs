@@ -29,10 +29,13 @@ pub async fn call_worker<T>(
     let deadline = deadline(&req, default);
     let request_id = request_id(&req, &registry.shared().request_ids);
     let (model_id, body) = into_body(req.into_inner());
+    // The metrics name a model only once it is known: a client's made-up
+    // ids all count as one `unknown` model.
+    let handle = registry.get(&model_id).map_err(|e| {
+        crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
+        e.with_request_id(&request_id)
+    })?;
     let method = crate::metrics::note_model(&model_id);
-    let handle = registry
-        .get(&model_id)
-        .map_err(|e| e.with_request_id(&request_id))?;
     if handle.spec.family != family {
         return Err(Error::FailedPrecondition(format!(
             "model {model_id:?} is a {} model, not {}",

@@ -1,6 +1,7 @@
 //! The tower layer that counts every API call by method, model and gRPC
 //! status code, and times it.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -44,13 +45,41 @@ pub fn note_model(model: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct CallLayer {
     metrics: Arc<Metrics>,
+    methods: Arc<HashMap<String, String>>,
 }
 
 impl CallLayer {
     /// A layer that records into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> CallLayer {
-        CallLayer { metrics }
+        CallLayer {
+            metrics,
+            methods: Arc::new(known_methods()),
+        }
     }
+}
+
+/// The `method` label a call's path gets: `Service/Method` for the API's
+/// own methods (read from its descriptor), `unknown` for any other path,
+/// so a client choosing paths cannot add series.
+const UNKNOWN: &str = "unknown";
+
+/// Every method of the API: its path (`/sidecar.v1.TextService/Generate`)
+/// → its label (`TextService/Generate`).
+fn known_methods() -> HashMap<String, String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(sidecar_proto::FILE_DESCRIPTOR_SET) else {
+        return HashMap::new();
+    };
+    let mut out = HashMap::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let label = format!("{}/{}", service.name(), method.name());
+                out.insert(format!("/{}.{label}", file.package()), label);
+            }
+        }
+    }
+    out
 }
 
 impl<S> tower::Layer<S> for CallLayer {
@@ -59,6 +88,7 @@ impl<S> tower::Layer<S> for CallLayer {
         CallService {
             inner,
             metrics: self.metrics.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -68,6 +98,7 @@ impl<S> tower::Layer<S> for CallLayer {
 pub struct CallService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    methods: Arc<HashMap<String, String>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -94,9 +125,9 @@ where
         let method = if path.starts_with("/grpc.") {
             String::new()
         } else {
-            path.trim_start_matches('/')
-                .rsplit_once('.')
-                .map_or_else(|| path.to_owned(), |(_, m)| m.to_owned())
+            self.methods
+                .get(path)
+                .map_or_else(|| UNKNOWN.to_owned(), Clone::clone)
         };
         let info = Arc::new(CallInfo {
             method,
@@ -206,5 +237,31 @@ impl<B: http_body::Body> http_body::Body for Recorded<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_apis_own_methods_get_their_names() {
+        let known = known_methods();
+        assert_eq!(
+            known
+                .get("/sidecar.v1.TextService/Generate")
+                .map(String::as_str),
+            Some("TextService/Generate")
+        );
+        assert!(known.contains_key("/sidecar.v1.ModelService/LoadModel"));
+        assert!(known.len() > 20, "{}", known.len());
+        for made_up in [
+            "/x.TextService/Generate",
+            "/sidecar.v1.TextService/Nope",
+            "/",
+            "",
+        ] {
+            assert!(!known.contains_key(made_up), "{made_up}");
+        }
     }
 }

@@ -23,6 +23,19 @@ use prometheus_client::registry::Registry;
 
 use crate::lifecycle::{KillReason, State};
 
+/// The model label of a call whose model id is not loaded.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// Why a call is refused before its worker (the `reason` of `rejected`).
+pub const REJECTIONS: [&str; 6] = [
+    "queue_full",
+    "draining",
+    "memory",
+    "deadline",
+    "failed",
+    "unavailable",
+];
+
 /// One model's gauges at a scrape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelGauges {
@@ -252,8 +265,26 @@ impl Metrics {
         m
     }
 
-    /// A call refused before its worker.
+    /// Creates `model`'s restart and rejection series at 0, so `rate()`
+    /// and `absent()` work before the first event.
+    pub fn enroll(&self, model: &str) {
+        for reason in KillReason::ALL {
+            drop(self.restarts.get_or_create(&ModelReason {
+                model: model.into(),
+                reason: reason.as_str().into(),
+            }));
+        }
+        for reason in REJECTIONS {
+            drop(self.rejected.get_or_create(&ModelReason {
+                model: model.into(),
+                reason: reason.into(),
+            }));
+        }
+    }
+
+    /// A call refused before its worker (`reason`: one of [`REJECTIONS`]).
     pub fn reject(&self, model: &str, reason: &str) {
+        debug_assert!(REJECTIONS.contains(&reason), "{reason}");
         self.rejected
             .get_or_create(&ModelReason {
                 model: model.into(),
@@ -354,4 +385,27 @@ pub fn code_name(code: i32) -> &'static str {
         .and_then(|i| NAMES.get(i))
         .copied()
         .unwrap_or("UNKNOWN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enrolled_model_has_its_alert_series_at_zero() {
+        let m = Metrics::new();
+        m.enroll("m");
+        let text = m.render(&[]);
+        for reason in KillReason::ALL {
+            let line = format!(
+                "sidecar_worker_restarts_total{{model=\"m\",reason=\"{}\"}} 0",
+                reason.as_str()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        for reason in REJECTIONS {
+            let line = format!("sidecar_rejected_total{{model=\"m\",reason=\"{reason}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 }
