@@ -98,6 +98,19 @@ impl KillReason {
         KillReason::Shutdown,
     ];
 
+    /// Whether a restart for this reason counts towards FAILED
+    /// (`DESIGN.md`'s restart table): a kill for a request's deadline
+    /// (`timeout`), an asked-for restart and a shutdown never do, so no
+    /// client can take a model offline with expensive calls and short
+    /// deadlines; a crash, a failed start, `oom`, `vram`, `unhealthy` and
+    /// `protocol` do.
+    pub fn counts_towards_failed(self) -> bool {
+        !matches!(
+            self,
+            KillReason::Timeout | KillReason::Requested | KillReason::Shutdown
+        )
+    }
+
     /// Label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

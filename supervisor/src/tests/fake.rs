@@ -12,7 +12,8 @@
 //! | `slow`    | heartbeats, and never answers the load |
 //!
 //! A Tokenize call is answered with one token per byte of its text; the
-//! text `abort` makes the worker abort (SIGABRT) instead.
+//! text `abort` makes the worker abort (SIGABRT) instead, and `hang` is
+//! never answered (the fake ignores cancels too).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,9 @@ fn serve(chan: &Arc<BlockingChannel>) {
             Some(worker_request::Body::Tokenize(t)) => {
                 if t.text == "abort" {
                     std::process::abort();
+                }
+                if t.text == "hang" {
+                    continue;
                 }
                 let r = WorkerResponse {
                     body: Some(worker_response::Body::Tokenize(TokenizeResponse {

@@ -409,3 +409,42 @@ async fn a_hostile_header_fails_the_model_before_any_worker_starts() {
             .any(|t| t.ends_with("-> Ready") || t.ends_with("-> Restarting"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_for_request_deadlines_never_make_a_model_failed() {
+    let rig = rig_with(1000, |c| {
+        c.deadlines.cancel_grace = Duration::from_millis(100);
+    });
+    let h = rig.registry.add(spec("ok-t", 10, true)).expect("add");
+    let mut pid = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
+    // More deadline kills than the budget allows crashes: the fake never
+    // answers "hang" and ignores the cancel, so each call's worker is
+    // killed (reason timeout) once the cancel's grace is over.
+    for round in 1..=MAX_RESTARTS + 2 {
+        let req = WorkerRequest {
+            request_tag: format!("hang-{round}"),
+            deadline_unix_ms: 0,
+            body: Some(worker_request::Body::Tokenize(TokenizeRequest {
+                model_id: h.spec.id.clone(),
+                text: "hang".into(),
+                ..Default::default()
+            })),
+        };
+        let mut call = h
+            .call(req, Instant::now() + Duration::from_millis(100))
+            .await
+            .expect("sent");
+        let err = call.next().await.expect("an answer").expect_err("late");
+        assert!(matches!(err, Error::DeadlineExceeded(_)), "{err:?}");
+        let s = wait_for(&h, "respawned after the deadline kill", |s| {
+            s.state == State::Ready && s.pid != pid
+        })
+        .await;
+        assert_eq!(s.restarts, round);
+        assert_eq!(s.last_kill_reason, Some(KillReason::Timeout));
+        assert!(!alive(pid), "the worker that ignored its cancel is gone");
+        pid = s.pid;
+    }
+    assert_eq!(h.status().state, State::Ready, "never FAILED");
+    assert_eq!(tokenize(&h, "ok").await.expect("serves"), [111, 107]);
+}

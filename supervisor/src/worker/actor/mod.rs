@@ -319,7 +319,17 @@ impl Actor {
     }
 
     /// Counts a restart; false (and FAILED) when the budget is spent.
+    /// Every restart is counted (status, metrics); only those whose reason
+    /// counts towards FAILED enter the window of the budget.
     fn count_restart(&mut self, reason: KillReason) -> bool {
+        self.shared.metrics.restart(&self.spec.id, reason);
+        self.status.send_modify(|s| {
+            s.restarts += 1;
+            s.last_kill_reason = Some(reason);
+        });
+        if !reason.counts_towards_failed() {
+            return true;
+        }
         let now = Instant::now();
         let window = self.config().workers.restart_window;
         while self
@@ -330,11 +340,6 @@ impl Actor {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
-        self.shared.metrics.restart(&self.spec.id, reason);
-        self.status.send_modify(|s| {
-            s.restarts += 1;
-            s.last_kill_reason = Some(reason);
-        });
         if self.recent.len() > self.config().workers.max_restarts as usize {
             let n = self.recent.len();
             self.set(State::Failed, |s| {
