@@ -375,6 +375,22 @@ async fn commands_during_a_load_stop_it_as_each_says() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_models_estimate_is_known_before_its_first_call() {
+    let rig = rig(1000);
+    // No configured estimate: the guard's, from the file (not a GGUF
+    // header the reader knows: its size plus the runtime's overhead).
+    let h = rig.registry.add(spec("ok-lazy", 0, false)).expect("add");
+    let deadline = Instant::now() + PATIENCE;
+    while h.memory().estimate == 0 {
+        assert!(Instant::now() < deadline, "no estimate: {:?}", h.memory());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = h.status();
+    assert_eq!((s.state, s.pid), (State::Idle, 0), "not loaded by it");
+    assert!(h.memory().estimate > 20, "{:?}", h.memory());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_header_fails_the_model_before_any_worker_starts() {
     let rig = rig(1000);
     // Arrays nested 100 000 deep.

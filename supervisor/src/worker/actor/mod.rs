@@ -177,7 +177,11 @@ impl Actor {
     }
 
     async fn run(mut self) {
-        let mut want = self.spec.preload.then_some(Why::Load);
+        // The file's header is read at once, lazy models included: their
+        // estimate shows before the first call, and a hostile file is
+        // refused when it is added.
+        let prepared = self.prepare().await;
+        let mut want = (prepared && self.spec.preload).then_some(Why::Load);
         loop {
             if let Some(why) = want.take() {
                 match self.bring_up(why).await {
