@@ -490,6 +490,32 @@ impl BlockingChannel {
         has_data()
     }
 
+    /// Sends a frame whatever the request's credit says, waiting only for
+    /// ring space: what a broken or hostile peer does. For tests of the
+    /// receiving side's window enforcement; a real sender never needs it.
+    #[doc(hidden)]
+    pub fn send_past_credit_for_test(
+        &self,
+        request_id: u64,
+        kind: Kind,
+        flags: Flags,
+        payload: &[u8],
+    ) -> Result<()> {
+        let mut fill = Some(|b: &mut [u8]| b.copy_from_slice(payload));
+        self.wait_until(None, || {
+            self.check_corrupt()?;
+            if self.peer_gone.load(Ordering::SeqCst) {
+                return Err(Error::PeerGone);
+            }
+            self.pump()?;
+            let offer = lock(&self.tx).offer(kind, flags, request_id, payload.len(), &mut fill)?;
+            if offer.wake {
+                sys::ring(self.peer_bell.as_fd())?;
+            }
+            Ok(offer.sent.then_some(()))
+        })
+    }
+
     /// Writes part of a frame of `len` payload bytes (the first `written`
     /// set to `byte`) without publishing it, as a process killed in the
     /// middle of a write leaves it. For fault tests of this protocol; a

@@ -25,9 +25,14 @@ use crate::frame::{Flags, Kind};
 use crate::ring::{Consumer, Found, Producer};
 use crate::sys::{self, SharedRegion};
 
-/// Frames of request id 0 (hello, heartbeats) kept before the oldest is
-/// dropped.
+/// Frames of request id 0 (hello, fatal errors) kept unread: one more is a
+/// protocol violation. Heartbeats do not count: only the newest unread one
+/// is kept, so a worker that heartbeats through a long load never fills it.
 const CONTROL_QUEUE: usize = 256;
+
+/// Frames the pump copies out of the ring before it yields to other tasks:
+/// a worker that floods the ring cannot keep the pump's thread.
+const DRAIN_BATCH: usize = 256;
 
 mod pump;
 
@@ -54,6 +59,10 @@ struct Slot {
     notify: Arc<Notify>,
     /// Dropped by its reader: frames are discarded until the END.
     abandoned: bool,
+    /// Answer frames the peer may have sent and this side not yet read:
+    /// the credit window, lifted by a CANCEL (after which the peer may send
+    /// what it needs to finish). One more is a protocol violation.
+    limit: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +74,10 @@ pub struct Stats {
     pub frames_out: u64,
     /// Frames for request ids nobody waits for (finished or never opened).
     pub unrouted: u64,
-    /// Control frames dropped because nobody read the control queue.
-    pub control_dropped: u64,
+    /// Older heartbeats replaced by a newer one before anybody read them.
+    pub heartbeats_replaced: u64,
+    /// Times the pump yielded in the middle of a full ring.
+    pub drain_yields: u64,
 }
 
 #[derive(Debug)]
@@ -209,6 +220,7 @@ impl AsyncChannel {
                 queue: VecDeque::new(),
                 notify: notify.clone(),
                 abandoned: false,
+                limit: self.inner.window as usize,
             },
         );
         let stream = ResponseStream {
@@ -358,6 +370,13 @@ impl Inner {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<()> {
         flow::check_sendable(kind)?;
+        if kind == Kind::Cancel
+            && let Some(slot) = lock(&self.streams).get_mut(&id)
+        {
+            // The peer may now send what it needs to finish: allow one
+            // more window's worth, still a bound.
+            slot.limit = (self.window as usize).saturating_mul(2).saturating_add(1);
+        }
         let mut fill = Some(fill);
         loop {
             let mut notified = pin!(self.space.notified());
@@ -404,56 +423,90 @@ impl Inner {
     }
 
     /// Copies every waiting frame to its destination.
-    fn drain(&self) -> Result<()> {
+    /// Copies out up to [`DRAIN_BATCH`] frames; true when it stopped
+    /// with frames left (the pump yields, then drains again).
+    fn drain(&self) -> Result<bool> {
         let mut rx = lock(&self.rx);
+        let mut taken = 0;
+        let mut more = false;
         while let Some(found) = rx.next()? {
-            self.route(&found);
+            self.route(&found)?;
+            taken += 1;
+            if taken == DRAIN_BATCH {
+                more = true;
+                break;
+            }
         }
         if rx.release() {
             sys::ring(self.peer_bell.as_fd())?;
         }
+        if more {
+            lock(&self.stats).drain_yields += 1;
+        }
+        Ok(more)
+    }
+
+    /// Puts one frame where its reader takes it. A peer past its credit
+    /// window or the control queue's bound breaks the protocol: the
+    /// channel fails with [`Error::Protocol`] and holds no more of its
+    /// frames.
+    fn route(&self, found: &Found) -> Result<()> {
+        let meta = found.meta;
+        let mut stats = lock(&self.stats);
+        stats.frames_in += 1;
+        if meta.kind == Kind::Credit {
+            // This side does not limit what it sends per request.
+            return Ok(());
+        }
+        if meta.request_id == 0 {
+            let mut control = lock(&self.control);
+            if meta.kind == Kind::Heartbeat
+                && let Some(at) = control.iter().position(|f| f.kind == Kind::Heartbeat)
+            {
+                control.remove(at);
+                stats.heartbeats_replaced += 1;
+            } else if control.len() >= CONTROL_QUEUE {
+                return Err(Error::Protocol(format!(
+                    "more than {CONTROL_QUEUE} unread control frames (last: {:?})",
+                    meta.kind
+                )));
+            }
+            control.push_back(self.copy_out(found));
+            self.control_notify.notify_one();
+            return Ok(());
+        }
+        let mut streams = lock(&self.streams);
+        let Some(slot) = streams.get_mut(&meta.request_id) else {
+            stats.unrouted += 1;
+            return Ok(());
+        };
+        if slot.abandoned {
+            if meta.flags.is_end() {
+                streams.remove(&meta.request_id);
+            }
+            return Ok(());
+        }
+        if flow::counts(meta.kind) && slot.queue.len() >= slot.limit {
+            return Err(Error::Protocol(format!(
+                "request {} sent a {:?} frame past its credit window of {} unread frames",
+                meta.request_id, meta.kind, slot.limit
+            )));
+        }
+        slot.queue.push_back(self.copy_out(found));
+        slot.notify.notify_one();
         Ok(())
     }
 
-    fn route(&self, found: &Found) {
+    fn copy_out(&self, found: &Found) -> Frame {
         let meta = found.meta;
-        let frame = Frame {
+        Frame {
             request_id: meta.request_id,
             kind: meta.kind,
             flags: meta.flags,
             payload: self
                 .pool
                 .copy(self.region.bytes(found.payload_at, meta.len)),
-        };
-        let mut stats = lock(&self.stats);
-        stats.frames_in += 1;
-        if meta.kind == Kind::Credit {
-            // This side does not limit what it sends per request.
-            return;
         }
-        if meta.request_id == 0 {
-            let mut control = lock(&self.control);
-            if control.len() >= CONTROL_QUEUE {
-                control.pop_front();
-                stats.control_dropped += 1;
-            }
-            control.push_back(frame);
-            self.control_notify.notify_one();
-            return;
-        }
-        let mut streams = lock(&self.streams);
-        let Some(slot) = streams.get_mut(&meta.request_id) else {
-            stats.unrouted += 1;
-            return;
-        };
-        if slot.abandoned {
-            if meta.flags.is_end() {
-                streams.remove(&meta.request_id);
-            }
-            return;
-        }
-        slot.queue.push_back(frame);
-        slot.notify.notify_one();
     }
 
     fn fail(&self, e: Error) {

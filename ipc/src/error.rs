@@ -15,6 +15,12 @@ pub enum Error {
     /// unusable; kill the peer and make a new one.
     #[error("ipc channel corrupt: {0}")]
     Corrupt(String),
+    /// The peer broke the channel's rules with well-formed frames: more
+    /// answer frames than its credit window allows, or more control frames
+    /// than the control queue holds. The channel is closed; kill the peer
+    /// (reason `protocol`) and make a new one.
+    #[error("ipc protocol violation by the peer: {0}")]
+    Protocol(String),
     /// A payload larger than the ring can ever hold.
     #[error(
         "ipc payload of {payload} bytes exceeds this channel's largest frame payload of {max} bytes (ring of {ring} bytes)"
@@ -82,6 +88,7 @@ impl Error {
         match self {
             Error::PeerGone => Error::PeerGone,
             Error::Corrupt(m) => Error::Corrupt(m.clone()),
+            Error::Protocol(m) => Error::Protocol(m.clone()),
             other => Error::Corrupt(other.to_string()),
         }
     }
@@ -91,6 +98,7 @@ impl Error {
         match self {
             Error::PeerGone => "peer_gone",
             Error::Corrupt(_) => "corrupt",
+            Error::Protocol(_) => "protocol",
             Error::TooLarge { .. } => "too_large",
             Error::Timeout => "timeout",
             Error::WouldBlock(_) => "would_block",

@@ -192,7 +192,7 @@ fn model_states_and_kill_reasons_match_the_design() {
             "MODEL_STATE_UNLOADING"
         ]
     );
-    let reasons: Vec<_> = (1..=7)
+    let reasons: Vec<_> = (1..=8)
         .map(|i| KillReason::try_from(i).expect("reason").as_str_name())
         .collect();
     assert_eq!(
@@ -204,7 +204,8 @@ fn model_states_and_kill_reasons_match_the_design() {
             "KILL_REASON_TIMEOUT",
             "KILL_REASON_UNHEALTHY",
             "KILL_REASON_REQUESTED",
-            "KILL_REASON_SHUTDOWN"
+            "KILL_REASON_SHUTDOWN",
+            "KILL_REASON_PROTOCOL"
         ]
     );
 }

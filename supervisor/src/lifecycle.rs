@@ -84,11 +84,14 @@ pub enum KillReason {
     Requested,
     /// Supervisor shutdown.
     Shutdown,
+    /// It broke the channel's rules (frames past its credit window or the
+    /// control queue's bound, malformed frames).
+    Protocol,
 }
 
 impl KillReason {
     /// Every reason, in `DESIGN.md`'s order.
-    pub const ALL: [KillReason; 7] = [
+    pub const ALL: [KillReason; 8] = [
         KillReason::Crash,
         KillReason::Oom,
         KillReason::Vram,
@@ -96,6 +99,7 @@ impl KillReason {
         KillReason::Unhealthy,
         KillReason::Requested,
         KillReason::Shutdown,
+        KillReason::Protocol,
     ];
 
     /// Whether a restart for this reason counts towards FAILED
@@ -111,6 +115,15 @@ impl KillReason {
         )
     }
 
+    /// Why a channel failed, as a kill reason: a worker that broke the
+    /// channel's rules (`protocol`), or one that went away (`crash`).
+    pub fn of_channel(e: &ipc::Error) -> KillReason {
+        match e {
+            ipc::Error::Protocol(_) | ipc::Error::Corrupt(_) => KillReason::Protocol,
+            _ => KillReason::Crash,
+        }
+    }
+
     /// Label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,6 +134,7 @@ impl KillReason {
             KillReason::Unhealthy => "unhealthy",
             KillReason::Requested => "requested",
             KillReason::Shutdown => "shutdown",
+            KillReason::Protocol => "protocol",
         }
     }
 
@@ -135,6 +149,7 @@ impl KillReason {
             KillReason::Unhealthy => K::Unhealthy,
             KillReason::Requested => K::Requested,
             KillReason::Shutdown => K::Shutdown,
+            KillReason::Protocol => K::Protocol,
         }
     }
 }

@@ -10,12 +10,18 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sidecar_proto::v1::{LogLine, LogSource};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
 /// Lines kept per model.
 pub const HISTORY: usize = 500;
+/// Longest line kept, bytes: a longer one is cut (and says so); the rest
+/// of it, up to its newline, is read and dropped without being held.
+pub const MAX_LINE: usize = 8 << 10;
+/// Bytes of text kept in all, over every model (the workers of unloaded
+/// models included): past it the oldest lines go first.
+pub const MAX_BYTES: usize = 8 << 20;
 /// Lines of a dead worker attached to the event of its death.
 pub const LAST_WORDS: usize = 20;
 
@@ -29,7 +35,30 @@ pub struct LogBook {
 #[derive(Debug, Default)]
 struct Book {
     next: u64,
+    bytes: usize,
     by_model: BTreeMap<String, VecDeque<(u64, LogLine)>>,
+}
+
+impl Book {
+    /// Drops the oldest line of all models (and a model left with none).
+    fn drop_oldest(&mut self) {
+        let oldest = self
+            .by_model
+            .iter()
+            .filter_map(|(m, q)| Some((q.front()?.0, m.clone())))
+            .min();
+        let Some((_, model)) = oldest else {
+            return;
+        };
+        if let Some(q) = self.by_model.get_mut(&model) {
+            if let Some((_, line)) = q.pop_front() {
+                self.bytes = self.bytes.saturating_sub(line.text.len());
+            }
+            if q.is_empty() {
+                self.by_model.remove(&model);
+            }
+        }
+    }
 }
 
 impl Default for LogBook {
@@ -41,6 +70,19 @@ impl Default for LogBook {
     }
 }
 
+/// `text`, or its first [`MAX_LINE`] bytes (on a character boundary) and
+/// how much was cut.
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_LINE {
+        return text.to_owned();
+    }
+    let mut end = MAX_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
+}
+
 /// The request id a worker's log line is about (`request_id=…`).
 fn request_id_in(text: &str) -> String {
     text.split_whitespace()
@@ -50,15 +92,17 @@ fn request_id_in(text: &str) -> String {
 }
 
 impl LogBook {
-    /// Adds a line (numbered in arrival order) and tells followers.
+    /// Adds a line (numbered in arrival order; cut to [`MAX_LINE`]) and
+    /// tells followers.
     pub fn push(&self, model: &str, pid: u32, source: LogSource, text: &str) {
+        let text = cut(text);
         let line = LogLine {
             unix_ms: crate::clock::now_ms(),
             model_id: model.to_owned(),
             pid,
             source: source as i32,
-            text: text.to_owned(),
-            request_id: request_id_in(text),
+            request_id: request_id_in(&text),
+            text,
             dropped_before: 0,
         };
         let seq = {
@@ -66,10 +110,16 @@ impl LogBook {
             let seq = b.next;
             b.next += 1;
             let q = b.by_model.entry(model.to_owned()).or_default();
-            if q.len() == HISTORY {
-                q.pop_front();
-            }
+            let dropped = if q.len() == HISTORY {
+                q.pop_front().map_or(0, |(_, l)| l.text.len())
+            } else {
+                0
+            };
             q.push_back((seq, line.clone()));
+            b.bytes = b.bytes.saturating_sub(dropped) + line.text.len();
+            while b.bytes > MAX_BYTES {
+                b.drop_oldest();
+            }
             seq
         };
         let _ = self.tx.send((seq, line));
@@ -164,14 +214,54 @@ fn spawn_lines(
     };
     tokio::spawn(
         async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut pipe = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            while let Ok(Some(cut)) = read_line(&mut pipe, &mut buf).await {
+                let text = String::from_utf8_lossy(&buf);
+                let line = if cut > 0 {
+                    format!("{text}… ({cut} bytes cut)")
+                } else {
+                    text.into_owned()
+                };
                 tracing::info!(target: "worker", stream, "{line}");
                 book.push(&model, pid, source, &line);
             }
         }
         .instrument(span),
     );
+}
+
+/// Reads one line into `buf` (without its newline), keeping at most
+/// [`MAX_LINE`] bytes: returns how many bytes were cut, `None` at the end.
+/// A worker that writes a gigabyte without a newline costs the supervisor
+/// one buffer, not a gigabyte.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    buf.clear();
+    let mut cut = 0usize;
+    let mut read_any = false;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(read_any.then_some(cut));
+        }
+        read_any = true;
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => (&chunk[..at], at + 1),
+            None => (chunk, chunk.len()),
+        };
+        let room = MAX_LINE.saturating_sub(buf.len());
+        let keep = part.len().min(room);
+        buf.extend_from_slice(&part[..keep]);
+        cut = cut.saturating_add(part.len() - keep);
+        let newline = done > part.len();
+        r.consume(done);
+        if newline {
+            return Ok(Some(cut));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,5 +299,62 @@ mod tests {
         assert!(rx.try_recv().is_ok());
         assert_eq!(b.last_words("a", 1).lines().count(), LAST_WORDS);
         assert!(b.last_words("a", 9).is_empty());
+    }
+
+    /// A line of any length costs at most `MAX_LINE` bytes, and the lines
+    /// of every model together at most `MAX_BYTES`: a worker that logs
+    /// without end, or thousands of models come and gone, cannot grow the
+    /// supervisor.
+    #[test]
+    fn lines_are_cut_and_the_book_is_bounded_in_bytes() {
+        let b = LogBook::default();
+        b.push("a", 1, LogSource::Stderr, &"é".repeat(MAX_LINE));
+        let (a, _) = b.tail(Some("a"), 1);
+        assert!(a[0].text.len() < MAX_LINE + 40, "{}", a[0].text.len());
+        assert!(
+            a[0].text.ends_with(&format!("({} bytes cut)", MAX_LINE)),
+            "cut on a character boundary"
+        );
+        let line = "x".repeat(MAX_LINE);
+        for m in 0..2 * MAX_BYTES / MAX_LINE {
+            b.push(&format!("model-{m}"), 2, LogSource::Stdout, &line);
+        }
+        let kept = b.lines.lock().unwrap();
+        assert!(kept.bytes <= MAX_BYTES, "{}", kept.bytes);
+        let total: usize = kept
+            .by_model
+            .values()
+            .flat_map(|q| q.iter().map(|(_, l)| l.text.len()))
+            .sum();
+        assert_eq!(total, kept.bytes);
+        assert!(
+            kept.by_model.len() <= MAX_BYTES / MAX_LINE,
+            "{}",
+            kept.by_model.len()
+        );
+        assert!(!kept.by_model.contains_key("a"), "the oldest went first");
+        assert!(
+            kept.by_model
+                .contains_key(&format!("model-{}", 2 * MAX_BYTES / MAX_LINE - 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gigantic_line_is_read_in_bounded_memory() {
+        let mut input = vec![b'y'; 5 << 20];
+        input.extend_from_slice(b"\nnext\nlast without newline");
+        let mut r = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line(&mut r, &mut buf).await.unwrap(),
+            Some((5 << 20) - MAX_LINE)
+        );
+        assert_eq!(buf.len(), MAX_LINE);
+        assert!(buf.capacity() < 2 * MAX_LINE + 8192, "{}", buf.capacity());
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Some(0));
+        assert_eq!(buf, b"next");
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Some(0));
+        assert_eq!(buf, b"last without newline");
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), None);
     }
 }

@@ -10,6 +10,11 @@
 //! - `partial`: writes half of a frame (1 MiB, or the largest the ring
 //!   takes) without publishing it, prints
 //!   `PARTIAL`, and waits to be killed.
+//! - `flood`: answers each REQUEST with RESPONSE frames of 1 KiB past its
+//!   credit window, until the channel closes (a hostile peer).
+//! - `control-flood N`: sends N ERROR frames on request id 0 (a hostile
+//!   peer), prints `SENT`, and waits.
+//! - `heartbeats N`: sends N heartbeats, prints `SENT`, and waits.
 //! - `grandchild`: prints its own descriptors and those of a child it starts.
 //! - `list-fds`: prints its descriptors.
 //! - `bench`: benchmark server over the channel; `socket-bench`: the same
@@ -45,6 +50,9 @@ fn main() -> ExitCode {
                 "stream" => stream(&chan),
                 "reverse" => reverse(&chan, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
                 "partial" => partial(&chan),
+                "flood" => flood(&chan),
+                "control-flood" => control(&chan, Kind::Error, count(&args)),
+                "heartbeats" => control(&chan, Kind::Heartbeat, count(&args)),
                 "bench" => bench(&chan),
                 other => Err(Error::Config(format!("unknown mode {other:?}"))),
             },
@@ -168,6 +176,38 @@ fn partial(chan: &BlockingChannel) -> ipc::Result<()> {
         .map_err(|e| Error::Config(e.to_string()))?;
     loop {
         std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn count(args: &[String]) -> u32 {
+    args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)
+}
+
+fn flood(chan: &BlockingChannel) -> ipc::Result<()> {
+    chan.send(0, Kind::Hello, Flags::NONE, b"hello")?;
+    let id = loop {
+        let req = chan.recv()?;
+        if req.kind() == Kind::Request {
+            break req.request_id();
+        }
+    };
+    let payload = vec![0x5A; 1024];
+    loop {
+        chan.send_past_credit_for_test(id, Kind::Response, Flags::NONE, &payload)?;
+    }
+}
+
+fn control(chan: &BlockingChannel, kind: Kind, n: u32) -> ipc::Result<()> {
+    chan.send(0, Kind::Hello, Flags::NONE, b"hello")?;
+    for i in 0..n {
+        chan.send(0, kind, Flags::NONE, &i.to_le_bytes())?;
+    }
+    println!("SENT");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    loop {
+        chan.recv()?;
     }
 }
 

@@ -43,7 +43,13 @@ async fn spin_for_data(inner: &Inner) -> Result<bool> {
 async fn pump_loop(inner: &Inner) -> Result<()> {
     let mut peer_gone = false;
     loop {
-        inner.drain()?;
+        let more = inner.drain()?;
+        if more {
+            inner.flush_outbox()?;
+            inner.space.notify_waiters();
+            tokio::task::yield_now().await;
+            continue;
+        }
         if peer_gone {
             return Err(Error::PeerGone);
         }

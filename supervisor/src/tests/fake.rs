@@ -13,7 +13,10 @@
 //!
 //! A Tokenize call is answered with one token per byte of its text; the
 //! text `abort` makes the worker abort (SIGABRT) instead, and `hang` is
-//! never answered (the fake ignores cancels too).
+//! never answered (the fake ignores cancels too). Two texts break the
+//! channel's rules as a hostile worker would: `flood` answers with 64 KiB
+//! (valid) frames past the request's credit window until the channel closes, and
+//! `flood-control` sends error frames on request id 0 the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +122,26 @@ fn serve(chan: &Arc<BlockingChannel>) {
                 }
                 if t.text == "hang" {
                     continue;
+                }
+                if t.text.starts_with("flood") {
+                    let (to, kind) = if t.text == "flood-control" {
+                        (0, Kind::Error)
+                    } else {
+                        (id, Kind::Response)
+                    };
+                    let junk = WorkerResponse {
+                        body: Some(worker_response::Body::Tokenize(TokenizeResponse {
+                            tokens: vec![7; 16 << 10],
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }
+                    .encode_to_vec();
+                    while chan
+                        .send_past_credit_for_test(to, kind, Flags::NONE, &junk)
+                        .is_ok()
+                    {}
+                    std::process::exit(0);
                 }
                 let r = WorkerResponse {
                     body: Some(worker_response::Body::Tokenize(TokenizeResponse {

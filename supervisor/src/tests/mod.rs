@@ -464,3 +464,76 @@ async fn kills_for_request_deadlines_never_make_a_model_failed() {
     assert_eq!(h.status().state, State::Ready, "never FAILED");
     assert_eq!(tokenize(&h, "ok").await.expect("serves"), [111, 107]);
 }
+
+/// This process's peak resident memory (`VmHWM`), bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    procmem::proc_kb_field(&status, "VmHWM").expect("VmHWM")
+}
+
+/// A worker that sends answers past its credit window, or control frames
+/// past the control queue's bound, is killed with reason `protocol` at
+/// once: the supervisor holds at most a window of its frames (a window is
+/// 64 frames of 64 KiB here: 4 MiB, not the gigabytes the flood sends),
+/// the caller gets UNAVAILABLE naming the violation, and the respawned
+/// worker serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_flooding_past_its_window_is_killed_for_protocol() {
+    let rig = rig(1000);
+    let h = rig.registry.add(spec("ok-flood", 10, true)).expect("add");
+    let mut pid = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
+    let before = peak_rss();
+    for (n, text) in ["flood", "flood-control"].into_iter().enumerate() {
+        let req = WorkerRequest {
+            request_tag: "test".into(),
+            deadline_unix_ms: 0,
+            body: Some(worker_request::Body::Tokenize(TokenizeRequest {
+                model_id: h.spec.id.clone(),
+                text: text.into(),
+                ..Default::default()
+            })),
+        };
+        let mut call = h.call(req, Instant::now() + PATIENCE).await.expect("sent");
+        let mut answers = 0;
+        let err = loop {
+            match call.next().await {
+                Some(Ok(_)) => answers += 1,
+                Some(Err(e)) => break e,
+                None => panic!("{text}: the call ended without the channel's error"),
+            }
+        };
+        let violation = if text == "flood" {
+            "credit window of 64"
+        } else {
+            "more than 256 unread control frames"
+        };
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("broke the channel protocol") && m.contains(violation)),
+            "{text}: {err:?}"
+        );
+        assert!(
+            answers <= 64,
+            "{text}: {answers} answers past a window of 64"
+        );
+        let s = wait_for(&h, "READY with a new worker", |s| {
+            s.state == State::Ready && s.pid != pid
+        })
+        .await;
+        assert_eq!(s.last_kill_reason, Some(KillReason::Protocol), "{text}");
+        assert_eq!(s.restarts as usize, n + 1);
+        assert!(!alive(pid), "{text}: the flooding worker is gone");
+        pid = s.pid;
+    }
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 64 * MIB,
+        "the supervisor's peak memory grew {} MiB during the floods",
+        grown / MIB
+    );
+    let text = rig.registry.shared().metrics.render(&[]);
+    assert!(
+        text.contains("sidecar_worker_restarts_total{model=\"ok-flood\",reason=\"protocol\"} 2"),
+        "{text}"
+    );
+    assert_eq!(tokenize(&h, "ok").await.expect("served"), [111, 107]);
+}

@@ -210,6 +210,10 @@ impl WorkerHandle {
                 "model {:?}: the request is {payload} bytes; its worker's channel carries at most {max} (workers.channel_bytes, max_message_bytes)",
                 self.spec.id
             )),
+            ipc::Error::Protocol(m) | ipc::Error::Corrupt(m) => Error::Unavailable(format!(
+                "model {:?}: its worker (pid {}) broke the channel protocol and is being replaced: {m}",
+                self.spec.id, conn.pid
+            )),
             other => Error::Internal(format!("model {:?}: channel: {other}", self.spec.id)),
         }
     }

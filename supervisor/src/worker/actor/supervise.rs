@@ -51,10 +51,17 @@ impl Actor {
                         tracing::warn!(model = %self.spec.id, pid = conn.pid, "worker error: {msg}");
                     }
                     Ok(_) => {}
-                    Err(_) => {
-                        // The channel closed: the process is exiting.
-                        let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Crash, grace).await;
-                        return Ended::Died { exit, reason: KillReason::Crash };
+                    Err(e) => {
+                        // The channel closed (the process is exiting), or
+                        // the worker broke its rules (`protocol`).
+                        let reason = KillReason::of_channel(&e);
+                        if reason == KillReason::Protocol {
+                            tracing::warn!(model = %self.spec.id, pid = conn.pid, "worker broke the channel protocol: {e}");
+                            self.status.send_modify(|s| s.kill_note = Some((conn.pid, reason, e.to_string())));
+                            self.conn.send_replace(None);
+                        }
+                        let exit = process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
+                        return Ended::Died { exit, reason };
                     }
                 },
                 () = beat_due => {
