@@ -11,20 +11,24 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::error::Error;
+use crate::pulse::Pulse;
 use crate::registry::Registry;
 
 #[derive(Clone)]
 struct Probe {
     registry: Arc<Registry>,
     accepting: Arc<AtomicBool>,
+    pulse: Pulse,
 }
 
 /// Binds `addr` and serves the probes from a dedicated thread; returns the
-/// bound address.
+/// bound address. `/livez` fails once `pulse` (the main runtime's) has been
+/// still for the config's `livez_stall`.
 pub fn start(
     addr: SocketAddr,
     registry: Arc<Registry>,
     accepting: Arc<AtomicBool>,
+    pulse: Pulse,
 ) -> Result<SocketAddr, Error> {
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| Error::Config(format!("admin_listen {addr}: {e}")))?;
@@ -37,6 +41,7 @@ pub fn start(
     let probe = Probe {
         registry,
         accepting,
+        pulse,
     };
     std::thread::Builder::new()
         .name("admin-http".into())
@@ -53,7 +58,7 @@ pub fn start(
             };
             rt.block_on(async move {
                 let app = Router::new()
-                    .route("/livez", get(|| async { "ok\n" }))
+                    .route("/livez", get(livez))
                     .route("/readyz", get(readyz))
                     .route("/metrics", get(metrics))
                     .with_state(probe);
@@ -71,14 +76,38 @@ pub fn start(
     Ok(local)
 }
 
-async fn metrics(State(p): State<Probe>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        p.registry.shared().metrics.render(&p.registry.gauges()),
-    )
+async fn livez(State(p): State<Probe>) -> (StatusCode, String) {
+    match p.pulse.check(p.registry.shared().config.livez_stall) {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+/// Rendered on the admin runtime's blocking pool: a large `/metrics`
+/// never delays a `/livez` or `/readyz` answer on its one thread.
+async fn metrics(
+    State(p): State<Probe>,
+) -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let header = [(
+        axum::http::header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )];
+    let rendered = tokio::task::spawn_blocking(move || {
+        p.registry.shared().metrics.render(&p.registry.gauges())
+    })
+    .await;
+    match rendered {
+        Ok(text) => (StatusCode::OK, header, text),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            header,
+            format!("metrics: {e}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(p): State<Probe>) -> (StatusCode, String) {

@@ -67,7 +67,15 @@ pub async fn run(
         registry.add(spec.clone())?;
     }
     let accepting = Arc::new(AtomicBool::new(true));
-    let admin = crate::admin::start(config.admin_listen, registry.clone(), accepting.clone())?;
+    let pulse = crate::pulse::Pulse::default();
+    pulse.beat();
+    tokio::spawn(pulse.clone().run());
+    let admin = crate::admin::start(
+        config.admin_listen,
+        registry.clone(),
+        accepting.clone(),
+        pulse,
+    )?;
 
     health.set_service_status("", ServingStatus::Serving).await;
     for s in SERVICES {
@@ -132,12 +140,17 @@ pub async fn run(
     .max_encoding_message_size(limit);
     let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let control_server = tokio::spawn(
-        tonic::transport::Server::builder()
+        crate::net::server(&config.connections)
+            .layer(crate::net::ActiveLayer)
             .add_service(admin_api)
             // LoadModel and UnloadModel for `sidecarctl`, off the network.
             .add_service(control_models)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(control),
+                crate::net::incoming(
+                    tokio_stream::wrappers::UnixListenerStream::new(control),
+                    &config.connections,
+                    "control",
+                ),
                 async {
                     let _ = control_stopped.await;
                 },
@@ -147,7 +160,7 @@ pub async fn run(
     // Connections we accept ourselves do not get tonic's socket options:
     // without TCP_NODELAY a small message (a token, a unary answer's
     // trailers) can wait 40 ms for the client's delayed ACK.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
+    let accepted = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(c) = &conn
             && let Err(e) = c.set_nodelay(true)
         {
@@ -155,14 +168,16 @@ pub async fn run(
         }
         conn
     });
+    let incoming = crate::net::incoming(accepted, &config.connections, "api");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        crate::net::server(&config.connections)
             // Tensors and images are large messages: HTTP/2's default
             // 64 KiB windows would cost a round trip per 64 KiB.
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(2 * STREAM_WINDOW))
             .max_frame_size(Some(MAX_FRAME))
+            .layer(crate::net::ActiveLayer)
             .layer(crate::metrics::CallLayer::new(shared.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)

@@ -19,6 +19,8 @@ pub mod lifecycle;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
+pub mod net;
+pub mod pulse;
 pub mod registry;
 pub mod shared;
 pub mod store;

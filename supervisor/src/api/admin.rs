@@ -97,7 +97,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<RestartWorkerRequest>,
     ) -> Result<Response<RestartWorkerResponse>, Status> {
-        let deadline = super::deadline(&req, self.config.deadlines.load);
+        let deadline = super::deadline(&req, self.config.deadlines.load, self.config.deadlines.max);
         let handle = self.registry.get(&req.into_inner().model_id)?;
         let before = handle.status().pid;
         handle.restart().await?;
@@ -123,7 +123,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<DrainModelRequest>,
     ) -> Result<Response<DrainModelResponse>, Status> {
-        let deadline = super::deadline(&req, self.config.shutdown_grace);
+        let deadline = super::deadline(&req, self.config.shutdown_grace, self.config.deadlines.max);
         let req = req.into_inner();
         let handle = self.registry.get(&req.model_id)?;
         if req.resume {
@@ -215,7 +215,8 @@ impl AdminService for AdminApi {
         &self,
         req: Request<CallWorkerRequest>,
     ) -> Result<Response<Self::CallWorkerStream>, Status> {
-        let deadline = super::deadline(&req, self.config.deadlines.unary);
+        let deadline =
+            super::deadline(&req, self.config.deadlines.unary, self.config.deadlines.max);
         let request_id = super::request_id(&req, &self.registry.shared().request_ids);
         let req = req.into_inner();
         let handle = self.registry.get(&req.model_id)?;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod files;
 pub mod lite;
 pub mod model;
+pub mod outflow;
 pub mod text;
 pub mod vision;
 
@@ -26,7 +27,7 @@ pub async fn call_worker<T>(
     req: Request<T>,
     into_body: impl FnOnce(T) -> (String, worker_request::Body),
 ) -> Result<CallStream, Error> {
-    let deadline = deadline(&req, default);
+    let deadline = deadline(&req, default, registry.shared().config.deadlines.max);
     let request_id = request_id(&req, &registry.shared().request_ids);
     let (model_id, body) = into_body(req.into_inner());
     // The metrics name a model only once it is known: a client's made-up
@@ -91,14 +92,16 @@ pub async fn one_answer(call: &mut CallStream) -> Result<worker_response::Body, 
     }
 }
 
-/// The call's deadline: the `grpc-timeout` header, or `default`.
-pub fn deadline<T>(req: &tonic::Request<T>, default: Duration) -> Instant {
+/// The call's deadline: the `grpc-timeout` header, or `default`; never
+/// more than `max` away (`deadlines.max`), whatever the client asks.
+pub fn deadline<T>(req: &tonic::Request<T>, default: Duration, max: Duration) -> Instant {
     let timeout = req
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .unwrap_or(default);
+        .unwrap_or(default)
+        .min(max);
     Instant::now() + timeout
 }
 
@@ -142,5 +145,28 @@ mod tests {
         assert_eq!(parse_grpc_timeout("1x"), None);
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout("1234567890S"), None);
+    }
+
+    #[test]
+    fn deadlines_are_clamped_to_the_max() {
+        let max = Duration::from_secs(3600);
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert("grpc-timeout", "99999999H".parse().unwrap());
+        let left = deadline(&req, Duration::from_secs(30), max) - Instant::now();
+        assert!(
+            left <= max && left > max - Duration::from_secs(5),
+            "{left:?}"
+        );
+        req.metadata_mut()
+            .insert("grpc-timeout", "5S".parse().unwrap());
+        let left = deadline(&req, Duration::from_secs(30), max) - Instant::now();
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(4),
+            "{left:?}"
+        );
+        let none = tonic::Request::new(());
+        let left = deadline(&none, Duration::from_secs(7200), max) - Instant::now();
+        assert!(left <= max, "a default past the max is cut too: {left:?}");
     }
 }

@@ -121,7 +121,7 @@ impl ModelService for ModelApi {
         &self,
         req: Request<LoadModelRequest>,
     ) -> Result<Response<LoadModelResponse>, Status> {
-        let deadline = super::deadline(&req, self.config.deadlines.load);
+        let deadline = super::deadline(&req, self.config.deadlines.load, self.config.deadlines.max);
         let spec = spec_from(req.into_inner())?;
         let handle = self.registry.add(spec)?;
         if handle.status().state == State::Failed {

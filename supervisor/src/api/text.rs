@@ -98,9 +98,10 @@ async fn collect(mut call: CallStream) -> Result<GenerateResponse, Status> {
 }
 
 /// Forwards a token stream to the client; a client that goes away drops
-/// the call, which cancels the request in the worker.
-fn forward(mut call: CallStream) -> TokenStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(32);
+/// the call, which cancels the request in the worker, and so does one that
+/// reads nothing for `stall` (see `outflow`).
+fn forward(mut call: CallStream, stall: std::time::Duration) -> TokenStream {
+    let (mut out, answers) = super::outflow::channel(32, stall);
     tokio::spawn(async move {
         while let Some(msg) = next_message(&mut call).await {
             let last = matches!(
@@ -109,12 +110,12 @@ fn forward(mut call: CallStream) -> TokenStream {
                     msg: Some(generate_stream_response::Msg::Done(_))
                 }) | Err(_)
             );
-            if tx.send(msg.map_err(Status::from)).await.is_err() || last {
+            if !out.send(msg.map_err(Status::from)).await || last {
                 return;
             }
         }
     });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    Box::pin(answers)
 }
 
 /// The next token-stream message of a call.
@@ -193,7 +194,10 @@ impl TextService for TextApi {
         req: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let call = self.start(req, true).await?;
-        Ok(Response::new(forward(call)))
+        Ok(Response::new(forward(
+            call,
+            self.config.connections.stream_stall,
+        )))
     }
 
     async fn chat(&self, req: Request<ChatRequest>) -> Result<Response<GenerateResponse>, Status> {
@@ -208,7 +212,10 @@ impl TextService for TextApi {
         req: Request<ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         let call = self.start_chat(req, true).await?;
-        Ok(Response::new(forward(call)))
+        Ok(Response::new(forward(
+            call,
+            self.config.connections.stream_stall,
+        )))
     }
 
     async fn embed(&self, req: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {

@@ -118,7 +118,11 @@ impl VisionService for VisionApi {
         &self,
         req: Request<Streaming<ProcessRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let deadline = super::deadline(&req, self.config.deadlines.stream);
+        let deadline = super::deadline(
+            &req,
+            self.config.deadlines.stream,
+            self.config.deadlines.max,
+        );
         let mut input = req.into_inner();
         let config = match input.message().await?.and_then(|m| m.msg) {
             Some(process_request::Msg::Config(c)) => c,
@@ -145,7 +149,7 @@ impl VisionService for VisionApi {
             |c| (c.model_id.clone(), worker_request::Body::VisionOpen(c)),
         )
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (mut tx, rx) = super::outflow::channel(8, self.config.connections.stream_stall);
         let metrics = call.metrics().clone();
         tokio::spawn(async move {
             let mut counts = FrameCounts::new(metrics, model);
@@ -198,7 +202,7 @@ impl VisionService for VisionApi {
                                 } else {
                                     counts.processed += 1;
                                 }
-                                if tx.send(Ok(result)).await.is_err() {
+                                if !tx.send(Ok(result)).await {
                                     return;
                                 }
                             }
@@ -220,9 +224,7 @@ impl VisionService for VisionApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn process_batch(

@@ -73,6 +73,13 @@ pub struct Config {
     pub workers: WorkerPolicy,
     /// The memory guard.
     pub memory: MemoryPolicy,
+    /// Limits on the connections of every listener (API port, control
+    /// socket): HTTP/2 streams, resets, keepalive, idle, stalled streams.
+    pub connections: Connections,
+    /// `/livez` answers 503 once the main runtime (API, workers' actors)
+    /// has not run for this long.
+    #[serde(with = "secs")]
+    pub livez_stall: Duration,
     /// How long in-flight calls may finish after SIGTERM.
     #[serde(with = "secs")]
     pub shutdown_grace: Duration,
@@ -97,6 +104,58 @@ pub struct Deadlines {
     /// killed (reason `timeout`).
     #[serde(with = "secs")]
     pub cancel_grace: Duration,
+    /// The longest deadline a call may ask for (`grpc-timeout`); longer
+    /// ones are cut to it, so no call holds a slot for days.
+    #[serde(with = "secs")]
+    pub max: Duration,
+}
+
+/// Limits on every connection the sidecar accepts. A client that opens
+/// thousands of streams, floods resets, goes silent or stops reading costs
+/// a bounded share of the sidecar, and the others are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Connections {
+    /// Connections open at once per listener; more are closed as they are
+    /// accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams a connection may have open at once (advertised in
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; more are refused by the protocol).
+    pub max_streams: u32,
+    /// Streams a client may reset before the server accepted them
+    /// (the "rapid reset" flood) before the connection gets a GOAWAY.
+    pub max_pending_resets: usize,
+    /// Streams the server may reset for a client's protocol errors before
+    /// the connection gets a GOAWAY.
+    pub max_error_resets: usize,
+    /// HTTP/2 PING interval on an open connection.
+    #[serde(with = "secs")]
+    pub keepalive_interval: Duration,
+    /// A PING not answered within this closes the connection.
+    #[serde(with = "secs")]
+    pub keepalive_timeout: Duration,
+    /// A connection with no call open this long is closed.
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    /// A streaming answer whose client has read nothing for this long is
+    /// ended (RESOURCE_EXHAUSTED), so it no longer holds a worker's slot.
+    #[serde(with = "secs")]
+    pub stream_stall: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            max_connections: 1024,
+            max_streams: 256,
+            max_pending_resets: 20,
+            max_error_resets: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(300),
+            stream_stall: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Heartbeats, restarts, queues.
@@ -367,6 +426,8 @@ impl Default for Config {
             deadlines: Deadlines::default(),
             workers: WorkerPolicy::default(),
             memory: MemoryPolicy::default(),
+            connections: Connections::default(),
+            livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             models: Vec::new(),
         }
@@ -380,6 +441,7 @@ impl Default for Deadlines {
             stream: Duration::from_secs(300),
             load: Duration::from_secs(120),
             cancel_grace: Duration::from_secs(2),
+            max: Duration::from_secs(3600),
         }
     }
 }
@@ -442,6 +504,29 @@ impl Config {
             return Err(Error::Config(
                 "workers.max_in_flight must be at least 1".into(),
             ));
+        }
+        let c = &self.connections;
+        for (name, value) in [
+            ("connections.max_connections", c.max_connections),
+            ("connections.max_streams", c.max_streams as usize),
+            ("connections.max_pending_resets", c.max_pending_resets),
+            ("connections.max_error_resets", c.max_error_resets),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        for (name, value) in [
+            ("connections.keepalive_interval", c.keepalive_interval),
+            ("connections.keepalive_timeout", c.keepalive_timeout),
+            ("connections.idle_timeout", c.idle_timeout),
+            ("connections.stream_stall", c.stream_stall),
+            ("deadlines.max", self.deadlines.max),
+            ("livez_stall", self.livez_stall),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!("{name} must be more than 0 s")));
+            }
         }
         Ok(())
     }

@@ -1,0 +1,157 @@
+//! One accepted connection: its place under the connection cap, and the
+//! calls open on it, so that a connection with none for `idle_timeout` is
+//! closed (keepalive PINGs alone do not keep it).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Interval, MissedTickBehavior};
+use tonic::transport::server::Connected;
+
+/// The calls open on one connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    open: AtomicUsize,
+    since: Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            open: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// A call starts; it ends when the guard is dropped (its answer
+    /// finished or was abandoned).
+    pub fn enter(self: &Arc<Self>) -> Active {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Active(self.clone())
+    }
+
+    /// How long the connection has had no call open (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+/// One open call of a connection (see [`Activity::enter`]).
+#[derive(Debug)]
+pub struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let mut since = self.0.since.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// What a call learns of its connection (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct ConnInfo<I> {
+    /// The transport's own (the peer's address, for TCP).
+    pub transport: I,
+    /// The connection's calls.
+    pub activity: Arc<Activity>,
+}
+
+/// An accepted connection under the limits of `net::incoming`.
+#[derive(Debug)]
+pub struct Conn<IO> {
+    io: IO,
+    _place: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+    idle: Duration,
+    tick: Interval,
+}
+
+impl<IO> Conn<IO> {
+    pub(super) fn new(io: IO, place: OwnedSemaphorePermit, idle: Duration) -> Self {
+        let mut tick = tokio::time::interval(
+            (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        );
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Conn {
+            io,
+            _place: place,
+            activity: Arc::default(),
+            idle,
+            tick,
+        }
+    }
+}
+
+impl<IO: Connected> Connected for Conn<IO> {
+    type ConnectInfo = ConnInfo<IO::ConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        ConnInfo {
+            transport: self.io.connect_info(),
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        while this.tick.poll_tick(cx).is_ready() {
+            if this.activity.idle_for() >= this.idle {
+                // The end of the input: the server closes the connection.
+                tracing::debug!("closing a connection idle for {:?}", this.idle);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

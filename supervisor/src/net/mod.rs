@@ -1,0 +1,71 @@
+//! Every listener's connections under one set of limits
+//! (`config::Connections`): HTTP/2 stream and reset limits, keepalive, a
+//! cap on open connections, and an idle timeout. The API port and the
+//! control socket (and any listener the sidecar gains) are built here, so
+//! none of them can be left with tonic's defaults (no stream limit, no
+//! limit on resets, no keepalive).
+
+mod active;
+mod conn;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Semaphore;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::config::Connections;
+
+pub use active::ActiveLayer;
+pub use conn::{Activity, Conn, ConnInfo};
+
+/// A server builder with the connection limits applied.
+pub fn server(c: &Connections) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(c.max_streams))
+        .http2_max_pending_accept_reset_streams(Some(c.max_pending_resets))
+        .http2_max_local_error_reset_streams(Some(c.max_error_resets))
+        .http2_keepalive_interval(Some(c.keepalive_interval))
+        .http2_keepalive_timeout(Some(c.keepalive_timeout))
+        // gRPC is HTTP/2 only: an HTTP/1 request is refused by hyper.
+        .accept_http1(false)
+}
+
+/// The accepted connections of one listener (`what` names it in logs),
+/// each holding one of `max_connections` places and closed once idle for
+/// `idle_timeout`; a connection past the cap is closed as it is accepted.
+pub fn incoming<IO, S>(
+    accepted: S,
+    c: &Connections,
+    what: &'static str,
+) -> impl Stream<Item = std::io::Result<Conn<IO>>> + use<IO, S>
+where
+    S: Stream<Item = std::io::Result<IO>>,
+    IO: tonic::transport::server::Connected,
+{
+    let places = Arc::new(Semaphore::new(c.max_connections));
+    let refused = AtomicU64::new(0);
+    let (max, idle) = (c.max_connections, c.idle_timeout);
+    accepted.filter_map(move |conn| match conn {
+        Err(e) => Some(Err(e)),
+        Ok(io) => match places.clone().try_acquire_owned() {
+            Ok(place) => Some(Ok(Conn::new(io, place, idle))),
+            Err(_) => {
+                // Logged at 1, 2, 4, 8, ... refusals: a flood of
+                // connections cannot flood the log.
+                let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        listener = what,
+                        refused = n,
+                        "connection closed: {max} connections are open (connections.max_connections)"
+                    );
+                }
+                None
+            }
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

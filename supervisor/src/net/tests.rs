@@ -1,0 +1,105 @@
+//! The connection limits with a real tonic server on a real socket: the
+//! cap on open connections, and the idle timeout that keepalive PINGs do
+//! not defeat while a call that stays open does.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::*;
+
+fn limits(max_connections: usize, idle: Duration) -> Connections {
+    Connections {
+        max_connections,
+        idle_timeout: idle,
+        ..Connections::default()
+    }
+}
+
+/// Accepted connections as `incoming` hands them on.
+async fn listener(
+    c: &Connections,
+) -> (
+    std::net::SocketAddr,
+    impl Stream<Item = std::io::Result<Conn<tokio::net::TcpStream>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (addr, incoming(TcpListenerStream::new(l), c, "test"))
+}
+
+/// Whether the server closed `s` (a read gets the end) within `within`.
+async fn closed(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_as_they_are_accepted() {
+    let c = limits(2, Duration::from_secs(60));
+    let (addr, conns) = listener(&c).await;
+    let mut conns = Box::pin(conns);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let first = conns.next().await.unwrap().unwrap();
+    let second = conns.next().await.unwrap().unwrap();
+    // The third is refused (dropped), so the stream waits for a fourth.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), conns.next())
+            .await
+            .is_err(),
+        "no third connection is handed on"
+    );
+    assert!(
+        closed(&mut clients[2], Duration::from_secs(5)).await,
+        "the third was closed"
+    );
+    assert!(!closed(&mut clients[0], Duration::from_millis(100)).await);
+    // A place freed is a place for the next.
+    drop(first);
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _third_place = tokio::time::timeout(Duration::from_secs(5), conns.next())
+        .await
+        .expect("a place is free")
+        .unwrap()
+        .unwrap();
+    assert!(!closed(&mut fourth, Duration::from_millis(100)).await);
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_connection_with_no_call_open_is_closed_after_its_idle_timeout() {
+    let c = limits(8, Duration::from_millis(200));
+    let (addr, conns) = listener(&c).await;
+    let mut conns = Box::pin(conns);
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut conn = conns.next().await.unwrap().unwrap();
+    let info = tonic::transport::server::Connected::connect_info(&conn);
+    // A call open: the connection stays, however long.
+    let call = info.activity.enter();
+    let mut b = [0u8; 8];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), conn.read(&mut b))
+            .await
+            .is_err(),
+        "no end while a call is open"
+    );
+    drop(call);
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b))
+        .await
+        .expect("ended after the idle timeout")
+        .unwrap();
+    assert_eq!(n, 0, "the server side reads the end");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}
