@@ -123,7 +123,11 @@ async fn unload_drains_calls_in_flight_first() {
             })
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The unload has begun: the model no longer admits calls.
+    sc.eventually("smollm2", std::time::Duration::from_secs(10), |m| {
+        m.state != sidecar_proto::v1::ModelState::Ready as i32
+    })
+    .await;
     let refused = text.generate(greedy("Hi", 2)).await.expect_err("draining");
     assert!(
         [tonic::Code::Unavailable, tonic::Code::NotFound].contains(&refused.code()),

@@ -25,6 +25,20 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Prints a model's estimate against what was measured.
+/// Waits until the guard has sampled model `id` after now (its memory's
+/// `sampled_unix_ms` moves past this moment): the figures read next are
+/// measured ones, not the load's.
+async fn sampled(sc: &Sidecar, id: &str) -> ModelInfo {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    sc.eventually(id, Duration::from_secs(20), |m| {
+        m.memory.as_ref().is_some_and(|x| x.sampled_unix_ms > now)
+    })
+    .await
+}
+
 fn report(m: &ModelInfo) {
     let mem = m.memory.clone().unwrap_or_default();
     eprintln!(
@@ -173,17 +187,17 @@ async fn admission_unloads_the_least_recently_used_idle_model_and_refuses_when_o
     let sc = Sidecar::start(store, &three_models(true, false));
     sc.ready("a").await;
     let b = sc.ready("b").await;
-    // Let the guard sample both (every 0.2 s) so the report below has
-    // measured figures.
-    let sampled = Duration::from_millis(600);
-    tokio::time::sleep(sampled).await;
+    // The guard samples both (every 0.2 s): the report below has measured
+    // figures.
+    sampled(&sc, "a").await;
+    sampled(&sc, "b").await;
     infer(&sc, "b").await.expect("b serves");
     infer(&sc, "a").await.expect("a serves");
     // c loads on demand: 200 MiB more than the limit allows. b (unpinned,
     // idle, used before a) is unloaded to make room; a is pinned.
     infer(&sc, "c").await.expect("c loads and serves");
     let c = sc.ready("c").await;
-    tokio::time::sleep(sampled).await;
+    sampled(&sc, "c").await;
     let b_now = sc.model("b").await;
     assert_eq!(b_now.worker_pid, 0, "b's worker is gone: {b_now:?}");
     assert!(!e2e::alive(b.worker_pid), "b's process is gone");
@@ -200,7 +214,7 @@ async fn admission_unloads_the_least_recently_used_idle_model_and_refuses_when_o
     let c_now = sc.model("c").await;
     assert_eq!(c_now.worker_pid, 0, "c made room: {c_now:?}");
     assert!(!e2e::alive(c.worker_pid));
-    tokio::time::sleep(sampled).await;
+    sampled(&sc, "b").await;
     for id in ["a", "b", "c"] {
         report(&sc.model(id).await);
     }
@@ -261,9 +275,8 @@ async fn an_idle_model_unloads_after_its_keep_alive_and_loads_again_on_a_call() 
     let again = sc.ready("face").await;
     assert_ne!(again.worker_pid, first.worker_pid);
     assert_eq!(again.restarts, 0);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // The LITE estimate from the file (no memory_estimate set).
-    report(&sc.model("face").await);
+    report(&sampled(&sc, "face").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,8 +288,11 @@ async fn a_lite_channel_used_one_call_at_a_time_stays_near_its_largest_message()
     for _ in 0..400 {
         infer(&sc, "face").await.expect("infer");
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let channel = sc.model("face").await.memory.expect("memory").channel_bytes;
+    let channel = sampled(&sc, "face")
+        .await
+        .memory
+        .expect("memory")
+        .channel_bytes;
     eprintln!("worker's resident channel after 400 calls: {channel} bytes");
     assert!(channel > 0, "the channel is sampled");
     assert!(

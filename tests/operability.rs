@@ -207,6 +207,14 @@ async fn health(sc: &Sidecar, service: &str) -> ServingStatus {
         .status()
 }
 
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('T')))
+        .unwrap_or(false)
+}
+
 /// The worker processes the supervisor started.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -230,39 +238,54 @@ async fn probes_behave_as_the_kubernetes_manifests_assume() {
     let store = store();
     // A file that is not a model: its load fails for good.
     std::fs::write(store.path().join("broken.gguf"), b"not a gguf file").expect("write");
+    // A model that loads as slowly as we like: its worker binary is a
+    // script that stops itself (SIGSTOP) before it becomes the real
+    // worker, so the model is LOADING, without a race, until SIGCONT.
+    let bin = tempfile::tempdir().expect("bin dir");
+    let script = bin.path().join("worker-text");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nkill -STOP $$\nexec '{}' \"$@\"\n",
+            e2e::binary("worker-text").display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let sc = Sidecar::start(
         store,
-        &format!("[deadlines]\nload = 60\n{}", e2e::smollm2_config("")),
+        &format!(
+            "worker_dir = \"{}\"\n[deadlines]\nload = 60\n{}",
+            bin.path().display(),
+            e2e::smollm2_config("")
+        ),
     );
-    // Catch the worker while it loads and stop it: a model that loads
-    // slowly.
     let start = Instant::now();
     let worker = loop {
-        if let Some(&p) = children(sc.child.id()).first() {
-            signal(p, Signal::SIGSTOP);
+        if let Some(&p) = children(sc.child.id()).first()
+            && stopped(p)
+        {
             break p;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "no worker started"
+            "no worker stopped itself while loading"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let m = sc.model("smollm2").await;
-    if m.state == ModelState::Loading as i32 {
-        assert_eq!(sc.admin_get("/livez").0, 200, "alive while a model loads");
-        assert_eq!(
-            sc.admin_get("/readyz").0,
-            503,
-            "not ready while a required model loads"
-        );
-        assert_eq!(
-            health(&sc, "model/smollm2").await,
-            ServingStatus::NotServing
-        );
-    } else {
-        eprintln!("the worker finished loading before it was stopped: {m:?}");
-    }
+    assert_eq!(m.state, ModelState::Loading as i32, "{m:?}");
+    assert_eq!(sc.admin_get("/livez").0, 200, "alive while a model loads");
+    assert_eq!(
+        sc.admin_get("/readyz").0,
+        503,
+        "not ready while a required model loads"
+    );
+    assert_eq!(
+        health(&sc, "model/smollm2").await,
+        ServingStatus::NotServing
+    );
     signal(worker, Signal::SIGCONT);
     sc.ready("smollm2").await;
     assert_eq!(sc.admin_get("/livez").0, 200);
