@@ -177,6 +177,10 @@ pub struct WorkerPolicy {
     /// Largest restart delay.
     #[serde(with = "secs")]
     pub backoff_max: Duration,
+    /// A request in flight in two self-raised worker crashes within this
+    /// long is refused (INVALID_ARGUMENT) for this long.
+    #[serde(with = "secs")]
+    pub quarantine_ttl: Duration,
     /// SIGTERM → SIGKILL grace of the kill path.
     #[serde(with = "secs")]
     pub kill_grace: Duration,
@@ -458,6 +462,7 @@ impl Default for WorkerPolicy {
             queue_size: 64,
             max_in_flight: 4,
             channel_bytes: 4 << 20,
+            quarantine_ttl: Duration::from_secs(600),
         }
     }
 }

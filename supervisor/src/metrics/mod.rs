@@ -27,13 +27,14 @@ use crate::lifecycle::{KillReason, State};
 pub const UNKNOWN_MODEL: &str = "unknown";
 
 /// Why a call is refused before its worker (the `reason` of `rejected`).
-pub const REJECTIONS: [&str; 6] = [
+pub const REJECTIONS: [&str; 7] = [
     "queue_full",
     "draining",
     "memory",
     "deadline",
     "failed",
     "unavailable",
+    "quarantined",
 ];
 
 /// One model's gauges at a scrape.

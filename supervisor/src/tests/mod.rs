@@ -537,3 +537,74 @@ async fn a_worker_flooding_past_its_window_is_killed_for_protocol() {
     );
     assert_eq!(tokenize(&h, "ok").await.expect("served"), [111, 107]);
 }
+
+/// `DESIGN.md`'s quarantine: a request in flight in two self-raised
+/// crashes is refused with INVALID_ARGUMENT naming them, instead of
+/// crashing a third worker; the model is not FAILED and other requests are
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_crashed_two_workers_is_refused_instead_of_crashing_a_third() {
+    let rig = rig(1000);
+    let h = rig.registry.add(spec("ok-q", 10, true)).expect("add");
+    let mut pid = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
+    for n in 1..=2 {
+        let err = tokenize(&h, "abort").await.expect_err("the worker aborted");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        pid = wait_for(&h, "READY again", |s| {
+            s.state == State::Ready && s.pid != pid
+        })
+        .await
+        .pid;
+        assert_eq!(h.status().restarts, n);
+    }
+    let err = tokenize(&h, "abort").await.expect_err("quarantined");
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("in flight in 2 worker crashes") && m.contains("workers.quarantine_ttl")),
+        "{err:?}"
+    );
+    let s = h.status();
+    assert_eq!(
+        (s.state, s.pid, s.restarts),
+        (State::Ready, pid, 2),
+        "no third crash"
+    );
+    assert!(alive(pid));
+    assert_eq!(
+        tokenize(&h, "ok").await.expect("others are served"),
+        [111, 107]
+    );
+    let text = rig.registry.shared().metrics.render(&[]);
+    assert!(
+        text.contains("sidecar_rejected_total{model=\"ok-q\",reason=\"quarantined\"} 1"),
+        "{text}"
+    );
+}
+
+/// A SIGKILL from outside the supervisor is counted as a restart but not
+/// towards FAILED (only if the next start fails): an operator's or a
+/// tool's kills do not take a healthy model offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_from_outside_do_not_fail_a_model() {
+    let rig = rig(1000);
+    let h = rig.registry.add(spec("ok-k", 10, true)).expect("add");
+    let mut pid = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
+    let kills = MAX_RESTARTS + 2;
+    for _ in 0..kills {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9");
+        pid = wait_for(&h, "READY with a new worker", |s| {
+            s.state == State::Ready && s.pid != pid
+        })
+        .await
+        .pid;
+    }
+    let s = h.status();
+    assert_eq!(s.state, State::Ready);
+    assert_eq!(s.restarts, kills);
+    assert_eq!(s.last_kill_reason, Some(KillReason::Crash));
+    assert!(s.last_error.contains("from outside"), "{}", s.last_error);
+    assert_eq!(tokenize(&h, "ok").await.expect("served"), [111, 107]);
+}

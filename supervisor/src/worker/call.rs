@@ -26,7 +26,23 @@ pub struct CallStream {
     pub queued: Duration,
     /// The caller's request id.
     pub request_id: String,
+    /// The request's hash while it is in flight for the quarantine.
+    flight: Option<u64>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for CallStream {
+    fn drop(&mut self) {
+        // A call that ended with its worker alive was not in a crash; one
+        // whose worker died stays recorded until the actor has seen the
+        // death (`Quarantine::died` takes the worker's calls).
+        if let Some(hash) = self.flight.take()
+            && self.conn.exit.borrow().is_none()
+            && self.conn.chan.failure().is_none()
+        {
+            self.handle.quarantine.leave(self.conn.pid, hash);
+        }
+    }
 }
 
 struct Waiting<'a>(&'a WorkerHandle);
@@ -88,16 +104,43 @@ impl WorkerHandle {
             + deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis() as i64;
+        // A request refused for crashing workers is refused before it is
+        // sent. Only then is the body hashed on its own (a copy); otherwise
+        // its hash is taken from the ring below, where it is written anyway.
+        if self.quarantine.any_refused() {
+            let body = WorkerRequest {
+                body: req.body.clone(),
+                ..Default::default()
+            };
+            if let Err(why) = self
+                .quarantine
+                .check(self.quarantine.hash(&body.encode_to_vec()))
+            {
+                metrics.reject(id, "quarantined");
+                return Err(Error::InvalidArgument(format!("model {id:?}: {why}")));
+            }
+        }
+        // The request id and deadline come first in the encoding; the body
+        // (the method and its fields) is the rest.
+        let head = WorkerRequest {
+            request_tag: req.request_tag.clone(),
+            deadline_unix_ms: req.deadline_unix_ms,
+            body: None,
+        }
+        .encoded_len();
+        let mut hash = 0;
         // Encoded straight into the ring: request tensors are copied once
         // into the channel.
         let stream = conn
             .chan
-            .request_with(req.encoded_len(), |mut buf| {
+            .request_with(req.encoded_len(), |buf| {
                 // The buffer has exactly the encoded length.
-                let _ = req.encode(&mut buf);
+                let _ = req.encode(&mut &mut *buf);
+                hash = self.quarantine.hash(&buf[head.min(buf.len())..]);
             })
             .await
             .map_err(|e| self.channel_error(&conn, e))?;
+        self.quarantine.enter(conn.pid, hash);
         Ok(CallStream {
             stream: Some(stream),
             conn,
@@ -106,6 +149,7 @@ impl WorkerHandle {
             done: false,
             queued: arrived.elapsed(),
             request_id: req.request_tag,
+            flight: Some(hash),
             _permit: permit,
         })
     }
@@ -290,8 +334,12 @@ impl CallStream {
             }
             Ok(Some(Ok(f))) => f,
         };
-        if frame.flags.is_end() {
+        if frame.flags.is_end() || frame.kind == Kind::Error {
+            // The worker is done with it: not in flight in a later crash.
             self.done = true;
+            if let Some(hash) = self.flight.take() {
+                self.handle.quarantine.leave(self.conn.pid, hash);
+            }
         }
         Some(match frame.kind {
             Kind::Response => WorkerResponse::decode(frame.payload)

@@ -9,6 +9,7 @@
 mod actor;
 mod call;
 pub mod process;
+pub(crate) mod quarantine;
 mod tenant;
 
 use std::sync::Arc;
@@ -124,6 +125,7 @@ pub struct WorkerHandle {
     shared: Shared,
     file_size: u64,
     memory: SharedMemory,
+    quarantine: Arc<quarantine::Quarantine>,
 }
 
 impl WorkerHandle {
@@ -143,6 +145,9 @@ impl WorkerHandle {
             ..Default::default()
         }));
         let (cmds, rx) = mpsc::channel(16);
+        let quarantine = Arc::new(quarantine::Quarantine::new(
+            shared.config.workers.quarantine_ttl,
+        ));
         let (status, conn) = actor::spawn(actor::Parts {
             spec: spec.clone(),
             file,
@@ -151,6 +156,7 @@ impl WorkerHandle {
             cmds: rx,
             guard,
             memory: memory.clone(),
+            quarantine: quarantine.clone(),
         });
         WorkerHandle {
             spec,
@@ -166,6 +172,7 @@ impl WorkerHandle {
             shared,
             file_size,
             memory,
+            quarantine,
         }
     }
 

@@ -67,6 +67,7 @@ pub(super) struct Parts {
     pub(super) cmds: mpsc::Receiver<Command>,
     pub(super) guard: Arc<Guard>,
     pub(super) memory: SharedMemory,
+    pub(super) quarantine: Arc<super::quarantine::Quarantine>,
 }
 
 struct Actor {
@@ -84,6 +85,11 @@ struct Actor {
     memory: SharedMemory,
     /// What the guard read of the model's file, once, before its first load.
     prepared: Option<crate::memory::Prepared>,
+    /// Requests that crashed its workers.
+    quarantine: Arc<super::quarantine::Quarantine>,
+    /// The last worker died of a SIGKILL from outside: it counts towards
+    /// FAILED only if the next start fails.
+    killed_outside: bool,
 }
 
 pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<Option<Conn>>) {
@@ -95,6 +101,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
         cmds,
         guard,
         memory,
+        quarantine,
     } = parts;
     let initial = Status {
         state: if spec.preload {
@@ -135,6 +142,8 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
         guard,
         memory,
         prepared: None,
+        quarantine,
+        killed_outside: false,
     };
     tokio::spawn(actor.run());
     (status_rx, conn_rx)
@@ -286,6 +295,7 @@ impl Actor {
                     None => return None,
                 },
                 Started::Ready(conn) => {
+                    self.killed_outside = false;
                     self.backoff = self.config().workers.backoff_initial;
                     let pid = conn.pid;
                     self.conn.send_replace(Some(conn.clone()));
@@ -310,6 +320,11 @@ impl Actor {
                         self.set(State::Failed, |s| s.pid = 0);
                         return None;
                     }
+                    // An outside SIGKILL before counts now that the start
+                    // after it failed too.
+                    if std::mem::take(&mut self.killed_outside) && !self.count_window() {
+                        return None;
+                    }
                     if !self.count_restart(KillReason::Crash) {
                         return None;
                     }
@@ -326,14 +341,25 @@ impl Actor {
     /// Every restart is counted (status, metrics); only those whose reason
     /// counts towards FAILED enter the window of the budget.
     fn count_restart(&mut self, reason: KillReason) -> bool {
+        self.note_restart(reason);
+        if !reason.counts_towards_failed() {
+            return true;
+        }
+        self.count_window()
+    }
+
+    /// Counts a restart in the status and metrics only.
+    fn note_restart(&self, reason: KillReason) {
         self.shared.metrics.restart(&self.spec.id, reason);
         self.status.send_modify(|s| {
             s.restarts += 1;
             s.last_kill_reason = Some(reason);
         });
-        if !reason.counts_towards_failed() {
-            return true;
-        }
+    }
+
+    /// Enters one restart into the budget's window; false (and FAILED)
+    /// when the budget is spent.
+    fn count_window(&mut self) -> bool {
         let now = Instant::now();
         let window = self.config().workers.restart_window;
         while self
@@ -404,6 +430,19 @@ impl Actor {
                 ": killed by the kernel's OOM killer (the container's oom_kill count went from {before} to {now})"
             );
         }
+        // A SIGKILL from outside (an operator, another tool): the worker
+        // did nothing wrong that we know of; it counts towards FAILED only
+        // if the next start fails.
+        let outside = reason == KillReason::Crash && exit.signal == Some(libc::SIGKILL);
+        if outside {
+            why = format!("{why} (a SIGKILL from outside the supervisor)");
+        }
+        for (hash, note) in self
+            .quarantine
+            .died(exit.pid, reason.counts_towards_failed() && !outside)
+        {
+            tracing::warn!(model = %self.spec.id, pid = exit.pid, request_hash = format!("{hash:016x}"), "request quarantined: {note}");
+        }
         let message = format!(
             "worker (pid {}) ended: {exit}, reason {}{why}",
             exit.pid,
@@ -415,6 +454,11 @@ impl Actor {
             s.last_error = message;
             s.last_exit = exit.to_string();
         });
+        if outside {
+            self.killed_outside = true;
+            self.note_restart(reason);
+            return self.wait_backoff().await;
+        }
         self.count_restart(reason) && self.wait_backoff().await
     }
 
