@@ -284,7 +284,12 @@ mod tests {
         }
         assert!(out.is_empty(), "everything went out within 5 s");
         let one: Vec<&Vec<u8>> = got.iter().filter(|g| g.0 == 1).map(|g| &g.1).collect();
-        assert_eq!(one.len(), 2, "the frame before, then the error: {}", one.len());
+        assert_eq!(
+            one.len(),
+            2,
+            "the frame before, then the error: {}",
+            one.len()
+        );
         assert_eq!(one[0], &vec![1u8; 10]);
         let e = too_large_error(one[1]);
         assert_eq!(
@@ -297,7 +302,10 @@ mod tests {
         let two: Vec<&(u64, Vec<u8>)> = got.iter().filter(|g| g.0 == 2).collect();
         assert_eq!(two.len(), 1);
         assert_eq!(two[0].1.len(), max, "a frame of exactly the limit goes out");
-        assert!(out.ended.is_empty(), "request 1's last frame closed its account");
+        assert!(
+            out.ended.is_empty(),
+            "request 1's last frame closed its account"
+        );
         // A later request with the same id (never reused, but) is served.
         out.push(1, Kind::Response, Flags::END, vec![6]);
         assert!(out.holds(1));
@@ -321,7 +329,10 @@ mod tests {
             big.encoded_len()
         );
         assert!(e.message.starts_with(&expected), "{}", e.message);
-        assert!(out.ended.is_empty(), "the refused frame was the last: nothing to drop");
+        assert!(
+            out.ended.is_empty(),
+            "the refused frame was the last: nothing to drop"
+        );
     }
 
     #[test]
@@ -332,12 +343,18 @@ mod tests {
         let mut out = Outbox::default();
         out.push(4, Kind::Response, Flags::NONE, vec![0; MIN_RING_BYTES * 2]);
         out.push(4, Kind::Response, Flags::END, vec![1]);
-        out.flush(&worker).expect("flush: not an error of the channel");
+        out.flush(&worker)
+            .expect("flush: not an error of the channel");
         assert_eq!(out.max_payload(), worker.max_payload());
         let got = drain(&sup);
         assert_eq!(got.len(), 1, "only the error answer");
         let e = too_large_error(&got[0].1);
-        assert!(e.message.contains(&format!("answer of {} bytes", MIN_RING_BYTES * 2)), "{}", e.message);
+        assert!(
+            e.message
+                .contains(&format!("answer of {} bytes", MIN_RING_BYTES * 2)),
+            "{}",
+            e.message
+        );
         assert!(out.is_empty() && out.ended.is_empty());
     }
 
