@@ -462,7 +462,7 @@ async fn a_cancelled_sequence_stops_within_one_step_and_the_others_carry_on() {
         let now = sc.model("smollm2").await.tokens_generated;
         if now != last {
             (last, since) = (now, Instant::now());
-        } else if now >= u64::from(b_tokens) + u64::from(seen)
+        } else if now >= u64::from(b_tokens) + seen
             && since.elapsed() >= Duration::from_millis(1500)
         {
             break now;
