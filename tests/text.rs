@@ -204,10 +204,12 @@ async fn a_full_queue_refuses_at_once() {
     e2e::signal(worker, nix::sys::signal::Signal::SIGSTOP);
     let mut running = text.clone();
     let first = tokio::spawn(async move { running.generate(greedy("Count to ten:", 8)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sc.eventually("smollm2", Duration::from_secs(10), |m| m.in_flight == 1)
+        .await;
     let mut waiting = text.clone();
     let second = tokio::spawn(async move { waiting.generate(greedy("Hi", 2)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sc.eventually("smollm2", Duration::from_secs(10), |m| m.queue_depth == 1)
+        .await;
     let started = Instant::now();
     let err = text
         .clone()
@@ -321,14 +323,70 @@ async fn concurrent_streams_batch_and_match_their_output_alone() {
         "greedy output is the same alone or batched"
     );
     assert!(!together[4].is_empty());
-    // The fifth waited for a slot, and its timings say so.
-    let fifth = &timings[4];
-    assert!(fifth.queue_us > 0, "{fifth:?}");
+    // Each call's timings add up (how long a queued call waited is proved
+    // in `a_queued_call_reports_the_wait_it_had`).
+    for t in &timings {
+        assert!(t.total_us >= t.queue_us + t.prompt_us, "{t:?}");
+        assert!(t.time_to_first_token_us >= t.queue_us, "{t:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_reports_the_wait_it_had() {
+    let _serial = serial().await;
+    // One slot, held by a stream whose reader reads nothing more: the
+    // worker pauses it (no credit), and a second call waits for the slot
+    // until the stream is dropped.
+    let config = smollm2_config("").replace("threads = 1 }", "threads = 1, parallel = 1 }");
+    let sc = Sidecar::start(store(), &config);
+    sc.ready("smollm2").await;
+    let mut text = sc.text().await;
+    let mut holder = text
+        .generate_stream(greedy("Once upon a time, in a land far away,", 1000))
+        .await
+        .expect("stream")
+        .into_inner();
+    holder
+        .message()
+        .await
+        .expect("first token")
+        .expect("message");
+    let mut queued = text.clone();
+    let sent = Instant::now();
+    let call = tokio::spawn(async move { queued.generate(greedy("Hello", 2)).await });
+    // Both calls are in the worker (the supervisor sent the second into
+    // its channel): from here on the second waits for the slot.
+    sc.eventually("smollm2", Duration::from_secs(10), |m| m.in_flight == 2)
+        .await;
+    let seen = Instant::now();
+    // Hold the slot a known time, then free it.
+    let hold = Duration::from_millis(800);
+    while seen.elapsed() < hold {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(holder);
+    let freed = Instant::now();
+    let r = call
+        .await
+        .expect("join")
+        .expect("the queued call runs once the slot is free")
+        .into_inner();
+    let wall = sent.elapsed();
+    let t = r.timings.expect("timings");
+    let waited = freed.duration_since(seen);
+    eprintln!("queued call: {t:?}; held {waited:?}, wall {wall:?}");
+    // It waited at least from when it was seen in the worker until the
+    // slot was freed (less one loop turn of the worker: it reads a new
+    // frame within milliseconds of its arrival), and never longer than
+    // the call took.
     assert!(
-        fifth.total_us >= fifth.queue_us + fifth.prompt_us,
-        "{fifth:?}"
+        t.queue_us as u128 >= waited.as_micros() - 50_000,
+        "queue_us {} < the {waited:?} the slot was held",
+        t.queue_us
     );
-    assert!(fifth.time_to_first_token_us >= fifth.queue_us, "{fifth:?}");
+    assert!(t.queue_us as u128 <= wall.as_micros(), "{t:?} > {wall:?}");
+    assert!(t.total_us >= t.queue_us + t.prompt_us, "{t:?}");
+    assert!(t.time_to_first_token_us >= t.queue_us, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,14 +454,24 @@ async fn a_cancelled_sequence_stops_within_one_step_and_the_others_carry_on() {
 
     // The worker's own count of sampled tokens, once it has settled: B's
     // 200 plus what A got before the cancel reached the worker.
-    let mut last = u64::MAX;
+    // Heartbeats report it every second: wait (at most 20 s) until it has
+    // reached B's and A's read tokens and then stayed the same for 1.5 s.
+    let limit = Instant::now() + Duration::from_secs(20);
+    let (mut last, mut since) = (u64::MAX, Instant::now());
     let total = loop {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
         let now = sc.model("smollm2").await.tokens_generated;
-        if now == last {
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if now >= u64::from(b_tokens) + seen
+            && since.elapsed() >= Duration::from_millis(1500)
+        {
             break now;
         }
-        last = now;
+        assert!(
+            Instant::now() < limit,
+            "the worker's token count did not settle: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let a_generated = total - u64::from(b_tokens);
     eprintln!("A: {seen} tokens read, {a_generated} generated");

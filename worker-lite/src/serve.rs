@@ -5,21 +5,29 @@
 //! outputs from LiteRT's output buffers straight into the answer frame
 //! (`send_with`). Hello, heartbeats and the loop itself are
 //! `worker_runtime`'s.
+//!
+//! A batch's cost is bounded before any work: at most [`MAX_SETS`] input
+//! sets, every set checked, and the answer's size (known from the
+//! compiled model's output buffers) checked against the response ring's
+//! frame limit. While it runs, the deadline and the supervisor's CANCEL
+//! are checked before every invoke (`Context::check_interrupted`), so a
+//! batch past its deadline answers DEADLINE_EXCEEDED, and a cancelled one
+//! CANCELLED, one invoke later: its worker is never killed for it.
 
 use std::time::{Duration, Instant};
 
-use ipc::{BlockingChannel, Flags, Kind, Received};
+use ipc::{Flags, Kind, Received};
 use litert::Compiled;
 use sidecar_proto::v1::{LiteModelInfo, ModelFamily};
 use sidecar_proto::worker::{Load, Loaded, worker_request, worker_response};
-use worker_runtime::{Call, Context, Family, Read, WorkerError, deadline, not_loaded};
+use worker_runtime::{Call, Code, Context, Family, Read, WorkerError, not_loaded};
 
 use crate::load::{Served, lite_error, load_model};
 use crate::tensor::{dtype_of, info, match_inputs};
 use crate::wire::{self, Answer, InferRef, OutputHead, Request, Timings};
 
 /// Most input sets of one InferBatch.
-const MAX_SETS: usize = 256;
+pub const MAX_SETS: usize = 256;
 
 /// A LITE worker: the model it serves, once loaded.
 #[derive(Debug, Default)]
@@ -49,14 +57,7 @@ impl Family for Lite {
         match wire::parse(frame.payload())? {
             Request::Infer(call, deadline_ms) => {
                 let s = self.served.as_mut().ok_or_else(not_loaded)?;
-                infer(
-                    cx.chan(),
-                    frame.request_id(),
-                    s,
-                    &call,
-                    deadline_ms,
-                    arrived,
-                )?;
+                infer(cx, frame.request_id(), s, &call, deadline_ms, arrived)?;
                 Ok(Read::Answered)
             }
             Request::Other(req) => Ok(Read::Request(req)),
@@ -80,7 +81,7 @@ impl Family for Lite {
 /// Runs an Infer / InferBatch call and writes its answer straight from
 /// LiteRT's output buffers into the ring.
 fn infer(
-    chan: &BlockingChannel,
+    cx: &Context,
     id: u64,
     s: &mut Served,
     call: &InferRef<'_>,
@@ -89,7 +90,7 @@ fn infer(
 ) -> Result<(), WorkerError> {
     if call.batch && (call.sets.is_empty() || call.sets.len() > MAX_SETS) {
         return Err(WorkerError::invalid(format!(
-            "sets holds {} input sets; 1..{MAX_SETS} are allowed",
+            "sets holds {} input sets; a batch holds 1 to {MAX_SETS}",
             call.sets.len()
         )));
     }
@@ -104,14 +105,27 @@ fn infer(
         };
         matched.push(match_inputs(&s.compiled.input_desc, set, &at)?);
     }
-    deadline::check(deadline_ms)?;
+    // The answer's size is known before the work: the output buffers'
+    // sizes are fixed when the model is compiled.
+    check_answer(
+        cx,
+        &Answer {
+            sets: vec![output_heads(&s.compiled, &wanted)?; call.sets.len()],
+            timings: Timings {
+                queue_us: u64::MAX,
+                invoke_us: u64::MAX,
+                total_us: u64::MAX,
+            },
+            batch: call.batch,
+        },
+    )?;
     let queued = arrived.elapsed();
     let mut invoke = Duration::ZERO;
     // A batch keeps each set's outputs; a single call reads them from
     // LiteRT's buffers while writing the answer.
     let mut kept: Vec<Vec<Vec<u8>>> = Vec::new();
     for inputs in &matched {
-        deadline::check(deadline_ms)?;
+        cx.check_interrupted(id, deadline_ms)?;
         for (i, input) in inputs.iter().enumerate() {
             s.compiled
                 .write_input(i, |buf| buf.copy_from_slice(input.data))
@@ -132,21 +146,8 @@ fn infer(
             kept.push(outs);
         }
     }
-    let heads: Vec<OutputHead<'_>> = wanted
-        .iter()
-        .map(|&i| {
-            let d = &s.compiled.output_desc[i];
-            let len = s.compiled.output_bytes(i).map_err(lite_error)?;
-            Ok(OutputHead {
-                name: &d.name,
-                dtype: dtype_of(d.element_type).map_or(0, |t| t.0 as i32),
-                shape: d.shape.iter().map(|&x| i64::from(x)).collect(),
-                len,
-            })
-        })
-        .collect::<Result<_, WorkerError>>()?;
     let answer = Answer {
-        sets: vec![heads; call.sets.len()],
+        sets: vec![output_heads(&s.compiled, &wanted)?; call.sets.len()],
         timings: Timings {
             queue_us: queued.as_micros() as u64,
             invoke_us: invoke.as_micros() as u64,
@@ -156,15 +157,17 @@ fn infer(
     };
     let compiled = &s.compiled;
     let mut failed = None;
-    let sent = chan.send_with(id, Kind::Response, Flags::END, answer.len(), |buf| {
-        answer.write(buf, |set, i, out| {
-            if let Some(outs) = kept.get(set) {
-                out.copy_from_slice(&outs[i]);
-            } else if let Err(e) = compiled.read_output(wanted[i], |b| out.copy_from_slice(b)) {
-                failed = Some(e);
-            }
-        })
-    });
+    let sent = cx
+        .chan()
+        .send_with(id, Kind::Response, Flags::END, answer.len(), |buf| {
+            answer.write(buf, |set, i, out| {
+                if let Some(outs) = kept.get(set) {
+                    out.copy_from_slice(&outs[i]);
+                } else if let Err(e) = compiled.read_output(wanted[i], |b| out.copy_from_slice(b)) {
+                    failed = Some(e);
+                }
+            })
+        });
     sent?;
     if let Some(e) = failed {
         // The frame is out already; the failure is logged.
@@ -174,6 +177,49 @@ fn infer(
         );
     }
     Ok(())
+}
+
+/// The outputs asked for, as the answer describes them.
+fn output_heads<'c>(c: &'c Compiled, wanted: &[usize]) -> Result<Vec<OutputHead<'c>>, WorkerError> {
+    wanted
+        .iter()
+        .map(|&i| {
+            let d = &c.output_desc[i];
+            let len = c.output_bytes(i).map_err(lite_error)?;
+            Ok(OutputHead {
+                name: &d.name,
+                dtype: dtype_of(d.element_type).map_or(0, |t| t.0 as i32),
+                shape: d.shape.iter().map(|&x| i64::from(x)).collect(),
+                len,
+            })
+        })
+        .collect()
+}
+
+/// RESOURCE_EXHAUSTED, before any work, for an answer (its timings at
+/// their longest) that the response ring cannot carry; a batch's message
+/// says how many of its sets would fit.
+fn check_answer(cx: &Context, answer: &Answer<'_>) -> Result<(), WorkerError> {
+    let len = answer.len();
+    let max = cx.max_answer_bytes();
+    if len <= max {
+        return Ok(());
+    }
+    if !answer.batch {
+        return cx.check_answer_len(len);
+    }
+    let sets = answer.sets.len();
+    let per_set = len.div_ceil(sets.max(1));
+    let advice = match max / per_set.max(1) {
+        0 => "name fewer outputs".to_owned(),
+        fit => format!("send at most {fit} sets per call, or name fewer outputs"),
+    };
+    Err(WorkerError::new(
+        Code::ResourceExhausted,
+        format!(
+            "answer of {len} bytes ({sets} sets of about {per_set} bytes of outputs) exceeds the response ring's frame limit of {max} bytes; {advice}"
+        ),
+    ))
 }
 
 /// Indices of the outputs asked for, in model order (all when none named).

@@ -505,3 +505,181 @@ mod tests {
         }
     }
 }
+
+/// Property tests: whatever bytes arrive, the parser answers (never
+/// panics), everything it returns lies inside the frame it was given, and
+/// what it builds grows only with the frame (no size read from the frame
+/// is allocated before it is checked against the bytes that follow).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use prost::bytes::Bytes;
+    use sidecar_proto::v1::{InferBatchRequest, InferRequest, InputSet, Tensor};
+    use sidecar_proto::worker::worker_request;
+
+    fn tensor() -> impl Strategy<Value = Tensor> {
+        (
+            "[a-z_0-9]{0,8}",
+            0i32..12,
+            vec(any::<i64>(), 0..5),
+            vec(any::<u8>(), 0..48),
+        )
+            .prop_map(|(name, dtype, shape, data)| Tensor {
+                name,
+                dtype,
+                shape,
+                data: Bytes::from(data),
+            })
+    }
+
+    fn request() -> impl Strategy<Value = WorkerRequest> {
+        let infer = (vec(tensor(), 0..4), vec("[a-z]{0,6}", 0..3)).prop_map(|(inputs, outputs)| {
+            worker_request::Body::Infer(InferRequest {
+                model_id: "m".into(),
+                inputs,
+                outputs,
+            })
+        });
+        let batch = (vec(vec(tensor(), 0..3), 0..4), vec("[a-z]{0,6}", 0..3)).prop_map(
+            |(sets, outputs)| {
+                worker_request::Body::InferBatch(InferBatchRequest {
+                    model_id: "m".into(),
+                    sets: sets.into_iter().map(|inputs| InputSet { inputs }).collect(),
+                    outputs,
+                })
+            },
+        );
+        let other = Just(worker_request::Body::LiteInfo(Default::default()));
+        (
+            "[a-z0-9-]{0,12}",
+            any::<i64>(),
+            prop_oneof![infer, batch, other],
+        )
+            .prop_map(|(tag, deadline, body)| WorkerRequest {
+                request_tag: tag,
+                deadline_unix_ms: deadline,
+                body: Some(body),
+            })
+    }
+
+    /// Whether `part` lies inside `whole`.
+    fn inside(whole: &[u8], part: &[u8]) -> bool {
+        let (start, end) = (
+            whole.as_ptr() as usize,
+            whole.as_ptr() as usize + whole.len(),
+        );
+        let at = part.as_ptr() as usize;
+        part.is_empty() || (at >= start && at + part.len() <= end)
+    }
+
+    /// What a parsed Infer holds is borrowed from `bytes` and no larger
+    /// than `bytes` allows: each set, tensor and dimension took at least
+    /// one byte of the frame.
+    fn within(bytes: &[u8], req: &Request<'_>) -> Result<(), TestCaseError> {
+        let Request::Infer(call, _) = req else {
+            return Ok(());
+        };
+        prop_assert!(call.sets.len() <= bytes.len().max(1));
+        let tensors: usize = call.sets.iter().map(Vec::len).sum();
+        prop_assert!(tensors <= bytes.len());
+        let dims: usize = call.sets.iter().flatten().map(|t| t.shape.len()).sum();
+        prop_assert!(dims <= bytes.len());
+        prop_assert!(call.outputs.len() <= bytes.len());
+        for t in call.sets.iter().flatten() {
+            prop_assert!(inside(bytes, t.data), "tensor data outside the frame");
+            prop_assert!(inside(bytes, t.name.as_bytes()), "name outside the frame");
+        }
+        for o in &call.outputs {
+            prop_assert!(inside(bytes, o.as_bytes()), "output name outside the frame");
+        }
+        Ok(())
+    }
+
+    fn same(got: &[InputRef<'_>], want: &[Tensor]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            prop_assert_eq!(g.name, w.name.as_str());
+            prop_assert_eq!(g.dtype, w.dtype);
+            prop_assert_eq!(&g.shape, &w.shape);
+            prop_assert_eq!(g.data, &w.data[..]);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_stay_inside_the_frame(bytes in vec(any::<u8>(), 0..512)) {
+            if let Ok(req) = parse(&bytes) {
+                within(&bytes, &req)?;
+            }
+        }
+
+        #[test]
+        fn valid_requests_round_trip(req in request()) {
+            let bytes = req.encode_to_vec();
+            let parsed = parse(&bytes).map_err(|e| TestCaseError::fail(e.message))?;
+            within(&bytes, &parsed)?;
+            match (parsed, req.body.as_ref()) {
+                (Request::Infer(call, deadline), Some(worker_request::Body::Infer(r))) => {
+                    prop_assert_eq!(deadline, req.deadline_unix_ms);
+                    prop_assert!(!call.batch);
+                    prop_assert_eq!(call.sets.len(), 1);
+                    same(&call.sets[0], &r.inputs)?;
+                    prop_assert_eq!(call.outputs, r.outputs.iter().map(String::as_str).collect::<Vec<_>>());
+                }
+                (Request::Infer(call, deadline), Some(worker_request::Body::InferBatch(r))) => {
+                    prop_assert_eq!(deadline, req.deadline_unix_ms);
+                    prop_assert!(call.batch);
+                    prop_assert_eq!(call.sets.len(), r.sets.len());
+                    for (got, want) in call.sets.iter().zip(&r.sets) {
+                        same(got, &want.inputs)?;
+                    }
+                    prop_assert_eq!(call.outputs, r.outputs.iter().map(String::as_str).collect::<Vec<_>>());
+                }
+                (Request::Other(other), Some(worker_request::Body::LiteInfo(_))) => {
+                    prop_assert_eq!(other, req.clone());
+                }
+                (got, _) => prop_assert!(false, "read as the wrong kind: {got:?}"),
+            }
+        }
+
+        #[test]
+        fn mutated_requests_never_panic_and_stay_inside_the_frame(
+            req in request(),
+            edits in vec((any::<Index>(), any::<u8>()), 1..8),
+            cut in any::<Index>(),
+        ) {
+            let mut bytes = req.encode_to_vec();
+            for (at, byte) in edits {
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            if let Ok(parsed) = parse(&bytes) {
+                within(&bytes, &parsed)?;
+            }
+        }
+
+        #[test]
+        fn a_declared_length_past_the_frame_is_refused(extra in 1u64..u64::MAX / 2, body in vec(any::<u8>(), 0..32)) {
+            // WorkerRequest.infer (field 20) declaring more bytes than follow.
+            let mut bytes = vec![0xa2, 0x01];
+            let mut n = body.len() as u64 + extra;
+            while n >= 0x80 {
+                bytes.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            bytes.push(n as u8);
+            bytes.extend(&body);
+            let e = parse(&bytes).expect_err("a length past the frame");
+            prop_assert!(e.message.starts_with("malformed request"), "{}", e.message);
+        }
+    }
+}

@@ -96,6 +96,18 @@ pub fn not_loaded() -> WorkerError {
     WorkerError::precondition("no model loaded")
 }
 
+/// RESOURCE_EXHAUSTED for an answer of `len` bytes when a frame of the
+/// response ring carries at most `max`: the request gets this instead of
+/// its answer, and the worker goes on.
+pub fn answer_too_large(len: usize, max: usize) -> WorkerError {
+    WorkerError::new(
+        Code::ResourceExhausted,
+        format!(
+            "answer of {len} bytes exceeds the response ring's frame limit of {max} bytes; ask for less in one call (fewer inputs, pieces or outputs)"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

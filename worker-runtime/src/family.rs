@@ -130,8 +130,8 @@ pub struct Context {
 impl Context {
     pub(crate) fn new(chan: Arc<BlockingChannel>) -> Self {
         Context {
+            outbox: Outbox::new(chan.max_payload()),
             chan,
-            outbox: Outbox::default(),
             names: RequestNames::default(),
         }
     }
@@ -147,10 +147,53 @@ impl Context {
         self.names.get(id)
     }
 
-    /// Queues an answer frame of `id`.
+    /// The largest answer frame the response ring carries, in bytes. An
+    /// answer queued through [`Context::respond`] or [`Context::answer`]
+    /// that is larger ends its request with [`crate::answer_too_large`]
+    /// instead (it is never encoded); a family that writes answers in
+    /// place checks it before the work.
+    pub fn max_answer_bytes(&self) -> usize {
+        self.outbox.max_payload()
+    }
+
+    /// `Err` when an answer of `len` bytes cannot go through the response
+    /// ring: RESOURCE_EXHAUSTED naming both sizes.
+    pub fn check_answer_len(&self, len: usize) -> Result<(), WorkerError> {
+        let max = self.max_answer_bytes();
+        if len > max {
+            return Err(crate::error::answer_too_large(len, max));
+        }
+        Ok(())
+    }
+
+    /// Whether the supervisor has cancelled request `id`, which this
+    /// family is still working on (its last frame not sent). For long work
+    /// done inside [`Family::read`] or [`Family::request`], where the loop
+    /// cannot hand over the CANCEL frame: the channel applies a CANCEL to
+    /// the request's credit as soon as it sees the frame, and the frame
+    /// itself still reaches [`Family::cancel`] later (by then the request
+    /// is answered, so nothing more happens).
+    pub fn cancel_requested(&self, id: u64) -> bool {
+        // An open request has a window of credit until a CANCEL lifts it
+        // (`None`: unlimited); its last frame closes it.
+        self.chan.credit(id).is_none()
+    }
+
+    /// Between two units of long work on request `id`:
+    /// DEADLINE_EXCEEDED once `deadline_ms` (0: none) has passed, CANCELLED
+    /// once the supervisor cancelled it.
+    pub fn check_interrupted(&self, id: u64, deadline_ms: i64) -> Result<(), WorkerError> {
+        crate::deadline::check(deadline_ms)?;
+        if self.cancel_requested(id) {
+            return Err(WorkerError::cancelled());
+        }
+        Ok(())
+    }
+
+    /// Queues an answer frame of `id` (encoded only if it fits the ring).
     pub fn respond(&mut self, id: u64, response: &WorkerResponse, flags: Flags) {
         self.outbox
-            .push(id, Kind::Response, flags, response.encode_to_vec());
+            .push_message(id, Kind::Response, flags, response);
     }
 
     /// Queues the last answer of `id`.
@@ -166,12 +209,8 @@ impl Context {
     pub fn fail(&mut self, id: u64, e: &WorkerError) {
         let request_id = self.names.get(id);
         tracing::info!(request = id, request_id, code = ?e.code, "request failed: {}", e.message);
-        self.outbox.push(
-            id,
-            Kind::Error,
-            Flags::END,
-            e.to_proto(false).encode_to_vec(),
-        );
+        self.outbox
+            .push_message(id, Kind::Error, Flags::END, &e.to_proto(false));
     }
 
     /// Whether answers of `id` wait (its reader is behind: pause it).

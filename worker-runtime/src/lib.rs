@@ -32,7 +32,7 @@ mod serve;
 pub mod standalone;
 
 pub use binary::{Binary, LOG_ENV, main};
-pub use error::{Code, WorkerError, not_loaded};
+pub use error::{Code, WorkerError, answer_too_large, not_loaded};
 pub use family::{Call, Context, Family, Read, decode};
 pub use outbox::Outbox;
 pub use requests::{RequestNames, request_tag};

@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         };
         let run = |e: &mut Embedder| -> Result<(), Box<dyn std::error::Error>> {
-            let mut jobs = VecDeque::from([e.job(0, 0, &req)?]);
+            let mut jobs = VecDeque::from([e.job(0, 0, &req, usize::MAX)?]);
             while !jobs.is_empty() {
                 for (_, r) in e.step(&mut jobs) {
                     r?;

@@ -18,7 +18,7 @@ use sidecar_proto::v1::{
 };
 
 use crate::model::{Model, backend, threads};
-use worker_runtime::{Code, WorkerError};
+use worker_runtime::{Code, WorkerError, deadline};
 
 /// Most inputs one call may carry.
 pub const MAX_INPUTS: usize = 1024;
@@ -96,6 +96,32 @@ impl EmbedJob {
         }
     }
 }
+
+/// Bytes of a protobuf varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The fewest bytes one `dims`-dimension embedding takes in an
+/// EmbedResponse: its packed floats, its token count (at least one token),
+/// and the field heads around them.
+pub fn min_embedding_bytes(dims: usize) -> usize {
+    let floats = 4 * dims;
+    let inner = 1 + varint_len(floats as u64) + floats + 2;
+    1 + varint_len(inner as u64) + inner
+}
+
+/// The most bytes one `dims`-dimension embedding takes in an
+/// EmbedResponse (its token count at its largest, truncated set).
+pub fn max_embedding_bytes(dims: usize) -> usize {
+    let floats = 4 * dims;
+    let inner = 1 + varint_len(floats as u64) + floats + 6 + 2;
+    1 + varint_len(inner as u64) + inner
+}
+
+/// The most bytes of an EmbedResponse besides its embeddings: dimensions,
+/// usage and timings at their largest.
+const RESPONSE_REST: usize = 128;
 
 /// Scales `v` to unit length (a zero vector stays zero).
 pub fn l2_normalize(v: &mut [f32]) {
@@ -188,12 +214,16 @@ impl Embedder {
         &self.details
     }
 
-    /// Validates and tokenizes a call.
+    /// Validates and tokenizes a call whose answer may take at most
+    /// `max_answer` bytes (the response ring's frame limit): a call whose
+    /// embeddings cannot fit is refused before any work, naming how many
+    /// inputs would. The deadline is checked between inputs.
     pub fn job(
         &self,
         id: u64,
         deadline_ms: i64,
         req: &EmbedRequest,
+        max_answer: usize,
     ) -> Result<EmbedJob, WorkerError> {
         if req.inputs.is_empty() {
             return Err(WorkerError::invalid("inputs must hold at least one text"));
@@ -203,6 +233,18 @@ impl Embedder {
                 "inputs holds {} texts; the limit is {MAX_INPUTS} per call",
                 req.inputs.len()
             )));
+        }
+        let dims = self.details.embedding_size as usize;
+        let least = req.inputs.len().saturating_mul(min_embedding_bytes(dims));
+        if least > max_answer {
+            let fit = max_answer.saturating_sub(RESPONSE_REST) / max_embedding_bytes(dims);
+            return Err(WorkerError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "inputs holds {} texts; their {dims}-dimension embeddings take at least {least} bytes, more than the response ring's frame limit of {max_answer} bytes; send at most {fit} inputs per call",
+                    req.inputs.len()
+                ),
+            ));
         }
         let cut = match Truncation::try_from(req.truncation) {
             Ok(Truncation::Unspecified) => false,
@@ -221,6 +263,7 @@ impl Embedder {
         let max = self.details.max_input_tokens as usize;
         let mut inputs = Vec::with_capacity(req.inputs.len());
         for (i, text) in req.inputs.iter().enumerate() {
+            deadline::check(deadline_ms)?;
             let mut tokens = vocab.tokenize(text.as_bytes(), true, true);
             if tokens.is_empty() {
                 return Err(WorkerError::invalid(format!(
@@ -363,6 +406,36 @@ mod tests {
         let mut z = vec![0.0; 3];
         l2_normalize(&mut z);
         assert_eq!(z, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn the_least_size_of_an_embedding_is_what_prost_encodes() {
+        use prost::Message;
+        use sidecar_proto::v1::{EmbedResponse, Embedding};
+        for dims in [1usize, 31, 32, 384, 1024, 4096] {
+            let one = EmbedResponse {
+                embeddings: vec![Embedding {
+                    values: vec![0.5; dims],
+                    tokens: 1,
+                    truncated: false,
+                }],
+                ..Default::default()
+            };
+            assert_eq!(one.encoded_len(), min_embedding_bytes(dims), "{dims}");
+            let most = EmbedResponse {
+                embeddings: vec![Embedding {
+                    values: vec![0.5; dims],
+                    tokens: u32::MAX,
+                    truncated: true,
+                }],
+                ..Default::default()
+            };
+            assert_eq!(most.encoded_len(), max_embedding_bytes(dims), "{dims}");
+        }
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(u64::MAX), 10);
     }
 
     #[test]

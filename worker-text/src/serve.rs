@@ -132,7 +132,7 @@ impl Family for Text {
             }
             worker_request::Body::Embed(req) => match &self.embedder {
                 Some(e) => e
-                    .job(id, deadline_ms, &req)
+                    .job(id, deadline_ms, &req, cx.max_answer_bytes())
                     .map(|job| self.embeds.push_back(job)),
                 None => Err(self.not_served("Embed")),
             },
@@ -393,7 +393,7 @@ fn warm_up_embed(embedder: &mut Embedder) -> Result<(), WorkerError> {
         inputs: vec!["Hello".into()],
         ..Default::default()
     };
-    let mut jobs = VecDeque::from([embedder.job(0, 0, &req)?]);
+    let mut jobs = VecDeque::from([embedder.job(0, 0, &req, usize::MAX)?]);
     while !jobs.is_empty() {
         if let Some((_, Err(e))) = embedder.step(&mut jobs).pop() {
             return Err(e);

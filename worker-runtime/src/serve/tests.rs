@@ -54,10 +54,12 @@ impl Family for Counting {
             }
             worker_request::Body::Tokenize(t) => {
                 let tokens = vec![t.text.len() as i32];
-                let r = TokenizeResponse {
-                    tokens,
-                    pieces: Vec::new(),
+                // "big:N": an answer with a piece of N bytes.
+                let pieces = match t.text.strip_prefix("big:") {
+                    Some(n) => vec!["p".repeat(n.parse().unwrap_or(0))],
+                    None => Vec::new(),
                 };
+                let r = TokenizeResponse { tokens, pieces };
                 cx.answer(call.id, worker_response::Body::Tokenize(r));
                 Ok(())
             }
@@ -344,6 +346,16 @@ impl Family for InPlace {
             Some(worker_request::Body::Tokenize(t)) if t.text == "fail" => {
                 Err(WorkerError::invalid("fails"))
             }
+            // Long work in units, as LITE's batches: stops at the first
+            // unit boundary after a CANCEL or the deadline (10 s at most).
+            Some(worker_request::Body::Tokenize(t)) if t.text == "wait" => {
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_secs(10) {
+                    cx.check_interrupted(id, req.deadline_unix_ms)?;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(WorkerError::internal("never interrupted"))
+            }
             Some(worker_request::Body::Tokenize(t)) => {
                 let r = WorkerResponse {
                     body: Some(worker_response::Body::Tokenize(TokenizeResponse {
@@ -391,4 +403,132 @@ fn a_queued_answer_goes_out_before_the_next_frame_is_read() {
         [false],
         "the first frame's error was sent before the second frame was read"
     );
+}
+
+/// Serves `family` on a channel of `ring_bytes` rings and runs `test` as
+/// its supervisor; returns how the loop ended (it must end with the
+/// supervisor, never before).
+fn with_worker<F: Family + Send + 'static, Fut: std::future::Future<Output = ()>>(
+    ring_bytes: usize,
+    family: F,
+    test: impl FnOnce(AsyncChannel) -> Fut,
+) {
+    let (supervisor_end, worker_end) =
+        ipc::create(ChannelConfig::with_ring_bytes(ring_bytes)).expect("channel");
+    let worker = Arc::new(BlockingChannel::new(worker_end).expect("worker end"));
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let ended = serve_every(worker, family, Duration::from_secs(60));
+        let _ = done_tx.send(ended);
+    });
+    let rt = runtime();
+    rt.block_on(async {
+        let chan = AsyncChannel::new(supervisor_end).expect("supervisor end");
+        assert_eq!(chan.recv_control().await.expect("hello").kind, Kind::Hello);
+        test(chan).await;
+    });
+    assert!(
+        done.try_recv().is_err(),
+        "the worker's loop ended while its supervisor was there"
+    );
+    drop(rt);
+    let ended = within(&done, "the worker's end after its supervisor's");
+    assert!(ended.is_ok(), "{ended:?}");
+}
+
+/// The one frame of a unary answer: (kind, payload).
+async fn one(chan: &AsyncChannel, payload: &[u8]) -> (Kind, Vec<u8>) {
+    let mut s = chan.request(payload).await.expect("send");
+    let f = s.next().await.expect("a frame").expect("ok");
+    assert!(f.flags.is_end(), "one frame");
+    (f.kind, f.payload.to_vec())
+}
+
+fn worker_error(kind: Kind, payload: &[u8]) -> sidecar_proto::worker::WorkerError {
+    assert_eq!(kind, Kind::Error);
+    sidecar_proto::worker::WorkerError::decode(payload).expect("an error")
+}
+
+#[test]
+fn an_answer_too_large_for_the_ring_is_that_requests_error_and_the_worker_serves_on() {
+    let ring = 64 << 10;
+    with_worker(ring, Counting::default(), |chan| async move {
+        let max = chan.max_payload();
+        let (kind, _) = one(&chan, &load("good")).await;
+        assert_eq!(kind, Kind::Response);
+        for round in 0..3 {
+            let (kind, payload) = one(&chan, &tokenize(&format!("big:{}", 2 * ring))).await;
+            let e = worker_error(kind, &payload);
+            assert_eq!(e.code, Code::ResourceExhausted as u32, "{e:?}");
+            let size: usize = e
+                .message
+                .strip_prefix("answer of ")
+                .and_then(|m| m.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("round {round}: {}", e.message));
+            assert!(size > 2 * ring, "round {round}: {}", e.message);
+            assert!(
+                e.message.contains(&format!(
+                    "exceeds the response ring's frame limit of {max} bytes"
+                )),
+                "round {round}: {}",
+                e.message
+            );
+            // The next call is served by the same loop.
+            let (kind, payload) = one(&chan, &tokenize("four")).await;
+            assert_eq!(kind, Kind::Response);
+            let r = WorkerResponse::decode(&payload[..]).expect("answer");
+            assert!(matches!(
+                r.body,
+                Some(worker_response::Body::Tokenize(t)) if t.tokens == [4]
+            ));
+        }
+        // Just under the limit still goes through.
+        let (kind, _) = one(&chan, &tokenize(&format!("big:{}", max - 64))).await;
+        assert_eq!(kind, Kind::Response);
+    });
+}
+
+#[test]
+fn long_work_sees_a_cancel_and_a_deadline_between_its_units() {
+    with_worker(1 << 20, InPlace::default(), |chan| async move {
+        let started = std::time::Instant::now();
+        let mut waiting = chan.request(&tokenize("wait")).await.expect("send");
+        waiting
+            .send(Kind::Cancel, Flags::NONE, &[])
+            .await
+            .expect("cancel");
+        let f = waiting.next().await.expect("frame").expect("ok");
+        let e = worker_error(f.kind, &f.payload);
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (Code::Cancelled as u32, "cancelled by the supervisor")
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped at a unit boundary, not after 10 s: {:?}",
+            started.elapsed()
+        );
+
+        let started = std::time::Instant::now();
+        let late = WorkerRequest {
+            deadline_unix_ms: deadline::now_ms() + 100,
+            body: Some(worker_request::Body::Tokenize(TokenizeRequest {
+                text: "wait".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (kind, payload) = one(&chan, &late.encode_to_vec()).await;
+        let e = worker_error(kind, &payload);
+        assert_eq!(e.code, Code::DeadlineExceeded as u32, "{e:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(90) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        // And the loop goes on serving.
+        let (kind, _) = one(&chan, &tokenize("four")).await;
+        assert_eq!(kind, Kind::Response);
+    });
 }
