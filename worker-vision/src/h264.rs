@@ -210,8 +210,6 @@ mod tests {
         H264::new(Limits::default()).expect("decoder")
     }
 
-
-
     /// Deterministic noise.
     fn noise(n: usize, mut seed: u64) -> Vec<u8> {
         (0..n)
@@ -255,7 +253,11 @@ mod tests {
     #[test]
     fn a_start_code_split_across_the_first_chunks_is_accepted() {
         let mut d = decoder();
-        assert!(d.feed(&[0, 0], false, "frame 0", |_| Ok(())).expect("short") == 0);
+        assert!(
+            d.feed(&[0, 0], false, "frame 0", |_| Ok(()))
+                .expect("short")
+                == 0
+        );
         assert!(
             d.feed(&[0, 1, 0x09, 0xf0], false, "frame 1", |_| Ok(()))
                 .expect("AUD")
@@ -268,7 +270,9 @@ mod tests {
         let mut d = decoder();
         let mut first = vec![0, 0, 0, 1, 0x65];
         first.extend(vec![0x55; super::MAX_PENDING]);
-        let e = d.feed(&first, false, "frame 0", |_| Ok(())).expect_err("too long");
+        let e = d
+            .feed(&first, false, "frame 0", |_| Ok(()))
+            .expect_err("too long");
         assert!(e.to_string().contains("without a start code"), "{e}");
     }
 

@@ -80,7 +80,9 @@ pub fn read(b: &[u8]) -> Read {
     } else if b.len() >= 2 && b[0] == b'P' && (b'1'..=b'6').contains(&b[1]) {
         pnm(b)
     } else {
-        Err(format!("not an image format whose size can be read before decoding ({FORMATS})"))
+        Err(format!(
+            "not an image format whose size can be read before decoding ({FORMATS})"
+        ))
     }
 }
 
@@ -391,7 +393,10 @@ mod tests {
 
     #[test]
     fn the_real_test_image_reads_as_its_size() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/testdata/astronaut.png");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/testdata/astronaut.png"
+        );
         let bytes = std::fs::read(path).expect("astronaut.png (run scripts/setup.sh)");
         assert_eq!(dims(&bytes), ("PNG", 512, 512));
     }
@@ -403,7 +408,10 @@ mod tests {
         assert!(read(&png_of(5, 5)[..20]).is_err());
         assert!(read(&[0xff, 0xd8, 0xff, 0xda, 0, 2]).is_err(), "scan first");
         assert!(read(&[0xff, 0xd8, 0xff, 0xe0, 0, 1]).is_err(), "length 1");
-        assert!(read(&[0xff, 0xd8, 0xff, 0xe0, 0xff, 0xff]).is_err(), "past the end");
+        assert!(
+            read(&[0xff, 0xd8, 0xff, 0xe0, 0xff, 0xff]).is_err(),
+            "past the end"
+        );
         let mut dnl = jpeg_of(10, 0, 0);
         dnl.truncate(dnl.len() - 4);
         assert!(read(&dnl).expect_err("DNL").contains("DNL"));

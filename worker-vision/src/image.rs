@@ -44,7 +44,12 @@ pub fn to_bgr(img: &Image, at: &str, limits: &Limits) -> Result<Mat, WorkerError
             }
             // The decoder agrees with the header (or the header lied about
             // a size within the limit): never more than the limit.
-            limits.check_size(at, "the decoded image", mat.cols() as u64, mat.rows() as u64)?;
+            limits.check_size(
+                at,
+                "the decoded image",
+                mat.cols() as u64,
+                mat.rows() as u64,
+            )?;
             Ok(mat)
         }
         None => Err(WorkerError::invalid(format!("{at}: no image data"))),

@@ -137,7 +137,9 @@ mod tests {
     fn sizes_are_checked_per_side_and_in_pixels() {
         let l = Limits::default();
         assert!(l.check_size("f", "a PNG", 7680, 4320).is_ok());
-        let e = l.check_size("images[0]", "a PNG", 30000, 30000).expect_err("big");
+        let e = l
+            .check_size("images[0]", "a PNG", 30000, 30000)
+            .expect_err("big");
         assert_eq!(
             e.message,
             "images[0]: a PNG of 30000x30000 pixels (900000000) exceeds the limits of 16384 per side and 33177600 pixels (max_pixels)"

@@ -267,7 +267,10 @@ pub(crate) mod tests {
     #[test]
     fn broken_spss_are_refused() {
         assert!(size(&[0x67]).is_err());
-        assert!(size(&[0x67, 100, 0, 0, 0, 0, 0, 0]).is_err(), "endless zeros");
+        assert!(
+            size(&[0x67, 100, 0, 0, 0, 0, 0, 0]).is_err(),
+            "endless zeros"
+        );
         let long = high_sps(5, 5);
         assert!(size(&long[..long.len() - 3]).is_err());
     }

@@ -195,9 +195,8 @@ impl Stream {
     ) -> Option<Result<Vec<ProcessResponse>, WorkerError>> {
         let w = self.pending.pop_front()?;
         let started = Instant::now();
-        let frame = |index: u64, mat: Result<Mat, WorkerError>, decoded: Duration| {
-            (mat, index, decoded)
-        };
+        let frame =
+            |index: u64, mat: Result<Mat, WorkerError>, decoded: Duration| (mat, index, decoded);
         let (mat, index, decoded) = match w.data {
             Data::Pixels(bgr, took) => frame(w.index, bgr, took),
             Data::Encoded(bytes) => {
@@ -285,7 +284,12 @@ struct One<'a> {
 
 impl One<'_> {
     /// The picture's result; `decoded`: how long getting its pixels took.
-    fn run(&mut self, index: u64, mat: &Mat, decoded: Duration) -> Result<ProcessResponse, WorkerError> {
+    fn run(
+        &mut self,
+        index: u64,
+        mat: &Mat,
+        decoded: Duration,
+    ) -> Result<ProcessResponse, WorkerError> {
         let t0 = Instant::now();
         let mut r = ProcessResponse {
             frame_index: index,
