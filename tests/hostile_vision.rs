@@ -326,7 +326,7 @@ impl Bits {
 
     fn bytes(mut self) -> Vec<u8> {
         self.put(1, 1);
-        while self.0.len() % 8 != 0 {
+        while !self.0.len().is_multiple_of(8) {
             self.0.push(0);
         }
         self.0

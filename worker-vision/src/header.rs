@@ -119,7 +119,7 @@ fn jpeg(b: &[u8]) -> Read {
         match code {
             // Markers without a segment.
             0x01 | 0xd0..=0xd7 => continue,
-            0xd8 | 0xd9 | 0xda => {
+            0xd8..=0xda => {
                 return Err("a JPEG without a frame header (SOF) before its scan".into());
             }
             0xc0..=0xcf if !matches!(code, 0xc4 | 0xc8 | 0xcc) => {
@@ -338,7 +338,9 @@ mod tests {
     }
 
     fn tiff_of(w: u32, h: u16, big_endian: bool) -> Vec<u8> {
-        let (u16b, u32b): (fn(u16) -> [u8; 2], fn(u32) -> [u8; 4]) = if big_endian {
+        type Put16 = fn(u16) -> [u8; 2];
+        type Put32 = fn(u32) -> [u8; 4];
+        let (u16b, u32b): (Put16, Put32) = if big_endian {
             (u16::to_be_bytes, u32::to_be_bytes)
         } else {
             (u16::to_le_bytes, u32::to_le_bytes)

@@ -178,7 +178,7 @@ pub(crate) mod tests {
         /// The NAL unit (header 0x67), with emulation prevention.
         pub(crate) fn nal(mut self) -> Vec<u8> {
             self.bits(1, 1); // rbsp_stop_one_bit
-            while self.bits.len() % 8 != 0 {
+            while !self.bits.len().is_multiple_of(8) {
                 self.bits.push(0);
             }
             let bytes: Vec<u8> = self
