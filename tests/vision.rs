@@ -482,16 +482,43 @@ async fn a_client_that_goes_away_ends_its_streams_work_at_once() {
         .expect("open")
         .into_inner();
     s.message().await.expect("first result").expect("a result");
-    // Give the supervisor time to forward the rest, then go away.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    drop(s);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The backlog exists: without this client reading, the worker keeps
+    // working through the queued frames (its CPU time grows by 0.3 s, a
+    // third of the 64 frames' work, within 10 s).
     let cpu = || e2e::cpu_seconds(before.worker_pid).expect("worker alive");
-    let start = cpu();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let busy = cpu() - start;
-    eprintln!("worker CPU in the second after the client left: {busy:.2} s");
-    assert!(busy < 0.2, "the worker went on for {busy:.2} s of CPU");
+    let (t0, start) = (cpu(), std::time::Instant::now());
+    while cpu() - t0 < 0.3 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no backlog: the worker used {:.2} s of CPU in 10 s",
+            cpu() - t0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // It still has frames: answers wait unread.
+    let in_flight = sc.model("faces").await.in_flight;
+    assert!(in_flight >= 1, "the stream is in flight: {in_flight}");
+    drop(s);
+    let at_drop = cpu();
+    // Then it stops: idle (under 20 ms of CPU in 300 ms) within 3 s, and
+    // it spent little after the client left.
+    let start = std::time::Instant::now();
+    let mut last = at_drop;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = cpu();
+        if now - last < 0.02 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "the worker was still busy 3 s after the client left"
+        );
+        last = now;
+    }
+    let busy = cpu() - at_drop;
+    eprintln!("worker CPU after the client left: {busy:.2} s");
+    assert!(busy < 0.3, "the worker went on for {busy:.2} s of CPU");
     // Same worker, and it serves the next stream.
     let frames = vec![config(OverflowPolicy::Unspecified, 2), png_frame(0, &png)];
     let mut s = client

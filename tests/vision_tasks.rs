@@ -463,10 +463,14 @@ async fn other_ssd_detectors_run_with_their_own_anchors() {
         .into_inner();
     let found = &r.results[0].objects;
     eprintln!("palm: {} found", found.len());
+    // The astronaut's hand on her helmet: at least one palm, each
+    // labelled, with its 7 keypoints and a score over the threshold.
+    assert!(!found.is_empty(), "the palm detector found nothing");
     assert!(
         found
             .iter()
-            .all(|d| d.label == "palm" && d.keypoints.len() == 7 && d.score >= 0.5)
+            .all(|d| d.label == "palm" && d.keypoints.len() == 7 && d.score >= 0.5),
+        "{found:?}"
     );
 
     // Options that do not fit the model, or no detector has, are refused.

@@ -42,16 +42,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(file) = a.get(6) {
         let stream = std::fs::read(file)?;
         let chunk_bytes: usize = a[7].parse()?;
-        let mut decoder = H264::new()?;
+        let mut decoder = H264::new(Default::default())?;
         let (start, mut n) = (Instant::now(), 0usize);
-        'run: loop {
+        while start.elapsed() < Duration::from_secs_f64(seconds) {
             for chunk in stream.chunks(chunk_bytes) {
-                for mat in decoder.feed(chunk, false, "chunk")? {
+                decoder.feed(chunk, false, "chunk", |mat| {
                     ssd.detect(&mat, 0.5, 0.3)?;
                     n += 1;
-                    if start.elapsed() >= Duration::from_secs_f64(seconds) {
-                        break 'run;
-                    }
+                    Ok(())
+                })?;
+                if start.elapsed() >= Duration::from_secs_f64(seconds) {
+                    break;
                 }
             }
         }
@@ -71,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let (start, mut n) = (Instant::now(), 0usize);
     while start.elapsed() < Duration::from_secs_f64(seconds) {
-        let mat = to_bgr(&images[n % images.len()], "frame")?;
+        let mat = to_bgr(&images[n % images.len()], "frame", &Default::default())?;
         ssd.detect(&mat, 0.5, 0.3)?;
         n += 1;
     }

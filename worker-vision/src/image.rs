@@ -1,5 +1,7 @@
-//! Turning an API image (raw pixels or a JPEG/PNG file) into an OpenCV BGR
-//! matrix, with every size mismatch named.
+//! Turning an API image (raw pixels or an encoded file) into an OpenCV BGR
+//! matrix, with every size mismatch named. An encoded image's size is read
+//! from its header (`header`) and checked against the model's limits
+//! before `imdecode` allocates anything.
 
 use opencv::core::{CV_8UC1, CV_8UC3, CV_8UC4, Mat, Scalar, Vector};
 use opencv::imgcodecs;
@@ -9,40 +11,54 @@ use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
 use worker_runtime::WorkerError;
 
 use crate::error::cv;
-
-/// Largest width or height accepted.
-const MAX_SIDE: u32 = 16384;
+use crate::header;
+use crate::limits::Limits;
 
 /// Decodes `img` into an 8-bit BGR matrix; `at` names it in errors
-/// ("images[3]").
-pub fn to_bgr(img: &Image, at: &str) -> Result<Mat, WorkerError> {
+/// ("images[3]"). Its size is checked against `limits` first: from the
+/// header of an encoded image, before it is decoded.
+pub fn to_bgr(img: &Image, at: &str, limits: &Limits) -> Result<Mat, WorkerError> {
     match &img.data {
-        Some(image::Data::Raw(raw)) => raw_to_bgr(raw, at),
+        Some(image::Data::Raw(raw)) => raw_to_bgr(raw, at, limits),
         Some(image::Data::Encoded(bytes)) => {
             if bytes.is_empty() {
                 return Err(WorkerError::invalid(format!("{at}: empty encoded image")));
             }
+            let h = header::read(bytes).map_err(|e| {
+                WorkerError::invalid(format!(
+                    "{at}: the encoded image ({} bytes) is {e}",
+                    bytes.len()
+                ))
+            })?;
+            let what = format!("a {}", h.format);
+            limits.check_size(at, &what, h.width.into(), h.height.into())?;
             let buf = Vector::<u8>::from_slice(bytes);
             let mat = imgcodecs::imdecode(&buf, imgcodecs::IMREAD_COLOR).map_err(cv("imdecode"))?;
             if mat.empty() {
                 return Err(WorkerError::invalid(format!(
-                    "{at}: the encoded image ({} bytes) is not a JPEG or PNG OpenCV can decode",
-                    bytes.len()
+                    "{at}: the encoded image ({} bytes, {what} of {}x{}) is not one OpenCV can decode",
+                    bytes.len(),
+                    h.width,
+                    h.height
                 )));
             }
+            // The decoder agrees with the header (or the header lied about
+            // a size within the limit): never more than the limit.
+            limits.check_size(
+                at,
+                "the decoded image",
+                mat.cols() as u64,
+                mat.rows() as u64,
+            )?;
             Ok(mat)
         }
         None => Err(WorkerError::invalid(format!("{at}: no image data"))),
     }
 }
 
-fn raw_to_bgr(raw: &RawImage, at: &str) -> Result<Mat, WorkerError> {
+fn raw_to_bgr(raw: &RawImage, at: &str, limits: &Limits) -> Result<Mat, WorkerError> {
     let (w, h) = (raw.width, raw.height);
-    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(WorkerError::invalid(format!(
-            "{at}: size {w}x{h}; each side must be 1..{MAX_SIDE}"
-        )));
-    }
+    limits.check_size(at, "a raw image", w.into(), h.into())?;
     let format = PixelFormat::try_from(raw.format).unwrap_or(PixelFormat::Unspecified);
     if matches!(format, PixelFormat::I420 | PixelFormat::Nv12) {
         return yuv_to_bgr(raw, format, at);
@@ -152,6 +168,7 @@ fn yuv_to_bgr(raw: &RawImage, format: PixelFormat, at: &str) -> Result<Mat, Work
 #[cfg(test)]
 mod tests {
     use super::to_bgr;
+    use crate::limits::Limits;
     use opencv::prelude::*;
     use sidecar_proto::v1::{Image, PixelFormat, RawImage, image};
 
@@ -168,7 +185,7 @@ mod tests {
     }
 
     fn bgr_bytes(img: &Image) -> Vec<u8> {
-        let m = to_bgr(img, "t").expect("converts");
+        let m = to_bgr(img, "t", &Limits::default()).expect("converts");
         assert_eq!(m.channels(), 3);
         m.data_bytes().expect("continuous").to_vec()
     }

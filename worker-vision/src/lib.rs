@@ -13,12 +13,17 @@
 //! `worker_runtime`).
 #![forbid(unsafe_code)]
 
+pub mod annexb;
+pub mod batch;
 pub mod crop;
 pub mod detect;
 pub mod error;
 pub mod h264;
+pub mod header;
 pub mod image;
+pub mod limits;
 pub mod serve;
+pub mod sps;
 pub mod ssd;
 pub mod standalone;
 pub mod streams;

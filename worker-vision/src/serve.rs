@@ -1,27 +1,59 @@
 //! The VISION family in the runtime's serve loop: load the detector, then
-//! ProcessBatch calls and Process streams. Streams are served round-robin,
-//! one frame per turn; a stream whose reader is slow (no credit) waits
-//! alone; a cancel frees its stream at once. Hello, heartbeats and the
-//! loop itself are `worker_runtime`'s.
+//! ProcessBatch calls and Process streams. Batches run one image per step,
+//! in turn with the streams' frames, so a cancel or the deadline stops a
+//! batch between two images; streams are served round-robin, one frame per
+//! turn; a stream whose reader is slow (no credit) waits alone; a cancel
+//! frees its batch or stream at once. An answer too large for the channel
+//! is an error answer (RESOURCE_EXHAUSTED), never the worker's end. Hello,
+//! heartbeats and the loop itself are `worker_runtime`'s.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use ipc::{Flags, Received};
+use prost::Message;
 use sidecar_proto::v1::{ModelFamily, VisionOptions};
 use sidecar_proto::worker::{Load, Loaded, WorkerResponse, worker_request, worker_response};
-use worker_runtime::{Call, Context, Family, Read, WorkerError, decode, not_loaded};
+use worker_runtime::{Call, Code, Context, Family, Read, WorkerError, decode, not_loaded};
 
+use crate::batch::Batch;
 use crate::detect::{Cascade, Ssd};
+use crate::limits::Limits;
 use crate::streams::Stream;
-use crate::tasks::{self, Detector, Served};
+use crate::tasks::{Detector, Served};
 
-/// A VISION worker: its detector, once loaded, and its open streams.
+/// A VISION worker: its detector, once loaded, its batches under way and
+/// its open streams.
 #[derive(Debug, Default)]
 pub struct Vision {
     served: Option<Served>,
+    batches: VecDeque<Batch>,
     streams: Vec<Stream>,
     /// Round-robin position among the streams.
     turn: usize,
+    /// Whether the next step goes to a batch (batches and streams take
+    /// turns).
+    batch_turn: bool,
+}
+
+/// Queues `r` for `id`, or, when it is larger than one frame of the
+/// channel, fails `id` with RESOURCE_EXHAUSTED naming both sizes; false
+/// then.
+fn respond(cx: &mut Context, id: u64, r: &WorkerResponse, flags: Flags) -> bool {
+    let len = r.encoded_len();
+    let max = cx.chan().max_payload();
+    if len > max {
+        let e = WorkerError::new(
+            Code::ResourceExhausted,
+            format!(
+                "the answer is {len} bytes; the channel carries at most {max} bytes per answer"
+            ),
+        );
+        cx.fail(id, &e);
+        return false;
+    }
+    cx.respond(id, r, flags);
+    true
 }
 
 impl Family for Vision {
@@ -54,18 +86,20 @@ impl Family for Vision {
         let id = call.id;
         match call.body {
             worker_request::Body::VisionBatch(batch) => {
-                let s = self.served.as_mut().ok_or_else(not_loaded)?;
-                let r = tasks::process_batch(s, &batch, call.deadline_ms)?;
-                cx.answer(id, worker_response::Body::VisionBatch(r));
+                let s = self.served.as_ref().ok_or_else(not_loaded)?;
+                self.batches
+                    .push_back(Batch::start(id, call.deadline_ms, batch, s)?);
             }
             worker_request::Body::VisionOpen(config) => {
                 let s = self.served.as_ref().ok_or_else(not_loaded)?;
-                self.streams.push(Stream::open(id, &config, s)?);
+                self.streams
+                    .push(Stream::open(id, call.deadline_ms, &config, s)?);
             }
             worker_request::Body::VisionFrame(f) => {
+                let limits = self.limits();
                 // No stream: it ended already (an error raced the frame).
                 if let Some(s) = self.streams.iter_mut().find(|s| s.id == id)
-                    && let Some(dropped) = s.push(f)
+                    && let Some(dropped) = s.push(f, &limits)
                 {
                     let r = WorkerResponse {
                         body: Some(worker_response::Body::Vision(dropped)),
@@ -90,6 +124,10 @@ impl Family for Vision {
     }
 
     fn cancel(&mut self, id: u64) -> bool {
+        if let Some(i) = self.batches.iter().position(|b| b.id == id) {
+            self.batches.remove(i);
+            return true;
+        }
         let Some(i) = self.streams.iter().position(|s| s.id == id) else {
             return false;
         };
@@ -98,12 +136,58 @@ impl Family for Vision {
     }
 
     fn has_work(&self) -> bool {
-        self.streams.iter().any(Stream::has_pending)
+        !self.batches.is_empty() || self.streams.iter().any(Stream::has_pending)
+    }
+
+    /// One image of the oldest batch or one frame of the next stream
+    /// (round-robin) whose reader keeps up, taking turns; true when one
+    /// ran.
+    fn step(&mut self, cx: &mut Context) -> Result<bool, WorkerError> {
+        self.batch_turn = !self.batch_turn;
+        if self.batch_turn || !self.step_stream(cx)? {
+            return self.step_batch(cx);
+        }
+        Ok(true)
+    }
+
+    fn in_flight(&self) -> u32 {
+        (self.batches.len() + self.streams.len()) as u32
+    }
+}
+
+impl Vision {
+    /// The loaded model's limits (the defaults before it loads).
+    fn limits(&self) -> Limits {
+        self.served.as_ref().map(|s| s.limits).unwrap_or_default()
+    }
+
+    /// One image of the oldest batch; true when one ran.
+    fn step_batch(&mut self, cx: &mut Context) -> Result<bool, WorkerError> {
+        let (Some(served), Some(batch)) = (self.served.as_mut(), self.batches.front_mut()) else {
+            return Ok(false);
+        };
+        let id = batch.id;
+        match batch.step(served) {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                self.batches.pop_front();
+                let r = WorkerResponse {
+                    body: Some(worker_response::Body::VisionBatch(r)),
+                    more: false,
+                };
+                respond(cx, id, &r, Flags::END);
+            }
+            Err(e) => {
+                self.batches.pop_front();
+                cx.fail(id, &e);
+            }
+        }
+        Ok(true)
     }
 
     /// One frame of the next stream (round-robin) whose reader keeps up;
     /// true when one ran.
-    fn step(&mut self, cx: &mut Context) -> Result<bool, WorkerError> {
+    fn step_stream(&mut self, cx: &mut Context) -> Result<bool, WorkerError> {
         let Some(served) = self.served.as_mut() else {
             return Ok(false);
         };
@@ -125,12 +209,16 @@ impl Family for Vision {
                 }
                 Some(Ok(results)) => {
                     let last = results.len() - 1;
-                    for (i, r) in results.into_iter().enumerate() {
+                    for (k, r) in results.into_iter().enumerate() {
                         let r = WorkerResponse {
                             body: Some(worker_response::Body::Vision(r)),
-                            more: i < last,
+                            more: k < last,
                         };
-                        cx.respond(id, &r, Flags::NONE);
+                        if !respond(cx, id, &r, Flags::NONE) {
+                            // Failed: the stream ends here.
+                            self.streams.remove(i);
+                            break;
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -145,12 +233,6 @@ impl Family for Vision {
         Ok(false)
     }
 
-    fn in_flight(&self) -> u32 {
-        self.streams.len() as u32
-    }
-}
-
-impl Vision {
     /// Ends the closed streams that have nothing left to do.
     fn end_closed(&mut self, cx: &mut Context) {
         let done: Vec<u64> = self
@@ -171,6 +253,8 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
         Some(sidecar_proto::worker::load::Options::Vision(o)) => o.clone(),
         _ => VisionOptions::default(),
     };
+    // Limits over their caps are refused before anything loads.
+    let limits = Limits::from_options(&options)?;
     let path = Path::new(&load.path);
     tracing::info!(model = %load.model_id, path = %load.path, "loading");
     let detector = match path.extension().and_then(|e| e.to_str()) {
@@ -188,5 +272,5 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
             )));
         }
     };
-    Ok(Served::new(detector))
+    Ok(Served::new(detector, limits))
 }

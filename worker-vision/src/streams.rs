@@ -1,6 +1,8 @@
 //! Process streams: per-stream state (tasks, waiting frames, overflow
 //! policy, frame numbering), frames taken round-robin across streams so a
-//! busy stream does not starve the others.
+//! busy stream does not starve the others. H.264 pictures are numbered
+//! consecutively in output order from the first chunk's index, whatever
+//! the chunking and flushes.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use worker_runtime::WorkerError;
 
 use crate::h264::H264;
 use crate::image::to_bgr;
+use crate::limits::Limits;
 use crate::tasks::{self, Prepared, Served};
 
 /// Most frames a stream may keep waiting.
@@ -63,15 +66,24 @@ pub struct Stream {
     arrived: u64,
     /// The stream's H.264 decoder, made by its first H.264 chunk.
     h264: Option<H264>,
-    /// Pictures decoded so far, for H.264 chunks that give no index.
-    pictures: u64,
+    /// The next H.264 picture's number: the first chunk's index, then one
+    /// more per picture (None before the first chunk).
+    pictures: Option<u64>,
+    /// The stream call's deadline (Unix ms, 0: none), checked inside a
+    /// frame's work.
+    deadline_ms: i64,
     /// The client sent its last frame.
     pub closed: bool,
 }
 
 impl Stream {
     /// Opens a stream after checking its config.
-    pub fn open(id: u64, config: &StreamConfig, served: &Served) -> Result<Stream, WorkerError> {
+    pub fn open(
+        id: u64,
+        deadline_ms: i64,
+        config: &StreamConfig,
+        served: &Served,
+    ) -> Result<Stream, WorkerError> {
         if config.tasks.is_empty() {
             return Err(WorkerError::invalid("tasks must hold at least one task"));
         }
@@ -109,14 +121,15 @@ impl Stream {
         };
         Ok(Stream {
             id,
-            prepared: Prepared::new(&tasks)?,
+            prepared: Prepared::new(&tasks, &served.limits)?,
             tasks,
             pending: VecDeque::new(),
             max_pending,
             drop_oldest,
             arrived: 0,
             h264: None,
-            pictures: 0,
+            pictures: None,
+            deadline_ms,
             closed: false,
         })
     }
@@ -125,7 +138,7 @@ impl Stream {
     /// frame, whose `dropped` result is returned. H.264 chunks are never
     /// dropped: the pictures after them depend on them. Nothing of `f` is
     /// kept: raw pixels are converted now, other data copied.
-    pub fn push(&mut self, f: Frame) -> Option<ProcessResponse> {
+    pub fn push(&mut self, f: Frame, limits: &Limits) -> Option<ProcessResponse> {
         let arrived = Instant::now();
         let h264 = matches!(f.data, Some(frame::Data::H264(_))) || (f.data.is_none() && f.flush);
         // A picture without an index is numbered by arrival; a chunk's
@@ -142,7 +155,7 @@ impl Stream {
                 let image = Image {
                     data: Some(image::Data::Raw(raw)),
                 };
-                let bgr = to_bgr(&image, &format!("frame {index}"));
+                let bgr = to_bgr(&image, &format!("frame {index}"), limits);
                 Data::Pixels(bgr, arrived.elapsed())
             }
             Some(frame::Data::Encoded(bytes)) => Data::Encoded(bytes.to_vec()),
@@ -181,88 +194,122 @@ impl Stream {
         served: &mut Served,
     ) -> Option<Result<Vec<ProcessResponse>, WorkerError>> {
         let w = self.pending.pop_front()?;
-        let at = match &w.data {
-            // A chunk without an index feeds the stream's next picture.
-            Data::H264(..) if w.index == 0 => format!("frame {} (H.264 chunk)", self.pictures),
-            _ => format!("frame {}", w.index),
-        };
         let started = Instant::now();
-        let (pictures, before) = match w.data {
-            Data::Pixels(bgr, took) => (bgr.map(|m| vec![(w.index, m)]), took),
+        let frame =
+            |index: u64, mat: Result<Mat, WorkerError>, decoded: Duration| (mat, index, decoded);
+        let (mat, index, decoded) = match w.data {
+            Data::Pixels(bgr, took) => frame(w.index, bgr, took),
             Data::Encoded(bytes) => {
                 let image = Image {
                     data: Some(image::Data::Encoded(bytes.into())),
                 };
-                (
-                    to_bgr(&image, &at).map(|m| vec![(w.index, m)]),
+                let mat = to_bgr(&image, &format!("frame {}", w.index), &served.limits);
+                frame(w.index, mat, started.elapsed())
+            }
+            Data::H264(ref chunk, flush) => {
+                return Some(self.decode_h264(served, chunk, flush, &w));
+            }
+            Data::Missing => {
+                let at = format!("frame {}", w.index);
+                frame(
+                    w.index,
+                    Err(WorkerError::invalid(format!("{at}: no frame data"))),
                     Duration::ZERO,
                 )
             }
-            Data::H264(chunk, flush) => (
-                self.decode_h264(&chunk, flush, w.index, &at),
-                Duration::ZERO,
-            ),
-            Data::Missing => (
-                Err(WorkerError::invalid(format!("{at}: no frame data"))),
-                Duration::ZERO,
-            ),
         };
-        let decoded = before + started.elapsed();
-        let result = pictures.and_then(|pictures| {
-            let mut out = Vec::with_capacity(pictures.len());
-            for (index, mat) in pictures {
-                let t0 = std::time::Instant::now();
-                let mut r = ProcessResponse {
-                    frame_index: index,
-                    timestamp_us: w.timestamp_us,
-                    ..Default::default()
-                };
-                tasks::run(
-                    served,
-                    &self.tasks,
-                    &mut self.prepared,
-                    &mat,
-                    &mut r,
-                    &format!("frame {index}"),
-                )?;
-                r.timings = Some(FrameTimings {
-                    decode_us: decoded.as_micros() as u64,
-                    process_us: t0.elapsed().as_micros() as u64,
-                    total_us: w.arrived.elapsed().as_micros() as u64,
-                });
-                out.push(r);
-            }
-            Ok(out)
-        });
-        Some(result)
+        Some(mat.and_then(|mat| {
+            let mut one = One {
+                served,
+                tasks: &self.tasks,
+                prepared: &mut self.prepared,
+                deadline_ms: self.deadline_ms,
+                timestamp_us: w.timestamp_us,
+                arrived: w.arrived,
+            };
+            one.run(index, &mat, decoded).map(|r| vec![r])
+        }))
     }
 
-    /// Feeds an H.264 chunk to the stream's decoder; the pictures it
-    /// completed, numbered from `index` (or on from the last picture).
+    /// Feeds an H.264 chunk to the stream's decoder and runs the tasks on
+    /// each picture it completes as it comes (so at most one decoded
+    /// picture is alive), numbered on from the stream's last picture.
     fn decode_h264(
         &mut self,
+        served: &mut Served,
         chunk: &[u8],
         flush: bool,
-        index: u64,
-        at: &str,
-    ) -> Result<Vec<(u64, Mat)>, WorkerError> {
+        w: &Waiting,
+    ) -> Result<Vec<ProcessResponse>, WorkerError> {
+        let next = *self.pictures.get_or_insert(w.index);
+        let at = format!("frame {next} (H.264 chunk)");
         if self.h264.is_none() {
-            self.h264 = Some(H264::new()?);
+            self.h264 = Some(H264::new(served.limits)?);
         }
         let Some(decoder) = self.h264.as_mut() else {
             return Err(WorkerError::internal("H.264 decoder"));
         };
-        let pictures = decoder.feed(chunk, flush, at)?;
-        if index != 0 {
-            self.pictures = index;
-        }
-        Ok(pictures
-            .into_iter()
-            .map(|m| {
-                let i = self.pictures;
-                self.pictures += 1;
-                (i, m)
-            })
-            .collect())
+        let mut one = One {
+            served,
+            tasks: &self.tasks,
+            prepared: &mut self.prepared,
+            deadline_ms: self.deadline_ms,
+            timestamp_us: w.timestamp_us,
+            arrived: w.arrived,
+        };
+        let mut out = Vec::new();
+        let mut index = next;
+        let mut last = Instant::now();
+        decoder.feed(chunk, flush, &at, |mat| {
+            let r = one.run(index, &mat, last.elapsed())?;
+            index += 1;
+            out.push(r);
+            last = Instant::now();
+            Ok(())
+        })?;
+        self.pictures = Some(index);
+        Ok(out)
+    }
+}
+
+/// What running a stream's tasks on one picture needs.
+struct One<'a> {
+    served: &'a mut Served,
+    tasks: &'a [vision_task::Task],
+    prepared: &'a mut Prepared,
+    deadline_ms: i64,
+    timestamp_us: i64,
+    arrived: Instant,
+}
+
+impl One<'_> {
+    /// The picture's result; `decoded`: how long getting its pixels took.
+    fn run(
+        &mut self,
+        index: u64,
+        mat: &Mat,
+        decoded: Duration,
+    ) -> Result<ProcessResponse, WorkerError> {
+        let t0 = Instant::now();
+        let mut r = ProcessResponse {
+            frame_index: index,
+            timestamp_us: self.timestamp_us,
+            ..Default::default()
+        };
+        tasks::run(
+            self.served,
+            self.tasks,
+            self.prepared,
+            mat,
+            &mut r,
+            &format!("frame {index}"),
+            self.deadline_ms,
+        )?;
+        r.timings = Some(FrameTimings {
+            decode_us: decoded.as_micros() as u64,
+            process_us: t0.elapsed().as_micros() as u64,
+            total_us: self.arrived.elapsed().as_micros() as u64,
+        });
+        Ok(r)
     }
 }

@@ -1,24 +1,16 @@
 //! The tasks a frame can get (faces, objects), shared by ProcessBatch and
 //! the streams.
 
-use std::time::Instant;
-
 use opencv::core::Mat;
 use opencv::prelude::*;
-use sidecar_proto::v1::{
-    Detection, FaceDetector, FrameTimings, ProcessBatchRequest, ProcessBatchResponse,
-    ProcessResponse, VisionTask, vision_task,
-};
+use sidecar_proto::v1::{Detection, FaceDetector, ProcessResponse, VisionTask, vision_task};
 use worker_runtime::{WorkerError, deadline};
 
 use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
-use crate::image::to_bgr;
+use crate::limits::Limits;
 use crate::template::Template;
 use crate::track::Tracking;
-
-/// Most images of one ProcessBatch.
-const MAX_IMAGES: usize = 256;
 
 /// The model's detector.
 #[derive(Debug)]
@@ -29,21 +21,24 @@ pub enum Detector {
     Cascade(Cascade),
 }
 
-/// The loaded model and the cascades requests may name.
+/// The loaded model, its limits and the cascades requests may name.
 #[derive(Debug)]
 pub struct Served {
     /// The model's own detector.
     pub detector: Detector,
+    /// What one request may cost.
+    pub limits: Limits,
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
 }
 
 impl Served {
-    /// Serves this detector.
-    pub fn new(detector: Detector) -> Served {
+    /// Serves this detector within these limits.
+    pub fn new(detector: Detector, limits: Limits) -> Served {
         Served {
             detector,
+            limits,
             haar: None,
             lbp: None,
         }
@@ -91,14 +86,23 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Prepares `tasks` (checked already).
-    pub fn new(tasks: &[vision_task::Task]) -> Result<Prepared, WorkerError> {
+    /// The auto-crop state, if the tasks crop.
+    pub fn crop_mut(&mut self) -> Option<&mut AutoCrop> {
+        self.crop.as_mut()
+    }
+
+    /// Prepares `tasks` (checked already) within the model's limits.
+    pub fn new(tasks: &[vision_task::Task], limits: &Limits) -> Result<Prepared, WorkerError> {
         let mut p = Prepared::default();
         for t in tasks {
             match t {
-                vision_task::Task::TemplateMatching(m) => p.template = Some(Template::new(m)?),
+                vision_task::Task::TemplateMatching(m) => {
+                    p.template = Some(Template::new(m, limits)?);
+                }
                 vision_task::Task::AutoCrop(c) => p.crop = Some(AutoCrop::new(c)?),
-                vision_task::Task::Tracking(t) => p.tracking = Some(Tracking::new(t)?),
+                vision_task::Task::Tracking(t) => {
+                    p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
+                }
                 _ => {}
             }
         }
@@ -107,7 +111,8 @@ impl Prepared {
 }
 
 /// Runs `tasks` on a decoded frame, filling `r`; `at` names the frame in
-/// errors.
+/// errors. The deadline (Unix ms, 0: none) is checked before each
+/// detector run and between tracking updates.
 pub fn run(
     s: &mut Served,
     tasks: &[vision_task::Task],
@@ -115,10 +120,13 @@ pub fn run(
     frame: &Mat,
     r: &mut ProcessResponse,
     at: &str,
+    deadline_ms: i64,
 ) -> Result<(), WorkerError> {
     r.width = frame.cols() as u32;
     r.height = frame.rows() as u32;
     for task in tasks {
+        // Each task runs the detector or another whole-frame pass.
+        deadline::check(deadline_ms)?;
         match task {
             vision_task::Task::Faces(f) => {
                 let min = if f.min_score > 0.0 { f.min_score } else { 0.5 };
@@ -164,6 +172,7 @@ pub fn run(
                     let faces = if !crop.wants_faces() || !r.faces.is_empty() {
                         r.faces.clone()
                     } else {
+                        deadline::check(deadline_ms)?;
                         match &mut s.detector {
                             Detector::Ssd(d) => d.detect(frame, 0.5, 0.3)?,
                             Detector::Cascade(c) => c.detect(frame)?,
@@ -190,6 +199,7 @@ pub fn run(
             {
                 r.objects.clone()
             } else {
+                deadline::check(deadline_ms)?;
                 match &mut s.detector {
                     Detector::Ssd(d) => d.detect(frame, 0.5, 0.3)?,
                     Detector::Cascade(c) => c.detect(frame)?,
@@ -199,7 +209,7 @@ pub fn run(
         } else {
             None
         };
-        r.tracks = tracking.step(frame, r.frame_index, detections.as_deref())?;
+        r.tracks = tracking.step(frame, r.frame_index, detections.as_deref(), deadline_ms)?;
     }
     Ok(())
 }
@@ -209,64 +219,6 @@ pub fn task_of(t: &VisionTask) -> Result<&vision_task::Task, WorkerError> {
     t.task
         .as_ref()
         .ok_or_else(|| WorkerError::invalid("a task without its kind"))
-}
-
-/// One task on every image, in order; the deadline (Unix ms, 0: none) is
-/// checked before each image.
-pub fn process_batch(
-    s: &mut Served,
-    req: &ProcessBatchRequest,
-    deadline_ms: i64,
-) -> Result<ProcessBatchResponse, WorkerError> {
-    let n = req.images.len();
-    if n == 0 || n > MAX_IMAGES {
-        return Err(WorkerError::invalid(format!(
-            "images holds {n} images; 1..{MAX_IMAGES} are allowed"
-        )));
-    }
-    let task = req
-        .task
-        .as_ref()
-        .ok_or_else(|| WorkerError::invalid("task is required"))
-        .and_then(task_of)?;
-    if let vision_task::Task::Tracking(_) = task {
-        return Err(WorkerError::invalid(
-            "tracking is a stream task; it is not allowed in ProcessBatch",
-        ));
-    }
-    check(task, s)?;
-    let tasks = std::slice::from_ref(task);
-    let mut prepared = Prepared::new(tasks)?;
-    let mut results = Vec::with_capacity(n);
-    for (i, img) in req.images.iter().enumerate() {
-        deadline::check(deadline_ms)?;
-        let started = Instant::now();
-        let frame = to_bgr(img, &format!("images[{i}]"))?;
-        let decoded = started.elapsed();
-        let mut r = ProcessResponse {
-            frame_index: i as u64,
-            ..Default::default()
-        };
-        // Images of a batch are independent: no smoothing across them.
-        if let Some(c) = prepared.crop.as_mut() {
-            c.reset();
-        }
-        run(
-            s,
-            tasks,
-            &mut prepared,
-            &frame,
-            &mut r,
-            &format!("images[{i}]"),
-        )?;
-        r.timings = Some(FrameTimings {
-            decode_us: decoded.as_micros() as u64,
-            process_us: (started.elapsed() - decoded).as_micros() as u64,
-            total_us: started.elapsed().as_micros() as u64,
-        });
-        results.push(r);
-    }
-    Ok(ProcessBatchResponse { results })
 }
 
 fn cascade<'a>(slot: &'a mut Option<Cascade>, name: &str) -> Result<&'a mut Cascade, WorkerError> {

@@ -9,6 +9,7 @@ use worker_runtime::WorkerError;
 
 use crate::error::cv;
 use crate::image::to_bgr;
+use crate::limits::Limits;
 
 /// A template ready to match.
 #[derive(Debug)]
@@ -26,13 +27,14 @@ pub struct Template {
 }
 
 impl Template {
-    /// Checks the options and prepares the template.
-    pub fn new(t: &TemplateMatchingTask) -> Result<Template, WorkerError> {
+    /// Checks the options and prepares the template (its size checked
+    /// against the model's limits before it is decoded).
+    pub fn new(t: &TemplateMatchingTask, limits: &Limits) -> Result<Template, WorkerError> {
         let image = t
             .template
             .as_ref()
             .ok_or_else(|| WorkerError::invalid("template_matching.template is required"))?;
-        let bgr = to_bgr(image, "template_matching.template")?;
+        let bgr = to_bgr(image, "template_matching.template", limits)?;
         let scale = match t.scale {
             0.0 => 1.0,
             s if s > 0.0 && s <= 1.0 => f64::from(s),

@@ -15,7 +15,7 @@ use opencv::video::{TrackerMIL, TrackerMIL_Params};
 use sidecar_proto::v1::{
     Box as PixelBox, Detection, Point, Track, TrackerType, TrackingTask, TrajectoryPoint,
 };
-use worker_runtime::WorkerError;
+use worker_runtime::{WorkerError, deadline};
 
 use crate::error::cv;
 
@@ -115,6 +115,8 @@ pub struct Tracking {
     max_lost: u32,
     trajectory_len: usize,
     match_iou: f32,
+    /// Most tracks at once (the model's `max_tracks`).
+    max_tracks: usize,
     tracks: Vec<Tracked>,
     next_id: u32,
     frames: u64,
@@ -153,8 +155,8 @@ fn iou(a: Rect, b: Rect) -> f32 {
 }
 
 impl Tracking {
-    /// Checks the options.
-    pub fn new(t: &TrackingTask) -> Result<Tracking, WorkerError> {
+    /// Checks the options; at most `max_tracks` tracks.
+    pub fn new(t: &TrackingTask, max_tracks: u32) -> Result<Tracking, WorkerError> {
         let kind = TrackerType::try_from(t.tracker).map_err(|_| {
             WorkerError::invalid(format!(
                 "tracking.tracker {} is not a TrackerType value",
@@ -165,6 +167,12 @@ impl Tracking {
             return Err(WorkerError::invalid(
                 "tracking needs initial_boxes or from_detections",
             ));
+        }
+        if t.initial_boxes.len() > max_tracks as usize {
+            return Err(WorkerError::invalid(format!(
+                "tracking.initial_boxes holds {} boxes; at most {max_tracks} are allowed (max_tracks)",
+                t.initial_boxes.len()
+            )));
         }
         for (i, b) in t.initial_boxes.iter().enumerate() {
             if !(b.width >= 1.0 && b.height >= 1.0) {
@@ -199,6 +207,7 @@ impl Tracking {
             },
             trajectory_len,
             match_iou: if t.match_iou > 0.0 { t.match_iou } else { 0.3 },
+            max_tracks: max_tracks as usize,
             tracks: Vec::new(),
             next_id: 1,
             frames: 0,
@@ -211,7 +220,11 @@ impl Tracking {
             && (self.frames == 0 || self.frames.is_multiple_of(u64::from(self.detect_every)))
     }
 
+    /// Starts a track, unless `max_tracks` are kept already.
     fn add(&mut self, frame: &Mat, rect: Rect) -> Result<(), WorkerError> {
+        if self.tracks.len() >= self.max_tracks {
+            return Ok(());
+        }
         let engine = Engine::new(self.kind, frame, rect)?;
         self.tracks.push(Tracked {
             id: self.next_id,
@@ -226,18 +239,21 @@ impl Tracking {
     }
 
     /// Advances every track to this frame; `detections` (when this frame
-    /// was detected on) create and re-anchor tracks.
+    /// was detected on) create and re-anchor tracks. The deadline (Unix
+    /// ms, 0: none) is checked before each tracker's update or start.
     pub fn step(
         &mut self,
         frame: &Mat,
         index: u64,
         detections: Option<&[Detection]>,
+        deadline_ms: i64,
     ) -> Result<Vec<Track>, WorkerError> {
         let first = self.frames == 0;
         self.frames += 1;
         // Existing tracks follow the object first.
         if !first {
             for t in &mut self.tracks {
+                deadline::check(deadline_ms)?;
                 match t.engine.update(frame)? {
                     Some(r) => {
                         t.rect = r;
@@ -250,11 +266,13 @@ impl Tracking {
         }
         if first {
             for b in self.initial.clone() {
+                deadline::check(deadline_ms)?;
                 self.add(frame, to_rect(&b))?;
             }
         }
         if let Some(dets) = detections {
             for d in dets {
+                deadline::check(deadline_ms)?;
                 let Some(b) = d.r#box else { continue };
                 let r = to_rect(&b);
                 let best = self

@@ -71,6 +71,10 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
             vision = VisionSpec {
                 threads: v.threads,
                 ssd: v.ssd,
+                max_pixels: v.max_pixels,
+                max_pictures_per_chunk: v.max_pictures_per_chunk,
+                max_batch_images: v.max_batch_images,
+                max_tracks: v.max_tracks,
             };
             TextSpec::default()
         }

@@ -295,14 +295,31 @@ pub struct VisionSpec {
     /// options, e.g. for its palm or pose detector); absent: BlazeFace
     /// short range. The worker checks them against the model's tensors.
     pub ssd: Option<SsdOptions>,
+    /// Most pixels (width x height) of one image or picture (batch images,
+    /// templates, stream frames, H.264 pictures), read from the header
+    /// before decoding; 0 = 33 177 600 (7680x4320, 8K UHD), at most
+    /// 268 435 456. Each side is at most 16384 whatever this says.
+    pub max_pixels: u64,
+    /// Most pictures one H.264 chunk may complete; 0 = 64, at most 4096.
+    pub max_pictures_per_chunk: u32,
+    /// Most images of one ProcessBatch; 0 = 256, at most 1024.
+    pub max_batch_images: u32,
+    /// Most tracks of one tracking task (initial boxes, and tracks
+    /// detections add); 0 = 256, at most 4096.
+    pub max_tracks: u32,
 }
 
 impl VisionSpec {
-    /// The wire form.
+    /// The wire form (0: the worker's default; over a cap, the worker
+    /// refuses the load with INVALID_ARGUMENT naming the option).
     pub fn to_proto(&self) -> VisionOptions {
         VisionOptions {
             threads: self.threads.max(1),
             ssd: self.ssd.clone(),
+            max_pixels: self.max_pixels,
+            max_pictures_per_chunk: self.max_pictures_per_chunk,
+            max_batch_images: self.max_batch_images,
+            max_tracks: self.max_tracks,
             ..Default::default()
         }
     }

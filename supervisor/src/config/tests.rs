@@ -79,3 +79,34 @@ fn a_vision_model_takes_its_ssd_options_from_the_file() {
     // Without options: BlazeFace's, chosen by the worker.
     assert_eq!(VisionSpec::default().to_proto().ssd, None);
 }
+
+#[test]
+fn a_vision_model_takes_its_limits_from_the_file() {
+    let c: Config = toml::from_str(
+        "[[models]]\nid='faces'\nfamily='vision'\npath='f.tflite'\nvision = { max_pixels = 2073600, max_pictures_per_chunk = 16, max_batch_images = 32, max_tracks = 8 }\n",
+    )
+    .unwrap();
+    let wire = c.models[0].vision.to_proto();
+    assert_eq!(
+        (
+            wire.max_pixels,
+            wire.max_pictures_per_chunk,
+            wire.max_batch_images,
+            wire.max_tracks
+        ),
+        (2_073_600, 16, 32, 8)
+    );
+    // Unset: 0 on the wire, the worker's documented defaults.
+    let wire = VisionSpec::default().to_proto();
+    assert_eq!(
+        (
+            wire.max_pixels,
+            wire.max_pictures_per_chunk,
+            wire.max_batch_images,
+            wire.max_tracks
+        ),
+        (0, 0, 0, 0)
+    );
+    let typo = "[[models]]\nid='p'\nfamily='vision'\npath='p.tflite'\nvision = { max_pixel = 5 }\n";
+    assert!(toml::from_str::<Config>(typo).is_err());
+}

@@ -1,0 +1,114 @@
+//! ProcessBatch as work the serve loop steps through one image at a time,
+//! so that between two images the loop reads the channel: a CANCEL stops
+//! the batch at once (the client went away, or the supervisor gave up at
+//! the deadline), and the deadline is checked before each image and each
+//! detector run. A batch holds at most `max_batch_images` images.
+
+use std::time::Instant;
+
+use sidecar_proto::v1::{
+    FrameTimings, Image, ProcessBatchRequest, ProcessBatchResponse, ProcessResponse, vision_task,
+};
+use worker_runtime::{WorkerError, deadline};
+
+use crate::image::to_bgr;
+use crate::tasks::{self, Prepared, Served};
+
+/// A ProcessBatch call under way.
+#[derive(Debug)]
+pub struct Batch {
+    /// Its request id.
+    pub id: u64,
+    deadline_ms: i64,
+    task: vision_task::Task,
+    prepared: Prepared,
+    images: Vec<Image>,
+    results: Vec<ProcessResponse>,
+}
+
+impl Batch {
+    /// Checks a ProcessBatch request against the model and its limits.
+    pub fn start(
+        id: u64,
+        deadline_ms: i64,
+        req: ProcessBatchRequest,
+        s: &Served,
+    ) -> Result<Batch, WorkerError> {
+        let n = req.images.len();
+        let max = s.limits.max_batch_images;
+        if n == 0 || n > max as usize {
+            return Err(WorkerError::invalid(format!(
+                "images holds {n} images; 1..{max} are allowed (max_batch_images)"
+            )));
+        }
+        let task = req
+            .task
+            .as_ref()
+            .ok_or_else(|| WorkerError::invalid("task is required"))
+            .and_then(tasks::task_of)?
+            .clone();
+        if let vision_task::Task::Tracking(_) = task {
+            return Err(WorkerError::invalid(
+                "tracking is a stream task; it is not allowed in ProcessBatch",
+            ));
+        }
+        tasks::check(&task, s)?;
+        let prepared = Prepared::new(std::slice::from_ref(&task), &s.limits)?;
+        Ok(Batch {
+            id,
+            deadline_ms,
+            task,
+            prepared,
+            images: req.images,
+            results: Vec::with_capacity(n),
+        })
+    }
+
+    /// Runs the task on the next image; the answer once the last is done.
+    pub fn step(&mut self, s: &mut Served) -> Result<Option<ProcessBatchResponse>, WorkerError> {
+        let i = self.results.len();
+        let Some(img) = self.images.get(i) else {
+            return Ok(Some(self.answer()));
+        };
+        deadline::check(self.deadline_ms)?;
+        let at = format!("images[{i}]");
+        let started = Instant::now();
+        let frame = to_bgr(img, &at, &s.limits)?;
+        let decoded = started.elapsed();
+        let mut r = ProcessResponse {
+            frame_index: i as u64,
+            ..Default::default()
+        };
+        // Images of a batch are independent: no smoothing across them.
+        if let Some(c) = self.prepared.crop_mut() {
+            c.reset();
+        }
+        tasks::run(
+            s,
+            std::slice::from_ref(&self.task),
+            &mut self.prepared,
+            &frame,
+            &mut r,
+            &at,
+            self.deadline_ms,
+        )?;
+        r.timings = Some(FrameTimings {
+            decode_us: decoded.as_micros() as u64,
+            process_us: (started.elapsed() - decoded).as_micros() as u64,
+            total_us: started.elapsed().as_micros() as u64,
+        });
+        self.results.push(r);
+        // The image's bytes are not needed again.
+        self.images[i] = Image::default();
+        if self.results.len() == self.images.len() {
+            return Ok(Some(self.answer()));
+        }
+        Ok(None)
+    }
+
+    fn answer(&mut self) -> ProcessBatchResponse {
+        ProcessBatchResponse {
+            results: std::mem::take(&mut self.results),
+        }
+    }
+}
