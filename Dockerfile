@@ -36,7 +36,7 @@ COPY examples/sidecar.toml /etc/sidecar/sidecar.toml
 RUN chown -R sidecar /models
 USER 10001
 WORKDIR /srv/sidecar
-ENV SIDECAR_CONTROL_SOCKET=/run/sidecar/control.sock \
+ENV SIDECAR_CONTROL_SOCKET=/run/sidecar/ctl/control.sock \
     SIDECAR_MODEL_STORE=/models
 EXPOSE 50051 9090
 ENTRYPOINT ["/usr/local/bin/sidecar", "--config", "/etc/sidecar/sidecar.toml"]

@@ -103,6 +103,12 @@ impl Sidecar {
     /// Starts `sidecar` with `config` (TOML; `listen`, `admin_listen` and
     /// `model_store` are set here) and waits until it listens.
     pub fn start(store: tempfile::TempDir, config: &str) -> Sidecar {
+        // The control socket's directory must be ours with mode 0700.
+        std::fs::set_permissions(
+            store.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod 0700 the store");
         let file = store.path().join("sidecar.toml");
         let full = format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\nlite_runtime = \"{}\"\n{config}",

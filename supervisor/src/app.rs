@@ -50,6 +50,8 @@ pub async fn run(
     let shared = Shared::new(config);
     let config = shared.config.clone();
     let store = Store::open(&config.model_store)?;
+    // First, so a refused control socket stops the start before any worker.
+    let control = crate::ctl::socket::bind(&config.control_socket)?;
     let spawner = Spawner::start()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let models = Arc::new(Models::default());
@@ -124,7 +126,6 @@ pub async fn run(
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
 
-    let control = bind_control(&config.control_socket)?;
     let admin_api = sidecar_proto::v1::admin_service_server::AdminServiceServer::new(AdminApi {
         registry: registry.clone(),
         config: config.clone(),
@@ -219,39 +220,7 @@ pub async fn run(
     }
     let _ = control_stop.send(());
     let _ = control_server.await;
-    let _ = std::fs::remove_file(&config.control_socket);
+    crate::ctl::socket::remove(&config.control_socket);
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Binds the control socket, owner-only (0600) in an owner-only directory
-/// when the supervisor creates it; a stale socket file is replaced.
-fn bind_control(path: &std::path::Path) -> Result<tokio::net::UnixListener, Error> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let fail = |what: &str, e: std::io::Error| {
-        Error::Config(format!("control_socket {}: {what}: {e}", path.display()))
-    };
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| fail("create directory", e))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("remove stale socket", e)),
-    }
-    // Created owner-only from the start (no window with wider permissions).
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = tokio::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.map_err(|e| fail("bind", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail("chmod 0600", e))?;
-    Ok(listener)
 }

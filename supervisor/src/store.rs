@@ -1,5 +1,7 @@
-//! The model store: a directory every model path is resolved inside, and
-//! the digests already computed of its files.
+//! The model store: a directory every model path is resolved inside, the
+//! digests already computed of its files, and uploads into it (see
+//! [`write`] for how a write never leaves the store, [`quota`] for how
+//! much it may hold).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -9,7 +11,13 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::StoreLimits;
 use crate::error::Error;
+
+pub mod quota;
+pub mod write;
+
+pub use write::{TEMP_PREFIX, Upload};
 
 /// The model store.
 #[derive(Debug, Clone)]
@@ -17,6 +25,19 @@ pub struct Store {
     root: PathBuf,
     /// sha256 of its files, computed once per content.
     pub digests: Arc<Digests>,
+    /// Uploads in progress and the room they hold.
+    pub inflight: Arc<quota::Inflight>,
+}
+
+/// One upload's header, as the store needs it.
+#[derive(Debug, Clone)]
+pub struct UploadSpec {
+    /// Destination, relative to the store.
+    pub path: String,
+    /// Declared size, bytes.
+    pub size: u64,
+    /// Replace an existing file.
+    pub overwrite: bool,
 }
 
 /// Digests already computed, by path, valid while size and modification
@@ -74,6 +95,29 @@ impl Store {
         Ok(Store {
             root,
             digests: Arc::default(),
+            inflight: Arc::default(),
+        })
+    }
+
+    /// Starts an upload: the path is checked (no `..`, not absolute, no
+    /// link leading out of the store), the room reserved under `limits`
+    /// (RESOURCE_EXHAUSTED naming the size and the limit, before anything
+    /// is created), the missing directories created inside the checked
+    /// ones, and the temporary file created exclusively. Blocking.
+    pub fn begin_upload(&self, spec: &UploadSpec, limits: &StoreLimits) -> Result<Upload, Error> {
+        let target = write::target(&spec.path)?;
+        let reservation = quota::reserve(&self.inflight, &self.root, spec.size, limits)?;
+        let mut dir = write::Dir::root(&self.root)?;
+        for name in &target.dirs {
+            dir = dir.enter(name, &self.root, &spec.path)?;
+        }
+        Upload::start(write::Begin {
+            dir,
+            name: target.name,
+            relative: &spec.path,
+            size: spec.size,
+            overwrite: spec.overwrite,
+            reservation,
         })
     }
 
@@ -135,6 +179,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod upload;
 
     #[test]
     fn paths_stay_inside_the_store() {

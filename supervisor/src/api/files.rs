@@ -1,11 +1,12 @@
 //! The model store's file operations: list, download, upload, delete.
 //!
-//! Uploads go to a temporary file beside the destination; only after the
-//! size and sha256 check out is it fsynced and renamed into place, so an
-//! interrupted or corrupted upload leaves nothing and never replaces a good
-//! file.
+//! Uploads go to a temporary file beside the destination (see
+//! `store::write`); only after the size and sha256 check out is it fsynced
+//! and renamed into place, so an interrupted or corrupted upload leaves
+//! nothing and never replaces a good file. The declared size is checked
+//! against the store's quotas before anything is created.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -18,11 +19,10 @@ use tonic::{Status, Streaming};
 
 use crate::error::Error;
 use crate::registry::Registry;
-use crate::store::{Digests, hex};
+use crate::store::{Digests, TEMP_PREFIX, UploadSpec, hex};
 
 const DEFAULT_CHUNK: usize = 1 << 20;
 const MAX_CHUNK: usize = 4 << 20;
-const TEMP_PREFIX: &str = ".upload-";
 
 fn io(what: &str, e: std::io::Error) -> Error {
     match e.kind() {
@@ -68,12 +68,26 @@ fn info(
     digests: Option<&Digests>,
 ) -> Result<FileInfo, Error> {
     let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
+    let mut out = info_of(root, path, &meta, used);
+    if let Some(d) = digests {
+        out.sha256 = d.sha256(path)?;
+    }
+    Ok(out)
+}
+
+/// A file's info from its metadata, without its digest.
+fn info_of(
+    root: &Path,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    used: &[(PathBuf, String)],
+) -> FileInfo {
     let modified = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as i64);
-    Ok(FileInfo {
+    FileInfo {
         path: path
             .strip_prefix(root)
             .unwrap_or(path)
@@ -81,16 +95,13 @@ fn info(
             .into_owned(),
         size_bytes: meta.len(),
         modified_unix_ms: modified,
-        sha256: match digests {
-            Some(d) => d.sha256(path)?,
-            None => String::new(),
-        },
+        sha256: String::new(),
         used_by: used
             .iter()
             .filter(|(p, _)| p == path)
             .map(|(_, id)| id.clone())
             .collect(),
-    })
+    }
 }
 
 /// ListFiles.
@@ -223,16 +234,6 @@ pub async fn get(registry: &Registry, req: GetFileRequest) -> Result<Chunks, Err
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
-/// Removes the temporary file unless the upload completed.
-struct Temp(Option<PathBuf>);
-impl Drop for Temp {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// PutFile.
 pub async fn put(
     registry: &Registry,
@@ -256,35 +257,18 @@ pub async fn put(
             header.sha256
         )));
     }
-    let dest = registry.store.join(&header.path)?;
-    let root = registry.store.root().to_path_buf();
-    let parent = dest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.clone());
-    std::fs::create_dir_all(&parent).map_err(|e| io("create directory", e))?;
-    let real_parent = parent.canonicalize().map_err(|e| io("directory", e))?;
-    if !real_parent.starts_with(&root) {
-        return Err(Error::InvalidArgument(format!(
-            "path {:?} leaves the model store",
-            header.path
-        )));
-    }
-    let dest = real_parent.join(dest.file_name().unwrap_or_default());
-    if dest.is_symlink() || dest.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "path {:?} is not a regular file",
-            header.path
-        )));
-    }
-    if dest.exists() {
-        if !header.overwrite {
-            return Err(Error::AlreadyExists(format!(
-                "{:?} exists; set overwrite to replace it",
-                header.path
-            )));
-        }
-        let users = users_of(registry, &dest);
+    let spec = UploadSpec {
+        path: header.path.clone(),
+        size: header.size_bytes,
+        overwrite: header.overwrite,
+    };
+    let store = registry.store.clone();
+    let limits = registry.shared().config.store.clone();
+    // Dropping `upload` (any error below, or the call's future when the
+    // client goes away) removes its temporary file.
+    let mut upload = blocking(move || store.begin_upload(&spec, &limits)).await?;
+    if upload.replaces() {
+        let users = users_of(registry, &upload.dest());
         if !users.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "{:?} is used by loaded model(s) {}; unload them first",
@@ -293,15 +277,7 @@ pub async fn put(
             )));
         }
     }
-    let temp_path = real_parent.join(format!(
-        "{TEMP_PREFIX}{}-{}.part",
-        std::process::id(),
-        crate::clock::now_ms()
-    ));
-    let mut temp = Temp(Some(temp_path.clone()));
-    let mut file = std::fs::File::create(&temp_path).map_err(|e| io("create temporary file", e))?;
     let mut hasher = Sha256::new();
-    let mut written: u64 = 0;
     while let Some(msg) = stream.next().await {
         let msg =
             msg.map_err(|s| Error::Cancelled(format!("upload interrupted: {}", s.message())))?;
@@ -313,19 +289,13 @@ pub async fn put(
                 ));
             }
         };
-        written += chunk.len() as u64;
-        if written > header.size_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "more than the announced {} bytes arrived",
-                header.size_bytes
-            )));
-        }
         hasher.update(&chunk);
-        file.write_all(&chunk).map_err(|e| io("write", e))?;
+        upload = blocking(move || upload.write(&chunk).map(|()| upload)).await?;
     }
-    if written != header.size_bytes {
+    if upload.written() != header.size_bytes {
         return Err(Error::InvalidArgument(format!(
-            "{written} bytes arrived, the header announced {}",
+            "{} bytes arrived, the header announced {} (size_bytes)",
+            upload.written(),
             header.size_bytes
         )));
     }
@@ -335,14 +305,10 @@ pub async fn put(
             "sha256 mismatch: the header says {want_sha}, the bytes hash to {got_sha}"
         )));
     }
-    file.sync_all().map_err(|e| io("fsync", e))?;
-    drop(file);
-    std::fs::rename(&temp_path, &dest).map_err(|e| io("rename", e))?;
-    temp.0 = None;
-    if let Ok(d) = std::fs::File::open(&real_parent) {
-        let _ = d.sync_all();
-    }
-    let mut out = info(&root, &dest, &used_files(registry), None)?;
+    let relative = header.path.clone();
+    let (dest, meta) = blocking(move || upload.publish(&relative)).await?;
+    let root = registry.store.root().to_path_buf();
+    let mut out = info_of(&root, &dest, &meta, &used_files(registry));
     out.sha256 = got_sha;
     Ok(out)
 }

@@ -13,8 +13,10 @@ use sidecar_proto::v1::{
 
 use crate::error::Error;
 
+mod store;
 mod units;
 
+pub use store::StoreLimits;
 pub use units::bytes;
 use units::{opt_secs, secs};
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Model store: every model path is resolved inside it.
     pub model_store: PathBuf,
+    /// Upload quotas of the model store.
+    pub store: StoreLimits,
     /// Directory holding the worker binaries; default: the directory of the
     /// running `sidecar` binary.
     pub worker_dir: Option<PathBuf>,
@@ -441,6 +445,7 @@ impl Default for Config {
             admin_listen: ([0, 0, 0, 0], 9090).into(),
             control_socket: PathBuf::from("/run/sidecar/control.sock"),
             model_store: PathBuf::from("models"),
+            store: StoreLimits::default(),
             worker_dir: None,
             lite_runtime: PathBuf::from("runtime/litert/libLiteRt.so"),
             max_message_bytes: 64 << 20,

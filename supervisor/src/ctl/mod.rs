@@ -10,6 +10,7 @@
 
 pub mod call;
 mod print;
+pub mod socket;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

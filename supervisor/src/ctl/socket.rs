@@ -1,0 +1,135 @@
+//! The supervisor's side of the control socket: where it may be bound.
+//!
+//! The socket serves AdminService and LoadModel/UnloadModel, so who can
+//! reach it can change what the pod runs. It is protected by its
+//! directory: owned by us with mode 0700 (created so when missing; an
+//! existing one with another owner or any group/other permission is
+//! refused, naming its mode), so no other user can reach the socket or
+//! swap what sits at its path. The socket file is also set to 0600 right
+//! after bind; the process-wide umask is never changed (other threads
+//! create files meanwhile).
+//!
+//! What already sits at the path is never removed unless it is a socket
+//! nobody listens on (a previous run's); a regular file, a directory, a
+//! link or a live socket is an error naming the path.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::Error;
+
+fn fail(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Config(format!("control_socket {}: {what}", path.display()))
+}
+
+/// Whether a directory with this owner and mode may hold the socket of a
+/// process running as `me`; the reason when not.
+pub fn check_dir(dir: &Path, owner: u32, mode: u32, me: u32) -> Result<(), String> {
+    if owner != me {
+        return Err(format!(
+            "its directory {} is owned by uid {owner}, not by this process (uid {me}); \
+             it must be owned by uid {me} with mode 0700",
+            dir.display()
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "its directory {} has mode {:04o}, which lets group or others reach the socket; \
+             it must be 0700 (chmod 0700 {0}, or name a directory the sidecar creates)",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the control socket at `path` after the checks above.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() {
+        return Err(fail(path, "names no socket file"));
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    fail(
+                        path,
+                        format_args!("create directory {}: {e}", dir.display()),
+                    )
+                })?;
+        }
+        Err(e) => return Err(fail(path, format_args!("directory {}: {e}", dir.display()))),
+    }
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| fail(path, format_args!("directory {}: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(fail(
+            path,
+            format_args!("{} is not a directory", dir.display()),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    check_dir(dir, meta.uid(), meta.mode(), me).map_err(|e| fail(path, e))?;
+    remove_stale(path)?;
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| fail(path, format_args!("bind: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(path, format_args!("chmod 0600: {e}")))?;
+    Ok(listener)
+}
+
+/// Removes what is at `path` only if it is a socket nobody listens on.
+fn remove_stale(path: &Path) -> Result<(), Error> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(fail(path, e)),
+    };
+    let kind = meta.file_type();
+    if !kind.is_socket() {
+        let what = if kind.is_file() {
+            "a regular file"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "not a socket"
+        };
+        return Err(fail(
+            path,
+            format_args!(
+                "the path exists and is {what}, not a socket; refusing to replace it \
+                 (remove it, or choose another control_socket)"
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(fail(
+            path,
+            "another process is listening on this socket (is another sidecar running?)",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|e| fail(path, format_args!("remove stale socket: {e}"))),
+        Err(e) => Err(fail(path, format_args!("probing the existing socket: {e}"))),
+    }
+}
+
+/// Removes the socket at shutdown (only a socket; nothing else there is
+/// ours to remove).
+pub fn remove(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+use super::*;
+
+fn umask() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .expect("Umask line")
+        .trim()
+        .to_owned()
+}
+
+/// A temporary directory as the socket's directory must be (0700).
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").mode() & 0o7777
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_created_owner_only_and_the_umask_is_left_alone() {
+    let base = tempfile::tempdir().unwrap();
+    let path = base.path().join("run/sidecar/control.sock");
+    let before = umask();
+    let listener = bind(&path).expect("bound");
+    assert_eq!(umask(), before, "the process-wide umask never changes");
+    assert_eq!(mode(&base.path().join("run/sidecar")), 0o700);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_regular_file_at_the_path_is_refused_and_kept() {
+    let dir = private_dir();
+    let path = dir.path().join("control.sock");
+    std::fs::write(&path, b"precious").unwrap();
+    let e = bind(&path).expect_err("refused").to_string();
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("is a regular file, not a socket"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+#[tokio::test]
+async fn a_link_or_directory_at_the_path_is_refused_and_kept() {
+    let dir = private_dir();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("victim");
+    std::fs::write(&target, b"victim").unwrap();
+    let link = dir.path().join("control.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = bind(&link).expect_err("refused").to_string();
+    assert!(e.contains("is a symbolic link, not a socket"), "{e}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"victim");
+
+    let sub = dir.path().join("sub.sock");
+    std::fs::create_dir(&sub).unwrap();
+    let e = bind(&sub).expect_err("refused").to_string();
+    assert!(e.contains("is a directory, not a socket"), "{e}");
+    assert!(sub.is_dir());
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    let dir = private_dir();
+    let path = dir.path().join("control.sock");
+    // A previous run's socket: bound, then its process gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let live = bind(&path).expect("a stale socket is replaced");
+    let e = bind(&path).expect_err("a live socket is kept").to_string();
+    assert!(e.contains("another process is listening"), "{e}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        "still served"
+    );
+    drop(live);
+}
+
+#[tokio::test]
+async fn a_directory_open_to_group_or_others_is_refused_naming_its_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    for m in [0o777, 0o750, 0o701] {
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(m)).unwrap();
+        let e = bind(&shared.join("control.sock"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains(&format!("has mode {m:04o}")) && e.contains("it must be 0700"),
+            "{m:o}: {e}"
+        );
+        assert_eq!(mode(&shared), m, "the directory is left as it was");
+        assert!(!shared.join("control.sock").exists());
+    }
+}
+
+#[test]
+fn a_directory_owned_by_another_user_is_refused() {
+    let dir = Path::new("/run/x");
+    let e = check_dir(dir, 1000, 0o40700, 10001).expect_err("refused");
+    assert!(
+        e.contains("owned by uid 1000, not by this process (uid 10001)"),
+        "{e}"
+    );
+    assert!(check_dir(dir, 10001, 0o40700, 10001).is_ok());
+    let e = check_dir(dir, 10001, 0o40770, 10001).expect_err("refused");
+    assert!(e.contains("has mode 0770"), "{e}");
+}
+
+#[test]
+fn shutdown_removes_only_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("control.sock");
+    std::fs::write(&file, b"x").unwrap();
+    remove(&file);
+    assert!(file.exists(), "a regular file is not ours to remove");
+    let sock = dir.path().join("s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    remove(&sock);
+    assert!(!sock.exists());
+}
