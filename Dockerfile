@@ -33,7 +33,10 @@ COPY --from=builder /src/runtime/litert/libLiteRt.so /srv/sidecar/runtime/litert
 COPY --from=builder /src/models/ /models/
 COPY --from=builder /src/models/ /srv/sidecar/models-seed/
 COPY examples/sidecar.toml /etc/sidecar/sidecar.toml
-RUN chown -R sidecar /models
+# /run/sidecar is the sidecar's own: it creates ctl/ there, mode 0700,
+# for the control socket (plain `docker run` has no volume there).
+RUN chown -R sidecar /models \
+ && mkdir -p -m 0755 /run/sidecar && chown sidecar /run/sidecar
 USER 10001
 WORKDIR /srv/sidecar
 ENV SIDECAR_CONTROL_SOCKET=/run/sidecar/ctl/control.sock \
