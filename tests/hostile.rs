@@ -199,6 +199,7 @@ async fn made_up_model_ids_and_method_paths_add_no_series_and_no_lines() {
         .await
         .expect("connect");
     // One call of each kind first: the `unknown` series exist from here.
+    let api = sc.api;
     let call = move |n: u32| {
         let channel = channel.clone();
         async move {
@@ -219,7 +220,16 @@ async fn made_up_model_ids_and_method_paths_add_no_series_and_no_lines() {
                     .expect_err("no such model");
                 assert_eq!(err.code(), Code::NotFound, "{err:?}");
             } else {
-                // A method path of the client's choosing.
+                // A method path of the client's choosing, each on a
+                // connection of its own: the server answers an unknown
+                // method before reading the body and resets the stream,
+                // and a connection that piles up such resets is sent a
+                // GOAWAY (`connections.max_error_resets`).
+                let channel = tonic::transport::Channel::from_shared(format!("http://{api}"))
+                    .expect("uri")
+                    .connect()
+                    .await
+                    .expect("connect");
                 let mut grpc = tonic::client::Grpc::new(channel);
                 grpc.ready().await.expect("ready");
                 let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(

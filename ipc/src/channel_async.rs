@@ -30,6 +30,10 @@ use crate::sys::{self, SharedRegion};
 /// is kept, so a worker that heartbeats through a long load never fills it.
 const CONTROL_QUEUE: usize = 256;
 
+/// Largest control frame (hello, heartbeat, a fatal error): a few hundred
+/// bytes in practice.
+const CONTROL_MAX_PAYLOAD: usize = 64 << 10;
+
 /// Frames the pump copies out of the ring before it yields to other tasks:
 /// a worker that floods the ring cannot keep the pump's thread.
 const DRAIN_BATCH: usize = 256;
@@ -59,10 +63,13 @@ struct Slot {
     notify: Arc<Notify>,
     /// Dropped by its reader: frames are discarded until the END.
     abandoned: bool,
-    /// Answer frames the peer may have sent and this side not yet read:
-    /// the credit window, lifted by a CANCEL (after which the peer may send
-    /// what it needs to finish). One more is a protocol violation.
-    limit: usize,
+    /// Answer frames the peer may send: the credit window, plus every
+    /// credit this side granted, plus one window more once it sends a
+    /// CANCEL (after which the peer may send what it needs to finish).
+    granted: u64,
+    /// Answer frames received. More than `granted` is a protocol
+    /// violation, so the queue never holds more than a window.
+    received: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +227,8 @@ impl AsyncChannel {
                 queue: VecDeque::new(),
                 notify: notify.clone(),
                 abandoned: false,
-                limit: self.inner.window as usize,
+                granted: u64::from(self.inner.window),
+                received: 0,
             },
         );
         let stream = ResponseStream {
@@ -295,22 +303,32 @@ impl ResponseStream {
         let notify = self.notify.clone();
         loop {
             let notified = notify.notified();
-            let popped = lock(&self.inner.streams)
-                .get_mut(&self.id)
-                .and_then(|s| s.queue.pop_front());
+            let popped = {
+                let mut streams = lock(&self.inner.streams);
+                let slot = streams.get_mut(&self.id);
+                slot.and_then(|s| {
+                    let frame = s.queue.pop_front()?;
+                    if !frame.flags.is_end() {
+                        self.consumed += 1;
+                        if self.consumed >= (self.inner.window / 2).max(1) {
+                            // Counted as granted before the peer can see
+                            // it: never a false violation.
+                            s.granted = s.granted.saturating_add(u64::from(self.consumed));
+                        }
+                    }
+                    Some(frame)
+                })
+            };
             if let Some(frame) = popped {
                 if frame.flags.is_end() {
                     self.finish();
-                } else {
-                    self.consumed += 1;
-                    if self.consumed >= (self.inner.window / 2).max(1) {
-                        self.inner.queue_control(
-                            self.id,
-                            Kind::Credit,
-                            flow::encode_credit(self.consumed).to_vec(),
-                        );
-                        self.consumed = 0;
-                    }
+                } else if self.consumed >= (self.inner.window / 2).max(1) {
+                    self.inner.queue_control(
+                        self.id,
+                        Kind::Credit,
+                        flow::encode_credit(self.consumed).to_vec(),
+                    );
+                    self.consumed = 0;
                 }
                 return Some(Ok(frame));
             }
@@ -352,9 +370,18 @@ impl Drop for ResponseStream {
         if self.finished {
             return;
         }
-        if let Some(slot) = lock(&self.inner.streams).get_mut(&self.id) {
-            slot.abandoned = true;
-            slot.queue.clear();
+        {
+            let mut streams = lock(&self.inner.streams);
+            if let Some(slot) = streams.get_mut(&self.id) {
+                // The answer is complete, only unread: nothing to cancel,
+                // and no END will come to end an abandoned slot.
+                if slot.queue.iter().any(|f| f.flags.is_end()) {
+                    streams.remove(&self.id);
+                    return;
+                }
+                slot.abandoned = true;
+                slot.queue.clear();
+            }
         }
         self.inner.queue_control(self.id, Kind::Cancel, Vec::new());
     }
@@ -375,7 +402,10 @@ impl Inner {
         {
             // The peer may now send what it needs to finish: allow one
             // more window's worth, still a bound.
-            slot.limit = (self.window as usize).saturating_mul(2).saturating_add(1);
+            slot.granted = slot
+                .granted
+                .saturating_add(u64::from(self.window))
+                .saturating_add(1);
         }
         let mut fill = Some(fill);
         loop {
@@ -452,48 +482,72 @@ impl Inner {
     /// frames.
     fn route(&self, found: &Found) -> Result<()> {
         let meta = found.meta;
-        let mut stats = lock(&self.stats);
-        stats.frames_in += 1;
+        lock(&self.stats).frames_in += 1;
         if meta.kind == Kind::Credit {
             // This side does not limit what it sends per request.
             return Ok(());
         }
         if meta.request_id == 0 {
+            if meta.len > CONTROL_MAX_PAYLOAD {
+                return Err(Error::Protocol(format!(
+                    "a {:?} control frame of {} bytes (at most {CONTROL_MAX_PAYLOAD})",
+                    meta.kind, meta.len
+                )));
+            }
+            let frame = self.copy_out(found);
             let mut control = lock(&self.control);
             if meta.kind == Kind::Heartbeat
                 && let Some(at) = control.iter().position(|f| f.kind == Kind::Heartbeat)
             {
                 control.remove(at);
-                stats.heartbeats_replaced += 1;
+                lock(&self.stats).heartbeats_replaced += 1;
             } else if control.len() >= CONTROL_QUEUE {
                 return Err(Error::Protocol(format!(
                     "more than {CONTROL_QUEUE} unread control frames (last: {:?})",
                     meta.kind
                 )));
             }
-            control.push_back(self.copy_out(found));
+            control.push_back(frame);
             self.control_notify.notify_one();
             return Ok(());
         }
-        let mut streams = lock(&self.streams);
-        let Some(slot) = streams.get_mut(&meta.request_id) else {
-            stats.unrouted += 1;
+        // A request's frames from the peer are its answers, nothing else:
+        // any other kind would be held outside the credit window.
+        if !flow::counts(meta.kind) {
+            return Err(Error::Protocol(format!(
+                "a {:?} frame on request {}: only answers belong to a request",
+                meta.kind, meta.request_id
+            )));
+        }
+        let routed = {
+            let mut streams = lock(&self.streams);
+            streams.get_mut(&meta.request_id).map(|slot| {
+                slot.received += 1;
+                (slot.abandoned, slot.received, slot.granted)
+            })
+        };
+        let Some((abandoned, received, granted)) = routed else {
+            lock(&self.stats).unrouted += 1;
             return Ok(());
         };
-        if slot.abandoned {
+        if abandoned {
             if meta.flags.is_end() {
-                streams.remove(&meta.request_id);
+                lock(&self.streams).remove(&meta.request_id);
             }
             return Ok(());
         }
-        if flow::counts(meta.kind) && slot.queue.len() >= slot.limit {
+        if received > granted {
             return Err(Error::Protocol(format!(
-                "request {} sent a {:?} frame past its credit window of {} unread frames",
-                meta.request_id, meta.kind, slot.limit
+                "request {} sent {received} answer frames; its credit window of {} and the credit granted allow {granted}",
+                meta.request_id, self.window
             )));
         }
-        slot.queue.push_back(self.copy_out(found));
-        slot.notify.notify_one();
+        // Copied out with no lock held; only this pump adds to a queue.
+        let frame = self.copy_out(found);
+        if let Some(slot) = lock(&self.streams).get_mut(&meta.request_id) {
+            slot.queue.push_back(frame);
+            slot.notify.notify_one();
+        }
         Ok(())
     }
 

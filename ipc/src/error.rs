@@ -21,6 +21,10 @@ pub enum Error {
     /// (reason `protocol`) and make a new one.
     #[error("ipc protocol violation by the peer: {0}")]
     Protocol(String),
+    /// A copy of another final error of the channel (an I/O failure of its
+    /// pump, say), handed to every waiter: not the peer's fault.
+    #[error("ipc channel failed: {0}")]
+    Broken(String),
     /// A payload larger than the ring can ever hold.
     #[error(
         "ipc payload of {payload} bytes exceeds this channel's largest frame payload of {max} bytes (ring of {ring} bytes)"
@@ -89,7 +93,8 @@ impl Error {
             Error::PeerGone => Error::PeerGone,
             Error::Corrupt(m) => Error::Corrupt(m.clone()),
             Error::Protocol(m) => Error::Protocol(m.clone()),
-            other => Error::Corrupt(other.to_string()),
+            Error::Broken(m) => Error::Broken(m.clone()),
+            other => Error::Broken(other.to_string()),
         }
     }
 
@@ -99,6 +104,7 @@ impl Error {
             Error::PeerGone => "peer_gone",
             Error::Corrupt(_) => "corrupt",
             Error::Protocol(_) => "protocol",
+            Error::Broken(_) => "broken",
             Error::TooLarge { .. } => "too_large",
             Error::Timeout => "timeout",
             Error::WouldBlock(_) => "would_block",

@@ -38,7 +38,7 @@ async fn answers_past_the_credit_window_fail_the_channel_with_a_bounded_buffer()
     .await
     .expect("the channel fails at once");
     assert!(
-        matches!(&failed, Error::Protocol(m) if m.contains("credit window of 8")),
+        matches!(&failed, Error::Protocol(m) if m.contains("credit window of 8") && m.contains("allow 8")),
         "{failed}"
     );
     assert_eq!(failed.kind(), "protocol");
@@ -125,5 +125,23 @@ async fn unread_heartbeats_keep_only_the_newest() {
             .await
             .is_err(),
         "nothing else was queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_is_not_an_answer_on_a_request_fails_the_channel() {
+    let (a, b) = ipc::create(config()).unwrap();
+    let _peer = Peer::spawn(b, &["stray"]);
+    let chan = AsyncChannel::new(a).unwrap();
+    let hello = timeout(SOON, chan.recv_control()).await.unwrap().unwrap();
+    assert_eq!(hello.kind, Kind::Hello);
+    let mut answers = chan.request(b"go").await.unwrap();
+    let end = timeout(SOON, answers.next())
+        .await
+        .expect("at once")
+        .expect("the channel's error");
+    assert!(
+        matches!(&end, Err(Error::Protocol(m)) if m.contains("only answers belong to a request")),
+        "{end:?}"
     );
 }

@@ -45,9 +45,10 @@ impl Book {
         let oldest = self
             .by_model
             .iter()
-            .filter_map(|(m, q)| Some((q.front()?.0, m.clone())))
-            .min();
-        let Some((_, model)) = oldest else {
+            .filter_map(|(m, q)| Some((q.front()?.0, m)))
+            .min()
+            .map(|(_, m)| m.clone());
+        let Some(model) = oldest else {
             return;
         };
         if let Some(q) = self.by_model.get_mut(&model) {
@@ -72,15 +73,16 @@ impl Default for LogBook {
 
 /// `text`, or its first [`MAX_LINE`] bytes (on a character boundary) and
 /// how much was cut.
-fn cut(text: &str) -> String {
-    if text.len() <= MAX_LINE {
-        return text.to_owned();
-    }
-    let mut end = MAX_LINE;
+fn cut(text: &str, already: usize) -> String {
+    let mut end = text.len().min(MAX_LINE);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
+    let cut = already.saturating_add(text.len() - end);
+    if cut == 0 {
+        return text.to_owned();
+    }
+    format!("{}… ({cut} bytes cut)", &text[..end])
 }
 
 /// The request id a worker's log line is about (`request_id=…`).
@@ -95,7 +97,13 @@ impl LogBook {
     /// Adds a line (numbered in arrival order; cut to [`MAX_LINE`]) and
     /// tells followers.
     pub fn push(&self, model: &str, pid: u32, source: LogSource, text: &str) {
-        let text = cut(text);
+        self.push_cut(model, pid, source, text, 0);
+    }
+
+    /// [`LogBook::push`] for a line of which `already` bytes were cut as
+    /// it was read.
+    fn push_cut(&self, model: &str, pid: u32, source: LogSource, text: &str, already: usize) {
+        let text = cut(text, already);
         let line = LogLine {
             unix_ms: crate::clock::now_ms(),
             model_id: model.to_owned(),
@@ -218,13 +226,8 @@ fn spawn_lines(
             let mut buf = Vec::new();
             while let Ok(Some(cut)) = read_line(&mut pipe, &mut buf).await {
                 let text = String::from_utf8_lossy(&buf);
-                let line = if cut > 0 {
-                    format!("{text}… ({cut} bytes cut)")
-                } else {
-                    text.into_owned()
-                };
-                tracing::info!(target: "worker", stream, "{line}");
-                book.push(&model, pid, source, &line);
+                tracing::info!(target: "worker", stream, cut, "{text}");
+                book.push_cut(&model, pid, source, &text, cut);
             }
         }
         .instrument(span),

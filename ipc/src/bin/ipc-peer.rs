@@ -15,6 +15,8 @@
 //! - `control-flood N`: sends N ERROR frames on request id 0 (a hostile
 //!   peer), prints `SENT`, and waits.
 //! - `heartbeats N`: sends N heartbeats, prints `SENT`, and waits.
+//! - `stray`: answers each REQUEST with heartbeats on its request id (a
+//!   kind that is not an answer: a hostile peer).
 //! - `grandchild`: prints its own descriptors and those of a child it starts.
 //! - `list-fds`: prints its descriptors.
 //! - `bench`: benchmark server over the channel; `socket-bench`: the same
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
                 "reverse" => reverse(&chan, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
                 "partial" => partial(&chan),
                 "flood" => flood(&chan),
+                "stray" => stray(&chan),
                 "control-flood" => control(&chan, Kind::Error, count(&args)),
                 "heartbeats" => control(&chan, Kind::Heartbeat, count(&args)),
                 "bench" => bench(&chan),
@@ -194,6 +197,18 @@ fn flood(chan: &BlockingChannel) -> ipc::Result<()> {
     let payload = vec![0x5A; 1024];
     loop {
         chan.send_past_credit_for_test(id, Kind::Response, Flags::NONE, &payload)?;
+    }
+}
+
+fn stray(chan: &BlockingChannel) -> ipc::Result<()> {
+    chan.send(0, Kind::Hello, Flags::NONE, b"hello")?;
+    loop {
+        let req = chan.recv()?;
+        if req.kind() == Kind::Request {
+            let id = req.request_id();
+            drop(req);
+            chan.send(id, Kind::Heartbeat, Flags::NONE, b"not an answer")?;
+        }
     }
 }
 

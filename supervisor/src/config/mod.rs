@@ -129,8 +129,9 @@ pub struct Connections {
     /// Streams a client may reset before the server accepted them
     /// (the "rapid reset" flood) before the connection gets a GOAWAY.
     pub max_pending_resets: usize,
-    /// Streams the server may reset for a client's protocol errors before
-    /// the connection gets a GOAWAY.
+    /// Streams the server may reset on a connection (refused past
+    /// `max_streams`, answered before their request was read) before the
+    /// connection gets a GOAWAY: hyper's own default, 1024.
     pub max_error_resets: usize,
     /// HTTP/2 PING interval on an open connection.
     #[serde(with = "secs")]
@@ -153,7 +154,7 @@ impl Default for Connections {
             max_connections: 1024,
             max_streams: 256,
             max_pending_resets: 20,
-            max_error_resets: 256,
+            max_error_resets: 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(300),

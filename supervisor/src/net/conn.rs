@@ -115,6 +115,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        // What the client sent first: a request that arrives as the idle
+        // time runs out is read, not cut off.
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if read.is_ready() {
+            return read;
+        }
         while this.tick.poll_tick(cx).is_ready() {
             if this.activity.idle_for() >= this.idle {
                 // The end of the input: the server closes the connection.
@@ -122,7 +128,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
                 return Poll::Ready(Ok(()));
             }
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        Poll::Pending
     }
 }
 

@@ -33,14 +33,27 @@ pub struct CallStream {
 
 impl Drop for CallStream {
     fn drop(&mut self) {
-        // A call that ended with its worker alive was not in a crash; one
-        // whose worker died stays recorded until the actor has seen the
-        // death (`Quarantine::died` takes the worker's calls).
-        if let Some(hash) = self.flight.take()
-            && self.conn.exit.borrow().is_none()
-            && self.conn.chan.failure().is_none()
-        {
-            self.handle.quarantine.leave(self.conn.pid, hash);
+        // Not answered yet (the client left, or its deadline passed): the
+        // worker may still be working on it, and crash on it. It stays
+        // recorded for `cancel_grace`, the time the worker has to stop; a
+        // call whose worker died stays until the actor has seen the death
+        // (`Quarantine::died` takes the worker's calls).
+        let Some(hash) = self.flight.take() else {
+            return;
+        };
+        if self.conn.exit.borrow().is_some() || self.conn.chan.failure().is_some() {
+            return;
+        }
+        let (quarantine, pid) = (self.handle.quarantine.clone(), self.conn.pid);
+        let grace = self.handle.shared.config.deadlines.cancel_grace;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    quarantine.leave(pid, hash);
+                });
+            }
+            Err(_) => quarantine.leave(pid, hash),
         }
     }
 }
@@ -107,7 +120,14 @@ impl WorkerHandle {
         // A request refused for crashing workers is refused before it is
         // sent. Only then is the body hashed on its own (a copy); otherwise
         // its hash is taken from the ring below, where it is written anyway.
-        if self.quarantine.any_refused() {
+        // A vision stream's poison is in its frames, not in its opening
+        // message, which every camera with the same settings shares: the
+        // opening is never quarantined.
+        let quarantined = !matches!(
+            req.body,
+            Some(sidecar_proto::worker::worker_request::Body::VisionOpen(_))
+        );
+        if quarantined && self.quarantine.any_refused() {
             let body = WorkerRequest {
                 body: req.body.clone(),
                 ..Default::default()
@@ -140,7 +160,9 @@ impl WorkerHandle {
             })
             .await
             .map_err(|e| self.channel_error(&conn, e))?;
-        self.quarantine.enter(conn.pid, hash);
+        if quarantined {
+            self.quarantine.enter(conn.pid, hash);
+        }
         Ok(CallStream {
             stream: Some(stream),
             conn,
@@ -149,7 +171,7 @@ impl WorkerHandle {
             done: false,
             queued: arrived.elapsed(),
             request_id: req.request_tag,
-            flight: Some(hash),
+            flight: quarantined.then_some(hash),
             _permit: permit,
         })
     }

@@ -147,8 +147,20 @@ pub async fn kill_worker(
     reason: KillReason,
     grace: Duration,
 ) -> Exit {
+    stop_worker(pid, exit, reason, grace).await.0
+}
+
+/// [`kill_worker`], also telling whether this kill path sent the SIGKILL
+/// (the worker ignored SIGTERM): a SIGKILL in the exit is then ours, not
+/// from outside.
+pub async fn stop_worker(
+    pid: u32,
+    exit: &mut watch::Receiver<Option<Exit>>,
+    reason: KillReason,
+    grace: Duration,
+) -> (Exit, bool) {
     if let Some(e) = *exit.borrow() {
-        return e;
+        return (e, false);
     }
     tracing::info!(pid, reason = reason.as_str(), "killing worker");
     let group = Pid::from_raw(pid as i32);
@@ -158,20 +170,17 @@ pub async fn kill_worker(
     if let Ok(Ok(e)) = tokio::time::timeout(grace, exit.wait_for(reaped)).await
         && let Some(e) = *e
     {
-        return e;
+        return (e, false);
     }
     tracing::warn!(pid, "worker ignored SIGTERM for {grace:?}; SIGKILL");
     let _ = killpg(group, Signal::SIGKILL);
+    let killed = Exit {
+        pid,
+        code: None,
+        signal: Some(libc::SIGKILL),
+    };
     match exit.wait_for(reaped).await {
-        Ok(e) => e.unwrap_or(Exit {
-            pid,
-            code: None,
-            signal: Some(libc::SIGKILL),
-        }),
-        Err(_) => Exit {
-            pid,
-            code: None,
-            signal: Some(libc::SIGKILL),
-        },
+        Ok(e) => (e.unwrap_or(killed), true),
+        Err(_) => (killed, true),
     }
 }

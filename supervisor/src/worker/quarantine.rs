@@ -10,7 +10,7 @@
 //! INVALID_ARGUMENT naming the crashes for `quarantine_ttl`, instead of
 //! crashing a third worker. One model's quarantine is its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,7 +30,14 @@ struct Book {
     crashes: HashMap<u64, Vec<Crash>>,
     /// Refused hashes: until when, and why.
     refused: HashMap<u64, (Instant, String)>,
+    /// Workers whose death was seen, newest last: a call that reaches
+    /// `enter` after its worker's death is not recorded against a pid the
+    /// system may reuse.
+    dead: VecDeque<u32>,
 }
+
+/// Dead workers remembered (a worker dies at most every backoff).
+const DEAD: usize = 64;
 
 /// See the module.
 #[derive(Debug)]
@@ -78,8 +85,11 @@ impl Quarantine {
 
     /// A call with `hash` was sent to worker `pid`.
     pub(crate) fn enter(&self, pid: u32, hash: u64) {
-        *self
-            .book()
+        let mut book = self.book();
+        if book.dead.contains(&pid) {
+            return;
+        }
+        *book
             .in_flight
             .entry(pid)
             .or_default()
@@ -105,6 +115,12 @@ impl Quarantine {
     pub(crate) fn died(&self, pid: u32, self_raised: bool) -> Vec<(u64, String)> {
         let mut book = self.book();
         let in_flight = book.in_flight.remove(&pid).unwrap_or_default();
+        if pid != 0 && !book.dead.contains(&pid) {
+            if book.dead.len() == DEAD {
+                book.dead.pop_front();
+            }
+            book.dead.push_back(pid);
+        }
         if !self_raised {
             return Vec::new();
         }
@@ -173,6 +189,13 @@ mod tests {
             assert!(q.died(pid, false).is_empty(), "a timeout or an unload");
         }
         assert!(!q.any_refused());
+        // A call that reaches its worker's record after the death is not
+        // held against a reused pid.
+        q.enter(4, h);
+        q.enter(7, h);
+        assert!(q.died(7, true).is_empty());
+        q.enter(7, h);
+        assert!(q.died(7, true).is_empty(), "pid 7's death was already seen");
     }
 
     #[test]

@@ -36,8 +36,13 @@ const REFUSED_PRECONDITION: u32 = 9;
 
 /// Why `supervise` returned.
 enum Ended {
-    /// The worker is gone.
-    Died { exit: Exit, reason: KillReason },
+    /// The worker is gone; `ours`: the supervisor's kill path ended it (a
+    /// SIGKILL in its exit is not from outside).
+    Died {
+        exit: Exit,
+        reason: KillReason,
+        ours: bool,
+    },
     /// Unload: the worker is stopped; end the actor.
     Unloaded(oneshot::Sender<()>),
     /// Evicted to free memory: the worker is stopped; back to IDLE.
@@ -195,18 +200,20 @@ impl Actor {
             if let Some(why) = want.take() {
                 match self.bring_up(why).await {
                     Some(conn) => match self.supervise_admitted(conn).await {
-                        Ended::Died { exit, reason } => {
-                            if self.after_death(exit, reason).await {
+                        Ended::Died { exit, reason, ours } => {
+                            if self.after_death(exit, reason, ours).await {
                                 want = Some(Why::Restart);
                             }
                             continue;
                         }
                         Ended::Unloaded(done) => {
+                            self.quarantine.died(self.status.borrow().pid, false);
                             self.set(State::Stopped, |_| {});
                             let _ = done.send(());
                             return;
                         }
                         Ended::Evicted { note, done } => {
+                            self.quarantine.died(self.status.borrow().pid, false);
                             self.conn.send_replace(None);
                             self.set(State::Idle, |s| {
                                 s.pid = 0;
@@ -411,7 +418,7 @@ impl Actor {
         }
     }
 
-    async fn after_death(&mut self, exit: Exit, mut reason: KillReason) -> bool {
+    async fn after_death(&mut self, exit: Exit, mut reason: KillReason, ours: bool) -> bool {
         self.conn.send_replace(None);
         let mut why = String::new();
         if let Some((pid, r, note)) = self.status.borrow().kill_note.clone()
@@ -433,7 +440,7 @@ impl Actor {
         // A SIGKILL from outside (an operator, another tool): the worker
         // did nothing wrong that we know of; it counts towards FAILED only
         // if the next start fails.
-        let outside = reason == KillReason::Crash && exit.signal == Some(libc::SIGKILL);
+        let outside = reason == KillReason::Crash && exit.signal == Some(libc::SIGKILL) && !ours;
         if outside {
             why = format!("{why} (a SIGKILL from outside the supervisor)");
         }

@@ -32,7 +32,7 @@ impl Actor {
                 changed = conn.exit.changed() => {
                     let exit = conn.exit.borrow().unwrap_or(Exit { pid: conn.pid, code: None, signal: None });
                     if changed.is_err() || conn.exit.borrow().is_some() {
-                        return Ended::Died { exit, reason: KillReason::Crash };
+                        return Ended::Died { exit, reason: KillReason::Crash, ours: false };
                     }
                 }
                 frame = conn.chan.recv_control() => match frame {
@@ -53,34 +53,35 @@ impl Actor {
                     Ok(_) => {}
                     Err(e) => {
                         // The channel closed (the process is exiting), or
-                        // the worker broke its rules (`protocol`).
+                        // the worker broke its rules (`protocol`). A SIGKILL
+                        // in its exit is ours only if the kill path sent it.
                         let reason = KillReason::of_channel(&e);
                         if reason == KillReason::Protocol {
                             tracing::warn!(model = %self.spec.id, pid = conn.pid, "worker broke the channel protocol: {e}");
                             self.status.send_modify(|s| s.kill_note = Some((conn.pid, reason, e.to_string())));
                             self.conn.send_replace(None);
                         }
-                        let exit = process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
-                        return Ended::Died { exit, reason };
+                        let (exit, ours) = process::stop_worker(conn.pid, &mut conn.exit, reason, grace).await;
+                        return Ended::Died { exit, reason, ours };
                     }
                 },
                 () = beat_due => {
                     tracing::warn!(model = %self.spec.id, pid = conn.pid, "no heartbeat for {timeout:?}");
                     self.conn.send_replace(None);
                     let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Unhealthy, grace).await;
-                    return Ended::Died { exit, reason: KillReason::Unhealthy };
+                    return Ended::Died { exit, reason: KillReason::Unhealthy, ours: true };
                 }
                 cmd = self.cmds.recv() => match cmd {
                     // Already dead: it died on its own, whatever the kill was for.
                     Some(Command::Kill { pid, .. }) if pid == conn.pid && conn.exit.borrow().is_some() => {
                         let exit = conn.exit.borrow().unwrap_or(Exit { pid, code: None, signal: None });
-                        return Ended::Died { exit, reason: KillReason::Crash };
+                        return Ended::Died { exit, reason: KillReason::Crash, ours: false };
                     }
                     Some(Command::Kill { pid, reason, note }) if pid == conn.pid => {
                         self.status.send_modify(|s| s.kill_note = Some((pid, reason, note)));
                         self.conn.send_replace(None);
                         let exit = process::kill_worker(conn.pid, &mut conn.exit, reason, grace).await;
-                        return Ended::Died { exit, reason };
+                        return Ended::Died { exit, reason, ours: true };
                     }
                     Some(Command::Evict { note, done }) => {
                         self.conn.send_replace(None);
@@ -92,7 +93,7 @@ impl Actor {
                         self.conn.send_replace(None);
                         let exit = process::kill_worker(conn.pid, &mut conn.exit, KillReason::Requested, grace).await;
                         self.recent.clear();
-                        return Ended::Died { exit, reason: KillReason::Requested };
+                        return Ended::Died { exit, reason: KillReason::Requested, ours: true };
                     }
                     Some(Command::Unload { reason, done }) => {
                         self.conn.send_replace(None);
