@@ -38,6 +38,7 @@ pub fn start(
     let local = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("admin socket: {e}")))?;
+    let max_connections = registry.shared().config.connections.max_connections;
     let probe = Probe {
         registry,
         accepting,
@@ -64,6 +65,7 @@ pub fn start(
                     .with_state(probe);
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
+                        let l = crate::net::Capped::new(l, max_connections, "admin");
                         if let Err(e) = axum::serve(l, app).await {
                             tracing::error!("admin server: {e}");
                         }

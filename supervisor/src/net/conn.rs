@@ -77,22 +77,25 @@ pub struct Conn<IO> {
     io: IO,
     _place: OwnedSemaphorePermit,
     activity: Arc<Activity>,
-    idle: Duration,
-    tick: Interval,
+    /// The idle timeout and its clock; `None`: the connection is never
+    /// closed for idleness (a listener whose calls are not counted).
+    idle: Option<(Duration, Interval)>,
 }
 
 impl<IO> Conn<IO> {
-    pub(super) fn new(io: IO, place: OwnedSemaphorePermit, idle: Duration) -> Self {
-        let mut tick = tokio::time::interval(
-            (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
-        );
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    pub(super) fn new(io: IO, place: OwnedSemaphorePermit, idle: Option<Duration>) -> Self {
+        let idle = idle.map(|idle| {
+            let mut tick = tokio::time::interval(
+                (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            );
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            (idle, tick)
+        });
         Conn {
             io,
             _place: place,
             activity: Arc::default(),
             idle,
-            tick,
         }
     }
 }
@@ -121,11 +124,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         if read.is_ready() {
             return read;
         }
-        while this.tick.poll_tick(cx).is_ready() {
-            if this.activity.idle_for() >= this.idle {
-                // The end of the input: the server closes the connection.
-                tracing::debug!("closing a connection idle for {:?}", this.idle);
-                return Poll::Ready(Ok(()));
+        if let Some((idle, tick)) = this.idle.as_mut() {
+            while tick.poll_tick(cx).is_ready() {
+                if this.activity.idle_for() >= *idle {
+                    // The end of the input: the server closes the connection.
+                    tracing::debug!("closing a connection idle for {idle:?}");
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
         Poll::Pending

@@ -1,11 +1,13 @@
 //! Every listener's connections under one set of limits
 //! (`config::Connections`): HTTP/2 stream and reset limits, keepalive, a
 //! cap on open connections, and an idle timeout. The API port and the
-//! control socket (and any listener the sidecar gains) are built here, so
+//! control socket (and any listener the sidecar gains) are built here, and
+//! the admin port's HTTP/1 server accepts through [`Capped`], so
 //! none of them can be left with tonic's defaults (no stream limit, no
 //! limit on resets, no keepalive).
 
 mod active;
+mod capped;
 mod conn;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use crate::config::Connections;
 
 pub use active::ActiveLayer;
+pub use capped::Capped;
 pub use conn::{Activity, Conn, ConnInfo};
 
 /// A server builder with the connection limits applied.
@@ -43,28 +46,54 @@ where
     S: Stream<Item = std::io::Result<IO>>,
     IO: tonic::transport::server::Connected,
 {
-    let places = Arc::new(Semaphore::new(c.max_connections));
-    let refused = AtomicU64::new(0);
-    let (max, idle) = (c.max_connections, c.idle_timeout);
+    let places = Places::new(c.max_connections, what);
+    let idle = c.idle_timeout;
     accepted.filter_map(move |conn| match conn {
         Err(e) => Some(Err(e)),
-        Ok(io) => match places.clone().try_acquire_owned() {
-            Ok(place) => Some(Ok(Conn::new(io, place, idle))),
-            Err(_) => {
-                // Logged at 1, 2, 4, 8, ... refusals: a flood of
-                // connections cannot flood the log.
-                let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        listener = what,
-                        refused = n,
-                        "connection closed: {max} connections are open (connections.max_connections)"
-                    );
-                }
-                None
-            }
-        },
+        Ok(io) => places
+            .take()
+            .map(|place| Ok(Conn::new(io, place, Some(idle)))),
     })
+}
+
+/// One listener's places under `connections.max_connections`.
+#[derive(Debug)]
+struct Places {
+    free: Arc<Semaphore>,
+    max: usize,
+    refused: AtomicU64,
+    what: &'static str,
+}
+
+impl Places {
+    fn new(max: usize, what: &'static str) -> Self {
+        Places {
+            free: Arc::new(Semaphore::new(max)),
+            max,
+            refused: AtomicU64::new(0),
+            what,
+        }
+    }
+
+    /// A place for a new connection; `None` (and the connection is to be
+    /// closed) when all are taken.
+    fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let place = self.free.clone().try_acquire_owned().ok();
+        if place.is_none() {
+            // Logged at 1, 2, 4, 8, ... refusals: a flood of connections
+            // cannot flood the log.
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    listener = self.what,
+                    refused = n,
+                    "connection closed: {} connections are open (connections.max_connections)",
+                    self.max
+                );
+            }
+        }
+        place
+    }
 }
 
 #[cfg(test)]

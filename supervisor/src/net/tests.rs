@@ -103,3 +103,50 @@ async fn a_connection_with_no_call_open_is_closed_after_its_idle_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_closes_connections_past_the_cap() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = axum::Router::new().route("/livez", axum::routing::get(|| async { "ok\n" }));
+    tokio::spawn(async move { axum::serve(Capped::new(l, 2, "test"), app).await });
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(
+            b[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&b[..n])
+        );
+        held.push(s);
+    }
+    // Two kept-alive connections hold both places: a third is closed.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ =
+        tokio::io::AsyncWriteExt::write_all(&mut third, b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+    assert!(
+        closed(&mut third, Duration::from_secs(5)).await,
+        "the third was closed"
+    );
+    // A place freed is a place for the next.
+    drop(held.pop());
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut fourth, b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut b))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(b[..n].starts_with(b"HTTP/1.1 200"));
+}
