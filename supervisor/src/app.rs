@@ -46,6 +46,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // A process of the same uid (a worker a model file took over) cannot
+    // read this one's memory or open its descriptors (the workers' shared
+    // memory) through /proc. Workers are dumpable again after their exec.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("could not mark the supervisor non-dumpable: {e}");
+    }
     // Built once here and passed down: nothing below is a global.
     let shared = Shared::new(config);
     let config = shared.config.clone();

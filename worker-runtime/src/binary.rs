@@ -77,6 +77,14 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any model file is read.
+    let missing = crate::privilege::drop_privileges();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "kept what this system would not let go: {}",
+            missing.join("; ")
+        );
+    }
     match serve(chan, (b.family)()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

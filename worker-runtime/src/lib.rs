@@ -27,6 +27,7 @@ mod family;
 pub mod heartbeat;
 pub mod memory;
 mod outbox;
+pub mod privilege;
 mod requests;
 mod serve;
 pub mod standalone;

@@ -1,0 +1,66 @@
+//! What a worker gives up before it reads a model file (which its native
+//! runtime treats as code): the right to gain privileges (no_new_privs: no
+//! exec can raise them, and a seccomp filter may be added later without
+//! privilege), core dumps (a crash does not write the model's and the
+//! requests' memory to disk), and descriptors past a bound.
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Descriptors a worker may hold open: its channel, its model and what its
+/// runtime opens, with room to spare.
+pub const MAX_FILES: u64 = 4096;
+
+/// Drops what the worker does not need; returns what could not be dropped
+/// (an old kernel, a container that forbids it), for one log line.
+pub fn drop_privileges() -> Vec<String> {
+    let mut missing = Vec::new();
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        missing.push(format!("no_new_privs: {e}"));
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        missing.push(format!("RLIMIT_CORE 0: {e}"));
+    }
+    let files = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard.min(MAX_FILES))
+        .and_then(|n| setrlimit(Resource::RLIMIT_NOFILE, n, n));
+    if let Err(e) = files {
+        missing.push(format!("RLIMIT_NOFILE {MAX_FILES}: {e}"));
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs in a child process of its own (this test binary started again),
+    /// so the test runner keeps its privileges.
+    #[test]
+    fn a_worker_gives_up_new_privileges_core_dumps_and_descriptors() {
+        const CHILD: &str = "WORKER_RUNTIME_PRIVILEGE_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            assert!(drop_privileges().is_empty(), "{:?}", drop_privileges());
+            assert!(nix::sys::prctl::get_no_new_privs().expect("prctl"));
+            assert_eq!(getrlimit(Resource::RLIMIT_CORE).expect("core"), (0, 0));
+            let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("nofile");
+            assert!(soft <= MAX_FILES && hard <= MAX_FILES, "{soft} {hard}");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "privilege::tests::a_worker_gives_up_new_privileges_core_dumps_and_descriptors",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("child");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    }
+}
