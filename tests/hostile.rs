@@ -9,17 +9,6 @@ use sidecar_proto::v1::{
 };
 use tonic::Code;
 
-/// Resident memory of process `pid`, bytes (`VmRSS`).
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 fn header(kvs: u64) -> Vec<u8> {
     let mut f = b"GGUF".to_vec();
     f.extend(3u32.to_le_bytes());
@@ -92,7 +81,7 @@ async fn unharmed(sc: &Sidecar, pid: u32, rss_before: u64) {
         .generate(greedy("Hello", 2))
         .await
         .expect("the other model serves");
-    let grown = rss(pid).saturating_sub(rss_before);
+    let grown = e2e::status_bytes(pid, "VmRSS").saturating_sub(rss_before);
     assert!(
         grown < 64 << 20,
         "the supervisor's memory grew by {} MiB",
@@ -106,7 +95,7 @@ async fn a_gguf_of_arrays_nested_300_000_deep_is_refused_without_harm() {
     let sc = Sidecar::start(store(), &smollm2_config(""));
     sc.ready("smollm2").await;
     let pid = sc.child.id();
-    let before = rss(pid);
+    let before = e2e::status_bytes(pid, "VmRSS");
     // The file that overflowed the supervisor's stack: 3.6 MB of arrays
     // nested 300 000 deep.
     let mut f = header(1);
@@ -135,7 +124,7 @@ async fn gguf_sizes_that_overflow_the_admission_arithmetic_are_refused_with_the_
     let sc = Sidecar::start(store(), &smollm2_config(""));
     sc.ready("smollm2").await;
     let pid = sc.child.id();
-    let before = rss(pid);
+    let before = e2e::status_bytes(pid, "VmRSS");
     // Values no model has: refused naming the key, the value and the limit.
     let impossible = shaped(&[
         ("block_count", u64::MAX),
@@ -184,7 +173,7 @@ async fn made_up_model_ids_and_method_paths_add_no_series_and_no_lines() {
     let sc = Sidecar::start(store(), &smollm2_config(""));
     sc.ready("smollm2").await;
     let pid = sc.child.id();
-    let before_rss = rss(pid);
+    let before_rss = e2e::status_bytes(pid, "VmRSS");
     // The series alerts are written on exist before the first event.
     let fresh = metrics(&sc);
     for line in [

@@ -134,15 +134,6 @@ async fn serves(sc: &Sidecar) {
     assert_eq!(sc.admin_get("/readyz").0, 200);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Attack 8: 1000 streams opened at once on one connection meet the
 /// advertised limit of 256 (the 744 past it refused), a flood of
 /// streams reset as soon as opened gets a GOAWAY (ENHANCE_YOUR_CALM), and
@@ -153,7 +144,7 @@ async fn a_thousand_streams_and_a_reset_flood_meet_the_limits() {
     let sc = Sidecar::start(store(), &smollm2_config(""));
     sc.ready("smollm2").await;
     let pid = sc.child.id();
-    let before = rss_kib(pid);
+    let before = e2e::status_bytes(pid, "VmRSS") >> 10;
 
     // 1000 calls opened, none sent a body: 256 wait, 744 are refused.
     let path = "/sidecar.v1.TextService/Tokenize";
@@ -189,7 +180,7 @@ async fn a_thousand_streams_and_a_reset_flood_meet_the_limits() {
     serves(&sc).await;
 
     assert_eq!(sc.child.id(), pid);
-    let grown = rss_kib(pid).saturating_sub(before);
+    let grown = (e2e::status_bytes(pid, "VmRSS") >> 10).saturating_sub(before);
     assert!(grown < 64 << 10, "the supervisor grew {grown} KiB");
     // Counted calls only: the refused and reset streams add no series.
     let (_, metrics) = sc.admin_get("/metrics");

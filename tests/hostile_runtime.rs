@@ -22,20 +22,12 @@ use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 
-/// A `/proc/<pid>/status` figure ("VmRSS", "VmHWM"), bytes.
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("{field} of {pid}"))
-        * 1024
-}
-
 /// Asserts `pid`'s peak and current resident memory are under `limit`.
 fn memory_under(pid: u32, what: &str, limit: u64) {
-    let (hwm, rss) = (status_bytes(pid, "VmHWM"), status_bytes(pid, "VmRSS"));
+    let (hwm, rss) = (
+        e2e::status_bytes(pid, "VmHWM"),
+        e2e::status_bytes(pid, "VmRSS"),
+    );
     eprintln!("{what}: VmHWM {} MiB, VmRSS {} MiB", hwm / MIB, rss / MIB);
     assert!(
         hwm < limit && rss < limit,

@@ -16,17 +16,6 @@ use sidecar_proto::v1::{
 };
 use tonic::Code;
 
-/// Resident memory of process `pid`, bytes (`VmRSS`).
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 /// Every path under `dir` (relative), links not followed.
 fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -101,7 +90,7 @@ async fn concurrent_uploads_to_one_name_have_one_winner_and_quotas_refuse_up_fro
     let sc = Sidecar::start(dir, &config);
     sc.ready("smollm2").await;
     let pid = sc.child.id();
-    let rss_before = rss(pid);
+    let rss_before = e2e::status_bytes(pid, "VmRSS");
 
     // 20 uploads of different contents to one name, overwrite=false, each
     // on its own connection, all at once.
@@ -216,10 +205,10 @@ async fn concurrent_uploads_to_one_name_have_one_winner_and_quotas_refuse_up_fro
         .generate(greedy("Hello", 2))
         .await
         .expect("the model serves");
-    let grown = rss(pid).saturating_sub(rss_before);
+    let grown = e2e::status_bytes(pid, "VmRSS").saturating_sub(rss_before);
     eprintln!(
         "supervisor VmRSS {} MiB, grew by {} MiB",
-        rss(pid) >> 20,
+        e2e::status_bytes(pid, "VmRSS") >> 20,
         grown >> 20
     );
     assert!(

@@ -23,17 +23,6 @@ use tonic::transport::Channel;
 /// The worker's peak resident memory must stay below this.
 const WORKER_HWM_LIMIT: u64 = 600 << 20;
 
-/// A `/proc/<pid>/status` field in bytes ("VmHWM", "VmRSS").
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
-        * 1024
-}
-
 /// The pids before an attack: (supervisor, worker).
 async fn pids(sc: &Sidecar) -> (u32, u32) {
     let m = sc.model("faces").await;
@@ -60,7 +49,7 @@ async fn unharmed(sc: &Sidecar, client: &mut VisionServiceClient<Channel>, befor
         "the worker was not replaced: {m:?}"
     );
     assert!(e2e::alive(worker), "the worker is alive");
-    let hwm = status_bytes(worker, "VmHWM");
+    let hwm = e2e::status_bytes(worker, "VmHWM");
     eprintln!("worker VmHWM {} MiB", hwm >> 20);
     assert!(
         hwm < WORKER_HWM_LIMIT,

@@ -444,3 +444,17 @@ pub fn upload(
     }
     msgs
 }
+
+/// A `/proc/PID/status` memory figure ("VmRSS", "VmHWM"), bytes.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    procmem_field(&status, field).unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
+}
+
+fn procmem_field(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
