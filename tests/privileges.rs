@@ -39,3 +39,70 @@ async fn a_worker_runs_without_new_privileges_core_dumps_or_unbounded_descriptor
     let sup = proc_line(sc.child.id(), "status", "NoNewPrivs:");
     assert_eq!(sup.split_whitespace().nth(1), Some("0"), "{sup}");
 }
+
+/// What the real binary logs when it starts with `args` and is sent
+/// SIGTERM as soon as it says it listens.
+fn start_log(args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let config = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n",
+            dir.path().display(),
+            dir.path().join("control.sock").display()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(e2e::binary("sidecar"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("SIDECAR_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sidecar");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("stdout");
+    assert!(first.starts_with("sidecar listening"), "{first:?}");
+    // A SIGTERM at once after that line stops it gracefully (its handler
+    // was in place before it said it listens).
+    e2e::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("stderr");
+    let status = child.wait().expect("reaped");
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+    log
+}
+
+/// An API other hosts can reach, with no TLS or token to tell callers
+/// apart, is announced loudly at start, unless the operator accepted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_api_is_announced_at_start_unless_accepted() {
+    let _serial = serial().await;
+    let open = start_log(&["--listen", "0.0.0.0:0"]);
+    let line = open
+        .lines()
+        .find(|l| l.contains("THE API IS OPEN"))
+        .unwrap_or_else(|| panic!("no warning in {open}"));
+    assert!(
+        line.contains("WARN") && line.contains("--insecure-public"),
+        "{line}"
+    );
+    let accepted = start_log(&["--listen", "0.0.0.0:0", "--insecure-public"]);
+    assert!(!accepted.contains("THE API IS OPEN"), "{accepted}");
+    let local = start_log(&["--listen", "127.0.0.1:0"]);
+    assert!(!local.contains("THE API IS OPEN"), "{local}");
+}

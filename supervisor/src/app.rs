@@ -52,6 +52,9 @@ pub async fn run(
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!("could not mark the supervisor non-dumpable: {e}");
     }
+    if let Some(warning) = config.exposure() {
+        tracing::warn!("{warning}");
+    }
     // Built once here and passed down: nothing below is a global.
     let shared = Shared::new(config);
     let config = shared.config.clone();

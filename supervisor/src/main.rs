@@ -38,7 +38,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(supervisor::app::run(config, shutdown_signal())) {
+    // The handlers are in place before the supervisor says it listens: a
+    // SIGTERM right after that line stops it gracefully, not by default.
+    let shutdown = {
+        let _in = rt.enter();
+        shutdown_signal()
+    };
+    match rt.block_on(supervisor::app::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -47,17 +53,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGTERM and SIGINT now (inside the runtime) and returns
+/// the future that completes on the first.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for signals; running until killed");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot listen for signals; running until killed");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }

@@ -48,6 +48,10 @@ pub struct Cli {
     /// Log as JSON lines.
     #[arg(long, env = "SIDECAR_LOG_JSON")]
     pub log_json: bool,
+    /// Accept an API address other hosts can reach, without TLS or tokens,
+    /// without the warning (overrides the file).
+    #[arg(long, env = "SIDECAR_INSECURE_PUBLIC")]
+    pub insecure_public: bool,
 }
 
 /// The supervisor's configuration.
@@ -82,6 +86,9 @@ pub struct Config {
     /// Limits on the connections of every listener (API port, control
     /// socket): HTTP/2 streams, resets, keepalive, idle, stalled streams.
     pub connections: Connections,
+    /// The API may listen where other hosts reach it without TLS or
+    /// tokens, and no warning is logged (see [`Config::exposure`]).
+    pub insecure_public: bool,
     /// `/livez` answers 503 once the main runtime (API, workers' actors)
     /// has not run for this long.
     #[serde(with = "secs")]
@@ -407,6 +414,7 @@ impl Default for Config {
             workers: WorkerPolicy::default(),
             memory: MemoryPolicy::default(),
             connections: Connections::default(),
+            insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             models: Vec::new(),
@@ -462,8 +470,27 @@ impl Config {
         if let Some(p) = &cli.control_socket {
             config.control_socket = p.clone();
         }
+        config.insecure_public |= cli.insecure_public;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The warning owed at start when the API listens where other hosts
+    /// can reach it (not loopback) with nothing to tell its callers apart:
+    /// there is no TLS or token on the API yet, so anyone who reaches the
+    /// port may infer, upload, load and unload. `None` on loopback, or when
+    /// the operator accepted it (`insecure_public`).
+    pub fn exposure(&self) -> Option<String> {
+        if self.listen.ip().is_loopback() || self.insecure_public {
+            return None;
+        }
+        Some(format!(
+            "THE API IS OPEN: it listens on {}, which other hosts can reach, without TLS or tokens: \
+             anyone who reaches it may run models, upload files, load and unload models. \
+             Listen on loopback (127.0.0.1) behind a proxy that authenticates, or pass \
+             --insecure-public (insecure_public = true) to accept this and silence this warning",
+            self.listen
+        ))
     }
 
     /// Parses a TOML file.

@@ -110,3 +110,23 @@ fn a_vision_model_takes_its_limits_from_the_file() {
     let typo = "[[models]]\nid='p'\nfamily='vision'\npath='p.tflite'\nvision = { max_pixel = 5 }\n";
     assert!(toml::from_str::<Config>(typo).is_err());
 }
+
+#[test]
+fn an_api_other_hosts_can_reach_is_warned_about_unless_accepted() {
+    let mut c = Config::default();
+    assert_eq!(c.exposure(), None, "loopback by default");
+    c.listen = "[::1]:50051".parse().unwrap();
+    assert_eq!(c.exposure(), None);
+    for public in ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051"] {
+        c.listen = public.parse().unwrap();
+        let warning = c.exposure().expect("a warning");
+        assert!(
+            warning.contains(public) && warning.contains("--insecure-public"),
+            "{warning}"
+        );
+    }
+    c.insecure_public = true;
+    assert_eq!(c.exposure(), None, "accepted");
+    let file: Config = toml::from_str("listen = \"0.0.0.0:1\"\ninsecure_public = true\n").unwrap();
+    assert_eq!(file.exposure(), None);
+}
