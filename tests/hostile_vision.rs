@@ -680,41 +680,14 @@ async fn expensive_batches_past_a_50_ms_deadline_stop_between_images() {
     assert_eq!(sc.child.id(), before.0);
 }
 
-/// An x264 High-profile stream with B-frames, and its picture count as
-/// ffprobe reads it.
-fn b_frame_stream(w: usize, h: usize, frames: u32) -> (Vec<u8>, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("b.264");
-    let x264 = ["-profile:v", "high", "-bf", "3", "-g", "24"];
-    e2e::vision::ffmpeg_h264(&path, w, h, frames, &x264).unwrap_or_else(|e| panic!("{e}"));
-    let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames,has_b_frames"])
-        .args(["-of", "default=noprint_wrappers=1"])
-        .arg(&path)
-        .output()
-        .expect("ffprobe");
-    let text = String::from_utf8_lossy(&probe.stdout).to_string();
-    let field = |k: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("{k} not in ffprobe's {text:?}"))
-    };
-    assert!(field("has_b_frames") > 0, "a stream with B-frames: {text}");
-    (
-        std::fs::read(&path).expect("stream"),
-        field("nb_read_frames"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_pictures_are_numbered_consecutively_however_the_stream_is_split() {
     let _serial = serial().await;
     let (sc, mut client) = sidecar().await;
     let before = pids(&sc).await;
-    let (small, small_n) = b_frame_stream(64, 48, 30);
+    let (small, small_n) = e2e::vision::b_frame_stream(64, 48, 30);
     // 640x480: a 64 KiB chunk holds fewer than max_pictures_per_chunk (64).
-    let (large, large_n) = b_frame_stream(640, 480, 300);
+    let (large, large_n) = e2e::vision::b_frame_stream(640, 480, 300);
     eprintln!(
         "streams: {} bytes ({small_n} pictures), {} bytes ({large_n} pictures)",
         small.len(),

@@ -125,3 +125,30 @@ pub fn ffmpeg_h264(
     }
     Ok(())
 }
+
+/// An H.264 Annex-B stream made by ffmpeg (x264, High profile, up to 3
+/// B-frames), and its frame count as ffprobe reads it.
+pub fn b_frame_stream(w: u32, h: u32, frames: u32) -> (Vec<u8>, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stream.264");
+    let x264 = ["-profile:v", "high", "-bf", "3", "-g", "24"];
+    ffmpeg_h264(&path, w as usize, h as usize, frames, &x264).unwrap_or_else(|e| panic!("{e}"));
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames,has_b_frames"])
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&probe.stdout).to_string();
+    let field = |k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{k} not in ffprobe's {text:?}"))
+    };
+    assert!(field("has_b_frames") > 0, "a stream with B-frames: {text}");
+    (
+        std::fs::read(&path).expect("stream"),
+        field("nb_read_frames"),
+    )
+}

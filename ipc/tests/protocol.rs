@@ -10,6 +10,20 @@ use common::{Peer, SOON};
 use ipc::{AsyncChannel, ChannelConfig, Error, Kind};
 use tokio::time::timeout;
 
+/// The channel's failure, waited for (bounded).
+async fn failure(chan: &AsyncChannel) -> Error {
+    timeout(SOON, async {
+        loop {
+            if let Some(e) = chan.failure() {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the channel fails")
+}
+
 fn config() -> ChannelConfig {
     ChannelConfig {
         credit_window: 8,
@@ -27,16 +41,7 @@ async fn answers_past_the_credit_window_fail_the_channel_with_a_bounded_buffer()
     let mut answers = chan.request(b"go").await.unwrap();
     // Read nothing: the peer's answers pile up, and the ninth breaks the
     // window of 8.
-    let failed = timeout(SOON, async {
-        loop {
-            if let Some(e) = chan.failure() {
-                return e;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the channel fails at once");
+    let failed = failure(&chan).await;
     assert!(
         matches!(&failed, Error::Protocol(m) if m.contains("credit window of 8") && m.contains("allow 8")),
         "{failed}"
@@ -73,16 +78,7 @@ async fn control_frames_past_the_queue_fail_the_channel() {
     });
     let (_peer, line) = timeout(SOON, line).await.unwrap().unwrap();
     assert_eq!(line, "SENT");
-    let failed = timeout(SOON, async {
-        loop {
-            if let Some(e) = chan.failure() {
-                return e;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the channel fails");
+    let failed = failure(&chan).await;
     assert!(
         matches!(&failed, Error::Protocol(m) if m.contains("more than 256 unread control frames")),
         "{failed}"
