@@ -292,3 +292,50 @@ fn the_image_is_built_by_the_setup_script_ci_runs() {
         .expect("test.sh runs cargo");
     assert!(setup < first_cargo, "setup before the first cargo command");
 }
+
+#[test]
+fn the_api_certificate_comes_from_the_mounted_tls_secret() {
+    let docs = manifests();
+    let parsed = configmap_config(&docs);
+    let tls = parsed
+        .tls
+        .as_ref()
+        .expect("the ConfigMap's config has [tls]");
+    let (pod, sidecar) = sidecar_container(&docs);
+    let dir = Path::new(mount(sidecar, "tls"));
+    for (key, file) in [
+        ("cert", &tls.cert),
+        ("key", &tls.key),
+        ("client_ca", tls.client_ca.as_ref().expect("mTLS")),
+    ] {
+        assert_eq!(
+            file.parent(),
+            Some(dir),
+            "tls.{key} is in the Secret's mount"
+        );
+    }
+    let names: Vec<&str> = [&tls.cert, &tls.key, tls.client_ca.as_ref().expect("mTLS")]
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["tls.crt", "tls.key", "ca.crt"],
+        "cert-manager's names"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("the tls volume");
+    assert_eq!(volume["secret"]["secretName"], "sidecar-tls");
+    // The app holds a client certificate of its own.
+    let app = pod["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "app")
+        .expect("the app container");
+    assert_eq!(mount(app, "app-tls"), "/etc/app-tls");
+}

@@ -81,6 +81,13 @@ pub fn add_model(store: &tempfile::TempDir, rel: &str) {
     );
     let dest = store.path().join(rel);
     std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+    // Never copy onto a file already there: it may be a hard link to the
+    // shared model itself, which the copy would truncate.
+    assert!(
+        !dest.exists(),
+        "{} is already in the test store (store() adds SmolLM2)",
+        dest.display()
+    );
     if std::fs::hard_link(&src, &dest).is_err() {
         std::fs::copy(&src, &dest).expect("copy model");
     }

@@ -55,6 +55,13 @@ pub async fn run(
     if let Some(warning) = config.exposure() {
         tracing::warn!("{warning}");
     }
+    // The files were checked with the config; read again here, so a
+    // change since then still stops the start before any worker.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::net::tls::Acceptor::start)
+        .transpose()?;
     // Built once here and passed down: nothing below is a global.
     let shared = Shared::new(config);
     let config = shared.config.clone();
@@ -103,7 +110,7 @@ pub async fn run(
     let api = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("API socket: {e}")))?;
-    tracing::info!(%api, %admin, control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
+    tracing::info!(%api, %admin, tls = tls.is_some(), control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
     let _ = writeln!(
         std::io::stdout(),
         "sidecar listening api={api} admin={admin}"
@@ -178,7 +185,7 @@ pub async fn run(
         }
         conn
     });
-    let incoming = crate::net::incoming(accepted, &config.connections, "api");
+    let incoming = crate::net::api(accepted, &config.connections, tls);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         crate::net::server(&config.connections)

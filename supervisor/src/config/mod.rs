@@ -15,10 +15,12 @@ use crate::error::Error;
 
 mod connections;
 mod store;
+mod tls;
 mod units;
 
 pub use connections::Connections;
 pub use store::StoreLimits;
+pub use tls::{MAX_PEM_BYTES, Tls};
 pub use units::bytes;
 use units::{opt_secs, secs};
 
@@ -86,6 +88,9 @@ pub struct Config {
     /// Limits on the connections of every listener (API port, control
     /// socket): HTTP/2 streams, resets, keepalive, idle, stalled streams.
     pub connections: Connections,
+    /// TLS on the API port (`[tls]`); absent: plaintext. The admin port
+    /// and the control socket are never TLS.
+    pub tls: Option<Tls>,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -414,6 +419,7 @@ impl Default for Config {
             workers: WorkerPolicy::default(),
             memory: MemoryPolicy::default(),
             connections: Connections::default(),
+            tls: None,
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -477,15 +483,25 @@ impl Config {
 
     /// The warning owed at start when the API listens where other hosts
     /// can reach it (not loopback) with nothing to tell its callers apart:
-    /// there is no TLS or token on the API yet, so anyone who reaches the
-    /// port may infer, upload, load and unload. `None` on loopback, or when
-    /// the operator accepted it (`insecure_public`).
+    /// anyone who reaches the port may infer, upload, load and unload.
+    /// TLS alone encrypts the traffic but does not tell callers apart;
+    /// mutual TLS (`tls.client_ca`) does, and silences the warning. `None`
+    /// on loopback, under mTLS, or when the operator accepted it
+    /// (`insecure_public`).
     pub fn exposure(&self) -> Option<String> {
         if self.listen.ip().is_loopback() || self.insecure_public {
             return None;
         }
+        let transport = match &self.tls {
+            Some(tls) if tls.client_ca.is_some() => return None,
+            Some(_) => {
+                "with TLS but without client certificates or tokens (TLS encrypts, it does not \
+                 authenticate: set tls.client_ca for mutual TLS)"
+            }
+            None => "without TLS or tokens",
+        };
         Some(format!(
-            "THE API IS OPEN: it listens on {}, which other hosts can reach, without TLS or tokens: \
+            "THE API IS OPEN: it listens on {}, which other hosts can reach, {transport}: \
              anyone who reaches it may run models, upload files, load and unload models. \
              Listen on loopback (127.0.0.1) behind a proxy that authenticates, or pass \
              --insecure-public (insecure_public = true) to accept this and silence this warning",
@@ -535,6 +551,9 @@ impl Config {
             if value.is_zero() {
                 return Err(Error::Config(format!("{name} must be more than 0 s")));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         Ok(())
     }

@@ -4,12 +4,16 @@
 //! control socket (and any listener the sidecar gains) are built here, and
 //! the admin port's HTTP/1 server accepts through [`Capped`], so
 //! none of them can be left with tonic's defaults (no stream limit, no
-//! limit on resets, no keepalive).
+//! limit on resets, no keepalive). The API port's connections may be TLS
+//! ([`tls`]).
 
 mod active;
 mod capped;
 mod conn;
+pub mod tls;
+mod transport;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +25,27 @@ use crate::config::Connections;
 pub use active::ActiveLayer;
 pub use capped::Capped;
 pub use conn::{Activity, Conn, ConnInfo};
+pub use transport::Transport;
+
+/// The API port's accepted connections, as the server takes them.
+pub type ApiIncoming = Pin<Box<dyn Stream<Item = std::io::Result<Conn<Transport>>> + Send>>;
+
+/// The API port's connections: with TLS when `tls` is given (a handshake
+/// per connection, see [`tls::incoming`]), else plain; under the same
+/// limits either way.
+pub fn api<S>(accepted: S, c: &Connections, tls: Option<Arc<tls::Acceptor>>) -> ApiIncoming
+where
+    S: Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
+{
+    match tls {
+        Some(acceptor) => Box::pin(tls::incoming(accepted, c, "api", acceptor)),
+        None => Box::pin(incoming(
+            accepted.map(|conn| conn.map(Transport::Plain)),
+            c,
+            "api",
+        )),
+    }
+}
 
 /// A server builder with the connection limits applied.
 pub fn server(c: &Connections) -> tonic::transport::Server {
