@@ -13,10 +13,12 @@ use sidecar_proto::v1::{
 
 use crate::error::Error;
 
+mod auth;
 mod connections;
 mod store;
 mod units;
 
+pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use connections::Connections;
 pub use store::StoreLimits;
 pub use units::bytes;
@@ -86,6 +88,8 @@ pub struct Config {
     /// Limits on the connections of every listener (API port, control
     /// socket): HTTP/2 streams, resets, keepalive, idle, stalled streams.
     pub connections: Connections,
+    /// Bearer tokens and client names on the API port (`[auth]`).
+    pub auth: AuthConfig,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -414,6 +418,7 @@ impl Default for Config {
             workers: WorkerPolicy::default(),
             memory: MemoryPolicy::default(),
             connections: Connections::default(),
+            auth: AuthConfig::default(),
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -477,17 +482,23 @@ impl Config {
 
     /// The warning owed at start when the API listens where other hosts
     /// can reach it (not loopback) with nothing to tell its callers apart:
-    /// there is no TLS or token on the API yet, so anyone who reaches the
-    /// port may infer, upload, load and unload. `None` on loopback, or when
-    /// the operator accepted it (`insecure_public`).
+    /// without a tokens file, anyone who reaches the port may run models
+    /// and read the catalog (`manage` calls are refused on the network
+    /// either way). `None` on loopback, when tokens are configured
+    /// (`auth.tokens_file`), or when the operator accepted it
+    /// (`insecure_public`).
     pub fn exposure(&self) -> Option<String> {
-        if self.listen.ip().is_loopback() || self.insecure_public {
+        if self.listen.ip().is_loopback()
+            || self.insecure_public
+            || self.auth.tokens_file.is_some()
+        {
             return None;
         }
         Some(format!(
             "THE API IS OPEN: it listens on {}, which other hosts can reach, without TLS or tokens: \
-             anyone who reaches it may run models, upload files, load and unload models. \
-             Listen on loopback (127.0.0.1) behind a proxy that authenticates, or pass \
+             anyone who reaches it may run models and read the model catalog and store. \
+             Listen on loopback (127.0.0.1) behind a proxy that authenticates, configure bearer \
+             tokens ([auth] tokens_file), or pass \
              --insecure-public (insecure_public = true) to accept this and silence this warning",
             self.listen
         ))
@@ -508,6 +519,7 @@ impl Config {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }
         }
+        self.auth.validate()?;
         if self.workers.max_in_flight == 0 {
             return Err(Error::Config(
                 "workers.max_in_flight must be at least 1".into(),
