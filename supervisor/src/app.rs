@@ -199,7 +199,10 @@ pub async fn run(
             .layer(crate::metrics::CallLayer::new(shared.metrics.clone()))
             // Inside the metrics layer, so refused calls are counted with
             // their client; before every service.
-            .layer(crate::auth::AuthLayer::new(auth, crate::auth::Listener::Api))
+            .layer(crate::auth::AuthLayer::new(
+                auth,
+                crate::auth::Listener::Api,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(text)

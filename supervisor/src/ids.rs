@@ -92,7 +92,16 @@ mod tests {
         for ok in ["app", "App-1.prod_2", &"x".repeat(64)] {
             assert!(is_client_name(ok), "{ok}");
         }
-        for bad in ["", "a b", "a:b", "anonymous", "other", "é", "x\"} 1", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "anonymous",
+            "other",
+            "é",
+            "x\"} 1",
+            &"x".repeat(65),
+        ] {
             assert!(!is_client_name(bad), "{bad:?}");
         }
     }

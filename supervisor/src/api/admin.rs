@@ -283,13 +283,17 @@ impl AdminService for AdminApi {
                         let e = Error::DeadlineExceeded(
                             "the worker did not finish before the deadline".into(),
                         );
-                        let _ = tx.send(Err(e.with_request_id(&request_id, &client).into())).await;
+                        let _ = tx
+                            .send(Err(e.with_request_id(&request_id, &client).into()))
+                            .await;
                         return;
                     }
                     Ok(None) => break,
                     Ok(Some(Err(e))) => {
                         let e = Error::Unavailable(format!("the worker's channel: {e}"));
-                        let _ = tx.send(Err(e.with_request_id(&request_id, &client).into())).await;
+                        let _ = tx
+                            .send(Err(e.with_request_id(&request_id, &client).into()))
+                            .await;
                         return;
                     }
                     Ok(Some(Ok(f))) => f,

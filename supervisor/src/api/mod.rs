@@ -54,7 +54,7 @@ pub async fn call_worker<T>(
         ))
         .with_request_id(&request_id, &client));
     }
-    tracing::debug!(request_id, client, model = %model_id, "worker call");
+    tracing::debug!(request_id, client = %client, model = %model_id, "worker call");
     let req = WorkerRequest {
         request_tag: request_id.clone(),
         deadline_unix_ms: 0,
@@ -75,7 +75,7 @@ pub async fn call_worker<T>(
             Ok(call)
         }
         Err(e) => {
-            tracing::info!(request_id, client, model = %model_id, "call refused: {e}");
+            tracing::info!(request_id, client = %client, model = %model_id, "call refused: {e}");
             Err(e.with_request_id(&request_id, &client))
         }
     }

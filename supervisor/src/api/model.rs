@@ -14,8 +14,8 @@ use sidecar_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec, VisionSpec};
 use crate::auth::Identity;
+use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec, VisionSpec};
 use crate::error::Error;
 use crate::lifecycle::{KillReason, State};
 use crate::registry::Registry;

@@ -140,8 +140,14 @@ mod tests {
             assert_eq!(bearer(&headers(&[("authorization", v)])), want, "{v:?}");
         }
         let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION));
-        assert_eq!(bearer(&headers(&[("authorization", long.as_bytes())])), Bearer::Malformed);
-        let two = headers(&[("authorization", b"Bearer a"), ("authorization", b"Bearer b")]);
+        assert_eq!(
+            bearer(&headers(&[("authorization", long.as_bytes())])),
+            Bearer::Malformed
+        );
+        let two = headers(&[
+            ("authorization", b"Bearer a"),
+            ("authorization", b"Bearer b"),
+        ]);
         assert_eq!(bearer(&two), Bearer::Malformed);
     }
 
@@ -153,7 +159,10 @@ mod tests {
             Identity::Client("web".into())
         );
         for v in [&b"webx"[..], b"", b"WEB", "w\u{e9}b".as_bytes()] {
-            assert_eq!(client_id(&headers(&[("x-client-id", v)]), &allowed), Identity::Anonymous);
+            assert_eq!(
+                client_id(&headers(&[("x-client-id", v)]), &allowed),
+                Identity::Anonymous
+            );
         }
         assert_eq!(client_id(&headers(&[]), &allowed), Identity::Anonymous);
         assert_eq!(Identity::Uid(1000).to_string(), "uid:1000");

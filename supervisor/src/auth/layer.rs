@@ -193,9 +193,9 @@ where
         let n = self.layer.refused.fetch_add(1, Ordering::Relaxed) + 1;
         let method: String = req.uri().path().chars().take(128).collect();
         if n.is_power_of_two() {
-            tracing::info!(client, method, refused = n, "call refused: {refusal}");
+            tracing::info!(client = %client, method, refused = n, "call refused: {refusal}");
         } else {
-            tracing::debug!(client, method, refused = n, "call refused: {refusal}");
+            tracing::debug!(client = %client, method, refused = n, "call refused: {refusal}");
         }
         let request_id = req
             .headers()

@@ -40,7 +40,8 @@ pub use tokens::{Tokens, hash_line};
 
 /// The message of every UNAUTHENTICATED answer. It never holds what the
 /// caller sent.
-pub const UNAUTHENTICATED: &str = "missing or unknown bearer token (metadata authorization: Bearer <token>)";
+pub const UNAUTHENTICATED: &str =
+    "missing or unknown bearer token (metadata authorization: Bearer <token>)";
 
 /// The process's authentication state: the tokens (swapped whole on a
 /// reload), the allowed client ids, the method table.

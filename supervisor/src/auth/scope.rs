@@ -190,8 +190,13 @@ mod tests {
             }
         }
         assert_eq!(seen, 19, "methods of the API's sidecar.v1 services");
-        let load = table.get("/sidecar.v1.ModelService/LoadModel").expect("LoadModel");
-        assert_eq!((load.label.as_str(), load.scope), ("ModelService/LoadModel", Scope::Manage));
+        let load = table
+            .get("/sidecar.v1.ModelService/LoadModel")
+            .expect("LoadModel");
+        assert_eq!(
+            (load.label.as_str(), load.scope),
+            ("ModelService/LoadModel", Scope::Manage)
+        );
         for made_up in [
             "/sidecar.v1.TextService/Made1",
             "/sidecar.v1.AdminService/RestartWorker",

@@ -56,7 +56,8 @@ fn tokens_authenticate_and_scopes_authorize() {
         hash_line(b"s-ops")
     );
     let auth = Auth::new(&config(Some(&text), &dir)).expect("auth");
-    let api = |path: &str, h: &[(&'static str, &str)]| auth.decide(&request(path, h), Listener::Api);
+    let api =
+        |path: &str, h: &[(&'static str, &str)]| auth.decide(&request(path, h), Listener::Api);
 
     for h in [
         vec![],
@@ -68,7 +69,11 @@ fn tokens_authenticate_and_scopes_authorize() {
         let d = api(GENERATE, &h);
         assert_eq!(d.identity, Identity::Anonymous);
         let (c, m) = code(&d).expect("refused");
-        assert_eq!((c, m.as_str()), (Code::Unauthenticated, UNAUTHENTICATED), "{h:?}");
+        assert_eq!(
+            (c, m.as_str()),
+            (Code::Unauthenticated, UNAUTHENTICATED),
+            "{h:?}"
+        );
         assert!(!m.contains("nope") && !m.contains("s-app"));
     }
     let ok = api(GENERATE, &[("authorization", "bearer s-app")]);
@@ -79,13 +84,24 @@ fn tokens_authenticate_and_scopes_authorize() {
         m,
         "token \"app\" may not call ModelService/LoadModel: it needs the scope \"manage\" and has \"infer\""
     );
-    assert_eq!(code(&api(LIST, &[("authorization", "Bearer s-read")])), None);
+    assert_eq!(
+        code(&api(LIST, &[("authorization", "Bearer s-read")])),
+        None
+    );
     let (c, m) = code(&api(GENERATE, &[("authorization", "Bearer s-read")])).expect("refused");
-    assert!(c == Code::PermissionDenied && m.contains("\"infer\"") && m.contains("TextService/Generate"), "{m}");
+    assert!(
+        c == Code::PermissionDenied
+            && m.contains("\"infer\"")
+            && m.contains("TextService/Generate"),
+        "{m}"
+    );
     assert_eq!(code(&api(LOAD, &[("authorization", "Bearer s-ops")])), None);
     // Unknown paths reach no service, whoever calls.
-    let (c, _) = code(&api("/sidecar.v1.AdminService/RestartWorker", &[("authorization", "Bearer s-ops")]))
-        .expect("refused");
+    let (c, _) = code(&api(
+        "/sidecar.v1.AdminService/RestartWorker",
+        &[("authorization", "Bearer s-ops")],
+    ))
+    .expect("refused");
     assert_eq!(c, Code::Unimplemented);
     // The control socket allows everything.
     let d = auth.decide(&request(LOAD, &[]), Listener::Control);
@@ -96,16 +112,32 @@ fn tokens_authenticate_and_scopes_authorize() {
 fn without_tokens_manage_is_refused_naming_the_control_socket() {
     let dir = tempfile::tempdir().expect("dir");
     let auth = Auth::new(&config(None, &dir)).expect("auth");
-    let api = |path: &str, h: &[(&'static str, &str)]| auth.decide(&request(path, h), Listener::Api);
+    let api =
+        |path: &str, h: &[(&'static str, &str)]| auth.decide(&request(path, h), Listener::Api);
     assert_eq!(code(&api(GENERATE, &[])), None);
     assert_eq!(code(&api(LIST, &[])), None);
     // A token is ignored without a tokens file.
-    assert_eq!(code(&api(GENERATE, &[("authorization", "Bearer whatever")])), None);
+    assert_eq!(
+        code(&api(GENERATE, &[("authorization", "Bearer whatever")])),
+        None
+    );
     for (path, method, hint) in [
         (LOAD, "LoadModel", "sidecarctl load"),
-        ("/sidecar.v1.ModelService/UnloadModel", "UnloadModel", "sidecarctl unload"),
-        ("/sidecar.v1.ModelService/PutFile", "PutFile", "ModelService client"),
-        ("/sidecar.v1.ModelService/DeleteFile", "DeleteFile", "ModelService client"),
+        (
+            "/sidecar.v1.ModelService/UnloadModel",
+            "UnloadModel",
+            "sidecarctl unload",
+        ),
+        (
+            "/sidecar.v1.ModelService/PutFile",
+            "PutFile",
+            "ModelService client",
+        ),
+        (
+            "/sidecar.v1.ModelService/DeleteFile",
+            "DeleteFile",
+            "ModelService client",
+        ),
     ] {
         let (c, m) = code(&api(path, &[])).expect("refused");
         assert_eq!(c, Code::PermissionDenied);
@@ -117,9 +149,18 @@ fn without_tokens_manage_is_refused_naming_the_control_socket() {
             "{m}"
         );
     }
-    assert_eq!(api(GENERATE, &[("x-client-id", "web")]).identity, Identity::Client("web".into()));
-    assert_eq!(api(GENERATE, &[("x-client-id", "evil")]).identity, Identity::Anonymous);
-    assert_eq!(code(&auth.decide(&request(LOAD, &[]), Listener::Control)), None);
+    assert_eq!(
+        api(GENERATE, &[("x-client-id", "web")]).identity,
+        Identity::Client("web".into())
+    );
+    assert_eq!(
+        api(GENERATE, &[("x-client-id", "evil")]).identity,
+        Identity::Anonymous
+    );
+    assert_eq!(
+        code(&auth.decide(&request(LOAD, &[]), Listener::Control)),
+        None
+    );
 }
 
 #[tokio::test]
@@ -127,17 +168,29 @@ async fn a_unix_peer_is_known_by_its_uid() {
     let (a, _b) = tokio::net::UnixStream::pair().expect("pair");
     let cred = a.peer_cred().expect("peer cred");
     let dir = tempfile::tempdir().expect("dir");
-    let with_tokens = Auth::new(&config(Some(&format!("app infer {}\n", hash_line(b"k"))), &dir)).expect("auth");
+    let with_tokens = Auth::new(&config(
+        Some(&format!("app infer {}\n", hash_line(b"k"))),
+        &dir,
+    ))
+    .expect("auth");
     let mut req = request(GENERATE, &[("x-client-id", "web")]);
-    req.extensions_mut().insert(tonic::transport::server::UdsConnectInfo {
-        peer_addr: None,
-        peer_cred: Some(cred),
-    });
+    req.extensions_mut()
+        .insert(tonic::transport::server::UdsConnectInfo {
+            peer_addr: None,
+            peer_cred: Some(cred),
+        });
     let d = with_tokens.decide(&req, Listener::Api);
-    assert_eq!((d.identity.clone(), code(&d)), (Identity::Uid(cred.uid()), None));
+    assert_eq!(
+        (d.identity.clone(), code(&d)),
+        (Identity::Uid(cred.uid()), None)
+    );
     // A token still wins over the uid.
-    req.headers_mut().insert("authorization", "Bearer k".parse().expect("value"));
-    assert_eq!(with_tokens.decide(&req, Listener::Api).identity, Identity::Token("app".into()));
+    req.headers_mut()
+        .insert("authorization", "Bearer k".parse().expect("value"));
+    assert_eq!(
+        with_tokens.decide(&req, Listener::Api).identity,
+        Identity::Token("app".into())
+    );
     let d = with_tokens.decide(&req, Listener::Control);
     assert_eq!(d.identity, Identity::Uid(cred.uid()));
 }
@@ -145,10 +198,16 @@ async fn a_unix_peer_is_known_by_its_uid() {
 #[test]
 fn a_bad_tokens_file_stops_the_start_naming_its_line() {
     let dir = tempfile::tempdir().expect("dir");
-    let text = format!("# ops\napp infer {}\napp2 infer sha256:00\n", hash_line(b"k"));
-    let err = Auth::new(&config(Some(&text), &dir)).expect_err("bad").to_string();
+    let text = format!(
+        "# ops\napp infer {}\napp2 infer sha256:00\n",
+        hash_line(b"k")
+    );
+    let err = Auth::new(&config(Some(&text), &dir))
+        .expect_err("bad")
+        .to_string();
     assert!(
-        err.starts_with("config: auth.tokens_file ") && err.contains("tokens line 3: token \"app2\": the hash must be"),
+        err.starts_with("config: auth.tokens_file ")
+            && err.contains("tokens line 3: token \"app2\": the hash must be"),
         "{err}"
     );
 }
@@ -166,7 +225,10 @@ async fn a_changed_file_is_read_again_and_a_bad_one_keeps_the_old_tokens() {
         async move {
             let start = std::time::Instant::now();
             while auth.tokens().find(secret).is_some() != want {
-                assert!(start.elapsed() < std::time::Duration::from_secs(5), "{secret:?} {want}");
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(5),
+                    "{secret:?} {want}"
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }

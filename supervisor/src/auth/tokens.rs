@@ -205,8 +205,16 @@ mod tests {
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         // Uppercase hex is the same digest.
-        let upper = format!("x infer {}", hash_line(b"k").to_uppercase().replace("SHA256:", "sha256:"));
-        assert!(Tokens::parse(upper.as_bytes()).expect("upper").find(b"k").is_some());
+        let upper = format!(
+            "x infer {}",
+            hash_line(b"k").to_uppercase().replace("SHA256:", "sha256:")
+        );
+        assert!(
+            Tokens::parse(upper.as_bytes())
+                .expect("upper")
+                .find(b"k")
+                .is_some()
+        );
     }
 
     #[test]
@@ -215,13 +223,31 @@ mod tests {
         let h = hash_line(b"b");
         for (text, want) in [
             (format!("{good}oops infer\n"), "line 2: 2 fields"),
-            (format!("{good}app read {h}\n"), "line 2: the name \"app\" appears twice"),
-            (format!("{good}{}", line("b", "read", "a")), "line 2: token \"b\" has the same secret"),
-            (format!("x admin {h}\n"), "line 1: token \"x\": \"admin\" is not a scope"),
-            (format!("x infer, {h}\n"), "line 1: token \"x\": \"\" is not a scope"),
-            ("x infer sha256:zz\n".into(), "line 1: token \"x\": the hash must be"),
+            (
+                format!("{good}app read {h}\n"),
+                "line 2: the name \"app\" appears twice",
+            ),
+            (
+                format!("{good}{}", line("b", "read", "a")),
+                "line 2: token \"b\" has the same secret",
+            ),
+            (
+                format!("x admin {h}\n"),
+                "line 1: token \"x\": \"admin\" is not a scope",
+            ),
+            (
+                format!("x infer, {h}\n"),
+                "line 1: token \"x\": \"\" is not a scope",
+            ),
+            (
+                "x infer sha256:zz\n".into(),
+                "line 1: token \"x\": the hash must be",
+            ),
             (format!("x infer {}\n", &h[7..]), "the hash must be sha256:"),
-            (format!("my-Secret!xyz infer {h}\n"), "line 1: the name must be"),
+            (
+                format!("my-Secret!xyz infer {h}\n"),
+                "line 1: the name must be",
+            ),
             (format!("anonymous infer {h}\n"), "line 1: the name must be"),
         ] {
             let err = Tokens::parse(text.as_bytes()).expect_err(&text);
@@ -245,7 +271,10 @@ mod tests {
         let path = dir.path().join("tokens");
         std::fs::write(&path, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).expect("write");
         let err = Tokens::read(&path).expect_err("too large");
-        assert!(err.contains("larger than 1048576 bytes") && err.contains("tokens"), "{err}");
+        assert!(
+            err.contains("larger than 1048576 bytes") && err.contains("tokens"),
+            "{err}"
+        );
         let err = Tokens::read(&dir.path().join("none")).expect_err("missing");
         assert!(err.starts_with("auth.tokens_file "), "{err}");
     }

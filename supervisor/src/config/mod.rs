@@ -488,9 +488,7 @@ impl Config {
     /// (`auth.tokens_file`), or when the operator accepted it
     /// (`insecure_public`).
     pub fn exposure(&self) -> Option<String> {
-        if self.listen.ip().is_loopback()
-            || self.insecure_public
-            || self.auth.tokens_file.is_some()
+        if self.listen.ip().is_loopback() || self.insecure_public || self.auth.tokens_file.is_some()
         {
             return None;
         }

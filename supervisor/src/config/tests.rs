@@ -143,11 +143,17 @@ fn the_auth_section_is_checked_naming_the_key() {
     .unwrap();
     assert_eq!(c.auth.reload_interval, Duration::from_millis(500));
     assert!(c.auth.validate().is_ok());
-    assert_eq!(Config::default().auth.reload_interval, Duration::from_secs(2));
+    assert_eq!(
+        Config::default().auth.reload_interval,
+        Duration::from_secs(2)
+    );
     assert!(toml::from_str::<Config>("[auth]\ntoken_file = \"/t\"\n").is_err());
     for (section, names) in [
         ("client_ids = [\"a b\"]", "auth.client_ids entry \"a b\""),
-        ("client_ids = [\"anonymous\"]", "auth.client_ids entry \"anonymous\""),
+        (
+            "client_ids = [\"anonymous\"]",
+            "auth.client_ids entry \"anonymous\"",
+        ),
         ("client_ids = [\"a\", \"a\"]", "appears twice"),
         ("reload_interval = 0", "auth.reload_interval"),
         ("tokens_file = \"\"", "auth.tokens_file is empty"),
