@@ -84,7 +84,7 @@ async fn a_lazy_model_loads_on_its_first_call() {
     assert_ne!(sc.model("smollm2").await.worker_pid, 0);
 
     // LoadModel of an already loaded model returns it unchanged.
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let again = models
         .load_model(LoadModelRequest {
             model_id: "smollm2".into(),
@@ -113,7 +113,7 @@ async fn unload_drains_calls_in_flight_first() {
         .expect("stream")
         .into_inner();
     stream.message().await.expect("first token");
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let unload = tokio::spawn(async move {
         models
             .unload_model(sidecar_proto::v1::UnloadModelRequest {

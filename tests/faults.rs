@@ -168,7 +168,7 @@ async fn a_model_that_cannot_load_goes_to_failed_and_the_rest_keeps_serving() {
         .or_else(|_| std::fs::copy(dir.join(e2e::SMOLLM2), dir.join("corrupt.gguf")).map(|_| ()))
         .expect("replace the file");
     let reloaded = sc
-        .models()
+        .manage()
         .await
         .load_model(sidecar_proto::v1::LoadModelRequest {
             model_id: "broken".into(),

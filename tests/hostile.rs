@@ -43,7 +43,7 @@ fn shaped(shape: &[(&str, u64)]) -> Vec<u8> {
 /// Uploads `data` as `path`, loads it as TEXT model `id`, and returns the
 /// load's error.
 async fn upload_and_load(sc: &Sidecar, path: &str, id: &str, data: &[u8]) -> tonic::Status {
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let sha = sha256_hex(data);
     models
         .put_file(tokio_stream::iter(upload(path, data, &sha, false, None)))
@@ -278,13 +278,13 @@ async fn made_up_model_ids_and_method_paths_add_no_series_and_no_lines() {
     );
     assert!(
         after.iter().any(|l| l.starts_with(
-            "sidecar_requests_total{method=\"unknown\",model=\"\",code=\"UNIMPLEMENTED\"} "
+            "sidecar_requests_total{method=\"unknown\",model=\"\",code=\"UNIMPLEMENTED\",client=\"anonymous\"} "
         )),
         "made-up paths count under method unknown"
     );
     assert!(
         after.iter().any(|l| l.starts_with(
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\"} "
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\",client=\"anonymous\"} "
         )),
         "made-up ids count under model unknown"
     );

@@ -50,7 +50,7 @@ fn content(i: usize) -> Vec<u8> {
 /// Sends only the header of an upload declaring `size` bytes and keeps
 /// the stream open: the answer must come without a single byte sent.
 async fn refused_up_front(sc: &Sidecar, path: &str, size: u64) -> tonic::Status {
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(PutFileRequest {
         msg: Some(put_file_request::Msg::Header(PutFileHeader {
@@ -97,7 +97,7 @@ async fn concurrent_uploads_to_one_name_have_one_winner_and_quotas_refuse_up_fro
     let n = 20;
     let mut calls = Vec::new();
     for i in 0..n {
-        let mut models = sc.models().await;
+        let mut models = sc.manage().await;
         calls.push(tokio::spawn(async move {
             let data = content(i);
             let sha = sha256_hex(&data);
@@ -162,7 +162,7 @@ async fn concurrent_uploads_to_one_name_have_one_winner_and_quotas_refuse_up_fro
             .map(|j| ((j + i) % 253) as u8)
             .collect();
         let sha = sha256_hex(&data);
-        let mut models = sc.models().await;
+        let mut models = sc.manage().await;
         let put = models
             .put_file(tokio_stream::iter(upload(name, &data, &sha, false, None)))
             .await

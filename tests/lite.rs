@@ -427,7 +427,7 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("sets[1]"), "{}", err.message());
 
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let load = |id: &str, path: &str, options: LiteOptions| LoadModelRequest {
         model_id: id.into(),
         family: ModelFamily::Lite as i32,

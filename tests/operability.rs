@@ -83,19 +83,19 @@ async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
     assert_eq!(code, 200);
     let want = [
         (
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"smollm2\",code=\"OK\"}",
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"smollm2\",code=\"OK\",client=\"anonymous\"}",
             3.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/Tokenize\",model=\"smollm2\",code=\"OK\"}",
+            "sidecar_requests_total{method=\"TextService/Tokenize\",model=\"smollm2\",code=\"OK\",client=\"anonymous\"}",
             1.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\"}",
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\",client=\"anonymous\"}",
             1.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/GenerateStream\",model=\"smollm2\",code=\"DEADLINE_EXCEEDED\"}",
+            "sidecar_requests_total{method=\"TextService/GenerateStream\",model=\"smollm2\",code=\"DEADLINE_EXCEEDED\",client=\"anonymous\"}",
             1.0,
         ),
         (
@@ -163,7 +163,7 @@ async fn request_ids_reach_error_messages_and_worker_log_lines() {
     let err = sc.text().await.embed(req).await.expect_err("too long");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
-        err.message().ends_with("[request req-42]"),
+        err.message().ends_with("[request req-42 client anonymous]"),
         "{}",
         err.message()
     );

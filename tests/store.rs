@@ -19,7 +19,7 @@ async fn uploads_are_verified_atomic_and_stay_inside_the_store() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
     sc.ready("smollm2").await;
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let sha = sha256_hex(&data);
 
@@ -171,7 +171,7 @@ async fn uploads_are_verified_atomic_and_stay_inside_the_store() {
 async fn an_upload_cut_by_the_client_leaves_nothing() {
     let _serial = serial().await;
     let sc = Sidecar::start(store(), &smollm2_config(""));
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let data = vec![7u8; 1 << 20];
     let sha = sha256_hex(&data);
     let (tx, rx) = tokio::sync::mpsc::channel(4);

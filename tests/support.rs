@@ -104,12 +104,33 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     /// Its model store.
     pub store: tempfile::TempDir,
+    /// Where its stderr and stdout go ([`Sidecar::start_logged`]); `None`:
+    /// stderr is the test's, stdout after the first line is dropped.
+    pub log: Option<PathBuf>,
 }
 
 impl Sidecar {
     /// Starts `sidecar` with `config` (TOML; `listen`, `admin_listen` and
     /// `model_store` are set here) and waits until it listens.
     pub fn start(store: tempfile::TempDir, config: &str) -> Sidecar {
+        Self::launch(store, config, false)
+    }
+
+    /// [`Sidecar::start`], with its stderr and every stdout line after the
+    /// first written to `sidecar.log` next to the store (read it with
+    /// [`Sidecar::log_text`]).
+    pub fn start_logged(store: tempfile::TempDir, config: &str) -> Sidecar {
+        Self::launch(store, config, true)
+    }
+
+    /// What the supervisor wrote to stderr and stdout so far
+    /// ([`Sidecar::start_logged`] only).
+    pub fn log_text(&self) -> String {
+        let path = self.log.as_ref().expect("started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(path).expect("read the log")).into_owned()
+    }
+
+    fn launch(store: tempfile::TempDir, config: &str, logged: bool) -> Sidecar {
         // The control socket's directory must be ours with mode 0700.
         std::fs::set_permissions(
             store.path(),
@@ -124,22 +145,54 @@ impl Sidecar {
             root().join("runtime/litert/libLiteRt.so").display()
         );
         std::fs::write(&file, full).expect("write config");
+        // Next to the store, not in it: the log is no file of the store.
+        let log = logged.then(|| {
+            let name = store.path().file_name().expect("store name").to_owned();
+            store
+                .path()
+                .with_file_name(format!("{}.log", name.to_string_lossy()))
+        });
+        let stderr = match &log {
+            // Both streams append, so neither writes over the other.
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(path)
+                    .and_then(|_| std::fs::OpenOptions::new().append(true).open(path))
+                    .expect("create the log"),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(binary("sidecar"))
             .arg("--config")
             .arg(&file)
             .env("SIDECAR_LOG", "info,worker=warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start sidecar");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let rest = log.as_ref().map(|p| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .expect("open the log")
+        });
         std::thread::spawn(move || {
+            use std::io::Write;
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
-            for _ in lines {}
+            let mut rest = rest;
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = rest.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(30))
@@ -155,10 +208,12 @@ impl Sidecar {
             admin: field("admin="),
             child,
             store,
+            log,
         }
     }
 
-    async fn channel(&self) -> Channel {
+    /// A channel to the API port.
+    pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.api))
             .expect("uri")
             .connect()
@@ -195,14 +250,27 @@ impl Sidecar {
         )
     }
 
-    /// A ModelService client.
+    /// A ModelService client over the control socket: what changes the
+    /// catalog or the store (LoadModel, UnloadModel, PutFile, DeleteFile)
+    /// is refused on the network API without a tokens file.
+    pub async fn manage(&self) -> ModelServiceClient<Channel> {
+        let channel = supervisor::ctl::connect(&self.store.path().join("control.sock"))
+            .await
+            .expect("connect to the control socket");
+        ModelServiceClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// A ModelService client on the API port.
     pub async fn models(&self) -> ModelServiceClient<Channel> {
         ModelServiceClient::new(self.channel().await)
     }
 
-    /// GetModel.
+    /// GetModel, over the control socket (so it works whatever the API's
+    /// tokens).
     pub async fn model(&self, id: &str) -> ModelInfo {
-        self.models()
+        self.manage()
             .await
             .get_model(GetModelRequest {
                 model_id: id.into(),

@@ -142,7 +142,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         );
     }
 
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let load = |id: &str, path: &str| LoadModelRequest {
         model_id: id.into(),
         family: ModelFamily::Text as i32,

@@ -405,7 +405,7 @@ fn palm_ssd() -> SsdOptions {
 async fn other_ssd_detectors_run_with_their_own_anchors() {
     let _serial = serial().await;
     let (sc, mut client) = sidecar().await;
-    let mut models = sc.models().await;
+    let mut models = sc.manage().await;
     let load = |id: &str, path: &str, ssd: SsdOptions| LoadModelRequest {
         model_id: id.into(),
         family: ModelFamily::Vision as i32,

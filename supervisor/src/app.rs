@@ -65,6 +65,10 @@ pub async fn run(
     // Built once here and passed down: nothing below is a global.
     let shared = Shared::new(config);
     let config = shared.config.clone();
+    // The tokens file is read before anything starts: a bad one stops the
+    // start, naming its line.
+    let auth = Arc::new(crate::auth::Auth::new(&config)?);
+    tokio::spawn(auth.clone().watch());
     let store = Store::open(&config.model_store)?;
     // First, so a refused control socket stops the start before any worker.
     let control = crate::ctl::socket::bind(&config.control_socket)?;
@@ -159,6 +163,10 @@ pub async fn run(
     let control_server = tokio::spawn(
         crate::net::server(&config.connections)
             .layer(crate::net::ActiveLayer)
+            .layer(crate::auth::AuthLayer::new(
+                auth.clone(),
+                crate::auth::Listener::Control,
+            ))
             .add_service(admin_api)
             // LoadModel and UnloadModel for `sidecarctl`, off the network.
             .add_service(control_models)
@@ -196,6 +204,12 @@ pub async fn run(
             .max_frame_size(Some(MAX_FRAME))
             .layer(crate::net::ActiveLayer)
             .layer(crate::metrics::CallLayer::new(shared.metrics.clone()))
+            // Inside the metrics layer, so refused calls are counted with
+            // their client; before every service.
+            .layer(crate::auth::AuthLayer::new(
+                auth,
+                crate::auth::Listener::Api,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(text)

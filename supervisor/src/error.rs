@@ -33,6 +33,14 @@ pub enum Error {
     /// Not built yet; the message says what.
     #[error("{0}")]
     Unimplemented(String),
+    /// No credentials, or credentials the sidecar does not know. The
+    /// message never holds what the caller sent.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Known caller, missing scope; the message names the scope and the
+    /// method.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bad configuration.
     #[error("config: {0}")]
     Config(String),
@@ -54,19 +62,29 @@ impl Error {
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::Cancelled(_) => "cancelled",
             Error::Unimplemented(_) => "unimplemented",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::Config(_) => "config",
             Error::Internal(_) => "internal",
         }
     }
 
-    /// The same error, its message ending with the call's request id, so
-    /// a caller's report can be matched with the logs.
-    pub fn with_request_id(self, id: &str) -> Error {
+    /// The same error, its message ending with the call's request line
+    /// (`[request ID client NAME]`: the request id and the caller's
+    /// identity, see `auth::Identity`), so a caller's report can be matched
+    /// with the logs. Empty parts are left out.
+    pub fn with_request_id(self, id: &str, client: &str) -> Error {
+        let line = match (id.is_empty(), client.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => format!("[request {id}]"),
+            (true, false) => format!("[client {client}]"),
+            (false, false) => format!("[request {id} client {client}]"),
+        };
         let tag = |m: String| {
-            if id.is_empty() || m.contains(id) {
+            if line.is_empty() || m.ends_with(&line) || (!id.is_empty() && m.contains(id)) {
                 m
             } else {
-                format!("{m} [request {id}]")
+                format!("{m} {line}")
             }
         };
         match self {
@@ -79,6 +97,8 @@ impl Error {
             Error::DeadlineExceeded(m) => Error::DeadlineExceeded(tag(m)),
             Error::Cancelled(m) => Error::Cancelled(tag(m)),
             Error::Unimplemented(m) => Error::Unimplemented(tag(m)),
+            Error::Unauthenticated(m) => Error::Unauthenticated(tag(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(tag(m)),
             Error::Config(m) => Error::Config(tag(m)),
             Error::Internal(m) => Error::Internal(tag(m)),
         }
@@ -95,6 +115,8 @@ impl Error {
             Code::ResourceExhausted => Error::ResourceExhausted(message),
             Code::Unimplemented => Error::Unimplemented(message),
             Code::Unavailable => Error::Unavailable(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
             _ => Error::Internal(message),
         }
     }
@@ -112,6 +134,8 @@ impl From<Error> for Status {
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Config(_) | Error::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -26,6 +26,25 @@ pub fn check_model_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// The longest client name (a token's name, an allowed `x-client-id`).
+pub const MAX_CLIENT_NAME: usize = 64;
+
+/// Names that the identity resolver gives itself: no token or client id
+/// may take them.
+pub const RESERVED_CLIENT_NAMES: [&str; 2] = ["anonymous", "other"];
+
+/// Whether `name` may name a client: 1..=64 characters of
+/// `[A-Za-z0-9._-]`, not a reserved name. Client names become metric labels
+/// and log fields, so their set of characters and length are bounded.
+pub fn is_client_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CLIENT_NAME
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && !RESERVED_CLIENT_NAMES.contains(&name)
+}
+
 /// Request ids for calls without an `x-request-id`: `sc-<pid>-<n>`, `n`
 /// counting from 1. One per process, built at start and passed down.
 #[derive(Debug)]
@@ -65,6 +84,25 @@ mod tests {
         }
         for bad in ["", "-a", "A", "a b", "a/b", "x\"} 1\n", &"x".repeat(65)] {
             assert!(check_model_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn client_names_follow_the_rule() {
+        for ok in ["app", "App-1.prod_2", &"x".repeat(64)] {
+            assert!(is_client_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "anonymous",
+            "other",
+            "é",
+            "x\"} 1",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_client_name(bad), "{bad:?}");
         }
     }
 

@@ -218,6 +218,7 @@ impl AdminService for AdminApi {
         let deadline =
             super::deadline(&req, self.config.deadlines.unary, self.config.deadlines.max);
         let request_id = super::request_id(&req, &self.registry.shared().request_ids);
+        let client = crate::auth::Identity::of_call(&req).to_string();
         let req = req.into_inner();
         let handle = self.registry.get(&req.model_id)?;
         let model = req.model_id.clone();
@@ -270,7 +271,7 @@ impl AdminService for AdminApi {
         let mut stream = handle
             .call_direct(&wreq)
             .await
-            .map_err(|e| e.with_request_id(&request_id))?;
+            .map_err(|e| e.with_request_id(&request_id, &client))?;
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut first = None;
@@ -282,13 +283,17 @@ impl AdminService for AdminApi {
                         let e = Error::DeadlineExceeded(
                             "the worker did not finish before the deadline".into(),
                         );
-                        let _ = tx.send(Err(e.with_request_id(&request_id).into())).await;
+                        let _ = tx
+                            .send(Err(e.with_request_id(&request_id, &client).into()))
+                            .await;
                         return;
                     }
                     Ok(None) => break,
                     Ok(Some(Err(e))) => {
                         let e = Error::Unavailable(format!("the worker's channel: {e}"));
-                        let _ = tx.send(Err(e.with_request_id(&request_id).into())).await;
+                        let _ = tx
+                            .send(Err(e.with_request_id(&request_id, &client).into()))
+                            .await;
                         return;
                     }
                     Ok(Some(Ok(f))) => f,
@@ -308,7 +313,7 @@ impl AdminService for AdminApi {
                     _ => continue,
                 };
                 let failed = msg.is_err();
-                let msg = msg.map_err(|e| Status::from(e.with_request_id(&request_id)));
+                let msg = msg.map_err(|e| Status::from(e.with_request_id(&request_id, &client)));
                 if let Ok(None) = msg {
                 } else if tx.send(msg.map(|m| m.unwrap_or_default())).await.is_err() {
                     return;

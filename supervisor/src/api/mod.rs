@@ -29,12 +29,13 @@ pub async fn call_worker<T>(
 ) -> Result<CallStream, Error> {
     let deadline = deadline(&req, default, registry.shared().config.deadlines.max);
     let request_id = request_id(&req, &registry.shared().request_ids);
+    let client = crate::auth::Identity::of_call(&req).to_string();
     let (model_id, body) = into_body(req.into_inner());
     // The metrics name a model only once it is known: a client's made-up
     // ids all count as one `unknown` model.
     let handle = registry.get(&model_id).map_err(|e| {
         crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
-        e.with_request_id(&request_id)
+        e.with_request_id(&request_id, &client)
     })?;
     let method = crate::metrics::note_model(&model_id);
     if handle.spec.family != family {
@@ -51,16 +52,17 @@ pub async fn call_worker<T>(
                 .as_str_name()
                 .trim_start_matches("MODEL_FAMILY_"),
         ))
-        .with_request_id(&request_id));
+        .with_request_id(&request_id, &client));
     }
-    tracing::debug!(request_id, model = %model_id, "worker call");
+    tracing::debug!(request_id, client = %client, model = %model_id, "worker call");
     let req = WorkerRequest {
         request_tag: request_id.clone(),
         deadline_unix_ms: 0,
         body: Some(body),
     };
     match handle.call(req, deadline).await {
-        Ok(call) => {
+        Ok(mut call) => {
+            call.client = client;
             registry
                 .shared()
                 .metrics
@@ -73,8 +75,8 @@ pub async fn call_worker<T>(
             Ok(call)
         }
         Err(e) => {
-            tracing::info!(request_id, model = %model_id, "call refused: {e}");
-            Err(e.with_request_id(&request_id))
+            tracing::info!(request_id, client = %client, model = %model_id, "call refused: {e}");
+            Err(e.with_request_id(&request_id, &client))
         }
     }
 }

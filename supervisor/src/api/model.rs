@@ -14,6 +14,7 @@ use sidecar_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Identity;
 use crate::config::{Config, Family, LiteAccelerator, LiteSpec, ModelSpec, TextSpec, VisionSpec};
 use crate::error::Error;
 use crate::lifecycle::{KillReason, State};
@@ -126,7 +127,9 @@ impl ModelService for ModelApi {
         req: Request<LoadModelRequest>,
     ) -> Result<Response<LoadModelResponse>, Status> {
         let deadline = super::deadline(&req, self.config.deadlines.load, self.config.deadlines.max);
+        let client = Identity::of_call(&req);
         let spec = spec_from(req.into_inner())?;
+        tracing::info!(%client, model = ?spec.id, path = ?spec.path, pinned = spec.pinned, "LoadModel");
         let handle = self.registry.add(spec)?;
         if handle.status().state == State::Failed {
             // Loading a FAILED model again is the explicit reload.
@@ -168,8 +171,10 @@ impl ModelService for ModelApi {
         &self,
         req: Request<UnloadModelRequest>,
     ) -> Result<Response<UnloadModelResponse>, Status> {
+        let client = Identity::of_call(&req);
         let req = req.into_inner();
         let handle = self.registry.get(&req.model_id)?;
+        tracing::info!(%client, model = ?req.model_id, force = req.force, "UnloadModel");
         if !req.force {
             let wait = match req.drain_timeout_ms {
                 0 => Duration::from_secs(10),
@@ -230,7 +235,9 @@ impl ModelService for ModelApi {
         &self,
         req: Request<Streaming<PutFileRequest>>,
     ) -> Result<Response<PutFileResponse>, Status> {
+        let client = Identity::of_call(&req);
         let file = super::files::put(&self.registry, req.into_inner()).await?;
+        tracing::info!(%client, path = %file.path, bytes = file.size_bytes, "PutFile");
         Ok(Response::new(PutFileResponse { file: Some(file) }))
     }
 
@@ -238,7 +245,10 @@ impl ModelService for ModelApi {
         &self,
         req: Request<DeleteFileRequest>,
     ) -> Result<Response<DeleteFileResponse>, Status> {
-        super::files::delete(&self.registry, &req.into_inner().path).await?;
+        let client = Identity::of_call(&req);
+        let path = req.into_inner().path;
+        super::files::delete(&self.registry, &path).await?;
+        tracing::info!(%client, path = ?path.chars().take(256).collect::<String>(), "DeleteFile");
         Ok(Response::new(DeleteFileResponse {}))
     }
 }

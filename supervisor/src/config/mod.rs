@@ -13,11 +13,13 @@ use sidecar_proto::v1::{
 
 use crate::error::Error;
 
+mod auth;
 mod connections;
 mod store;
 mod tls;
 mod units;
 
+pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use connections::Connections;
 pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
@@ -91,6 +93,8 @@ pub struct Config {
     /// TLS on the API port (`[tls]`); absent: plaintext. The admin port
     /// and the control socket are never TLS.
     pub tls: Option<Tls>,
+    /// Bearer tokens and client names on the API port (`[auth]`).
+    pub auth: AuthConfig,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -420,6 +424,7 @@ impl Default for Config {
             memory: MemoryPolicy::default(),
             connections: Connections::default(),
             tls: None,
+            auth: AuthConfig::default(),
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -483,13 +488,16 @@ impl Config {
 
     /// The warning owed at start when the API listens where other hosts
     /// can reach it (not loopback) with nothing to tell its callers apart:
-    /// anyone who reaches the port may infer, upload, load and unload.
-    /// TLS alone encrypts the traffic but does not tell callers apart;
-    /// mutual TLS (`tls.client_ca`) does, and silences the warning. `None`
-    /// on loopback, under mTLS, or when the operator accepted it
+    /// without a tokens file, anyone who reaches the port may run models
+    /// and read the catalog (`manage` calls are refused on the network
+    /// either way). TLS alone encrypts the traffic but does not tell
+    /// callers apart; mutual TLS (`tls.client_ca`) does. `None` on
+    /// loopback, when tokens are configured (`auth.tokens_file`), under
+    /// mTLS, or when the operator accepted it
     /// (`insecure_public`).
     pub fn exposure(&self) -> Option<String> {
-        if self.listen.ip().is_loopback() || self.insecure_public {
+        if self.listen.ip().is_loopback() || self.insecure_public || self.auth.tokens_file.is_some()
+        {
             return None;
         }
         let transport = match &self.tls {
@@ -502,8 +510,9 @@ impl Config {
         };
         Some(format!(
             "THE API IS OPEN: it listens on {}, which other hosts can reach, {transport}: \
-             anyone who reaches it may run models, upload files, load and unload models. \
-             Listen on loopback (127.0.0.1) behind a proxy that authenticates, or pass \
+             anyone who reaches it may run models and read the model catalog and store. \
+             Listen on loopback (127.0.0.1) behind a proxy that authenticates, configure bearer \
+             tokens ([auth] tokens_file) or mutual TLS (tls.client_ca), or pass \
              --insecure-public (insecure_public = true) to accept this and silence this warning",
             self.listen
         ))
@@ -524,6 +533,7 @@ impl Config {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }
         }
+        self.auth.validate()?;
         if self.workers.max_in_flight == 0 {
             return Err(Error::Config(
                 "workers.max_in_flight must be at least 1".into(),

@@ -129,4 +129,37 @@ fn an_api_other_hosts_can_reach_is_warned_about_unless_accepted() {
     assert_eq!(c.exposure(), None, "accepted");
     let file: Config = toml::from_str("listen = \"0.0.0.0:1\"\ninsecure_public = true\n").unwrap();
     assert_eq!(file.exposure(), None);
+    let tokens: Config =
+        toml::from_str("listen = \"0.0.0.0:1\"\n[auth]\ntokens_file = \"/etc/sidecar/tokens\"\n")
+            .unwrap();
+    assert_eq!(tokens.exposure(), None, "tokens tell callers apart");
+}
+
+#[test]
+fn the_auth_section_is_checked_naming_the_key() {
+    let c: Config = toml::from_str(
+        "[auth]\ntokens_file = \"/t\"\nclient_ids = [\"web\", \"batch-1\"]\nreload_interval = 0.5\n",
+    )
+    .unwrap();
+    assert_eq!(c.auth.reload_interval, Duration::from_millis(500));
+    assert!(c.auth.validate().is_ok());
+    assert_eq!(
+        Config::default().auth.reload_interval,
+        Duration::from_secs(2)
+    );
+    assert!(toml::from_str::<Config>("[auth]\ntoken_file = \"/t\"\n").is_err());
+    for (section, names) in [
+        ("client_ids = [\"a b\"]", "auth.client_ids entry \"a b\""),
+        (
+            "client_ids = [\"anonymous\"]",
+            "auth.client_ids entry \"anonymous\"",
+        ),
+        ("client_ids = [\"a\", \"a\"]", "appears twice"),
+        ("reload_interval = 0", "auth.reload_interval"),
+        ("tokens_file = \"\"", "auth.tokens_file is empty"),
+    ] {
+        let c: Config = toml::from_str(&format!("[auth]\n{section}\n")).unwrap();
+        let err = c.validate().expect_err(section).to_string();
+        assert!(err.contains(names), "{section}: {err}");
+    }
 }

@@ -113,6 +113,11 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Read a token's secret from stdin (one line) and print the form the
+    /// tokens file holds (`sha256:HEX`); the control socket is not used.
+    /// A line of the file: `NAME SCOPES HASH`, e.g.
+    /// `app infer,read sha256:…`.
+    HashToken,
     /// Send one request straight to a model's worker, bypassing queues,
     /// and print the answer and the timings.
     Call(call::CallArgs),
@@ -137,6 +142,9 @@ pub async fn connect(path: &std::path::Path) -> Result<Channel, String> {
 
 /// Runs the command; the process's exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    if let Cmd::HashToken = cli.command {
+        return hash_token(std::io::stdin().lock());
+    }
     let channel = match connect(&cli.socket).await {
         Ok(c) => c,
         Err(e) => {
@@ -159,6 +167,47 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Longest secret `hash-token` reads, bytes (the API reads no longer
+/// `authorization` header).
+const MAX_SECRET: usize = crate::auth::MAX_AUTHORIZATION - "Bearer ".len();
+
+/// `sidecarctl hash-token`: one line from `input`, its hash on stdout.
+/// The secret must be what a client can send: visible ASCII, no spaces.
+pub fn hash_token(input: impl std::io::BufRead) -> ExitCode {
+    match read_secret(input) {
+        Ok(secret) => {
+            println!("{}", crate::auth::hash_line(&secret));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sidecarctl: hash-token: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_secret(input: impl std::io::BufRead) -> Result<Vec<u8>, String> {
+    let mut line = Vec::new();
+    let mut input = input.take(MAX_SECRET as u64 + 2);
+    std::io::BufRead::read_until(&mut input, b'\n', &mut line)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    if line.is_empty() {
+        return Err("no secret on stdin".into());
+    }
+    if line.len() > MAX_SECRET {
+        return Err(format!("the secret is longer than {MAX_SECRET} bytes"));
+    }
+    if !line.iter().all(u8::is_ascii_graphic) {
+        return Err(
+            "the secret must be visible ASCII without spaces (what a client can send after \"Bearer \")".into(),
+        );
+    }
+    Ok(line)
 }
 
 async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
@@ -276,6 +325,7 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
             }
         }
         Cmd::Call(args) => call::run(&mut admin, args, cli.json).await?,
+        Cmd::HashToken => {}
     }
     Ok(())
 }

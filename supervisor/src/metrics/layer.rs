@@ -15,6 +15,7 @@ pub struct CallInfo {
     /// "TextService/Generate".
     pub method: String,
     model: Mutex<String>,
+    client: Mutex<String>,
 }
 
 impl CallInfo {
@@ -39,6 +40,14 @@ pub fn note_model(model: &str) -> String {
         c.method.clone()
     })
     .unwrap_or_default()
+}
+
+/// Names the current call's client (from `auth::AuthLayer`, inside this
+/// layer). Outside a call: nothing.
+pub fn note_client(client: &str) {
+    let _ = CALL.try_with(|c| {
+        *c.client.lock().unwrap_or_else(PoisonError::into_inner) = client.to_owned();
+    });
 }
 
 /// Counts every call of the service it wraps, into its `Metrics`.
@@ -176,11 +185,18 @@ impl Record {
         }
         let m = &self.metrics;
         let model = self.info.model();
+        let client = self
+            .info
+            .client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         m.requests
             .get_or_create(&CallLabels {
                 method: self.info.method.clone(),
                 model: model.clone(),
                 code: code_name(code).to_owned(),
+                client: m.client_label(&client),
             })
             .inc();
         m.latency
@@ -243,6 +259,16 @@ impl<B: http_body::Body> http_body::Body for Recorded<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_label_set_is_bounded() {
+        let m = Metrics::new();
+        for i in 0..super::super::MAX_CLIENTS {
+            assert_eq!(m.client_label(&format!("c{i}")), format!("c{i}"));
+        }
+        assert_eq!(m.client_label("late"), super::super::OTHER_CLIENT);
+        assert_eq!(m.client_label("c7"), "c7", "a known value keeps its label");
+    }
 
     #[test]
     fn only_the_apis_own_methods_get_their_names() {

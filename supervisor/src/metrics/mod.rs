@@ -56,7 +56,7 @@ pub struct ModelGauges {
 
 mod layer;
 
-pub use layer::{CallInfo, CallLayer, CallService, Recorded, note_model};
+pub use layer::{CallInfo, CallLayer, CallService, Recorded, note_client, note_model};
 
 /// `method`, `model` and the gRPC `code` name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,7 +67,16 @@ pub struct CallLabels {
     pub model: String,
     /// gRPC status code name ("OK", "RESOURCE_EXHAUSTED", ...).
     pub code: String,
+    /// The caller (`auth::Identity`): at most [`MAX_CLIENTS`] distinct
+    /// values, then [`OTHER_CLIENT`].
+    pub client: String,
 }
+
+/// Most distinct `client` label values; later callers are counted as
+/// [`OTHER_CLIENT`].
+pub const MAX_CLIENTS: usize = 256;
+/// The `client` label past [`MAX_CLIENTS`].
+pub const OTHER_CLIENT: &str = "other";
 
 /// `method` and `model`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +162,7 @@ pub struct Metrics {
     state: Family<ModelStateLabel, Gauge>,
     memory: Family<ModelKind, Gauge>,
     uptime: Family<ModelLabel, Gauge>,
+    clients: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -162,6 +172,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The `client` label of `client`: itself while fewer than
+    /// [`MAX_CLIENTS`] values were seen, [`OTHER_CLIENT`] after, so
+    /// callers cannot grow the series without bound.
+    pub fn client_label(&self, client: &str) -> String {
+        let mut seen = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(client) {
+            return client.to_owned();
+        }
+        if seen.len() < MAX_CLIENTS {
+            seen.insert(client.to_owned());
+            return client.to_owned();
+        }
+        OTHER_CLIENT.to_owned()
+    }
+
     /// Every family, registered and empty.
     pub fn new() -> Metrics {
         let mut m = Metrics {
@@ -182,10 +210,11 @@ impl Metrics {
             state: Family::default(),
             memory: Family::default(),
             uptime: Family::default(),
+            clients: std::sync::Mutex::default(),
         };
         m.registry.register(
             "requests",
-            "Calls by method, model and gRPC status code",
+            "Calls by method, model, gRPC status code and client",
             m.requests.clone(),
         );
         m.registry.register(

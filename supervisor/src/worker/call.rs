@@ -26,6 +26,8 @@ pub struct CallStream {
     pub queued: Duration,
     /// The caller's request id.
     pub request_id: String,
+    /// The caller (`auth::Identity`), for error messages' request line.
+    pub client: String,
     /// The request's hash while it is in flight for the quarantine.
     flight: Option<u64>,
     _permit: OwnedSemaphorePermit,
@@ -171,6 +173,7 @@ impl WorkerHandle {
             done: false,
             queued: arrived.elapsed(),
             request_id: req.request_tag,
+            client: String::new(),
             flight: quarantined.then_some(hash),
             _permit: permit,
         })
@@ -315,7 +318,7 @@ impl CallStream {
     /// request id.
     pub async fn next(&mut self) -> Option<Result<WorkerResponse, Error>> {
         let answer = self.next_untagged().await?;
-        Some(answer.map_err(|e| e.with_request_id(&self.request_id)))
+        Some(answer.map_err(|e| e.with_request_id(&self.request_id, &self.client)))
     }
 
     async fn next_untagged(&mut self) -> Option<Result<WorkerResponse, Error>> {
