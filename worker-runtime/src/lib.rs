@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod binary;
+pub mod caps;
 pub mod deadline;
 mod error;
 mod family;
@@ -28,7 +29,9 @@ pub mod heartbeat;
 pub mod memory;
 mod outbox;
 pub mod privilege;
+mod probe;
 mod requests;
+pub mod seccomp;
 mod serve;
 pub mod standalone;
 

@@ -130,3 +130,24 @@ fn an_api_other_hosts_can_reach_is_warned_about_unless_accepted() {
     let file: Config = toml::from_str("listen = \"0.0.0.0:1\"\ninsecure_public = true\n").unwrap();
     assert_eq!(file.exposure(), None);
 }
+
+#[test]
+fn the_workers_seccomp_mode_is_one_of_three_words() {
+    let c: Config = toml::from_str("").unwrap();
+    assert_eq!(c.workers.seccomp, SeccompMode::Enforce);
+    for (word, mode) in [
+        ("enforce", SeccompMode::Enforce),
+        ("log", SeccompMode::Log),
+        ("off", SeccompMode::Off),
+    ] {
+        let c: Config = toml::from_str(&format!("[workers]\nseccomp = \"{word}\"\n")).unwrap();
+        assert_eq!((c.workers.seccomp, c.workers.seccomp.as_str()), (mode, word));
+    }
+    let e = toml::from_str::<Config>("[workers]\nseccomp = \"permissive\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("permissive") && e.contains("enforce") && e.contains("log") && e.contains("off"),
+        "{e}"
+    );
+}
