@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use e2e::vision::{BLAZEFACE, astronaut, faces};
-use e2e::{Sidecar, add_model, alive, float_pattern, greedy, lite_config, serial, smollm2_config, store};
+use e2e::{
+    Sidecar, add_model, alive, float_pattern, greedy, lite_config, serial, smollm2_config, store,
+};
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
@@ -156,11 +158,13 @@ async fn probe(
         .await
         .call_worker(CallWorkerRequest {
             model_id: model.into(),
-            call: Some(call_worker_request::Call::SandboxProbe(SandboxProbeRequest {
-                connect_port: u32::from(port),
-                write_path: write_path.into(),
-                off_list,
-            })),
+            call: Some(call_worker_request::Call::SandboxProbe(
+                SandboxProbeRequest {
+                    connect_port: u32::from(port),
+                    write_path: write_path.into(),
+                    off_list,
+                },
+            )),
         })
         .await?
         .into_inner();
@@ -190,7 +194,10 @@ async fn family_is_sandboxed(family: Family) {
     let model = family.model();
     let before = sc.model(model).await;
     let threads = assert_sandboxed(before.worker_pid);
-    assert!(threads >= 2, "the serve loop and the heartbeat thread: {threads}");
+    assert!(
+        threads >= 2,
+        "the serve loop and the heartbeat thread: {threads}"
+    );
     family.serve_one(&sc).await;
 
     // A port that would accept: a refused connection is the sandbox's doing.
@@ -203,7 +210,11 @@ async fn family_is_sandboxed(family: Family) {
         .expect("probe answered");
     assert_eq!(r.pid, before.worker_pid, "{r:?}");
     assert_eq!(r.exec, "EPERM", "{r:?}");
-    assert_eq!((r.socket.as_str(), r.connect.as_str()), ("EPERM", "not tried"), "{r:?}");
+    assert_eq!(
+        (r.socket.as_str(), r.connect.as_str()),
+        ("EPERM", "not tried"),
+        "{r:?}"
+    );
     assert_eq!(r.off_list, "not tried");
     assert_eq!(
         listener.accept().map(|_| ()).map_err(|e| e.kind()),
@@ -254,8 +265,16 @@ async fn a_call_off_the_allow_list_kills_the_worker_and_is_reported_as_a_crash()
             m.state == ModelState::Ready as i32 && m.worker_pid != before.worker_pid
         })
         .await;
-    assert_eq!(after.last_kill_reason, KillReason::Crash as i32, "{after:?}");
-    assert!(after.last_error.contains("signal 31"), "{}", after.last_error);
+    assert_eq!(
+        after.last_kill_reason,
+        KillReason::Crash as i32,
+        "{after:?}"
+    );
+    assert!(
+        after.last_error.contains("signal 31"),
+        "{}",
+        after.last_error
+    );
     assert_eq!(after.restarts, 1);
     assert!(!alive(before.worker_pid));
     assert!(alive(supervisor));
@@ -288,6 +307,23 @@ async fn the_operator_can_log_or_turn_off_the_filter() {
     assert_eq!(field(&status, "Seccomp"), "0");
     assert_eq!(field(&status, "NoNewPrivs"), "1");
     assert_eq!(field(&status, "CapEff"), "0000000000000000");
+    // Without the filter the probe's attempts go through: what the
+    // family tests see as EPERM is the filter's doing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let r = probe(&sc, "smollm2", port, "/nonexistent/x", true)
+        .await
+        .expect("probe answered");
+    assert_eq!(
+        (r.exec.as_str(), r.socket.as_str(), r.connect.as_str()),
+        ("succeeded", "succeeded", "succeeded"),
+        "{r:?}"
+    );
+    assert_eq!(
+        (r.write.as_str(), r.off_list.as_str()),
+        ("ENOENT", "succeeded")
+    );
+    listener.accept().expect("the worker connected");
     Family::Text.serve_one(&sc).await;
 }
 

@@ -141,7 +141,10 @@ fn the_workers_seccomp_mode_is_one_of_three_words() {
         ("off", SeccompMode::Off),
     ] {
         let c: Config = toml::from_str(&format!("[workers]\nseccomp = \"{word}\"\n")).unwrap();
-        assert_eq!((c.workers.seccomp, c.workers.seccomp.as_str()), (mode, word));
+        assert_eq!(
+            (c.workers.seccomp, c.workers.seccomp.as_str()),
+            (mode, word)
+        );
     }
     let e = toml::from_str::<Config>("[workers]\nseccomp = \"permissive\"\n")
         .unwrap_err()
