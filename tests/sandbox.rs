@@ -135,7 +135,9 @@ fn assert_sandboxed(pid: u32) -> usize {
         let name = field(&status, "Name");
         assert_eq!(field(&status, "NoNewPrivs"), "1", "{name}");
         assert_eq!(field(&status, "Seccomp"), "2", "{name}");
-        assert_eq!(field(&status, "Seccomp_filters"), "3", "{name}");
+        // Ours are three; a container runtime may have added its own.
+        let filters: u32 = field(&status, "Seccomp_filters").parse().expect("count");
+        assert!(filters >= 3, "{name}: {filters} filters");
         for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
             assert_eq!(field(&status, set), "0000000000000000", "{name} {set}");
         }
