@@ -16,14 +16,20 @@ mkdir -p "$CARGO_TARGET_DIR"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
+# The workers answer the test-only sandbox probe (tests/sandbox.rs). The
+# same features on every command, or `cargo test` would relink the worker
+# binaries without it; production builds (scripts/run.sh, the Dockerfile)
+# never pass it.
+features=(--features worker-text/sandbox-probe,worker-vision/sandbox-probe,worker-lite/sandbox-probe)
+
 set -x
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --release --locked -- -D warnings
+cargo clippy --workspace --all-targets --release --locked "${features[@]}" -- -D warnings
 # The end-to-end tests start the real binaries: build every one first
 # (`cargo test` builds a package's binaries only for its own tests).
-cargo build --workspace --bins --release --locked
-cargo test --workspace --doc --release --locked 2>&1 | tee -a "$log"
-cargo test --workspace --all-targets --release --locked 2>&1 | tee -a "$log"
+cargo build --workspace --bins --release --locked "${features[@]}"
+cargo test --workspace --doc --release --locked "${features[@]}" 2>&1 | tee -a "$log"
+cargo test --workspace --all-targets --release --locked "${features[@]}" 2>&1 | tee -a "$log"
 { set +x; } 2>/dev/null
 
 # One closing line for the whole suite, summed over every test binary.

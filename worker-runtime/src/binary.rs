@@ -70,6 +70,13 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
     if mode(&args, std::env::var_os(ipc::ENV_VAR).is_some()) == Mode::Standalone {
         return ExitCode::from(standalone(b, &args));
     }
+    // Before any model file is read, and before the channel starts its
+    // death-watch thread (a thread keeps its own capabilities and
+    // no_new_privs): capabilities, no_new_privs and rlimits, then seccomp
+    // last (on every thread; it refuses what the steps before need).
+    let mut missing = crate::caps::drop_all();
+    missing.extend(crate::privilege::drop_privileges());
+    missing.extend(crate::seccomp::install_configured(F::FAMILY));
     let chan = match ipc::BlockingChannel::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -77,8 +84,6 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Before any model file is read.
-    let missing = crate::privilege::drop_privileges();
     if !missing.is_empty() {
         tracing::warn!(
             "kept what this system would not let go: {}",

@@ -11,9 +11,11 @@
 //! deadlines ([`deadline`]); the memory report ([`memory`], from
 //! `procmem`); exiting with status 0 when the supervisor is gone; the
 //! standalone driver ([`standalone`]); and `main` itself ([`main`],
-//! [`Binary`]). Later, the worker's sandbox (no_new_privs, seccomp,
-//! landlock) and receiving the model files as open descriptors instead
-//! of paths belong here too: every family needs them the same way.
+//! [`Binary`]); the worker's sandbox, the same for every family: no
+//! capability ([`caps`]), no_new_privs and rlimits ([`privilege`]), the
+//! per-family seccomp allow-list ([`seccomp`]), and the test-only sandbox
+//! probe (feature `sandbox-probe`). Later, landlock and receiving the
+//! model files as open descriptors instead of paths belong here too.
 //!
 //! Must not: know any family's models or native libraries (llama.cpp,
 //! LiteRT, OpenCV), talk gRPC, or reach into the channel's internals (it
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod binary;
+pub mod caps;
 pub mod deadline;
 mod error;
 mod family;
@@ -28,7 +31,9 @@ pub mod heartbeat;
 pub mod memory;
 mod outbox;
 pub mod privilege;
+mod probe;
 mod requests;
+pub mod seccomp;
 mod serve;
 pub mod standalone;
 

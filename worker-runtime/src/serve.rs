@@ -178,6 +178,8 @@ fn dispatch<F: Family>(
             loaded.load_us = arrived.elapsed().as_micros() as u64;
             cx.answer(id, worker_response::Body::Loaded(loaded));
         }),
+        Some(worker_request::Body::SandboxProbe(probe)) => crate::probe::answer(&probe)
+            .map(|r| cx.answer(id, worker_response::Body::SandboxProbe(r))),
         Some(body) => {
             let call = Call {
                 id,

@@ -257,6 +257,11 @@ impl AdminService for AdminApi {
                     ..i
                 })
             }
+            // Answered only by workers built for tests (UNIMPLEMENTED
+            // otherwise): passed through as it is.
+            Some(call_worker_request::Call::SandboxProbe(p)) => {
+                worker_request::Body::SandboxProbe(p)
+            }
             None => return Err(Error::InvalidArgument("call must hold one request".into()).into()),
         };
         let wreq = WorkerRequest {
@@ -347,6 +352,7 @@ fn direct_answer(r: WorkerResponse) -> Result<Option<CallWorkerResponse>, Error>
         Some(worker_response::Body::Tokenize(t)) => Msg::Tokenize(t),
         Some(worker_response::Body::VisionBatch(v)) => Msg::Vision(v),
         Some(worker_response::Body::Infer(i)) => Msg::Infer(i),
+        Some(worker_response::Body::SandboxProbe(p)) => Msg::SandboxProbe(p),
         Some(other) => {
             return Err(Error::Internal(format!(
                 "unexpected worker answer {other:?}"

@@ -168,6 +168,35 @@ pub struct WorkerPolicy {
     /// so that every message the API accepts (`max_message_bytes`) fits;
     /// see [`Config::channel`].
     pub channel_bytes: usize,
+    /// The workers' seccomp filter: `enforce` (a call off the family's
+    /// allow-list kills the worker with SIGSYS), `log` (it is let through
+    /// and the kernel logs it: the switch for a runtime path that needs a
+    /// call the lists missed), `off` (no filter).
+    pub seccomp: SeccompMode,
+}
+
+/// `[workers] seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// Calls off the allow-list kill the worker.
+    #[default]
+    Enforce,
+    /// Calls off the allow-list are logged by the kernel and let through.
+    Log,
+    /// No filter.
+    Off,
+}
+
+impl SeccompMode {
+    /// The value the worker reads from `SIDECAR_WORKER_SECCOMP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeccompMode::Enforce => "enforce",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        }
+    }
 }
 
 /// The memory guard: what it samples, keeps free and lets models use.
@@ -458,6 +487,7 @@ impl Default for WorkerPolicy {
             max_in_flight: 4,
             channel_bytes: 4 << 20,
             quarantine_ttl: Duration::from_secs(600),
+            seccomp: SeccompMode::Enforce,
         }
     }
 }

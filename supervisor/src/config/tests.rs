@@ -163,3 +163,27 @@ fn the_auth_section_is_checked_naming_the_key() {
         assert!(err.contains(names), "{section}: {err}");
     }
 }
+
+#[test]
+fn the_workers_seccomp_mode_is_one_of_three_words() {
+    let c: Config = toml::from_str("").unwrap();
+    assert_eq!(c.workers.seccomp, SeccompMode::Enforce);
+    for (word, mode) in [
+        ("enforce", SeccompMode::Enforce),
+        ("log", SeccompMode::Log),
+        ("off", SeccompMode::Off),
+    ] {
+        let c: Config = toml::from_str(&format!("[workers]\nseccomp = \"{word}\"\n")).unwrap();
+        assert_eq!(
+            (c.workers.seccomp, c.workers.seccomp.as_str()),
+            (mode, word)
+        );
+    }
+    let e = toml::from_str::<Config>("[workers]\nseccomp = \"permissive\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("permissive") && e.contains("enforce") && e.contains("log") && e.contains("off"),
+        "{e}"
+    );
+}

@@ -226,6 +226,15 @@ pub(super) async fn run(
                     .join("\n");
                 (text, json!({"outputs": outs}))
             }
+            // sidecarctl never sends the probe; shown if a worker answers one.
+            Msg::SandboxProbe(p) => (
+                format!(
+                    "exec {}, socket {}, connect {}, write {}, off-list call {}",
+                    p.exec, p.socket, p.connect, p.write, p.off_list
+                ),
+                json!({"sandbox_probe": {"pid": p.pid, "exec": p.exec, "socket": p.socket,
+                    "connect": p.connect, "write": p.write, "off_list": p.off_list}}),
+            ),
             Msg::Done(t) => (
                 format!(
                     "[worker: first answer {:.1} ms, total {:.1} ms, {} frames]",

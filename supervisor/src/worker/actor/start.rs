@@ -216,15 +216,18 @@ impl Actor {
 
     /// What the family's worker needs in its environment.
     fn worker_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let seccomp = self.config().workers.seccomp.as_str().into();
+        let mut env = vec![("SIDECAR_WORKER_SECCOMP", seccomp)];
         match self.spec.family {
-            Family::Text => Vec::new(),
+            Family::Text => {}
             // VISION workers run `.tflite` detectors through LiteRT too.
             Family::Lite | Family::Vision => {
                 let lib = &self.config().lite_runtime;
                 let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
-                vec![("SIDECAR_LITERT_LIB", lib.into_os_string())]
+                env.push(("SIDECAR_LITERT_LIB", lib.into_os_string()));
             }
         }
+        env
     }
 }
 
