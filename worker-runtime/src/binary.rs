@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::family::Family;
-use crate::serve::serve;
+use crate::serve::serve_sandboxed;
 
 /// The environment variable holding the workers' log filter
 /// (`tracing_subscriber`'s `EnvFilter` syntax).
@@ -70,6 +70,15 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
     if mode(&args, std::env::var_os(ipc::ENV_VAR).is_some()) == Mode::Standalone {
         return ExitCode::from(standalone(b, &args));
     }
+    // Before the channel's threads start and before any model file is
+    // read; `sandbox.files` (the model's descriptor) stays open until exit.
+    let sandbox = crate::sandbox::enter();
+    if !sandbox.report.missing.is_empty() {
+        tracing::warn!(
+            "sandbox: kept what this system would not let go: {}",
+            sandbox.report.missing.join("; ")
+        );
+    }
     let chan = match ipc::BlockingChannel::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -77,15 +86,7 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Before any model file is read.
-    let missing = crate::privilege::drop_privileges();
-    if !missing.is_empty() {
-        tracing::warn!(
-            "kept what this system would not let go: {}",
-            missing.join("; ")
-        );
-    }
-    match serve(chan, (b.family)()) {
+    match serve_sandboxed(chan, (b.family)(), &sandbox.report) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{} stopped: {e}", b.name);

@@ -29,12 +29,13 @@ pub mod memory;
 mod outbox;
 pub mod privilege;
 mod requests;
+pub mod sandbox;
 mod serve;
 pub mod standalone;
 
 pub use binary::{Binary, LOG_ENV, main};
 pub use error::{Code, WorkerError, answer_too_large, not_loaded};
-pub use family::{Call, Context, Family, Read, decode};
+pub use family::{Call, Context, Family, Read, decode, model_name};
 pub use outbox::Outbox;
 pub use requests::{RequestNames, request_tag};
-pub use serve::serve;
+pub use serve::{serve, serve_sandboxed};

@@ -159,6 +159,35 @@ pub struct WorkerPolicy {
     /// so that every message the API accepts (`max_message_bytes`) fits;
     /// see [`Config::channel`].
     pub channel_bytes: usize,
+    /// Every worker runs as this uid (with `gid`: both or neither), without
+    /// supplementary groups, so that a worker a model file took over
+    /// cannot signal, trace or read the supervisor. Needs the supervisor to
+    /// start as root. Unset: the supervisor's own uid and gid.
+    pub uid: Option<u32>,
+    /// See `uid`.
+    pub gid: Option<u32>,
+}
+
+impl WorkerPolicy {
+    /// The (uid, gid) workers run as, when configured.
+    pub fn identity(&self) -> Option<(u32, u32)> {
+        self.uid.zip(self.gid)
+    }
+
+    /// Refuses `workers.uid`/`gid` that cannot be honoured: one without
+    /// the other, or a supervisor that is not root (`euid`).
+    pub fn check_identity(&self, euid: u32) -> Result<(), Error> {
+        match (self.uid, self.gid) {
+            (None, None) => Ok(()),
+            (Some(_), None) | (None, Some(_)) => Err(Error::Config(
+                "workers.uid and workers.gid go together: set both or neither".into(),
+            )),
+            (Some(uid), Some(gid)) if euid != 0 => Err(Error::Config(format!(
+                "workers.uid = {uid}, workers.gid = {gid}: running workers as another user needs the supervisor to start as root (it runs as uid {euid}); remove them or start as root"
+            ))),
+            (Some(_), Some(_)) => Ok(()),
+        }
+    }
 }
 
 /// The memory guard: what it samples, keeps free and lets models use.
@@ -447,6 +476,8 @@ impl Default for WorkerPolicy {
             max_in_flight: 4,
             channel_bytes: 4 << 20,
             quarantine_ttl: Duration::from_secs(600),
+            uid: None,
+            gid: None,
         }
     }
 }
@@ -507,6 +538,11 @@ impl Config {
             if !seen.insert(&m.id) {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }
+        }
+        if self.workers.uid.is_some() != self.workers.gid.is_some() {
+            return Err(Error::Config(
+                "workers.uid and workers.gid go together: set both or neither".into(),
+            ));
         }
         if self.workers.max_in_flight == 0 {
             return Err(Error::Config(
