@@ -87,7 +87,12 @@ async fn sandboxed(sc: &Sidecar, id: &str, pid: u32, rel: &str) -> SandboxState 
         .unwrap_or_else(|| panic!("no sandbox for {id}: {:?}", status.worker_sandboxes));
     assert_eq!(worker.pid, pid);
     let sandbox = worker.sandbox.clone().expect("reported");
-    for item in [LANDLOCK, "no_new_privs", "RLIMIT_CORE 0", "RLIMIT_NOFILE 4096"] {
+    for item in [
+        LANDLOCK,
+        "no_new_privs",
+        "RLIMIT_CORE 0",
+        "RLIMIT_NOFILE 4096",
+    ] {
         assert!(
             sandbox.applied.iter().any(|a| a == item),
             "{item} not in {sandbox:?}"
@@ -323,17 +328,22 @@ async fn workers_run_as_the_configured_uid_and_gid_and_serve() {
     let pid = sc.ready("smollm2").await.worker_pid;
     assert_eq!(status_fields(pid, "Uid:"), ["65534"; 4]);
     assert_eq!(status_fields(pid, "Gid:"), ["65534"; 4]);
-    assert!(status_fields(pid, "Groups:").is_empty(), "no supplementary groups");
+    assert!(
+        status_fields(pid, "Groups:").is_empty(),
+        "no supplementary groups"
+    );
     let sandbox = sandboxed(&sc, "smollm2", pid, e2e::SMOLLM2).await;
     assert!(
-        sandbox.applied.iter().any(|a| a == "uid 65534 gid 65534 groups []"),
+        sandbox
+            .applied
+            .iter()
+            .any(|a| a == "uid 65534 gid 65534 groups []"),
         "{sandbox:?}"
     );
     // The store is the supervisor's (0700, root): the worker reads the
     // descriptor it was handed.
-    let store_mode = std::os::unix::fs::MetadataExt::mode(
-        &std::fs::metadata(sc.store.path()).expect("store"),
-    );
+    let store_mode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(sc.store.path()).expect("store"));
     assert_eq!(store_mode & 0o777, 0o700);
     let out = sc
         .text()

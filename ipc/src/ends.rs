@@ -147,9 +147,13 @@ pub fn inherited_files() -> Result<Vec<OwnedFd>> {
         }
     }
     if FILES_ADOPTED.swap(true, Ordering::SeqCst) {
-        return Err(Error::Attach("the inherited files were taken already".into()));
+        return Err(Error::Attach(
+            "the inherited files were taken already".into(),
+        ));
     }
-    fds.into_iter().map(|fd| sys::adopt_inherited(fd, "/")).collect()
+    fds.into_iter()
+        .map(|fd| sys::adopt_inherited(fd, "/"))
+        .collect()
 }
 
 impl Ends {

@@ -12,8 +12,7 @@ use sidecar_proto::v1::{
     DrainModelResponse, EmbedRequest, GenerateRequest, GetStatusRequest, InferRequest,
     ListWorkersRequest, ListWorkersResponse, LogLine, ProcessBatchRequest, RestartWorkerRequest,
     RestartWorkerResponse, SandboxState, StatusResponse, StreamLogsRequest, TokenizeRequest,
-    WorkerInfo, WorkerSandbox,
-    call_worker_request, call_worker_response,
+    WorkerInfo, WorkerSandbox, call_worker_request, call_worker_response,
 };
 use sidecar_proto::worker::{
     WorkerError, WorkerRequest, WorkerResponse, worker_request, worker_response,
@@ -53,11 +52,15 @@ fn supervisor_sandbox(config: &Config) -> SandboxState {
     let mut s = SandboxState::default();
     match nix::sys::prctl::get_dumpable() {
         Ok(false) => s.applied.push("non-dumpable".into()),
-        Ok(true) => s.missing.push("non-dumpable: PR_SET_DUMPABLE 0 did not hold".into()),
+        Ok(true) => s
+            .missing
+            .push("non-dumpable: PR_SET_DUMPABLE 0 did not hold".into()),
         Err(e) => s.missing.push(format!("non-dumpable: {e}")),
     }
     match config.workers.identity() {
-        Some((uid, gid)) => s.applied.push(format!("workers run as uid {uid} gid {gid}")),
+        Some((uid, gid)) => s
+            .applied
+            .push(format!("workers run as uid {uid} gid {gid}")),
         None if nix::unistd::geteuid().is_root() => s.missing.push(
             "workers run as root, the supervisor's uid: set workers.uid and workers.gid".into(),
         ),

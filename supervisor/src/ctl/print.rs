@@ -191,7 +191,11 @@ fn sandbox_line(s: &SandboxState) -> String {
     if s.missing.is_empty() {
         s.applied.join(", ")
     } else {
-        format!("{}; MISSING: {}", s.applied.join(", "), s.missing.join("; "))
+        format!(
+            "{}; MISSING: {}",
+            s.applied.join(", "),
+            s.missing.join("; ")
+        )
     }
 }
 

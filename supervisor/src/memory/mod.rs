@@ -119,9 +119,13 @@ pub fn prepare(spec: &ModelSpec, file: &std::fs::File, size: u64) -> Result<Prep
 pub fn prepare_unread(spec: &ModelSpec) -> Result<Prepared, String> {
     let estimate = match (spec.memory_estimate, spec.family) {
         (n, _) if n > 0 => n,
-        (_, Family::Text) => {
-            policy::text_need(0, None, spec.text.context_size, spec.text.parallel, spec.text.batch_size)
-        }
+        (_, Family::Text) => policy::text_need(
+            0,
+            None,
+            spec.text.context_size,
+            spec.text.parallel,
+            spec.text.batch_size,
+        ),
         (_, Family::Lite) => policy::lite_need(0),
         (_, Family::Vision) => policy::vision_need(0),
     };

@@ -43,8 +43,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, path_beneath_rules,
 };
 
 use super::Report;
@@ -110,29 +110,33 @@ impl<'a> Plan<'a> {
 /// Restricts this thread and everything it starts from now on to `plan`;
 /// what could not be enforced is reported as missing.
 pub fn restrict(plan: &Plan<'_>) -> Report {
+    describe(ruleset(plan).map(|s| (s.ruleset, s.landlock)))
+}
+
+/// The report of one attempt: what the kernel enforced, at which ABI.
+fn describe(outcome: Result<(RulesetStatus, LandlockStatus), RulesetError>) -> Report {
     let mut report = Report::default();
-    match ruleset(plan) {
-        Ok(status) => {
-            let abi = match status.landlock {
-                LandlockStatus::Available { effective_abi, .. } => format!("{effective_abi:?}"),
-                other => format!("{other:?}"),
-            };
-            match status.ruleset {
-                RulesetStatus::FullyEnforced => {
-                    report.applied(format!("landlock ABI {abi}: fully enforced"));
-                }
-                RulesetStatus::PartiallyEnforced => {
-                    report.applied(format!("landlock ABI {abi}: partially enforced"));
-                    report.missing(format!(
-                        "landlock: partially enforced: the kernel's ABI {abi} lacks rights of {ABI_TARGET:?} (network rules need ABI 4, scoping ABI 6)"
-                    ));
-                }
-                RulesetStatus::NotEnforced => {
-                    report.missing(format!("landlock: not enforced ({abi})"));
-                }
-            }
+    let (ruleset, landlock) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            report.missing(format!("landlock: {e}"));
+            return report;
         }
-        Err(e) => report.missing(format!("landlock: {e}")),
+    };
+    let abi = match landlock {
+        LandlockStatus::Available { effective_abi, .. } => format!("ABI {effective_abi:?}"),
+        LandlockStatus::NotEnabled => "disabled at boot (lsm=)".to_owned(),
+        LandlockStatus::NotImplemented => "not built into this kernel".to_owned(),
+    };
+    match ruleset {
+        RulesetStatus::FullyEnforced => report.applied(format!("landlock {abi}: fully enforced")),
+        RulesetStatus::PartiallyEnforced => {
+            report.applied(format!("landlock {abi}: partially enforced"));
+            report.missing(format!(
+                "landlock: partially enforced: the kernel's {abi} lacks rights of {ABI_TARGET:?} (no network rules before ABI 4, no scoping before ABI 6)"
+            ));
+        }
+        RulesetStatus::NotEnforced => report.missing(format!("landlock: not enforced: {abi}")),
     }
     report
 }

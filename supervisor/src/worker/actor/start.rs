@@ -176,7 +176,9 @@ impl Actor {
         }
         let (spec, file) = (self.spec.clone(), self.file.clone());
         let read = tokio::task::spawn_blocking(move || match ModelFile::open(&file) {
-            Ok(m) => crate::memory::prepare(&spec, m.file(), m.size()).map(|p| (p, Some(m.identity()))),
+            Ok(m) => {
+                crate::memory::prepare(&spec, m.file(), m.size()).map(|p| (p, Some(m.identity())))
+            }
             // Not readable now: the start that opens it says why.
             Err(_) => crate::memory::prepare_unread(&spec).map(|p| (p, None)),
         })

@@ -24,23 +24,35 @@ fn child(store: &std::path::Path) {
         vec!["landlock ABI V7: fully enforced".to_string()]
     );
     // Another file of the store, and its listing: denied.
-    let other = std::fs::File::open(store.join("other.gguf")).expect_err("the store is out of reach");
+    let other =
+        std::fs::File::open(store.join("other.gguf")).expect_err("the store is out of reach");
     assert_eq!(other.kind(), ErrorKind::PermissionDenied, "{other}");
     let listing = std::fs::read_dir(store).expect_err("the store's listing is out of reach");
     assert_eq!(listing.kind(), ErrorKind::PermissionDenied, "{listing}");
     // Writing anywhere: denied (a new file, an existing one, /tmp).
-    for path in [store.join("new"), store.join("other.gguf"), std::env::temp_dir().join("landlock-write")] {
+    for path in [
+        store.join("new"),
+        store.join("other.gguf"),
+        std::env::temp_dir().join("landlock-write"),
+    ] {
         let e = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .expect_err("nothing is writable");
-        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}: {e}", path.display());
+        assert_eq!(
+            e.kind(),
+            ErrorKind::PermissionDenied,
+            "{}: {e}",
+            path.display()
+        );
     }
     // The handed descriptor reads, and /proc/self/fd/N opens.
     let mut head = [0u8; 4];
-    model.read_exact_at(&mut head, 0).expect("read the descriptor");
+    model
+        .read_exact_at(&mut head, 0)
+        .expect("read the descriptor");
     assert_eq!(&head, b"GGUF");
     let mut again = String::new();
     std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -90,4 +102,44 @@ fn a_sandboxed_worker_reads_its_descriptor_and_nothing_of_the_store() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     // Nothing was created by the sandboxed child.
     assert!(!std::env::temp_dir().join("landlock-write").exists());
+}
+
+#[test]
+fn what_the_kernel_lacks_is_reported_missing() {
+    let none = describe(Ok((
+        RulesetStatus::NotEnforced,
+        LandlockStatus::NotImplemented,
+    )));
+    assert!(none.applied.is_empty());
+    assert_eq!(
+        none.missing,
+        ["landlock: not enforced: not built into this kernel"]
+    );
+    let off = describe(Ok((RulesetStatus::NotEnforced, LandlockStatus::NotEnabled)));
+    assert_eq!(
+        off.missing,
+        ["landlock: not enforced: disabled at boot (lsm=)"]
+    );
+    let old = describe(Ok((
+        RulesetStatus::PartiallyEnforced,
+        LandlockStatus::Available {
+            effective_abi: ABI::V3,
+            kernel_abi: None,
+        },
+    )));
+    assert_eq!(old.applied, ["landlock ABI V3: partially enforced"]);
+    assert!(
+        old.missing[0]
+            .starts_with("landlock: partially enforced: the kernel's ABI V3 lacks rights of V7"),
+        "{old:?}"
+    );
+    let full = describe(Ok((
+        RulesetStatus::FullyEnforced,
+        LandlockStatus::Available {
+            effective_abi: ABI::V7,
+            kernel_abi: None,
+        },
+    )));
+    assert_eq!(full.applied, ["landlock ABI V7: fully enforced"]);
+    assert!(full.missing.is_empty());
 }
