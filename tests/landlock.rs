@@ -294,20 +294,18 @@ async fn a_lite_model_is_served_through_its_descriptor_under_landlock() {
     healthy(&sc, "face").await;
 }
 
-/// A folder anyone may enter holding the worker binaries (the target
+/// A folder anyone may enter holding worker-text (the target
 /// directory lies under /root, which uid 65534 cannot enter).
 fn public_workers() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    for name in ["worker-text"] {
-        let from = e2e::binary(name);
-        let to = dir.path().join(name);
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).expect("copy the worker");
-        }
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let from = e2e::binary("worker-text");
+    let to = dir.path().join("worker-text");
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to).expect("copy the worker");
     }
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }
 
