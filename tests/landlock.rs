@@ -256,6 +256,48 @@ async fn a_vision_detector_is_served_through_its_descriptor_under_landlock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vision_cascade_is_read_by_opencv_through_its_descriptor_under_landlock() {
+    let _serial = serial().await;
+    const CASCADE: &str = "cascades/frontalface.xml";
+    let store = store();
+    let path = store.path().join(CASCADE);
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    std::fs::copy(
+        "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml",
+        &path,
+    )
+    .expect("the OpenCV cascade (opencv-data) is installed");
+    let sc = Sidecar::start(
+        store,
+        &format!(
+            "[[models]]\nid = \"cascade\"\nfamily = \"vision\"\npath = \"{CASCADE}\"\nvision = {{ threads = 1 }}\n"
+        ),
+    );
+    let pid = sc.ready("cascade").await.worker_pid;
+    sandboxed(&sc, "cascade", pid, CASCADE).await;
+    let mut client = sidecar_proto::v1::vision_service_client::VisionServiceClient::connect(
+        format!("http://{}", sc.api),
+    )
+    .await
+    .expect("connect");
+    let r = client
+        .process_batch(ProcessBatchRequest {
+            model_id: "cascade".into(),
+            task: Some(e2e::vision::faces(FaceDetector::Unspecified)),
+            images: vec![e2e::vision::astronaut()],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(r.results[0].faces.len(), 1, "{:?}", r.results);
+    let found = r.results[0].faces[0].r#box.expect("box");
+    let iou = e2e::vision::iou(&found, &e2e::vision::FACE);
+    assert!(iou >= 0.5, "{found:?} IoU {iou}");
+    assert_eq!(sc.model("cascade").await.worker_pid, pid);
+    healthy(&sc, "cascade").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lite_model_is_served_through_its_descriptor_under_landlock() {
     let _serial = serial().await;
     const FACE: &str = "mediapipe/face_detection_short_range.tflite";
