@@ -13,8 +13,10 @@
 //!   themselves: `/proc/self` (memory reports from `status`, `maps`,
 //!   `cgroup`), `/proc/cpuinfo`, `/proc/meminfo`, `/sys/devices/system/cpu`
 //!   and `/sys/devices/system/node` (thread pools size themselves from the
-//!   CPU topology), `/sys/fs/cgroup` (CPU quota), `/dev/null`,
-//!   `/dev/urandom`, and a few loader and libc files in `/etc`;
+//!   CPU topology), `/sys/fs/cgroup` (CPU quota), whether huge pages are
+//!   on (`/sys/kernel/mm/transparent_hugepage/enabled`,
+//!   `/proc/sys/vm/nr_hugepages`), `/dev/null`, `/dev/urandom`, and a few
+//!   loader and libc files in `/etc`;
 //! - the model: a rule on the descriptor the supervisor opened and handed
 //!   over, so `/proc/self/fd/N` opens (a rule holds on the file itself,
 //!   wherever it is reached from) while the model store, its listing and
@@ -33,7 +35,7 @@
 //! through llama.cpp; MediaPipe face detection through LiteRT, alone and
 //! under OpenCV; an OpenCV cascade): every path opened after `main`
 //! starts, none opened for writing, no socket. Then the e2e suites of
-//! every family under the rules.
+//! every family under the rules, traced again for EACCES: none left.
 //!
 //! Best effort across ABIs: on an older kernel the rights it does not know
 //! are left out and the report says "partially enforced"; without
@@ -69,6 +71,8 @@ pub const READ_ONLY: &[&str] = &[
     "/sys/devices/system/cpu",
     "/sys/devices/system/node",
     "/sys/fs/cgroup",
+    "/sys/kernel/mm/transparent_hugepage/enabled",
+    "/proc/sys/vm/nr_hugepages",
     "/dev/null",
     "/dev/urandom",
 ];
