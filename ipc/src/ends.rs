@@ -24,6 +24,9 @@ use crate::sys::{self, ChildSetup, SharedRegion};
 
 /// The environment variable that names the inherited descriptors.
 pub const ENV_VAR: &str = "SIDECAR_IPC";
+/// The environment variable that names the open files handed to the child
+/// beside its channel ([`Ends::spawn_with_files`]), in order, comma-separated.
+pub const FILES_ENV_VAR: &str = "SIDECAR_IPC_FILES";
 const REGION_NAME: &CStr = c"sidecar-ipc";
 
 /// Sizes of a channel.
@@ -111,6 +114,47 @@ pub fn create(config: ChannelConfig) -> Result<(Ends, Ends)> {
 }
 
 static ADOPTED: AtomicBool = AtomicBool::new(false);
+static FILES_ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// The open files this process's parent handed it with
+/// [`Ends::spawn_with_files`] ([`FILES_ENV_VAR`]), in order, each checked
+/// to be an open file in the file system (not a socket, pipe or other
+/// anonymous descriptor) and made close-on-exec. Empty when the variable
+/// is unset. Callable once per process.
+pub fn inherited_files() -> Result<Vec<OwnedFd>> {
+    let Ok(value) = std::env::var(FILES_ENV_VAR) else {
+        return Ok(Vec::new());
+    };
+    let bad = || Error::Attach(format!("{FILES_ENV_VAR}={value:?} is malformed"));
+    let fds: Vec<i32> = value
+        .split(',')
+        .map(|f| f.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    let mut seen = fds.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != fds.len() {
+        return Err(bad());
+    }
+    // A file in the file system: never one of the channel's descriptors
+    // (a memfd, eventfds, a socket), which `Ends::from_env` owns.
+    for &fd in &fds {
+        let target = sys::fd_target(fd)?;
+        if !target.starts_with('/') || target.starts_with("/memfd:") {
+            return Err(Error::Attach(format!(
+                "{FILES_ENV_VAR}: descriptor {fd} points to {target:?}, not a file"
+            )));
+        }
+    }
+    if FILES_ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(Error::Attach(
+            "the inherited files were taken already".into(),
+        ));
+    }
+    fds.into_iter()
+        .map(|fd| sys::adopt_inherited(fd, "/"))
+        .collect()
+}
 
 impl Ends {
     /// Which side these are.
@@ -124,6 +168,21 @@ impl Ends {
     /// `parent_death_signal` when given: spawn from a thread that lives as
     /// long as the process, since the signal fires when that thread exits.
     pub fn spawn(self, cmd: &mut Command, parent_death_signal: Option<i32>) -> Result<Child> {
+        self.spawn_with_files(cmd, parent_death_signal, &[])
+    }
+
+    /// [`Ends::spawn`], also handing the child `files`: descriptors this
+    /// process opened (close-on-exec here), kept open across the child's
+    /// `exec` under the same numbers and named, in order, in
+    /// [`FILES_ENV_VAR`]; the child takes them with [`inherited_files`].
+    /// So a file is checked and opened by this process, and the child reads
+    /// that same open file without resolving any path.
+    pub fn spawn_with_files(
+        self,
+        cmd: &mut Command,
+        parent_death_signal: Option<i32>,
+        files: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Child> {
         let side = match self.side {
             Side::A => "a",
             Side::B => "b",
@@ -136,12 +195,19 @@ impl Ends {
             self.sock.as_raw_fd()
         );
         cmd.env(ENV_VAR, value);
-        let keep = [
+        let numbers: Vec<String> = files.iter().map(|f| f.as_raw_fd().to_string()).collect();
+        if numbers.is_empty() {
+            cmd.env_remove(FILES_ENV_VAR);
+        } else {
+            cmd.env(FILES_ENV_VAR, numbers.join(","));
+        }
+        let mut keep = vec![
             self.region.as_fd(),
             self.my_bell.as_fd(),
             self.peer_bell.as_fd(),
             self.sock.as_fd(),
         ];
+        keep.extend_from_slice(files);
         let child = sys::spawn_keeping(
             cmd,
             &keep,

@@ -47,7 +47,7 @@ mod sys;
 
 pub use blocking::{BlockingChannel, Received};
 pub use channel_async::{AsyncChannel, Frame, ResponseStream, Stats};
-pub use ends::{ChannelConfig, ENV_VAR, Ends, Side, create};
+pub use ends::{ChannelConfig, ENV_VAR, Ends, FILES_ENV_VAR, Side, create, inherited_files};
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};

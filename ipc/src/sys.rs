@@ -275,9 +275,12 @@ pub(crate) fn adopt_inherited(fd: RawFd, expect: &str) -> Result<OwnedFd> {
         )));
     }
     // SAFETY: the descriptor is open (its /proc link exists) and was handed
-    // to this process by its parent for exactly this use. `Ends::from_env`,
-    // the only caller, runs at most once per process (a process-wide flag),
-    // so no other owner of this descriptor exists or will be made.
+    // to this process by its parent for exactly this use. Its two callers
+    // each run at most once per process (a process-wide flag each) and
+    // adopt disjoint descriptors: `Ends::from_env` the channel's (a memfd,
+    // eventfds, a socket), `inherited_files` only distinct files in the
+    // file system. So no other owner of this descriptor exists or will be
+    // made.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map_err(|e| Error::io("set cloexec", e))?;

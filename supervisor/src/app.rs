@@ -52,6 +52,9 @@ pub async fn run(
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!("could not mark the supervisor non-dumpable: {e}");
     }
+    config
+        .workers
+        .check_identity(nix::unistd::geteuid().as_raw())?;
     if let Some(warning) = config.exposure() {
         tracing::warn!("{warning}");
     }

@@ -102,7 +102,8 @@ pub fn load_model(load: &Load) -> Result<Served, WorkerError> {
     };
     let threads = options.threads.max(1);
     let path = Path::new(&load.path);
-    tracing::info!(model = %load.model_id, path = %load.path, threads, accelerator, "loading");
+    let name = worker_runtime::model_name(load);
+    tracing::info!(model = %load.model_id, path = %name, opened = %load.path, threads, accelerator, "loading");
     // Everything LiteRT does at load time (read, compile, the first run
     // that allocates the tensors) reports its reasons only in its log.
     let (compiled, log) = with_captured_stderr(|| -> Result<Compiled, WorkerError> {
@@ -130,7 +131,7 @@ pub fn load_model(load: &Load) -> Result<Served, WorkerError> {
             code,
             format!(
                 "LiteRT could not load {}: {}{}",
-                load.path,
+                name,
                 e.message,
                 reason(&log)
             ),

@@ -60,7 +60,7 @@ impl Family for Lite {
                 infer(cx, frame.request_id(), s, &call, deadline_ms, arrived)?;
                 Ok(Read::Answered)
             }
-            Request::Other(req) => Ok(Read::Request(req)),
+            Request::Other(req) => Ok(Read::Request(*req)),
         }
     }
 

@@ -69,6 +69,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             path: path.display().to_string(),
             family: ModelFamily::Lite as i32,
             model_id: "standalone".into(),
+            name: String::new(),
             options: Some(load::Options::Lite(LiteOptions {
                 threads: a.threads.max(1),
                 ..Default::default()

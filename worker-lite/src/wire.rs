@@ -38,7 +38,7 @@ pub enum Request<'a> {
     /// Infer / InferBatch, with the deadline (Unix ms, 0: none).
     Infer(InferRef<'a>, i64),
     /// Any other request.
-    Other(WorkerRequest),
+    Other(Box<WorkerRequest>),
 }
 
 fn bad(what: &str) -> WorkerError {
@@ -90,7 +90,7 @@ pub fn parse(payload: &[u8]) -> Result<Request<'_>, WorkerError> {
     match body {
         Some((tag, msg)) => Ok(Request::Infer(infer(msg, tag == INFER_BATCH)?, deadline)),
         None => WorkerRequest::decode(payload)
-            .map(Request::Other)
+            .map(|r| Request::Other(Box::new(r)))
             .map_err(|e| bad(&e.to_string())),
     }
 }
@@ -642,7 +642,7 @@ mod props {
                     prop_assert_eq!(call.outputs, r.outputs.iter().map(String::as_str).collect::<Vec<_>>());
                 }
                 (Request::Other(other), Some(worker_request::Body::LiteInfo(_))) => {
-                    prop_assert_eq!(other, req.clone());
+                    prop_assert_eq!(*other, req.clone());
                 }
                 (got, _) => prop_assert!(false, "read as the wrong kind: {got:?}"),
             }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::family::Family;
-use crate::serve::serve;
+use crate::serve::serve_sandboxed;
 
 /// The environment variable holding the workers' log filter
 /// (`tracing_subscriber`'s `EnvFilter` syntax).
@@ -70,13 +70,17 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
     if mode(&args, std::env::var_os(ipc::ENV_VAR).is_some()) == Mode::Standalone {
         return ExitCode::from(standalone(b, &args));
     }
-    // Before any model file is read, and before the channel starts its
-    // death-watch thread (a thread keeps its own capabilities and
-    // no_new_privs): capabilities, no_new_privs and rlimits, then seccomp
-    // last (on every thread; it refuses what the steps before need).
-    let mut missing = crate::caps::drop_all();
-    missing.extend(crate::privilege::drop_privileges());
-    missing.extend(crate::seccomp::install_configured(F::FAMILY));
+    // Before the channel's threads start (each thread keeps its own
+    // capabilities, no_new_privs and Landlock domain) and before any model
+    // file is read; `sandbox.files` (the model's descriptor) stays open
+    // until exit. Seccomp is the last step (on every thread).
+    let sandbox = crate::sandbox::enter(F::FAMILY);
+    if !sandbox.report.missing.is_empty() {
+        tracing::warn!(
+            "sandbox: kept what this system would not let go: {}",
+            sandbox.report.missing.join("; ")
+        );
+    }
     let chan = match ipc::BlockingChannel::from_env() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -84,13 +88,7 @@ pub fn main<F: Family, A>(b: &Binary<F, A>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !missing.is_empty() {
-        tracing::warn!(
-            "kept what this system would not let go: {}",
-            missing.join("; ")
-        );
-    }
-    match serve(chan, (b.family)()) {
+    match serve_sandboxed(chan, (b.family)(), &sandbox.report) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{} stopped: {e}", b.name);

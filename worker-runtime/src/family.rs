@@ -227,3 +227,14 @@ impl Context {
         }
     }
 }
+
+/// What messages call a Load's model: its path in the store (`name`), or
+/// the path opened when none is given (standalone runs). The file itself
+/// is opened at `path`, the descriptor the supervisor handed over.
+pub fn model_name(load: &Load) -> &str {
+    if load.name.is_empty() {
+        &load.path
+    } else {
+        &load.name
+    }
+}

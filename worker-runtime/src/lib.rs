@@ -11,11 +11,11 @@
 //! deadlines ([`deadline`]); the memory report ([`memory`], from
 //! `procmem`); exiting with status 0 when the supervisor is gone; the
 //! standalone driver ([`standalone`]); and `main` itself ([`main`],
-//! [`Binary`]); the worker's sandbox, the same for every family: no
-//! capability ([`caps`]), no_new_privs and rlimits ([`privilege`]), the
-//! per-family seccomp allow-list ([`seccomp`]), and the test-only sandbox
-//! probe (feature `sandbox-probe`). Later, landlock and receiving the
-//! model files as open descriptors instead of paths belong here too.
+//! [`Binary`]); the worker's sandbox ([`sandbox`]), the same for every
+//! family: no capability ([`caps`]), no_new_privs and rlimits
+//! ([`privilege`]), Landlock around the model's descriptor the supervisor
+//! handed over, the per-family seccomp allow-list ([`seccomp`]), and the
+//! test-only sandbox probe (feature `sandbox-probe`).
 //!
 //! Must not: know any family's models or native libraries (llama.cpp,
 //! LiteRT, OpenCV), talk gRPC, or reach into the channel's internals (it
@@ -33,13 +33,14 @@ mod outbox;
 pub mod privilege;
 mod probe;
 mod requests;
+pub mod sandbox;
 pub mod seccomp;
 mod serve;
 pub mod standalone;
 
 pub use binary::{Binary, LOG_ENV, main};
 pub use error::{Code, WorkerError, answer_too_large, not_loaded};
-pub use family::{Call, Context, Family, Read, decode};
+pub use family::{Call, Context, Family, Read, decode, model_name};
 pub use outbox::Outbox;
 pub use requests::{RequestNames, request_tag};
-pub use serve::serve;
+pub use serve::{serve, serve_sandboxed};

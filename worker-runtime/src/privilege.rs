@@ -6,27 +6,32 @@
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
+use crate::sandbox::Report;
+
 /// Descriptors a worker may hold open: its channel, its model and what its
 /// runtime opens, with room to spare.
 pub const MAX_FILES: u64 = 4096;
 
-/// Drops what the worker does not need; returns what could not be dropped
-/// (an old kernel, a container that forbids it), for one log line.
-pub fn drop_privileges() -> Vec<String> {
-    let mut missing = Vec::new();
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        missing.push(format!("no_new_privs: {e}"));
+/// Drops what the worker does not need; the report says what holds and
+/// what could not be dropped (an old kernel, a container that forbids it).
+pub fn drop_privileges() -> Report {
+    let mut report = Report::default();
+    match nix::sys::prctl::set_no_new_privs() {
+        Ok(()) => report.applied("no_new_privs"),
+        Err(e) => report.missing(format!("no_new_privs: {e}")),
     }
-    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
-        missing.push(format!("RLIMIT_CORE 0: {e}"));
+    match setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        Ok(()) => report.applied("RLIMIT_CORE 0"),
+        Err(e) => report.missing(format!("RLIMIT_CORE 0: {e}")),
     }
     let files = getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(_, hard)| hard.min(MAX_FILES))
-        .and_then(|n| setrlimit(Resource::RLIMIT_NOFILE, n, n));
-    if let Err(e) = files {
-        missing.push(format!("RLIMIT_NOFILE {MAX_FILES}: {e}"));
+        .and_then(|n| setrlimit(Resource::RLIMIT_NOFILE, n, n).map(|()| n));
+    match files {
+        Ok(n) => report.applied(format!("RLIMIT_NOFILE {n}")),
+        Err(e) => report.missing(format!("RLIMIT_NOFILE {MAX_FILES}: {e}")),
     }
-    missing
+    report
 }
 
 #[cfg(test)]
@@ -39,7 +44,12 @@ mod tests {
     fn a_worker_gives_up_new_privileges_core_dumps_and_descriptors() {
         const CHILD: &str = "WORKER_RUNTIME_PRIVILEGE_CHILD";
         if std::env::var_os(CHILD).is_some() {
-            assert!(drop_privileges().is_empty(), "{:?}", drop_privileges());
+            let report = drop_privileges();
+            assert!(report.missing.is_empty(), "{report:?}");
+            assert_eq!(
+                report.applied,
+                ["no_new_privs", "RLIMIT_CORE 0", "RLIMIT_NOFILE 4096"]
+            );
             assert!(nix::sys::prctl::get_no_new_privs().expect("prctl"));
             assert_eq!(getrlimit(Resource::RLIMIT_CORE).expect("core"), (0, 0));
             let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("nofile");

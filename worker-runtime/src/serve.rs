@@ -26,6 +26,16 @@ pub fn serve<F: Family>(chan: Arc<BlockingChannel>, family: F) -> Result<(), Wor
     serve_every(chan, family, heartbeat::PERIOD)
 }
 
+/// [`serve`], telling the supervisor in the HELLO what the worker's
+/// sandbox holds and lacks.
+pub fn serve_sandboxed<F: Family>(
+    chan: Arc<BlockingChannel>,
+    family: F,
+    sandbox: &crate::sandbox::Report,
+) -> Result<(), WorkerError> {
+    serve_with(chan, family, heartbeat::PERIOD, Some(sandbox.to_proto()))
+}
+
 /// Why the loop ends.
 enum Stop {
     /// The supervisor is gone (the channel's peer).
@@ -52,12 +62,21 @@ impl From<WorkerError> for Stop {
 /// [`serve`] with heartbeats every `period`.
 pub(crate) fn serve_every<F: Family>(
     chan: Arc<BlockingChannel>,
+    family: F,
+    period: Duration,
+) -> Result<(), WorkerError> {
+    serve_with(chan, family, period, None)
+}
+
+fn serve_with<F: Family>(
+    chan: Arc<BlockingChannel>,
     mut family: F,
     period: Duration,
+    sandbox: Option<sidecar_proto::worker::Sandbox>,
 ) -> Result<(), WorkerError> {
     let counters = Arc::new(Counters::default());
     let mut cx = Context::new(chan.clone());
-    let stop = match send_hello::<F>(&chan) {
+    let stop = match send_hello::<F>(&chan, sandbox) {
         Err(stop) => stop,
         Ok(()) => {
             heartbeat::start(chan.clone(), period, counters.clone());
@@ -82,7 +101,10 @@ pub(crate) fn serve_every<F: Family>(
     }
 }
 
-fn send_hello<F: Family>(chan: &BlockingChannel) -> Result<(), Stop> {
+fn send_hello<F: Family>(
+    chan: &BlockingChannel,
+    sandbox: Option<sidecar_proto::worker::Sandbox>,
+) -> Result<(), Stop> {
     let hello = Hello {
         protocol_version: sidecar_proto::WORKER_PROTOCOL_VERSION,
         family: F::FAMILY as i32,
@@ -90,6 +112,7 @@ fn send_hello<F: Family>(chan: &BlockingChannel) -> Result<(), Stop> {
         pid: std::process::id(),
         capabilities: F::CAPABILITIES.iter().map(|&c| c.into()).collect(),
         memory: Some(memory::report()),
+        sandbox,
     };
     Ok(chan.send(0, Kind::Hello, Flags::NONE, &hello.encode_to_vec())?)
 }

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let seconds: f64 = args[3].parse()?;
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
-    let model = Model::load(Path::new(&args[1]), &options)?;
+    let model = Model::load(Path::new(&args[1]), &args[1], &options)?;
     let mut embedder = Embedder::new(model, &options)?;
     for batch in &args[4..] {
         let n: usize = batch.parse()?;

@@ -42,20 +42,19 @@ pub fn threads(options: &TextOptions) -> i32 {
 }
 
 /// Checks the GGUF magic so that a wrong file gets a clear reason.
-fn check_gguf(path: &Path) -> Result<(), WorkerError> {
+fn check_gguf(path: &Path, name: &str) -> Result<(), WorkerError> {
     use std::io::Read;
     let mut magic = [0u8; 4];
     let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
     match read {
         Err(e) => Err(WorkerError::new(
             Code::Unavailable,
-            format!("cannot read model file {}: {e}", path.display()),
+            format!("cannot read model file {name}: {e}"),
         )),
         Ok(()) if &magic != b"GGUF" => Err(WorkerError::new(
             Code::Unavailable,
             format!(
-                "{} is not a GGUF model file (starts with {:02x?}, expected \"GGUF\")",
-                path.display(),
+                "{name} is not a GGUF model file (starts with {:02x?}, expected \"GGUF\")",
                 magic
             ),
         )),
@@ -73,9 +72,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// Reads the file.
-    pub fn load(path: &Path, options: &TextOptions) -> Result<Model, WorkerError> {
-        check_gguf(path)?;
+    /// Reads the file at `path` (`/proc/self/fd/N`: the descriptor the
+    /// supervisor handed over); `name` is what messages call it.
+    pub fn load(path: &Path, name: &str, options: &TextOptions) -> Result<Model, WorkerError> {
+        check_gguf(path, name)?;
         let backend = backend()?;
         let gpu_layers = match options.gpu_layers {
             Some(n) if n < 0 => u32::MAX,
@@ -86,7 +86,7 @@ impl Model {
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             WorkerError::new(
                 Code::Unavailable,
-                format!("llama.cpp could not load {}: {e}", path.display()),
+                format!("llama.cpp could not load {name}: {e}"),
             )
         })?;
         Ok(Model {

@@ -80,8 +80,9 @@ impl Family for Text {
             Some(sidecar_proto::worker::load::Options::Text(t)) => t.clone(),
             _ => TextOptions::default(),
         };
-        tracing::info!(model = %load.model_id, path = %load.path, "loading");
-        let model = Model::load(Path::new(&load.path), &options)?;
+        let name = worker_runtime::model_name(load);
+        tracing::info!(model = %load.model_id, path = %name, opened = %load.path, "loading");
+        let model = Model::load(Path::new(&load.path), name, &options)?;
         let details = match options.embeddings {
             Some(false) if model.is_embedding() => {
                 return Err(WorkerError::invalid(

@@ -63,6 +63,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         path: path.display().to_string(),
         family: ModelFamily::Text as i32,
         model_id: "standalone".into(),
+        name: String::new(),
         options: Some(load::Options::Text(TextOptions {
             context_size: a.context,
             threads: a.threads,

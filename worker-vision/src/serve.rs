@@ -256,8 +256,11 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
     // Limits over their caps are refused before anything loads.
     let limits = Limits::from_options(&options)?;
     let path = Path::new(&load.path);
-    tracing::info!(model = %load.model_id, path = %load.path, "loading");
-    let detector = match path.extension().and_then(|e| e.to_str()) {
+    let name = worker_runtime::model_name(load);
+    tracing::info!(model = %load.model_id, path = %name, opened = %load.path, "loading");
+    // The kind by the store name's extension: the opened path
+    // (`/proc/self/fd/N`) has none.
+    let detector = match Path::new(name).extension().and_then(|e| e.to_str()) {
         Some("tflite") => Detector::Ssd(Box::new(Ssd::load(
             &litert::runtime_path(),
             path,
@@ -267,8 +270,7 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
         Some("xml") => Detector::Cascade(Cascade::load(path)?),
         _ => {
             return Err(WorkerError::invalid(format!(
-                "{}: a VISION model is an SSD-style .tflite detector or an OpenCV cascade .xml",
-                load.path
+                "{name}: a VISION model is an SSD-style .tflite detector or an OpenCV cascade .xml"
             )));
         }
     };

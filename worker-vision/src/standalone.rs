@@ -56,6 +56,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             path: path.display().to_string(),
             family: ModelFamily::Vision as i32,
             model_id: "standalone".into(),
+            name: String::new(),
             options: Some(load::Options::Vision(VisionOptions {
                 threads: 1,
                 ..Default::default()

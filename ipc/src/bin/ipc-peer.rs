@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         "grandchild" => grandchild(),
+        "files" => files(),
         "socket-bench" => socket_bench(),
         _ => match BlockingChannel::from_env() {
             Ok(chan) => match mode {
@@ -254,6 +255,28 @@ fn grandchild() -> ipc::Result<()> {
         .map_err(|e| Error::Config(e.to_string()))?;
     println!("GRANDCHILD {}", String::from_utf8_lossy(&out.stdout).trim());
     drop(chan);
+    Ok(())
+}
+
+/// Prints each handed file's contents (`FILE ...`), then what a child of
+/// this process inherits (`GRANDCHILD ...`).
+fn files() -> ipc::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let files = ipc::inherited_files()?;
+    for f in files {
+        let f = std::fs::File::from(f);
+        let mut buf = vec![0u8; 64];
+        let n = f
+            .read_at(&mut buf, 0)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        println!("FILE {}", String::from_utf8_lossy(&buf[..n]));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::Config(e.to_string()))?;
+    let out = std::process::Command::new(exe)
+        .arg("list-fds")
+        .output()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    println!("GRANDCHILD {}", String::from_utf8_lossy(&out.stdout).trim());
     Ok(())
 }
 

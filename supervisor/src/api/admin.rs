@@ -11,8 +11,8 @@ use sidecar_proto::v1::{
     CallTimings, CallWorkerRequest, CallWorkerResponse, ChatRequest, DrainModelRequest,
     DrainModelResponse, EmbedRequest, GenerateRequest, GetStatusRequest, InferRequest,
     ListWorkersRequest, ListWorkersResponse, LogLine, ProcessBatchRequest, RestartWorkerRequest,
-    RestartWorkerResponse, StatusResponse, StreamLogsRequest, TokenizeRequest, WorkerInfo,
-    call_worker_request, call_worker_response,
+    RestartWorkerResponse, SandboxState, StatusResponse, StreamLogsRequest, TokenizeRequest,
+    WorkerInfo, WorkerSandbox, call_worker_request, call_worker_response,
 };
 use sidecar_proto::worker::{
     WorkerError, WorkerRequest, WorkerResponse, worker_request, worker_response,
@@ -37,6 +37,41 @@ pub struct AdminApi {
     pub started: Instant,
 }
 
+/// The wire form of a worker's sandbox report.
+fn sandbox_state(s: sidecar_proto::worker::Sandbox) -> SandboxState {
+    SandboxState {
+        applied: s.applied,
+        missing: s.missing,
+    }
+}
+
+/// The supervisor's own sandbox, read now: non-dumpable (so a process of
+/// its uid cannot open its descriptors through `/proc`), and whom the
+/// workers run as.
+fn supervisor_sandbox(config: &Config) -> SandboxState {
+    let mut s = SandboxState::default();
+    match nix::sys::prctl::get_dumpable() {
+        Ok(false) => s.applied.push("non-dumpable".into()),
+        Ok(true) => s
+            .missing
+            .push("non-dumpable: PR_SET_DUMPABLE 0 did not hold".into()),
+        Err(e) => s.missing.push(format!("non-dumpable: {e}")),
+    }
+    match config.workers.identity() {
+        Some((uid, gid)) => s
+            .applied
+            .push(format!("workers run as uid {uid} gid {gid}")),
+        None if nix::unistd::geteuid().is_root() => s.missing.push(
+            "workers run as root, the supervisor's uid: set workers.uid and workers.gid".into(),
+        ),
+        None => s.applied.push(format!(
+            "workers run as the supervisor's uid {} (not root)",
+            nix::unistd::geteuid()
+        )),
+    }
+    s
+}
+
 type Logs = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
 type Calls = Pin<Box<dyn Stream<Item = Result<CallWorkerResponse, Status>> + Send>>;
 
@@ -55,6 +90,20 @@ impl AdminService for AdminApi {
             gpu_monitoring: self.registry.guard.gpu_monitoring(),
             gpus: self.registry.guard.gpus_proto(),
             models: self.registry.list().iter().map(|h| h.info()).collect(),
+            sandbox: Some(supervisor_sandbox(&self.config)),
+            worker_sandboxes: self
+                .registry
+                .list()
+                .iter()
+                .filter_map(|h| {
+                    let s = h.status();
+                    (s.pid != 0).then(|| WorkerSandbox {
+                        model_id: h.info().model_id,
+                        pid: s.pid,
+                        sandbox: s.sandbox.map(sandbox_state),
+                    })
+                })
+                .collect(),
         }))
     }
 
@@ -87,6 +136,7 @@ impl AdminService for AdminApi {
                         0
                     },
                     worker_version: s.worker_version,
+                    sandbox: s.sandbox.map(sandbox_state),
                 }
             })
             .collect();

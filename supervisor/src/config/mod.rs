@@ -173,6 +173,42 @@ pub struct WorkerPolicy {
     /// and the kernel logs it: the switch for a runtime path that needs a
     /// call the lists missed), `off` (no filter).
     pub seccomp: SeccompMode,
+    /// Every worker runs as this uid (with `gid`: both or neither), without
+    /// supplementary groups, so that a worker a model file took over
+    /// cannot signal, trace or read the supervisor. Needs the supervisor to
+    /// start as root. Unset: the supervisor's own uid and gid.
+    pub uid: Option<u32>,
+    /// See `uid`.
+    pub gid: Option<u32>,
+}
+
+impl WorkerPolicy {
+    /// Refuses `workers.uid` without `workers.gid` and the reverse.
+    pub fn check_pair(&self) -> Result<(), Error> {
+        if self.uid.is_some() != self.gid.is_some() {
+            return Err(Error::Config(
+                "workers.uid and workers.gid go together: set both or neither".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The (uid, gid) workers run as, when configured.
+    pub fn identity(&self) -> Option<(u32, u32)> {
+        self.uid.zip(self.gid)
+    }
+
+    /// Refuses `workers.uid`/`gid` that cannot be honoured: one without
+    /// the other, or a supervisor that is not root (`euid`).
+    pub fn check_identity(&self, euid: u32) -> Result<(), Error> {
+        self.check_pair()?;
+        match (self.uid, self.gid) {
+            (Some(uid), Some(gid)) if euid != 0 => Err(Error::Config(format!(
+                "workers.uid = {uid}, workers.gid = {gid}: running workers as another user needs the supervisor to start as root (it runs as uid {euid}); remove them or start as root"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[workers] seccomp`.
@@ -488,6 +524,8 @@ impl Default for WorkerPolicy {
             channel_bytes: 4 << 20,
             quarantine_ttl: Duration::from_secs(600),
             seccomp: SeccompMode::Enforce,
+            uid: None,
+            gid: None,
         }
     }
 }
@@ -564,6 +602,7 @@ impl Config {
             }
         }
         self.auth.validate()?;
+        self.workers.check_pair()?;
         if self.workers.max_in_flight == 0 {
             return Err(Error::Config(
                 "workers.max_in_flight must be at least 1".into(),

@@ -187,3 +187,22 @@ fn the_workers_seccomp_mode_is_one_of_three_words() {
         "{e}"
     );
 }
+
+#[test]
+fn workers_uid_and_gid_go_together_and_need_a_root_supervisor() {
+    let c: Config = toml::from_str("[workers]\nuid = 65534\ngid = 65534\n").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.workers.identity(), Some((65534, 65534)));
+    c.workers.check_identity(0).unwrap();
+    let e = c.workers.check_identity(1000).unwrap_err().to_string();
+    assert!(
+        e.contains("workers.uid = 65534, workers.gid = 65534")
+            && e.contains("needs the supervisor to start as root (it runs as uid 1000)"),
+        "{e}"
+    );
+    let half: Config = toml::from_str("[workers]\nuid = 65534\n").unwrap();
+    let e = half.validate().unwrap_err().to_string();
+    assert!(e.contains("workers.uid and workers.gid go together"), "{e}");
+    assert_eq!(Config::default().workers.identity(), None);
+    Config::default().workers.check_identity(1000).unwrap();
+}

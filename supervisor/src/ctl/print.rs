@@ -1,7 +1,7 @@
 //! Tables for people, JSON for scripts.
 
 use serde_json::{Value, json};
-use sidecar_proto::v1::{LogLine, ModelInfo, StatusResponse, WorkerInfo};
+use sidecar_proto::v1::{LogLine, ModelInfo, SandboxState, StatusResponse, WorkerInfo};
 
 fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / f64::from(1 << 20))
@@ -113,6 +113,10 @@ pub(super) fn status(s: &StatusResponse, json_out: bool) {
             "gpu_monitoring": s.gpu_monitoring,
             "gpus": gpus,
             "models": s.models.iter().map(model_json).collect::<Vec<_>>(),
+            "sandbox": s.sandbox.as_ref().map(sandbox_json),
+            "worker_sandboxes": s.worker_sandboxes.iter().map(|w| json!({
+                "model_id": w.model_id, "pid": w.pid,
+                "sandbox": w.sandbox.as_ref().map(sandbox_json)})).collect::<Vec<_>>(),
         });
         println!("{v}");
         return;
@@ -153,8 +157,46 @@ pub(super) fn status(s: &StatusResponse, json_out: bool) {
             mib(g.reserve_bytes)
         );
     }
+    if let Some(sb) = &s.sandbox {
+        println!("supervisor sandbox: {}", sandbox_line(sb));
+    }
     println!();
     table(&MODEL_HEADER, &model_rows(&s.models));
+    if !s.worker_sandboxes.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .worker_sandboxes
+            .iter()
+            .map(|w| {
+                let sb = w.sandbox.clone().unwrap_or_default();
+                vec![
+                    w.model_id.clone(),
+                    w.pid.to_string(),
+                    sb.applied.join(", "),
+                    sb.missing.join("; "),
+                ]
+            })
+            .collect();
+        table(&["MODEL", "PID", "SANDBOX", "MISSING"], &rows);
+    }
+}
+
+/// A sandbox as JSON.
+fn sandbox_json(s: &SandboxState) -> Value {
+    json!({"applied": s.applied, "missing": s.missing})
+}
+
+/// A sandbox on one line: what holds, then what is missing.
+fn sandbox_line(s: &SandboxState) -> String {
+    if s.missing.is_empty() {
+        s.applied.join(", ")
+    } else {
+        format!(
+            "{}; MISSING: {}",
+            s.applied.join(", "),
+            s.missing.join("; ")
+        )
+    }
 }
 
 /// `sidecarctl workers`.

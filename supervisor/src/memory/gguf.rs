@@ -205,14 +205,35 @@ pub fn text_shape(path: &Path) -> Result<Option<TextShape>, String> {
     let Ok(file) = std::fs::File::open(path) else {
         return Ok(None);
     };
+    text_shape_of(&file)
+}
+
+/// [`text_shape`] of a file already open, read with positional reads
+/// (the descriptor's offset, shared with the worker it is handed to, is
+/// left alone).
+pub fn text_shape_of(file: &std::fs::File) -> Result<Option<TextShape>, String> {
     let mut r = Reader {
-        r: BufReader::with_capacity(1 << 16, file),
+        r: BufReader::with_capacity(1 << 16, Positional { file, at: 0 }),
         consumed: 0,
     };
     match read_shape(&mut r) {
         Ok(shape) => Ok(shape),
         Err(Fault::Unreadable) => Ok(None),
         Err(Fault::Refused(why)) => Err(format!("GGUF header: {why}")),
+    }
+}
+
+/// Reads a file from its start with `pread`, leaving its offset alone.
+struct Positional<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl Read for Positional<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

@@ -85,12 +85,12 @@ pub struct Prepared {
     pub shape: Option<gguf::TextShape>,
 }
 
-/// Reads what the guard needs of `file` (blocking file I/O: call it off
-/// the async threads). `Err`: a header that is hostile or impossible, with
-/// the reason; the model is refused.
-pub fn prepare(spec: &ModelSpec, file: &std::path::Path) -> Result<Prepared, String> {
+/// Reads what the guard needs of `file`, open, `size` bytes long
+/// (blocking file I/O: call it off the async threads). `Err`: a header that
+/// is hostile or impossible, with the reason; the model is refused.
+pub fn prepare(spec: &ModelSpec, file: &std::fs::File, size: u64) -> Result<Prepared, String> {
     let shape = match spec.family {
-        Family::Text => gguf::text_shape(file)?,
+        Family::Text => gguf::text_shape_of(file)?,
         Family::Lite | Family::Vision => None,
     };
     if spec.memory_estimate > 0 {
@@ -99,7 +99,6 @@ pub fn prepare(spec: &ModelSpec, file: &std::path::Path) -> Result<Prepared, Str
             shape,
         });
     }
-    let size = std::fs::metadata(file).map_or(0, |m| m.len());
     let estimate = match spec.family {
         Family::Text => policy::text_need(
             size,
@@ -112,6 +111,28 @@ pub fn prepare(spec: &ModelSpec, file: &std::path::Path) -> Result<Prepared, Str
         Family::Vision => policy::vision_need(size),
     };
     Ok(Prepared { estimate, shape })
+}
+
+/// What the guard assumes of a model whose file cannot be read now (the
+/// start that opens it fails and says why): the configured estimate, or
+/// the family's need for an empty file.
+pub fn prepare_unread(spec: &ModelSpec) -> Result<Prepared, String> {
+    let estimate = match (spec.memory_estimate, spec.family) {
+        (n, _) if n > 0 => n,
+        (_, Family::Text) => policy::text_need(
+            0,
+            None,
+            spec.text.context_size,
+            spec.text.parallel,
+            spec.text.batch_size,
+        ),
+        (_, Family::Lite) => policy::lite_need(0),
+        (_, Family::Vision) => policy::vision_need(0),
+    };
+    Ok(Prepared {
+        estimate,
+        shape: None,
+    })
 }
 
 /// What an admission decided.

@@ -8,6 +8,7 @@
 
 mod actor;
 mod call;
+pub mod model_file;
 pub mod process;
 pub(crate) mod quarantine;
 mod tenant;
@@ -72,6 +73,8 @@ pub struct Status {
     pub last_exit: String,
     /// The worker binary's version, from its hello.
     pub worker_version: String,
+    /// The worker's sandbox, from its hello: what holds, what is missing.
+    pub sandbox: Option<sidecar_proto::worker::Sandbox>,
     /// Tokens the current worker generated, from its last heartbeat.
     pub tokens_generated: u64,
     /// The guard's kill in progress: (pid, reason, why), so callers of

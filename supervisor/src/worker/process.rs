@@ -2,6 +2,7 @@
 //! exit, and the one kill path.
 
 use std::fmt;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -40,6 +41,9 @@ impl fmt::Display for Exit {
 struct Job {
     cmd: Command,
     ends: ipc::Ends,
+    /// Open files the worker inherits (its model), closed here once it is
+    /// spawned.
+    files: Vec<std::os::fd::OwnedFd>,
     reply: oneshot::Sender<Result<Child, Error>>,
 }
 
@@ -59,9 +63,10 @@ impl Spawner {
             .name("worker-spawner".into())
             .spawn(move || {
                 for mut job in rx {
+                    let files: Vec<_> = job.files.iter().map(|f| f.as_fd()).collect();
                     let child = job
                         .ends
-                        .spawn(&mut job.cmd, Some(libc::SIGKILL))
+                        .spawn_with_files(&mut job.cmd, Some(libc::SIGKILL), &files)
                         .map_err(|e| Error::Internal(format!("spawn worker: {e}")));
                     let _ = job.reply.send(child);
                 }
@@ -72,14 +77,21 @@ impl Spawner {
 
     /// Spawns `program` in its own process group with a cleared
     /// environment (an allow-list passes through, plus `env`), holding
-    /// `ends`.
+    /// `ends` and the open `files` (`ipc::inherited_files` in the worker),
+    /// as `identity` (uid, gid) when given, with no supplementary groups.
     pub async fn spawn(
         &self,
         program: &std::path::Path,
         env: &[(&str, std::ffi::OsString)],
         ends: ipc::Ends,
+        files: Vec<std::os::fd::OwnedFd>,
+        identity: Option<(u32, u32)>,
     ) -> Result<Child, Error> {
         let mut cmd = Command::new(program);
+        if let Some((uid, gid)) = identity {
+            // std drops the supplementary groups when root sets a uid.
+            cmd.uid(uid).gid(gid);
+        }
         cmd.env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -104,7 +116,12 @@ impl Spawner {
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job { cmd, ends, reply })
+            .send(Job {
+                cmd,
+                ends,
+                files,
+                reply,
+            })
             .map_err(|_| Error::Internal("the spawner thread is gone".into()))?;
         rx.await
             .map_err(|_| Error::Internal("the spawner thread is gone".into()))?

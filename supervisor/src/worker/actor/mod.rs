@@ -90,6 +90,9 @@ struct Actor {
     memory: SharedMemory,
     /// What the guard read of the model's file, once, before its first load.
     prepared: Option<crate::memory::Prepared>,
+    /// Which file `prepared` was read from: a start that opens another
+    /// (replaced in the store) reads its header again.
+    prepared_from: Option<super::model_file::Identity>,
     /// Requests that crashed its workers.
     quarantine: Arc<super::quarantine::Quarantine>,
     /// The last worker died of a SIGKILL from outside: it counts towards
@@ -128,6 +131,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
         tokens_generated: 0,
         last_exit: String::new(),
         worker_version: String::new(),
+        sandbox: None,
         kill_note: None,
         oom_kills_at_start: 0,
     };
@@ -147,6 +151,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
         guard,
         memory,
         prepared: None,
+        prepared_from: None,
         quarantine,
         killed_outside: false,
     };

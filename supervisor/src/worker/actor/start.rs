@@ -16,6 +16,7 @@ use sidecar_proto::worker::{
 
 use tokio::sync::{mpsc, watch};
 
+use super::super::model_file::ModelFile;
 use super::super::process;
 use super::super::{Command, Conn, Status};
 use super::{Actor, Why};
@@ -40,7 +41,12 @@ pub(super) enum Started {
 /// so the actor's command queue stays free to read meanwhile.
 struct Handshake<'a> {
     spec: &'a ModelSpec,
+    /// The model's path in the store (for the worker's messages).
     file: &'a std::path::Path,
+    /// Where the worker opens it: `/proc/self/fd/N`.
+    worker_path: String,
+    /// Its size, from the open file.
+    size: u64,
     shape: Option<&'a TextShape>,
     status: &'a watch::Sender<Status>,
     guard: &'a Guard,
@@ -59,6 +65,8 @@ impl Actor {
 
     async fn spawn_and_load(&mut self) -> Result<Started, (String, u32)> {
         let grace = self.config().workers.kill_grace;
+        let model = self.open_model().await?;
+        let (worker_path, size) = (model.worker_path(), model.size());
         let (mine, theirs) = ipc::create(self.config().channel(self.spec.family))
             .map_err(|e| (format!("ipc channel: {e}"), 0))?;
         let program = self
@@ -67,7 +75,13 @@ impl Actor {
             .join(self.spec.family.worker_binary());
         let mut child = self
             .spawner
-            .spawn(&program, &self.worker_env(), theirs)
+            .spawn(
+                &program,
+                &self.worker_env(),
+                theirs,
+                vec![model.into_fd()],
+                self.config().workers.identity(),
+            )
             .await
             .map_err(|e| (format!("{}: {e}", program.display()), 0))?;
         let pid = child.id();
@@ -108,6 +122,8 @@ impl Actor {
         let hs = Handshake {
             spec: &self.spec,
             file: &self.file,
+            worker_path,
+            size,
             shape: self.prepared.as_ref().and_then(|p| p.shape.as_ref()),
             status: &self.status,
             guard: &self.guard,
@@ -159,13 +175,21 @@ impl Actor {
             return true;
         }
         let (spec, file) = (self.spec.clone(), self.file.clone());
-        let read = tokio::task::spawn_blocking(move || crate::memory::prepare(&spec, &file)).await;
+        let read = tokio::task::spawn_blocking(move || match ModelFile::open(&file) {
+            Ok(m) => {
+                crate::memory::prepare(&spec, m.file(), m.size()).map(|p| (p, Some(m.identity())))
+            }
+            // Not readable now: the start that opens it says why.
+            Err(_) => crate::memory::prepare_unread(&spec).map(|p| (p, None)),
+        })
+        .await;
         let refused = match read {
-            Ok(Ok(p)) => {
+            Ok(Ok((p, from))) => {
                 if let Ok(mut m) = self.memory.lock() {
                     m.estimate = p.estimate;
                 }
                 self.prepared = Some(p);
+                self.prepared_from = from;
                 return true;
             }
             Ok(Err(why)) => format!("{}: {why}", self.spec.path),
@@ -177,6 +201,35 @@ impl Actor {
             s.last_error_code = super::REFUSED_INVALID;
         });
         false
+    }
+
+    /// Opens the model file for one start (every start opens it afresh).
+    /// A file other than the one whose header was read (replaced in the
+    /// store since) has its header read again, from this open file: what
+    /// is checked is what the worker loads. Refused: the worker's
+    /// INVALID_ARGUMENT code, so the model fails at once.
+    async fn open_model(&mut self) -> Result<ModelFile, (String, u32)> {
+        let (spec, file, from) = (self.spec.clone(), self.file.clone(), self.prepared_from);
+        let opened = tokio::task::spawn_blocking(move || {
+            let model = ModelFile::open(&file).map_err(|e| (e, 0))?;
+            if from == Some(model.identity()) {
+                return Ok((model, None));
+            }
+            let p = crate::memory::prepare(&spec, model.file(), model.size())
+                .map_err(|why| (format!("{}: {why}", spec.path), super::REFUSED_INVALID))?;
+            Ok((model, Some(p)))
+        })
+        .await
+        .map_err(|e| (format!("opening the model file failed: {e}"), 0))??;
+        let (model, reread) = opened;
+        if let Some(p) = reread {
+            if let Ok(mut m) = self.memory.lock() {
+                m.estimate = p.estimate;
+            }
+            self.prepared = Some(p);
+            self.prepared_from = Some(model.identity());
+        }
+        Ok(model)
     }
 
     /// Carries out a command that stopped a loading worker: `Some` to start
@@ -226,6 +279,16 @@ impl Actor {
                 let lib = std::path::absolute(lib).unwrap_or_else(|_| lib.clone());
                 env.push(("SIDECAR_LITERT_LIB", lib.into_os_string()));
             }
+        };
+        // The worker's Landlock rules open the GPU's device nodes only for
+        // a model that asks for a GPU.
+        let gpu = match self.spec.family {
+            Family::Text => self.spec.text.gpu_layers.is_some_and(|n| n != 0),
+            Family::Lite => self.spec.lite.accelerator == crate::config::LiteAccelerator::Gpu,
+            Family::Vision => false,
+        };
+        if gpu {
+            env.push(("SIDECAR_SANDBOX_GPU", "1".into()));
         }
         env
     }
@@ -265,7 +328,7 @@ impl Handshake<'_> {
         let Some(shape) = self.shape else {
             return t;
         };
-        let size = std::fs::metadata(self.file).map_or(0, |m| m.len());
+        let size = self.size;
         let per_layer = size / shape.layers.max(1);
         let beside = self
             .memory
@@ -306,8 +369,22 @@ impl Handshake<'_> {
             return Err(format!("expected a hello, got {:?}", hello.kind));
         }
         let hello = Hello::decode(hello.payload).map_err(|e| format!("bad hello: {e}"))?;
-        self.status
-            .send_modify(|s| s.worker_version = hello.worker_version.clone());
+        let sandbox = hello.sandbox.clone().unwrap_or_default();
+        self.status.send_modify(|s| {
+            s.worker_version = hello.worker_version.clone();
+            // What a worker's sandbox lacks is logged once per model, and
+            // again only when it changes.
+            let before = s.sandbox.as_ref().map(|b| &b.missing);
+            if !sandbox.missing.is_empty() && before != Some(&sandbox.missing) {
+                tracing::warn!(
+                    model = %self.spec.id,
+                    pid = hello.pid,
+                    "worker sandbox incomplete: {}",
+                    sandbox.missing.join("; ")
+                );
+            }
+            s.sandbox = Some(sandbox);
+        });
         if hello.protocol_version != sidecar_proto::WORKER_PROTOCOL_VERSION {
             return Err(format!(
                 "worker speaks protocol {}, this supervisor {}",
@@ -325,7 +402,8 @@ impl Handshake<'_> {
             request_tag: format!("load-{}", self.spec.id),
             deadline_unix_ms: 0,
             body: Some(worker_request::Body::Load(Load {
-                path: self.file.display().to_string(),
+                path: self.worker_path.clone(),
+                name: self.file.display().to_string(),
                 family: hello.family,
                 model_id: self.spec.id.clone(),
                 options: Some(match self.spec.family {
