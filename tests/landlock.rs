@@ -368,6 +368,9 @@ async fn workers_run_as_the_configured_uid_and_gid_and_serve() {
     let pid = sc.ready("smollm2").await.worker_pid;
     assert_eq!(status_fields(pid, "Uid:"), ["65534"; 4]);
     assert_eq!(status_fields(pid, "Gid:"), ["65534"; 4]);
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(status_fields(pid, set), ["0000000000000000"], "{set}");
+    }
     assert!(
         status_fields(pid, "Groups:").is_empty(),
         "no supplementary groups"

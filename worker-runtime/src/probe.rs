@@ -69,10 +69,12 @@ fn io_outcome(e: &std::io::Error) -> String {
 #[cfg(feature = "sandbox-probe")]
 fn exec() -> String {
     use std::process::{Command, Stdio};
+    // Inherited descriptors: `Stdio::null()` would open /dev/null for
+    // writing first, which Landlock refuses before the exec is tried.
     match Command::new("/bin/true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
         .status()
     {
         Ok(s) if s.success() => SUCCEEDED.into(),

@@ -39,7 +39,8 @@ pub struct Entered {
 pub fn enter(family: ModelFamily) -> Entered {
     let mut report = Report::default();
     report.applied(identity());
-    step(&mut report, "capabilities: none", crate::caps::drop_all());
+    let (caps, missing) = crate::caps::drop_all();
+    step(&mut report, caps, missing);
     report.merge(crate::privilege::drop_privileges());
     let files = ipc::inherited_files().unwrap_or_else(|e| {
         report.missing(format!("model descriptor: {e}"));
