@@ -339,3 +339,59 @@ fn the_api_certificate_comes_from_the_mounted_tls_secret() {
         .expect("the app container");
     assert_eq!(mount(app, "app-tls"), "/etc/app-tls");
 }
+
+/// Who may call what in the pod: the tokens come from a Secret the sidecar
+/// re-reads, and every container runs under the runtime's default seccomp
+/// filter (each worker narrows it further).
+#[test]
+fn tokens_come_from_a_secret_and_the_pod_runs_under_runtime_default_seccomp() {
+    let docs = manifests();
+    let parsed = configmap_config(&docs);
+    let tokens = parsed
+        .auth
+        .tokens_file
+        .as_ref()
+        .expect("the ConfigMap's config has [auth] tokens_file");
+    let (pod, sidecar) = sidecar_container(&docs);
+    assert_eq!(
+        tokens.parent(),
+        Some(Path::new(mount(sidecar, "tokens"))),
+        "auth.tokens_file is in the Secret's mount"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "tokens")
+        .expect("the tokens volume");
+    assert_eq!(volume["secret"]["secretName"], "sidecar-tokens");
+    // With tokens configured every call needs one: the app has its own.
+    let app = pod["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "app")
+        .expect("the app container");
+    let token = app["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SIDECAR_TOKEN")
+        .expect("SIDECAR_TOKEN");
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"]["name"],
+        "app-sidecar-token"
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        sidecar["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        sidecar["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+}

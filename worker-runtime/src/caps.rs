@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(nonzero(&root, &SETS), Some("CapBnd:\t000001ffffffffff"));
         // A worker of another uid keeps a bounding set it cannot use.
         assert_eq!(nonzero(&root, &SETS_HELD), None);
-        assert_eq!(nonzero("Seccomp:\t2\nSigCgt:\t0000000000004000\n", &SETS), None);
+        assert_eq!(
+            nonzero("Seccomp:\t2\nSigCgt:\t0000000000004000\n", &SETS),
+            None
+        );
     }
 
     /// Runs in a child process of its own (this test binary started
