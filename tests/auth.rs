@@ -481,7 +481,7 @@ async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
     huge.extend(std::iter::repeat_n(b'x', 2 << 20));
     std::fs::write(&path, &huge).expect("write");
     let too_large = format!(
-        "auth.tokens_file {} is larger than 1048576 bytes",
+        "auth.tokens_file {}: is larger than 1048576 bytes",
         path.display()
     );
     wait_for_log(&sc, &too_large).await;

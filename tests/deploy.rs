@@ -63,6 +63,17 @@ fn mount<'a>(sidecar: &'a serde_json::Value, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("volume {name} is mounted"))
 }
 
+/// The entry named `name` of the pod's list `list` ("volumes",
+/// "containers").
+fn named<'a>(pod: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    pod[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("the pod has {list}"))
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in the pod's {list}"))
+}
+
 #[test]
 fn the_manifests_parse_and_match_what_the_sidecar_serves() {
     let docs = manifests();
@@ -323,20 +334,10 @@ fn the_api_certificate_comes_from_the_mounted_tls_secret() {
         ["tls.crt", "tls.key", "ca.crt"],
         "cert-manager's names"
     );
-    let volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "tls")
-        .expect("the tls volume");
+    let volume = named(pod, "volumes", "tls");
     assert_eq!(volume["secret"]["secretName"], "sidecar-tls");
     // The app holds a client certificate of its own.
-    let app = pod["containers"]
-        .as_array()
-        .expect("containers")
-        .iter()
-        .find(|c| c["name"] == "app")
-        .expect("the app container");
+    let app = named(pod, "containers", "app");
     assert_eq!(mount(app, "app-tls"), "/etc/app-tls");
 }
 
@@ -358,20 +359,10 @@ fn tokens_come_from_a_secret_and_the_pod_runs_under_runtime_default_seccomp() {
         Some(Path::new(mount(sidecar, "tokens"))),
         "auth.tokens_file is in the Secret's mount"
     );
-    let volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "tokens")
-        .expect("the tokens volume");
+    let volume = named(pod, "volumes", "tokens");
     assert_eq!(volume["secret"]["secretName"], "sidecar-tokens");
     // With tokens configured every call needs one: the app has its own.
-    let app = pod["containers"]
-        .as_array()
-        .expect("containers")
-        .iter()
-        .find(|c| c["name"] == "app")
-        .expect("the app container");
+    let app = named(pod, "containers", "app");
     let token = app["env"]
         .as_array()
         .expect("env")

@@ -229,6 +229,35 @@ async fn a_file_replaced_after_its_header_was_read_is_checked_again_not_loaded_b
     eprintln!("call refused with {:?}: {}", err.code(), err.message());
 }
 
+/// One ProcessBatch of the astronaut through `model` with `detector`:
+/// exactly one face, overlapping the known one (IoU ≥ 0.5).
+async fn finds_the_face(
+    client: &mut sidecar_proto::v1::vision_service_client::VisionServiceClient<
+        tonic::transport::Channel,
+    >,
+    model: &str,
+    detector: FaceDetector,
+) {
+    let r = client
+        .process_batch(ProcessBatchRequest {
+            model_id: model.into(),
+            task: Some(e2e::vision::faces(detector)),
+            images: vec![e2e::vision::astronaut()],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(
+        r.results[0].faces.len(),
+        1,
+        "{model} {detector:?}: {:?}",
+        r.results
+    );
+    let found = r.results[0].faces[0].r#box.expect("box");
+    let iou = e2e::vision::iou(&found, &e2e::vision::FACE);
+    assert!(iou >= 0.5, "{model} {detector:?}: {found:?} IoU {iou}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vision_detector_is_served_through_its_descriptor_under_landlock() {
     let _serial = serial().await;
@@ -237,19 +266,7 @@ async fn a_vision_detector_is_served_through_its_descriptor_under_landlock() {
     sandboxed(&sc, "faces", pid, e2e::vision::BLAZEFACE).await;
     // BlazeFace through LiteRT, then OpenCV's cascades (read from /usr).
     for detector in [FaceDetector::Unspecified, FaceDetector::Haar] {
-        let r = client
-            .process_batch(ProcessBatchRequest {
-                model_id: "faces".into(),
-                task: Some(e2e::vision::faces(detector)),
-                images: vec![e2e::vision::astronaut()],
-            })
-            .await
-            .expect("batch")
-            .into_inner();
-        assert_eq!(r.results[0].faces.len(), 1, "{detector:?}: {:?}", r.results);
-        let found = r.results[0].faces[0].r#box.expect("box");
-        let iou = e2e::vision::iou(&found, &e2e::vision::FACE);
-        assert!(iou >= 0.5, "{detector:?}: {found:?} IoU {iou}");
+        finds_the_face(&mut client, "faces", detector).await;
     }
     assert_eq!(sc.model("faces").await.worker_pid, pid);
     healthy(&sc, "faces").await;
@@ -280,19 +297,7 @@ async fn a_vision_cascade_is_read_by_opencv_through_its_descriptor_under_landloc
     )
     .await
     .expect("connect");
-    let r = client
-        .process_batch(ProcessBatchRequest {
-            model_id: "cascade".into(),
-            task: Some(e2e::vision::faces(FaceDetector::Unspecified)),
-            images: vec![e2e::vision::astronaut()],
-        })
-        .await
-        .expect("batch")
-        .into_inner();
-    assert_eq!(r.results[0].faces.len(), 1, "{:?}", r.results);
-    let found = r.results[0].faces[0].r#box.expect("box");
-    let iou = e2e::vision::iou(&found, &e2e::vision::FACE);
-    assert!(iou >= 0.5, "{found:?} IoU {iou}");
+    finds_the_face(&mut client, "cascade", FaceDetector::Unspecified).await;
     assert_eq!(sc.model("cascade").await.worker_pid, pid);
     healthy(&sc, "cascade").await;
 }

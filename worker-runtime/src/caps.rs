@@ -128,21 +128,9 @@ mod tests {
             let _ = before.join();
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "caps::tests::every_set_is_emptied_and_a_thread_that_kept_its_own_is_seen",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .expect("child");
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        crate::child_test::passed(&crate::child_test::run(
+            "caps::tests::every_set_is_emptied_and_a_thread_that_kept_its_own_is_seen",
+            &[(CHILD, "1".as_ref())],
+        ));
     }
 }

@@ -24,6 +24,8 @@
 
 mod binary;
 pub mod caps;
+#[cfg(test)]
+mod child_test;
 pub mod deadline;
 mod error;
 mod family;

@@ -56,21 +56,9 @@ mod tests {
             assert!(soft <= MAX_FILES && hard <= MAX_FILES, "{soft} {hard}");
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "privilege::tests::a_worker_gives_up_new_privileges_core_dumps_and_descriptors",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .expect("child");
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        crate::child_test::passed(&crate::child_test::run(
+            "privilege::tests::a_worker_gives_up_new_privileges_core_dumps_and_descriptors",
+            &[(CHILD, "1".as_ref())],
+        ));
     }
 }

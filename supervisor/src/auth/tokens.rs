@@ -3,7 +3,6 @@
 //! compared with every entry in constant time. Errors name the file and
 //! the line, never its text (a line may hold a secret pasted by mistake).
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -84,18 +83,8 @@ impl Tokens {
 
     /// Reads `path` (at most [`MAX_FILE_BYTES`]).
     pub fn read(path: &Path) -> Result<Tokens, String> {
-        let file = std::fs::File::open(path)
+        let text = crate::config::small_file::read(path, MAX_FILE_BYTES)
             .map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
-        let mut text = Vec::new();
-        file.take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut text)
-            .map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
-        if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(format!(
-                "auth.tokens_file {} is larger than {MAX_FILE_BYTES} bytes",
-                path.display()
-            ));
-        }
         Tokens::parse(&text).map_err(|e| format!("auth.tokens_file {} {e}", path.display()))
     }
 

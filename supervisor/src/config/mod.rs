@@ -15,6 +15,7 @@ use crate::error::Error;
 
 mod auth;
 mod connections;
+pub mod small_file;
 mod store;
 mod tls;
 mod units;
@@ -183,11 +184,19 @@ pub struct WorkerPolicy {
 }
 
 impl WorkerPolicy {
-    /// Refuses `workers.uid` without `workers.gid` and the reverse.
+    /// Refuses `workers.uid` without `workers.gid` and the reverse, and
+    /// uid 0 (root is what a separate uid is there to avoid).
     pub fn check_pair(&self) -> Result<(), Error> {
         if self.uid.is_some() != self.gid.is_some() {
             return Err(Error::Config(
                 "workers.uid and workers.gid go together: set both or neither".into(),
+            ));
+        }
+        if self.uid == Some(0) {
+            return Err(Error::Config(
+                "workers.uid = 0 runs workers as root; name an unprivileged uid (e.g. 65534), \
+                 or leave workers.uid and workers.gid out"
+                    .into(),
             ));
         }
         Ok(())
@@ -554,27 +563,81 @@ impl Config {
         Ok(config)
     }
 
+    /// Workers may read (and execute) everything under the directory of
+    /// `lite_runtime` (Landlock grants it whole: LiteRT loads its delegates
+    /// from there). Refuses a directory that is `/` or holds the model
+    /// store, the tokens file or a TLS file.
+    fn check_runtime_dir(&self) -> Result<(), Error> {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let lib = abs(&self.lite_runtime);
+        let Some(dir) = lib.parent() else {
+            return Ok(());
+        };
+        let mut secrets: Vec<(&str, &Path)> = vec![("model_store", &self.model_store)];
+        if let Some(t) = &self.auth.tokens_file {
+            secrets.push(("auth.tokens_file", t));
+        }
+        if let Some(tls) = &self.tls {
+            secrets.push(("tls.cert", &tls.cert));
+            secrets.push(("tls.key", &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                secrets.push(("tls.client_ca", ca));
+            }
+        }
+        let held = if dir.parent().is_none() {
+            Some("everything")
+        } else {
+            secrets
+                .iter()
+                .find(|(_, p)| abs(p).starts_with(dir))
+                .map(|(key, _)| *key)
+        };
+        match held {
+            None => Ok(()),
+            Some(what) => Err(Error::Config(format!(
+                "lite_runtime {}: workers may read everything in its directory {}, which holds \
+                 {what}; put libLiteRt.so in a directory of its own",
+                self.lite_runtime.display(),
+                dir.display()
+            ))),
+        }
+    }
+
     /// The warning owed at start when the API listens where other hosts
     /// can reach it (not loopback) with nothing to tell its callers apart:
     /// without a tokens file, anyone who reaches the port may run models
     /// and read the catalog (`manage` calls are refused on the network
     /// either way). TLS alone encrypts the traffic but does not tell
-    /// callers apart; mutual TLS (`tls.client_ca`) does. `None` on
-    /// loopback, when tokens are configured (`auth.tokens_file`), under
-    /// mTLS, or when the operator accepted it
+    /// callers apart; mutual TLS (`tls.client_ca`) does. Tokens without
+    /// TLS on such an address get a warning of their own (the secrets
+    /// travel in clear). `None` on loopback, under mTLS, with tokens and
+    /// TLS, or when the operator accepted it
     /// (`insecure_public`).
     pub fn exposure(&self) -> Option<String> {
-        if self.listen.ip().is_loopback() || self.insecure_public || self.auth.tokens_file.is_some()
-        {
+        if self.listen.ip().is_loopback() || self.insecure_public {
             return None;
         }
-        let transport = match &self.tls {
-            Some(tls) if tls.client_ca.is_some() => return None,
-            Some(_) => {
-                "with TLS but without client certificates or tokens (TLS encrypts, it does not \
-                 authenticate: set tls.client_ca for mutual TLS)"
+        let tokens = self.auth.tokens_file.is_some();
+        match (&self.tls, tokens) {
+            (Some(tls), _) if tls.client_ca.is_some() => return None,
+            (Some(_), true) => return None,
+            (None, true) => {
+                return Some(format!(
+                    "THE API'S TOKENS TRAVEL IN CLEAR: it listens on {}, which other hosts can \
+                     reach, with bearer tokens but without TLS: anyone on the path can read a \
+                     secret and replay it. Configure [tls], listen on loopback, or pass \
+                     --insecure-public (insecure_public = true) to accept this and silence this \
+                     warning",
+                    self.listen
+                ));
             }
-            None => "without TLS or tokens",
+            _ => {}
+        }
+        let transport = if self.tls.is_some() {
+            "with TLS but without client certificates or tokens (TLS encrypts, it does not \
+             authenticate: set tls.client_ca for mutual TLS)"
+        } else {
+            "without TLS or tokens"
         };
         Some(format!(
             "THE API IS OPEN: it listens on {}, which other hosts can reach, {transport}: \
@@ -603,6 +666,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.workers.check_pair()?;
+        self.check_runtime_dir()?;
         if self.workers.max_in_flight == 0 {
             return Err(Error::Config(
                 "workers.max_in_flight must be at least 1".into(),

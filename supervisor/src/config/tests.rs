@@ -132,7 +132,19 @@ fn an_api_other_hosts_can_reach_is_warned_about_unless_accepted() {
     let tokens: Config =
         toml::from_str("listen = \"0.0.0.0:1\"\n[auth]\ntokens_file = \"/etc/sidecar/tokens\"\n")
             .unwrap();
-    assert_eq!(tokens.exposure(), None, "tokens tell callers apart");
+    let clear = tokens
+        .exposure()
+        .expect("tokens without TLS travel in clear");
+    assert!(
+        clear.contains("TOKENS TRAVEL IN CLEAR") && clear.contains("[tls]"),
+        "{clear}"
+    );
+    let tls: Config = toml::from_str(
+        "listen = \"0.0.0.0:1\"\n[auth]\ntokens_file = \"/etc/sidecar/tokens\"\n\
+         [tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+    )
+    .unwrap();
+    assert_eq!(tls.exposure(), None, "tokens over TLS tell callers apart");
 }
 
 #[test]
@@ -205,4 +217,39 @@ fn workers_uid_and_gid_go_together_and_need_a_root_supervisor() {
     assert!(e.contains("workers.uid and workers.gid go together"), "{e}");
     assert_eq!(Config::default().workers.identity(), None);
     Config::default().workers.check_identity(1000).unwrap();
+}
+
+#[test]
+fn the_lite_runtime_directory_holds_no_store_and_no_secret() {
+    let ok = Config {
+        model_store: "/srv/models".into(),
+        lite_runtime: "/srv/runtime/litert/libLiteRt.so".into(),
+        ..Config::default()
+    };
+    assert!(ok.check_runtime_dir().is_ok());
+    for (lib, what) in [
+        ("/libLiteRt.so", "everything"),
+        ("/srv/libLiteRt.so", "model_store"),
+        ("/srv/models/libLiteRt.so", "model_store"),
+    ] {
+        let c = Config {
+            lite_runtime: lib.into(),
+            ..ok.clone()
+        };
+        let e = c.check_runtime_dir().unwrap_err().to_string();
+        assert!(e.contains(lib) && e.contains(what), "{e}");
+    }
+    let mut tokens = ok.clone();
+    tokens.auth.tokens_file = Some("/srv/runtime/litert/tokens".into());
+    let e = tokens.check_runtime_dir().unwrap_err().to_string();
+    assert!(e.contains("auth.tokens_file"), "{e}");
+}
+
+#[test]
+fn workers_may_not_run_as_root_by_name() {
+    let c: Config = toml::from_str("[workers]\nuid = 0\ngid = 0\n").unwrap();
+    let e = c.workers.check_pair().unwrap_err().to_string();
+    assert!(e.contains("workers.uid = 0"), "{e}");
+    let ok: Config = toml::from_str("[workers]\nuid = 65534\ngid = 0\n").unwrap();
+    assert!(ok.workers.check_pair().is_ok());
 }

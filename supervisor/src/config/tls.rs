@@ -125,20 +125,12 @@ impl Tls {
 
 /// The file `path` (key `name`), at most [`MAX_PEM_BYTES`].
 fn read(name: &str, path: &Path) -> Result<Vec<u8>, Error> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::Config(format!("{name} {}: cannot read: {e}", path.display())))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::Config(format!("{name} {}: cannot read: {e}", path.display())))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(Error::Config(format!(
-            "{name} {}: larger than {MAX_PEM_BYTES} bytes, the most a PEM file may hold",
+    super::small_file::read(path, MAX_PEM_BYTES).map_err(|e| {
+        Error::Config(format!(
+            "{name} {}: {e} (a PEM file holds at most {MAX_PEM_BYTES} bytes)",
             path.display()
-        )));
-    }
-    Ok(bytes)
+        ))
+    })
 }
 
 /// Every CERTIFICATE block of a PEM file; at least one.

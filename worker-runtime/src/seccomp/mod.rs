@@ -97,7 +97,10 @@ pub fn install(family: ModelFamily, mode: Mode) -> Vec<String> {
         Mode::Log => {}
         Mode::Enforce => {}
     }
-    let result = programs(family, mode, std::process::id()).and_then(|progs| {
+    // A GPU model opens its device nodes read-write (and Landlock allows
+    // exactly those); otherwise no descriptor is ever opened for writing.
+    let gpu = std::env::var_os(crate::sandbox::GPU_ENV).is_some_and(|v| v == "1");
+    let result = programs(family, mode, std::process::id(), gpu).and_then(|progs| {
         progs
             .iter()
             .try_for_each(|p| seccompiler::apply_filter_all_threads(p).map_err(|e| e.to_string()))
@@ -150,7 +153,12 @@ fn allowed(family: ModelFamily) -> Vec<lists::Sys> {
 
 /// The three programs, in the order they are installed (the refusals,
 /// `clone3`, the allow-list).
-fn programs(family: ModelFamily, mode: Mode, pid: u32) -> Result<Vec<BpfProgram>, String> {
+fn programs(
+    family: ModelFamily,
+    mode: Mode,
+    pid: u32,
+    gpu: bool,
+) -> Result<Vec<BpfProgram>, String> {
     let arch = arch()?;
     let unlisted = match mode {
         Mode::Log => SeccompAction::Log,
@@ -164,7 +172,7 @@ fn programs(family: ModelFamily, mode: Mode, pid: u32) -> Result<Vec<BpfProgram>
     // can be installed after it.
     let filters = [
         SeccompFilter::new(
-            refusals(pid)?,
+            refusals(pid, gpu)?,
             SeccompAction::Allow,
             SeccompAction::Errno(libc::EPERM as u32),
             arch,
@@ -186,11 +194,33 @@ fn programs(family: ModelFamily, mode: Mode, pid: u32) -> Result<Vec<BpfProgram>
         .collect()
 }
 
+/// `fcntl` commands that name who receives a descriptor's SIGIO/SIGURG, and
+/// which signal: a worker could have the kernel signal the supervisor (the
+/// kernel checks only the uid). Linux's values, the same on x86_64 and
+/// aarch64 (`F_SETSIG` and `F_SETOWN_EX` are not in the `libc` crate).
+const FCNTL_SIGNAL_OWNER: [u64; 3] = [libc::F_SETOWN as u64, 10, 15];
+
 /// What the EPERM filter matches: every [`lists::REFUSED`] call; `clone`
-/// with a namespace flag; the signal calls aimed at a pid not `pid`;
-/// `prlimit64` aimed at a pid neither 0 (self) nor `pid`.
-fn refusals(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+/// with a namespace flag, `CLONE_PARENT`, or without `CLONE_THREAD` (a new
+/// process: no fork, no spawn; threads only); the signal calls aimed at a
+/// pid not `pid`; `prlimit64` aimed at a pid neither 0 (self) nor `pid`;
+/// `fcntl` naming a signal owner; and unless the model uses a `gpu`,
+/// `openat` for writing, creating or truncating (a second wall where
+/// Landlock is missing: a same-uid worker could reopen its model's
+/// `/proc/self/fd/N` read-write and poison the store).
+fn refusals(pid: u32, gpu: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let err = |e: seccompiler::BackendError| format!("building the filter: {e}");
+    // A rule that matches when `(arg & mask) == value`.
+    let masked = |arg: u8, mask: u64, value: u64| {
+        SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(mask),
+            value,
+        )
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(err)
+    };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = lists::REFUSED
         .iter()
         .map(|&(_, nr)| (nr, Vec::new()))
@@ -218,7 +248,34 @@ fn refusals(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
+    let mut clone = clone;
+    let thread = libc::CLONE_THREAD as u64;
+    let parent = libc::CLONE_PARENT as u64;
+    clone.push(masked(0, thread, 0)?);
+    clone.push(masked(0, parent, parent)?);
     rules.insert(libc::SYS_clone, clone);
+    let fcntl = FCNTL_SIGNAL_OWNER
+        .iter()
+        .map(|&cmd| {
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, cmd)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(err)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_fcntl, fcntl);
+    if !gpu {
+        let mode = libc::O_ACCMODE as u64;
+        let (create, truncate) = (libc::O_CREAT as u64, libc::O_TRUNC as u64);
+        rules.insert(
+            libc::SYS_openat,
+            vec![
+                masked(2, mode, libc::O_WRONLY as u64)?,
+                masked(2, mode, libc::O_RDWR as u64)?,
+                masked(2, create, create)?,
+                masked(2, truncate, truncate)?,
+            ],
+        );
+    }
     for &(_, nr) in lists::OWN_PID_ONLY {
         let other =
             SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, u64::from(pid))

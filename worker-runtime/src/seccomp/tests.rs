@@ -2,15 +2,10 @@ use std::os::unix::process::ExitStatusExt;
 
 use super::*;
 
-/// Runs `name` again in a child process of its own (this test binary
-/// started again with `CHILD` set), so the filter never lands on the test
-/// runner; the child's exit status.
+/// Runs `name` again in a child process of its own (with `CHILD` set),
+/// so the filter never lands on the test runner.
 fn in_child(name: &str) -> std::process::Output {
-    std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("child")
+    crate::child_test::run(name, &[(CHILD, "1".as_ref())])
 }
 
 const CHILD: &str = "WORKER_RUNTIME_SECCOMP_CHILD";
@@ -23,16 +18,7 @@ fn errno_of(r: std::io::Result<std::process::ExitStatus>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
 
-fn passed(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{:?}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
-}
+use crate::child_test::passed;
 
 #[test]
 fn the_filter_refuses_exec_sockets_namespaces_and_foreign_signals_and_allows_work() {
@@ -91,6 +77,41 @@ fn the_filter_refuses_exec_sockets_namespaces_and_foreign_signals_and_allows_wor
         Some(nix::errno::Errno::EPERM)
     );
     assert_eq!(kill(Pid::this(), None), Ok(()));
+    // Nor a new process (fork, vfork, posix_spawn): threads only. The
+    // exec above already failed at its clone; a thread still starts below.
+    // Nor open anything for writing (a second wall behind Landlock).
+    let dir = std::env::temp_dir();
+    for (what, r) in [
+        (
+            "create",
+            std::fs::File::create(dir.join("seccomp-create")).map(|_| ()),
+        ),
+        (
+            "read-write",
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/proc/self/status")
+                .map(|_| ()),
+        ),
+        (
+            "append",
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open("/dev/null")
+                .map(|_| ()),
+        ),
+    ] {
+        assert_eq!(
+            r.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EPERM)),
+            "{what}"
+        );
+    }
+    assert!(
+        std::fs::read("/proc/self/status").is_ok(),
+        "reading still works"
+    );
     // Normal work: threads (clone, falling back from clone3), memory,
     // files, time.
     let sum = std::thread::spawn(|| (0..1_000_000u64).sum::<u64>())
@@ -114,17 +135,10 @@ fn a_call_off_the_list_kills_the_process_with_sigsys_unless_logged() {
             "seccomp::tests::a_call_off_the_list_kills_the_process_with_sigsys_unless_logged",
         );
         assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{out:?}");
-        let logged = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "seccomp::tests::a_call_off_the_list_kills_the_process_with_sigsys_unless_logged",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .env(ENV, "log")
-            .output()
-            .expect("child");
-        passed(&logged);
+        passed(&crate::child_test::run(
+            "seccomp::tests::a_call_off_the_list_kills_the_process_with_sigsys_unless_logged",
+            &[(CHILD, "1".as_ref()), (ENV, "log".as_ref())],
+        ));
         return;
     }
     nix::sys::prctl::set_no_new_privs().expect("no_new_privs");
@@ -153,7 +167,7 @@ fn modes_read_from_the_environment_fail_closed() {
 #[test]
 fn every_family_has_a_filter_and_the_lists_do_not_overlap_the_refusals() {
     for f in [ModelFamily::Text, ModelFamily::Vision, ModelFamily::Lite] {
-        let progs = programs(f, Mode::Enforce, 1).expect("programs");
+        let progs = programs(f, Mode::Enforce, 1, false).expect("programs");
         assert_eq!(progs.len(), 3);
         assert!(allow_list_len(f) > lists::BASE.len() / 2, "{f:?}");
     }
@@ -169,4 +183,78 @@ fn every_family_has_a_filter_and_the_lists_do_not_overlap_the_refusals() {
             "{name} is both allowed and refused"
         );
     }
+}
+
+/// The refusals no safe Rust call here can reach (`fcntl` naming a signal
+/// owner, a raw `fork`), tried by a Python process that loads the very
+/// programs the worker installs (the allow-list in log mode, so the
+/// interpreter's own calls pass; the refusals answer the same in every
+/// mode).
+#[test]
+fn a_descriptor_cannot_name_a_signal_owner_and_no_process_can_be_forked() {
+    let progs =
+        programs(ModelFamily::Lite, Mode::Log, std::process::id(), false).expect("programs");
+    let mut bytes = Vec::new();
+    for p in &progs {
+        bytes.extend_from_slice(&u32::try_from(p.len()).expect("len").to_le_bytes());
+        for i in p {
+            bytes.extend_from_slice(&i.code.to_le_bytes());
+            bytes.extend_from_slice(&[i.jt, i.jf]);
+            bytes.extend_from_slice(&i.k.to_le_bytes());
+        }
+    }
+    let file = std::env::temp_dir().join(format!("seccomp-filters-{}.bin", std::process::id()));
+    std::fs::write(&file, &bytes).expect("write");
+    const SCRIPT: &str = r#"
+import ctypes, fcntl, os, struct, sys
+data = open(sys.argv[1], "rb").read()
+libc = ctypes.CDLL(None, use_errno=True)
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+at, keep = 0, []
+while at < len(data):
+    (n,) = struct.unpack_from("<I", data, at)
+    at += 4
+    buf = ctypes.create_string_buffer(data[at:at + 8 * n], 8 * n)
+    at += 8 * n
+    keep.append(buf)
+    prog = Prog(n, ctypes.cast(buf, ctypes.c_void_p))
+    assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP
+r, w = os.pipe()
+out = []
+for cmd in (8, 10, 15):  # F_SETOWN, F_SETSIG, F_SETOWN_EX
+    try:
+        fcntl.fcntl(r, cmd, os.getppid())
+        out.append("%d:ok" % cmd)
+    except OSError as e:
+        out.append("%d:%d" % (cmd, e.errno))
+fcntl.fcntl(r, fcntl.F_GETFD)
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    out.append("fork:ok")
+except OSError as e:
+    out.append("fork:%d" % e.errno)
+print(" ".join(out))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&file)
+        .output()
+        .expect("python3");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eperm = libc::EPERM;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("8:{eperm} 10:{eperm} 15:{eperm} fork:{eperm}")
+    );
 }

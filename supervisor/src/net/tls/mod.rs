@@ -94,6 +94,9 @@ impl Acceptor {
     }
 }
 
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The API port's connections with TLS: like [`super::incoming`] (a place
 /// each under `max_connections`, the idle timeout once the handshake is
 /// done), and a connection is handed on only once its handshake finished.
@@ -113,6 +116,7 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut accepted = std::pin::pin!(accepted);
+        let mut failures: u64 = 0;
         loop {
             let next = tokio::select! {
                 () = tx.closed() => break,
@@ -121,7 +125,14 @@ where
             let tcp = match next {
                 None => break,
                 Some(Err(e)) => {
-                    let _ = tx.send(Err(e));
+                    // Out of descriptors (EMFILE) fails every accept at
+                    // once: pause instead of spinning, and log the 1st,
+                    // 2nd, 4th… failure only.
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(listener = what, failures, "accept failed: {e}");
+                    }
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
                 Some(Ok(tcp)) => tcp,

@@ -46,7 +46,10 @@ fn stamp(path: &Path) -> Stamp {
 pub(super) fn fingerprint(cert: &Path) -> String {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    match CertificateDer::from_pem_file(cert) {
+    let first = crate::config::small_file::read(cert, crate::config::MAX_PEM_BYTES)
+        .ok()
+        .and_then(|pem| CertificateDer::from_pem_slice(&pem).ok());
+    match first.ok_or(()) {
         Ok(der) => Sha256::digest(der.as_ref())
             .iter()
             .take(8)

@@ -82,24 +82,16 @@ fn a_sandboxed_worker_reads_its_descriptor_and_nothing_of_the_store() {
     std::fs::write(store.join("model.gguf"), "GGUF model").expect("model");
     std::fs::write(store.join("other.gguf"), "GGUF other").expect("other");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "sandbox::landlock::tests::a_sandboxed_worker_reads_its_descriptor_and_nothing_of_the_store",
-            "--nocapture",
-        ])
-        .env(CHILD, &store)
-        .env("LANDLOCK_TEST_PORT", listener.local_addr().expect("addr").to_string())
-        .output()
-        .expect("child");
-    let _ = std::fs::remove_dir_all(&store);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let port = listener.local_addr().expect("addr").to_string();
+    let out = crate::child_test::run(
+        "sandbox::landlock::tests::a_sandboxed_worker_reads_its_descriptor_and_nothing_of_the_store",
+        &[
+            (CHILD, store.as_ref()),
+            ("LANDLOCK_TEST_PORT", port.as_ref()),
+        ],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    let _ = std::fs::remove_dir_all(&store);
+    crate::child_test::passed(&out);
     // Nothing was created by the sandboxed child.
     assert!(!std::env::temp_dir().join("landlock-write").exists());
 }
