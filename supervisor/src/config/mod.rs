@@ -15,10 +15,12 @@ use crate::error::Error;
 
 mod auth;
 mod connections;
+mod exposure;
 pub mod small_file;
 mod store;
 mod tls;
 mod units;
+mod workers;
 
 pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use connections::Connections;
@@ -26,6 +28,7 @@ pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
 pub use units::bytes;
 use units::{opt_secs, secs};
+pub use workers::{SeccompMode, WorkerPolicy};
 
 /// Command-line flags (each also readable from the environment).
 #[derive(Debug, clap::Parser)]
@@ -131,117 +134,6 @@ pub struct Deadlines {
     /// ones are cut to it, so no call holds a slot for days.
     #[serde(with = "secs")]
     pub max: Duration,
-}
-
-/// Heartbeats, restarts, queues.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WorkerPolicy {
-    /// A worker without a heartbeat this long is killed (`unhealthy`).
-    #[serde(with = "secs")]
-    pub heartbeat_timeout: Duration,
-    /// More than this many restarts within `restart_window` marks the model
-    /// FAILED.
-    pub max_restarts: u32,
-    /// See `max_restarts`.
-    #[serde(with = "secs")]
-    pub restart_window: Duration,
-    /// First restart delay; doubles each time, with ±20 % jitter.
-    #[serde(with = "secs")]
-    pub backoff_initial: Duration,
-    /// Largest restart delay.
-    #[serde(with = "secs")]
-    pub backoff_max: Duration,
-    /// A request in flight in two self-raised worker crashes within this
-    /// long is refused (INVALID_ARGUMENT) for this long.
-    #[serde(with = "secs")]
-    pub quarantine_ttl: Duration,
-    /// SIGTERM → SIGKILL grace of the kill path.
-    #[serde(with = "secs")]
-    pub kill_grace: Duration,
-    /// Calls waiting per model beyond those executing; more get
-    /// RESOURCE_EXHAUSTED at once.
-    pub queue_size: usize,
-    /// Calls executing per model at once.
-    pub max_in_flight: usize,
-    /// Ring size of each worker's channel, bytes each way. Rings that
-    /// carry frames or tensors (VISION requests, LITE both ways) are grown
-    /// so that every message the API accepts (`max_message_bytes`) fits;
-    /// see [`Config::channel`].
-    pub channel_bytes: usize,
-    /// The workers' seccomp filter: `enforce` (a call off the family's
-    /// allow-list kills the worker with SIGSYS), `log` (it is let through
-    /// and the kernel logs it: the switch for a runtime path that needs a
-    /// call the lists missed), `off` (no filter).
-    pub seccomp: SeccompMode,
-    /// Every worker runs as this uid (with `gid`: both or neither), without
-    /// supplementary groups, so that a worker a model file took over
-    /// cannot signal, trace or read the supervisor. Needs the supervisor to
-    /// start as root. Unset: the supervisor's own uid and gid.
-    pub uid: Option<u32>,
-    /// See `uid`.
-    pub gid: Option<u32>,
-}
-
-impl WorkerPolicy {
-    /// Refuses `workers.uid` without `workers.gid` and the reverse, and
-    /// uid 0 (root is what a separate uid is there to avoid).
-    pub fn check_pair(&self) -> Result<(), Error> {
-        if self.uid.is_some() != self.gid.is_some() {
-            return Err(Error::Config(
-                "workers.uid and workers.gid go together: set both or neither".into(),
-            ));
-        }
-        if self.uid == Some(0) {
-            return Err(Error::Config(
-                "workers.uid = 0 runs workers as root; name an unprivileged uid (e.g. 65534), \
-                 or leave workers.uid and workers.gid out"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The (uid, gid) workers run as, when configured.
-    pub fn identity(&self) -> Option<(u32, u32)> {
-        self.uid.zip(self.gid)
-    }
-
-    /// Refuses `workers.uid`/`gid` that cannot be honoured: one without
-    /// the other, or a supervisor that is not root (`euid`).
-    pub fn check_identity(&self, euid: u32) -> Result<(), Error> {
-        self.check_pair()?;
-        match (self.uid, self.gid) {
-            (Some(uid), Some(gid)) if euid != 0 => Err(Error::Config(format!(
-                "workers.uid = {uid}, workers.gid = {gid}: running workers as another user needs the supervisor to start as root (it runs as uid {euid}); remove them or start as root"
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// `[workers] seccomp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SeccompMode {
-    /// Calls off the allow-list kill the worker.
-    #[default]
-    Enforce,
-    /// Calls off the allow-list are logged by the kernel and let through.
-    Log,
-    /// No filter.
-    Off,
-}
-
-impl SeccompMode {
-    /// The value the worker reads from `SIDECAR_WORKER_SECCOMP`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SeccompMode::Enforce => "enforce",
-            SeccompMode::Log => "log",
-            SeccompMode::Off => "off",
-        }
-    }
 }
 
 /// The memory guard: what it samples, keeps free and lets models use.
@@ -519,26 +411,6 @@ impl Default for Deadlines {
     }
 }
 
-impl Default for WorkerPolicy {
-    fn default() -> Self {
-        WorkerPolicy {
-            heartbeat_timeout: Duration::from_secs(5),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(10),
-            kill_grace: Duration::from_secs(2),
-            queue_size: 64,
-            max_in_flight: 4,
-            channel_bytes: 4 << 20,
-            quarantine_ttl: Duration::from_secs(600),
-            seccomp: SeccompMode::Enforce,
-            uid: None,
-            gid: None,
-        }
-    }
-}
-
 impl Config {
     /// The file (if any), then the flags.
     pub fn load(cli: &Cli) -> Result<Config, Error> {
@@ -561,92 +433,6 @@ impl Config {
         config.insecure_public |= cli.insecure_public;
         config.validate()?;
         Ok(config)
-    }
-
-    /// Workers may read (and execute) everything under the directory of
-    /// `lite_runtime` (Landlock grants it whole: LiteRT loads its delegates
-    /// from there). Refuses a directory that is `/` or holds the model
-    /// store, the tokens file or a TLS file.
-    fn check_runtime_dir(&self) -> Result<(), Error> {
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        let lib = abs(&self.lite_runtime);
-        let Some(dir) = lib.parent() else {
-            return Ok(());
-        };
-        let mut secrets: Vec<(&str, &Path)> = vec![("model_store", &self.model_store)];
-        if let Some(t) = &self.auth.tokens_file {
-            secrets.push(("auth.tokens_file", t));
-        }
-        if let Some(tls) = &self.tls {
-            secrets.push(("tls.cert", &tls.cert));
-            secrets.push(("tls.key", &tls.key));
-            if let Some(ca) = &tls.client_ca {
-                secrets.push(("tls.client_ca", ca));
-            }
-        }
-        let held = if dir.parent().is_none() {
-            Some("everything")
-        } else {
-            secrets
-                .iter()
-                .find(|(_, p)| abs(p).starts_with(dir))
-                .map(|(key, _)| *key)
-        };
-        match held {
-            None => Ok(()),
-            Some(what) => Err(Error::Config(format!(
-                "lite_runtime {}: workers may read everything in its directory {}, which holds \
-                 {what}; put libLiteRt.so in a directory of its own",
-                self.lite_runtime.display(),
-                dir.display()
-            ))),
-        }
-    }
-
-    /// The warning owed at start when the API listens where other hosts
-    /// can reach it (not loopback) with nothing to tell its callers apart:
-    /// without a tokens file, anyone who reaches the port may run models
-    /// and read the catalog (`manage` calls are refused on the network
-    /// either way). TLS alone encrypts the traffic but does not tell
-    /// callers apart; mutual TLS (`tls.client_ca`) does. Tokens without
-    /// TLS on such an address get a warning of their own (the secrets
-    /// travel in clear). `None` on loopback, under mTLS, with tokens and
-    /// TLS, or when the operator accepted it
-    /// (`insecure_public`).
-    pub fn exposure(&self) -> Option<String> {
-        if self.listen.ip().is_loopback() || self.insecure_public {
-            return None;
-        }
-        let tokens = self.auth.tokens_file.is_some();
-        match (&self.tls, tokens) {
-            (Some(tls), _) if tls.client_ca.is_some() => return None,
-            (Some(_), true) => return None,
-            (None, true) => {
-                return Some(format!(
-                    "THE API'S TOKENS TRAVEL IN CLEAR: it listens on {}, which other hosts can \
-                     reach, with bearer tokens but without TLS: anyone on the path can read a \
-                     secret and replay it. Configure [tls], listen on loopback, or pass \
-                     --insecure-public (insecure_public = true) to accept this and silence this \
-                     warning",
-                    self.listen
-                ));
-            }
-            _ => {}
-        }
-        let transport = if self.tls.is_some() {
-            "with TLS but without client certificates or tokens (TLS encrypts, it does not \
-             authenticate: set tls.client_ca for mutual TLS)"
-        } else {
-            "without TLS or tokens"
-        };
-        Some(format!(
-            "THE API IS OPEN: it listens on {}, which other hosts can reach, {transport}: \
-             anyone who reaches it may run models and read the model catalog and store. \
-             Listen on loopback (127.0.0.1) behind a proxy that authenticates, configure bearer \
-             tokens ([auth] tokens_file) or mutual TLS (tls.client_ca), or pass \
-             --insecure-public (insecure_public = true) to accept this and silence this warning",
-            self.listen
-        ))
     }
 
     /// Parses a TOML file.
