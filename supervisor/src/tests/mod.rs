@@ -6,6 +6,7 @@
 
 mod fake;
 mod hostile;
+mod restarting;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -123,6 +124,15 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn tokenize(h: &WorkerHandle, text: &str) -> Result<Vec<i32>, Error> {
+    tokenize_within(h, text, Instant::now() + PATIENCE).await
+}
+
+/// [`tokenize`] with the call's deadline.
+async fn tokenize_within(
+    h: &WorkerHandle,
+    text: &str,
+    deadline: Instant,
+) -> Result<Vec<i32>, Error> {
     let req = WorkerRequest {
         request_tag: "test".into(),
         deadline_unix_ms: 0,
@@ -132,7 +142,7 @@ async fn tokenize(h: &WorkerHandle, text: &str) -> Result<Vec<i32>, Error> {
             ..Default::default()
         })),
     };
-    let mut call = h.call(req, Instant::now() + PATIENCE).await?;
+    let mut call = h.call(req, deadline).await?;
     match call.next().await {
         Some(Ok(r)) => match r.body {
             Some(worker_response::Body::Tokenize(t)) => Ok(t.tokens),

@@ -179,13 +179,18 @@ impl WorkerHandle {
         })
     }
 
-    /// The READY worker, waiting for a load (lazy or first) within the
-    /// deadline.
+    /// The READY worker, waiting within the deadline for a load (lazy or
+    /// first) or for a restart (the backoff after a death, then the new
+    /// worker's load), as a production server holds a call while its
+    /// backend comes back instead of failing it.
     async fn ready_conn(&self, deadline: Instant) -> Result<Conn, Error> {
         let id = &self.spec.id;
         let mut status = self.status.clone();
         let mut conn = self.conn.clone();
         let mut asked = false;
+        // The model was coming back from a worker's death while this call
+        // waited: a deadline that passes says so.
+        let mut restarting = false;
         loop {
             let state = status.borrow().state;
             match state {
@@ -193,6 +198,9 @@ impl WorkerHandle {
                     if let Some(c) = conn.borrow().clone() {
                         return Ok(c);
                     }
+                    // READY without a connection: its worker just died and
+                    // the actor has withdrawn it; RESTARTING follows.
+                    restarting = true;
                 }
                 // The load this call asked for was refused for memory.
                 State::Idle
@@ -205,12 +213,7 @@ impl WorkerHandle {
                     let _ = self.cmds.send(Command::EnsureLoaded).await;
                 }
                 State::Loading => {}
-                State::Restarting => {
-                    let last = status.borrow().last_error.clone();
-                    return Err(Error::Unavailable(format!(
-                        "model {id:?} is restarting after its worker ended ({last}); retry shortly"
-                    )));
-                }
+                State::Restarting => restarting = true,
                 State::Draining => {
                     return Err(Error::Unavailable(format!("model {id:?} is draining")));
                 }
@@ -232,6 +235,15 @@ impl WorkerHandle {
             })
             .await;
             match changed {
+                Err(_) if restarting => {
+                    let s = status.borrow();
+                    return Err(Error::DeadlineExceeded(format!(
+                        "model {id:?}: deadline passed while the model was restarting (now {}, {} restarts) after its worker ended: {}",
+                        s.state.as_str(),
+                        s.restarts,
+                        s.last_error
+                    )));
+                }
                 Err(_) => {
                     return Err(Error::DeadlineExceeded(format!(
                         "model {id:?}: deadline passed while the model was loading"

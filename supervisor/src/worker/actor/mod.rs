@@ -319,6 +319,22 @@ impl Actor {
                     });
                     return Some(conn);
                 }
+                Started::KilledOutside(message) => {
+                    self.release_memory();
+                    tracing::warn!(model = %self.spec.id, "loading worker killed from outside: {message}");
+                    self.status.send_modify(|s| {
+                        s.last_error = format!("{message} (a SIGKILL from outside the supervisor)");
+                        s.last_error_code = 0;
+                    });
+                    // Counted as a restart; towards FAILED only if a start
+                    // after it fails on its own.
+                    self.killed_outside = true;
+                    self.note_restart(KillReason::Crash);
+                    if !self.wait_backoff().await {
+                        return None;
+                    }
+                    why = Why::Restart;
+                }
                 Started::Failed(message, code) => {
                     self.release_memory();
                     tracing::warn!(model = %self.spec.id, "worker failed to start: {message}");

@@ -35,6 +35,10 @@ pub(super) enum Started {
     Failed(String, u32),
     /// A command came first; the worker is gone.
     Interrupted(Command),
+    /// A SIGKILL from outside the supervisor (not the guard's, not the
+    /// kernel OOM killer's) ended it before it was READY: why. Like an
+    /// outside kill of a READY worker, it says nothing about the model.
+    KilledOutside(String),
 }
 
 /// What the hello and the load read of the actor: borrowed field by field,
@@ -152,8 +156,18 @@ impl Actor {
                 Ok(Started::Ready(Conn { chan, pid, exit }))
             }
             Ok(Err((e, code))) => {
-                let ended = process::kill_worker(pid, &mut exit, KillReason::Crash, grace).await;
-                Err((format!("{e} (worker pid {pid}: {ended})"), code))
+                let (ended, ours) =
+                    process::stop_worker(pid, &mut exit, KillReason::Crash, grace).await;
+                let message = format!("{e} (worker pid {pid}: {ended})");
+                let outside = code == 0
+                    && !ours
+                    && ended.signal == Some(libc::SIGKILL)
+                    && host::sample().cgroup_oom_kills <= oom_kills;
+                if outside {
+                    self.status.send_modify(|s| s.last_exit = ended.to_string());
+                    return Ok(Started::KilledOutside(message));
+                }
+                Err((message, code))
             }
             Err(_) => {
                 process::kill_worker(pid, &mut exit, KillReason::Timeout, grace).await;
