@@ -12,9 +12,14 @@
 # `scripts/bench.sh vision [REPS]`: face-detection stream FPS against the
 # same processing in-process.
 #
+# `scripts/bench.sh batching [REPS]`: batching across calls: N one-text
+# Embed callers against one N-text call, N Infer callers against one
+# InferBatch of N sets, and the shipped LITE models' input shapes.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
 #        scripts/bench.sh vision [REPS]
+#        scripts/bench.sh batching [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -38,6 +43,15 @@ if [[ "${1:-}" == vision ]]; then
     echo "bench: VISION, ${2:-3} interleaved runs; this takes a few minutes" >&2
     VISION_DIRECT="$CARGO_TARGET_DIR/release/examples/vision_direct" BENCH_REPS="${2:-3}" \
         SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_vision"
+    exit
+fi
+if [[ "${1:-}" == batching ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_batching
+    echo "bench: batching across calls, ${2:-3} interleaved runs; this takes a few minutes" >&2
+    BENCH_REPS="${2:-3}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_batching"
     exit
 fi
 threads="${1:-2}"

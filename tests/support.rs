@@ -34,6 +34,9 @@ pub const QUICK_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max
 #[path = "vision_support.rs"]
 pub mod vision;
 
+#[path = "chaos_support.rs"]
+pub mod chaos;
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// End-to-end tests start processes and measure deadlines: on a 2-core

@@ -195,11 +195,17 @@ impl WorkerHandle {
             let state = status.borrow().state;
             match state {
                 State::Ready => {
-                    if let Some(c) = conn.borrow().clone() {
+                    // A worker already dead (reaped, or its channel closed)
+                    // that the actor has not withdrawn yet is not used: the
+                    // call would fail at once although it never reached a
+                    // worker. READY without a live connection: RESTARTING
+                    // follows.
+                    if let Some(c) = conn.borrow().clone()
+                        && c.exit.borrow().is_none()
+                        && c.chan.failure().is_none()
+                    {
                         return Ok(c);
                     }
-                    // READY without a connection: its worker just died and
-                    // the actor has withdrawn it; RESTARTING follows.
                     restarting = true;
                 }
                 // The load this call asked for was refused for memory.
