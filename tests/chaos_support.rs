@@ -33,6 +33,9 @@ use crate::{MINILM, Sidecar, add_model, float_pattern, lite_config, minilm_confi
 pub const MODELS: [&str; 4] = ["minilm", "smollm2", "face-lite", "faces"];
 /// Request variants per method (each recorded once before the chaos).
 const VARIANTS: usize = 4;
+/// The response metadata that marks an answer given after a transparent
+/// retry on a respawned worker.
+pub const RETRIED: &str = "x-sidecar-retried";
 /// The least cosine similarity an Embed vector may have with its
 /// no-chaos answer.
 pub const MIN_COSINE: f64 = 0.99999;
@@ -130,8 +133,9 @@ async fn call(
     method: Method,
     variant: usize,
     deadline: Duration,
-) -> Result<Answer, tonic::Status> {
-    match method {
+) -> Result<(Answer, bool), tonic::Status> {
+    let mut retried = false;
+    let answer = match method {
         Method::Embed => {
             let texts = [
                 "The quick brown fox jumps over the lazy dog.",
@@ -153,11 +157,12 @@ async fn call(
                     },
                     deadline,
                 ))
-                .await?
-                .into_inner();
-            Ok(Answer::Vectors(
-                r.embeddings.into_iter().map(|e| e.values).collect(),
-            ))
+                .await
+                .map(|r| {
+                    retried |= r.metadata().contains_key(RETRIED);
+                    r.into_inner()
+                })?;
+            Answer::Vectors(r.embeddings.into_iter().map(|e| e.values).collect())
         }
         Method::Tokenize => {
             let text =
@@ -173,9 +178,12 @@ async fn call(
                     },
                     deadline,
                 ))
-                .await?
-                .into_inner();
-            Ok(Answer::Bytes(r.encode_to_vec()))
+                .await
+                .map(|r| {
+                    retried |= r.metadata().contains_key(RETRIED);
+                    r.into_inner()
+                })?;
+            Answer::Bytes(r.encode_to_vec())
         }
         Method::Infer => {
             let shape = [1i64, 128, 128, 3];
@@ -196,10 +204,13 @@ async fn call(
                     },
                     deadline,
                 ))
-                .await?
-                .into_inner();
+                .await
+                .map(|r| {
+                    retried |= r.metadata().contains_key(RETRIED);
+                    r.into_inner()
+                })?;
             r.timings = None;
-            Ok(Answer::Bytes(r.encode_to_vec()))
+            Answer::Bytes(r.encode_to_vec())
         }
         Method::ProcessBatch => {
             let mut r = c
@@ -212,14 +223,18 @@ async fn call(
                     },
                     deadline,
                 ))
-                .await?
-                .into_inner();
+                .await
+                .map(|r| {
+                    retried |= r.metadata().contains_key(RETRIED);
+                    r.into_inner()
+                })?;
             for result in &mut r.results {
                 result.timings = None;
             }
-            Ok(Answer::Bytes(r.encode_to_vec()))
+            Answer::Bytes(r.encode_to_vec())
         }
-    }
+    };
+    Ok((answer, retried))
 }
 
 /// The least cosine similarity between the vectors of `a` and `b` (0 when
@@ -266,6 +281,8 @@ pub struct Phase {
     pub mismatches: BTreeMap<Method, usize>,
     /// The least Embed cosine seen.
     pub min_cosine: f64,
+    /// Answers marked [`RETRIED`], per method.
+    pub retried: BTreeMap<Method, usize>,
     /// Latency of every successful call, ms, per method.
     pub latency_ms: BTreeMap<Method, Vec<f64>>,
     /// The kills (chaos only).
@@ -361,7 +378,10 @@ async fn client(mut c: Clients, shared: Arc<Shared>, t: usize) -> Phase {
         counter.fetch_sub(1, Ordering::SeqCst);
         *phase.calls.entry(method).or_default() += 1;
         match answer {
-            Ok(a) => {
+            Ok((a, retried)) => {
+                if retried {
+                    *phase.retried.entry(method).or_default() += 1;
+                }
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 phase.latency_ms.entry(method).or_default().push(ms);
                 let expected = &shared.baseline[method as usize][variant];
@@ -483,6 +503,9 @@ async fn load(
         for (m, n) in p.mismatches {
             *phase.mismatches.entry(m).or_default() += n;
         }
+        for (m, n) in p.retried {
+            *phase.retried.entry(m).or_default() += n;
+        }
         for (m, l) in p.latency_ms {
             phase.latency_ms.entry(m).or_default().extend(l);
         }
@@ -503,7 +526,7 @@ pub async fn run(sc: &Sidecar, plan: &Plan) -> Report {
     for method in METHODS {
         let mut answers = Vec::new();
         for v in 0..VARIANTS {
-            let a = call(&mut c, method, v, plan.deadline)
+            let (a, _) = call(&mut c, method, v, plan.deadline)
                 .await
                 .unwrap_or_else(|e| panic!("no-chaos {method:?} variant {v}: {e:?}"));
             answers.push(a);
@@ -553,9 +576,9 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "| method | phase | calls | errors | mismatched | p50 ms | p99 ms |"
+            "| method | phase | calls | errors | mismatched | retried | p50 ms | p99 ms |"
         )?;
-        writeln!(f, "|---|---|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "|---|---|---:|---:|---:|---:|---:|---:|")?;
         let rows = METHODS.iter().map(|m| (Some(*m), format!("{m:?}")));
         for (m, name) in rows.chain([(None, "all".to_owned())]) {
             for (label, ph) in [("calm", &self.calm), ("chaos", &self.chaos)] {
@@ -571,9 +594,10 @@ impl std::fmt::Display for Report {
                     .sum();
                 writeln!(
                     f,
-                    "| {name} | {label} | {} | {errors} | {} | {:.1} | {:.1} |",
+                    "| {name} | {label} | {} | {errors} | {} | {} | {:.1} | {:.1} |",
                     pick(&ph.calls),
                     pick(&ph.mismatches),
+                    pick(&ph.retried),
                     ph.quantile(m, 0.5),
                     ph.quantile(m, 0.99)
                 )?;
