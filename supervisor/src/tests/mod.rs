@@ -186,7 +186,10 @@ async fn a_worker_that_crashes_is_respawned_after_its_backoff() {
     let h = rig.registry.add(spec("ok-b", 10, true)).expect("add");
     let first = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
     let err = tokenize(&h, "abort").await.expect_err("the worker aborted");
-    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::WorkerDied { error, .. } if matches!(**error, Error::Unavailable(_))),
+        "{err:?}"
+    );
     let s = wait_for(&h, "READY again", |s| {
         s.state == State::Ready && s.pid != first
     })
