@@ -12,8 +12,12 @@
 # `scripts/bench.sh vision [REPS]`: face-detection stream FPS against the
 # same processing in-process.
 #
+# `scripts/bench.sh cache [CALLS]`: the result cache, hit against miss,
+# for Embed of 64 texts and LITE Infer.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
+#        scripts/bench.sh cache [CALLS]
 #        scripts/bench.sh vision [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +32,15 @@ if [[ "${1:-}" == lite ]]; then
     echo "bench: LITE, ${2:-3} interleaved runs; this takes a few minutes" >&2
     BENCH_PYTHON="$root/.venv/bin/python" BENCH_REPS="${2:-3}" \
         SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_lite"
+    exit
+fi
+if [[ "${1:-}" == cache ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_cache
+    echo "bench: result cache, hit against miss" >&2
+    BENCH_CALLS="${2:-200}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_cache"
     exit
 fi
 if [[ "${1:-}" == vision ]]; then

@@ -57,7 +57,10 @@ impl<T: Clone> Flights<T> {
 
     /// Flights now.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether none is in flight.
@@ -111,7 +114,10 @@ impl<T> Drop for Publisher<T> {
             .map
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if map.get(&self.key).is_some_and(|tx| Arc::ptr_eq(tx, &self.tx)) {
+        if map
+            .get(&self.key)
+            .is_some_and(|tx| Arc::ptr_eq(tx, &self.tx))
+        {
             map.remove(&self.key);
         }
     }
@@ -210,7 +216,14 @@ mod tests {
         // The leader's caller leaves after 50 ms; the execution takes 300.
         let leader = tokio::spawn(async move {
             let soon = Instant::now() + Duration::from_millis(50);
-            call(&f, &r, soon, Err("refused".into()), Duration::from_millis(300)).await
+            call(
+                &f,
+                &r,
+                soon,
+                Err("refused".into()),
+                Duration::from_millis(300),
+            )
+            .await
         });
         tokio::task::yield_now().await;
         while flights.is_empty() {
@@ -234,7 +247,14 @@ mod tests {
     async fn an_execution_nobody_waits_for_stops_and_the_map_is_bounded() {
         let flights: Arc<Flights<Result<u32, String>>> = Arc::new(Flights::new(2));
         let runs = Arc::new(AtomicUsize::new(0));
-        let gone = call(&flights, &runs, Instant::now(), Ok(1), Duration::from_secs(5)).await;
+        let gone = call(
+            &flights,
+            &runs,
+            Instant::now(),
+            Ok(1),
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(gone, Err(Waited::Deadline));
         // Its task sees nobody waits and ends without running.
         let start = Instant::now();

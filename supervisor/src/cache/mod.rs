@@ -122,7 +122,10 @@ impl ModelCache {
     pub fn hit(&self, n: u64) {
         if n > 0 {
             self.hits.fetch_add(n, Ordering::Relaxed);
-            self.metrics.cache_hits.get_or_create(&self.label()).inc_by(n);
+            self.metrics
+                .cache_hits
+                .get_or_create(&self.label())
+                .inc_by(n);
         }
     }
 
@@ -195,7 +198,10 @@ impl ModelCache {
             .dec_by(weight as i64);
         if evicted {
             self.evictions.fetch_add(1, Ordering::Relaxed);
-            self.metrics.cache_evictions.get_or_create(&self.label()).inc();
+            self.metrics
+                .cache_evictions
+                .get_or_create(&self.label())
+                .inc();
         }
     }
 }

@@ -137,6 +137,9 @@ mod tests {
             .validate()
             .expect_err("zero");
         assert!(e.to_string().contains("cache.models.x.ttl"), "{e}");
-        assert!(toml::from_str::<CacheConfig>("size = 1\n").is_err(), "unknown key");
+        assert!(
+            toml::from_str::<CacheConfig>("size = 1\n").is_err(),
+            "unknown key"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 mod fake;
 mod hostile;
+mod retry;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

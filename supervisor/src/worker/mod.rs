@@ -8,10 +8,10 @@
 
 mod actor;
 mod call;
-mod retry;
 pub mod model_file;
 pub mod process;
 pub(crate) mod quarantine;
+mod retry;
 mod tenant;
 
 use std::sync::Arc;

@@ -52,7 +52,11 @@ impl WorkerHandle {
         let s = tokio::time::timeout_at(
             deadline.into(),
             rx.wait_for(|s| {
-                (s.state == State::Ready && s.pid != pid)
+                // READY with a worker whose death the actor has not seen
+                // (another re-sent call may have crashed the next one).
+                (s.state == State::Ready
+                    && s.pid != pid
+                    && s.last_death.is_none_or(|d| d.0 != s.pid))
                     || matches!(
                         s.state,
                         State::Idle | State::Failed | State::Stopped | State::Unloading
@@ -99,9 +103,7 @@ impl WorkerHandle {
             ..Default::default()
         }
         .encode_to_vec();
-        self.quarantine
-            .check(self.quarantine.hash(&encoded))
-            .err()
+        self.quarantine.check(self.quarantine.hash(&encoded)).err()
     }
 
     /// A call is re-sent after its worker died.

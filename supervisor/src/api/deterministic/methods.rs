@@ -27,6 +27,21 @@ fn unexpected(other: &Answer) -> Error {
     Error::Internal(format!("unexpected worker answer {other:?}"))
 }
 
+/// A worker's refusal of item `j` of what was sent names it as item
+/// `missing[j]` of what the client sent.
+fn reindex(e: Error, field: &str, missing: &[usize]) -> Error {
+    let Error::InvalidArgument(m) = e else {
+        return e;
+    };
+    if let Some(rest) = m.strip_prefix(field).and_then(|r| r.strip_prefix('['))
+        && let Some((n, tail)) = rest.split_once(']')
+        && let Some(i) = n.parse::<usize>().ok().and_then(|j| missing.get(j))
+    {
+        return Error::InvalidArgument(format!("{field}[{i}]{tail}"));
+    }
+    Error::InvalidArgument(m)
+}
+
 /// The dedup key of what is sent: the items' keys in order.
 fn flight_key(method: &str, keys: &[Option<Key>]) -> Option<Key> {
     let mut b = KeyBuilder::new(method);
@@ -85,7 +100,8 @@ pub async fn embed(
                 worker_request::Body::Embed(sub),
                 false,
             )
-            .await?;
+            .await
+            .map_err(|e| reindex(e, "inputs", &missing))?;
         let Answer::Body(worker_response::Body::Embed(r)) = &outcome.answer else {
             return Err(unexpected(&outcome.answer).into());
         };
@@ -134,7 +150,11 @@ pub async fn process_batch(
 ) -> Result<Response<ProcessBatchResponse>, Status> {
     let model_id = req.get_ref().model_id.clone();
     let (ctx, r) = Ctx::new(registry, Family::Vision, default, req, &model_id);
-    let task = r.task.as_ref().map(Message::encode_to_vec).unwrap_or_default();
+    let task = r
+        .task
+        .as_ref()
+        .map(Message::encode_to_vec)
+        .unwrap_or_default();
     let keys: Vec<Option<Key>> = r
         .images
         .iter()
@@ -143,7 +163,11 @@ pub async fn process_batch(
     let n = r.images.len();
     let mut found: Vec<Option<ProcessResponse>> = Vec::with_capacity(n);
     for k in &keys {
-        found.push(ctx.get(*k).await.and_then(|b| ProcessResponse::decode(b).ok()));
+        found.push(
+            ctx.get(*k)
+                .await
+                .and_then(|b| ProcessResponse::decode(b).ok()),
+        );
     }
     let missing: Vec<usize> = (0..n).filter(|&i| found[i].is_none()).collect();
     let hits = n - missing.len();
@@ -162,7 +186,8 @@ pub async fn process_batch(
                 worker_request::Body::VisionBatch(sub),
                 false,
             )
-            .await?;
+            .await
+            .map_err(|e| reindex(e, "images", &missing))?;
         let Answer::Body(worker_response::Body::VisionBatch(b)) = &outcome.answer else {
             return Err(unexpected(&outcome.answer).into());
         };
@@ -275,7 +300,11 @@ pub async fn tokenize(
     .await
 }
 
-fn lite_timings(t: &mut Option<sidecar_proto::v1::LiteTimings>, queued: Option<Duration>, total: u64) {
+fn lite_timings(
+    t: &mut Option<sidecar_proto::v1::LiteTimings>,
+    queued: Option<Duration>,
+    total: u64,
+) {
     match queued {
         Some(q) => {
             if let Some(t) = t.as_mut() {
@@ -393,7 +422,16 @@ pub async fn generate(
         body: worker_request::Body::Generate(g),
         collect: true,
     };
-    whole(registry, Family::Text, default, req, w, generated, generation_timings).await
+    whole(
+        registry,
+        Family::Text,
+        default,
+        req,
+        w,
+        generated,
+        generation_timings,
+    )
+    .await
 }
 
 /// Unary Chat, greedy or seeded, per call.
@@ -413,5 +451,42 @@ pub async fn chat(
         body: worker_request::Body::Chat(c),
         collect: true,
     };
-    whole(registry, Family::Text, default, req, w, generated, generation_timings).await
+    whole(
+        registry,
+        Family::Text,
+        default,
+        req,
+        w,
+        generated,
+        generation_timings,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_item_is_named_by_its_index_in_the_clients_call() {
+        let e = reindex(
+            Error::InvalidArgument("images[1]: not an image".into()),
+            "images",
+            &[3, 8],
+        );
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m == "images[8]: not an image"),
+            "{e:?}"
+        );
+        let e = reindex(Error::InvalidArgument("other".into()), "images", &[3]);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m == "other"),
+            "{e:?}"
+        );
+        let e = reindex(Error::InvalidArgument("inputs[5] x".into()), "inputs", &[3]);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m == "inputs[5] x"),
+            "out of range: kept"
+        );
+    }
 }

@@ -82,8 +82,12 @@ impl Ctx {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| {
-                v.split(',')
-                    .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-cache" | "no-store"))
+                v.split(',').any(|d| {
+                    matches!(
+                        d.trim().to_ascii_lowercase().as_str(),
+                        "no-cache" | "no-store"
+                    )
+                })
             });
         let (metadata, extensions, body) = req.into_parts();
         // A wrong id or family is `call_worker`'s to report, uncached.
@@ -393,7 +397,10 @@ mod tests {
         assert!(greedy_or_seeded(Some(&s(Some(0.7), Some(1), None))));
         assert!(greedy_or_seeded(Some(&s(None, None, Some(42)))));
         assert!(!greedy_or_seeded(Some(&s(Some(0.7), Some(40), None))));
-        assert!(!greedy_or_seeded(Some(&s(None, None, None))), "0.8 by default");
+        assert!(
+            !greedy_or_seeded(Some(&s(None, None, None))),
+            "0.8 by default"
+        );
         assert!(!greedy_or_seeded(None));
     }
 }
