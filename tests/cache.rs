@@ -216,6 +216,32 @@ async fn the_byte_bound_holds_under_ten_times_its_size_of_distinct_answers() {
         metrics.contains("sidecar_cache_evictions_total{model=\"minilm\"}"),
         "{metrics}"
     );
+    // A flood of 200 identical calls at once: one execution or hits, the
+    // same answer for all.
+    let before = requests_now(&sc, "minilm").await;
+    let flood = texts("flood", 16);
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let mut c = sc.text().await;
+        let req = EmbedRequest {
+            model_id: "minilm".into(),
+            inputs: flood.clone(),
+            ..Default::default()
+        };
+        calls.push(tokio::spawn(async move { c.embed(req).await }));
+    }
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(bits(
+            &c.await.expect("joined").expect("served").into_inner(),
+        ));
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]));
+    assert_eq!(
+        requests_now(&sc, "minilm").await,
+        before + 1,
+        "one execution"
+    );
     let grown = e2e::status_bytes(sc.child.id(), "VmRSS").saturating_sub(rss);
     assert!(grown < 48 << 20, "the supervisor grew {} MiB", grown >> 20);
     // 10 000 inputs: refused by name before any lookup.
