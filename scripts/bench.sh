@@ -16,8 +16,12 @@
 # Embed callers against one N-text call, N Infer callers against one
 # InferBatch of N sets, and the shipped LITE models' input shapes.
 #
+# `scripts/bench.sh cache [CALLS]`: the result cache, hit against miss,
+# for Embed of 64 texts and LITE Infer.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
+#        scripts/bench.sh cache [CALLS]
 #        scripts/bench.sh vision [REPS]
 #        scripts/bench.sh batching [REPS]
 set -euo pipefail
@@ -33,6 +37,15 @@ if [[ "${1:-}" == lite ]]; then
     echo "bench: LITE, ${2:-3} interleaved runs; this takes a few minutes" >&2
     BENCH_PYTHON="$root/.venv/bin/python" BENCH_REPS="${2:-3}" \
         SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_lite"
+    exit
+fi
+if [[ "${1:-}" == cache ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_cache
+    echo "bench: result cache, hit against miss" >&2
+    BENCH_CALLS="${2:-200}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_cache"
     exit
 fi
 if [[ "${1:-}" == vision ]]; then

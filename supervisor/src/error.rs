@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 
 /// Everything a call or an operation can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Bad input; the message names the field, the value and the limit.
     #[error("{0}")]
@@ -47,6 +47,17 @@ pub enum Error {
     /// A bug, or an OS failure we did not expect.
     #[error("internal: {0}")]
     Internal(String),
+    /// The call's worker (pid) died before the call's last frame: the
+    /// error the caller sees (UNAVAILABLE, or RESOURCE_EXHAUSTED for a
+    /// kill for memory). A deterministic call may be re-sent once
+    /// (`api::deterministic`).
+    #[error("{error}")]
+    WorkerDied {
+        /// The dead worker.
+        pid: u32,
+        /// What the caller sees.
+        error: Box<Error>,
+    },
 }
 
 impl Error {
@@ -66,6 +77,7 @@ impl Error {
             Error::PermissionDenied(_) => "permission_denied",
             Error::Config(_) => "config",
             Error::Internal(_) => "internal",
+            Error::WorkerDied { error, .. } => error.kind(),
         }
     }
 
@@ -101,6 +113,10 @@ impl Error {
             Error::PermissionDenied(m) => Error::PermissionDenied(tag(m)),
             Error::Config(m) => Error::Config(tag(m)),
             Error::Internal(m) => Error::Internal(tag(m)),
+            Error::WorkerDied { pid, error } => Error::WorkerDied {
+                pid,
+                error: Box::new(error.with_request_id(id, client)),
+            },
         }
     }
 
@@ -124,6 +140,10 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
+        let e = match e {
+            Error::WorkerDied { error, .. } => *error,
+            other => other,
+        };
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
@@ -137,6 +157,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Config(_) | Error::Internal(_) => Code::Internal,
+            Error::WorkerDied { .. } => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }

@@ -157,6 +157,9 @@ impl Registry {
     pub async fn remove(&self, id: &str, reason: KillReason) -> Result<(), Error> {
         let handle = self.get(id)?;
         handle.unload(reason).await;
+        // Its answers go with it: a model loaded again under this id
+        // computes them afresh.
+        self.shared.cache.forget(id).await;
         self.models
             .0
             .write()

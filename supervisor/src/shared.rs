@@ -1,10 +1,11 @@
 //! What the supervisor's parts share: the config, the metrics, the log
-//! book and the request-id counter. Built once at start (`app::run`) and
+//! book, the request-id counter and the result cache. Built once at start (`app::run`) and
 //! passed down, so nothing in the crate is a process global and a test can
 //! build its own.
 
 use std::sync::Arc;
 
+use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::ids::RequestIds;
 use crate::logs::LogBook;
@@ -21,14 +22,18 @@ pub struct Shared {
     pub logs: Arc<LogBook>,
     /// Ids for calls that bring none.
     pub request_ids: Arc<RequestIds>,
+    /// Answers of deterministic calls, and the calls in flight.
+    pub cache: Arc<ResultCache>,
 }
 
 impl Shared {
     /// Fresh handles around `config`.
     pub fn new(config: Config) -> Shared {
+        let metrics = Arc::new(Metrics::new());
         Shared {
+            cache: Arc::new(ResultCache::new(&config.cache, metrics.clone())),
             config: Arc::new(config),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             logs: Arc::new(LogBook::default()),
             request_ids: Arc::new(RequestIds::default()),
         }

@@ -22,9 +22,23 @@ pub struct Counters {
     pub in_flight: AtomicU32,
     /// Tokens sampled for requests since the worker started.
     pub tokens_generated: AtomicU64,
+    /// REQUEST frames that opened a request since the worker started.
+    pub requests: AtomicU64,
+    /// The highest request id seen opened (only the serve loop writes it).
+    pub(crate) last_opened: AtomicU64,
 }
 
 impl Counters {
+    /// A REQUEST frame with request id `id` arrived: counted when it opens
+    /// a request (the supervisor numbers requests upwards; a stream's later
+    /// frames reuse its id).
+    pub fn request_frame(&self, id: u64) {
+        if id > self.last_opened.load(Ordering::Relaxed) {
+            self.last_opened.store(id, Ordering::Relaxed);
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// One heartbeat's message: `seq` counts from 1, `started` is when the
     /// worker started.
     pub fn beat(&self, seq: u64, started: Instant) -> Heartbeat {
@@ -34,6 +48,7 @@ impl Counters {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             uptime_ms: started.elapsed().as_millis() as u64,
             tokens_generated: self.tokens_generated.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
         }
     }
 }
@@ -84,6 +99,15 @@ mod tests {
         c.tokens_generated.store(42, Ordering::Relaxed);
         let b = c.beat(7, Instant::now() - Duration::from_secs(2));
         assert_eq!((b.seq, b.in_flight, b.tokens_generated), (7, 3, 42));
+        assert_eq!(b.requests, 0);
+        for id in [1, 2, 2, 2, 5, 3, 6] {
+            c.request_frame(id);
+        }
+        assert_eq!(
+            c.beat(8, Instant::now()).requests,
+            4,
+            "ids 1, 2, 5 and 6 open requests; the rest are later frames"
+        );
         assert!(b.uptime_ms >= 2000, "{}", b.uptime_ms);
         assert!(b.memory.is_some_and(|m| m.rss_bytes > 0));
     }

@@ -162,6 +162,7 @@ fn on_frame<F: Family>(family: &mut F, cx: &mut Context, counters: &Counters, fr
     match frame.kind() {
         Kind::Request => {
             let arrived = Instant::now();
+            counters.request_frame(id);
             let tag = request_tag(frame.payload());
             if !tag.is_empty() {
                 tracing::debug!(request = id, request_id = %tag, "request");

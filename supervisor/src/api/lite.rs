@@ -5,15 +5,13 @@ use std::sync::Arc;
 use sidecar_proto::v1::lite_service_server::LiteService;
 use sidecar_proto::v1::{
     GetModelInfoRequest, InferBatchRequest, InferBatchResponse, InferRequest, InferResponse,
-    LiteModelInfo, LiteTimings,
+    LiteModelInfo,
 };
-use sidecar_proto::worker::{worker_request, worker_response};
 use tonic::{Request, Response, Status};
 
 use crate::config::{Config, Family};
 use crate::error::Error;
 use crate::registry::Registry;
-use crate::worker::CallStream;
 
 /// Most input sets of one InferBatch (the worker checks it too).
 const MAX_SETS: usize = 256;
@@ -25,36 +23,6 @@ pub struct LiteApi {
     pub registry: Arc<Registry>,
     /// Config (default deadlines).
     pub config: Arc<Config>,
-}
-
-impl LiteApi {
-    async fn call<T>(
-        &self,
-        req: Request<T>,
-        into_body: impl FnOnce(T) -> (String, worker_request::Body),
-    ) -> Result<CallStream, Error> {
-        super::call_worker(
-            &self.registry,
-            Family::Lite,
-            self.config.deadlines.unary,
-            req,
-            into_body,
-        )
-        .await
-    }
-}
-
-/// Adds the supervisor's queueing to the worker's timings.
-fn add_queue(t: Option<&mut LiteTimings>, call: &CallStream) {
-    if let Some(t) = t {
-        let queued = call.queued.as_micros() as u64;
-        t.queue_us += queued;
-        t.total_us += queued;
-    }
-}
-
-fn unexpected(other: worker_response::Body) -> Status {
-    Error::Internal(format!("unexpected worker answer {other:?}")).into()
 }
 
 #[tonic::async_trait]
@@ -82,18 +50,8 @@ impl LiteService for LiteApi {
     }
 
     async fn infer(&self, req: Request<InferRequest>) -> Result<Response<InferResponse>, Status> {
-        let mut call = self
-            .call(req, |r| {
-                (r.model_id.clone(), worker_request::Body::Infer(r))
-            })
-            .await?;
-        match super::one_answer(&mut call).await? {
-            worker_response::Body::Infer(mut r) => {
-                add_queue(r.timings.as_mut(), &call);
-                Ok(Response::new(r))
-            }
-            other => Err(unexpected(other)),
-        }
+        let default = self.config.deadlines.unary;
+        super::deterministic::methods::infer(&self.registry, default, req).await
     }
 
     async fn infer_batch(
@@ -107,17 +65,7 @@ impl LiteService for LiteApi {
             ))
             .into());
         }
-        let mut call = self
-            .call(req, |r| {
-                (r.model_id.clone(), worker_request::Body::InferBatch(r))
-            })
-            .await?;
-        match super::one_answer(&mut call).await? {
-            worker_response::Body::InferBatch(mut r) => {
-                add_queue(r.timings.as_mut(), &call);
-                Ok(Response::new(r))
-            }
-            other => Err(unexpected(other)),
-        }
+        let default = self.config.deadlines.unary;
+        super::deterministic::methods::infer_batch(&self.registry, default, req).await
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC services of the API port.
 
 pub mod admin;
+pub mod deterministic;
 pub mod files;
 pub mod lite;
 pub mod model;

@@ -76,7 +76,7 @@ impl TextApi {
 }
 
 /// Collects a token stream into one answer.
-async fn collect(mut call: CallStream) -> Result<GenerateResponse, Status> {
+pub(super) async fn collect(mut call: CallStream) -> Result<GenerateResponse, Error> {
     let mut text = String::new();
     while let Some(msg) = next_message(&mut call).await {
         match msg?.msg {
@@ -94,7 +94,9 @@ async fn collect(mut call: CallStream) -> Result<GenerateResponse, Status> {
             None => {}
         }
     }
-    Err(Error::Internal("the worker ended the stream without a final message".into()).into())
+    Err(Error::Internal(
+        "the worker ended the stream without a final message".into(),
+    ))
 }
 
 /// Forwards a token stream to the client; a client that goes away drops
@@ -183,6 +185,11 @@ impl TextService for TextApi {
         &self,
         req: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
+        let g = req.get_ref();
+        if !g.prompt.is_empty() && super::deterministic::greedy_or_seeded(g.sampling.as_ref()) {
+            let default = self.config.deadlines.unary;
+            return super::deterministic::methods::generate(&self.registry, default, req).await;
+        }
         let call = self.start(req, false).await?;
         Ok(Response::new(collect(call).await?))
     }
@@ -201,6 +208,11 @@ impl TextService for TextApi {
     }
 
     async fn chat(&self, req: Request<ChatRequest>) -> Result<Response<GenerateResponse>, Status> {
+        let c = req.get_ref();
+        if !c.messages.is_empty() && super::deterministic::greedy_or_seeded(c.sampling.as_ref()) {
+            let default = self.config.deadlines.unary;
+            return super::deterministic::methods::chat(&self.registry, default, req).await;
+        }
         let call = self.start_chat(req, false).await?;
         Ok(Response::new(collect(call).await?))
     }
@@ -219,36 +231,15 @@ impl TextService for TextApi {
     }
 
     async fn embed(&self, req: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
-        let mut call = self
-            .call(req, false, |e| {
-                (e.model_id.clone(), worker_request::Body::Embed(e))
-            })
-            .await?;
-        let queued = call.queued.as_micros() as u64;
-        match super::one_answer(&mut call).await? {
-            worker_response::Body::Embed(mut r) => {
-                if let Some(t) = r.timings.as_mut() {
-                    t.queue_us += queued;
-                    t.total_us += queued;
-                }
-                Ok(Response::new(r))
-            }
-            other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
-        }
+        let default = self.config.deadlines.unary;
+        super::deterministic::methods::embed(&self.registry, default, req).await
     }
 
     async fn tokenize(
         &self,
         req: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
-        let mut call = self
-            .call(req, false, |t| {
-                (t.model_id.clone(), worker_request::Body::Tokenize(t))
-            })
-            .await?;
-        match super::one_answer(&mut call).await? {
-            worker_response::Body::Tokenize(t) => Ok(Response::new(t)),
-            other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
-        }
+        let default = self.config.deadlines.unary;
+        super::deterministic::methods::tokenize(&self.registry, default, req).await
     }
 }

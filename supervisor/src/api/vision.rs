@@ -238,18 +238,8 @@ impl VisionService for VisionApi {
             ))
             .into());
         }
-        let mut call = super::call_worker(
-            &self.registry,
-            Family::Vision,
-            self.config.deadlines.unary,
-            req,
-            |r| (r.model_id.clone(), worker_request::Body::VisionBatch(r)),
-        )
-        .await?;
-        match super::one_answer(&mut call).await? {
-            worker_response::Body::VisionBatch(r) => Ok(Response::new(r)),
-            other => Err(Error::Internal(format!("unexpected worker answer {other:?}")).into()),
-        }
+        let default = self.config.deadlines.unary;
+        super::deterministic::methods::process_batch(&self.registry, default, req).await
     }
 }
 

@@ -14,6 +14,7 @@ use sidecar_proto::v1::{
 use crate::error::Error;
 
 mod auth;
+mod cache;
 mod connections;
 mod exposure;
 pub mod small_file;
@@ -23,6 +24,7 @@ mod units;
 mod workers;
 
 pub use auth::{AuthConfig, MAX_CLIENT_IDS};
+pub use cache::{CacheConfig, MAX_CACHE_BYTES, MIN_CACHE_BYTES, ModelCacheConfig};
 pub use connections::Connections;
 pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
@@ -77,6 +79,8 @@ pub struct Config {
     pub model_store: PathBuf,
     /// Upload quotas of the model store.
     pub store: StoreLimits,
+    /// The result cache of deterministic calls (`config::cache`).
+    pub cache: CacheConfig,
     /// Directory holding the worker binaries; default: the directory of the
     /// running `sidecar` binary.
     pub worker_dir: Option<PathBuf>,
@@ -382,6 +386,7 @@ impl Default for Config {
             control_socket: PathBuf::from("/run/sidecar/control.sock"),
             model_store: PathBuf::from("models"),
             store: StoreLimits::default(),
+            cache: CacheConfig::default(),
             worker_dir: None,
             lite_runtime: PathBuf::from("runtime/litert/libLiteRt.so"),
             max_message_bytes: 64 << 20,
@@ -451,6 +456,7 @@ impl Config {
             }
         }
         self.auth.validate()?;
+        self.cache.validate()?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;
         if self.workers.max_in_flight == 0 {

@@ -157,6 +157,16 @@ pub struct Metrics {
     pub stream_fps: Hist<ModelLabel>,
     /// Worker restarts by kill reason.
     pub restarts: Family<ModelReason, Counter>,
+    /// Result cache: answers served from it.
+    pub cache_hits: Family<ModelLabel, Counter>,
+    /// Result cache: answers not in it.
+    pub cache_misses: Family<ModelLabel, Counter>,
+    /// Result cache: entries dropped for room or age.
+    pub cache_evictions: Family<ModelLabel, Counter>,
+    /// Result cache: bytes held per model.
+    pub cache_bytes: Family<ModelLabel, Gauge>,
+    /// Deterministic calls re-sent after their worker died.
+    pub retries: Family<ModelLabel, Counter>,
     in_flight: Family<ModelLabel, Gauge>,
     queue_depth: Family<ModelLabel, Gauge>,
     state: Family<ModelStateLabel, Gauge>,
@@ -205,6 +215,11 @@ impl Metrics {
             frames: Family::default(),
             stream_fps: Family::new_with_constructor(rates),
             restarts: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_evictions: Family::default(),
+            cache_bytes: Family::default(),
+            retries: Family::default(),
             in_flight: Family::default(),
             queue_depth: Family::default(),
             state: Family::default(),
@@ -268,6 +283,31 @@ impl Metrics {
             m.restarts.clone(),
         );
         m.registry.register(
+            "cache_hits",
+            "Result cache: answers served from it (an Embed text, a ProcessBatch image, a whole call for the other methods)",
+            m.cache_hits.clone(),
+        );
+        m.registry.register(
+            "cache_misses",
+            "Result cache: answers not in it",
+            m.cache_misses.clone(),
+        );
+        m.registry.register(
+            "cache_evictions",
+            "Result cache: entries dropped for room (cache.max_bytes) or age (the TTL)",
+            m.cache_evictions.clone(),
+        );
+        m.registry.register(
+            "cache_bytes",
+            "Result cache: bytes the model's entries hold (keys, answers, overhead)",
+            m.cache_bytes.clone(),
+        );
+        m.registry.register(
+            "retries",
+            "Deterministic calls re-sent once to a new worker after theirs died mid-call",
+            m.retries.clone(),
+        );
+        m.registry.register(
             "in_flight",
             "Calls executing per model",
             m.in_flight.clone(),
@@ -304,6 +344,18 @@ impl Metrics {
                 reason: reason.as_str().into(),
             }));
         }
+        let label = ModelLabel {
+            model: model.into(),
+        };
+        for f in [
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.cache_evictions,
+            &self.retries,
+        ] {
+            drop(f.get_or_create(&label));
+        }
+        drop(self.cache_bytes.get_or_create(&label));
         for reason in REJECTIONS {
             drop(self.rejected.get_or_create(&ModelReason {
                 model: model.into(),

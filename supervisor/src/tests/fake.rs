@@ -13,7 +13,8 @@
 //!
 //! A Tokenize call is answered with one token per byte of its text; the
 //! text `abort` makes the worker abort (SIGABRT) instead, and `hang` is
-//! never answered (the fake ignores cancels too). Two texts break the
+//! never answered (the fake ignores cancels too), and `slow:<text>` is
+//! answered for `<text>` after 500 ms while the fake reads on. Two texts break the
 //! channel's rules as a hostile worker would: `flood` answers with 64 KiB
 //! (valid) frames past the request's credit window until the channel closes, and
 //! `flood-control` sends error frames on request id 0 the same way.
@@ -121,6 +122,22 @@ fn serve(chan: &Arc<BlockingChannel>) {
                     std::process::abort();
                 }
                 if t.text == "hang" {
+                    continue;
+                }
+                // Answered after 500 ms, from a thread: the loop reads on.
+                if let Some(rest) = t.text.strip_prefix("slow:") {
+                    let r = WorkerResponse {
+                        body: Some(worker_response::Body::Tokenize(TokenizeResponse {
+                            tokens: rest.bytes().map(i32::from).collect(),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    };
+                    let chan = chan.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(500));
+                        send(&chan, id, Kind::Response, &r.encode_to_vec());
+                    });
                     continue;
                 }
                 if t.text.starts_with("flood") {

@@ -54,7 +54,7 @@ async fn a_worker_flooding_past_its_window_is_killed_for_protocol() {
             "more than 256 unread control frames"
         };
         assert!(
-            matches!(&err, Error::Unavailable(m) if m.contains("broke the channel protocol") && m.contains(violation)),
+            matches!(&err, Error::WorkerDied { error, .. } if matches!(&**error, Error::Unavailable(m) if m.contains("broke the channel protocol") && m.contains(violation))),
             "{text}: {err:?}"
         );
         assert!(
@@ -95,7 +95,10 @@ async fn a_request_that_crashed_two_workers_is_refused_instead_of_crashing_a_thi
     let mut pid = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
     for n in 1..=2 {
         let err = tokenize(&h, "abort").await.expect_err("the worker aborted");
-        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::WorkerDied { error, .. } if matches!(**error, Error::Unavailable(_))),
+            "{err:?}"
+        );
         pid = wait_for(&h, "READY again", |s| {
             s.state == State::Ready && s.pid != pid
         })

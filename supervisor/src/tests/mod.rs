@@ -7,6 +7,7 @@
 mod fake;
 mod hostile;
 mod restarting;
+mod retry;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -196,7 +197,10 @@ async fn a_worker_that_crashes_is_respawned_after_its_backoff() {
     let h = rig.registry.add(spec("ok-b", 10, true)).expect("add");
     let first = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
     let err = tokenize(&h, "abort").await.expect_err("the worker aborted");
-    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::WorkerDied { error, .. } if matches!(**error, Error::Unavailable(_))),
+        "{err:?}"
+    );
     let s = wait_for(&h, "READY again", |s| {
         s.state == State::Ready && s.pid != first
     })

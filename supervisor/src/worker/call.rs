@@ -265,6 +265,22 @@ impl WorkerHandle {
     /// (or the kernel's OOM killer) killed for memory is RESOURCE_EXHAUSTED
     /// with the figures; any other death UNAVAILABLE.
     pub(super) fn channel_error(&self, conn: &Conn, e: ipc::Error) -> Error {
+        let died = matches!(
+            e,
+            ipc::Error::PeerGone | ipc::Error::Protocol(_) | ipc::Error::Corrupt(_)
+        );
+        let error = self.channel_error_message(conn, e);
+        if died {
+            Error::WorkerDied {
+                pid: conn.pid,
+                error: Box::new(error),
+            }
+        } else {
+            error
+        }
+    }
+
+    fn channel_error_message(&self, conn: &Conn, e: ipc::Error) -> Error {
         match e {
             ipc::Error::PeerGone => {
                 let id = &self.spec.id;

@@ -11,6 +11,7 @@ mod call;
 pub mod model_file;
 pub mod process;
 pub(crate) mod quarantine;
+mod retry;
 mod tenant;
 
 use std::sync::Arc;
@@ -82,6 +83,14 @@ pub struct Status {
     pub kill_note: Option<(u32, KillReason, String)>,
     /// The container's OOM-kill count when the current worker started.
     pub oom_kills_at_start: u64,
+    /// REQUEST frames that opened a request in the current worker, from
+    /// its last heartbeat.
+    pub worker_requests: u64,
+    /// The last worker death the actor has dealt with (the quarantine
+    /// told, the restart counted): its pid, and whether it was
+    /// self-raised (`DESIGN.md`'s restart table: not a timeout, an asked
+    /// for kill or a SIGKILL from outside).
+    pub last_death: Option<(u32, bool)>,
 }
 
 /// Commands to the actor.
@@ -129,6 +138,9 @@ pub struct WorkerHandle {
     file_size: u64,
     memory: SharedMemory,
     quarantine: Arc<quarantine::Quarantine>,
+    /// Re-sent calls after a self-raised crash go one at a time.
+    retry_gate: Arc<Semaphore>,
+    retries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl WorkerHandle {
@@ -176,6 +188,8 @@ impl WorkerHandle {
             file_size,
             memory,
             quarantine,
+            retry_gate: Arc::new(Semaphore::new(1)),
+            retries: Arc::default(),
         }
     }
 
@@ -365,6 +379,9 @@ impl WorkerHandle {
                 }
             }),
             text_details: s.details,
+            cache: Some(self.shared.cache.stats(&self.spec.id)),
+            worker_requests: s.worker_requests,
+            retries: self.retries.load(Ordering::Relaxed),
         }
     }
 

@@ -134,6 +134,8 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
         sandbox: None,
         kill_note: None,
         oom_kills_at_start: 0,
+        worker_requests: 0,
+        last_death: None,
     };
     let (status, status_rx) = watch::channel(initial);
     let (conn, conn_rx) = watch::channel(None);
@@ -478,9 +480,11 @@ impl Actor {
         );
         let last_words = self.shared.logs.last_words(&self.spec.id, exit.pid);
         tracing::warn!(model = %self.spec.id, pid = exit.pid, last_lines = %last_words, "{message}");
+        let self_raised = reason.counts_towards_failed() && !outside;
         self.status.send_modify(|s| {
             s.last_error = message;
             s.last_exit = exit.to_string();
+            s.last_death = Some((exit.pid, self_raised));
         });
         if outside {
             self.killed_outside = true;

@@ -99,6 +99,7 @@ impl Actor {
             s.started_unix_ms = now_ms();
             s.heartbeat_unix_ms = now_ms();
             s.tokens_generated = 0;
+            s.worker_requests = 0;
             s.kill_note = None;
             s.oom_kills_at_start = oom_kills;
         });

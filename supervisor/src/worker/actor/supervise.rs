@@ -43,6 +43,7 @@ impl Actor {
                                 s.memory = hb.memory;
                                 s.heartbeat_unix_ms = now_ms();
                                 s.tokens_generated = hb.tokens_generated;
+                                s.worker_requests = hb.requests;
                             });
                         }
                     }

@@ -1,0 +1,140 @@
+//! The re-send of deterministic calls after a worker death
+//! (`api::deterministic`) with the quarantine: a request that crashes its
+//! worker is re-sent once, alone (the gate), crashes the second worker and
+//! is then refused with INVALID_ARGUMENT; a bystander in flight at the
+//! first crash is re-sent and answered, and is not refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidecar_proto::v1::TokenizeRequest;
+
+use super::{MAX_RESTARTS, Rig, alive, rig, spec, wait_for};
+use crate::api::deterministic::{RETRIED, methods};
+use crate::lifecycle::State;
+
+async fn tokenize(
+    registry: &Arc<crate::registry::Registry>,
+    id: &str,
+    text: &str,
+) -> Result<tonic::Response<sidecar_proto::v1::TokenizeResponse>, tonic::Status> {
+    let req = tonic::Request::new(TokenizeRequest {
+        model_id: id.into(),
+        text: text.into(),
+        ..Default::default()
+    });
+    methods::tokenize(registry, Duration::from_secs(20), req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_request_costs_two_workers_and_its_bystander_is_re_sent_and_served() {
+    let Rig { _dir, registry } = rig(1000);
+    let registry = Arc::new(registry);
+    let h = registry.add(spec("ok-retry", 10, true)).expect("add");
+    let first = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
+    // The bystander is in flight when the poison arrives.
+    let bystander = {
+        let registry = registry.clone();
+        tokio::spawn(async move { tokenize(&registry, "ok-retry", "slow:ok").await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let err = tokenize(&registry, "ok-retry", "abort")
+        .await
+        .expect_err("the poison");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("in flight in 2 worker crashes")
+            && err.message().contains("workers.quarantine_ttl"),
+        "{err:?}"
+    );
+    let answer = bystander
+        .await
+        .expect("joined")
+        .expect("the bystander is served by a new worker");
+    assert_eq!(
+        answer.metadata().get(RETRIED).and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(answer.into_inner().tokens, [111, 107]);
+    // Two workers, not more: the poison is refused before it is sent.
+    let s = wait_for(&h, "READY", |s| s.state == State::Ready).await;
+    assert_eq!(s.restarts, 2);
+    assert!(s.restarts <= MAX_RESTARTS, "not FAILED");
+    assert!(!alive(first));
+    let err = tokenize(&registry, "ok-retry", "abort")
+        .await
+        .expect_err("quarantined");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(h.status().restarts, 2, "no third crash");
+    assert_eq!(h.status().pid, s.pid);
+    // The bystander alone is not refused.
+    let ok = tokenize(&registry, "ok-retry", "slow:ok")
+        .await
+        .expect("served");
+    assert!(ok.metadata().get(RETRIED).is_none());
+    assert_eq!(
+        h.info().retries,
+        2,
+        "the poison and the bystander, once each"
+    );
+    let text = registry.shared().metrics.render(&[]);
+    assert!(
+        text.contains("sidecar_retries_total{model=\"ok-retry\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_tokenize_calls_in_flight_run_once_and_then_come_from_the_cache() {
+    let Rig { _dir, registry } = rig(1000);
+    let registry = Arc::new(registry);
+    let h = registry.add(spec("ok-dedup", 10, true)).expect("add");
+    wait_for(&h, "READY", |s| s.state == State::Ready).await;
+    // The first call starts the file's digest; wait until calls are cached.
+    let start = std::time::Instant::now();
+    loop {
+        let r = tokenize(&registry, "ok-dedup", "warm")
+            .await
+            .expect("served");
+        if r.metadata()
+            .get("x-sidecar-cache-hits")
+            .and_then(|v| v.to_str().ok())
+            == Some("1")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = h.info().cache.expect("stats");
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let registry = registry.clone();
+        calls.push(tokio::spawn(async move {
+            tokenize(&registry, "ok-dedup", "slow:same").await
+        }));
+    }
+    for c in calls {
+        let r = c.await.expect("joined").expect("served");
+        assert_eq!(r.into_inner().tokens, b"same".map(i32::from));
+    }
+    let after = h.info().cache.expect("stats");
+    assert_eq!(after.misses - before.misses, 8, "{after:?}");
+    assert_eq!(after.shared - before.shared, 7, "one execution: {after:?}");
+    let r = tokenize(&registry, "ok-dedup", "slow:same")
+        .await
+        .expect("cached");
+    assert_eq!(
+        r.metadata()
+            .get("x-sidecar-cache-hits")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    // Unloaded: its entries and counters go.
+    registry
+        .remove("ok-dedup", crate::lifecycle::KillReason::Requested)
+        .await
+        .expect("remove");
+    let stats = registry.shared().cache.stats("ok-dedup");
+    assert_eq!((stats.entries, stats.bytes), (0, 0));
+}
