@@ -19,6 +19,7 @@ mod exposure;
 pub mod small_file;
 mod store;
 mod tls;
+mod traffic;
 mod units;
 mod workers;
 
@@ -26,6 +27,7 @@ pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use connections::Connections;
 pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
+pub use traffic::{ClassSpec, MAX_IN_FLIGHT, TrafficConfig};
 pub use units::bytes;
 use units::{opt_secs, secs};
 pub use workers::{SeccompMode, WorkerPolicy};
@@ -99,6 +101,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Bearer tokens and client names on the API port (`[auth]`).
     pub auth: AuthConfig,
+    /// Client classes: rate limits, weights, queue bounds (`[traffic]`).
+    pub traffic: TrafficConfig,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -214,6 +218,10 @@ pub struct ModelSpec {
     /// preloaded models, `memory.on_demand_keep_alive` for the others.
     #[serde(default, with = "opt_secs")]
     pub keep_alive: Option<Duration>,
+    /// Calls executing at once (1..=1024); absent: what the model runs at
+    /// once (`crate::traffic::capacity`).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// TEXT options.
     #[serde(default)]
     pub text: TextSpec,
@@ -391,6 +399,7 @@ impl Default for Config {
             connections: Connections::default(),
             tls: None,
             auth: AuthConfig::default(),
+            traffic: TrafficConfig::default(),
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -449,8 +458,10 @@ impl Config {
             if !seen.insert(&m.id) {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }
+            traffic::check_max_in_flight(&m.id, m.max_in_flight)?;
         }
         self.auth.validate()?;
+        self.traffic.validate()?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;
         if self.workers.max_in_flight == 0 {
