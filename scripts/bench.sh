@@ -12,9 +12,14 @@
 # `scripts/bench.sh vision [REPS]`: face-detection stream FPS against the
 # same processing in-process.
 #
+# `scripts/bench.sh traffic [CALLS]`: a polite client's Generate latency
+# alone and beside a 20x flood from another client class, with and without
+# [traffic] classes.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
 #        scripts/bench.sh vision [REPS]
+#        scripts/bench.sh traffic [CALLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -38,6 +43,15 @@ if [[ "${1:-}" == vision ]]; then
     echo "bench: VISION, ${2:-3} interleaved runs; this takes a few minutes" >&2
     VISION_DIRECT="$CARGO_TARGET_DIR/release/examples/vision_direct" BENCH_REPS="${2:-3}" \
         SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_vision"
+    exit
+fi
+if [[ "${1:-}" == traffic ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_traffic
+    echo "bench: traffic, ${2:-40} polite calls per phase; this takes a few minutes" >&2
+    BENCH_CALLS="${2:-40}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_traffic"
     exit
 fi
 threads="${1:-2}"
