@@ -150,7 +150,10 @@ async fn a_flooding_class_is_rate_limited_and_the_other_is_served() {
     let secs = started.elapsed().as_secs_f64();
     // The bucket lets through its burst and 5 a second, no more.
     let most = 5 + (5.0 * secs).ceil() as u64 + 1;
-    assert!(ok >= 5 && ok <= most, "{ok} flood calls passed in {secs:.1} s (at most {most})");
+    assert!(
+        ok >= 5 && ok <= most,
+        "{ok} flood calls passed in {secs:.1} s (at most {most})"
+    );
     assert_eq!(ok + limited, 200);
     let after = metric(
         &sc,
@@ -205,7 +208,11 @@ async fn a_class_at_its_bound_cannot_push_another_back() {
         async move {
             let mut holder = client.clone();
             let mut held = holder
-                .generate_stream(as_client(greedy("Once upon a time, in a land far away,", 900), "holder", None))
+                .generate_stream(as_client(
+                    greedy("Once upon a time, in a land far away,", 900),
+                    "holder",
+                    None,
+                ))
                 .await
                 .expect("the holder's stream")
                 .into_inner();
@@ -216,7 +223,9 @@ async fn a_class_at_its_bound_cannot_push_another_back() {
                 let mut c = client.clone();
                 let order = order.clone();
                 tasks.push(tokio::spawn(async move {
-                    let r = c.generate(as_client(greedy("Hello", 4), who, priority)).await;
+                    let r = c
+                        .generate(as_client(greedy("Hello", 4), who, priority))
+                        .await;
                     order.lock().expect("order").push(label);
                     r.map(|_| ())
                 }));
@@ -265,7 +274,11 @@ async fn a_class_at_its_bound_cannot_push_another_back() {
         b <= 1,
         "b1 is served within the first round (one call of a, then b): {order:?}"
     );
-    let a: Vec<&str> = order.iter().copied().filter(|l| l.starts_with('a')).collect();
+    let a: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with('a'))
+        .collect();
     assert_eq!(a, ["a1", "a2", "a3"], "a in arrival order: {order:?}");
 
     let order = round(
@@ -280,7 +293,11 @@ async fn a_class_at_its_bound_cannot_push_another_back() {
     assert_eq!(order, ["high", "normal", "low"], "priority within a class");
 
     let m = sc.model("smollm2").await;
-    assert_eq!((m.in_flight, m.queue_depth), (0, 0), "no slot leaked: {m:?}");
+    assert_eq!(
+        (m.in_flight, m.queue_depth),
+        (0, 0),
+        "no slot leaked: {m:?}"
+    );
     still_serving(&sc, pid).await;
 }
 
@@ -292,7 +309,10 @@ async fn capacity_follows_the_models_parallel_slots() {
     let _serial = serial().await;
     let config = format!(
         "{}[[models]]\nid = \"capped\"\nfamily = \"text\"\npath = \"{}\"\npreload = false\nmax_in_flight = 2\ntext = {{ context_size = 256, threads = 1, parallel = 8 }}\n",
-        smollm2_config("").replace("context_size = 1024, threads = 1", "context_size = 512, threads = 1, parallel = 8"),
+        smollm2_config("").replace(
+            "context_size = 1024, threads = 1",
+            "context_size = 512, threads = 1, parallel = 8"
+        ),
         e2e::SMOLLM2
     );
     let sc = Sidecar::start(store(), &config);
@@ -385,7 +405,8 @@ async fn capacity_follows_the_models_parallel_slots() {
         .expect_err("over the limit");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
-        e.message().contains("max_in_flight 5000 exceeds the limit of 1024"),
+        e.message()
+            .contains("max_in_flight 5000 exceeds the limit of 1024"),
         "{}",
         e.message()
     );
@@ -480,8 +501,15 @@ async fn hostile_settings_and_priorities_get_clear_errors() {
         let (code, err) = refused_config(&config);
         assert_eq!(code, 2, "{config:.80}: {err}");
         assert!(err.contains(want), "{config:.80}: want {want:?} in {err}");
-        assert!(err.len() < 2000, "the message is bounded: {} bytes", err.len());
-        assert!(!err.contains('\u{1b}') && !err.contains('\u{1}'), "no control character: {err:?}");
+        assert!(
+            err.len() < 2000,
+            "the message is bounded: {} bytes",
+            err.len()
+        );
+        assert!(
+            !err.contains('\u{1b}') && !err.contains('\u{1}'),
+            "no control character: {err:?}"
+        );
     }
 
     let sc = Sidecar::start(store(), &smollm2_config(""));
@@ -489,9 +517,15 @@ async fn hostile_settings_and_priorities_get_clear_errors() {
     let pid = sc.child.id();
     let mut c = text(&sc).await;
     for (value, want) in [
-        (&b"urgent"[..], "x-priority \"urgent\" is not a priority: high, normal or low"),
+        (
+            &b"urgent"[..],
+            "x-priority \"urgent\" is not a priority: high, normal or low",
+        ),
         (b"-1", "x-priority \"-1\" is not a priority"),
-        (b"\xff\xfe", "x-priority \"\u{fffd}\u{fffd}\" is not a priority"),
+        (
+            b"\xff\xfe",
+            "x-priority \"\u{fffd}\u{fffd}\" is not a priority",
+        ),
     ] {
         let mut req = tonic::Request::new(tokenize("hi"));
         req.metadata_mut().insert(
@@ -507,7 +541,92 @@ async fn hostile_settings_and_priorities_get_clear_errors() {
         .insert("x-priority", "9".repeat(3000).parse().expect("value"));
     let e = c.tokenize(req).await.expect_err("a long priority");
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("... (3000 bytes) is not a priority"), "{}", e.message());
+    assert!(
+        e.message().contains("... (3000 bytes) is not a priority"),
+        "{}",
+        e.message()
+    );
     assert!(e.message().len() < 300, "{}", e.message());
     still_serving(&sc, pid).await;
+}
+
+/// A vision stream is charged one unit a frame: with DROP_OLDEST, the
+/// frames over its class's rate are answered `dropped` by the supervisor
+/// (counted as rate-limited); with the default policy they are held and
+/// all processed, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vision_stream_is_limited_frame_by_frame() {
+    use e2e::vision::{BLAZEFACE, config as stream_config, raw_frame};
+    use sidecar_proto::v1::vision_service_client::VisionServiceClient;
+    use sidecar_proto::v1::{OverflowPolicy, PixelFormat, ProcessRequest};
+
+    let _serial = serial().await;
+    let store = store();
+    e2e::add_model(&store, BLAZEFACE);
+    let config = format!(
+        "[traffic.default]\nrate = 5.0\nburst = 2\n[[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\nvision = {{ threads = 1 }}\n"
+    );
+    let sc = Sidecar::start(store, &config);
+    sc.ready("faces").await;
+    let pid = sc.child.id();
+    let mut client = VisionServiceClient::new(sc.channel().await);
+    let frames = |policy, n: u64| -> Vec<ProcessRequest> {
+        // The worker itself never drops: it may hold 64.
+        std::iter::once(stream_config(policy, 64))
+            .chain((0..n).map(|i| raw_frame(i, 64, 64, PixelFormat::Rgb8, vec![128; 64 * 64 * 3])))
+            .collect()
+    };
+    let head = "sidecar_rejected_total{model=\"faces\",reason=\"rate_limited\"}";
+    let before = metric(&sc, head);
+
+    let started = Instant::now();
+    let mut s = client
+        .process(tokio_stream::iter(frames(OverflowPolicy::DropOldest, 20)))
+        .await
+        .expect("open")
+        .into_inner();
+    let (mut indices, mut dropped) = (Vec::new(), 0u64);
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        dropped += u64::from(r.dropped);
+        indices.push(r.frame_index);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    indices.sort_unstable();
+    assert_eq!(
+        indices,
+        (0..20).collect::<Vec<u64>>(),
+        "every frame answered once"
+    );
+    let most = 2 + (5.0 * secs).ceil() as u64 + 1;
+    assert!(
+        20 - dropped <= most,
+        "{} frames processed in {secs:.2} s (at most {most})",
+        20 - dropped
+    );
+    assert_eq!(
+        metric(&sc, head) - before,
+        dropped,
+        "each dropped frame is counted"
+    );
+
+    // The default policy holds the frames over the rate: none is dropped.
+    let mut s = client
+        .process(tokio_stream::iter(frames(OverflowPolicy::Unspecified, 6)))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        assert!(!r.dropped, "frame {} dropped", r.frame_index);
+        seen.push(r.frame_index);
+    }
+    assert_eq!(
+        seen,
+        (0..6).collect::<Vec<u64>>(),
+        "all processed, in order"
+    );
+    assert_eq!(metric(&sc, head) - before, dropped, "holding is no refusal");
+    assert_eq!(sc.child.id(), pid);
+    assert_eq!(sc.admin_get("/readyz").0, 200);
+    assert_eq!(sc.model("faces").await.restarts, 0);
 }

@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.message(), "over the limit [request r1 client etl]");
         assert_eq!(
-            status.metadata().get(RETRY_AFTER_MS).and_then(|v| v.to_str().ok()),
+            status
+                .metadata()
+                .get(RETRY_AFTER_MS)
+                .and_then(|v| v.to_str().ok()),
             Some("2")
         );
         let info = status.get_details_retry_info().expect("RetryInfo detail");
@@ -209,7 +212,9 @@ mod tests {
             retry_after: Duration::ZERO,
         });
         assert_eq!(
-            zero.metadata().get(RETRY_AFTER_MS).and_then(|v| v.to_str().ok()),
+            zero.metadata()
+                .get(RETRY_AFTER_MS)
+                .and_then(|v| v.to_str().ok()),
             Some("1"),
             "never 0"
         );

@@ -18,10 +18,11 @@ use tonic::transport::Channel;
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The flood class's rate, cost units per second: a call below costs
-/// 2 (prompt) + 8 (max_tokens) = 10, so 10 calls a second.
-const RATE: f64 = 100.0;
+/// 3 ("Hello there", 11 bytes / 4 rounded up) + 8 (max_tokens) = 11,
+/// so 3 calls a second.
+const RATE: f64 = 33.0;
 /// Calls per second of the flood: 20x what its class may spend.
-const FLOOD_PER_SEC: u64 = 200;
+const FLOOD_PER_SEC: u64 = 60;
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -35,10 +36,20 @@ fn request(client: &str) -> tonic::Request<sidecar_proto::v1::GenerateRequest> {
     req
 }
 
-/// One phase: `calls` polite calls one after another (ms each), with a
-/// flood running beside them when `flood` is set; and the flood's
-/// (served, refused) counts.
-async fn phase(sc: &Sidecar, calls: usize, flood: bool) -> Res<(Vec<f64>, u64, u64)> {
+/// What one phase measured.
+struct Phase {
+    /// Latency of each polite call that succeeded, ms.
+    ms: Vec<f64>,
+    /// Polite calls refused.
+    polite_refused: u64,
+    /// Flood calls served and refused.
+    served: u64,
+    refused: u64,
+}
+
+/// One phase: `calls` polite calls one after another, with a flood
+/// running beside them when `flood` is set.
+async fn phase(sc: &Sidecar, calls: usize, flood: bool) -> Res<Phase> {
     let mut polite = TextServiceClient::new(sc.channel().await);
     // Warm-up.
     for _ in 0..3 {
@@ -75,20 +86,24 @@ async fn phase(sc: &Sidecar, calls: usize, flood: bool) -> Res<(Vec<f64>, u64, u
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mut ms = Vec::with_capacity(calls);
+    let mut polite_refused = 0;
     for _ in 0..calls {
         let t = Instant::now();
-        polite.generate(request("polite")).await?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        match polite.generate(request("polite")).await {
+            Ok(_) => ms.push(t.elapsed().as_secs_f64() * 1e3),
+            Err(_) => polite_refused += 1,
+        }
     }
     stop.store(true, Ordering::Relaxed);
     if let Some(f) = flooder {
         f.await?;
     }
-    Ok((
+    Ok(Phase {
         ms,
-        served.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
-    ))
+        polite_refused,
+        served: served.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -99,18 +114,20 @@ async fn main() -> Res<()> {
         .unwrap_or(40);
     let auth = "[auth]\nclient_ids = [\"polite\", \"flood\"]\n";
     let classes = format!(
-        "[traffic.classes.flood]\nmatch = [\"client:flood\"]\nrate = {RATE:.1}\nburst = {}\n[traffic.classes.polite]\nmatch = [\"client:polite\"]\n",
+        "[traffic.classes.flood]\nmatch = [\"client:flood\"]\nrate = {RATE:.1}\nburst = {}\nqueue = 16\n[traffic.classes.polite]\nmatch = [\"client:polite\"]\n",
         RATE as u32
     );
     println!("## Traffic: a polite client beside a 20x flood (SmolLM2 Generate, 8 tokens)\n");
     println!(
         "Polite: {calls} Generate calls one after another (prompt \"Hello there\", 8 tokens, greedy). \
          Flood: another client sending {FLOOD_PER_SEC} of the same calls a second, 20x its class's rate \
-         ({RATE} cost units/s = 10 calls/s, each call costing 2 + 8). Default `workers` settings \
-         (max_in_flight 4, queue_size 64).\n"
+         ({RATE} cost units/s, 3 calls/s: each call costs 3 + 8). The flood's class may queue 16 \
+         calls; default `workers` settings (max_in_flight 4, queue_size 64).\n"
     );
-    println!("| setup | polite p50 ms | polite p99 ms | flood served | flood refused |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| setup | polite p50 ms | polite p99 ms | polite refused | flood served | flood refused |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for (name, traffic, flood) in [
         ("alone", classes.as_str(), false),
         ("20x flood, [traffic] classes", classes.as_str(), true),
@@ -118,10 +135,16 @@ async fn main() -> Res<()> {
     ] {
         let sc = Sidecar::start(store(), &format!("{auth}{traffic}{}", smollm2_config("")));
         sc.ready("smollm2").await;
-        let (mut ms, served, refused) = phase(&sc, calls, flood).await?;
-        let p50 = percentile(&mut ms, 0.5);
-        let p99 = percentile(&mut ms, 0.99);
-        println!("| {name} | {p50:.1} | {p99:.1} | {served} | {refused} |");
+        let mut p = phase(&sc, calls, flood).await?;
+        let (p50, p99) = if p.ms.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (percentile(&mut p.ms, 0.5), percentile(&mut p.ms, 0.99))
+        };
+        println!(
+            "| {name} | {p50:.1} | {p99:.1} | {} of {calls} | {} | {} |",
+            p.polite_refused, p.served, p.refused
+        );
     }
     Ok(())
 }

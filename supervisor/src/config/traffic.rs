@@ -259,25 +259,64 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         for (text, want) in [
-            ("[default]\nrate = -1.0", "traffic.default.rate = -1.0 is outside"),
-            ("[default]\nrate = 1e300", "traffic.default.rate = 1e300 is outside"),
-            ("[default]\nrate = nan", "traffic.default.rate = NaN is outside"),
-            ("[default]\nrate = inf", "traffic.default.rate = inf is outside"),
-            ("[default]\nweight = 0", "traffic.default.weight = 0 is outside 1..=1000"),
+            (
+                "[default]\nrate = -1.0",
+                "traffic.default.rate = -1.0 is outside",
+            ),
+            (
+                "[default]\nrate = 1e300",
+                "traffic.default.rate = 1e300 is outside",
+            ),
+            (
+                "[default]\nrate = nan",
+                "traffic.default.rate = NaN is outside",
+            ),
+            (
+                "[default]\nrate = inf",
+                "traffic.default.rate = inf is outside",
+            ),
+            (
+                "[default]\nweight = 0",
+                "traffic.default.weight = 0 is outside 1..=1000",
+            ),
             ("[default]\nburst = 5", "without traffic.default.rate"),
-            ("[default]\nrate = 1.0\nburst = 0", "traffic.default.burst = 0 is outside"),
-            ("[default]\nmatch = [\"anonymous\"]", "traffic.default.match"),
-            ("[classes.a]\nqueue = 0", "traffic.classes.a.queue = 0 is outside"),
+            (
+                "[default]\nrate = 1.0\nburst = 0",
+                "traffic.default.burst = 0 is outside",
+            ),
+            (
+                "[default]\nmatch = [\"anonymous\"]",
+                "traffic.default.match",
+            ),
+            (
+                "[classes.a]\nqueue = 0",
+                "traffic.classes.a.queue = 0 is outside",
+            ),
             (
                 "[classes.a]\nmatch = [\"uid:1\"]\n[classes.b]\nmatch = [\"uid:1\"]",
                 "the rule \"uid:1\" is also in traffic.classes.a",
             ),
-            ("[classes.a]\nmatch = [\"uid:-1\"]", "the rule \"uid:-1\" is not"),
+            (
+                "[classes.a]\nmatch = [\"uid:-1\"]",
+                "the rule \"uid:-1\" is not",
+            ),
             ("[classes.a]\nmatch = [\"uid:99999999999\"]", "is not"),
-            ("[classes.a]\nmatch = [\"token:\"]", "the rule \"token:\" is not"),
-            ("[classes.a]\nmatch = [\"client:a\\u0007b\"]", "\"client:a\\u{7}b\" is not"),
-            ("[classes.default]\nweight = 1", "the class name \"default\""),
-            ("[classes.\"a\\nb\"]\nweight = 1", "the class name \"a\\nb\" must be"),
+            (
+                "[classes.a]\nmatch = [\"token:\"]",
+                "the rule \"token:\" is not",
+            ),
+            (
+                "[classes.a]\nmatch = [\"client:a\\u0007b\"]",
+                "\"client:a\\u{7}b\" is not",
+            ),
+            (
+                "[classes.default]\nweight = 1",
+                "the class name \"default\"",
+            ),
+            (
+                "[classes.\"a\\nb\"]\nweight = 1",
+                "the class name \"a\\nb\" must be",
+            ),
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.contains(want), "{text:?}: {err}");

@@ -93,10 +93,12 @@ impl<T> Drr<T> {
     }
 
     /// Queues `item` in `class` at `rank` (0 is served first), or says
-    /// which bound is reached (the class's is checked first).
+    /// which bound is reached: the class's when it is the tighter one,
+    /// else the model's.
     pub fn push(&mut self, class: usize, rank: u8, item: T) -> Result<Key, Full> {
         let c = &mut self.classes[class];
-        if c.queue.len() >= c.bound {
+        let class_full = c.queue.len() >= c.bound;
+        if class_full && c.bound < self.total_bound {
             return Err(Full::Class {
                 class,
                 bound: c.bound,
@@ -105,6 +107,12 @@ impl<T> Drr<T> {
         if self.total >= self.total_bound {
             return Err(Full::Total {
                 bound: self.total_bound,
+            });
+        }
+        if class_full {
+            return Err(Full::Class {
+                class,
+                bound: c.bound,
             });
         }
         self.seq += 1;
@@ -169,10 +177,7 @@ mod tests {
         for i in 0..5 {
             d.push(0, 1, i).expect("room");
         }
-        assert_eq!(
-            d.push(0, 1, 99),
-            Err(Full::Class { class: 0, bound: 5 })
-        );
+        assert_eq!(d.push(0, 1, 99), Err(Full::Class { class: 0, bound: 5 }));
         d.push(1, 1, 100).expect("room");
         let order: Vec<_> = std::iter::from_fn(|| d.pop()).collect();
         assert_eq!(order, [(0, 0), (1, 100), (0, 1), (0, 2), (0, 3), (0, 4)]);
@@ -195,6 +200,15 @@ mod tests {
         d.push(0, 1, "normal2").expect("room");
         let order: Vec<_> = std::iter::from_fn(|| d.pop().map(|x| x.1)).collect();
         assert_eq!(order, ["high", "normal", "normal2", "low"]);
+    }
+
+    #[test]
+    fn the_tighter_bound_is_named() {
+        // A class as long as the model's queue: the model's bound is named.
+        let mut d = Drr::new(&[(1, 2)], 2);
+        d.push(0, 1, 1).expect("room");
+        d.push(0, 1, 2).expect("room");
+        assert_eq!(d.push(0, 1, 3), Err(Full::Total { bound: 2 }));
     }
 
     #[test]

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use ipc::{Flags, Kind};
-use prost::Message;
-use sidecar_proto::worker::{Cancel, WorkerError, WorkerRequest, WorkerResponse};
 use super::{Command, Conn, WorkerHandle};
 use crate::error::Error;
 use crate::lifecycle::{KillReason, State};
 use crate::traffic::{FrameLimit, Permit, Ticket};
+use ipc::{Flags, Kind};
+use prost::Message;
+use sidecar_proto::worker::{Cancel, WorkerError, WorkerRequest, WorkerResponse};
 
 /// Answers of one call, in order; ends after the worker's last frame.
 #[derive(Debug)]
@@ -91,17 +91,15 @@ impl WorkerHandle {
             )));
         }
         let class = self.traffic.classes.of(&ticket.identity);
-        self.traffic
-            .spend(class, ticket.cost)
-            .inspect_err(|e| {
-                metrics.reject(
-                    id,
-                    match e {
-                        Error::RateLimited { .. } => "rate_limited",
-                        _ => "over_burst",
-                    },
-                );
-            })?;
+        self.traffic.spend(class, ticket.cost).inspect_err(|e| {
+            metrics.reject(
+                id,
+                match e {
+                    Error::RateLimited { .. } => "rate_limited",
+                    _ => "over_burst",
+                },
+            );
+        })?;
         let permit = self
             .traffic
             .enter(class, ticket.priority, deadline)
