@@ -249,8 +249,7 @@ async fn a_class_at_its_bound_cannot_push_another_back() {
             for t in tasks {
                 t.await.expect("task").expect("served");
             }
-            let order = order.lock().expect("order").clone();
-            order
+            order.lock().expect("order").clone()
         }
     };
 

@@ -301,8 +301,8 @@ mod tests {
                 }
                 prop_assert!(d.len() <= total);
                 prop_assert_eq!(d.len(), (0..4).map(|c| d.class_len(c)).sum::<usize>());
-                for c in 0..4 {
-                    prop_assert!(d.class_len(c) <= bounds[c]);
+                for (c, bound) in bounds.iter().enumerate() {
+                    prop_assert!(d.class_len(c) <= *bound);
                 }
             }
         }
