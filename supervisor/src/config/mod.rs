@@ -218,9 +218,7 @@ pub struct ModelSpec {
     /// preloaded models, `memory.on_demand_keep_alive` for the others.
     #[serde(default, with = "opt_secs")]
     pub keep_alive: Option<Duration>,
-    /// Calls executing at once (1..=1024); absent: what the model runs at
-    /// once (`crate::traffic::capacity`).
-    #[serde(default)]
+    /// Calls executing at once, 1..=1024; absent: `traffic::capacity`.
     pub max_in_flight: Option<u32>,
     /// TEXT options.
     #[serde(default)]
@@ -458,17 +456,11 @@ impl Config {
             if !seen.insert(&m.id) {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }
-            traffic::check_max_in_flight(&m.id, m.max_in_flight)?;
         }
         self.auth.validate()?;
-        self.traffic.validate()?;
+        self.traffic.validate_with(&self.workers, &self.models)?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;
-        if self.workers.max_in_flight == 0 {
-            return Err(Error::Config(
-                "workers.max_in_flight must be at least 1".into(),
-            ));
-        }
         let c = &self.connections;
         for (name, value) in [
             ("connections.max_connections", c.max_connections),

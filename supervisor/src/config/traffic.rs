@@ -186,13 +186,31 @@ impl TrafficConfig {
 /// Most calls a model may execute at once (`max_in_flight`).
 pub const MAX_IN_FLIGHT: u32 = 1024;
 
-/// Refuses a model's `max_in_flight` outside 1..=1024.
-pub(super) fn check_max_in_flight(model: &str, n: Option<u32>) -> Result<(), Error> {
-    match n {
-        Some(n) if n == 0 || n > MAX_IN_FLIGHT => Err(Error::Config(format!(
-            "model {model:?}: max_in_flight = {n} is outside 1..={MAX_IN_FLIGHT}"
-        ))),
-        _ => Ok(()),
+impl TrafficConfig {
+    /// [`TrafficConfig::validate`], and the slots: `workers.max_in_flight`
+    /// at least 1, each model's `max_in_flight` within 1..=1024.
+    pub(super) fn validate_with(
+        &self,
+        workers: &super::WorkerPolicy,
+        models: &[super::ModelSpec],
+    ) -> Result<(), Error> {
+        self.validate()?;
+        if workers.max_in_flight == 0 {
+            return Err(Error::Config(
+                "workers.max_in_flight must be at least 1".into(),
+            ));
+        }
+        for m in models {
+            if let Some(n) = m.max_in_flight
+                && (n == 0 || n > MAX_IN_FLIGHT)
+            {
+                return Err(Error::Config(format!(
+                    "model {:?}: max_in_flight = {n} is outside 1..={MAX_IN_FLIGHT}",
+                    m.id
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
