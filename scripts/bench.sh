@@ -18,12 +18,16 @@
 #
 # `scripts/bench.sh cache [CALLS]`: the result cache, hit against miss,
 # for Embed of 64 texts and LITE Infer.
+# `scripts/bench.sh traffic [CALLS]`: a polite client's Generate latency
+# alone and beside a 20x flood from another client class, with and without
+# [traffic] classes.
 #
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
 #        scripts/bench.sh cache [CALLS]
 #        scripts/bench.sh vision [REPS]
 #        scripts/bench.sh batching [REPS]
+#        scripts/bench.sh traffic [CALLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -65,6 +69,15 @@ if [[ "${1:-}" == batching ]]; then
     echo "bench: batching across calls, ${2:-3} interleaved runs; this takes a few minutes" >&2
     BENCH_REPS="${2:-3}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
         "$CARGO_TARGET_DIR/release/examples/bench_batching"
+    exit
+fi
+if [[ "${1:-}" == traffic ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_traffic
+    echo "bench: traffic, ${2:-40} polite calls per phase; this takes a few minutes" >&2
+    BENCH_CALLS="${2:-40}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_traffic"
     exit
 fi
 threads="${1:-2}"

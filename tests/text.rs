@@ -336,8 +336,11 @@ async fn a_queued_call_reports_the_wait_it_had() {
     let _serial = serial().await;
     // One slot, held by a stream whose reader reads nothing more: the
     // worker pauses it (no credit), and a second call waits for the slot
-    // until the stream is dropped.
-    let config = smollm2_config("").replace("threads = 1 }", "threads = 1, parallel = 1 }");
+    // until the stream is dropped. The supervisor lets 2 calls in flight
+    // (`max_in_flight`; by default it follows `parallel`), so the second
+    // waits in the worker, whose wait this test measures.
+    let config =
+        smollm2_config("max_in_flight = 2").replace("threads = 1 }", "threads = 1, parallel = 1 }");
     let sc = Sidecar::start(store(), &config);
     sc.ready("smollm2").await;
     let mut text = sc.text().await;

@@ -1,6 +1,13 @@
 //! The supervisor's errors, and the one place they become gRPC statuses.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The response metadata that tells a rate-limited caller how long to wait,
+/// in whole milliseconds (at least 1).
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// Everything a call or an operation can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -24,6 +31,15 @@ pub enum Error {
     /// Queue full, memory budget.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Over a client class's rate limit: RESOURCE_EXHAUSTED with
+    /// `retry-after-ms` metadata and a `google.rpc.RetryInfo` detail.
+    #[error("{message}")]
+    RateLimited {
+        /// Names the class, the limit and the call's cost.
+        message: String,
+        /// When the call would conform.
+        retry_after: Duration,
+    },
     /// The deadline passed.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -70,6 +86,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::FailedPrecondition(_) => "failed_precondition",
             Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::RateLimited { .. } => "rate_limited",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::Cancelled(_) => "cancelled",
             Error::Unimplemented(_) => "unimplemented",
@@ -106,6 +123,13 @@ impl Error {
             Error::Unavailable(m) => Error::Unavailable(tag(m)),
             Error::FailedPrecondition(m) => Error::FailedPrecondition(tag(m)),
             Error::ResourceExhausted(m) => Error::ResourceExhausted(tag(m)),
+            Error::RateLimited {
+                message,
+                retry_after,
+            } => Error::RateLimited {
+                message: tag(message),
+                retry_after,
+            },
             Error::DeadlineExceeded(m) => Error::DeadlineExceeded(tag(m)),
             Error::Cancelled(m) => Error::Cancelled(tag(m)),
             Error::Unimplemented(m) => Error::Unimplemented(tag(m)),
@@ -144,13 +168,31 @@ impl From<Error> for Status {
             Error::WorkerDied { error, .. } => *error,
             other => other,
         };
+        if let Error::RateLimited {
+            message,
+            retry_after,
+        } = e
+        {
+            // Whole milliseconds, rounded up: a client that waits this long
+            // conforms.
+            let ms = retry_after.as_micros().div_ceil(1000).max(1);
+            let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(RETRY_AFTER_MS, ms.into());
+            return Status::with_error_details_and_metadata(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(Duration::from_millis(ms))),
+                metadata,
+            );
+        }
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unavailable(_) => Code::Unavailable,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Unimplemented(_) => Code::Unimplemented,
@@ -160,5 +202,42 @@ impl From<Error> for Status {
             Error::WorkerDied { .. } => Code::Unavailable,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limited_error_carries_retry_after_and_retry_info() {
+        let e = Error::RateLimited {
+            message: "over the limit".into(),
+            retry_after: Duration::from_micros(1500),
+        }
+        .with_request_id("r1", "etl");
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "over the limit [request r1 client etl]");
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_AFTER_MS)
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+        let info = status.get_details_retry_info().expect("RetryInfo detail");
+        assert_eq!(info.retry_delay, Some(Duration::from_millis(2)));
+        let zero = Status::from(Error::RateLimited {
+            message: "m".into(),
+            retry_after: Duration::ZERO,
+        });
+        assert_eq!(
+            zero.metadata()
+                .get(RETRY_AFTER_MS)
+                .and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "never 0"
+        );
     }
 }

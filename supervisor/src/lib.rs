@@ -26,6 +26,7 @@ pub mod pulse;
 pub mod registry;
 pub mod shared;
 pub mod store;
+pub mod traffic;
 pub mod worker;
 
 #[cfg(test)]

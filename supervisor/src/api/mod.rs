@@ -30,8 +30,21 @@ pub async fn call_worker<T>(
 ) -> Result<CallStream, Error> {
     let deadline = deadline(&req, default, registry.shared().config.deadlines.max);
     let request_id = request_id(&req, &registry.shared().request_ids);
-    let client = crate::auth::Identity::of_call(&req).to_string();
+    let identity = crate::auth::Identity::of_call(&req);
+    let client = identity.to_string();
+    let priority = crate::traffic::Priority::of(req.metadata())
+        .map_err(|e| e.with_request_id(&request_id, &client))?;
+    let resent = req.extensions().get::<crate::traffic::Resent>().is_some();
     let (model_id, body) = into_body(req.into_inner());
+    let ticket = crate::traffic::Ticket {
+        identity,
+        priority,
+        cost: if resent {
+            0
+        } else {
+            crate::traffic::cost(&body)
+        },
+    };
     // The metrics name a model only once it is known: a client's made-up
     // ids all count as one `unknown` model.
     let handle = registry.get(&model_id).map_err(|e| {
@@ -61,7 +74,7 @@ pub async fn call_worker<T>(
         deadline_unix_ms: 0,
         body: Some(body),
     };
-    match handle.call(req, deadline).await {
+    match handle.call_as(req, deadline, ticket).await {
         Ok(mut call) => {
             call.client = client;
             registry

@@ -102,7 +102,15 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
             ));
         }
     };
+    if req.max_in_flight > crate::config::MAX_IN_FLIGHT {
+        return Err(Error::InvalidArgument(format!(
+            "max_in_flight {} exceeds the limit of {}",
+            req.max_in_flight,
+            crate::config::MAX_IN_FLIGHT
+        )));
+    }
     Ok(ModelSpec {
+        max_in_flight: (req.max_in_flight > 0).then_some(req.max_in_flight),
         id: req.model_id,
         family,
         path: req.path,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use sidecar_proto::v1::vision_service_server::VisionService;
 use sidecar_proto::v1::{
-    OverflowPolicy, ProcessBatchRequest, ProcessBatchResponse, ProcessRequest, ProcessResponse,
-    process_request,
+    Frame, OverflowPolicy, ProcessBatchRequest, ProcessBatchResponse, ProcessRequest,
+    ProcessResponse, frame, process_request,
 };
 use sidecar_proto::worker::{WorkerRequest, worker_request, worker_response};
 use tokio_stream::Stream;
@@ -151,24 +151,39 @@ impl VisionService for VisionApi {
         .await?;
         let (mut tx, rx) = super::outflow::channel(8, self.config.connections.stream_stall);
         let metrics = call.metrics().clone();
+        // The class's rate limit, one unit a frame: DROP_OLDEST drops a
+        // frame over it (H.264 chunks excepted), the default holds it and
+        // reads nothing more until it may go.
+        let limit = call.frame_limit();
         tokio::spawn(async move {
             let mut counts = FrameCounts::new(metrics, model);
             let mut input_open = true;
+            let mut holding: Option<Frame> = None;
             loop {
-                let read = input_open && held.may_read();
+                let read = input_open && held.may_read() && holding.is_none();
+                let mut frame = None;
                 tokio::select! {
+                    () = take(limit.as_ref()), if holding.is_some() => frame = holding.take(),
                     msg = input.message(), if read => match msg {
                         Ok(Some(ProcessRequest { msg: Some(process_request::Msg::Frame(f)) })) => {
-                            let more = WorkerRequest {
-                                body: Some(worker_request::Body::VisionFrame(f)),
-                                ..Default::default()
-                            };
-                            if let Err(e) = call.send_more(&more).await {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
+                            match limit.as_ref().map(|l| l.try_take()) {
+                                Some(false) if drop_oldest && !matches!(f.data, Some(frame::Data::H264(_))) => {
+                                    counts.arrived += 1;
+                                    counts.dropped += 1;
+                                    counts.metrics.reject(&counts.model, "rate_limited");
+                                    let dropped = ProcessResponse {
+                                        frame_index: f.index,
+                                        timestamp_us: f.timestamp_us,
+                                        dropped: true,
+                                        ..Default::default()
+                                    };
+                                    if !tx.send(Ok(dropped)).await {
+                                        return;
+                                    }
+                                }
+                                Some(false) => holding = Some(f),
+                                _ => frame = Some(f),
                             }
-                            counts.arrived += 1;
-                            held.sent();
                         }
                         Ok(Some(_)) => {
                             let e = Error::InvalidArgument(
@@ -222,6 +237,18 @@ impl VisionService for VisionApi {
                     },
                     () = tx.closed() => return,
                 }
+                if let Some(f) = frame {
+                    let more = WorkerRequest {
+                        body: Some(worker_request::Body::VisionFrame(f)),
+                        ..Default::default()
+                    };
+                    if let Err(e) = call.send_more(&more).await {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                    counts.arrived += 1;
+                    held.sent();
+                }
             }
         });
         Ok(Response::new(Box::pin(rx)))
@@ -240,6 +267,13 @@ impl VisionService for VisionApi {
         }
         let default = self.config.deadlines.unary;
         super::deterministic::methods::process_batch(&self.registry, default, req).await
+    }
+}
+
+/// Waits until `limit` lets a frame go (at once without a limit).
+async fn take(limit: Option<&crate::traffic::FrameLimit>) {
+    if let Some(l) = limit {
+        l.take().await;
     }
 }
 

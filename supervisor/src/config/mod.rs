@@ -20,6 +20,7 @@ mod exposure;
 pub mod small_file;
 mod store;
 mod tls;
+mod traffic;
 mod units;
 mod workers;
 
@@ -28,6 +29,7 @@ pub use cache::{CacheConfig, MAX_CACHE_BYTES, MIN_CACHE_BYTES, ModelCacheConfig}
 pub use connections::Connections;
 pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
+pub use traffic::{ClassSpec, MAX_IN_FLIGHT, TrafficConfig};
 pub use units::bytes;
 use units::{opt_secs, secs};
 pub use workers::{SeccompMode, WorkerPolicy};
@@ -103,6 +105,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Bearer tokens and client names on the API port (`[auth]`).
     pub auth: AuthConfig,
+    /// Client classes: rate limits, weights, queue bounds (`[traffic]`).
+    pub traffic: TrafficConfig,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -218,6 +222,8 @@ pub struct ModelSpec {
     /// preloaded models, `memory.on_demand_keep_alive` for the others.
     #[serde(default, with = "opt_secs")]
     pub keep_alive: Option<Duration>,
+    /// Calls executing at once, 1..=1024; absent: `traffic::capacity`.
+    pub max_in_flight: Option<u32>,
     /// TEXT options.
     #[serde(default)]
     pub text: TextSpec,
@@ -396,6 +402,7 @@ impl Default for Config {
             connections: Connections::default(),
             tls: None,
             auth: AuthConfig::default(),
+            traffic: TrafficConfig::default(),
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -457,13 +464,9 @@ impl Config {
         }
         self.auth.validate()?;
         self.cache.validate()?;
+        self.traffic.validate_with(&self.workers, &self.models)?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;
-        if self.workers.max_in_flight == 0 {
-            return Err(Error::Config(
-                "workers.max_in_flight must be at least 1".into(),
-            ));
-        }
         let c = &self.connections;
         for (name, value) in [
             ("connections.max_connections", c.max_connections),

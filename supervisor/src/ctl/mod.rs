@@ -304,6 +304,7 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
                     pinned: *pinned,
                     required: !optional,
                     memory_budget_bytes: budget,
+                    max_in_flight: 0,
                     options: None,
                 })
                 .await?

@@ -27,8 +27,10 @@ use crate::lifecycle::{KillReason, State};
 pub const UNKNOWN_MODEL: &str = "unknown";
 
 /// Why a call is refused before its worker (the `reason` of `rejected`).
-pub const REJECTIONS: [&str; 7] = [
+pub const REJECTIONS: [&str; 9] = [
     "queue_full",
+    "rate_limited",
+    "over_burst",
     "draining",
     "memory",
     "deadline",
@@ -244,7 +246,7 @@ impl Metrics {
         );
         m.registry.register(
             "rejected",
-            "Calls refused before reaching a worker, by reason (queue_full, draining, memory, deadline, failed, unavailable)",
+            "Calls refused before reaching a worker, by reason (queue_full, rate_limited, over_burst, draining, memory, deadline, failed, unavailable, quarantined)",
             m.rejected.clone(),
         );
         m.registry.register(

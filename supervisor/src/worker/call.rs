@@ -2,17 +2,15 @@
 //! within the deadline, the request over the channel, and its answers;
 //! on the deadline, cancel and, if the worker does not stop, kill.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use ipc::{Flags, Kind};
-use prost::Message;
-use sidecar_proto::worker::{Cancel, WorkerError, WorkerRequest, WorkerResponse};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Command, Conn, WorkerHandle};
 use crate::error::Error;
 use crate::lifecycle::{KillReason, State};
+use crate::traffic::{FrameLimit, Permit, Ticket};
+use ipc::{Flags, Kind};
+use prost::Message;
+use sidecar_proto::worker::{Cancel, WorkerError, WorkerRequest, WorkerResponse};
 
 /// Answers of one call, in order; ends after the worker's last frame.
 #[derive(Debug)]
@@ -30,7 +28,9 @@ pub struct CallStream {
     pub client: String,
     /// The request's hash while it is in flight for the quarantine.
     flight: Option<u64>,
-    _permit: OwnedSemaphorePermit,
+    /// The caller's client class.
+    class: usize,
+    _permit: Permit,
 }
 
 impl Drop for CallStream {
@@ -60,39 +60,54 @@ impl Drop for CallStream {
     }
 }
 
-struct Waiting<'a>(&'a WorkerHandle);
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl WorkerHandle {
-    /// Sends `req` to the model's worker once it is READY and a slot is
-    /// free, all within `deadline`.
-    pub async fn call(
+    /// [`WorkerHandle::call_as`] for an anonymous caller at normal
+    /// priority, charged the body's cost.
+    pub async fn call(&self, req: WorkerRequest, deadline: Instant) -> Result<CallStream, Error> {
+        let ticket = Ticket {
+            identity: crate::auth::Identity::Anonymous,
+            priority: crate::traffic::Priority::Normal,
+            cost: req.body.as_ref().map_or(1, crate::traffic::cost),
+        };
+        self.call_as(req, deadline, ticket).await
+    }
+
+    /// Sends `req` to the model's worker: charges the caller's class its
+    /// cost (over its rate: refused at once), waits for a slot in the
+    /// model's fair queue, then for READY, all within `deadline`.
+    pub async fn call_as(
         &self,
         mut req: WorkerRequest,
         deadline: Instant,
+        ticket: Ticket,
     ) -> Result<CallStream, Error> {
         let arrived = Instant::now();
         let id = &self.spec.id;
         let metrics = &self.shared.metrics;
-        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(self);
-        if waiting >= self.queue_size {
-            metrics.reject(id, "queue_full");
-            return Err(Error::ResourceExhausted(format!(
-                "model {id:?}: queue full ({} calls waiting, the limit is {})",
-                waiting, self.queue_size
-            )));
-        }
         if self.is_draining() {
             metrics.reject(id, "draining");
             return Err(Error::Unavailable(format!(
                 "model {id:?} is draining: it admits no new calls"
             )));
         }
+        let class = self.traffic.classes.of(&ticket.identity);
+        self.traffic.spend(class, ticket.cost).inspect_err(|e| {
+            metrics.reject(
+                id,
+                match e {
+                    Error::RateLimited { .. } => "rate_limited",
+                    _ => "over_burst",
+                },
+            );
+        })?;
+        let permit = self
+            .traffic
+            .enter(class, ticket.priority, deadline)
+            .await
+            .map_err(|(e, reason)| {
+                metrics.reject(id, reason);
+                e
+            })?;
         let conn = self.ready_conn(deadline).await.inspect_err(|e| {
             metrics.reject(
                 id,
@@ -104,14 +119,6 @@ impl WorkerHandle {
                 },
             );
         })?;
-        let permit =
-            tokio::time::timeout_at(deadline.into(), self.in_flight.clone().acquire_owned())
-                .await
-                .map_err(|_| {
-                    metrics.reject(id, "deadline");
-                    Error::DeadlineExceeded(format!("model {id:?}: deadline passed while queued"))
-                })?
-                .map_err(|_| Error::Unavailable(format!("model {id:?} is unloading")))?;
         if let Ok(mut used) = self.last_used.lock() {
             *used = Some(crate::clock::now_ms());
         }
@@ -175,6 +182,7 @@ impl WorkerHandle {
             request_id: req.request_tag,
             client: String::new(),
             flight: quarantined.then_some(hash),
+            class,
             _permit: permit,
         })
     }
@@ -326,6 +334,12 @@ impl CallStream {
     /// The model this call went to.
     pub fn model_id(&self) -> &str {
         &self.handle.spec.id
+    }
+
+    /// The frame limit of this call's client class (a vision stream's
+    /// frames cost 1 each); `None`: not rate limited.
+    pub fn frame_limit(&self) -> Option<FrameLimit> {
+        self.handle.traffic.frames(self.class)
     }
 
     /// The metrics this call records into.

@@ -15,7 +15,7 @@ mod retry;
 mod tenant;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use sidecar_proto::v1::{ModelInfo, ModelState, TextModelDetails};
@@ -128,11 +128,9 @@ pub struct WorkerHandle {
     pub(crate) cmds: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     conn: watch::Receiver<Option<Conn>>,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
+    /// Client classes, rate limits, slots and the fair queue.
+    traffic: Arc<crate::traffic::ModelTraffic>,
     draining: Arc<std::sync::atomic::AtomicBool>,
-    waiting: Arc<AtomicUsize>,
-    queue_size: usize,
     last_used: Arc<std::sync::Mutex<Option<i64>>>,
     shared: Shared,
     file_size: u64,
@@ -153,6 +151,11 @@ impl WorkerHandle {
         guard: Arc<Guard>,
     ) -> WorkerHandle {
         let spec = Arc::new(spec);
+        let traffic = Arc::new(crate::traffic::ModelTraffic::new(
+            &spec.id,
+            &shared.config,
+            crate::traffic::capacity(&spec, &shared.config),
+        ));
         let file_size = std::fs::metadata(&file).map_or(0, |m| m.len());
         let memory = Arc::new(std::sync::Mutex::new(ModelMemory {
             // The actor reads the file's header before the first load.
@@ -178,11 +181,8 @@ impl WorkerHandle {
             cmds,
             status,
             conn,
-            in_flight: Arc::new(Semaphore::new(shared.config.workers.max_in_flight)),
-            max_in_flight: shared.config.workers.max_in_flight,
+            traffic,
             draining: Arc::default(),
-            waiting: Arc::new(AtomicUsize::new(0)),
-            queue_size: shared.config.workers.queue_size,
             last_used: Arc::default(),
             shared,
             file_size,
@@ -203,8 +203,7 @@ impl WorkerHandle {
 
     /// Calls running or waiting.
     pub fn busy(&self) -> bool {
-        self.in_flight.available_permits() < self.max_in_flight
-            || self.waiting.load(Ordering::Relaxed) > 0
+        self.traffic.gate.busy()
     }
 
     /// The last call's time (Unix ms; 0: none yet).
@@ -248,10 +247,7 @@ impl WorkerHandle {
     /// calls in flight are done or `timeout` passes; true when they are.
     pub async fn drain(&self, timeout: std::time::Duration) -> bool {
         self.draining.store(true, Ordering::SeqCst);
-        let all = self.max_in_flight as u32;
-        tokio::time::timeout(timeout, self.in_flight.acquire_many(all))
-            .await
-            .is_ok_and(|p| p.is_ok())
+        self.traffic.gate.idle(Instant::now() + timeout).await
     }
 
     /// Stops admitting new calls without waiting.
@@ -336,7 +332,7 @@ impl WorkerHandle {
             peak_private_bytes: guard.peak_private,
             peak_resident_bytes: guard.peak_resident,
         });
-        let in_flight = self.max_in_flight - self.in_flight.available_permits();
+        let gate = &self.traffic.gate;
         ModelInfo {
             model_id: self.spec.id.clone(),
             family: self.spec.family.to_proto() as i32,
@@ -355,8 +351,15 @@ impl WorkerHandle {
             memory,
             loaded_unix_ms: s.loaded_unix_ms,
             last_used_unix_ms: self.last_used_ms(),
-            in_flight: in_flight as u32,
-            queue_depth: self.waiting.load(Ordering::Relaxed) as u32,
+            in_flight: gate.running() as u32,
+            queue_depth: gate.queued() as u32,
+            max_in_flight: gate.capacity() as u32,
+            traffic: (0..self.traffic.classes.len())
+                .map(|c| sidecar_proto::v1::ClassQueue {
+                    class: self.traffic.classes.name(c).to_owned(),
+                    queue_depth: gate.class_queued(c) as u32,
+                })
+                .collect(),
             file_size_bytes: self.file_size,
             tokens_generated: s.tokens_generated,
             options: Some(match self.spec.family {

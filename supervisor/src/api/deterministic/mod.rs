@@ -302,7 +302,7 @@ struct Exec {
 /// deadline, to the new worker: after a self-raised crash through the
 /// model's gate (one re-sent call at a time), and a request the
 /// quarantine refuses after its second crash is INVALID_ARGUMENT.
-async fn execute(exec: Exec) -> Result<Outcome, Error> {
+async fn execute(mut exec: Exec) -> Result<Outcome, Error> {
     let (pid, first) = match once(&exec).await {
         Err(Error::WorkerDied { pid, error }) => (pid, Error::WorkerDied { pid, error }),
         other => return other,
@@ -320,6 +320,8 @@ async fn execute(exec: Exec) -> Result<Outcome, Error> {
     };
     handle.wait_replaced(pid, exec.deadline).await?;
     handle.note_retry();
+    // The class paid for this call once: the re-send is not charged again.
+    exec.extensions.insert(crate::traffic::Resent);
     tracing::info!(model = %exec.model_id, pid, self_raised, "re-sending a deterministic call after its worker died");
     match once(&exec).await {
         Ok(mut outcome) => {
