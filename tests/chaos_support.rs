@@ -116,7 +116,8 @@ pub async fn start() -> Sidecar {
     sc
 }
 
-fn request<T>(body: T, deadline: Duration) -> tonic::Request<T> {
+/// `body` with `deadline`, answered by the worker, never by the cache.
+pub fn request<T>(body: T, deadline: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(body);
     r.set_timeout(deadline);
     // Answered by the worker, never by a result cache.

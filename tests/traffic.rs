@@ -102,6 +102,9 @@ async fn a_flooding_class_is_rate_limited_and_the_other_is_served() {
     for i in 0..200u64 {
         let mut c = flood_client.clone();
         flood.push(tokio::spawn(async move {
+            // The same text every time: the result cache answers all but
+            // the first, and each is still charged to the class (the
+            // limit is on calls, whoever answers them).
             c.tokenize(as_client(tokenize("flood"), "flood", None))
                 .await
                 .map(|_| ())
@@ -223,8 +226,14 @@ async fn a_class_at_its_bound_cannot_push_another_back() {
                 let mut c = client.clone();
                 let order = order.clone();
                 tasks.push(tokio::spawn(async move {
+                    // Each its own prompt: identical greedy calls would be
+                    // answered by one execution (the dedup).
                     let r = c
-                        .generate(as_client(greedy("Hello", 4), who, priority))
+                        .generate(as_client(
+                            greedy(&format!("Hello {label}"), 4),
+                            who,
+                            priority,
+                        ))
                         .await;
                     order.lock().expect("order").push(label);
                     r.map(|_| ())
@@ -563,7 +572,7 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
     let store = store();
     e2e::add_model(&store, BLAZEFACE);
     let config = format!(
-        "[traffic.default]\nrate = 5.0\nburst = 2\n[[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\nvision = {{ threads = 1 }}\n"
+        "[auth]\nclient_ids = [\"cam\"]\n[traffic.classes.cams]\nmatch = [\"client:cam\"]\nrate = 5.0\nburst = 2\n[[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\nvision = {{ threads = 1 }}\n"
     );
     let sc = Sidecar::start(store, &config);
     sc.ready("faces").await;
@@ -575,12 +584,35 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
             .chain((0..n).map(|i| raw_frame(i, 64, 64, PixelFormat::Rgb8, vec![128; 64 * 64 * 3])))
             .collect()
     };
+    // The stream's frames are charged to the caller's class: `cam`'s
+    // (5 a second), not the default class's (no rate).
+    let as_cam = |frames: Vec<ProcessRequest>| {
+        let mut req = tonic::Request::new(tokio_stream::iter(frames));
+        req.metadata_mut()
+            .insert("x-client-id", "cam".parse().expect("client id"));
+        req
+    };
     let head = "sidecar_rejected_total{model=\"faces\",reason=\"rate_limited\"}";
     let before = metric(&sc, head);
 
-    let started = Instant::now();
+    // An anonymous camera (the default class, without a rate) is never
+    // limited, however fast it sends.
     let mut s = client
         .process(tokio_stream::iter(frames(OverflowPolicy::DropOldest, 20)))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut anonymous = 0;
+    while let Some(r) = s.message().await.expect("ends cleanly") {
+        assert!(!r.dropped, "anonymous frame {} dropped", r.frame_index);
+        anonymous += 1;
+    }
+    assert_eq!(anonymous, 20, "every anonymous frame processed");
+    assert_eq!(metric(&sc, head), before, "no anonymous frame refused");
+
+    let started = Instant::now();
+    let mut s = client
+        .process(as_cam(frames(OverflowPolicy::DropOldest, 20)))
         .await
         .expect("open")
         .into_inner();
@@ -610,7 +642,7 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
 
     // The default policy holds the frames over the rate: none is dropped.
     let mut s = client
-        .process(tokio_stream::iter(frames(OverflowPolicy::Unspecified, 6)))
+        .process(as_cam(frames(OverflowPolicy::Unspecified, 6)))
         .await
         .expect("open")
         .into_inner();

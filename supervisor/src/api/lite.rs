@@ -50,6 +50,7 @@ impl LiteService for LiteApi {
     }
 
     async fn infer(&self, req: Request<InferRequest>) -> Result<Response<InferResponse>, Status> {
+        let req = super::charge(&self.registry, Family::Lite, req, |r| (&r.model_id, 1))?;
         let default = self.config.deadlines.unary;
         super::deterministic::methods::infer(&self.registry, default, req).await
     }
@@ -65,6 +66,9 @@ impl LiteService for LiteApi {
             ))
             .into());
         }
+        let req = super::charge(&self.registry, Family::Lite, req, |r| {
+            (&r.model_id, sets as u32)
+        })?;
         let default = self.config.deadlines.unary;
         super::deterministic::methods::infer_batch(&self.registry, default, req).await
     }

@@ -34,12 +34,12 @@ pub async fn call_worker<T>(
     let client = identity.to_string();
     let priority = crate::traffic::Priority::of(req.metadata())
         .map_err(|e| e.with_request_id(&request_id, &client))?;
-    let resent = req.extensions().get::<crate::traffic::Resent>().is_some();
+    let charged = req.extensions().get::<crate::traffic::Charged>().is_some();
     let (model_id, body) = into_body(req.into_inner());
     let ticket = crate::traffic::Ticket {
         identity,
         priority,
-        cost: if resent {
+        cost: if charged {
             0
         } else {
             crate::traffic::cost(&body)
@@ -93,6 +93,34 @@ pub async fn call_worker<T>(
             Err(e.with_request_id(&request_id, &client))
         }
     }
+}
+
+/// Charges the caller's class the cost of a unary call to `model_id`
+/// (`what` reads both from the request) against its rate limit, where the
+/// call enters the API: before the result cache, so every call counts,
+/// whoever answers it. Marks the request (`traffic::Charged`) so that its
+/// execution is not charged again. An unknown model or another family's
+/// is left to `call_worker` to refuse, uncharged.
+pub fn charge<T>(
+    registry: &Registry,
+    family: Family,
+    mut req: Request<T>,
+    what: impl FnOnce(&T) -> (&str, u32),
+) -> Result<Request<T>, Error> {
+    let (model_id, cost) = what(req.get_ref());
+    let Ok(handle) = registry.get(model_id) else {
+        return Ok(req);
+    };
+    if handle.spec.family != family {
+        return Ok(req);
+    }
+    let identity = crate::auth::Identity::of_call(&req);
+    if let Err(e) = handle.charge(&identity, cost) {
+        let request_id = request_id(&req, &registry.shared().request_ids);
+        return Err(e.with_request_id(&request_id, &identity.to_string()));
+    }
+    req.extensions_mut().insert(crate::traffic::Charged);
+    Ok(req)
 }
 
 /// The single answer of a unary worker call.

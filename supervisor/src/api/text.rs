@@ -185,6 +185,9 @@ impl TextService for TextApi {
         &self,
         req: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
+        let req = super::charge(&self.registry, Family::Text, req, |g| {
+            (&g.model_id, crate::traffic::generate_cost(g))
+        })?;
         let g = req.get_ref();
         if !g.prompt.is_empty() && super::deterministic::greedy_or_seeded(g.sampling.as_ref()) {
             let default = self.config.deadlines.unary;
@@ -208,6 +211,9 @@ impl TextService for TextApi {
     }
 
     async fn chat(&self, req: Request<ChatRequest>) -> Result<Response<GenerateResponse>, Status> {
+        let req = super::charge(&self.registry, Family::Text, req, |c| {
+            (&c.model_id, crate::traffic::chat_cost(c))
+        })?;
         let c = req.get_ref();
         if !c.messages.is_empty() && super::deterministic::greedy_or_seeded(c.sampling.as_ref()) {
             let default = self.config.deadlines.unary;
@@ -231,6 +237,12 @@ impl TextService for TextApi {
     }
 
     async fn embed(&self, req: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
+        let req = super::charge(&self.registry, Family::Text, req, |e| {
+            (
+                &e.model_id,
+                u32::try_from(e.inputs.len()).unwrap_or(u32::MAX),
+            )
+        })?;
         let default = self.config.deadlines.unary;
         super::deterministic::methods::embed(&self.registry, default, req).await
     }
@@ -239,6 +251,7 @@ impl TextService for TextApi {
         &self,
         req: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
+        let req = super::charge(&self.registry, Family::Text, req, |t| (&t.model_id, 1))?;
         let default = self.config.deadlines.unary;
         super::deterministic::methods::tokenize(&self.registry, default, req).await
     }

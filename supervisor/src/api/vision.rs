@@ -123,7 +123,12 @@ impl VisionService for VisionApi {
             self.config.deadlines.stream,
             self.config.deadlines.max,
         );
-        let mut input = req.into_inner();
+        // The caller's metadata and extensions (its identity, x-priority,
+        // x-request-id) go with the stream's opening, so the stream and its
+        // frames are queued and charged to the caller's class.
+        let (mut metadata, extensions, mut input) = req.into_parts();
+        // The deadline is the one measured above, from the call's arrival.
+        metadata.remove("grpc-timeout");
         let config = match input.message().await?.and_then(|m| m.msg) {
             Some(process_request::Msg::Config(c)) => c,
             _ => {
@@ -145,7 +150,7 @@ impl VisionService for VisionApi {
             &self.registry,
             Family::Vision,
             left,
-            Request::new(config),
+            Request::from_parts(metadata, extensions, config),
             |c| (c.model_id.clone(), worker_request::Body::VisionOpen(c)),
         )
         .await?;
@@ -265,6 +270,9 @@ impl VisionService for VisionApi {
             ))
             .into());
         }
+        let req = super::charge(&self.registry, Family::Vision, req, |r| {
+            (&r.model_id, n as u32)
+        })?;
         let default = self.config.deadlines.unary;
         super::deterministic::methods::process_batch(&self.registry, default, req).await
     }

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! The defaults never limit a single local client: no rate limit unless
-//! `rate` is set, weight 1, a class queue as long as the model's
-//! (`workers.queue_size`).
+//! `rate` is set, weight 1, a class queue of its share of the model's
+//! (`workers.queue_size` × weight / the weights of every class; all of it
+//! when no class is configured).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -68,8 +69,10 @@ pub struct ClassSpec {
     /// Cost units the bucket holds (what a burst may spend at once);
     /// default: `rate` rounded up. A call costing more is never admitted.
     pub burst: Option<u32>,
-    /// Calls of this class waiting per model; default:
-    /// `workers.queue_size`.
+    /// Calls of this class waiting per model; default: its share of
+    /// `workers.queue_size` by weight (all of it when it is the only
+    /// class), so that no class left at its default fills the model's
+    /// whole queue.
     pub queue: Option<usize>,
 }
 

@@ -26,15 +26,8 @@ fn max_tokens(n: u32) -> u64 {
 /// 1. Saturates at `u32::MAX`.
 pub fn cost(body: &Body) -> u32 {
     let c: u64 = match body {
-        Body::Generate(g) => prompt_tokens(g.prompt.len()) + max_tokens(g.max_tokens),
-        Body::Chat(c) => {
-            let bytes: usize = c
-                .messages
-                .iter()
-                .map(|m| m.role.len() + m.content.len())
-                .sum();
-            prompt_tokens(bytes) + max_tokens(c.max_tokens)
-        }
+        Body::Generate(g) => return generate_cost(g),
+        Body::Chat(c) => return chat_cost(c),
         Body::Embed(e) => e.inputs.len() as u64,
         Body::VisionBatch(b) => b.images.len() as u64,
         Body::InferBatch(b) => b.sets.len() as u64,
@@ -47,6 +40,24 @@ pub fn cost(body: &Body) -> u32 {
         | Body::Load(_)
         | Body::SandboxProbe(_) => 1,
     };
+    saturate(c)
+}
+
+/// A Generate call's cost: its prompt's estimated tokens plus
+/// `max_tokens`.
+pub fn generate_cost(g: &sidecar_proto::v1::GenerateRequest) -> u32 {
+    saturate(prompt_tokens(g.prompt.len()) + max_tokens(g.max_tokens))
+}
+
+/// A Chat call's cost: its messages' estimated tokens plus `max_tokens`.
+pub fn chat_cost(c: &sidecar_proto::v1::ChatRequest) -> u32 {
+    let bytes = c.messages.iter().fold(0usize, |n, m| {
+        n.saturating_add(m.role.len() + m.content.len())
+    });
+    saturate(prompt_tokens(bytes) + max_tokens(c.max_tokens))
+}
+
+fn saturate(c: u64) -> u32 {
     u32::try_from(c).unwrap_or(u32::MAX)
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 
-pub use cost::{DEFAULT_MAX_TOKENS, cost, prompt_tokens};
+pub use cost::{DEFAULT_MAX_TOKENS, chat_cost, cost, generate_cost, prompt_tokens};
 pub use gate::{Gate, Permit, Refused};
 
 use crate::auth::Identity;
@@ -85,12 +85,14 @@ pub struct Ticket {
     pub cost: u32,
 }
 
-/// Marks a request (in its extensions) as the re-send of a call its
-/// class was already charged for: a transparent re-send after a worker
-/// death is not the client's second call, so it costs nothing against the
-/// rate limit (it still queues for a slot like any call).
+/// Marks a request (in its extensions) whose class was already charged
+/// for it: a unary call is charged once where it enters the API
+/// (`api::charge`), before the result cache, so a call the cache answers
+/// counts against the caller's rate as any other; its execution, and a
+/// transparent re-send after a worker death, then cost nothing more
+/// (they still queue for a slot like any call).
 #[derive(Debug, Clone, Copy)]
-pub struct Resent;
+pub struct Charged;
 
 /// The classes of `[traffic]`: the configured ones by name, then
 /// `default`.
@@ -225,6 +227,26 @@ impl FrameLimit {
     }
 }
 
+/// Each class's (weight, queue bound): its `queue` when set, else its
+/// share of the model's queue by weight (at least 1), so that no class
+/// left at its default can fill the whole queue and refuse every other
+/// class; alone (no classes configured), the default class's share is the
+/// whole queue.
+fn class_bounds(specs: &[&crate::config::ClassSpec], total: usize) -> Vec<(u32, usize)> {
+    let weights: u64 = specs
+        .iter()
+        .map(|c| u64::from(c.weight))
+        .sum::<u64>()
+        .max(1);
+    specs
+        .iter()
+        .map(|c| {
+            let share = (total as u64).saturating_mul(u64::from(c.weight)) / weights;
+            (c.weight, c.queue.unwrap_or(share.max(1) as usize))
+        })
+        .collect()
+}
+
 /// One model's traffic: classes, their buckets, its gate.
 #[derive(Debug)]
 pub struct ModelTraffic {
@@ -251,10 +273,7 @@ impl ModelTraffic {
             })
             .collect();
         let total = config.workers.queue_size;
-        let bounds: Vec<_> = specs
-            .iter()
-            .map(|c| (c.weight, c.queue.unwrap_or(total)))
-            .collect();
+        let bounds = class_bounds(&specs, total);
         ModelTraffic {
             gate: Arc::new(Gate::new(capacity, &bounds, total)),
             classes,
@@ -435,5 +454,30 @@ mod tests {
         let lite: ModelSpec =
             toml::from_str("id = \"l\"\nfamily = \"lite\"\npath = \"l.tflite\"").expect("spec");
         assert_eq!(capacity(&lite, &c), 3);
+    }
+
+    #[test]
+    fn a_class_without_its_own_queue_gets_its_share_by_weight() {
+        use crate::config::ClassSpec;
+        let class = |weight, queue| ClassSpec {
+            weight,
+            queue,
+            ..ClassSpec::default()
+        };
+        // Alone (no class configured): the whole queue.
+        assert_eq!(class_bounds(&[&class(1, None)], 64), vec![(1, 64)]);
+        // Two classes at their defaults: half each, so one that floods
+        // leaves room for the other.
+        let (a, d) = (class(1, None), class(1, None));
+        assert_eq!(class_bounds(&[&a, &d], 64), vec![(1, 32), (1, 32)]);
+        // By weight; an explicit bound is kept; never below 1.
+        let (a, b, d) = (class(3, None), class(1, Some(50)), class(1, None));
+        assert_eq!(
+            class_bounds(&[&a, &b, &d], 10),
+            vec![(3, 6), (1, 50), (1, 2)]
+        );
+        let tiny: Vec<ClassSpec> = (0..8).map(|_| class(1, None)).collect();
+        let refs: Vec<&ClassSpec> = tiny.iter().collect();
+        assert!(class_bounds(&refs, 4).iter().all(|&(_, q)| q == 1));
     }
 }

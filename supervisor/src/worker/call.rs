@@ -72,6 +72,23 @@ impl WorkerHandle {
         self.call_as(req, deadline, ticket).await
     }
 
+    /// Charges `identity`'s class `cost` against its rate limit on this
+    /// model (0: nothing); over it, refused at once and counted. Returns
+    /// the class.
+    pub fn charge(&self, identity: &crate::auth::Identity, cost: u32) -> Result<usize, Error> {
+        let class = self.traffic.classes.of(identity);
+        self.traffic.spend(class, cost).inspect_err(|e| {
+            self.shared.metrics.reject(
+                &self.spec.id,
+                match e {
+                    Error::RateLimited { .. } => "rate_limited",
+                    _ => "over_burst",
+                },
+            );
+        })?;
+        Ok(class)
+    }
+
     /// Sends `req` to the model's worker: charges the caller's class its
     /// cost (over its rate: refused at once), waits for a slot in the
     /// model's fair queue, then for READY, all within `deadline`.
@@ -90,16 +107,7 @@ impl WorkerHandle {
                 "model {id:?} is draining: it admits no new calls"
             )));
         }
-        let class = self.traffic.classes.of(&ticket.identity);
-        self.traffic.spend(class, ticket.cost).inspect_err(|e| {
-            metrics.reject(
-                id,
-                match e {
-                    Error::RateLimited { .. } => "rate_limited",
-                    _ => "over_burst",
-                },
-            );
-        })?;
+        let class = self.charge(&ticket.identity, ticket.cost)?;
         let permit = self
             .traffic
             .enter(class, ticket.priority, deadline)

@@ -321,7 +321,7 @@ async fn execute(mut exec: Exec) -> Result<Outcome, Error> {
     handle.wait_replaced(pid, exec.deadline).await?;
     handle.note_retry();
     // The class paid for this call once: the re-send is not charged again.
-    exec.extensions.insert(crate::traffic::Resent);
+    exec.extensions.insert(crate::traffic::Charged);
     tracing::info!(model = %exec.model_id, pid, self_raised, "re-sending a deterministic call after its worker died");
     match once(&exec).await {
         Ok(mut outcome) => {
