@@ -246,3 +246,47 @@ async fn a_no_store_answer_is_not_kept() {
         .expect("served");
     assert_eq!(hits(&r), Some("1"), "a normal call's answer is kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_calls_of_two_client_classes_do_not_share_a_flight() {
+    let Rig { _dir, registry } = super::rig_with(1000, |c| {
+        c.traffic = toml::from_str("[classes.etl]\nmatch = [\"token:etl\"]\n").expect("traffic");
+    });
+    let registry = Arc::new(registry);
+    let h = registry.add(spec("ok-class", 10, true)).expect("add");
+    wait_for(&h, "READY", |s| s.state == State::Ready).await;
+    warm(&registry, "ok-class").await;
+    let before = h.info().cache.expect("stats").shared;
+    let call = |who: crate::auth::Identity| {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut req = tonic::Request::new(TokenizeRequest {
+                model_id: "ok-class".into(),
+                text: "slow:both".into(),
+                ..Default::default()
+            });
+            req.extensions_mut().insert(who);
+            methods::tokenize(&registry, Duration::from_secs(20), req).await
+        })
+    };
+    let etl = call(crate::auth::Identity::Token("etl".into()));
+    let start = std::time::Instant::now();
+    while registry.shared().cache.flights.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the first call flies"
+        );
+        tokio::task::yield_now().await;
+    }
+    let other = call(crate::auth::Identity::Anonymous);
+    let same_class = call(crate::auth::Identity::Token("etl".into()));
+    for c in [etl, other, same_class] {
+        let r = c.await.expect("joined").expect("served");
+        assert_eq!(r.into_inner().tokens, b"both".map(i32::from));
+    }
+    assert_eq!(
+        h.info().cache.expect("stats").shared - before,
+        1,
+        "only the call of the same class followed"
+    );
+}
