@@ -216,12 +216,14 @@ async fn the_byte_bound_holds_under_ten_times_its_size_of_distinct_answers() {
         metrics.contains("sidecar_cache_evictions_total{model=\"minilm\"}"),
         "{metrics}"
     );
-    // A flood of 200 identical calls at once: one execution or hits, the
-    // same answer for all.
+    // A flood of 64 identical calls at once (the followers one flight
+    // takes: workers.queue_size; past it a call runs on its own through
+    // the queue and its bounds): one execution or hits, the same answer
+    // for all.
     let before = requests_now(&sc, "minilm").await;
     let flood = texts("flood", 16);
     let mut calls = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..64 {
         let mut c = sc.text().await;
         let req = EmbedRequest {
             model_id: "minilm".into(),
@@ -433,6 +435,22 @@ async fn identical_process_batches_in_flight_run_once_and_a_failure_goes_to_all(
         assert_eq!(words(e), words(&errors[0]));
         assert!(e.message().starts_with("images[4]: "), "{e:?}");
     }
+    // Each error names its own call, never the leader's.
+    let lines: std::collections::HashSet<String> = errors
+        .iter()
+        .map(|e| {
+            e.message()
+                .rsplit(" [request ")
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        lines.len(),
+        errors.len(),
+        "one request line each: {errors:?}"
+    );
     assert_eq!(
         requests_now(&sc, "faces").await,
         before + 2,

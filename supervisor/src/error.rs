@@ -103,19 +103,36 @@ impl Error {
     /// identity, see `auth::Identity`), so a caller's report can be matched
     /// with the logs. Empty parts are left out.
     pub fn with_request_id(self, id: &str, client: &str) -> Error {
-        let line = match (id.is_empty(), client.is_empty()) {
-            (true, true) => String::new(),
-            (false, true) => format!("[request {id}]"),
-            (true, false) => format!("[client {client}]"),
-            (false, false) => format!("[request {id} client {client}]"),
-        };
-        let tag = |m: String| {
+        let line = request_line(id, client);
+        self.map_message(&|m: String| {
             if line.is_empty() || m.ends_with(&line) || (!id.is_empty() && m.contains(id)) {
                 m
             } else {
                 format!("{m} {line}")
             }
-        };
+        })
+    }
+
+    /// The same error without the request line of call `id` by `client`
+    /// (and without `id` anywhere in its message): what another caller
+    /// may be shown of it (a deduplicated call's answer, see
+    /// `cache::flight`), before its own line is added.
+    pub fn without_request_id(self, id: &str, client: &str) -> Error {
+        let line = request_line(id, client);
+        self.map_message(&|m: String| {
+            let m = match m.strip_suffix(&line) {
+                Some(rest) if !line.is_empty() => rest.trim_end().to_owned(),
+                _ => m,
+            };
+            if id.is_empty() {
+                m
+            } else {
+                m.replace(id, "(another call)")
+            }
+        })
+    }
+
+    fn map_message(self, tag: &dyn Fn(String) -> String) -> Error {
         match self {
             Error::InvalidArgument(m) => Error::InvalidArgument(tag(m)),
             Error::NotFound(m) => Error::NotFound(tag(m)),
@@ -139,7 +156,7 @@ impl Error {
             Error::Internal(m) => Error::Internal(tag(m)),
             Error::WorkerDied { pid, error } => Error::WorkerDied {
                 pid,
-                error: Box::new(error.with_request_id(id, client)),
+                error: Box::new(error.map_message(tag)),
             },
         }
     }
@@ -205,9 +222,40 @@ impl From<Error> for Status {
     }
 }
 
+/// `[request ID client NAME]`, empty parts left out.
+fn request_line(id: &str, client: &str) -> String {
+    match (id.is_empty(), client.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!("[request {id}]"),
+        (true, false) => format!("[client {client}]"),
+        (false, false) => format!("[request {id} client {client}]"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_callers_request_line_is_replaced_by_ones_own() {
+        let leader = Error::WorkerDied {
+            pid: 7,
+            error: Box::new(Error::Unavailable("worker died".into())),
+        }
+        .with_request_id("r-1", "token:alice");
+        let shown = leader
+            .without_request_id("r-1", "token:alice")
+            .with_request_id("r-2", "token:bob");
+        let m = shown.to_string();
+        assert_eq!(m, "worker died [request r-2 client token:bob]");
+        let e = Error::InvalidArgument("request r-1: bad [request r-1 client a]".into())
+            .without_request_id("r-1", "a")
+            .with_request_id("r-2", "b");
+        assert_eq!(
+            e.to_string(),
+            "request (another call): bad [request r-2 client b]"
+        );
+    }
 
     #[test]
     fn a_rate_limited_error_carries_retry_after_and_retry_info() {

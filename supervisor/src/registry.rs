@@ -104,6 +104,9 @@ impl Registry {
             self.guard.clone(),
         );
         self.shared.metrics.enroll(&handle.spec.id);
+        // Its cache share lives from here to `remove`: a call that raced
+        // the unload finds none and creates no figures.
+        self.shared.cache.open(&handle.spec.id);
         models.insert(handle.spec.id.clone(), handle.clone());
         self.watch_health(handle.clone());
         Ok(handle)

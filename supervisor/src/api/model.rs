@@ -29,6 +29,15 @@ pub struct ModelApi {
     pub config: Arc<Config>,
 }
 
+impl ModelApi {
+    /// Applies the cache's byte bound before its figures are read (the
+    /// calls do it only past the bound); at most a second.
+    async fn settle_cache(&self) {
+        let cache = &self.registry.shared().cache;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cache.settle()).await;
+    }
+}
+
 fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
     let family = match ModelFamily::try_from(req.family) {
         Ok(ModelFamily::Text) => Family::Text,
@@ -203,6 +212,7 @@ impl ModelService for ModelApi {
         req: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
         let family = req.into_inner().family;
+        self.settle_cache().await;
         let models: Vec<ModelInfo> = self
             .registry
             .list()
@@ -218,6 +228,7 @@ impl ModelService for ModelApi {
         req: Request<GetModelRequest>,
     ) -> Result<Response<ModelInfo>, Status> {
         let handle = self.registry.get(&req.into_inner().model_id)?;
+        self.settle_cache().await;
         Ok(Response::new(handle.info()))
     }
 

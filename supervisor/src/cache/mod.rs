@@ -109,6 +109,9 @@ pub struct ModelCache {
     shared: AtomicU64,
     digest: Mutex<DigestState>,
     metrics: Arc<Metrics>,
+    /// Bytes held, every model's entries together (as added and removed,
+    /// before moka's housekeeping applies the bound).
+    total: Arc<AtomicU64>,
 }
 
 impl ModelCache {
@@ -181,6 +184,7 @@ impl ModelCache {
     }
 
     fn added(&self, weight: u64) {
+        self.total.fetch_add(weight, Ordering::Relaxed);
         self.bytes.fetch_add(weight, Ordering::Relaxed);
         self.entries.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -190,6 +194,7 @@ impl ModelCache {
     }
 
     fn removed(&self, weight: u64, evicted: bool) {
+        self.total.fetch_sub(weight, Ordering::Relaxed);
         self.bytes.fetch_sub(weight, Ordering::Relaxed);
         self.entries.fetch_sub(1, Ordering::Relaxed);
         self.metrics
@@ -233,6 +238,10 @@ pub struct ResultCache {
     metrics: Arc<Metrics>,
     /// Calls in flight others may wait for.
     pub flights: Arc<Flights<Shared>>,
+    total: Arc<AtomicU64>,
+    /// A caller is applying the bound (the others do not wait for it).
+    settling: std::sync::atomic::AtomicBool,
+    settles: AtomicU64,
 }
 
 impl std::fmt::Debug for ResultCache {
@@ -262,11 +271,25 @@ impl ResultCache {
             config: config.clone(),
             metrics,
             flights: Arc::new(Flights::new(config.max_flights)),
+            total: Arc::default(),
+            settling: std::sync::atomic::AtomicBool::new(false),
+            settles: AtomicU64::new(0),
         }
     }
 
-    /// `id`'s share (created on its first call; `id` is a loaded model's).
-    pub fn model(&self, id: &str) -> Arc<ModelCache> {
+    /// `id`'s share, while `id` is loaded ([`ResultCache::open`] at its
+    /// load, [`ResultCache::forget`] at its unload): a call that finds
+    /// none goes uncached, and never creates figures for a model gone.
+    pub fn model(&self, id: &str) -> Option<Arc<ModelCache>> {
+        self.models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Opens `id`'s share (its load; the registry's).
+    pub fn open(&self, id: &str) -> Arc<ModelCache> {
         let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         models
             .entry(id.to_owned())
@@ -284,6 +307,7 @@ impl ResultCache {
                     shared: AtomicU64::new(0),
                     digest: Mutex::default(),
                     metrics: self.metrics.clone(),
+                    total: self.total.clone(),
                 })
             })
             .clone()
@@ -295,7 +319,8 @@ impl ResultCache {
     }
 
     /// Keeps `value` under `key` for `model` (nothing when its caching is
-    /// off, or when the model was unloaded since the call began).
+    /// off, or when the model was unloaded since the call began, even
+    /// while this insert ran).
     pub async fn insert(&self, model: &Arc<ModelCache>, key: Key, value: Bytes) {
         if !model.enabled || !self.is_current(model) {
             return;
@@ -307,12 +332,45 @@ impl ResultCache {
         });
         model.added(entry.weight());
         self.entries.insert(key, entry).await;
+        // An unload between the check and the insert: its `forget` may
+        // have missed this entry.
+        if !self.is_current(model)
+            && let Some(e) = self.entries.get(&key).await
+            && Arc::ptr_eq(&e.model, model)
+        {
+            self.entries.invalidate(&key).await;
+        }
+    }
+
+    /// Keeps a call's answers, then applies the byte bound only when the
+    /// bytes held are past it, by one caller at a time (the others go on:
+    /// moka's housekeeping is not on every call's path).
+    pub async fn keep(&self, model: &Arc<ModelCache>, answers: Vec<(Key, Bytes)>) {
+        if !model.enabled {
+            return;
+        }
+        for (key, value) in answers {
+            self.insert(model, key, value).await;
+        }
+        if self.total.load(Ordering::Relaxed) > self.config.max_bytes
+            && !self.settling.swap(true, Ordering::Acquire)
+        {
+            self.settle().await;
+            self.settling.store(false, Ordering::Release);
+        }
     }
 
     /// Applies the bound now (evictions happen in moka's housekeeping;
-    /// after this the bytes held are within it).
+    /// after this the bytes held are within it). `GetModel` runs it before
+    /// it reads the figures.
     pub async fn settle(&self) {
+        self.settles.fetch_add(1, Ordering::Relaxed);
         self.entries.run_pending_tasks().await;
+    }
+
+    /// Times the bound was applied.
+    pub fn settles(&self) -> u64 {
+        self.settles.load(Ordering::Relaxed)
     }
 
     fn is_current(&self, model: &Arc<ModelCache>) -> bool {
@@ -374,7 +432,7 @@ mod tests {
     async fn the_byte_bound_holds_under_ten_times_its_size() {
         let max = 256 << 10;
         let c = cache(max);
-        let m = c.model("emb");
+        let m = c.open("emb");
         let value = Bytes::from(vec![7u8; 1536]);
         let mut pushed = 0u64;
         let mut i = 0;
@@ -397,7 +455,7 @@ mod tests {
     #[tokio::test]
     async fn forget_drops_a_models_entries_only() {
         let c = cache(1 << 20);
-        let (a, b) = (c.model("a"), c.model("b"));
+        let (a, b) = (c.open("a"), c.open("b"));
         c.insert(&a, key(1), Bytes::from_static(b"one")).await;
         c.insert(&b, key(2), Bytes::from_static(b"two")).await;
         c.settle().await;
@@ -412,6 +470,62 @@ mod tests {
         c.insert(&a, key(3), Bytes::from_static(b"late")).await;
         assert_eq!(c.get(&key(3)).await, None);
         assert_eq!(c.stats("a").evictions, 0, "an unload is not an eviction");
+        assert!(
+            c.model("a").is_none(),
+            "a call after the unload opens nothing"
+        );
+        assert_eq!(c.stats("a"), ModelCacheStats::default());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_insert_racing_the_unload_leaves_nothing() {
+        let c = Arc::new(cache(64 << 20));
+        for i in 0..300 {
+            let m = c.open("a");
+            let (c1, c2) = (c.clone(), c.clone());
+            let insert = tokio::spawn(async move {
+                c1.insert(&m, key(i), Bytes::from_static(b"late")).await;
+            });
+            let forget = tokio::spawn(async move { c2.forget("a").await });
+            insert.await.expect("joined");
+            forget.await.expect("joined");
+            assert_eq!(c.get(&key(i)).await, None, "round {i}");
+        }
+        c.settle().await;
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_bound_is_applied_only_past_it() {
+        let max = 64 << 10;
+        let c = cache(max);
+        let m = c.open("emb");
+        let value = Bytes::from(vec![1u8; 1024]);
+        // Under the bound: no housekeeping on the call's path.
+        for i in 0..8 {
+            c.keep(&m, vec![(key(i), value.clone())]).await;
+        }
+        assert_eq!(c.settles(), 0);
+        let mut off = CacheConfig::default();
+        off.models.insert(
+            "off".into(),
+            crate::config::ModelCacheConfig {
+                enabled: Some(false),
+                ttl: None,
+            },
+        );
+        let c2 = ResultCache::new(&off, Arc::new(Metrics::new()));
+        let o = c2.open("off");
+        c2.keep(&o, vec![(key(1), value.clone())]).await;
+        assert_eq!((c2.settles(), c2.bytes()), (0, 0), "caching off");
+        // Past it: each keep leaves the figures within it.
+        for i in 8..1000 {
+            c.keep(&m, vec![(key(i), value.clone())]).await;
+            let s = c.stats("emb");
+            assert!(s.bytes <= max, "{} bytes held, bound {max}", s.bytes);
+        }
+        assert!(c.settles() > 0);
+        assert!(c.stats("emb").evictions > 0);
     }
 
     #[tokio::test]
@@ -425,7 +539,7 @@ mod tests {
             },
         );
         let c = ResultCache::new(&config, Arc::new(Metrics::new()));
-        let (short, long) = (c.model("short"), c.model("long"));
+        let (short, long) = (c.open("short"), c.open("long"));
         c.insert(&short, key(1), Bytes::from_static(b"s")).await;
         c.insert(&long, key(2), Bytes::from_static(b"l")).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -447,7 +561,7 @@ mod tests {
     #[test]
     fn the_digest_is_computed_once_per_worker() {
         let c = cache(1 << 20);
-        let m = c.model("m");
+        let m = c.open("m");
         assert_eq!(m.digest_for(10), DigestNow::Start);
         assert_eq!(m.digest_for(10), DigestNow::Pending);
         m.set_digest(10, Some("abc".into()));

@@ -42,6 +42,21 @@ pub fn note_model(model: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The current call's scope (its method, model and client), to carry
+/// into a task the call hands work to; outside a call: none.
+pub fn call_scope() -> Option<Arc<CallInfo>> {
+    CALL.try_with(Arc::clone).ok()
+}
+
+/// Runs `fut` inside `scope` (from [`call_scope`], taken before the task
+/// was spawned), so that what it records names the call's method.
+pub async fn within<F: std::future::Future>(scope: Option<Arc<CallInfo>>, fut: F) -> F::Output {
+    match scope {
+        Some(info) => CALL.scope(info, fut).await,
+        None => fut.await,
+    }
+}
+
 /// Names the current call's client (from `auth::AuthLayer`, inside this
 /// layer). Outside a call: nothing.
 pub fn note_client(client: &str) {

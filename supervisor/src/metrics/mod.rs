@@ -58,7 +58,9 @@ pub struct ModelGauges {
 
 mod layer;
 
-pub use layer::{CallInfo, CallLayer, CallService, Recorded, note_client, note_model};
+pub use layer::{
+    CallInfo, CallLayer, CallService, Recorded, call_scope, note_client, note_model, within,
+};
 
 /// `method`, `model` and the gRPC `code` name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

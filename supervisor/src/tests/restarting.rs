@@ -31,7 +31,10 @@ async fn calls_during_a_restart_wait_for_the_next_worker_within_their_deadline()
     let h = rig.registry.add(spec("ok-wait", 10, true)).expect("add");
     let first = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
     let err = tokenize(&h, "abort").await.expect_err("the worker aborted");
-    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::WorkerDied { error, .. } if matches!(**error, Error::Unavailable(_))),
+        "{err:?}"
+    );
     wait_for(&h, "RESTARTING", |s| s.state == State::Restarting).await;
 
     // Both calls are made during the backoff (at least 0.8 × 1.5 s).

@@ -138,3 +138,155 @@ async fn identical_tokenize_calls_in_flight_run_once_and_then_come_from_the_cach
     let stats = registry.shared().cache.stats("ok-dedup");
     assert_eq!((stats.entries, stats.bytes), (0, 0));
 }
+
+/// A Tokenize with `metadata` (name, value) pairs.
+async fn tokenize_with(
+    registry: &Arc<crate::registry::Registry>,
+    id: &str,
+    text: &str,
+    metadata: &[(&'static str, &str)],
+) -> Result<tonic::Response<sidecar_proto::v1::TokenizeResponse>, tonic::Status> {
+    let mut req = tonic::Request::new(TokenizeRequest {
+        model_id: id.into(),
+        text: text.into(),
+        ..Default::default()
+    });
+    for (k, v) in metadata {
+        req.metadata_mut().insert(*k, v.parse().expect("value"));
+    }
+    methods::tokenize(registry, Duration::from_secs(20), req).await
+}
+
+fn hits<T>(r: &tonic::Response<T>) -> Option<&str> {
+    r.metadata()
+        .get("x-sidecar-cache-hits")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Calls until the model's digest is known and its answers are cached.
+async fn warm(registry: &Arc<crate::registry::Registry>, id: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = tokenize(registry, id, "warm").await.expect("served");
+        if hits(&r) == Some("1") {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_outlives_its_leaders_short_deadline_and_sees_no_other_request_id() {
+    let Rig { _dir, registry } = rig(1000);
+    let registry = Arc::new(registry);
+    let h = registry.add(spec("ok-lead", 10, true)).expect("add");
+    let pid = wait_for(&h, "READY", |s| s.state == State::Ready).await.pid;
+    warm(&registry, "ok-lead").await;
+    // The leader gives itself 100 ms; the fake answers after 500.
+    let leader = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            tokenize_with(
+                &registry,
+                "ok-lead",
+                "slow:same",
+                &[("grpc-timeout", "100m"), ("x-request-id", "leader-1")],
+            )
+            .await
+        })
+    };
+    let start = std::time::Instant::now();
+    while registry.shared().cache.flights.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the leader flies");
+        tokio::task::yield_now().await;
+    }
+    let shared_before = h.info().cache.expect("stats").shared;
+    let follower = tokenize_with(
+        &registry,
+        "ok-lead",
+        "slow:same",
+        &[("x-request-id", "follower-2")],
+    )
+    .await
+    .expect("the follower runs the call itself after the leader's deadline");
+    assert_eq!(follower.into_inner().tokens, b"same".map(i32::from));
+    let err = leader.await.expect("joined").expect_err("its own deadline");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("leader-1"), "{err:?}");
+    assert!(
+        h.info().cache.expect("stats").shared > shared_before,
+        "it followed first"
+    );
+    assert_eq!(h.status().pid, pid, "no crash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_store_answer_is_not_kept() {
+    let Rig { _dir, registry } = rig(1000);
+    let registry = Arc::new(registry);
+    let h = registry.add(spec("ok-nostore", 10, true)).expect("add");
+    wait_for(&h, "READY", |s| s.state == State::Ready).await;
+    warm(&registry, "ok-nostore").await;
+    let r = tokenize_with(
+        &registry,
+        "ok-nostore",
+        "fresh",
+        &[("cache-control", "private, No-Store")],
+    )
+    .await
+    .expect("served");
+    assert_eq!(hits(&r), Some("0"));
+    let r = tokenize(&registry, "ok-nostore", "fresh")
+        .await
+        .expect("served");
+    assert_eq!(hits(&r), Some("0"), "nothing was kept");
+    let r = tokenize(&registry, "ok-nostore", "fresh")
+        .await
+        .expect("served");
+    assert_eq!(hits(&r), Some("1"), "a normal call's answer is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_calls_of_two_client_classes_do_not_share_a_flight() {
+    let Rig { _dir, registry } = super::rig_with(1000, |c| {
+        c.traffic = toml::from_str("[classes.etl]\nmatch = [\"token:etl\"]\n").expect("traffic");
+    });
+    let registry = Arc::new(registry);
+    let h = registry.add(spec("ok-class", 10, true)).expect("add");
+    wait_for(&h, "READY", |s| s.state == State::Ready).await;
+    warm(&registry, "ok-class").await;
+    let before = h.info().cache.expect("stats").shared;
+    let call = |who: crate::auth::Identity| {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut req = tonic::Request::new(TokenizeRequest {
+                model_id: "ok-class".into(),
+                text: "slow:both".into(),
+                ..Default::default()
+            });
+            req.extensions_mut().insert(who);
+            methods::tokenize(&registry, Duration::from_secs(20), req).await
+        })
+    };
+    let etl = call(crate::auth::Identity::Token("etl".into()));
+    let start = std::time::Instant::now();
+    while registry.shared().cache.flights.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the first call flies"
+        );
+        tokio::task::yield_now().await;
+    }
+    let other = call(crate::auth::Identity::Anonymous);
+    let same_class = call(crate::auth::Identity::Token("etl".into()));
+    for c in [etl, other, same_class] {
+        let r = c.await.expect("joined").expect("served");
+        assert_eq!(r.into_inner().tokens, b"both".map(i32::from));
+    }
+    assert_eq!(
+        h.info().cache.expect("stats").shared - before,
+        1,
+        "only the call of the same class followed"
+    );
+}

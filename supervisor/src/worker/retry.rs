@@ -106,6 +106,11 @@ impl WorkerHandle {
         self.quarantine.check(self.quarantine.hash(&encoded)).err()
     }
 
+    /// The client class of `who` on this model (`crate::traffic`).
+    pub fn class_of(&self, who: &crate::auth::Identity) -> usize {
+        self.traffic.classes.of(who)
+    }
+
     /// A call is re-sent after its worker died.
     pub fn note_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use sidecar_proto::worker::{worker_request, worker_response};
 use tonic::{Request, Response, Status};
 
 use super::{Ctx, tag};
-use crate::cache::{Answer, Key, KeyBuilder};
+use crate::cache::{Answer, Key};
 use crate::config::Family;
 use crate::error::Error;
 use crate::registry::Registry;
@@ -42,13 +42,14 @@ fn reindex(e: Error, field: &str, missing: &[usize]) -> Error {
     Error::InvalidArgument(m)
 }
 
-/// The dedup key of what is sent: the items' keys in order.
-fn flight_key(method: &str, keys: &[Option<Key>]) -> Option<Key> {
-    let mut b = KeyBuilder::new(method);
-    for k in keys {
-        b.field(&(*k)?.0);
-    }
-    Some(b.finish())
+/// The options of an Embed that change its answer or make the worker
+/// refuse it, raw: `normalize` (absent is true, the worker's default) and
+/// `truncation` as sent (an out-of-range value is its own key: the worker
+/// refuses it, nothing is cached).
+fn embed_options(e: &EmbedRequest) -> Vec<u8> {
+    let mut options = vec![u8::from(e.normalize.unwrap_or(true))];
+    options.extend_from_slice(&e.truncation.to_le_bytes());
+    options
 }
 
 /// Embed, per text: only the texts not in the cache are sent.
@@ -66,10 +67,7 @@ pub async fn embed(
     }
     let model_id = req.get_ref().model_id.clone();
     let (ctx, e) = Ctx::new(registry, Family::Text, default, req, &model_id);
-    let options = [
-        u8::from(e.normalize.unwrap_or(true)),
-        e.truncation.clamp(0, 255) as u8,
-    ];
+    let options = embed_options(&e);
     let keys: Vec<Option<Key>> = e
         .inputs
         .iter()
@@ -96,7 +94,7 @@ pub async fn embed(
         };
         let outcome = ctx
             .run(
-                flight_key("embed-call", &sent_keys),
+                ctx.flight("embed-call", &sent_keys),
                 worker_request::Body::Embed(sub),
                 false,
             )
@@ -182,7 +180,7 @@ pub async fn process_batch(
         };
         let outcome = ctx
             .run(
-                flight_key("vision-batch-call", &sent_keys),
+                ctx.flight("vision-batch-call", &sent_keys),
                 worker_request::Body::VisionBatch(sub),
                 false,
             )
@@ -466,6 +464,28 @@ pub async fn chat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_embed_option_is_in_the_key_raw() {
+        let e = |normalize: Option<bool>, truncation: i32| EmbedRequest {
+            model_id: "m".into(),
+            inputs: vec!["x".into()],
+            normalize,
+            truncation,
+        };
+        // -1 is refused by the worker; 0 is a valid truncation.
+        assert_ne!(embed_options(&e(None, -1)), embed_options(&e(None, 0)));
+        assert_ne!(embed_options(&e(None, 256)), embed_options(&e(None, 0)));
+        assert_ne!(
+            embed_options(&e(Some(false), 1)),
+            embed_options(&e(Some(true), 1))
+        );
+        assert_eq!(
+            embed_options(&e(None, 1)),
+            embed_options(&e(Some(true), 1)),
+            "absent is true"
+        );
+    }
 
     #[test]
     fn a_refused_item_is_named_by_its_index_in_the_clients_call() {

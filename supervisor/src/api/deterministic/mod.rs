@@ -14,9 +14,20 @@
 //! (dedup, then [`execute`]: `api::call_worker`, and one re-send after a
 //! worker death), keeps the answers and merges them in order.
 //! `cache-control: no-cache` skips the lookup and the dedup (a fresh
-//! execution, whose answer is kept).
+//! execution, whose answer is kept); `no-store` skips the lookup, the
+//! dedup and the keeping.
+//!
+//! Dedup is within one client class and priority (the flight key holds
+//! both): a follower is never queued under another class's limits. A
+//! follower takes the leader's answer, or its error when that error is the
+//! same for every caller ([`same_for_all`]: the worker's own refusal, a
+//! worker death after the re-send, the quarantine); on an error of the
+//! leader's own (its deadline, its class's rate limit or queue bound, a
+//! drain) it runs the call itself (`cache::flight::through`). Errors never
+//! name another caller: each caller's error carries its own request line.
 
 pub mod methods;
+mod resend;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,11 +38,12 @@ use sidecar_proto::worker::worker_request;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Request};
 
-use crate::cache::{Answer, DigestNow, Join, Key, KeyBuilder, ModelCache, Outcome, Waited};
+use crate::cache::{DigestNow, Key, KeyBuilder, ModelCache, Outcome, Waited};
 use crate::config::Family;
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::worker::WorkerHandle;
+use resend::{Exec, execute};
 
 /// Response metadata of a call re-sent after its worker died.
 pub const RETRIED: &str = "x-sidecar-retried";
@@ -60,9 +72,81 @@ pub struct Ctx {
     /// The key of the model's context; `None`: no cache and no dedup
     /// for this call (its digest not known yet, or no such model).
     base: Option<Key>,
-    no_cache: bool,
+    control: CacheControl,
     deadline: Instant,
     started: Instant,
+    /// This call's request id and client, for its errors.
+    request_id: String,
+    client: String,
+    /// The caller's client class on this model.
+    class: usize,
+}
+
+/// What a call's `cache-control` metadata asks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `no-cache`: no lookup, no dedup; the answer is kept.
+    pub no_cache: bool,
+    /// `no-store`: no lookup, no dedup, nothing kept.
+    pub no_store: bool,
+}
+
+/// Bytes of `cache-control` read, every value together: a longer header
+/// costs no more (the directives past it are ignored).
+pub const CACHE_CONTROL_SCAN: usize = 1024;
+
+impl CacheControl {
+    /// Reads every `cache-control` value as comma-separated directives
+    /// (ASCII case ignored, unknown ones ignored, at most
+    /// [`CACHE_CONTROL_SCAN`] bytes read).
+    pub fn of(metadata: &MetadataMap) -> CacheControl {
+        let mut c = CacheControl::default();
+        let mut budget = CACHE_CONTROL_SCAN;
+        for v in metadata.get_all("cache-control") {
+            if budget == 0 {
+                break;
+            }
+            let bytes = v.as_bytes();
+            let bytes = &bytes[..bytes.len().min(budget)];
+            budget -= bytes.len();
+            for d in bytes.split(|b| *b == b',') {
+                let d = d.trim_ascii();
+                // `no-cache="field"` names fields: still no-cache.
+                let name = d.split(|b| *b == b'=').next().unwrap_or_default();
+                if name.eq_ignore_ascii_case(b"no-cache") {
+                    c.no_cache = true;
+                } else if name.eq_ignore_ascii_case(b"no-store") {
+                    c.no_store = true;
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Whether an execution's error is the same for every caller (shared with
+/// the followers of a flight), rather than the leader's own: its deadline
+/// or cancel, its class's rate limit or queue bound (RESOURCE_EXHAUSTED),
+/// a drain or restart (UNAVAILABLE).
+pub fn same_for_all(e: &Error) -> bool {
+    match e {
+        // After the re-send: its death, or the quarantine's refusal.
+        Error::WorkerDied { .. }
+        | Error::InvalidArgument(_)
+        | Error::NotFound(_)
+        | Error::FailedPrecondition(_)
+        | Error::Unimplemented(_)
+        | Error::Internal(_) => true,
+        Error::AlreadyExists(_)
+        | Error::Unavailable(_)
+        | Error::ResourceExhausted(_)
+        | Error::RateLimited { .. }
+        | Error::DeadlineExceeded(_)
+        | Error::Cancelled(_)
+        | Error::Unauthenticated(_)
+        | Error::PermissionDenied(_)
+        | Error::Config(_) => false,
+    }
 }
 
 impl Ctx {
@@ -76,20 +160,14 @@ impl Ctx {
     ) -> (Ctx, T) {
         let started = Instant::now();
         let deadline = super::deadline(&req, default, registry.shared().config.deadlines.max);
-        let no_cache = req
-            .metadata()
-            .get_all("cache-control")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',').any(|d| {
-                    matches!(
-                        d.trim().to_ascii_lowercase().as_str(),
-                        "no-cache" | "no-store"
-                    )
-                })
-            });
-        let (metadata, extensions, body) = req.into_parts();
+        let control = CacheControl::of(req.metadata());
+        let request_id = super::request_id(&req, &registry.shared().request_ids);
+        let client = crate::auth::Identity::of_call(&req);
+        let (mut metadata, extensions, body) = req.into_parts();
+        // Every attempt of this call, and its errors, carry one id.
+        if let Ok(v) = request_id.parse() {
+            metadata.insert("x-request-id", v);
+        }
         // A wrong id or family is `call_worker`'s to report, uncached.
         let handle = registry
             .get(model_id)
@@ -104,16 +182,22 @@ impl Ctx {
             model_id: model_id.to_owned(),
             model: None,
             base: None,
-            no_cache,
+            control,
             deadline,
             started,
             handle: None,
+            request_id,
+            client: client.to_string(),
+            class: 0,
         };
         if let Some(h) = handle {
             crate::metrics::note_model(model_id);
-            let model = registry.shared().cache.model(model_id);
-            ctx.base = ctx.base_key(&h, &model);
-            ctx.model = Some(model);
+            ctx.class = h.class_of(&client);
+            // None once the model is unloaded: the call goes uncached.
+            if let Some(model) = registry.shared().cache.model(model_id) {
+                ctx.base = ctx.base_key(&h, &model);
+                ctx.model = Some(model);
+            }
             ctx.handle = Some(h);
         }
         (ctx, body)
@@ -169,7 +253,14 @@ impl Ctx {
 
     /// Whether answers are looked up.
     pub fn lookup(&self) -> bool {
-        self.base.is_some() && !self.no_cache
+        self.base.is_some() && !self.control.no_cache && !self.control.no_store
+    }
+
+    /// The dedup key of what is sent (`keys`: its items' keys in order);
+    /// `None`: no dedup (nothing to send, an item without a key, or no
+    /// model context).
+    pub fn flight(&self, method: &str, keys: &[Option<Key>]) -> Option<Key> {
+        flight_key(self.base, method, keys)
     }
 
     /// The key of one item (or whole call) of `method`: `fields` are every
@@ -192,18 +283,19 @@ impl Ctx {
         }
     }
 
-    /// Keeps answers, then applies the byte bound.
+    /// Keeps answers (not under `no-store`).
     pub async fn keep(&self, answers: Vec<(Option<Key>, Vec<u8>)>) {
         let (Some(model), true) = (&self.model, self.base.is_some()) else {
             return;
         };
-        let cache = &self.registry.shared().cache;
-        for (key, value) in answers {
-            if let Some(k) = key {
-                cache.insert(model, k, value.into()).await;
-            }
+        if self.control.no_store || !model.enabled {
+            return;
         }
-        cache.settle().await;
+        let answers = answers
+            .into_iter()
+            .filter_map(|(k, v)| Some((k?, bytes::Bytes::from(v))))
+            .collect();
+        self.registry.shared().cache.keep(model, answers).await;
     }
 
     /// Counts hits and misses.
@@ -230,7 +322,10 @@ impl Ctx {
         body: worker_request::Body,
         collect: bool,
     ) -> Result<Arc<Outcome>, Error> {
-        let exec = Exec {
+        let mine = |e: Error| e.with_request_id(&self.request_id, &self.client);
+        // A bad priority is this caller's alone: refused before any flight.
+        let priority = crate::traffic::Priority::of(&self.metadata).map_err(mine)?;
+        let exec = Arc::new(Exec {
             registry: self.registry.clone(),
             family: self.family,
             default: self.default,
@@ -241,134 +336,72 @@ impl Ctx {
             deadline: self.deadline,
             body,
             collect,
-        };
-        let flight = flight.filter(|_| !self.no_cache);
+        });
+        let flight = flight.filter(|_| !self.control.no_cache && !self.control.no_store);
         let Some(key) = flight else {
-            return execute(exec).await.map(Arc::new);
+            return execute(&exec).await.map(Arc::new).map_err(mine);
         };
-        let cache = &self.registry.shared().cache;
-        let rx = match cache.flights.join(key) {
-            Join::Full => return execute(exec).await.map(Arc::new),
-            Join::Follow(rx) => {
-                if let Some(m) = &self.model {
-                    m.shared_flight();
-                }
-                rx
-            }
-            Join::Lead(publisher) => {
-                let rx = publisher.subscribe();
-                // In a task of its own: the first caller leaving does not
-                // cancel it for the others; it stops once nobody waits.
-                tokio::spawn(async move {
-                    tokio::select! {
-                        answer = execute(exec) => publisher.publish(answer.map(Arc::new)),
-                        () = publisher.closed() => {}
-                    }
-                });
-                rx
+        // Within one class and priority.
+        let key = KeyBuilder::new("flight")
+            .field(&key.0)
+            .field(&(self.class as u64).to_le_bytes())
+            .field(&[priority.rank()])
+            .finish();
+        let shared = self.registry.shared();
+        let (id, client) = (self.request_id.clone(), self.client.clone());
+        // This caller's execution; its error names nobody (others may see it).
+        let run = || {
+            let (exec, id, client) = (exec.clone(), id.clone(), client.clone());
+            async move {
+                execute(&exec)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.without_request_id(&id, &client))
             }
         };
-        match crate::cache::flight::wait(rx, self.deadline).await {
-            Ok(shared) => shared,
-            Err(Waited::Deadline) => Err(Error::DeadlineExceeded(format!(
+        let followed = || {
+            if let Some(m) = &self.model {
+                m.shared_flight();
+            }
+        };
+        let answer = crate::cache::flight::through(
+            &shared.cache.flights,
+            key,
+            self.deadline,
+            shared.config.workers.queue_size,
+            run,
+            same_for_all,
+            followed,
+        )
+        .await;
+        match answer {
+            Ok(shared) => shared.map_err(mine),
+            Err(Waited::Deadline) => Err(mine(Error::DeadlineExceeded(format!(
                 "model {:?}: deadline passed while waiting for an identical call in flight",
                 self.model_id
-            ))),
-            Err(Waited::Abandoned) => Err(Error::Internal(format!(
+            )))),
+            Err(Waited::Abandoned) => Err(mine(Error::Internal(format!(
                 "model {:?}: the identical call this one waited for ended without an answer",
                 self.model_id
-            ))),
+            )))),
         }
     }
 }
 
-/// One execution: what `api::call_worker` needs, and a copy of the body
-/// for a re-send.
-#[derive(Debug)]
-struct Exec {
-    registry: Arc<Registry>,
-    family: Family,
-    default: Duration,
-    metadata: MetadataMap,
-    extensions: Extensions,
-    model_id: String,
-    handle: Option<WorkerHandle>,
-    deadline: Instant,
-    body: worker_request::Body,
-    collect: bool,
-}
-
-/// Runs `exec`; a worker death mid-call re-sends it once, within the
-/// deadline, to the new worker: after a self-raised crash through the
-/// model's gate (one re-sent call at a time), and a request the
-/// quarantine refuses after its second crash is INVALID_ARGUMENT.
-async fn execute(mut exec: Exec) -> Result<Outcome, Error> {
-    let (pid, first) = match once(&exec).await {
-        Err(Error::WorkerDied { pid, error }) => (pid, Error::WorkerDied { pid, error }),
-        other => return other,
-    };
-    let Some(handle) = exec.handle.clone() else {
-        return Err(first);
-    };
-    let Some(self_raised) = handle.death_seen(pid, exec.deadline).await else {
-        return Err(first);
-    };
-    let _gate = if self_raised {
-        Some(handle.retry_gate(exec.deadline).await?)
-    } else {
-        None
-    };
-    handle.wait_replaced(pid, exec.deadline).await?;
-    handle.note_retry();
-    // The class paid for this call once: the re-send is not charged again.
-    exec.extensions.insert(crate::traffic::Charged);
-    tracing::info!(model = %exec.model_id, pid, self_raised, "re-sending a deterministic call after its worker died");
-    match once(&exec).await {
-        Ok(mut outcome) => {
-            outcome.retried = true;
-            Ok(outcome)
-        }
-        Err(Error::WorkerDied { pid, error }) => {
-            // Crashed twice: the quarantine may refuse it now.
-            if handle.death_seen(pid, exec.deadline).await.is_some()
-                && let Some(why) = handle.refusal(&exec.body)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "model {:?}: {why}",
-                    exec.model_id
-                )));
-            }
-            Err(Error::WorkerDied { pid, error })
-        }
-        Err(e) => Err(e),
+/// The dedup key of `keys` (the items sent, in order) in the model context
+/// `base`: none without a context, without items, or when one item has no
+/// key.
+pub fn flight_key(base: Option<Key>, method: &str, keys: &[Option<Key>]) -> Option<Key> {
+    let base = base?;
+    if keys.is_empty() {
+        return None;
     }
-}
-
-/// One attempt: the call through `api::call_worker` (the queue, the
-/// limits) with the time left of the caller's deadline.
-async fn once(exec: &Exec) -> Result<Outcome, Error> {
-    let mut metadata = exec.metadata.clone();
-    let left = exec.deadline.saturating_duration_since(Instant::now());
-    if let Ok(v) = format!("{}m", left.as_millis().clamp(1, 99_999_999)).parse() {
-        metadata.insert("grpc-timeout", v);
+    let mut b = KeyBuilder::new(method);
+    b.field(&base.0);
+    for k in keys {
+        b.field(&(*k)?.0);
     }
-    let req = Request::from_parts(metadata, exec.extensions.clone(), exec.body.clone());
-    let model_id = exec.model_id.clone();
-    let mut call = super::call_worker(&exec.registry, exec.family, exec.default, req, |b| {
-        (model_id, b)
-    })
-    .await?;
-    let queued = call.queued;
-    let answer = if exec.collect {
-        Answer::Generated(super::text::collect(call).await?)
-    } else {
-        Answer::Body(super::one_answer(&mut call).await?)
-    };
-    Ok(Outcome {
-        answer,
-        queued,
-        retried: false,
-    })
+    Some(b.finish())
 }
 
 /// Adds the response metadata of `outcome` and the cache's hits.
@@ -404,5 +437,75 @@ mod tests {
             "0.8 by default"
         );
         assert!(!greedy_or_seeded(None));
+    }
+
+    fn control(values: &[&str]) -> CacheControl {
+        let mut md = MetadataMap::new();
+        for v in values {
+            md.append("cache-control", v.parse().expect("value"));
+        }
+        CacheControl::of(&md)
+    }
+
+    #[test]
+    fn cache_control_is_a_bounded_list_of_directives() {
+        let none = CacheControl::default();
+        let no_cache = CacheControl {
+            no_cache: true,
+            no_store: false,
+        };
+        let no_store = CacheControl {
+            no_cache: false,
+            no_store: true,
+        };
+        assert_eq!(control(&[]), none);
+        assert_eq!(control(&["No-Store"]), no_store, "not no-cache");
+        assert_eq!(control(&["max-age=0, NO-CACHE"]), no_cache);
+        assert_eq!(control(&["private", "no-store , x"]), no_store);
+        assert_eq!(control(&["no-cache=\"x\""]), no_cache);
+        assert_eq!(control(&["no-storex, nocache"]), none, "unknown: ignored");
+        // 64 KiB of junk: the directive past the scan is not read.
+        let junk = format!("{},no-store", "a,".repeat(32 << 10));
+        assert_eq!(control(&[&junk]), none);
+        assert_eq!(control(&["no-store", &junk]), no_store);
+    }
+
+    #[test]
+    fn only_outcomes_the_same_for_every_caller_are_shared() {
+        assert!(same_for_all(&Error::InvalidArgument("inputs[0]".into())));
+        assert!(same_for_all(&Error::WorkerDied {
+            pid: 1,
+            error: Box::new(Error::Unavailable("died".into())),
+        }));
+        for mine in [
+            Error::DeadlineExceeded("queued".into()),
+            Error::Cancelled("gone".into()),
+            Error::ResourceExhausted("class queue".into()),
+            Error::RateLimited {
+                message: "over".into(),
+                retry_after: Duration::from_millis(5),
+            },
+            Error::Unavailable("draining".into()),
+        ] {
+            assert!(!same_for_all(&mine), "{mine:?}");
+        }
+    }
+
+    #[test]
+    fn empty_calls_have_no_flight_and_every_flight_names_its_model() {
+        let a = Some(KeyBuilder::new("model").field(b"a").finish());
+        let b = Some(KeyBuilder::new("model").field(b"b").finish());
+        assert_eq!(flight_key(a, "embed-call", &[]), None);
+        assert_eq!(
+            flight_key(None, "embed-call", &[a]),
+            None,
+            "no model context"
+        );
+        let item = Some(KeyBuilder::new("embed").field(b"x").finish());
+        assert_ne!(
+            flight_key(a, "embed-call", &[item]),
+            flight_key(b, "embed-call", &[item])
+        );
+        assert_eq!(flight_key(a, "embed-call", &[item, None]), None);
     }
 }
