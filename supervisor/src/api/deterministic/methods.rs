@@ -42,6 +42,48 @@ fn reindex(e: Error, field: &str, missing: &[usize]) -> Error {
     Error::InvalidArgument(m)
 }
 
+/// Each item's cached answer (`None`: not cached) and the indices of
+/// those to compute, counted as hits and misses.
+async fn lookup<T: Message + Default>(
+    ctx: &Ctx,
+    keys: &[Option<Key>],
+) -> (Vec<Option<T>>, Vec<usize>) {
+    let mut found = Vec::with_capacity(keys.len());
+    for k in keys {
+        found.push(ctx.get(*k).await.and_then(|b| T::decode(b).ok()));
+    }
+    let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+    ctx.count(keys.len() - missing.len(), missing.len());
+    (found, missing)
+}
+
+/// Sends `body`, the `missing` items of a call (`field` of the client's
+/// request) under `method`'s dedup key; a refusal names the item by its
+/// index in the client's call.
+async fn compute(
+    ctx: &Ctx,
+    method: &str,
+    keys: &[Option<Key>],
+    missing: &[usize],
+    field: &str,
+    body: worker_request::Body,
+) -> Result<Arc<crate::cache::Outcome>, Error> {
+    let sent_keys: Vec<Option<Key>> = missing.iter().map(|&i| keys[i]).collect();
+    ctx.run(ctx.flight(method, &sent_keys), body, false)
+        .await
+        .map_err(|e| reindex(e, field, missing))
+}
+
+/// A worker that answered `got` items for `sent` is broken.
+fn check_count(got: usize, sent: usize, what: &str) -> Result<(), Error> {
+    if got == sent {
+        return Ok(());
+    }
+    Err(Error::Internal(format!(
+        "the worker answered {got} {what} for {sent} items"
+    )))
+}
+
 /// The options of an Embed that change its answer or make the worker
 /// refuse it, raw: `normalize` (absent is true, the worker's default) and
 /// `truncation` as sent (an out-of-range value is its own key: the worker
@@ -73,44 +115,24 @@ pub async fn embed(
         .iter()
         .map(|t| ctx.key("embed", &[&options, t.as_bytes()]))
         .collect();
-    let mut found: Vec<Option<Embedding>> = Vec::with_capacity(n);
-    for k in &keys {
-        let hit = ctx.get(*k).await.and_then(|b| Embedding::decode(b).ok());
-        found.push(hit);
-    }
-    let missing: Vec<usize> = (0..n).filter(|&i| found[i].is_none()).collect();
+    let (mut found, missing) = lookup::<Embedding>(&ctx, &keys).await;
     let hits = n - missing.len();
-    ctx.count(hits, missing.len());
     let mut timings = TextTimings::default();
     let mut dimensions = 0;
     let mut retried = false;
     if !missing.is_empty() || n == 0 {
-        let sent_keys: Vec<Option<Key>> = missing.iter().map(|&i| keys[i]).collect();
         let sub = EmbedRequest {
             model_id: model_id.clone(),
             inputs: missing.iter().map(|&i| e.inputs[i].clone()).collect(),
             normalize: e.normalize,
             truncation: e.truncation,
         };
-        let outcome = ctx
-            .run(
-                ctx.flight("embed-call", &sent_keys),
-                worker_request::Body::Embed(sub),
-                false,
-            )
-            .await
-            .map_err(|e| reindex(e, "inputs", &missing))?;
+        let body = worker_request::Body::Embed(sub);
+        let outcome = compute(&ctx, "embed-call", &keys, &missing, "inputs", body).await?;
         let Answer::Body(worker_response::Body::Embed(r)) = &outcome.answer else {
             return Err(unexpected(&outcome.answer).into());
         };
-        if r.embeddings.len() != missing.len() {
-            return Err(Error::Internal(format!(
-                "the worker answered {} embeddings for {} texts",
-                r.embeddings.len(),
-                missing.len()
-            ))
-            .into());
-        }
+        check_count(r.embeddings.len(), missing.len(), "embeddings")?;
         retried = outcome.retried;
         dimensions = r.dimensions;
         timings = r.timings.unwrap_or_default();
@@ -158,45 +180,21 @@ pub async fn process_batch(
         .iter()
         .map(|img| ctx.key("vision-batch", &[&task, &img.encode_to_vec()]))
         .collect();
-    let n = r.images.len();
-    let mut found: Vec<Option<ProcessResponse>> = Vec::with_capacity(n);
-    for k in &keys {
-        found.push(
-            ctx.get(*k)
-                .await
-                .and_then(|b| ProcessResponse::decode(b).ok()),
-        );
-    }
-    let missing: Vec<usize> = (0..n).filter(|&i| found[i].is_none()).collect();
-    let hits = n - missing.len();
-    ctx.count(hits, missing.len());
+    let (mut found, missing) = lookup::<ProcessResponse>(&ctx, &keys).await;
+    let hits = keys.len() - missing.len();
     let mut retried = false;
     if !missing.is_empty() {
-        let sent_keys: Vec<Option<Key>> = missing.iter().map(|&i| keys[i]).collect();
         let sub = ProcessBatchRequest {
             model_id: model_id.clone(),
             task: r.task.clone(),
             images: missing.iter().map(|&i| r.images[i].clone()).collect(),
         };
-        let outcome = ctx
-            .run(
-                ctx.flight("vision-batch-call", &sent_keys),
-                worker_request::Body::VisionBatch(sub),
-                false,
-            )
-            .await
-            .map_err(|e| reindex(e, "images", &missing))?;
+        let body = worker_request::Body::VisionBatch(sub);
+        let outcome = compute(&ctx, "vision-batch-call", &keys, &missing, "images", body).await?;
         let Answer::Body(worker_response::Body::VisionBatch(b)) = &outcome.answer else {
             return Err(unexpected(&outcome.answer).into());
         };
-        if b.results.len() != missing.len() {
-            return Err(Error::Internal(format!(
-                "the worker answered {} results for {} images",
-                b.results.len(),
-                missing.len()
-            ))
-            .into());
-        }
+        check_count(b.results.len(), missing.len(), "results")?;
         retried = outcome.retried;
         let mut kept = Vec::with_capacity(missing.len());
         for (&i, result) in missing.iter().zip(&b.results) {
