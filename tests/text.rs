@@ -211,9 +211,11 @@ async fn a_full_queue_refuses_at_once() {
     sc.eventually("smollm2", Duration::from_secs(10), |m| m.queue_depth == 1)
         .await;
     let started = Instant::now();
+    // Not the waiting call's prompt: an identical greedy call would wait
+    // for its answer (the dedup) instead of taking a place.
     let err = text
         .clone()
-        .generate(greedy("Hi", 2))
+        .generate(greedy("Hi there", 2))
         .await
         .expect_err("queue full");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
