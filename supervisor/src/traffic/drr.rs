@@ -128,11 +128,19 @@ impl<T> Drr<T> {
     /// Takes a waiting call out (its caller left); `None` when it was
     /// served already.
     pub fn remove(&mut self, key: Key) -> Option<T> {
+        let n = self.classes.len();
         let c = self.classes.get_mut(key.class)?;
         let item = c.queue.remove(&(key.rank, key.seq))?;
         self.total -= 1;
         if c.queue.is_empty() {
+            // Its visit is over: a class emptied by its callers leaving
+            // and filled again waits for its next turn, instead of a
+            // fresh quantum at the cursor (which would let it take more
+            // than its weight in one round).
             c.deficit = 0;
+            if self.cursor == key.class {
+                self.cursor = (key.class + 1) % n;
+            }
         }
         Some(item)
     }
