@@ -223,25 +223,26 @@ pub async fn process_batch(
 
 /// A method cached per call: its key is the whole request (the model id
 /// aside, which the context holds).
-struct Whole<R> {
+struct Whole {
     method: &'static str,
     model_id: String,
-    request: R,
+    /// The request encoded without its model id.
+    keyed: Vec<u8>,
     body: worker_request::Body,
     collect: bool,
 }
 
-async fn whole<R: Message, A: Message + Default>(
+async fn whole<A: Message + Default>(
     registry: &Arc<Registry>,
     family: Family,
     default: Duration,
     req: Request<()>,
-    w: Whole<R>,
+    w: Whole,
     extract: impl Fn(Answer) -> Option<A>,
     adjust: impl Fn(&mut A, Option<Duration>, u64),
 ) -> Result<Response<A>, Status> {
     let (ctx, ()) = Ctx::new(registry, family, default, req, &w.model_id);
-    let key = ctx.key(w.method, &[&w.request.encode_to_vec()]);
+    let key = ctx.key(w.method, &[&w.keyed]);
     if let Some(mut a) = ctx.get(key).await.and_then(|b| A::decode(b).ok()) {
         ctx.count(1, 0);
         adjust(&mut a, None, ctx.elapsed_us());
@@ -270,14 +271,16 @@ pub async fn tokenize(
     default: Duration,
     req: Request<TokenizeRequest>,
 ) -> Result<Response<TokenizeResponse>, Status> {
-    let (req, t) = split(req);
+    let (req, mut t) = split(req);
+    // The key's input: the request without its model id (the context's
+    // key holds it), encoded once, never copied whole.
+    let model_id = std::mem::take(&mut t.model_id);
+    let keyed = t.encode_to_vec();
+    t.model_id = model_id.clone();
     let w = Whole {
         method: "tokenize",
-        model_id: t.model_id.clone(),
-        request: TokenizeRequest {
-            model_id: String::new(),
-            ..t.clone()
-        },
+        model_id,
+        keyed,
         body: worker_request::Body::Tokenize(t),
         collect: false,
     };
@@ -325,14 +328,16 @@ pub async fn infer(
     default: Duration,
     req: Request<InferRequest>,
 ) -> Result<Response<InferResponse>, Status> {
-    let (req, r) = split(req);
+    let (req, mut r) = split(req);
+    // The key's input: the request without its model id (the context's
+    // key holds it), encoded once, never copied whole.
+    let model_id = std::mem::take(&mut r.model_id);
+    let keyed = r.encode_to_vec();
+    r.model_id = model_id.clone();
     let w = Whole {
         method: "infer",
-        model_id: r.model_id.clone(),
-        request: InferRequest {
-            model_id: String::new(),
-            ..r.clone()
-        },
+        model_id,
+        keyed,
         body: worker_request::Body::Infer(r),
         collect: false,
     };
@@ -357,14 +362,16 @@ pub async fn infer_batch(
     default: Duration,
     req: Request<InferBatchRequest>,
 ) -> Result<Response<InferBatchResponse>, Status> {
-    let (req, r) = split(req);
+    let (req, mut r) = split(req);
+    // The key's input: the request without its model id (the context's
+    // key holds it), encoded once, never copied whole.
+    let model_id = std::mem::take(&mut r.model_id);
+    let keyed = r.encode_to_vec();
+    r.model_id = model_id.clone();
     let w = Whole {
         method: "infer-batch",
-        model_id: r.model_id.clone(),
-        request: InferBatchRequest {
-            model_id: String::new(),
-            ..r.clone()
-        },
+        model_id,
+        keyed,
         body: worker_request::Body::InferBatch(r),
         collect: false,
     };
@@ -407,14 +414,16 @@ pub async fn generate(
     default: Duration,
     req: Request<GenerateRequest>,
 ) -> Result<Response<GenerateResponse>, Status> {
-    let (req, g) = split(req);
+    let (req, mut g) = split(req);
+    // The key's input: the request without its model id (the context's
+    // key holds it), encoded once, never copied whole.
+    let model_id = std::mem::take(&mut g.model_id);
+    let keyed = g.encode_to_vec();
+    g.model_id = model_id.clone();
     let w = Whole {
         method: "generate",
-        model_id: g.model_id.clone(),
-        request: GenerateRequest {
-            model_id: String::new(),
-            ..g.clone()
-        },
+        model_id,
+        keyed,
         body: worker_request::Body::Generate(g),
         collect: true,
     };
@@ -436,14 +445,16 @@ pub async fn chat(
     default: Duration,
     req: Request<ChatRequest>,
 ) -> Result<Response<GenerateResponse>, Status> {
-    let (req, c) = split(req);
+    let (req, mut c) = split(req);
+    // The key's input: the request without its model id (the context's
+    // key holds it), encoded once, never copied whole.
+    let model_id = std::mem::take(&mut c.model_id);
+    let keyed = c.encode_to_vec();
+    c.model_id = model_id.clone();
     let w = Whole {
         method: "chat",
-        model_id: c.model_id.clone(),
-        request: ChatRequest {
-            model_id: String::new(),
-            ..c.clone()
-        },
+        model_id,
+        keyed,
         body: worker_request::Body::Chat(c),
         collect: true,
     };
