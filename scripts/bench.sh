@@ -22,12 +22,17 @@
 # alone and beside a 20x flood from another client class, with and without
 # [traffic] classes.
 #
+# `scripts/bench.sh openai [ROUNDS]`: streaming /v1/chat/completions of the
+# sidecar against llama-server (built here from the same source package),
+# 1, 4 and 8 concurrent clients, 128 tokens each, EOS ignored.
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
 #        scripts/bench.sh lite [REPS]
 #        scripts/bench.sh cache [CALLS]
 #        scripts/bench.sh vision [REPS]
 #        scripts/bench.sh batching [REPS]
 #        scripts/bench.sh traffic [CALLS]
+#        scripts/bench.sh openai [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -78,6 +83,89 @@ if [[ "${1:-}" == traffic ]]; then
     echo "bench: traffic, ${2:-40} polite calls per phase; this takes a few minutes" >&2
     BENCH_CALLS="${2:-40}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
         "$CARGO_TARGET_DIR/release/examples/bench_traffic"
+    exit
+fi
+if [[ "${1:-}" == openai ]]; then
+    # The sidecar's /v1/chat/completions against llama-server's, one after
+    # the other in one run: llama-server is built with its own CMake build
+    # from the llama.cpp tree of the llama-cpp-python 0.3.36 source package
+    # (the one checked below for llama-bench), with the ISA flags of our
+    # llama-cpp-sys-2 build and its -O2, cached under llama-tools/ by the
+    # package's checksum. The web UI is left out (an empty asset table:
+    # LLAMA_BUILD_UI and LLAMA_USE_PREBUILT_UI off), so nothing is fetched.
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_openai
+    release="$CARGO_TARGET_DIR/release"
+    sdist_sha="${LLAMA_CPP_PYTHON_SDIST_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
+    sdist_dir="$cache/downloads/llama-cpp-python-0.3.36-sdist"
+    sdist="$(find "$sdist_dir" -name '*.tar.gz' 2>/dev/null | head -1)"
+    if [[ -z "$sdist" ]]; then
+        echo "bench: downloading the llama-cpp-python==0.3.36 source package (~77 MB)" >&2
+        mkdir -p "$sdist_dir"
+        "$root/.venv/bin/pip" download -q --no-deps --no-binary :all: -d "$sdist_dir" \
+            "llama-cpp-python==0.3.36" >/dev/null
+        sdist="$(find "$sdist_dir" -name '*.tar.gz' | head -1)"
+    fi
+    if ! echo "$sdist_sha  $sdist" | sha256sum --quiet -c -; then
+        echo "bench: checksum mismatch for $sdist" >&2
+        exit 1
+    fi
+    out="$(ls -dt "$release"/build/llama-cpp-sys-2-*/out 2>/dev/null | while read -r d; do
+        [[ -f "$d/lib/libllama.a" ]] && echo "$d" && break; done)"
+    if [[ -z "$out" ]]; then
+        echo "bench: no llama-cpp-sys-2 build under $release/build" >&2
+        exit 1
+    fi
+    # The llama.cpp revision of each side. The source package names its own
+    # in its changelog; llama-cpp-sys-2 vendors llama.cpp as a git submodule
+    # whose commit the crate does not carry, so its side is named by the
+    # crate's version, the llama-cpp-rs commit it was published from, and
+    # the ggml version in its tree.
+    ggml_version() {
+        sed -n 's/^set(GGML_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\))/\2/p' "$1/ggml/CMakeLists.txt" |
+            paste -sd.
+    }
+    sys_src="$(grep -m1 '^CMAKE_HOME_DIRECTORY' "$out/build/CMakeCache.txt" | cut -d= -f2)"
+    sys_crate="$(dirname "$sys_src")"
+    sys_vcs="$(sed -n 's/.*"sha1": "\([0-9a-f]*\)".*/\1/p' "$sys_crate/.cargo_vcs_info.json" 2>/dev/null)"
+    server_dir="$cache/llama-tools/llama-server-${sdist_sha:0:16}"
+    server="$server_dir/llama-server"
+    if [[ ! -x "$server" || ! -f "$server_dir/revision" ]]; then
+        echo "bench: building llama-server from the source package (CMake, a while on 2 cores)" >&2
+        tmp="$(mktemp -d)"
+        tar -xzf "$sdist" -C "$tmp" --wildcards '*/CHANGELOG.md' '*/vendor/llama.cpp/*'
+        pkg="$(echo "$tmp"/*)"
+        src_llama="$pkg/vendor/llama.cpp"
+        commit="$(awk '/^## \[0\.3\.36\]/{f=1;next} /^## \[/{f=0} f' "$pkg/CHANGELOG.md" |
+            sed -n 's/.*ggml-org\/llama\.cpp@\([0-9a-f]*\).*/\1/p' | head -1)"
+        # The same instruction sets as the sidecar's llama.cpp.
+        isa=()
+        while IFS='=' read -r key value; do
+            isa+=("-D${key%%:*}=$value")
+        done < <(grep -E '^GGML_(NATIVE|OPENMP|AVX|AVX2|AVX512|AVX512_BF16|AVX512_VBMI|AVX512_VNNI|AVX_VNNI|BMI2|F16C|FMA):BOOL=' \
+            "$out/build/CMakeCache.txt")
+        cmake -S "$src_llama" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release \
+            -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+            -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+            -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF \
+            -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+            -DLLAMA_BUILD_COMMIT="${commit:-unknown}" "${isa[@]}" >"$tmp/cmake.log" 2>&1 ||
+            { cat "$tmp/cmake.log" >&2; exit 1; }
+        cmake --build "$tmp/build" --target llama-server -j "$(nproc)" >"$tmp/build.log" 2>&1 ||
+            { tail -50 "$tmp/build.log" >&2; exit 1; }
+        mkdir -p "$server_dir"
+        cp "$tmp/build/bin/llama-server" "$server.tmp" && mv "$server.tmp" "$server"
+        echo "llama.cpp ${commit:-unknown} (ggml $(ggml_version "$src_llama")), llama-cpp-python 0.3.36 sdist" \
+            >"$server_dir/revision"
+        rm -rf "$tmp"
+    fi
+    echo "bench: OpenAI API against llama-server; a few minutes" >&2
+    LLAMA_SERVER="$server" \
+        LLAMA_SERVER_REVISION="$(cat "$server_dir/revision")" \
+        SIDECAR_LLAMA_REVISION="llama-cpp-2 $(grep -A1 '^name = "llama-cpp-2"$' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p'), llama-cpp-sys-2 $(basename "$sys_crate" | sed 's/^llama-cpp-sys-2-//') (llama-cpp-rs ${sys_vcs:-unknown}, ggml $(ggml_version "$sys_src"))" \
+        BENCH_ROUNDS="${2:-3}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$release/examples/bench_openai"
     exit
 fi
 threads="${1:-2}"

@@ -1,0 +1,524 @@
+//! The OpenAI-API benchmark (`scripts/bench.sh openai`): the same streaming
+//! load through `/v1/chat/completions` of the sidecar and of llama-server,
+//! side by side in one run on the same machine, each server idle while the
+//! other is measured (their rounds alternate, the first side swapping every
+//! round, so that a noisy neighbour slows both alike).
+//!
+//! Load: N concurrent clients (1, 4, 8), each one streaming request per
+//! round (`stream: true`, `max_tokens: 128`, `temperature: 0`,
+//! `ignore_eos: true`, `stream_options.include_usage`), every prompt its
+//! own (the round and the client open the system message), so neither the
+//! sidecar's result cache and deduplication nor either side's prompt-prefix
+//! reuse serves one request from another; `cache-control: no-cache` goes
+//! with every request. The client is raw HTTP/1.1 over a tokio socket, one
+//! connection per request, the same bytes to both servers.
+//!
+//! Figures: time to first token (request sent → first non-empty
+//! `choices[0].delta.content`) p50/p99 over every request of every round;
+//! aggregate completion tokens/s (the `usage` chunk's `completion_tokens`
+//! of the round's requests over the round's wall time), median of the
+//! rounds. Every request must stream exactly 128 tokens by its usage, and
+//! both sides' totals must be equal, or the run fails.
+//!
+//! Servers: the sidecar (this build, `[openai] listen`) with SmolLM2,
+//! `parallel = 8`, `max_in_flight = 8`, 2 threads, 512 tokens of context
+//! per sequence; llama-server (`LLAMA_SERVER`) on the same file with
+//! `-t 2 -np 8 -c 4096 --cont-batching` and the sidecar's batch (512).
+//!
+//! Environment (set by `scripts/bench.sh openai`): `LLAMA_SERVER`,
+//! `LLAMA_SERVER_REVISION`, `SIDECAR_LLAMA_REVISION`, `BENCH_ROUNDS`
+//! (default 3), `BENCH_SIDES` (default `sidecar,llama-server`; one side
+//! alone measures only that side, with no ratio).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // The report is this tool's output.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{SMOLLM2, Sidecar, root, store};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MAX_TOKENS: u64 = 128;
+const CLIENTS: [usize; 3] = [1, 4, 8];
+const PARALLEL: u32 = 8;
+/// Context per sequence, tokens (llama-server: `-c` = this × `-np`).
+const CONTEXT: u32 = 512;
+const THREADS: u32 = 2;
+/// The sidecar's default prompt batch; llama-server gets the same.
+const BATCH: u32 = 512;
+const MODEL: &str = "smollm2";
+const STARTUP: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Sidecar,
+    LlamaServer,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Sidecar => "sidecar",
+            Side::LlamaServer => "llama-server",
+        }
+    }
+}
+
+/// What one streamed request gave.
+struct Streamed {
+    ttft: Duration,
+    /// Non-empty content deltas.
+    deltas: u64,
+    completion_tokens: u64,
+    prompt_tokens: u64,
+}
+
+/// One side's figures for one client count.
+#[derive(Default)]
+struct Figures {
+    /// Aggregate tokens/s of each round.
+    rates: Vec<f64>,
+    /// Every request's time to first token, ms.
+    ttft: Vec<f64>,
+    completion_tokens: u64,
+    prompt_tokens: u64,
+    deltas: u64,
+}
+
+fn env_path(name: &str) -> Res<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{name} is not set (run scripts/bench.sh openai)").into())
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The request body, the same bytes for both servers. The tag opens the
+/// prompt, so that no two requests share more than the template's first
+/// tokens.
+fn body(tag: &str) -> String {
+    let numbers: Vec<String> = (1..=30).map(|i| i.to_string()).collect();
+    json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": format!("Request {tag}. You are a careful assistant who answers at length.")},
+            {"role": "user", "content": format!("Continue this list of numbers, one by one, without stopping: {}", numbers.join(", "))},
+        ],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "ignore_eos": true,
+    })
+    .to_string()
+}
+
+/// A response body, chunked or not.
+struct Body {
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    /// Bytes left: of the body (`content-length`), or of the current chunk.
+    left: Option<usize>,
+    done: bool,
+}
+
+impl Body {
+    /// The next piece of the body; `None` at its end.
+    async fn next(&mut self) -> Res<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.chunked {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await?;
+            let size = line.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| format!("bad chunk size line {line:?}"))?;
+            if size == 0 {
+                // Trailers, up to the blank line.
+                loop {
+                    line.clear();
+                    if self.reader.read_line(&mut line).await? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                self.done = true;
+                return Ok(None);
+            }
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).await?;
+            chunk.truncate(size);
+            return Ok(Some(chunk));
+        }
+        let want = self.left.unwrap_or(64 * 1024).min(64 * 1024);
+        if want == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        let mut buf = vec![0; want];
+        let n = self.reader.read(&mut buf).await?;
+        if n == 0 {
+            self.done = true;
+            if self.left.is_some() {
+                return Err("the connection closed inside the body".into());
+            }
+            return Ok(None);
+        }
+        buf.truncate(n);
+        if let Some(left) = self.left.as_mut() {
+            *left -= n;
+        }
+        Ok(Some(buf))
+    }
+
+    async fn text(mut self) -> String {
+        let mut all = Vec::new();
+        while let Ok(Some(piece)) = self.next().await {
+            all.extend(piece);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request: (status, body).
+async fn http(port: u16, method: &str, path: &str, body: &str) -> Res<(u16, Body)> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Accept: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let stream = reader.get_mut();
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let (mut chunked, mut left) = (false, None);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Err("the connection closed inside the headers".into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':').unwrap_or((l, ""));
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            left = Some(value.parse()?);
+        }
+    }
+    let left = if chunked { None } else { left };
+    Ok((
+        status,
+        Body {
+            reader,
+            chunked,
+            left,
+            done: false,
+        },
+    ))
+}
+
+/// One streamed chat completion, parsed as OpenAI's SSE: `data: {json}`
+/// events separated by blank lines, a role delta, content deltas, a usage
+/// chunk, `data: [DONE]`.
+async fn chat(port: u16, tag: &str) -> Res<Streamed> {
+    let start = Instant::now();
+    let (status, mut body) = http(port, "POST", "/v1/chat/completions", &body(tag)).await?;
+    if status != 200 {
+        return Err(format!("HTTP {status}: {}", body.text().await).into());
+    }
+    let (mut buf, mut ttft, mut deltas, mut usage) = (String::new(), None, 0u64, None);
+    while let Some(piece) = body.next().await? {
+        buf.push_str(&String::from_utf8_lossy(&piece).replace('\r', ""));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if data.is_empty() {
+                continue; // a comment or keep-alive
+            }
+            let data = data.join("\n");
+            if data == "[DONE]" {
+                let ttft = ttft.ok_or("the stream had no content delta")?;
+                let u: Value = usage.ok_or("no usage chunk (stream_options.include_usage)")?;
+                return Ok(Streamed {
+                    ttft,
+                    deltas,
+                    completion_tokens: u["completion_tokens"]
+                        .as_u64()
+                        .ok_or("usage.completion_tokens")?,
+                    prompt_tokens: u["prompt_tokens"].as_u64().ok_or("usage.prompt_tokens")?,
+                });
+            }
+            let chunk: Value = serde_json::from_str(&data)
+                .map_err(|e| format!("chunk {data:?} is no JSON: {e}"))?;
+            if chunk.get("error").is_some() {
+                return Err(format!("error in the stream: {data}").into());
+            }
+            let content = chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("");
+            if !content.is_empty() {
+                ttft.get_or_insert_with(|| start.elapsed());
+                deltas += 1;
+            }
+            if chunk["usage"].is_object() {
+                usage = Some(chunk["usage"].clone());
+            }
+        }
+    }
+    Err("the stream ended without data: [DONE]".into())
+}
+
+/// Starts llama-server and waits until `/health` answers 200.
+async fn llama_server(model: &str, port: u16, log: &std::path::Path) -> Res<Child> {
+    let n_ctx = CONTEXT * PARALLEL;
+    let mut child = Command::new(env_path("LLAMA_SERVER")?)
+        .args([
+            "-m",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["-t", &THREADS.to_string(), "-tb", &THREADS.to_string()])
+        .args(["-np", &PARALLEL.to_string(), "-c", &n_ctx.to_string()])
+        .args(["-b", &BATCH.to_string(), "-ub", &BATCH.to_string()])
+        .args(["--cont-batching", "--alias", MODEL])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let start = Instant::now();
+    loop {
+        if let Some(exit) = child.try_wait()? {
+            return Err(format!("llama-server exited ({exit}): {}", tail(log)).into());
+        }
+        if let Ok((200, _)) = http(port, "GET", "/health", "").await {
+            return Ok(child);
+        }
+        if start.elapsed() > STARTUP {
+            let _ = child.kill();
+            return Err(format!("llama-server not healthy in {STARTUP:?}: {}", tail(log)).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Starts the sidecar with its OpenAI listener on `port` and waits until the
+/// model is READY and `/v1/models` answers 200.
+async fn sidecar(port: u16) -> Res<Sidecar> {
+    let config = format!(
+        "[workers]\nmax_in_flight = {PARALLEL}\n\
+         [openai]\nlisten = \"127.0.0.1:{port}\"\n\
+         [[models]]\nid = \"{MODEL}\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\n\
+         max_in_flight = {PARALLEL}\n\
+         text = {{ context_size = {CONTEXT}, parallel = {PARALLEL}, threads = {THREADS}, batch_size = {BATCH} }}\n"
+    );
+    let sc = Sidecar::start(store(), &config);
+    sc.ready(MODEL).await;
+    let start = Instant::now();
+    loop {
+        match http(port, "GET", "/v1/models", "").await {
+            Ok((200, _)) => return Ok(sc),
+            Ok((status, body)) if start.elapsed() > STARTUP => {
+                return Err(format!("GET /v1/models: HTTP {status}: {}", body.text().await).into());
+            }
+            Err(e) if start.elapsed() > STARTUP => {
+                return Err(format!("the OpenAI listener on port {port}: {e}").into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// One round: `clients` concurrent streams; adds to `f`.
+async fn round(port: u16, clients: usize, tag: &str, f: &mut Figures) -> Res<()> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let tag = format!("{tag}.{c}");
+            tokio::spawn(async move { chat(port, &tag).await })
+        })
+        .collect();
+    let mut tokens = 0;
+    for t in tasks {
+        let s = t.await?.map_err(|e| e.to_string())?;
+        if s.completion_tokens != MAX_TOKENS {
+            return Err(format!(
+                "a request streamed {} completion tokens by its usage ({} deltas), not {MAX_TOKENS}: is ignore_eos honoured?",
+                s.completion_tokens, s.deltas
+            )
+            .into());
+        }
+        f.ttft.push(s.ttft.as_secs_f64() * 1000.0);
+        f.completion_tokens += s.completion_tokens;
+        f.prompt_tokens += s.prompt_tokens;
+        f.deltas += s.deltas;
+        tokens += s.completion_tokens;
+    }
+    f.rates.push(tokens as f64 / start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Res<()> {
+    let rounds: usize = std::env::var("BENCH_ROUNDS").map_or(Ok(3), |v| v.parse())?;
+    let sides: Vec<Side> = std::env::var("BENCH_SIDES")
+        .unwrap_or_else(|_| "sidecar,llama-server".into())
+        .split(',')
+        .map(|s| match s.trim() {
+            "sidecar" => Ok(Side::Sidecar),
+            "llama-server" => Ok(Side::LlamaServer),
+            other => Err(format!(
+                "BENCH_SIDES: {other:?} is neither sidecar nor llama-server"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    if rounds == 0 || sides.is_empty() {
+        return Err("BENCH_ROUNDS must be at least 1 and BENCH_SIDES name a side".into());
+    }
+    let model = root().join("models").join(SMOLLM2);
+    let logs = tempfile::tempdir()?;
+
+    // Both servers up, then a warm-up request each.
+    let mut ports = Vec::new();
+    let (mut _sidecar, mut llama) = (None, None);
+    for &side in &sides {
+        let port = free_port()?;
+        match side {
+            Side::Sidecar => _sidecar = Some(sidecar(port).await?),
+            Side::LlamaServer => {
+                let log = logs.path().join("llama-server.log");
+                llama = Some(llama_server(&model.display().to_string(), port, &log).await?);
+            }
+        }
+        chat(port, "warm-up")
+            .await
+            .map_err(|e| format!("{} warm-up: {e}", side.name()))?;
+        ports.push((side, port));
+    }
+
+    let mut table = Vec::new();
+    for n in CLIENTS {
+        let mut figures: Vec<Figures> = sides.iter().map(|_| Figures::default()).collect();
+        for r in 0..rounds {
+            for k in 0..ports.len() {
+                // The first side swaps every round.
+                let i = if r % 2 == 0 { k } else { ports.len() - 1 - k };
+                let (side, port) = ports[i];
+                round(port, n, &format!("{n}.{r}"), &mut figures[i])
+                    .await
+                    .map_err(|e| format!("{}, {n} clients, round {r}: {e}", side.name()))?;
+            }
+        }
+        if let [a, b] = &figures[..]
+            && a.completion_tokens != b.completion_tokens
+        {
+            return Err(format!(
+                "{n} clients: completion tokens differ: {} {} against {} {}",
+                sides[0].name(),
+                a.completion_tokens,
+                sides[1].name(),
+                b.completion_tokens
+            )
+            .into());
+        }
+        table.push((n, figures));
+    }
+    if let Some(mut child) = llama {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    println!(
+        "Machine: {} cores; {THREADS} threads and {PARALLEL} slots a side; {rounds} rounds; \
+         {MAX_TOKENS} tokens a request (`ignore_eos`), greedy.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for (side, var) in [
+        (Side::Sidecar, "SIDECAR_LLAMA_REVISION"),
+        (Side::LlamaServer, "LLAMA_SERVER_REVISION"),
+    ] {
+        if sides.contains(&side) {
+            let rev = std::env::var(var).unwrap_or_else(|_| "unknown".into());
+            println!("{}: llama.cpp of {rev}", side.name());
+        }
+    }
+    println!();
+    println!(
+        "| clients | side | aggregate tokens/s | TTFT p50 ms | TTFT p99 ms | completion tokens (deltas) | prompt tokens a request | ratio sidecar/llama-server |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---|");
+    for (n, figures) in &table {
+        let agg = |f: &Figures| percentile(&f.rates, 0.5);
+        let ratio = match &figures[..] {
+            [_, _] => {
+                let s = sides.iter().position(|&s| s == Side::Sidecar).unwrap_or(0);
+                let (ours, theirs) = (&figures[s], &figures[1 - s]);
+                format!(
+                    "aggregate {:.2}x, TTFT p99 {:.2}x",
+                    agg(ours) / agg(theirs),
+                    percentile(&ours.ttft, 0.99) / percentile(&theirs.ttft, 0.99)
+                )
+            }
+            _ => "-".into(),
+        };
+        for (side, f) in sides.iter().zip(figures) {
+            println!(
+                "| {n} | {} | {:.1} | {:.0} | {:.0} | {} ({}) | {} | {} |",
+                side.name(),
+                agg(f),
+                percentile(&f.ttft, 0.5),
+                percentile(&f.ttft, 0.99),
+                f.completion_tokens,
+                f.deltas,
+                f.prompt_tokens / f.ttft.len() as u64,
+                if *side == Side::Sidecar { &ratio } else { "" },
+            );
+        }
+    }
+    println!(
+        "\nAggregate: the median round's completion tokens over its wall time. TTFT over every \
+         request of every round. Ratio: sidecar / llama-server (aggregate: higher is better; \
+         TTFT: lower is better)."
+    );
+    Ok(())
+}
