@@ -23,12 +23,14 @@
 //! Servers: the sidecar (this build, `[openai] listen`) with SmolLM2,
 //! `parallel = 8`, `max_in_flight = 8`, 2 threads, 512 tokens of context
 //! per sequence; llama-server (`LLAMA_SERVER`) on the same file with
-//! `-t 2 -np 8 -c 4096 --cont-batching` and the sidecar's batch (512).
+//! `-t 2 -np 8 -c 4096 --cont-batching --no-kv-unified` (a KV stream per
+//! slot, as the sidecar's context has) and the sidecar's batch (512).
 //!
 //! Environment (set by `scripts/bench.sh openai`): `LLAMA_SERVER`,
 //! `LLAMA_SERVER_REVISION`, `SIDECAR_LLAMA_REVISION`, `BENCH_ROUNDS`
-//! (default 3), `BENCH_SIDES` (default `sidecar,llama-server`; one side
-//! alone measures only that side, with no ratio).
+//! (default 3), `BENCH_THREADS` (default 2, both sides), `BENCH_CLIENTS`
+//! (default `1,4,8`), `BENCH_SIDES` (default `sidecar,llama-server`; one
+//! side alone measures only that side, with no ratio).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // The report is this tool's output.
 
@@ -44,11 +46,9 @@ use tokio::net::TcpStream;
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MAX_TOKENS: u64 = 128;
-const CLIENTS: [usize; 3] = [1, 4, 8];
 const PARALLEL: u32 = 8;
 /// Context per sequence, tokens (llama-server: `-c` = this × `-np`).
 const CONTEXT: u32 = 512;
-const THREADS: u32 = 2;
 /// The sidecar's default prompt batch; llama-server gets the same.
 const BATCH: u32 = 512;
 const MODEL: &str = "smollm2";
@@ -302,7 +302,7 @@ async fn chat(port: u16, tag: &str) -> Res<Streamed> {
 }
 
 /// Starts llama-server and waits until `/health` answers 200.
-async fn llama_server(model: &str, port: u16, log: &std::path::Path) -> Res<Child> {
+async fn llama_server(model: &str, port: u16, threads: u32, log: &std::path::Path) -> Res<Child> {
     let n_ctx = CONTEXT * PARALLEL;
     let mut child = Command::new(env_path("LLAMA_SERVER")?)
         .args([
@@ -313,10 +313,10 @@ async fn llama_server(model: &str, port: u16, log: &std::path::Path) -> Res<Chil
             "--port",
             &port.to_string(),
         ])
-        .args(["-t", &THREADS.to_string(), "-tb", &THREADS.to_string()])
+        .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
         .args(["-np", &PARALLEL.to_string(), "-c", &n_ctx.to_string()])
         .args(["-b", &BATCH.to_string(), "-ub", &BATCH.to_string()])
-        .args(["--cont-batching", "--alias", MODEL])
+        .args(["--cont-batching", "--no-kv-unified", "--alias", MODEL])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()?;
@@ -344,13 +344,13 @@ fn tail(log: &std::path::Path) -> String {
 
 /// Starts the sidecar with its OpenAI listener on `port` and waits until the
 /// model is READY and `/v1/models` answers 200.
-async fn sidecar(port: u16) -> Res<Sidecar> {
+async fn sidecar(port: u16, threads: u32) -> Res<Sidecar> {
     let config = format!(
         "[workers]\nmax_in_flight = {PARALLEL}\n\
          [openai]\nlisten = \"127.0.0.1:{port}\"\n\
          [[models]]\nid = \"{MODEL}\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\n\
          max_in_flight = {PARALLEL}\n\
-         text = {{ context_size = {CONTEXT}, parallel = {PARALLEL}, threads = {THREADS}, batch_size = {BATCH} }}\n"
+         text = {{ context_size = {CONTEXT}, parallel = {PARALLEL}, threads = {threads}, batch_size = {BATCH} }}\n"
     );
     let sc = Sidecar::start(store(), &config);
     sc.ready(MODEL).await;
@@ -401,6 +401,16 @@ async fn round(port: u16, clients: usize, tag: &str, f: &mut Figures) -> Res<()>
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Res<()> {
     let rounds: usize = std::env::var("BENCH_ROUNDS").map_or(Ok(3), |v| v.parse())?;
+    // Both sides; the issue's figures are for 2.
+    let threads: u32 = std::env::var("BENCH_THREADS").map_or(Ok(2), |v| v.parse())?;
+    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,4,8".into())
+        .split(',')
+        .map(|n| match n.trim().parse() {
+            Ok(n @ 1..=64) => Ok(n),
+            _ => Err(format!("BENCH_CLIENTS: {n:?} is no client count in 1..=64")),
+        })
+        .collect::<Result<_, _>>()?;
     let sides: Vec<Side> = std::env::var("BENCH_SIDES")
         .unwrap_or_else(|_| "sidecar,llama-server".into())
         .split(',')
@@ -424,10 +434,11 @@ async fn main() -> Res<()> {
     for &side in &sides {
         let port = free_port()?;
         match side {
-            Side::Sidecar => _sidecar = Some(sidecar(port).await?),
+            Side::Sidecar => _sidecar = Some(sidecar(port, threads).await?),
             Side::LlamaServer => {
                 let log = logs.path().join("llama-server.log");
-                llama = Some(llama_server(&model.display().to_string(), port, &log).await?);
+                llama =
+                    Some(llama_server(&model.display().to_string(), port, threads, &log).await?);
             }
         }
         chat(port, "warm-up")
@@ -437,7 +448,7 @@ async fn main() -> Res<()> {
     }
 
     let mut table = Vec::new();
-    for n in CLIENTS {
+    for &n in &clients {
         let mut figures: Vec<Figures> = sides.iter().map(|_| Figures::default()).collect();
         for r in 0..rounds {
             for k in 0..ports.len() {
@@ -447,6 +458,15 @@ async fn main() -> Res<()> {
                 round(port, n, &format!("{n}.{r}"), &mut figures[i])
                     .await
                     .map_err(|e| format!("{}, {n} clients, round {r}: {e}", side.name()))?;
+                let f = &figures[i];
+                let ttft = &f.ttft[f.ttft.len() - n..];
+                eprintln!(
+                    "bench: {}, {n} clients, round {r}: {:.1} tokens/s, TTFT p50 {:.0} ms, max {:.0} ms",
+                    side.name(),
+                    f.rates.last().copied().unwrap_or(0.0),
+                    percentile(ttft, 0.5),
+                    percentile(ttft, 1.0)
+                );
             }
         }
         if let [a, b] = &figures[..]
@@ -469,7 +489,7 @@ async fn main() -> Res<()> {
     }
 
     println!(
-        "Machine: {} cores; {THREADS} threads and {PARALLEL} slots a side; {rounds} rounds; \
+        "Machine: {} cores; {threads} threads and {PARALLEL} slots a side; {rounds} rounds; \
          {MAX_TOKENS} tokens a request (`ignore_eos`), greedy.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
