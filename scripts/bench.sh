@@ -163,7 +163,7 @@ if [[ "${1:-}" == openai ]]; then
     echo "bench: OpenAI API against llama-server; a few minutes" >&2
     LLAMA_SERVER="$server" \
         LLAMA_SERVER_REVISION="$(cat "$server_dir/revision")" \
-        SIDECAR_LLAMA_REVISION="llama-cpp-2 $(grep -A1 '^name = "llama-cpp-2"$' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p'), llama-cpp-sys-2 $(basename "$sys_crate" | sed 's/^llama-cpp-sys-2-//') (llama-cpp-rs ${sys_vcs:-unknown}, ggml $(ggml_version "$sys_src"))" \
+        SIDECAR_LLAMA_REVISION="the llama.cpp of llama-cpp-sys-2 $(basename "$sys_crate" | sed 's/^llama-cpp-sys-2-//') (llama-cpp-2 $(grep -A1 '^name = "llama-cpp-2"$' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p'), llama-cpp-rs ${sys_vcs:-unknown}, ggml $(ggml_version "$sys_src"))" \
         BENCH_ROUNDS="${2:-3}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
         "$release/examples/bench_openai"
     exit

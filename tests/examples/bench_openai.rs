@@ -301,10 +301,20 @@ async fn chat(port: u16, tag: &str) -> Res<Streamed> {
     Err("the stream ended without data: [DONE]".into())
 }
 
+/// llama-server, killed when dropped (an error's early return too).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts llama-server and waits until `/health` answers 200.
-async fn llama_server(model: &str, port: u16, threads: u32, log: &std::path::Path) -> Res<Child> {
+async fn llama_server(model: &str, port: u16, threads: u32, log: &std::path::Path) -> Res<Server> {
     let n_ctx = CONTEXT * PARALLEL;
-    let mut child = Command::new(env_path("LLAMA_SERVER")?)
+    let child = Command::new(env_path("LLAMA_SERVER")?)
         .args([
             "-m",
             model,
@@ -320,16 +330,16 @@ async fn llama_server(model: &str, port: u16, threads: u32, log: &std::path::Pat
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()?;
+    let mut server = Server(child);
     let start = Instant::now();
     loop {
-        if let Some(exit) = child.try_wait()? {
+        if let Some(exit) = server.0.try_wait()? {
             return Err(format!("llama-server exited ({exit}): {}", tail(log)).into());
         }
         if let Ok((200, _)) = http(port, "GET", "/health", "").await {
-            return Ok(child);
+            return Ok(server);
         }
         if start.elapsed() > STARTUP {
-            let _ = child.kill();
             return Err(format!("llama-server not healthy in {STARTUP:?}: {}", tail(log)).into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -483,10 +493,7 @@ async fn main() -> Res<()> {
         }
         table.push((n, figures));
     }
-    if let Some(mut child) = llama {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(llama);
 
     println!(
         "Machine: {} cores; {threads} threads and {PARALLEL} slots a side; {rounds} rounds; \
@@ -498,8 +505,8 @@ async fn main() -> Res<()> {
         (Side::LlamaServer, "LLAMA_SERVER_REVISION"),
     ] {
         if sides.contains(&side) {
-            let rev = std::env::var(var).unwrap_or_else(|_| "unknown".into());
-            println!("{}: llama.cpp of {rev}", side.name());
+            let rev = std::env::var(var).unwrap_or_else(|_| "an unknown llama.cpp".into());
+            println!("{} runs {rev}", side.name());
         }
     }
     println!();
