@@ -18,6 +18,8 @@
 #
 # `scripts/bench.sh cache [CALLS]`: the result cache, hit against miss,
 # for Embed of 64 texts and LITE Infer.
+# `scripts/bench.sh prefix [REPS]`: prompt-prefix reuse: a 4-turn chat's
+# time to first token per turn with `prompt_cache` on and off.
 # `scripts/bench.sh traffic [CALLS]`: a polite client's Generate latency
 # alone and beside a 20x flood from another client class, with and without
 # [traffic] classes.
@@ -28,6 +30,7 @@
 #        scripts/bench.sh vision [REPS]
 #        scripts/bench.sh batching [REPS]
 #        scripts/bench.sh traffic [CALLS]
+#        scripts/bench.sh prefix [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -78,6 +81,15 @@ if [[ "${1:-}" == traffic ]]; then
     echo "bench: traffic, ${2:-40} polite calls per phase; this takes a few minutes" >&2
     BENCH_CALLS="${2:-40}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
         "$CARGO_TARGET_DIR/release/examples/bench_traffic"
+    exit
+fi
+if [[ "${1:-}" == prefix ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_prefix
+    echo "bench: prompt-prefix reuse, ${2:-5} conversations per side" >&2
+    BENCH_REPS="${2:-5}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_prefix"
     exit
 fi
 threads="${1:-2}"
