@@ -433,7 +433,7 @@ async fn four_ways(
     let generate_req = GenerateRequest {
         model_id: "smollm2".into(),
         prompt: rendered(QUESTION),
-        sampling: Some(sampling.clone()),
+        sampling: Some(sampling),
         max_tokens,
         stop: stop.clone(),
         ..Default::default()
@@ -487,7 +487,7 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
     };
 
     // The precondition: this prompt ends on its own well before 40 tokens.
-    let natural = four_ways(&mut text, plain.clone(), 40, &[]).await;
+    let natural = four_ways(&mut text, plain, 40, &[]).await;
     let (_, base) = &natural[0];
     let n = usage(base).completion_tokens;
     eprintln!("natural: {n} tokens {:?}", base.text);
@@ -502,9 +502,9 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
 
     let ignore = SamplingParams {
         ignore_eos: Some(true),
-        ..plain.clone()
+        ..plain
     };
-    for (way, r) in four_ways(&mut text, ignore.clone(), 40, &[]).await {
+    for (way, r) in four_ways(&mut text, ignore, 40, &[]).await {
         assert_eq!(r.finish_reason, FinishReason::Length as i32, "{way}: {r:?}");
         assert_eq!(usage(&r).completion_tokens, 40, "{way}");
         assert!(r.text.starts_with(&base.text), "{way}: {:?}", r.text);
@@ -518,7 +518,7 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
     let min = n + 6;
     let at_least = SamplingParams {
         min_tokens: Some(min),
-        ..plain.clone()
+        ..plain
     };
     for (way, r) in four_ways(&mut text, at_least, 40, &[]).await {
         let u = usage(&r);
@@ -539,7 +539,7 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
         "a reply to stop on: {:?}",
         base.text
     );
-    for (way, r) in four_ways(&mut text, plain.clone(), 40, &[&first_char]).await {
+    for (way, r) in four_ways(&mut text, plain, 40, &[&first_char]).await {
         assert_eq!(r.finish_reason, FinishReason::Stop as i32, "{way}: {r:?}");
         assert!(usage(&r).completion_tokens < n, "{way}: {r:?}");
     }
@@ -547,7 +547,7 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
         &mut text,
         SamplingParams {
             min_tokens: Some(min),
-            ..plain.clone()
+            ..plain
         },
         40,
         &[&first_char],
@@ -566,7 +566,7 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
     // min_tokens > max_tokens, on each call.
     let too_many = SamplingParams {
         min_tokens: Some(50),
-        ..plain.clone()
+        ..plain
     };
     let check = |e: tonic::Status, way: &str| {
         assert_eq!(e.code(), Code::InvalidArgument, "{way}: {e:?}");
@@ -579,7 +579,7 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
     let g = GenerateRequest {
         model_id: "smollm2".into(),
         prompt: rendered(QUESTION),
-        sampling: Some(too_many.clone()),
+        sampling: Some(too_many),
         max_tokens: 20,
         ..Default::default()
     };

@@ -141,6 +141,13 @@ async fn main() -> Res<()> {
                 });
                 let id = if side == 0 { "nocache" } else { "smollm2" };
                 let r = turn(&mut text, id, &convs[side]).await?;
+                eprintln!(
+                    "bench: conversation {rep} turn {} {id}: TTFT {:.1} ms, {} prompt tokens, {} cached",
+                    t + 1,
+                    r.ttft_ms,
+                    r.prompt,
+                    r.cached
+                );
                 ttft[side][t].push(r.ttft_ms);
                 worker[side][t].push(r.worker_ttft_ms);
                 prompt[t] = r.prompt;

@@ -228,7 +228,7 @@ impl Engine {
             return Err(WorkerError::invalid("prompt must not be empty"));
         }
         check_stops(&req.stop)?;
-        let p = req.sampling.clone().unwrap_or_default();
+        let p = req.sampling.unwrap_or_default();
         let min_tokens = p.min_tokens.unwrap_or(0);
         if req.constraint.is_some() && (p.ignore_eos == Some(true) || min_tokens > 0) {
             // A completed grammar allows only an end-of-generation token:
