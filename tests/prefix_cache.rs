@@ -628,3 +628,72 @@ async fn ignore_eos_and_min_tokens_move_the_natural_end() {
     );
     still_healthy(&mut sc, &pids).await;
 }
+
+/// Embedding models keep no prompt cache: asking for one is refused by
+/// name, by the supervisor when the options say `embeddings = true`, by
+/// the worker when the file is an embedding model; the same model loads
+/// and embeds without the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_on_an_embedding_model_is_refused_by_name() {
+    let _serial = serial().await;
+    let store = store();
+    e2e::add_model(&store, e2e::MINILM);
+    let mut sc = Sidecar::start(store, &config());
+    let pids = [("smollm2", sc.ready("smollm2").await.worker_pid)];
+    let load = |options: TextOptions| LoadModelRequest {
+        model_id: "minilm".into(),
+        family: ModelFamily::Text as i32,
+        path: e2e::MINILM.into(),
+        options: Some(load_model_request::Options::Text(TextOptions {
+            threads: 1,
+            prompt_cache: Some(true),
+            ..options
+        })),
+        ..Default::default()
+    };
+    let mut manage = sc.manage().await;
+    for options in [
+        TextOptions {
+            embeddings: Some(true),
+            ..Default::default()
+        },
+        TextOptions::default(),
+    ] {
+        let err = manage
+            .load_model(load(options.clone()))
+            .await
+            .expect_err("prompt_cache on an embedding model");
+        assert_eq!(err.code(), Code::InvalidArgument, "{options:?}: {err:?}");
+        assert!(
+            err.message().contains("text.prompt_cache")
+                && err.message().contains("generation model"),
+            "{options:?}: {}",
+            err.message()
+        );
+    }
+    manage
+        .load_model(LoadModelRequest {
+            options: Some(load_model_request::Options::Text(TextOptions {
+                threads: 1,
+                ..Default::default()
+            })),
+            ..load(TextOptions::default())
+        })
+        .await
+        .expect("the same model without the option");
+    sc.ready("minilm").await;
+    let e = sc
+        .text()
+        .await
+        .embed(sidecar_proto::v1::EmbedRequest {
+            model_id: "minilm".into(),
+            inputs: vec!["a kept prompt".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("embed")
+        .into_inner();
+    assert_eq!(e.embeddings.len(), 1);
+    assert_eq!(e.usage.expect("usage").cached_tokens, 0);
+    still_healthy(&mut sc, &pids).await;
+}
