@@ -18,6 +18,8 @@
 #
 # `scripts/bench.sh cache [CALLS]`: the result cache, hit against miss,
 # for Embed of 64 texts and LITE Infer.
+# `scripts/bench.sh prefix [REPS]`: prompt-prefix reuse: a 4-turn chat's
+# time to first token per turn with `prompt_cache` on and off.
 # `scripts/bench.sh traffic [CALLS]`: a polite client's Generate latency
 # alone and beside a 20x flood from another client class, with and without
 # [traffic] classes.
@@ -33,6 +35,7 @@
 #        scripts/bench.sh batching [REPS]
 #        scripts/bench.sh traffic [CALLS]
 #        scripts/bench.sh openai [ROUNDS]
+#        scripts/bench.sh prefix [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -166,6 +169,16 @@ if [[ "${1:-}" == openai ]]; then
         SIDECAR_LLAMA_REVISION="the llama.cpp of llama-cpp-sys-2 $(basename "$sys_crate" | sed 's/^llama-cpp-sys-2-//') (llama-cpp-2 $(grep -A1 '^name = "llama-cpp-2"$' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p'), llama-cpp-rs ${sys_vcs:-unknown}, ggml $(ggml_version "$sys_src"))" \
         BENCH_ROUNDS="${2:-3}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
         "$release/examples/bench_openai"
+    exit
+fi
+
+if [[ "${1:-}" == prefix ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_prefix
+    echo "bench: prompt-prefix reuse, ${2:-5} conversations per side" >&2
+    BENCH_REPS="${2:-5}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_prefix"
     exit
 fi
 threads="${1:-2}"

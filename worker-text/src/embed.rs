@@ -86,6 +86,7 @@ impl EmbedJob {
             usage: Some(Usage {
                 prompt_tokens,
                 completion_tokens: 0,
+                cached_tokens: 0,
             }),
             timings: Some(TextTimings {
                 queue_us: queued.as_micros() as u64,

@@ -1,6 +1,8 @@
 //! A generation model's context: `parallel` KV slots in one llama.cpp
 //! context, each sequence in its own slot, decoded together one step at a
-//! time.
+//! time. With prompt-prefix reuse on, a slot keeps its KV cache after a
+//! call and a new call goes to the free slot sharing the longest prefix
+//! with its prompt ([`crate::prefix`]).
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -9,6 +11,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use sidecar_proto::v1::{
     ChatMessage, GenerateRequest, OutputConstraint, TextModelDetails, TextOptions,
     output_constraint,
@@ -16,6 +19,7 @@ use sidecar_proto::v1::{
 use std::num::NonZeroU32;
 
 use crate::model::{Model, backend, threads};
+use crate::prefix::{Choice, Slots};
 use crate::sampling::{check_stops, sampler};
 use crate::seq::{Seq, SeqSpec};
 use worker_runtime::{Code, WorkerError};
@@ -37,6 +41,11 @@ pub struct Engine {
     /// The decode batch, reused from step to step (llama.cpp allocates one
     /// array per token slot when a batch is made).
     batch: LlamaBatch<'static>,
+    /// The model's end-of-generation tokens (`ignore_eos`, `min_tokens`).
+    eog: Vec<LlamaToken>,
+    /// What each slot's KV cache holds; `None`: prompt-prefix reuse is off
+    /// and every call starts in a cleared slot.
+    kept: Option<Slots<LlamaToken>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -106,6 +115,11 @@ impl Engine {
             gpu_layers: gpu_layers.min(model.n_layer()) as i32,
             parameters: model.n_params(),
         };
+        let vocab = model.vocab();
+        let eog = (0..model.n_vocab())
+            .map(LlamaToken)
+            .filter(|t| vocab.is_eog(*t))
+            .collect();
         Ok(Engine {
             model,
             default_template: options.chat_template.clone(),
@@ -113,6 +127,11 @@ impl Engine {
             details,
             batch_size: batch.max(ubatch) as usize,
             batch: LlamaBatch::new(batch.max(ubatch) as usize, parallel as i32),
+            eog,
+            kept: options
+                .prompt_cache
+                .unwrap_or(true)
+                .then(|| Slots::new(parallel as usize)),
         })
     }
 
@@ -200,15 +219,26 @@ impl Engine {
             })
     }
 
-    /// Starts a sequence for `req` in KV slot `slot`: validates it,
-    /// tokenizes the prompt, builds the sampler, clears the slot's cache.
-    pub fn start(&mut self, slot: usize, req: &GenerateRequest) -> Result<Seq, WorkerError> {
+    /// Starts a sequence for `req` in one of the `free` KV slots (not
+    /// empty): validates it, tokenizes the prompt, builds the sampler,
+    /// picks the slot (the longest kept prefix with prompt-prefix reuse on,
+    /// else the first) and removes the slot's cache past what is reused.
+    pub fn start(&mut self, free: &[usize], req: &GenerateRequest) -> Result<Seq, WorkerError> {
         if req.prompt.is_empty() {
             return Err(WorkerError::invalid("prompt must not be empty"));
         }
         check_stops(&req.stop)?;
+        let p = req.sampling.unwrap_or_default();
+        let min_tokens = p.min_tokens.unwrap_or(0);
+        if req.constraint.is_some() && (p.ignore_eos == Some(true) || min_tokens > 0) {
+            // A completed grammar allows only an end-of-generation token:
+            // masking it would leave nothing the grammar accepts.
+            return Err(WorkerError::invalid(
+                "sampling.ignore_eos and sampling.min_tokens cannot be combined with a constraint (a complete grammar can only end)",
+            ));
+        }
         let grammar = self.constraint(req.constraint.as_ref())?;
-        let (sampler, seed) = sampler(req.sampling.as_ref(), self.model.n_vocab(), grammar)?;
+        let (sampler, seed) = sampler(Some(&p), self.model.n_vocab(), grammar, &self.eog)?;
         let prompt = self.model.vocab().tokenize(
             req.prompt.as_bytes(),
             req.add_special.unwrap_or(true),
@@ -228,13 +258,36 @@ impl Engine {
                 prompt.len()
             )));
         }
-        self.ctx
-            .clear_kv_cache_seq(Some(slot as u32), None, None)
-            .map_err(|e| WorkerError::new(Code::Internal, format!("clear slot {slot}: {e}")))?;
+        if min_tokens as usize > max_tokens {
+            let which = if req.max_tokens == 0 {
+                " (the default)"
+            } else {
+                ""
+            };
+            return Err(WorkerError::invalid(format!(
+                "sampling.min_tokens {min_tokens} exceeds max_tokens {max_tokens}{which}"
+            )));
+        }
+        let first = *free
+            .first()
+            .ok_or_else(|| WorkerError::new(Code::Internal, "no free slot to start in"))?;
+        let Choice { slot, reused } = match &self.kept {
+            Some(kept) => kept.choose(free, &prompt).unwrap_or(Choice {
+                slot: first,
+                reused: 0,
+            }),
+            None => Choice {
+                slot: first,
+                reused: 0,
+            },
+        };
+        let reused = self.cut(slot, reused)?;
         Ok(Seq::new(SeqSpec {
             slot,
             prompt,
+            reused,
             max_tokens,
+            min_tokens: min_tokens as usize,
             n_ctx,
             sampler,
             seed,
@@ -242,9 +295,47 @@ impl Engine {
         }))
     }
 
-    /// Frees a slot's cache.
+    /// Removes the slot's KV cache from position `reused` on; returns the
+    /// positions kept (0 when llama.cpp cannot cut this model's memory
+    /// part-way, as for recurrent models: then the whole slot is cleared).
+    fn cut(&mut self, slot: usize, reused: usize) -> Result<usize, WorkerError> {
+        let clear = |e| WorkerError::new(Code::Internal, format!("clear slot {slot}: {e}"));
+        let mut reused = reused;
+        if reused > 0
+            && !self
+                .ctx
+                .clear_kv_cache_seq(Some(slot as u32), Some(reused as u32), None)
+                .map_err(clear)?
+        {
+            reused = 0;
+        }
+        if reused == 0 {
+            self.ctx
+                .clear_kv_cache_seq(Some(slot as u32), None, None)
+                .map_err(clear)?;
+        }
+        if let Some(kept) = self.kept.as_mut() {
+            kept.start(slot, reused);
+        }
+        Ok(reused)
+    }
+
+    /// A sequence left its slot: with prompt-prefix reuse on, the slot
+    /// keeps its cache and remembers the tokens in it; else it is cleared.
+    pub fn finish(&mut self, seq: &Seq) {
+        match self.kept.as_mut() {
+            Some(kept) => kept.keep(seq.slot, seq.tokens_in_cache()),
+            None => self.free(seq.slot),
+        }
+    }
+
+    /// Clears a slot's cache (after a failed decode its content is
+    /// unknown; a warm-up leaves nothing behind).
     pub fn free(&mut self, slot: usize) {
         let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        if let Some(kept) = self.kept.as_mut() {
+            kept.forget(slot);
+        }
     }
 
     /// One decode step over these sequences: one token for each that is
@@ -266,6 +357,7 @@ impl Engine {
             if let Some(t) = s.next_input.take() {
                 add(batch, t, s.pos, s.slot, true)?;
                 s.logits_at = Some(used);
+                s.fed_back.push(t);
                 s.pos += 1;
                 used += 1;
             }
@@ -292,11 +384,34 @@ impl Engine {
         let mut sampled = 0;
         for s in seqs.iter_mut() {
             if let Some(i) = s.logits_at.take() {
-                let token = s.sampler.sample(&self.ctx, i as i32);
+                let token = if s.holds_eog() {
+                    self.sample_without_eog(s, i as i32)?
+                } else {
+                    s.sampler.sample(&self.ctx, i as i32)
+                };
                 s.on_sampled(token, &vocab);
                 sampled += 1;
             }
         }
         Ok(sampled)
+    }
+
+    /// Samples output `i` with every end-of-generation token removed
+    /// (`min_tokens` not reached): the chain sees the logits with those
+    /// tokens at minus infinity, then accepts its choice, as
+    /// `llama_sampler_sample` does.
+    fn sample_without_eog(&self, s: &mut Seq, i: i32) -> Result<LlamaToken, WorkerError> {
+        let mut candidates = LlamaTokenDataArray::from_iter(self.ctx.candidates_ith(i), false);
+        for t in &self.eog {
+            if let Some(d) = candidates.data.get_mut(t.0 as usize) {
+                d.set_logit(f32::NEG_INFINITY);
+            }
+        }
+        candidates.apply_sampler(&mut s.sampler);
+        let token = candidates.selected_token().ok_or_else(|| {
+            WorkerError::new(Code::Internal, "the sampler chain selected no token")
+        })?;
+        s.sampler.accept(token);
+        Ok(token)
     }
 }

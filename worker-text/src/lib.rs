@@ -12,6 +12,7 @@
 pub mod embed;
 pub mod engine;
 pub mod model;
+pub mod prefix;
 pub mod sampling;
 pub mod seq;
 pub mod serve;

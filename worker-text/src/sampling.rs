@@ -1,6 +1,8 @@
 //! Request validation and the sampler chain.
 
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use sidecar_proto::v1::SamplingParams;
 
 use worker_runtime::WorkerError;
@@ -26,11 +28,14 @@ pub(crate) fn check_stops(stops: &[String]) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// The sampler chain for these parameters, with the seed it uses.
+/// The sampler chain for these parameters, with the seed it uses. With
+/// `ignore_eos`, the end-of-generation tokens `eog` get a logit bias of
+/// minus infinity (llama-server's way), so they are never sampled.
 pub(crate) fn sampler(
     p: Option<&SamplingParams>,
     n_vocab: i32,
     grammar: Option<LlamaSampler>,
+    eog: &[LlamaToken],
 ) -> Result<(LlamaSampler, u64), WorkerError> {
     let d = SamplingParams::default();
     let p = p.unwrap_or(&d);
@@ -64,6 +69,13 @@ pub(crate) fn sampler(
     let mut chain = Vec::new();
     // The grammar first: it removes every token the grammar does not allow.
     chain.extend(grammar);
+    if p.ignore_eos == Some(true) {
+        let bias: Vec<LlamaLogitBias> = eog
+            .iter()
+            .map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
+    }
     if repeat_penalty != 1.0 {
         chain.push(LlamaSampler::penalties(
             n_vocab,

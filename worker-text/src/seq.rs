@@ -28,6 +28,8 @@ pub struct Finished {
     pub reason: FinishReason,
     /// Prompt tokens.
     pub prompt_tokens: u32,
+    /// Of them, those whose KV cache the slot kept from an earlier call.
+    pub cached_tokens: u32,
     /// Generated tokens, the stop string's excluded.
     pub completion_tokens: u32,
     /// Prompt processing time.
@@ -55,7 +57,12 @@ pub enum Event {
 pub(crate) struct SeqSpec<'a> {
     pub(crate) slot: usize,
     pub(crate) prompt: Vec<LlamaToken>,
+    /// Leading prompt tokens already in the slot's KV cache.
+    pub(crate) reused: usize,
     pub(crate) max_tokens: usize,
+    /// End-of-generation tokens and stop strings cannot end the call
+    /// before this many tokens.
+    pub(crate) min_tokens: usize,
     pub(crate) n_ctx: usize,
     pub(crate) sampler: LlamaSampler,
     pub(crate) seed: u64,
@@ -72,6 +79,11 @@ pub struct Seq {
     pub(crate) pos: usize,
     /// The sampled token to feed next.
     pub(crate) next_input: Option<LlamaToken>,
+    /// Generated tokens fed back (their KV is in the slot after the prompt).
+    pub(crate) fed_back: Vec<LlamaToken>,
+    /// Leading prompt tokens reused from the slot's cache.
+    reused: usize,
+    min_tokens: usize,
     /// Index of this sequence's logits in the current batch.
     pub(crate) logits_at: Option<usize>,
     pub(crate) sampler: LlamaSampler,
@@ -106,9 +118,12 @@ impl Seq {
         Seq {
             slot: spec.slot,
             prompt: spec.prompt,
-            fed: 0,
-            pos: 0,
+            fed: spec.reused,
+            pos: spec.reused,
             next_input: None,
+            fed_back: Vec::new(),
+            reused: spec.reused,
+            min_tokens: spec.min_tokens,
             logits_at: None,
             sampler: spec.sampler,
             max_tokens: spec.max_tokens,
@@ -136,6 +151,20 @@ impl Seq {
         self.done
     }
 
+    /// The tokens whose KV cache the slot holds now, in position order:
+    /// the prompt decoded so far, then the generated tokens fed back.
+    pub fn tokens_in_cache(&self) -> Vec<LlamaToken> {
+        let mut t = Vec::with_capacity(self.fed + self.fed_back.len());
+        t.extend_from_slice(&self.prompt[..self.fed]);
+        t.extend_from_slice(&self.fed_back);
+        t
+    }
+
+    /// End-of-generation tokens must not be sampled yet (`min_tokens`).
+    pub(crate) fn holds_eog(&self) -> bool {
+        (self.generated as usize) < self.min_tokens
+    }
+
     /// Handles the token sampled for this sequence.
     pub(crate) fn on_sampled(&mut self, token: LlamaToken, vocab: &LlamaVocab<'_>) {
         let now = Instant::now();
@@ -147,7 +176,9 @@ impl Seq {
         self.piece.clear();
         vocab.token_to_piece_into(token, &mut self.piece, false, None);
         let decoded = self.utf8.push(&self.piece);
-        match self.stops.push(&decoded) {
+        // A stop string completed before `min_tokens` is text.
+        let may_stop = self.generated as usize >= self.min_tokens;
+        match self.stops.push(&decoded, may_stop) {
             Filtered::Stopped(text) => {
                 if !text.is_empty() {
                     // The text before the stop string still goes out; the
@@ -183,7 +214,7 @@ impl Seq {
         if reason == FinishReason::Stop {
             tail.clear();
         } else {
-            let mut rest = match self.stops.push(&tail) {
+            let mut rest = match self.stops.push(&tail, true) {
                 Filtered::Text(t) | Filtered::Stopped(t) => t,
             };
             rest.push_str(&self.stops.finish());
@@ -193,6 +224,7 @@ impl Seq {
         self.events.push(Event::Done(Finished {
             reason,
             prompt_tokens: self.prompt.len() as u32,
+            cached_tokens: self.reused as u32,
             completion_tokens: self.generated,
             prompt: prompt_done - self.started,
             generation: prompt_done.elapsed(),

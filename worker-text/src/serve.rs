@@ -94,6 +94,11 @@ impl Family for Text {
                     "text.embeddings is true, but the model file declares no pooling: it is a generation model",
                 ));
             }
+            _ if model.is_embedding() && options.prompt_cache == Some(true) => {
+                return Err(WorkerError::invalid(
+                    "text.prompt_cache is true, but the model file is an embedding model: prompt-prefix reuse applies to generation models",
+                ));
+            }
             _ if model.is_embedding() => {
                 let mut embedder = Embedder::new(model, &options)?;
                 warm_up_embed(&mut embedder)?;
@@ -172,6 +177,8 @@ impl Family for Text {
             .iter()
             .position(|s| s.as_ref().is_some_and(|a| a.id == id))
         {
+            // Cancelled between steps: the slot's cache holds exactly
+            // what the sequence decoded, which later calls may reuse.
             self.release(i);
         } else if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
             self.waiting.remove(i);
@@ -208,10 +215,11 @@ impl Family for Text {
 }
 
 impl Text {
+    /// A sequence leaves its slot; the slot keeps what it decoded (with
+    /// prompt-prefix reuse on).
     fn release(&mut self, slot: usize) {
-        self.slots[slot] = None;
-        if let Some(e) = self.engine.as_mut() {
-            e.free(slot);
+        if let (Some(a), Some(e)) = (self.slots[slot].take(), self.engine.as_mut()) {
+            e.finish(&a.seq);
         }
     }
 
@@ -243,9 +251,15 @@ impl Text {
         }
     }
 
-    /// Starts waiting requests in free slots.
+    /// Starts waiting requests in free slots (the engine picks which).
     fn admit(&mut self, cx: &mut Context) {
-        while let Some(slot) = self.slots.iter().position(Option::is_none) {
+        loop {
+            let free: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].is_none())
+                .collect();
+            if free.is_empty() {
+                return;
+            }
             let Some(w) = self.waiting.pop_front() else {
                 return;
             };
@@ -253,8 +267,9 @@ impl Text {
                 cx.fail(w.id, &not_loaded());
                 continue;
             };
-            match engine.start(slot, &w.req) {
+            match engine.start(&free, &w.req) {
                 Ok(seq) => {
+                    let slot = seq.slot();
                     self.slots[slot] = Some(Active {
                         id: w.id,
                         deadline_ms: w.deadline_ms,
@@ -299,12 +314,12 @@ impl Text {
         match engine.step(&mut seqs) {
             Ok(n) => self.tokens_generated += n as u64,
             Err(e) => {
-                // A failed decode fails every sequence in it.
+                // A failed decode fails every sequence in it, and leaves
+                // their caches unknown: they are cleared.
                 for i in 0..self.slots.len() {
-                    if let Some(a) = &self.slots[i] {
-                        let id = a.id;
-                        self.release(i);
-                        cx.fail(id, &e);
+                    if let Some(a) = self.slots[i].take() {
+                        engine.free(i);
+                        cx.fail(a.id, &e);
                     }
                 }
                 return Ok(true);
@@ -370,6 +385,7 @@ fn final_message(f: Finished, arrived: Instant, queued: Duration) -> GenerationD
         usage: Some(Usage {
             prompt_tokens: f.prompt_tokens,
             completion_tokens: f.completion_tokens,
+            cached_tokens: f.cached_tokens,
         }),
         timings: Some(TextTimings {
             queue_us: queued.as_micros() as u64,
@@ -414,7 +430,7 @@ fn warm_up(engine: &mut Engine) -> Result<(), WorkerError> {
         }),
         ..Default::default()
     };
-    let mut seq = engine.start(0, &req)?;
+    let mut seq = engine.start(&[0], &req)?;
     while !seq.is_done() {
         engine.step(&mut [&mut seq])?;
     }

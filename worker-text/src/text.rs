@@ -80,14 +80,17 @@ impl StopFilter {
         }
     }
 
-    /// Adds decoded text.
-    pub fn push(&mut self, text: &str) -> Filtered {
+    /// Adds decoded text. While `may_stop` is false (`min_tokens` not
+    /// reached) a stop string in it is text: it goes out, and only a tail
+    /// that may still become a stop string is held.
+    pub fn push(&mut self, text: &str, may_stop: bool) -> Filtered {
         self.held.push_str(text);
         if let Some(at) = self
             .stops
             .iter()
             .filter_map(|s| self.held.find(s.as_str()))
             .min()
+            .filter(|_| may_stop)
         {
             let before = self.held[..at].to_owned();
             self.held.clear();
@@ -130,6 +133,12 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
 mod tests {
     use super::*;
 
+    impl StopFilter {
+        fn push_t(&mut self, text: &str) -> Filtered {
+            self.push(text, true)
+        }
+    }
+
     #[test]
     fn an_emoji_split_over_pieces_is_emitted_whole() {
         let mut d = Utf8Stream::default();
@@ -155,19 +164,30 @@ mod tests {
     #[test]
     fn stop_strings_match_across_pieces_and_are_never_emitted() {
         let mut f = StopFilter::new(&["</end>".into()]);
-        assert_eq!(f.push("hello <"), Filtered::Text("hello ".into()));
-        assert_eq!(f.push("/en"), Filtered::Text(String::new()));
-        assert_eq!(f.push("d> tail"), Filtered::Stopped(String::new()));
+        assert_eq!(f.push_t("hello <"), Filtered::Text("hello ".into()));
+        assert_eq!(f.push_t("/en"), Filtered::Text(String::new()));
+        assert_eq!(f.push_t("d> tail"), Filtered::Stopped(String::new()));
         let mut f = StopFilter::new(&["\n\n".into()]);
-        assert_eq!(f.push("a\n"), Filtered::Text("a".into()));
-        assert_eq!(f.push("b"), Filtered::Text("\nb".into()));
+        assert_eq!(f.push_t("a\n"), Filtered::Text("a".into()));
+        assert_eq!(f.push_t("b"), Filtered::Text("\nb".into()));
         assert_eq!(f.finish(), "");
+    }
+
+    #[test]
+    fn a_stop_string_before_min_tokens_is_text() {
+        let mut f = StopFilter::new(&["END".into()]);
+        assert_eq!(
+            f.push("a END b E", false),
+            Filtered::Text("a END b ".into())
+        );
+        // Armed now: the held "E" completes a stop string.
+        assert_eq!(f.push("ND c", true), Filtered::Stopped(String::new()));
     }
 
     #[test]
     fn held_text_comes_out_at_the_end() {
         let mut f = StopFilter::new(&["STOP".into()]);
-        assert_eq!(f.push("ST"), Filtered::Text(String::new()));
+        assert_eq!(f.push_t("ST"), Filtered::Text(String::new()));
         assert_eq!(f.finish(), "ST");
     }
 }

@@ -89,6 +89,12 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
             TextSpec::default()
         }
         Some(load_model_request::Options::Text(t)) if family == Family::Text => {
+            if t.prompt_cache == Some(true) && t.embeddings == Some(true) {
+                return Err(Error::InvalidArgument(
+                    "text.prompt_cache = true needs a generation model, but text.embeddings = true"
+                        .into(),
+                ));
+            }
             if t.parallel > 64 {
                 return Err(Error::InvalidArgument(format!(
                     "text.parallel {} exceeds the limit of 64",
@@ -103,6 +109,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
                 batch_size: t.batch_size,
                 chat_template: t.chat_template,
                 embeddings: t.embeddings,
+                prompt_cache: t.prompt_cache,
             }
         }
         Some(_) => {

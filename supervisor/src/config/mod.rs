@@ -332,6 +332,11 @@ pub struct TextSpec {
     /// Serve Embed instead of generation; absent = decided by the model
     /// file (encoder models such as BERT are embedding models).
     pub embeddings: Option<bool>,
+    /// Prompt-prefix reuse: slots keep their KV cache after a call and a
+    /// call sharing a prefix decodes only the rest; absent = on for
+    /// generation models. `prompt_cache = true` with `embeddings = true`
+    /// is a config error.
+    pub prompt_cache: Option<bool>,
 }
 
 impl TextSpec {
@@ -345,7 +350,18 @@ impl TextSpec {
             batch_size: self.batch_size,
             chat_template: self.chat_template.clone(),
             embeddings: self.embeddings,
+            prompt_cache: self.prompt_cache,
         }
+    }
+
+    /// Options that contradict each other, named with the model.
+    fn validate(&self, model: &str) -> Result<(), Error> {
+        if self.prompt_cache == Some(true) && self.embeddings == Some(true) {
+            return Err(Error::Config(format!(
+                "model {model:?}: text.prompt_cache = true needs a generation model, but text.embeddings = true (embedding models keep no prompt cache)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -461,6 +477,7 @@ impl Config {
             if !seen.insert(&m.id) {
                 return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
             }
+            m.text.validate(&m.id)?;
         }
         self.auth.validate()?;
         self.cache.validate()?;

@@ -61,6 +61,39 @@ fn unknown_keys_and_duplicate_ids_are_refused() {
 }
 
 #[test]
+fn prompt_cache_is_on_by_default_and_refused_on_an_embedding_model() {
+    let model = |text: &str| {
+        toml::from_str::<Config>(&format!(
+            "[[models]]\nid='m'\nfamily='text'\npath='x'\ntext = {{ {text} }}\n"
+        ))
+        .unwrap()
+    };
+    let c = model("");
+    assert_eq!(c.models[0].text.to_proto().prompt_cache, None);
+    c.validate().unwrap();
+    let c = model("prompt_cache = false");
+    assert_eq!(c.models[0].text.to_proto().prompt_cache, Some(false));
+    c.validate().unwrap();
+    let err = model("prompt_cache = true, embeddings = true")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "\"m\"",
+        "text.prompt_cache = true",
+        "text.embeddings = true",
+    ] {
+        assert!(err.contains(part), "{err}");
+    }
+    assert!(
+        toml::from_str::<Config>(
+            "[[models]]\nid='m'\nfamily='text'\npath='x'\ntext = { prompt_cache = 1 }\n"
+        )
+        .is_err()
+    );
+}
+
+#[test]
 fn a_vision_model_takes_its_ssd_options_from_the_file() {
     let c: Config = toml::from_str(
         "[[models]]\nid='palm'\nfamily='vision'\npath='palm_detection_lite.tflite'\nvision = { threads = 2, ssd = { input_width = 192, input_height = 192, min_scale = 0.1484375, max_scale = 0.75, strides = [8, 16, 16, 16], num_keypoints = 7, labels = ['palm'] } }\n",

@@ -156,6 +156,7 @@ pub async fn embed(
         usage: Some(Usage {
             prompt_tokens,
             completion_tokens: 0,
+            cached_tokens: 0,
         }),
         timings: Some(timings),
     };
