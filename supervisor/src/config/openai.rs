@@ -146,7 +146,10 @@ mod tests {
         );
         let c: OpenAiConfig = toml::from_str("chat_timeout = 0").expect("parses");
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("openai.chat_timeout must be more than 0 s"), "{e}");
+        assert!(
+            e.contains("openai.chat_timeout must be more than 0 s"),
+            "{e}"
+        );
         let e = toml::from_str::<OpenAiConfig>("adress = \"x\"").unwrap_err();
         assert!(e.to_string().contains("unknown field `adress`"), "{e}");
         assert!(OpenAiConfig::default().validate().is_ok());

@@ -62,10 +62,16 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
     };
     let text = prompt(p)?;
     if body.echo == Some(true) {
-        return Err(ApiError::invalid("echo", "echo is not supported by this server"));
+        return Err(ApiError::invalid(
+            "echo",
+            "echo is not supported by this server",
+        ));
     }
     if body.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid("suffix", "suffix is not supported by this server"));
+        return Err(ApiError::invalid(
+            "suffix",
+            "suffix is not supported by this server",
+        ));
     }
     if let Some(b) = body.best_of.filter(|&b| b != 1) {
         return Err(ApiError::invalid(

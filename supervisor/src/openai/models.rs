@@ -59,8 +59,10 @@ pub(super) async fn one(
         None => {
             let shown: String = model.chars().take(128).collect();
             ApiError::from(
-                Error::NotFound(format!("model {shown:?} is not a text model this server serves"))
-                    .with_request_id(&call.id, &call.identity.to_string()),
+                Error::NotFound(format!(
+                    "model {shown:?} is not a text model this server serves"
+                ))
+                .with_request_id(&call.id, &call.identity.to_string()),
             )
             .with_param("model")
             .into_response()

@@ -65,8 +65,7 @@ pub(super) fn options(s: &GenBody, max_override: Option<u32>) -> Result<Options,
             ));
         }
     }
-    if s
-        .logprobs
+    if s.logprobs
         .as_ref()
         .is_some_and(|v| !(v.is_null() || *v == serde_json::Value::Bool(false)))
         || s.top_logprobs.is_some()

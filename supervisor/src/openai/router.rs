@@ -70,7 +70,12 @@ impl Call {
     /// The request `TextApi` gets: the id, the identity, the forwarded
     /// headers, and a `grpc-timeout` of `default` shortened by
     /// `x-request-timeout`, never over `max` (`deadlines.max`).
-    pub(super) fn request<T>(&self, message: T, default: Duration, max: Duration) -> tonic::Request<T> {
+    pub(super) fn request<T>(
+        &self,
+        message: T,
+        default: Duration,
+        max: Duration,
+    ) -> tonic::Request<T> {
         let timeout = self
             .timeout
             .map_or(default, |t| t.min(default))
@@ -161,22 +166,27 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let finish = |resp: Response, record: &Mutex<Option<Record>>| {
-        if let Some(mut r) = record.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let code = resp.extensions().get::<Code>().copied().unwrap_or(
-                if resp.status().is_success() {
-                    Code::Ok
-                } else {
-                    Code::Unknown
-                },
-            );
-            r.finish(code as i32);
-        }
-        resp
-    };
+    let finish =
+        |resp: Response, record: &Mutex<Option<Record>>| {
+            if let Some(mut r) = record.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let code = resp.extensions().get::<Code>().copied().unwrap_or(
+                    if resp.status().is_success() {
+                        Code::Ok
+                    } else {
+                        Code::Unknown
+                    },
+                );
+                r.finish(code as i32);
+            }
+            resp
+        };
     crate::metrics::within(Some(info), async move {
         let method = Method {
-            label: format!("{} {}", req.method(), path.chars().take(128).collect::<String>()),
+            label: format!(
+                "{} {}",
+                req.method(),
+                path.chars().take(128).collect::<String>()
+            ),
             scope: Scope::Infer,
         };
         let decision = ctx.auth.decide_for(&req, &method);
