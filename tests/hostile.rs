@@ -278,13 +278,13 @@ async fn made_up_model_ids_and_method_paths_add_no_series_and_no_lines() {
     );
     assert!(
         after.iter().any(|l| l.starts_with(
-            "sidecar_requests_total{method=\"unknown\",model=\"\",code=\"UNIMPLEMENTED\",client=\"anonymous\"} "
+            "sidecar_requests_total{method=\"unknown\",model=\"\",code=\"UNIMPLEMENTED\",client=\"anonymous\",protocol=\"grpc\"} "
         )),
         "made-up paths count under method unknown"
     );
     assert!(
         after.iter().any(|l| l.starts_with(
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\",client=\"anonymous\"} "
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\",client=\"anonymous\",protocol=\"grpc\"} "
         )),
         "made-up ids count under model unknown"
     );

@@ -226,7 +226,7 @@ fn refused_start(socket: &Path) -> (i32, String) {
     std::fs::write(
         &file,
         format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n[openai]\naddress = \"127.0.0.1:0\"\n",
             store.path().display(),
             socket.display()
         ),

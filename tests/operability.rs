@@ -86,19 +86,19 @@ async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
     assert_eq!(code, 200);
     let want = [
         (
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"smollm2\",code=\"OK\",client=\"anonymous\"}",
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"smollm2\",code=\"OK\",client=\"anonymous\",protocol=\"grpc\"}",
             3.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/Tokenize\",model=\"smollm2\",code=\"OK\",client=\"anonymous\"}",
+            "sidecar_requests_total{method=\"TextService/Tokenize\",model=\"smollm2\",code=\"OK\",client=\"anonymous\",protocol=\"grpc\"}",
             1.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\",client=\"anonymous\"}",
+            "sidecar_requests_total{method=\"TextService/Generate\",model=\"unknown\",code=\"NOT_FOUND\",client=\"anonymous\",protocol=\"grpc\"}",
             1.0,
         ),
         (
-            "sidecar_requests_total{method=\"TextService/GenerateStream\",model=\"smollm2\",code=\"DEADLINE_EXCEEDED\",client=\"anonymous\"}",
+            "sidecar_requests_total{method=\"TextService/GenerateStream\",model=\"smollm2\",code=\"DEADLINE_EXCEEDED\",client=\"anonymous\",protocol=\"grpc\"}",
             1.0,
         ),
         (
@@ -110,11 +110,11 @@ async fn metrics_match_a_scripted_mix_of_calls_a_crash_and_a_timeout() {
             1.0,
         ),
         (
-            "sidecar_request_duration_seconds_count{method=\"TextService/Generate\",model=\"smollm2\"}",
+            "sidecar_request_duration_seconds_count{method=\"TextService/Generate\",model=\"smollm2\",protocol=\"grpc\"}",
             3.0,
         ),
         (
-            "sidecar_queue_wait_seconds_count{method=\"TextService/Generate\",model=\"smollm2\"}",
+            "sidecar_queue_wait_seconds_count{method=\"TextService/Generate\",model=\"smollm2\",protocol=\"grpc\"}",
             3.0,
         ),
     ];

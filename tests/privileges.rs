@@ -51,7 +51,7 @@ fn start_log(args: &[&str]) -> String {
     std::fs::write(
         &config,
         format!(
-            "admin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n",
+            "admin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\n[openai]\naddress = \"127.0.0.1:0\"\n",
             dir.path().display(),
             dir.path().join("control.sock").display()
         ),

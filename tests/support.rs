@@ -105,6 +105,10 @@ pub struct Sidecar {
     pub api: SocketAddr,
     /// HTTP admin address.
     pub admin: SocketAddr,
+    /// The OpenAI-compatible HTTP API's TCP address (`None`: disabled or
+    /// on a Unix socket). Every sidecar started here binds it to a free
+    /// port unless its config has an `[openai]` section of its own.
+    pub openai: Option<SocketAddr>,
     /// Its model store.
     pub store: tempfile::TempDir,
     /// Where its stderr and stdout go ([`Sidecar::start_logged`]); `None`:
@@ -141,8 +145,14 @@ impl Sidecar {
         )
         .expect("chmod 0700 the store");
         let file = store.path().join("sidecar.toml");
+        // Never the default 127.0.0.1:8080: tests run side by side.
+        let openai = if config.contains("[openai]") {
+            ""
+        } else {
+            "\n[openai]\naddress = \"127.0.0.1:0\"\n"
+        };
         let full = format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\nlite_runtime = \"{}\"\n{config}",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodel_store = \"{}\"\ncontrol_socket = \"{}\"\nlite_runtime = \"{}\"\n{config}{openai}",
             store.path().display(),
             store.path().join("control.sock").display(),
             root().join("runtime/litert/libLiteRt.so").display()
@@ -206,9 +216,14 @@ impl Sidecar {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in {line:?}"))
         };
+        let openai = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("openai="))
+            .and_then(|a| a.parse().ok());
         Sidecar {
             api: field("api="),
             admin: field("admin="),
+            openai,
             child,
             store,
             log,

@@ -41,7 +41,8 @@ const SERVICES: [&str; 4] = [
 
 /// Runs the supervisor until `shutdown` completes, then drains and stops
 /// every worker. Prints one line to stdout once listening:
-/// `sidecar listening api=ADDR admin=ADDR`.
+/// `sidecar listening api=ADDR admin=ADDR openai=ADDR` (`openai=off` when
+/// the HTTP API is disabled).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -117,10 +118,19 @@ pub async fn run(
     let api = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("API socket: {e}")))?;
-    tracing::info!(%api, %admin, tls = tls.is_some(), control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
+    // The OpenAI-compatible HTTP API: its own listener, the same call path.
+    let http_tls = match (&config.tls, config.openai.enabled) {
+        (Some(t), true) => Some(crate::net::tls::Acceptor::start_http(t)?),
+        _ => None,
+    };
+    let openai = crate::openai::start(registry.clone(), auth.clone(), http_tls).await?;
+    let openai_addr = openai
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |s| s.address.clone());
+    tracing::info!(%api, %admin, openai = %openai_addr, tls = tls.is_some(), control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
     let _ = writeln!(
         std::io::stdout(),
-        "sidecar listening api={api} admin={admin}"
+        "sidecar listening api={api} admin={admin} openai={openai_addr}"
     );
 
     let limit = config.max_message_bytes;
@@ -239,10 +249,13 @@ pub async fn run(
             .await;
     }
     let _ = stop_tx.send(());
-    if tokio::time::timeout(config.shutdown_grace, server)
-        .await
-        .is_err()
-    {
+    let http = async {
+        if let Some(s) = openai {
+            s.stop(config.shutdown_grace).await;
+        }
+    };
+    let (grpc, ()) = tokio::join!(tokio::time::timeout(config.shutdown_grace, server), http);
+    if grpc.is_err() {
         tracing::warn!(
             "calls still running after {:?}; stopping anyway",
             config.shutdown_grace

@@ -222,6 +222,29 @@ impl From<Error> for Status {
     }
 }
 
+/// The HTTP status a call's gRPC code becomes on the OpenAI-compatible
+/// HTTP API (`openai`): the one step after [`From<Error> for Status`], so
+/// the variants are mapped once. A FAILED model (FAILED_PRECONDITION) is
+/// 503 as a loading or restarting one is; a rate limit or a full queue
+/// (RESOURCE_EXHAUSTED) 429; a client that went away 499 (nginx's "client
+/// closed request": nobody reads it).
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unimplemented => 501,
+        Code::Unavailable | Code::FailedPrecondition => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}
+
 /// `[request ID client NAME]`, empty parts left out.
 fn request_line(id: &str, client: &str) -> String {
     match (id.is_empty(), client.is_empty()) {
@@ -255,6 +278,37 @@ mod tests {
             e.to_string(),
             "request (another call): bad [request r-2 client b]"
         );
+    }
+
+    #[test]
+    fn every_error_has_the_http_status_a_client_expects() {
+        for (e, want) in [
+            (Error::InvalidArgument("x".into()), 400),
+            (Error::Unauthenticated("x".into()), 401),
+            (Error::PermissionDenied("x".into()), 403),
+            (Error::NotFound("x".into()), 404),
+            (Error::ResourceExhausted("x".into()), 429),
+            (
+                Error::RateLimited {
+                    message: "x".into(),
+                    retry_after: Duration::from_millis(5),
+                },
+                429,
+            ),
+            (Error::Unavailable("x".into()), 503),
+            (Error::FailedPrecondition("x".into()), 503),
+            (Error::DeadlineExceeded("x".into()), 504),
+            (Error::Internal("x".into()), 500),
+            (
+                Error::WorkerDied {
+                    pid: 1,
+                    error: Box::new(Error::Unavailable("x".into())),
+                },
+                503,
+            ),
+        ] {
+            assert_eq!(http_status(Status::from(e.clone()).code()), want, "{e:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod openai;
 pub mod pulse;
 pub mod registry;
 pub mod shared;

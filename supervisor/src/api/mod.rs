@@ -84,6 +84,7 @@ pub async fn call_worker<T>(
                 .get_or_create(&crate::metrics::MethodModel {
                     method,
                     model: model_id,
+                    protocol: crate::metrics::call_protocol().to_owned(),
                 })
                 .observe(call.queued.as_secs_f64());
             Ok(call)

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use super::identity::{Bearer, bearer, client_id, peer_uid};
+use super::scope::Method;
 use super::{Auth, Identity, Scope, Scopes, UNAUTHENTICATED};
 use crate::error::Error;
 
@@ -68,34 +69,15 @@ pub struct Decision {
 impl Auth {
     /// Who calls, and whether they may call `req`'s method on `listener`.
     pub fn decide<B>(&self, req: &http::Request<B>, listener: Listener) -> Decision {
-        let uid = peer_uid(req);
         if listener == Listener::Control {
             return Decision {
-                identity: uid.map_or(Identity::Anonymous, Identity::Uid),
+                identity: peer_uid(req).map_or(Identity::Anonymous, Identity::Uid),
                 refusal: None,
             };
         }
-        let headers = req.headers();
-        let (identity, scopes) = if self.has_tokens() {
-            match bearer(headers) {
-                Bearer::Secret(secret) => match self.tokens().find(secret) {
-                    Some(t) => (Identity::Token(t.name.clone()), t.scopes),
-                    None => return unauthenticated(),
-                },
-                Bearer::Malformed => return unauthenticated(),
-                // A local process is known by its uid (the Unix listener
-                // of the colocated-clients issue): what an open API gives.
-                Bearer::Absent => match uid {
-                    Some(uid) => (Identity::Uid(uid), Scopes::OPEN),
-                    None => return unauthenticated(),
-                },
-            }
-        } else {
-            let identity = match uid {
-                Some(uid) => Identity::Uid(uid),
-                None => client_id(headers, &self.clients),
-            };
-            (identity, Scopes::OPEN)
+        let (identity, scopes) = match self.caller(req) {
+            Ok(caller) => caller,
+            Err(refused) => return refused,
         };
         let path = req.uri().path();
         let Some(method) = self.methods.get(path) else {
@@ -109,6 +91,50 @@ impl Auth {
                 ))),
             };
         };
+        self.check(identity, scopes, method)
+    }
+
+    /// Who calls, and whether they may call `method` (a route of the HTTP
+    /// API, `openai`): the same tokens, scopes and anonymous rules as the
+    /// gRPC API port's.
+    pub fn decide_for<B>(&self, req: &http::Request<B>, method: &Method) -> Decision {
+        match self.caller(req) {
+            Ok((identity, scopes)) => self.check(identity, scopes, method),
+            Err(refused) => refused,
+        }
+    }
+
+    /// The caller on the network API and its scopes; a refusal when a
+    /// tokens file is configured and the call has no known token.
+    fn caller<B>(&self, req: &http::Request<B>) -> Result<(Identity, Scopes), Decision> {
+        let uid = peer_uid(req);
+        let headers = req.headers();
+        let (identity, scopes) = if self.has_tokens() {
+            match bearer(headers) {
+                Bearer::Secret(secret) => match self.tokens().find(secret) {
+                    Some(t) => (Identity::Token(t.name.clone()), t.scopes),
+                    None => return Err(unauthenticated()),
+                },
+                Bearer::Malformed => return Err(unauthenticated()),
+                // A local process is known by its uid (the Unix listener
+                // of the colocated-clients issue): what an open API gives.
+                Bearer::Absent => match uid {
+                    Some(uid) => (Identity::Uid(uid), Scopes::OPEN),
+                    None => return Err(unauthenticated()),
+                },
+            }
+        } else {
+            let identity = match uid {
+                Some(uid) => Identity::Uid(uid),
+                None => client_id(headers, &self.clients),
+            };
+            (identity, Scopes::OPEN)
+        };
+        Ok((identity, scopes))
+    }
+
+    /// Whether `identity` with `scopes` may call `method`.
+    fn check(&self, identity: Identity, scopes: Scopes, method: &Method) -> Decision {
         let refusal = if scopes.has(method.scope) {
             None
         } else if !self.has_tokens() && method.scope == Scope::Manage {

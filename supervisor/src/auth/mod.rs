@@ -35,7 +35,7 @@ use crate::error::Error;
 
 pub use identity::{Bearer, Identity, MAX_AUTHORIZATION, bearer, client_id, peer_uid};
 pub use layer::{AuthLayer, AuthService, Listener};
-pub use scope::{MethodScopes, Scope, Scopes};
+pub use scope::{Method, MethodScopes, Scope, Scopes};
 pub use tokens::{Tokens, hash_line};
 
 /// The message of every UNAUTHENTICATED answer. It never holds what the

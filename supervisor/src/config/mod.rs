@@ -17,6 +17,7 @@ mod auth;
 mod cache;
 mod connections;
 mod exposure;
+mod openai;
 pub mod small_file;
 mod store;
 mod tls;
@@ -27,6 +28,7 @@ mod workers;
 pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use cache::{CacheConfig, MAX_CACHE_BYTES, MIN_CACHE_BYTES, ModelCacheConfig};
 pub use connections::Connections;
+pub use openai::{HttpAddress, OpenAiConfig};
 pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
 pub use traffic::{ClassSpec, MAX_IN_FLIGHT, TrafficConfig};
@@ -107,6 +109,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Client classes: rate limits, weights, queue bounds (`[traffic]`).
     pub traffic: TrafficConfig,
+    /// The OpenAI-compatible HTTP API (`[openai]`, `config::openai`).
+    pub openai: OpenAiConfig,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -419,6 +423,7 @@ impl Default for Config {
             tls: None,
             auth: AuthConfig::default(),
             traffic: TrafficConfig::default(),
+            openai: OpenAiConfig::default(),
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -481,6 +486,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.cache.validate()?;
+        self.openai.validate()?;
         self.traffic.validate_with(&self.workers, &self.models)?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;

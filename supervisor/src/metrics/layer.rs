@@ -12,13 +12,25 @@ use super::{CallLabels, MethodModel, Metrics, code_name};
 /// What the layer knows of a call, and what the handler adds.
 #[derive(Debug, Default)]
 pub struct CallInfo {
-    /// "TextService/Generate".
+    /// "TextService/Generate", or an HTTP route's name
+    /// ("openai/chat.completions").
     pub method: String,
+    /// `grpc` or `http`.
+    pub protocol: &'static str,
     model: Mutex<String>,
     client: Mutex<String>,
 }
 
 impl CallInfo {
+    /// A call of `method` that came in by `protocol`.
+    pub fn new(method: &str, protocol: &'static str) -> CallInfo {
+        CallInfo {
+            method: method.to_owned(),
+            protocol,
+            ..Default::default()
+        }
+    }
+
     /// The model the call names.
     pub fn model(&self) -> String {
         self.model
@@ -40,6 +52,14 @@ pub fn note_model(model: &str) -> String {
         c.method.clone()
     })
     .unwrap_or_default()
+}
+
+/// The current call's protocol (`grpc` or `http`); outside a call: `grpc`.
+pub fn call_protocol() -> &'static str {
+    CALL.try_with(|c| c.protocol)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("grpc")
 }
 
 /// The current call's scope (its method, model and client), to carry
@@ -153,13 +173,9 @@ where
                 .get(path)
                 .map_or_else(|| UNKNOWN.to_owned(), Clone::clone)
         };
-        let info = Arc::new(CallInfo {
-            method,
-            ..Default::default()
-        });
-        let started = Instant::now();
-        let metrics = self.metrics.clone();
-        let fut = CALL.scope(info.clone(), self.inner.call(req));
+        let info = Arc::new(CallInfo::new(&method, "grpc"));
+        let mut record = Record::new(info.clone(), self.metrics.clone());
+        let fut = CALL.scope(info, self.inner.call(req));
         Box::pin(async move {
             let resp = fut.await?;
             // An error answer carries its status in the headers.
@@ -168,12 +184,6 @@ where
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok());
-            let mut record = Record {
-                info,
-                metrics,
-                started,
-                done: false,
-            };
             if let Some(code) = code {
                 record.finish(code);
             }
@@ -182,7 +192,11 @@ where
     }
 }
 
-struct Record {
+/// One call's count and latency, recorded once: with its gRPC code
+/// ([`Record::finish`]), or CANCELLED when dropped before (the client
+/// went away).
+#[derive(Debug)]
+pub struct Record {
     info: Arc<CallInfo>,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -190,7 +204,18 @@ struct Record {
 }
 
 impl Record {
-    fn finish(&mut self, code: i32) {
+    /// Starts timing the call `info`.
+    pub fn new(info: Arc<CallInfo>, metrics: Arc<Metrics>) -> Record {
+        Record {
+            info,
+            metrics,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Records the call with its gRPC code (the first time only).
+    pub fn finish(&mut self, code: i32) {
         if self.done {
             return;
         }
@@ -212,12 +237,14 @@ impl Record {
                 model: model.clone(),
                 code: code_name(code).to_owned(),
                 client: m.client_label(&client),
+                protocol: self.info.protocol.to_owned(),
             })
             .inc();
         m.latency
             .get_or_create(&MethodModel {
                 method: self.info.method.clone(),
                 model,
+                protocol: self.info.protocol.to_owned(),
             })
             .observe(self.started.elapsed().as_secs_f64());
     }

@@ -59,7 +59,8 @@ pub struct ModelGauges {
 mod layer;
 
 pub use layer::{
-    CallInfo, CallLayer, CallService, Recorded, call_scope, note_client, note_model, within,
+    CallInfo, CallLayer, CallService, Record, Recorded, call_protocol, call_scope, note_client,
+    note_model, within,
 };
 
 /// `method`, `model` and the gRPC `code` name.
@@ -74,6 +75,8 @@ pub struct CallLabels {
     /// The caller (`auth::Identity`): at most [`MAX_CLIENTS`] distinct
     /// values, then [`OTHER_CLIENT`].
     pub client: String,
+    /// The API the call came in by: `grpc` or `http` (the OpenAI API).
+    pub protocol: String,
 }
 
 /// Most distinct `client` label values; later callers are counted as
@@ -82,13 +85,15 @@ pub const MAX_CLIENTS: usize = 256;
 /// The `client` label past [`MAX_CLIENTS`].
 pub const OTHER_CLIENT: &str = "other";
 
-/// `method` and `model`.
+/// `method`, `model` and `protocol`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodModel {
-    /// gRPC method.
+    /// gRPC method, or the HTTP API's route name ("openai/chat.completions").
     pub method: String,
     /// Model id.
     pub model: String,
+    /// `grpc` or `http`.
+    pub protocol: String,
 }
 
 /// `model`.

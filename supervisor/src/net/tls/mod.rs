@@ -29,6 +29,9 @@ pub struct Acceptor {
     tls: Tls,
     /// Handshakes that failed or timed out (logged at 1, 2, 4, 8, ...).
     failed: AtomicU64,
+    /// The protocols offered in ALPN: `h2` on the gRPC port, `h2` and
+    /// `http/1.1` on the HTTP API's.
+    alpn: Vec<Vec<u8>>,
 }
 
 impl Acceptor {
@@ -36,13 +39,26 @@ impl Acceptor {
     /// wrong) and starts watching them for changes: the watch stops once
     /// the acceptor is dropped.
     pub fn start(tls: &Tls) -> Result<Arc<Acceptor>, Error> {
+        Self::start_with_alpn(tls, vec![b"h2".to_vec()])
+    }
+
+    /// [`Acceptor::start`] for an HTTP/1.1 and HTTP/2 listener (the
+    /// OpenAI-compatible API): ALPN offers `h2` and `http/1.1`.
+    pub fn start_http(tls: &Tls) -> Result<Arc<Acceptor>, Error> {
+        Self::start_with_alpn(tls, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+    }
+
+    fn start_with_alpn(tls: &Tls, alpn: Vec<Vec<u8>>) -> Result<Arc<Acceptor>, Error> {
         // The files' stamps before they are read: a change made while
         // they are read is seen by the first check.
         let stamps = reload::Stamps::of(tls);
+        let mut config = tls.server_config()?;
+        config.alpn_protocols = alpn.clone();
         let acceptor = Arc::new(Acceptor {
-            current: RwLock::new(Arc::new(tls.server_config()?)),
+            current: RwLock::new(Arc::new(config)),
             tls: tls.clone(),
             failed: AtomicU64::new(0),
+            alpn,
         });
         tracing::info!(
             cert = %tls.cert.display(),
@@ -62,7 +78,8 @@ impl Acceptor {
             .clone()
     }
 
-    fn replace(&self, config: ServerConfig) {
+    fn replace(&self, mut config: ServerConfig) {
+        config.alpn_protocols = self.alpn.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
     }
 
