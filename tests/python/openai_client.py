@@ -102,6 +102,22 @@ def basic(base, expected_path):
     assert "".join(c.choices[0].delta.content or "" for c in plain) == text
     print("OK chat stream without usage")
 
+    # The next turn shares the first turn's prompt: the slot's kept KV
+    # cache serves it, reported as OpenAI does.
+    turn2 = chat(
+        client,
+        messages=[
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Name three colors."},
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": "And three animals?"},
+        ],
+        extra_headers={"cache-control": "no-cache"},
+    )
+    cached = turn2.usage.prompt_tokens_details.cached_tokens
+    assert u.prompt_tokens <= cached < turn2.usage.prompt_tokens, (cached, u, turn2.usage)
+    print("OK next turn reuses", cached, "of", turn2.usage.prompt_tokens, "prompt tokens")
+
     comp = client.completions.create(
         model="smollm2", prompt="The capital of France is", max_tokens=12, temperature=0
     )

@@ -185,14 +185,16 @@ pub(super) fn finish_reason(code: i32) -> &'static str {
     }
 }
 
-/// OpenAI's `usage`.
+/// OpenAI's `usage`, with the prompt tokens a slot's kept KV cache
+/// held (prompt-prefix reuse) as `prompt_tokens_details.cached_tokens`.
 pub(super) fn usage(u: Option<&Usage>) -> serde_json::Value {
-    let (p, c) = u.map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
-    // `prompt_tokens_details.cached_tokens` goes here once the text
-    // responses report the prompt tokens a slot's cache held.
+    let (p, c, cached) = u.map_or((0, 0, 0), |u| {
+        (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+    });
     serde_json::json!({
         "prompt_tokens": p,
         "completion_tokens": c,
         "total_tokens": u64::from(p) + u64::from(c),
+        "prompt_tokens_details": { "cached_tokens": cached },
     })
 }
