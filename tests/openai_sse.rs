@@ -364,17 +364,80 @@ async fn hostile_requests_get_openai_errors_and_the_sidecar_serves_on() {
             "deeply nested JSON",
             format!(
                 "{{\"model\":\"smollm2\",\"messages\":[],\"tools\":{}{}}}",
-                "[".repeat(100_000),
-                "]".repeat(100_000)
+                "[".repeat(1000),
+                "]".repeat(1000)
             ),
             "recursion limit exceeded",
         ),
+        (
+            // 300 000 values in 600 KB, within the byte limit: each would
+            // take a `serde_json::Value` of tens of bytes.
+            "many small values",
+            format!(
+                "{{\"model\":\"smollm2\",\"messages\":[],\"tools\":[{}0]}}",
+                "0,".repeat(300_000)
+            ),
+            "JSON values or more, more than the limit of 65536",
+        ),
+        (
+            "a model id of 1 MB",
+            format!(
+                "{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}",
+                "\\u0001".repeat(100_000)
+            ),
+            "no model has an id of 100000 bytes",
+        ),
     ] {
         let (status, _, body) = http(a, "POST", chat, raw.as_bytes());
-        assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&body));
+        let want = if says.starts_with("no model") {
+            404
+        } else {
+            400
+        };
+        assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&body));
+        assert!(
+            body.len() < 4096,
+            "{what}: an answer of {} bytes",
+            body.len()
+        );
         let (m, _, _) = error(&body);
         assert!(m.contains(says), "{what}: {m}");
     }
+
+    // A body that stops arriving: 408 once the connection's patience
+    // (the smaller of idle_timeout and 30 s) is spent, instead of a
+    // handler held for ever.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(a).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    slow.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ",
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    let _ = slow.read_to_end(&mut raw);
+    let (status, _, body) = parse(&raw);
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    let (m, _, p) = error(&body);
+    assert!(m.contains("did not arrive within 1s"), "{m}");
+    assert_eq!(p, json!("body"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A known route with the wrong method: 405 in the same shape.
+    let (status, head, body) = http(a, "GET", chat, b"");
+    assert_eq!(status, 405, "{}", String::from_utf8_lossy(&body));
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let (m, kind, _) = error(&body);
+    assert!(
+        m.contains("wrong method for GET \"/v1/chat/completions\""),
+        "{m}"
+    );
+    assert_eq!(kind, "invalid_request_error");
 
     // An unknown route: 404 in the same shape.
     let (status, head, body) = http(a, "GET", "/v1/nothing-here", b"");
@@ -383,6 +446,11 @@ async fn hostile_requests_get_openai_errors_and_the_sidecar_serves_on() {
     assert!(head.contains("x-request-id: "), "{head}");
     let (m, _, _) = error(&body);
     assert!(m.contains("no route GET \"/v1/nothing-here\""), "{m}");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        v["error"]["code"], "unknown_url",
+        "not a missing model: {v}"
+    );
 
     // Slowloris: headers that never end; the connection is closed.
     let started = Instant::now();
@@ -425,6 +493,18 @@ async fn the_api_serves_on_a_unix_socket_too() {
     let sc = Sidecar::start(store, &config);
     let pid = sc.child.id();
     assert_eq!(sc.openai, None, "not on TCP");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "only this uid reaches the socket: {mode:o}"
+        );
+    }
     let out = tokio::task::spawn_blocking(move || {
         Command::new("curl")
             .args(["-sS", "--max-time", "30", "-i", "--unix-socket"])

@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Error;
 
+/// The longest model id.
+pub const MAX_MODEL_ID: usize = 64;
+
 /// Checks a model id: 1..64 of [a-z0-9._-], starting with a letter or
 /// digit.
 pub fn check_model_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= MAX_MODEL_ID
         && id
             .chars()
             .next()

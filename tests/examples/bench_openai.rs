@@ -20,7 +20,7 @@
 //! rounds. Every request must stream exactly 128 tokens by its usage, and
 //! both sides' totals must be equal, or the run fails.
 //!
-//! Servers: the sidecar (this build, `[openai] listen`) with SmolLM2,
+//! Servers: the sidecar (this build, `[openai] address`) with SmolLM2,
 //! `parallel = 8`, `max_in_flight = 8`, 2 threads, 512 tokens of context
 //! per sequence; llama-server (`LLAMA_SERVER`) on the same file with
 //! `-t 2 -np 8 -c 4096 --cont-batching --no-kv-unified` (a KV stream per
@@ -175,7 +175,7 @@ fn tail(log: &std::path::Path) -> String {
 async fn sidecar(port: u16, threads: u32) -> Res<Sidecar> {
     let config = format!(
         "[workers]\nmax_in_flight = {PARALLEL}\n\
-         [openai]\nlisten = \"127.0.0.1:{port}\"\n\
+         [openai]\naddress = \"127.0.0.1:{port}\"\n\
          [[models]]\nid = \"{MODEL}\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\n\
          max_in_flight = {PARALLEL}\n\
          text = {{ context_size = {CONTEXT}, parallel = {PARALLEL}, threads = {threads}, batch_size = {BATCH} }}\n"

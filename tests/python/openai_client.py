@@ -186,6 +186,17 @@ def basic(base, expected_path):
 
     expect(openai.BadRequestError, 400, lambda: chat(client, n=2), "n = 2")
     expect(openai.BadRequestError, 400, lambda: chat(client, logprobs=True), "logprobs")
+    # A model that cannot serve the route is the caller's mistake (400,
+    # not retried), not an unavailable model (503).
+    expect(
+        openai.BadRequestError, 400, lambda: chat(client, model="minilm"), "embedding model"
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        lambda: client.embeddings.create(model="smollm2", input=["x"]),
+        "cannot embed",
+    )
     e = expect(openai.NotFoundError, 404, lambda: chat(client, model="nope"), "nope")
     assert e.body.get("code") == "model_not_found", e.body
     e = expect(

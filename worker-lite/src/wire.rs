@@ -377,6 +377,7 @@ mod tests {
     fn infer_requests_are_read_in_place() {
         let req = WorkerRequest {
             request_tag: "t".into(),
+            cache_partition: String::new(),
             deadline_unix_ms: 1234,
             body: Some(worker_request::Body::Infer(InferRequest {
                 model_id: "m".into(),
@@ -560,6 +561,7 @@ mod props {
         )
             .prop_map(|(tag, deadline, body)| WorkerRequest {
                 request_tag: tag,
+                cache_partition: String::new(),
                 deadline_unix_ms: deadline,
                 body: Some(body),
             })

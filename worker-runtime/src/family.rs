@@ -25,6 +25,10 @@ pub struct Call {
     pub deadline_ms: i64,
     /// When its frame reached the worker.
     pub arrived: Instant,
+    /// The caller's identity (`WorkerRequest.cache_partition`): state kept
+    /// between calls (worker-text's prompt prefixes) is shared only
+    /// within one partition.
+    pub partition: String,
     /// What is asked (never a Load: the loop hands those to
     /// [`Family::load`]).
     pub body: worker_request::Body,

@@ -103,6 +103,7 @@ mod tests {
     fn the_tag_is_read_from_the_payload() {
         let req = WorkerRequest {
             request_tag: "abc-1".into(),
+            cache_partition: String::new(),
             deadline_unix_ms: 12,
             body: Some(worker_request::Body::VisionClose(true)),
         };

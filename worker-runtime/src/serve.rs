@@ -209,6 +209,7 @@ fn dispatch<F: Family>(
                 id,
                 deadline_ms: req.deadline_unix_ms,
                 arrived,
+                partition: req.cache_partition,
                 body,
             };
             family.request(cx, call)

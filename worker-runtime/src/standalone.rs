@@ -76,6 +76,7 @@ pub fn start<F: Family + 'static>(
 pub fn request(body: worker_request::Body) -> Vec<u8> {
     WorkerRequest {
         request_tag: TAG.into(),
+        cache_partition: String::new(),
         deadline_unix_ms: 0,
         body: Some(body),
     }

@@ -223,7 +223,12 @@ impl Engine {
     /// empty): validates it, tokenizes the prompt, builds the sampler,
     /// picks the slot (the longest kept prefix with prompt-prefix reuse on,
     /// else the first) and removes the slot's cache past what is reused.
-    pub fn start(&mut self, free: &[usize], req: &GenerateRequest) -> Result<Seq, WorkerError> {
+    pub fn start(
+        &mut self,
+        free: &[usize],
+        req: &GenerateRequest,
+        partition: &str,
+    ) -> Result<Seq, WorkerError> {
         if req.prompt.is_empty() {
             return Err(WorkerError::invalid("prompt must not be empty"));
         }
@@ -272,7 +277,7 @@ impl Engine {
             .first()
             .ok_or_else(|| WorkerError::new(Code::Internal, "no free slot to start in"))?;
         let Choice { slot, reused } = match &self.kept {
-            Some(kept) => kept.choose(free, &prompt).unwrap_or(Choice {
+            Some(kept) => kept.choose(free, &prompt, partition).unwrap_or(Choice {
                 slot: first,
                 reused: 0,
             }),
@@ -281,7 +286,7 @@ impl Engine {
                 reused: 0,
             },
         };
-        let reused = self.cut(slot, reused)?;
+        let reused = self.cut(slot, reused, partition)?;
         Ok(Seq::new(SeqSpec {
             slot,
             prompt,
@@ -298,7 +303,7 @@ impl Engine {
     /// Removes the slot's KV cache from position `reused` on; returns the
     /// positions kept (0 when llama.cpp cannot cut this model's memory
     /// part-way, as for recurrent models: then the whole slot is cleared).
-    fn cut(&mut self, slot: usize, reused: usize) -> Result<usize, WorkerError> {
+    fn cut(&mut self, slot: usize, reused: usize, partition: &str) -> Result<usize, WorkerError> {
         let clear = |e| WorkerError::new(Code::Internal, format!("clear slot {slot}: {e}"));
         let mut reused = reused;
         if reused > 0
@@ -315,7 +320,7 @@ impl Engine {
                 .map_err(clear)?;
         }
         if let Some(kept) = self.kept.as_mut() {
-            kept.start(slot, reused);
+            kept.start(slot, reused, partition);
         }
         Ok(reused)
     }

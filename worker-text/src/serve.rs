@@ -38,6 +38,8 @@ struct Waiting {
     arrived: Instant,
     id: u64,
     deadline_ms: i64,
+    /// The caller's partition (prompt-prefix reuse stays within it).
+    partition: String,
     req: GenerateRequest,
 }
 
@@ -124,10 +126,12 @@ impl Family for Text {
 
     fn request(&mut self, cx: &mut Context, call: Call) -> Result<(), WorkerError> {
         let (id, deadline_ms, arrived) = (call.id, call.deadline_ms, call.arrived);
+        let partition = call.partition;
         let waiting = |req| Waiting {
             arrived,
             id,
             deadline_ms,
+            partition,
             req,
         };
         match call.body {
@@ -267,7 +271,7 @@ impl Text {
                 cx.fail(w.id, &not_loaded());
                 continue;
             };
-            match engine.start(&free, &w.req) {
+            match engine.start(&free, &w.req, &w.partition) {
                 Ok(seq) => {
                     let slot = seq.slot();
                     self.slots[slot] = Some(Active {
@@ -430,7 +434,7 @@ fn warm_up(engine: &mut Engine) -> Result<(), WorkerError> {
         }),
         ..Default::default()
     };
-    let mut seq = engine.start(&[0], &req)?;
+    let mut seq = engine.start(&[0], &req, "")?;
     while !seq.is_done() {
         engine.step(&mut [&mut seq])?;
     }

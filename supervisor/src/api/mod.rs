@@ -71,6 +71,7 @@ pub async fn call_worker<T>(
     tracing::debug!(request_id, client = %client, model = %model_id, "worker call");
     let req = WorkerRequest {
         request_tag: request_id.clone(),
+        cache_partition: client.clone(),
         deadline_unix_ms: 0,
         body: Some(body),
     };

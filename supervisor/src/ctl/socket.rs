@@ -18,8 +18,8 @@ use std::path::Path;
 
 use crate::error::Error;
 
-fn fail(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::Config(format!("control_socket {}: {what}", path.display()))
+fn fail(key: &str, path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Config(format!("{key} {}: {what}", path.display()))
 }
 
 /// Whether a directory with this owner and mode may hold the socket of a
@@ -45,12 +45,18 @@ pub fn check_dir(dir: &Path, owner: u32, mode: u32, me: u32) -> Result<(), Strin
 
 /// Binds the control socket at `path` after the checks above.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    bind_as(path, "control_socket")
+}
+
+/// Binds a socket at `path` after the checks above, errors naming the
+/// setting `key` (the HTTP API's `openai.address` takes the same care).
+pub fn bind_as(path: &Path, key: &str) -> Result<tokio::net::UnixListener, Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if path.file_name().is_none() {
-        return Err(fail(path, "names no socket file"));
+        return Err(fail(key, path, "names no socket file"));
     }
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
@@ -61,37 +67,45 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, Error> {
                 .create(dir)
                 .map_err(|e| {
                     fail(
+                        key,
                         path,
                         format_args!("create directory {}: {e}", dir.display()),
                     )
                 })?;
         }
-        Err(e) => return Err(fail(path, format_args!("directory {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(fail(
+                key,
+                path,
+                format_args!("directory {}: {e}", dir.display()),
+            ));
+        }
     }
     let meta = std::fs::metadata(dir)
-        .map_err(|e| fail(path, format_args!("directory {}: {e}", dir.display())))?;
+        .map_err(|e| fail(key, path, format_args!("directory {}: {e}", dir.display())))?;
     if !meta.is_dir() {
         return Err(fail(
+            key,
             path,
             format_args!("{} is not a directory", dir.display()),
         ));
     }
     let me = nix::unistd::geteuid().as_raw();
-    check_dir(dir, meta.uid(), meta.mode(), me).map_err(|e| fail(path, e))?;
-    remove_stale(path)?;
-    let listener =
-        tokio::net::UnixListener::bind(path).map_err(|e| fail(path, format_args!("bind: {e}")))?;
+    check_dir(dir, meta.uid(), meta.mode(), me).map_err(|e| fail(key, path, e))?;
+    remove_stale(path, key)?;
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| fail(key, path, format_args!("bind: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail(path, format_args!("chmod 0600: {e}")))?;
+        .map_err(|e| fail(key, path, format_args!("chmod 0600: {e}")))?;
     Ok(listener)
 }
 
 /// Removes what is at `path` only if it is a socket nobody listens on.
-fn remove_stale(path: &Path) -> Result<(), Error> {
+fn remove_stale(path: &Path, key: &str) -> Result<(), Error> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(fail(path, e)),
+        Err(e) => return Err(fail(key, path, e)),
     };
     let kind = meta.file_type();
     if !kind.is_socket() {
@@ -105,21 +119,27 @@ fn remove_stale(path: &Path) -> Result<(), Error> {
             "not a socket"
         };
         return Err(fail(
+            key,
             path,
             format_args!(
                 "the path exists and is {what}, not a socket; refusing to replace it \
-                 (remove it, or choose another control_socket)"
+                 (remove it, or choose another path)"
             ),
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(fail(
+            key,
             path,
             "another process is listening on this socket (is another sidecar running?)",
         )),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
-            .map_err(|e| fail(path, format_args!("remove stale socket: {e}"))),
-        Err(e) => Err(fail(path, format_args!("probing the existing socket: {e}"))),
+            .map_err(|e| fail(key, path, format_args!("remove stale socket: {e}"))),
+        Err(e) => Err(fail(
+            key,
+            path,
+            format_args!("probing the existing socket: {e}"),
+        )),
     }
 }
 

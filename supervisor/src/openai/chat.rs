@@ -9,7 +9,7 @@ use sidecar_proto::v1::text_service_server::TextService;
 use sidecar_proto::v1::{ChatMessage, ChatRequest, OutputConstraint, output_constraint};
 
 use super::errors::{ApiError, json};
-use super::params::{Options, finish_reason, options, text_model, usage};
+use super::params::{Options, Use, finish_reason, options, text_model, usage};
 use super::router::Call;
 use super::sse::{Kind, Shape};
 use super::types::{Content, GenBody, read_json};
@@ -31,12 +31,11 @@ pub(super) async fn handle(
 }
 
 async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
-    let limit = ctx.api.config.openai.max_body_bytes as usize;
-    let body: GenBody = read_json(body, limit, call.declared).await?;
+    let body: GenBody = read_json(body, ctx.body_limits(), call.declared).await?;
     let opts = options(&body, body.max_completion_tokens)?;
     let (messages, constraint) = check(&body)?;
     let model = body.model.clone();
-    text_model(ctx, call, &model)?;
+    text_model(ctx, call, &model, Use::Chat)?;
     let config = &ctx.api.config;
     let default = config.openai.chat_timeout.unwrap_or(if opts.stream {
         config.deadlines.stream

@@ -9,7 +9,7 @@ use sidecar_proto::v1::GenerateRequest;
 use sidecar_proto::v1::text_service_server::TextService;
 
 use super::errors::{ApiError, json};
-use super::params::{Options, finish_reason, options, text_model, usage};
+use super::params::{Options, Use, finish_reason, options, text_model, usage};
 use super::router::Call;
 use super::sse::{Kind, Shape};
 use super::types::{GenBody, read_json};
@@ -54,8 +54,7 @@ fn prompt(v: &Value) -> Result<String, ApiError> {
 }
 
 async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
-    let limit = ctx.api.config.openai.max_body_bytes as usize;
-    let body: GenBody = read_json(body, limit, call.declared).await?;
+    let body: GenBody = read_json(body, ctx.body_limits(), call.declared).await?;
     let opts = options(&body, None)?;
     let Some(p) = body.prompt.as_ref() else {
         return Err(ApiError::invalid("prompt", "prompt is required"));
@@ -80,7 +79,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         ));
     }
     let model = body.model.clone();
-    text_model(ctx, call, &model)?;
+    text_model(ctx, call, &model, Use::Generate)?;
     let config = &ctx.api.config;
     let default = config.openai.completions_timeout.unwrap_or(if opts.stream {
         config.deadlines.stream

@@ -11,7 +11,7 @@ use sidecar_proto::v1::text_service_server::TextService;
 
 use super::Ctx;
 use super::errors::{ApiError, json};
-use super::params::text_model;
+use super::params::{Use, text_model};
 use super::router::Call;
 use super::types::{EmbedBody, read_json};
 use crate::api::deterministic::methods::MAX_EMBED_INPUTS;
@@ -77,8 +77,7 @@ fn inputs(v: &Value) -> Result<Vec<String>, ApiError> {
 }
 
 async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
-    let limit = ctx.api.config.openai.max_body_bytes as usize;
-    let body: EmbedBody = read_json(body, limit, call.declared).await?;
+    let body: EmbedBody = read_json(body, ctx.body_limits(), call.declared).await?;
     if body.model.is_empty() {
         return Err(ApiError::invalid("model", "model is required"));
     }
@@ -94,7 +93,14 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
             ));
         }
     };
-    text_model(ctx, call, &body.model)?;
+    let details = text_model(ctx, call, &body.model, Use::Embed)?;
+    // Checked before the call when the model's width is known (it has
+    // loaded), so a wrong value costs no embedding and no charge.
+    if let (Some(d), Some(width)) = (body.dimensions, details.map(|d| d.embedding_size))
+        && d != width
+    {
+        return Err(wrong_dimensions(d, &body.model, width));
+    }
     let config = &ctx.api.config;
     let default = config
         .openai
@@ -109,13 +115,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
     let req = call.request(message, default, config.deadlines.max);
     let answer = ctx.api.embed(req).await?.into_inner();
     if let Some(d) = body.dimensions.filter(|&d| d != answer.dimensions) {
-        return Err(ApiError::invalid(
-            "dimensions",
-            format!(
-                "dimensions = {d}: model {:?} gives {}-dimensional vectors and cannot shorten them; omit dimensions or send {}",
-                body.model, answer.dimensions, answer.dimensions
-            ),
-        ));
+        return Err(wrong_dimensions(d, &body.model, answer.dimensions));
     }
     let data: Vec<Value> = answer
         .embeddings
@@ -144,4 +144,14 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         }),
     ))
+}
+
+/// `dimensions` other than the model's width.
+fn wrong_dimensions(d: u32, model: &str, width: u32) -> ApiError {
+    ApiError::invalid(
+        "dimensions",
+        format!(
+            "dimensions = {d}: model {model:?} gives {width}-dimensional vectors and cannot shorten them; omit dimensions or send {width}"
+        ),
+    )
 }

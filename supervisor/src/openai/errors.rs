@@ -61,7 +61,9 @@ impl ApiError {
             400 | 413 | 405 => ("invalid_request_error", None),
             401 => ("authentication_error", Some("invalid_api_key")),
             403 => ("permission_error", None),
-            404 if self.code == Code::NotFound => {
+            // A model the registry does not hold; an unknown route has
+            // its own status set.
+            404 if self.code == Code::NotFound && self.status.is_none() => {
                 ("invalid_request_error", Some("model_not_found"))
             }
             404 => ("invalid_request_error", Some("unknown_url")),

@@ -35,11 +35,15 @@ impl Server {
     /// connection is closed once its answers are done), up to `grace`.
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(grace, self.task).await.is_err() {
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
             tracing::warn!("HTTP API: requests still running after {grace:?}; stopping anyway");
+            // Dropping the task aborts it and its `JoinSet` of
+            // connections with it: no answer outlives the stop.
+            task.abort();
         }
         if let Some(path) = &self.unix {
-            let _ = std::fs::remove_file(path);
+            crate::ctl::socket::remove(path);
         }
     }
 }
@@ -105,21 +109,12 @@ pub async fn start(
             }))
         }
         HttpAddress::Unix(path) => {
-            // A socket left by a previous run is replaced; any other file
-            // is not.
-            if let Ok(meta) = std::fs::symlink_metadata(path) {
-                use std::os::unix::fs::FileTypeExt;
-                if !meta.file_type().is_socket() {
-                    return Err(Error::Config(format!(
-                        "openai.address unix:{}: the path exists and is not a socket",
-                        path.display()
-                    )));
-                }
-                let _ = std::fs::remove_file(path);
-            }
-            let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
-                Error::Config(format!("openai.address unix:{}: {e}", path.display()))
-            })?;
+            // As the control socket: a directory only we can enter, the
+            // socket 0600, a previous run's socket replaced but a live
+            // one or any other file refused. With a tokens file, a local
+            // peer without a token is known by its uid; only our uid (and
+            // root) can reach the socket.
+            let listener = crate::ctl::socket::bind_as(path, "openai.address")?;
             let incoming = crate::net::incoming(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
                 &c,
@@ -174,7 +169,10 @@ async fn serve<IO, S>(
         let conn = match conn {
             None => break,
             Some(Err(e)) => {
-                tracing::debug!("HTTP API accept: {e}");
+                // Out of descriptors or memory: a pause, instead of a spin
+                // that takes a core while the condition lasts.
+                tracing::warn!("HTTP API accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Some(Ok(conn)) => conn,

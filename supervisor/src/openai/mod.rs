@@ -49,6 +49,20 @@ struct Ctx {
     fingerprint: Arc<str>,
 }
 
+impl Ctx {
+    /// How a request body is read (`types::read_json`).
+    fn body_limits(&self) -> types::BodyLimits {
+        let config = &self.api.config;
+        types::BodyLimits {
+            bytes: config.openai.max_body_bytes as usize,
+            patience: config
+                .connections
+                .idle_timeout
+                .min(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -154,10 +154,43 @@ pub(super) fn options(s: &GenBody, max_override: Option<u32>) -> Result<Options,
     })
 }
 
-/// A model this API serves: a TEXT model of the registry; any other id
-/// is 404 `model_not_found`.
-pub(super) fn text_model(ctx: &Ctx, call: &Call, model: &str) -> Result<(), ApiError> {
+/// What a route asks of a TEXT model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Use {
+    /// `/v1/completions`: a generation model.
+    Generate,
+    /// `/v1/chat/completions`: a generation model with a chat template.
+    Chat,
+    /// `/v1/embeddings`: an embedding model.
+    Embed,
+}
+
+/// Checks that `model` is a TEXT model fit for `usage` before anything is
+/// charged or sent: an unknown (or over-long) id is 404 `model_not_found`,
+/// another family 404, a model that cannot serve the route (an embedding
+/// model asked to chat, a generation model asked to embed, a chat without
+/// a template) 400, which clients do not retry. What the worker read from
+/// the file decides when the model has loaded; before that, its
+/// `text.embeddings` setting when given. Returns what the worker read.
+pub(super) fn text_model(
+    ctx: &Ctx,
+    call: &Call,
+    model: &str,
+    usage: Use,
+) -> Result<Option<sidecar_proto::v1::TextModelDetails>, ApiError> {
     let client = call.identity.to_string();
+    if model.len() > crate::ids::MAX_MODEL_ID {
+        crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
+        return Err(ApiError::from(
+            Error::NotFound(format!(
+                "no model has an id of {} bytes: ids are at most {} characters of [a-z0-9._-]",
+                model.len(),
+                crate::ids::MAX_MODEL_ID
+            ))
+            .with_request_id(&call.id, &client),
+        )
+        .with_param("model"));
+    }
     let handle = ctx.registry.get(model).map_err(|e| {
         // As `api::call_worker` names it: made-up ids are one series.
         crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
@@ -173,7 +206,31 @@ pub(super) fn text_model(ctx: &Ctx, call: &Call, model: &str) -> Result<(), ApiE
         )
         .with_param("model"));
     }
-    Ok(())
+    let details = handle.status().details;
+    let embeds = details
+        .as_ref()
+        .map(|d| d.embeddings)
+        .or(handle.spec.text.embeddings);
+    let refusal = match (usage, embeds) {
+        (Use::Embed, Some(false)) => Some(format!(
+            "model {model:?} generates text and cannot embed: /v1/embeddings needs an embedding model"
+        )),
+        (Use::Generate | Use::Chat, Some(true)) => Some(format!(
+            "model {model:?} is an embedding model: use /v1/embeddings"
+        )),
+        (Use::Chat, _) if details.as_ref().is_some_and(|d| !d.has_chat_template) => Some(format!(
+            "model {model:?} has no chat template in its file: use /v1/completions with a prompt"
+        )),
+        _ => None,
+    };
+    if let Some(message) = refusal {
+        crate::metrics::note_model(model);
+        return Err(ApiError::from(
+            Error::InvalidArgument(message).with_request_id(&call.id, &client),
+        )
+        .with_param("model"));
+    }
+    Ok(details)
 }
 
 /// OpenAI's `finish_reason`: `stop` for EOS or a stop string, `length`

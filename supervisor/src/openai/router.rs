@@ -39,6 +39,7 @@ pub(super) fn router(ctx: Ctx) -> Router {
         .route("/v1/embeddings", post(super::embeddings::handle))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), guard))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(ctx.clone(), request_id))
         .with_state(ctx)
 }
@@ -251,21 +252,40 @@ fn timeout_header(headers: &axum::http::HeaderMap) -> Result<Option<Duration>, S
 }
 
 async fn unknown_route(State(ctx): State<Ctx>, req: Request) -> Response {
+    no_route(&ctx, &req, StatusCode::NOT_FOUND, "no route")
+}
+
+async fn wrong_method(State(ctx): State<Ctx>, req: Request) -> Response {
+    no_route(
+        &ctx,
+        &req,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "wrong method for",
+    )
+}
+
+/// A request no route takes: OpenAI's error JSON, counted as `unknown`.
+fn no_route(ctx: &Ctx, req: &Request, status: StatusCode, what: &str) -> Response {
     let shown: String = req.uri().path().chars().take(128).collect();
     let mut record = Record::new(
         Arc::new(CallInfo::new("unknown", "http")),
         ctx.registry.shared().metrics.clone(),
     );
-    record.finish(Code::NotFound as i32);
+    let code = if status == StatusCode::NOT_FOUND {
+        Code::NotFound
+    } else {
+        Code::InvalidArgument
+    };
+    record.finish(code as i32);
     ApiError {
-        code: Code::NotFound,
+        code,
         message: format!(
-            "no route {} {shown:?}: this server serves GET /v1/models, POST /v1/chat/completions, POST /v1/completions and POST /v1/embeddings",
+            "{what} {} {shown:?}: this server serves GET /v1/models, GET /v1/models/ID, POST /v1/chat/completions, POST /v1/completions and POST /v1/embeddings",
             req.method()
         ),
         param: None,
         retry_after_ms: None,
-        status: Some(StatusCode::NOT_FOUND),
+        status: Some(status),
     }
     .into_response()
 }

@@ -152,13 +152,85 @@ pub(super) struct EmbedBody {
     pub(super) dimensions: Option<u32>,
 }
 
-/// Reads a JSON body of at most `limit` bytes: 413 past it, 400 naming
-/// the parse error (and the field, for a wrong type).
+/// Most JSON values (array elements, object members, scalars) of one
+/// body. Every value parsed into a `serde_json::Value` costs tens of bytes
+/// beyond its text, so a body within the byte limit made of `[0,0,0,…]`
+/// would take 16 times its size; the largest legitimate body (1024
+/// messages of text parts, 1024 embedding inputs) holds a few thousand.
+pub(super) const MAX_JSON_VALUES: usize = 65_536;
+
+/// How a body is read: at most `bytes` (413 past them), all of it within
+/// `patience` of the headers (408 past it: a body that stops arriving
+/// would otherwise hold its connection and its handler for ever, the
+/// connection's idle timeout not applying while a request is open).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyLimits {
+    /// `openai.max_body_bytes`.
+    pub(super) bytes: usize,
+    /// The smaller of `connections.idle_timeout` and 30 s.
+    pub(super) patience: std::time::Duration,
+}
+
+/// Reads a JSON body within `limits`: 413 past its size, 408 past its
+/// time, 400 past [`MAX_JSON_VALUES`] or naming the parse error (and the
+/// field, for a wrong type).
 pub(super) async fn read_json<T: DeserializeOwned>(
+    body: axum::body::Body,
+    limits: BodyLimits,
+    declared: Option<u64>,
+) -> Result<T, ApiError> {
+    let data = tokio::time::timeout(limits.patience, read_body(body, limits.bytes, declared))
+        .await
+        .map_err(|_| {
+            ApiError::invalid(
+                "body",
+                format!(
+                    "the request body did not arrive within {:?} (the smaller of connections.idle_timeout and 30 s)",
+                    limits.patience
+                ),
+            )
+            .with_status(axum::http::StatusCode::REQUEST_TIMEOUT)
+        })??;
+    let values = count_values(&data);
+    if values > MAX_JSON_VALUES {
+        return Err(ApiError::invalid(
+            "body",
+            format!(
+                "the request body holds {values} JSON values or more, more than the limit of {MAX_JSON_VALUES}"
+            ),
+        ));
+    }
+    parse_json(&data)
+}
+
+/// An upper bound of the values in a JSON text: its commas and opening
+/// brackets outside strings, plus one.
+fn count_values(data: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in data {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+async fn read_body(
     body: axum::body::Body,
     limit: usize,
     declared: Option<u64>,
-) -> Result<T, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let too_big = |size: String| {
         ApiError::invalid(
             "body",
@@ -182,7 +254,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         }
         data.extend_from_slice(&chunk);
     }
-    parse_json(&data)
+    Ok(data)
 }
 
 /// Parses a body: a syntax error is "malformed JSON ...", a wrong type
@@ -231,5 +303,58 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("recursion limit"), "{e:?}");
+    }
+
+    #[test]
+    fn values_are_counted_outside_strings_only() {
+        assert_eq!(count_values(b"0"), 1);
+        assert_eq!(count_values(b"[0,0,0]"), 4);
+        assert_eq!(count_values(br#"{"a":"x,[{","b":[1,2]}"#), 5);
+        assert_eq!(count_values(br#"["a\\",",","b\"[,"]"#), 4);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_small_values_a_slow_one_and_a_big_one_are_refused() {
+        let limits = BodyLimits {
+            bytes: 8 << 20,
+            patience: std::time::Duration::from_millis(200),
+        };
+        // 4 MiB of zeros: 2 million values, well within the byte limit.
+        let many = format!(r#"{{"model":"m","prompt":[{}0]}}"#, "0,".repeat(2 << 20));
+        let e = read_json::<GenBody>(axum::body::Body::from(many), limits, None)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("JSON values"), "{e:?}");
+        assert_eq!(e.param.as_deref(), Some("body"));
+        // A body that never ends: 408 after the patience.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+        tx.send(Ok(bytes::Bytes::from_static(b"{\"model\"")))
+            .await
+            .unwrap();
+        let slow = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let started = std::time::Instant::now();
+        let e = read_json::<GenBody>(slow, limits, Some(1000))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            Some(axum::http::StatusCode::REQUEST_TIMEOUT),
+            "{e:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        drop(tx);
+        // Past the byte limit, declared or not.
+        let small = BodyLimits {
+            bytes: 16,
+            ..limits
+        };
+        let e = read_json::<GenBody>(axum::body::Body::from(vec![b' '; 17]), small, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.status,
+            Some(axum::http::StatusCode::PAYLOAD_TOO_LARGE),
+            "{e:?}"
+        );
     }
 }

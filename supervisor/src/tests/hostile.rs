@@ -32,6 +32,7 @@ async fn a_worker_flooding_past_its_window_is_killed_for_protocol() {
     for (n, text) in ["flood", "flood-control"].into_iter().enumerate() {
         let req = WorkerRequest {
             request_tag: "test".into(),
+            cache_partition: String::new(),
             deadline_unix_ms: 0,
             body: Some(worker_request::Body::Tokenize(TokenizeRequest {
                 model_id: h.spec.id.clone(),

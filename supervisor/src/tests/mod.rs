@@ -136,6 +136,7 @@ async fn tokenize_within(
 ) -> Result<Vec<i32>, Error> {
     let req = WorkerRequest {
         request_tag: "test".into(),
+        cache_partition: String::new(),
         deadline_unix_ms: 0,
         body: Some(worker_request::Body::Tokenize(TokenizeRequest {
             model_id: h.spec.id.clone(),
@@ -454,6 +455,7 @@ async fn kills_for_request_deadlines_never_make_a_model_failed() {
     for round in 1..=MAX_RESTARTS + 2 {
         let req = WorkerRequest {
             request_tag: format!("hang-{round}"),
+            cache_partition: String::new(),
             deadline_unix_ms: 0,
             body: Some(worker_request::Body::Tokenize(TokenizeRequest {
                 model_id: h.spec.id.clone(),

@@ -161,6 +161,7 @@ impl WorkerHandle {
         // (the method and its fields) is the rest.
         let head = WorkerRequest {
             request_tag: req.request_tag.clone(),
+            cache_partition: req.cache_partition.clone(),
             deadline_unix_ms: req.deadline_unix_ms,
             body: None,
         }

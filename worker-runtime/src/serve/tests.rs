@@ -142,6 +142,7 @@ fn tokenize(text: &str) -> Vec<u8> {
 fn generate(tokens: u32, deadline_ms: i64) -> Vec<u8> {
     WorkerRequest {
         request_tag: "gen".into(),
+        cache_partition: String::new(),
         deadline_unix_ms: deadline_ms,
         body: Some(worker_request::Body::Generate(GenerateRequest {
             max_tokens: tokens,
