@@ -42,6 +42,33 @@ root="$(pwd)"
 cache="${SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
+# The llama.cpp trees both sides of a comparison come from: `sdist`, the
+# PyPI source package of llama-cpp-python 0.3.36 (downloaded once, checked
+# by its SHA-256 `sdist_sha`), and `out`, this profile's llama-cpp-sys-2 build (its
+# headers and static libraries).
+llama_sources() {
+    local spec="llama-cpp-python==0.3.36"
+    sdist_sha="${LLAMA_CPP_PYTHON_SDIST_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
+    local dir="$cache/downloads/llama-cpp-python-0.3.36-sdist"
+    sdist="$(find "$dir" -name '*.tar.gz' 2>/dev/null | head -1)"
+    if [[ -z "$sdist" ]]; then
+        echo "bench: downloading the $spec source package (~77 MB)" >&2
+        mkdir -p "$dir"
+        "$root/.venv/bin/pip" download -q --no-deps --no-binary :all: -d "$dir" "$spec" >/dev/null
+        sdist="$(find "$dir" -name '*.tar.gz' | head -1)"
+    fi
+    if ! echo "$sdist_sha  $sdist" | sha256sum --quiet -c -; then
+        echo "bench: checksum mismatch for $sdist" >&2
+        exit 1
+    fi
+    out="$(ls -dt "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out 2>/dev/null | while read -r d; do
+        [[ -f "$d/lib/libllama.a" ]] && echo "$d" && break; done)"
+    if [[ -z "$out" ]]; then
+        echo "bench: no llama-cpp-sys-2 build under $CARGO_TARGET_DIR/release/build" >&2
+        exit 1
+    fi
+}
+
 if [[ "${1:-}" == lite ]]; then
     scripts/setup.sh
     cargo build --release --workspace --bins
@@ -100,26 +127,7 @@ if [[ "${1:-}" == openai ]]; then
     cargo build --release --workspace --bins
     cargo build --release -p e2e --example bench_openai
     release="$CARGO_TARGET_DIR/release"
-    sdist_sha="${LLAMA_CPP_PYTHON_SDIST_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
-    sdist_dir="$cache/downloads/llama-cpp-python-0.3.36-sdist"
-    sdist="$(find "$sdist_dir" -name '*.tar.gz' 2>/dev/null | head -1)"
-    if [[ -z "$sdist" ]]; then
-        echo "bench: downloading the llama-cpp-python==0.3.36 source package (~77 MB)" >&2
-        mkdir -p "$sdist_dir"
-        "$root/.venv/bin/pip" download -q --no-deps --no-binary :all: -d "$sdist_dir" \
-            "llama-cpp-python==0.3.36" >/dev/null
-        sdist="$(find "$sdist_dir" -name '*.tar.gz' | head -1)"
-    fi
-    if ! echo "$sdist_sha  $sdist" | sha256sum --quiet -c -; then
-        echo "bench: checksum mismatch for $sdist" >&2
-        exit 1
-    fi
-    out="$(ls -dt "$release"/build/llama-cpp-sys-2-*/out 2>/dev/null | while read -r d; do
-        [[ -f "$d/lib/libllama.a" ]] && echo "$d" && break; done)"
-    if [[ -z "$out" ]]; then
-        echo "bench: no llama-cpp-sys-2 build under $release/build" >&2
-        exit 1
-    fi
+    llama_sources
     # The llama.cpp revision of each side. The source package names its own
     # in its changelog; llama-cpp-sys-2 vendors llama.cpp as a git submodule
     # whose commit the crate does not carry, so its side is named by the
@@ -191,28 +199,7 @@ cargo build --release -p e2e --example bench_text
 release="$CARGO_TARGET_DIR/release"
 
 # --- the reference tools ----------------------------------------------------
-sdist_spec="llama-cpp-python==0.3.36"
-sdist_sha="${LLAMA_CPP_PYTHON_SDIST_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
-sdist_dir="$cache/downloads/llama-cpp-python-0.3.36-sdist"
-sdist="$(find "$sdist_dir" -name '*.tar.gz' 2>/dev/null | head -1)"
-if [[ -z "$sdist" ]]; then
-    echo "bench: downloading the $sdist_spec source package (~77 MB)" >&2
-    mkdir -p "$sdist_dir"
-    "$root/.venv/bin/pip" download -q --no-deps --no-binary :all: -d "$sdist_dir" "$sdist_spec" >/dev/null
-    sdist="$(find "$sdist_dir" -name '*.tar.gz' | head -1)"
-fi
-if ! echo "$sdist_sha  $sdist" | sha256sum --quiet -c -; then
-    echo "bench: checksum mismatch for $sdist" >&2
-    exit 1
-fi
-
-# The llama-cpp-sys-2 build of this profile: headers and static libraries.
-out="$(ls -dt "$release"/build/llama-cpp-sys-2-*/out 2>/dev/null | while read -r d; do
-    [[ -f "$d/lib/libllama.a" ]] && echo "$d" && break; done)"
-if [[ -z "$out" ]]; then
-    echo "bench: no llama-cpp-sys-2 build under $release/build" >&2
-    exit 1
-fi
+llama_sources
 # The llama.cpp sources that build compiled (for the `common` headers).
 src="$(grep -m1 '^CMAKE_HOME_DIRECTORY' "$out/build/CMakeCache.txt" | cut -d= -f2)"
 tools="$cache/llama-tools/$(basename "$(dirname "$out")")"

@@ -214,6 +214,20 @@ async fn curl_sees_openais_sse_framing_byte_for_byte() {
         .expect("gRPC chat")
         .into_inner();
     assert_eq!(content, grpc.text);
+
+    // The same listener speaks HTTP/2 without TLS (h2c, prior knowledge).
+    let h2 = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-i", "--http2-prior-knowledge"])
+            .arg(format!("http://{openai}/v1/models"))
+            .output()
+            .expect("run curl")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&h2.stdout);
+    assert!(text.starts_with("HTTP/2 200"), "{h2:?}");
+    assert!(text.contains("\"smollm2\""), "{text}");
     still_whole(&sc, pid).await;
 }
 

@@ -384,6 +384,89 @@ async fn tonic_and_grpcio_clients_call_over_tls_and_plaintext_is_refused() {
     still_serving(&sc, pid, &ca.pem(), None).await;
 }
 
+/// `curl` against the HTTP API: its `-i` output (status line, headers,
+/// body) and whether it succeeded.
+async fn curl(args: Vec<String>) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-i"])
+            .args(&args)
+            .output()
+            .expect("run curl")
+    })
+    .await
+    .expect("join");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_api_is_served_over_tls_alone_with_http1_and_http2() {
+    let _serial = serial().await;
+    let ca = Ca::new("e2e CA");
+    let server = ca.leaf("sidecar", 1);
+    let files = Files::new(&server, &ca);
+    let sc = start(&files, true).await;
+    let pid = sc.child.id();
+    let openai = sc.openai.expect("the HTTP API listens on TCP");
+    let url = format!("https://{openai}/v1/models");
+    let cacert = files.ca.display().to_string();
+    let client = ca.leaf("app", 2);
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = (dir.path().join("app.crt"), dir.path().join("app.key"));
+    std::fs::write(&cert, &client.cert_pem).expect("write");
+    std::fs::write(&key, &client.key_pem).expect("write");
+    let with_cert = |extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--cacert".into(),
+            cacert.clone(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(url.clone());
+        a
+    };
+
+    // HTTP/1.1 and HTTP/2 (ALPN) over TLS, with a client certificate.
+    for (flag, status) in [("--http1.1", "HTTP/1.1 200"), ("--http2", "HTTP/2 200")] {
+        let (ok, out) = curl(with_cert(&[flag])).await;
+        assert!(ok && out.starts_with(status), "{flag}: {out}");
+        assert!(out.contains("\"smollm2\""), "{flag}: {out}");
+    }
+    // Without a client certificate (mutual TLS): no answer.
+    let (ok, out) = curl(vec!["--cacert".into(), cacert.clone(), url.clone()]).await;
+    assert!(!ok && !out.contains(" 200"), "{out}");
+    // Plain HTTP on the TLS port: no answer either.
+    let (ok, out) = curl(vec![format!("http://{openai}/v1/models")]).await;
+    assert!(!ok || !out.contains(" 200"), "{out}");
+    // A client trusting another CA refuses the server.
+    let other = Ca::new("other CA");
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&other_pem, other.pem()).expect("write");
+    let (ok, out) = curl(vec![
+        "--cacert".into(),
+        other_pem.display().to_string(),
+        url.clone(),
+    ])
+    .await;
+    assert!(!ok && !out.contains(" 200"), "{out}");
+
+    let (ok, out) = curl(with_cert(&[])).await;
+    assert!(ok && out.contains(" 200"), "serves on: {out}");
+    assert_eq!(sc.child.id(), pid);
+    assert_eq!(sc.admin_get("/livez").0, 200);
+    assert_eq!(sc.admin_get("/readyz").0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_mtls_only_clients_with_a_certificate_the_ca_signed_are_served() {
     let _serial = serial().await;
