@@ -59,7 +59,13 @@ impl Config {
     /// TLS, or when the operator accepted it
     /// (`insecure_public`).
     pub fn exposure(&self) -> Option<String> {
-        if self.listen.ip().is_loopback() || self.insecure_public {
+        self.exposure_at("API", self.listen)
+    }
+
+    /// [`Config::exposure`] for the listener `name` (`API`, `HTTP API`)
+    /// bound at `addr`: both listeners take the same tokens and TLS.
+    pub fn exposure_at(&self, name: &str, addr: std::net::SocketAddr) -> Option<String> {
+        if addr.ip().is_loopback() || self.insecure_public {
             return None;
         }
         let tokens = self.auth.tokens_file.is_some();
@@ -68,12 +74,11 @@ impl Config {
             (Some(_), true) => return None,
             (None, true) => {
                 return Some(format!(
-                    "THE API'S TOKENS TRAVEL IN CLEAR: it listens on {}, which other hosts can \
+                    "THE {name}'S TOKENS TRAVEL IN CLEAR: it listens on {addr}, which other hosts can \
                      reach, with bearer tokens but without TLS: anyone on the path can read a \
                      secret and replay it. Configure [tls], listen on loopback, or pass \
                      --insecure-public (insecure_public = true) to accept this and silence this \
-                     warning",
-                    self.listen
+                     warning"
                 ));
             }
             _ => {}
@@ -85,12 +90,11 @@ impl Config {
             "without TLS or tokens"
         };
         Some(format!(
-            "THE API IS OPEN: it listens on {}, which other hosts can reach, {transport}: \
+            "THE {name} IS OPEN: it listens on {addr}, which other hosts can reach, {transport}: \
              anyone who reaches it may run models and read the model catalog and store. \
              Listen on loopback (127.0.0.1) behind a proxy that authenticates, configure bearer \
              tokens ([auth] tokens_file) or mutual TLS (tls.client_ca), or pass \
-             --insecure-public (insecure_public = true) to accept this and silence this warning",
-            self.listen
+             --insecure-public (insecure_public = true) to accept this and silence this warning"
         ))
     }
 }

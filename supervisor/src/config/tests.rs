@@ -178,6 +178,26 @@ fn an_api_other_hosts_can_reach_is_warned_about_unless_accepted() {
     )
     .unwrap();
     assert_eq!(tls.exposure(), None, "tokens over TLS tell callers apart");
+    // The HTTP API gets the same warnings at its own address.
+    let public: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    let http = tokens
+        .exposure_at("HTTP API", public)
+        .expect("tokens in clear on the HTTP API");
+    assert!(
+        http.starts_with("THE HTTP API'S TOKENS TRAVEL IN CLEAR: it listens on 0.0.0.0:8080"),
+        "{http}"
+    );
+    let open: Config = toml::from_str("").unwrap();
+    assert!(
+        open.exposure_at("HTTP API", public)
+            .is_some_and(|w| w.starts_with("THE HTTP API IS OPEN")),
+        "no tokens, no TLS"
+    );
+    assert_eq!(
+        tokens.exposure_at("HTTP API", "127.0.0.1:8080".parse().unwrap()),
+        None,
+        "loopback"
+    );
 }
 
 #[test]

@@ -82,14 +82,10 @@ pub async fn start(
             let local = listener
                 .local_addr()
                 .map_err(|e| Error::Internal(format!("HTTP API socket: {e}")))?;
-            if !local.ip().is_loopback()
-                && tls.is_none()
-                && config.auth.tokens_file.is_none()
-                && !config.insecure_public
-            {
-                tracing::warn!(
-                    "THE HTTP API IS OPEN: openai.address {local} is reachable from other hosts without TLS or tokens"
-                );
+            // The same warnings as the gRPC port's: open, or tokens in
+            // clear, where other hosts can reach it.
+            if let Some(warning) = config.exposure_at("HTTP API", local) {
+                tracing::warn!("{warning} (openai.address)");
             }
             let accepted = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
                 if let Ok(s) = &conn
