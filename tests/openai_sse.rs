@@ -442,6 +442,14 @@ async fn hostile_requests_get_openai_errors_and_the_sidecar_serves_on() {
         started.elapsed()
     );
 
+    // A path parameter that is not UTF-8: 400 in the same shape.
+    let (status, head, body) = http(a, "GET", "/v1/models/%FF", b"");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let (m, _, p) = error(&body);
+    assert!(m.contains("the model id in the path"), "{m}");
+    assert_eq!(p, json!("model"));
+
     // A known route with the wrong method: 405 in the same shape.
     let (status, head, body) = http(a, "GET", chat, b"");
     assert_eq!(status, 405, "{}", String::from_utf8_lossy(&body));

@@ -52,8 +52,21 @@ pub(super) async fn list(State(ctx): State<Ctx>) -> Response {
 pub(super) async fn one(
     State(ctx): State<Ctx>,
     Extension(call): Extension<Call>,
-    Path(model): Path<String>,
+    model: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
+    // A path that is not UTF-8 once decoded (`/v1/models/%FF`): the
+    // same JSON error shape as every other answer.
+    let model = match model {
+        Ok(Path(model)) => model,
+        Err(e) => {
+            return ApiError::from(
+                Error::InvalidArgument(format!("the model id in the path: {e}"))
+                    .with_request_id(&call.id, &call.identity.to_string()),
+            )
+            .with_param("model")
+            .into_response();
+        }
+    };
     match served(&ctx).into_iter().find(|(id, _)| *id == model) {
         Some((_, v)) => json(StatusCode::OK, &v),
         None => {
