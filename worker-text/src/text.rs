@@ -97,13 +97,32 @@ impl StopFilter {
             return Filtered::Stopped(before);
         }
         // Keep the longest tail that is a proper prefix of some stop string.
-        let keep = self
-            .stops
-            .iter()
-            .map(|s| longest_suffix_prefix(&self.held, s))
-            .max()
-            .unwrap_or(0);
-        let cut = self.held.len() - keep;
+        let keep = |held: &str| {
+            self.stops
+                .iter()
+                .map(|s| longest_suffix_prefix(held, s))
+                .max()
+                .unwrap_or(0)
+        };
+        let mut cut = self.held.len() - keep(&self.held);
+        if !may_stop {
+            // A stop string completed before `min_tokens` is text: it must
+            // not stay held as the start of a longer one (`END` of `ENDX`)
+            // and fire once armed. Release through its end, and hold only
+            // what may still begin a stop string after it.
+            while let Some(end) = self
+                .stops
+                .iter()
+                .filter_map(|s| {
+                    self.held[cut..]
+                        .find(s.as_str())
+                        .map(|at| cut + at + s.len())
+                })
+                .max()
+            {
+                cut = end + (self.held.len() - end - keep(&self.held[end..]));
+            }
+        }
         let out = self.held[..cut].to_owned();
         self.held.drain(..cut);
         Filtered::Text(out)
@@ -182,6 +201,23 @@ mod tests {
         );
         // Armed now: the held "E" completes a stop string.
         assert_eq!(f.push("ND c", true), Filtered::Stopped(String::new()));
+    }
+
+    #[test]
+    fn a_stop_completed_before_min_tokens_never_fires_later() {
+        // "END" is complete and also the start of "ENDX": held, it would
+        // stop the call at the next token once armed.
+        let mut f = StopFilter::new(&["END".into(), "ENDX".into()]);
+        assert_eq!(f.push("a END", false), Filtered::Text("a END".into()));
+        assert_eq!(f.push(" b", true), Filtered::Text(" b".into()));
+        // What may begin a new stop string after a released one is still
+        // held ("EN" of a next "END"), and goes out when it does not.
+        let mut f = StopFilter::new(&["ENDEN".into(), "END".into()]);
+        assert_eq!(f.push("x ENDEN", false), Filtered::Text("x END".into()));
+        assert_eq!(f.push(" y", true), Filtered::Text("EN y".into()));
+        let mut f = StopFilter::new(&["ABAB".into(), "AB".into()]);
+        assert_eq!(f.push("AB A", false), Filtered::Text("AB ".into()));
+        assert_eq!(f.push("BAB", true), Filtered::Stopped(String::new()));
     }
 
     #[test]
