@@ -4,16 +4,15 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use sidecar_proto::v1::text_service_server::TextService;
 use sidecar_proto::v1::{ChatMessage, ChatRequest, OutputConstraint, output_constraint};
 
-use super::errors::{ApiError, json};
-use super::params::{Options, Use, finish_reason, options, text_model, usage};
+use super::Ctx;
+use super::errors::ApiError;
+use super::params::{Options, Use, options, text_model};
 use super::router::Call;
 use super::sse::{Kind, Shape};
 use super::types::{Content, GenBody, read_json};
-use super::{Ctx, unix_now};
 
 /// Most messages of one chat.
 pub(super) const MAX_MESSAGES: usize = 1024;
@@ -59,36 +58,13 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         chat_template: String::new(),
     };
     let req = call.request(message, default, config.deadlines.max);
-    let shape = Shape {
-        kind: Kind::Chat,
-        id: format!("chatcmpl-{}", call.id),
-        created: unix_now(),
-        model,
-        fingerprint: ctx.fingerprint.to_string(),
-        include_usage,
-    };
+    let shape = Shape::new(Kind::Chat, &call.id, model, &ctx.fingerprint, include_usage);
     if stream {
         let tokens = ctx.api.chat_stream(req).await?.into_inner();
         return Ok(super::sse::response(tokens, shape, call.take_record()));
     }
     let answer = ctx.api.chat(req).await?.into_inner();
-    Ok(json(
-        axum::http::StatusCode::OK,
-        &json!({
-            "id": shape.id,
-            "object": "chat.completion",
-            "created": shape.created,
-            "model": shape.model,
-            "system_fingerprint": shape.fingerprint,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
-                "logprobs": null,
-                "finish_reason": finish_reason(answer.finish_reason),
-            }],
-            "usage": usage(answer.usage.as_ref()),
-        }),
-    ))
+    Ok(shape.whole(&answer))
 }
 
 /// The messages and the output constraint, checked.

@@ -4,16 +4,16 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sidecar_proto::v1::GenerateRequest;
 use sidecar_proto::v1::text_service_server::TextService;
 
-use super::errors::{ApiError, json};
-use super::params::{Options, Use, finish_reason, options, text_model, usage};
+use super::Ctx;
+use super::errors::ApiError;
+use super::params::{Options, Use, options, text_model};
 use super::router::Call;
 use super::sse::{Kind, Shape};
 use super::types::{GenBody, read_json};
-use super::{Ctx, unix_now};
 
 /// See the module.
 pub(super) async fn handle(
@@ -103,34 +103,17 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         add_special: None,
     };
     let req = call.request(message, default, config.deadlines.max);
-    let shape = Shape {
-        kind: Kind::Completion,
-        id: format!("cmpl-{}", call.id),
-        created: unix_now(),
+    let shape = Shape::new(
+        Kind::Completion,
+        &call.id,
         model,
-        fingerprint: ctx.fingerprint.to_string(),
+        &ctx.fingerprint,
         include_usage,
-    };
+    );
     if stream {
         let tokens = ctx.api.generate_stream(req).await?.into_inner();
         return Ok(super::sse::response(tokens, shape, call.take_record()));
     }
     let answer = ctx.api.generate(req).await?.into_inner();
-    Ok(json(
-        axum::http::StatusCode::OK,
-        &json!({
-            "id": shape.id,
-            "object": "text_completion",
-            "created": shape.created,
-            "model": shape.model,
-            "system_fingerprint": shape.fingerprint,
-            "choices": [{
-                "index": 0,
-                "text": answer.text,
-                "logprobs": null,
-                "finish_reason": finish_reason(answer.finish_reason),
-            }],
-            "usage": usage(answer.usage.as_ref()),
-        }),
-    ))
+    Ok(shape.whole(&answer))
 }

@@ -49,6 +49,66 @@ pub(super) struct Shape {
 }
 
 impl Shape {
+    /// The shape of answer `call_id` of `model`: ids `chatcmpl-…` or
+    /// `cmpl-…`, created now.
+    pub(super) fn new(
+        kind: Kind,
+        call_id: &str,
+        model: String,
+        fingerprint: &str,
+        include_usage: bool,
+    ) -> Shape {
+        let prefix = match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        };
+        Shape {
+            kind,
+            id: format!("{prefix}-{call_id}"),
+            created: super::unix_now(),
+            model,
+            fingerprint: fingerprint.to_owned(),
+            include_usage,
+        }
+    }
+
+    /// The whole (unary) answer: `chat.completion` with the assistant's
+    /// message, or `text_completion` with the text.
+    pub(super) fn whole(&self, answer: &sidecar_proto::v1::GenerateResponse) -> Response {
+        let (object, choice) = match self.kind {
+            Kind::Chat => (
+                "chat.completion",
+                json!({
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "logprobs": null,
+                    "finish_reason": finish_reason(answer.finish_reason),
+                }),
+            ),
+            Kind::Completion => (
+                "text_completion",
+                json!({
+                    "index": 0,
+                    "text": answer.text,
+                    "logprobs": null,
+                    "finish_reason": finish_reason(answer.finish_reason),
+                }),
+            ),
+        };
+        super::errors::json(
+            StatusCode::OK,
+            &json!({
+                "id": self.id,
+                "object": object,
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": self.fingerprint,
+                "choices": [choice],
+                "usage": usage(answer.usage.as_ref()),
+            }),
+        )
+    }
+
     /// One chunk: `text` as a content delta (or the role's first delta),
     /// `finish` on the last choice chunk.
     fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Value {
