@@ -36,11 +36,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
     let model = body.model.clone();
     text_model(ctx, call, &model, Use::Chat)?;
     let config = &ctx.api.config;
-    let default = config.openai.chat_timeout.unwrap_or(if opts.stream {
-        config.deadlines.stream
-    } else {
-        config.deadlines.unary
-    });
+    let default = opts.timeout(config.openai.chat_timeout, config);
     let Options {
         sampling,
         max_tokens,

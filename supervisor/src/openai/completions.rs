@@ -81,11 +81,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
     let model = body.model.clone();
     text_model(ctx, call, &model, Use::Generate)?;
     let config = &ctx.api.config;
-    let default = config.openai.completions_timeout.unwrap_or(if opts.stream {
-        config.deadlines.stream
-    } else {
-        config.deadlines.unary
-    });
+    let default = opts.timeout(config.openai.completions_timeout, config);
     let Options {
         sampling,
         max_tokens,

@@ -30,6 +30,22 @@ pub(super) struct Options {
     pub(super) include_usage: bool,
 }
 
+impl Options {
+    /// The call's default deadline: the route's own (`route`, e.g.
+    /// `openai.chat_timeout`) or else `deadlines.stream` / `.unary`.
+    pub(super) fn timeout(
+        &self,
+        route: Option<std::time::Duration>,
+        config: &crate::config::Config,
+    ) -> std::time::Duration {
+        route.unwrap_or(if self.stream {
+            config.deadlines.stream
+        } else {
+            config.deadlines.unary
+        })
+    }
+}
+
 /// Checks `s` (`max_tokens` replaced by `max_override` when given):
 /// a 400 names the field, the value and the limit.
 pub(super) fn options(s: &GenBody, max_override: Option<u32>) -> Result<Options, ApiError> {
