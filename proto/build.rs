@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "sidecar/v1/vision.proto",
     "sidecar/v1/lite.proto",
     "sidecar/v1/admin.proto",
+    "sidecar/v1/shm.proto",
+    "inference/grpc_service.proto",
     "sidecar/worker/v1/worker.proto",
 ];
 

@@ -262,6 +262,7 @@ fn big_images(n: usize) -> Vec<Image> {
     (0..n)
         .map(|k| Image {
             data: Some(image::Data::Raw(sidecar_proto::v1::RawImage {
+                shm: Default::default(),
                 width: 1920,
                 height: 1080,
                 format: sidecar_proto::v1::PixelFormat::Bgr8 as i32,

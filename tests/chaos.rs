@@ -16,8 +16,10 @@ const FACE: &str = "mediapipe/face_detection_short_range.tflite";
 
 fn face_request() -> InferRequest {
     InferRequest {
+        output_placements: Default::default(),
         model_id: "face".into(),
         inputs: vec![Tensor {
+            shm: Default::default(),
             name: "input".into(),
             dtype: DType::DtypeFloat32 as i32,
             shape: vec![1, 128, 128, 3],

@@ -194,8 +194,10 @@ async fn call(
                 .lite
                 .infer(request(
                     InferRequest {
+                        output_placements: Default::default(),
                         model_id: MODELS[2].into(),
                         inputs: vec![Tensor {
+                            shm: Default::default(),
                             name: "input".into(),
                             dtype: DType::DtypeFloat32 as i32,
                             shape: shape.to_vec(),

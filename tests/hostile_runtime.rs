@@ -226,6 +226,7 @@ async fn lite(sc: &Sidecar) -> LiteServiceClient<Channel> {
 
 fn pose_input() -> Tensor {
     Tensor {
+        shm: Default::default(),
         name: "input_1".into(),
         dtype: DType::DtypeFloat32 as i32,
         shape: vec![1, 256, 256, 3],
@@ -240,6 +241,7 @@ fn pose_batch(sets: usize) -> InferBatchRequest {
         model_id: "pose".into(),
         sets: (0..sets)
             .map(|_| InputSet {
+                output_placements: Default::default(),
                 inputs: vec![input.clone()],
             })
             .collect(),
@@ -291,6 +293,7 @@ fn long<T>(message: T) -> tonic::Request<T> {
 /// A single Infer that must succeed within `within`.
 async fn infer_within(client: &mut LiteServiceClient<Channel>, within: Duration) {
     let mut req = tonic::Request::new(InferRequest {
+        output_placements: Default::default(),
         model_id: "pose".into(),
         inputs: vec![pose_input()],
         outputs: vec!["Identity".into()],

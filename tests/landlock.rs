@@ -318,8 +318,10 @@ async fn a_lite_model_is_served_through_its_descriptor_under_landlock() {
         .max_decoding_message_size(64 << 20);
     let r = lite
         .infer(InferRequest {
+            output_placements: Default::default(),
             model_id: "face".into(),
             inputs: vec![Tensor {
+                shm: Default::default(),
                 name: "input".into(),
                 dtype: DType::DtypeFloat32 as i32,
                 shape: vec![1, 128, 128, 3],

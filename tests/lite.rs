@@ -123,6 +123,7 @@ fn typed_input(name: &str, shape: &[i64], dtype: &str) -> Tensor {
         other => panic!("the reference has an input of dtype {other}"),
     };
     Tensor {
+        shm: Default::default(),
         name: name.into(),
         dtype: dtype as i32,
         shape: shape.to_vec(),
@@ -206,6 +207,7 @@ async fn outputs_match_the_python_interpreter() {
 
         let r = client
             .infer(InferRequest {
+                output_placements: Default::default(),
                 model_id: id.clone(),
                 inputs: vec![typed_input(&c.input.0, &c.input.1, &c.input.2)],
                 outputs: vec![],
@@ -274,6 +276,7 @@ async fn a_batch_runs_each_set_as_a_single_call_would() {
     let mut client = lite(&sc).await;
     let single = client
         .infer(InferRequest {
+            output_placements: Default::default(),
             model_id: "face".into(),
             inputs: vec![face_input()],
             outputs: vec!["classificators".into()],
@@ -291,12 +294,15 @@ async fn a_batch_runs_each_set_as_a_single_call_would() {
             model_id: "face".into(),
             sets: vec![
                 InputSet {
+                    output_placements: Default::default(),
                     inputs: vec![face_input()],
                 },
                 InputSet {
+                    output_placements: Default::default(),
                     inputs: vec![zeros],
                 },
                 InputSet {
+                    output_placements: Default::default(),
                     inputs: vec![face_input()],
                 },
             ],
@@ -333,6 +339,7 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
     sc.ready("smollm2").await;
     let mut client = lite(&sc).await;
     let req = |inputs: Vec<Tensor>| InferRequest {
+        output_placements: Default::default(),
         model_id: "face".into(),
         inputs,
         outputs: vec![],
@@ -411,9 +418,11 @@ async fn bad_tensors_files_and_accelerators_get_clear_errors() {
             model_id: "face".into(),
             sets: vec![
                 InputSet {
+                    output_placements: Default::default(),
                     inputs: vec![face_input()],
                 },
                 InputSet {
+                    output_placements: Default::default(),
                     inputs: vec![Tensor {
                         shape: vec![1, 64, 64, 3],
                         ..face_input()
@@ -516,6 +525,7 @@ async fn a_killed_or_stopped_lite_worker_is_replaced_and_the_next_call_succeeds(
     let first = sc.ready("face").await;
     let mut client = lite(&sc).await;
     let call = || InferRequest {
+        output_placements: Default::default(),
         model_id: "face".into(),
         inputs: vec![face_input()],
         outputs: vec![],

@@ -70,8 +70,10 @@ async fn infer(sc: &Sidecar, id: &str) -> Result<(), tonic::Status> {
         .expect("connect");
     client
         .infer(InferRequest {
+            output_placements: Default::default(),
             model_id: id.into(),
             inputs: vec![Tensor {
+                shm: Default::default(),
                 name: "input".into(),
                 dtype: DType::DtypeFloat32 as i32,
                 shape: vec![1, 128, 128, 3],

@@ -96,8 +96,10 @@ impl Family {
                     .expect("connect");
                 let r = c
                     .infer(InferRequest {
+                        output_placements: Default::default(),
                         model_id: "face".into(),
                         inputs: vec![Tensor {
+                            shm: Default::default(),
                             name: "input".into(),
                             dtype: DType::DtypeFloat32 as i32,
                             shape: vec![1, 128, 128, 3],

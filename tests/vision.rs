@@ -19,6 +19,7 @@ async fn blazeface_and_the_cascades_find_the_face_where_it_is() {
     let (_sc, mut client) = sidecar().await;
     let blank = Image {
         data: Some(image::Data::Raw(RawImage {
+            shm: Default::default(),
             width: 320,
             height: 240,
             format: PixelFormat::Rgb8 as i32,
@@ -29,6 +30,7 @@ async fn blazeface_and_the_cascades_find_the_face_where_it_is() {
     // Mid-grey in I420: luma and both chroma planes at 128.
     let yuv = Image {
         data: Some(image::Data::Raw(RawImage {
+            shm: Default::default(),
             width: 64,
             height: 48,
             format: PixelFormat::I420 as i32,
@@ -109,6 +111,7 @@ async fn bad_images_and_tasks_get_clear_errors() {
     }
     let short_raw = Image {
         data: Some(image::Data::Raw(RawImage {
+            shm: Default::default(),
             width: 10,
             height: 10,
             format: PixelFormat::Rgb8 as i32,
@@ -126,6 +129,7 @@ async fn bad_images_and_tasks_get_clear_errors() {
     };
     let odd_nv12 = Image {
         data: Some(image::Data::Raw(RawImage {
+            shm: Default::default(),
             width: 64,
             height: 48,
             format: PixelFormat::Nv12 as i32,
@@ -423,6 +427,7 @@ async fn full_hd_and_4k_raw_frames_and_a_large_batch_go_through() {
     let images: Vec<Image> = (0..6)
         .map(|k| Image {
             data: Some(image::Data::Raw(RawImage {
+                shm: Default::default(),
                 width: 1920,
                 height: 1080,
                 format: PixelFormat::Bgr8 as i32,

@@ -90,6 +90,7 @@ pub fn raw_frame(
         msg: Some(process_request::Msg::Frame(Frame {
             index,
             data: Some(frame::Data::Raw(RawImage {
+                shm: Default::default(),
                 width: w as u32,
                 height: h as u32,
                 format: format as i32,

@@ -45,6 +45,7 @@ fn texture(w: usize, h: usize, dx: usize, dy: usize) -> Vec<u8> {
 fn raw_bgr(w: u32, h: u32, data: Vec<u8>) -> Image {
     Image {
         data: Some(image::Data::Raw(RawImage {
+            shm: Default::default(),
             width: w,
             height: h,
             format: PixelFormat::Bgr8 as i32,

@@ -217,6 +217,7 @@ fn worker_messages_round_trip_and_embed_public_requests() {
     let req = WorkerRequest {
         request_tag: "req-1".into(),
         cache_partition: String::new(),
+        regions: Vec::new(),
         deadline_unix_ms: 1_700_000_000_000,
         body: Some(Body::Generate(GenerateRequest {
             model_id: "smollm2".into(),

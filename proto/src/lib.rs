@@ -1,7 +1,8 @@
 //! Generated code for sidecar's protobuf contracts.
 //!
 //! Owns: the public gRPC API (`sidecar.v1`: ModelService, TextService,
-//! VisionService, LiteService, AdminService) and the supervisor↔worker
+//! VisionService, LiteService, SharedMemoryService, AdminService), the Open
+//! Inference Protocol (`inference`) and the supervisor↔worker
 //! messages (`sidecar.worker.v1`) that travel as `ipc` frame payloads.
 //! Must not: contain logic. The `.proto` files under `proto/sidecar/` are
 //! the source of truth and document every field.
@@ -22,6 +23,13 @@ pub mod sidecar {
     }
 }
 
+/// The Open Inference Protocol v2 (KServe `grpc_predict_v2`) with Triton's
+/// system shared-memory calls, package `inference`.
+#[doc(hidden)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
 /// The public API, package `sidecar.v1`.
 pub use sidecar::v1;
 /// The supervisor↔worker messages, package `sidecar.worker.v1`.
@@ -34,7 +42,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// Version of the supervisor↔worker protocol (`Hello.protocol_version`).
 /// Bump it whenever `sidecar/worker/v1/worker.proto` changes incompatibly.
-pub const WORKER_PROTOCOL_VERSION: u32 = 1;
+pub const WORKER_PROTOCOL_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod contract_tests;

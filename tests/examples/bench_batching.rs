@@ -48,6 +48,7 @@ fn text(i: usize) -> String {
 
 fn face_input() -> Tensor {
     Tensor {
+        shm: Default::default(),
         name: "input".into(),
         dtype: DType::DtypeFloat32 as i32,
         shape: vec![1, 128, 128, 3],
@@ -140,6 +141,7 @@ async fn lite_rows(lite: &LiteServiceClient<Channel>, reps: usize) -> Res<Vec<St
             let mut c = c.clone();
             async move {
                 c.infer(InferRequest {
+                    output_placements: Default::default(),
                     model_id: "face".into(),
                     inputs: vec![face_input()],
                     outputs: vec![],
@@ -156,6 +158,7 @@ async fn lite_rows(lite: &LiteServiceClient<Channel>, reps: usize) -> Res<Vec<St
                     model_id: "face".into(),
                     sets: (0..n)
                         .map(|_| InputSet {
+                            output_placements: Default::default(),
                             inputs: vec![face_input()],
                         })
                         .collect(),
@@ -290,6 +293,7 @@ async fn main() -> Res<()> {
                 })
                 .await?;
             lite.infer(InferRequest {
+                output_placements: Default::default(),
                 model_id: "face".into(),
                 inputs: vec![face_input()],
                 outputs: vec![],

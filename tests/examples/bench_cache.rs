@@ -34,8 +34,10 @@ fn infer(round: usize) -> InferRequest {
     let mut data = float_pattern(128 * 128 * 3);
     data[..4].copy_from_slice(&(round as f32 / 1000.0).to_le_bytes());
     InferRequest {
+        output_placements: Default::default(),
         model_id: "faces".into(),
         inputs: vec![Tensor {
+            shm: Default::default(),
             name: "input".into(),
             dtype: DType::DtypeFloat32 as i32,
             shape: vec![1, 128, 128, 3],

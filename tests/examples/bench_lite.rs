@@ -107,8 +107,10 @@ async fn main() -> Res<()> {
             let id = format!("{}-t{t}", id_of(model));
             sc.ready(&id).await;
             let req = InferRequest {
+                output_placements: Default::default(),
                 model_id: id.clone(),
                 inputs: vec![Tensor {
+                    shm: Default::default(),
                     name: input.into(),
                     dtype: DType::DtypeFloat32 as i32,
                     shape: shape.to_vec(),

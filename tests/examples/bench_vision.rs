@@ -127,6 +127,7 @@ impl Source {
             return Ok((0..8)
                 .map(|k| {
                     frame::Data::Raw(RawImage {
+                        shm: Default::default(),
                         width: self.w as u32,
                         height: self.h as u32,
                         format: PixelFormat::Bgr8 as i32,

@@ -98,6 +98,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             None => vec![0u8; t.byte_size as usize],
         };
         inputs.push(Tensor {
+            shm: Default::default(),
             name: t.name.clone(),
             dtype: t.dtype,
             shape: t.shape.clone(),
@@ -110,6 +111,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     let answer = exchange(
         &session,
         &request(worker_request::Body::Infer(InferRequest {
+            output_placements: Default::default(),
             model_id: "standalone".into(),
             inputs,
             outputs: Vec::new(),

@@ -366,6 +366,7 @@ mod tests {
 
     fn tensor_msg(name: &str, data: &[u8]) -> Tensor {
         Tensor {
+            shm: Default::default(),
             name: name.into(),
             dtype: 1,
             shape: vec![1, 2, 300],
@@ -376,10 +377,12 @@ mod tests {
     #[test]
     fn infer_requests_are_read_in_place() {
         let req = WorkerRequest {
+            regions: Default::default(),
             request_tag: "t".into(),
             cache_partition: String::new(),
             deadline_unix_ms: 1234,
             body: Some(worker_request::Body::Infer(InferRequest {
+                output_placements: Default::default(),
                 model_id: "m".into(),
                 inputs: vec![tensor_msg("a", &[1, 2, 3]), tensor_msg("b", &[])],
                 outputs: vec!["x".into()],
@@ -412,9 +415,11 @@ mod tests {
                 model_id: "m".into(),
                 sets: vec![
                     InputSet {
+                        output_placements: Default::default(),
                         inputs: vec![tensor_msg("a", &[9])],
                     },
                     InputSet {
+                        output_placements: Default::default(),
                         inputs: vec![tensor_msg("a", &[8, 7])],
                     },
                 ],
@@ -529,6 +534,7 @@ mod props {
             vec(any::<u8>(), 0..48),
         )
             .prop_map(|(name, dtype, shape, data)| Tensor {
+                shm: Default::default(),
                 name,
                 dtype,
                 shape,
@@ -539,6 +545,7 @@ mod props {
     fn request() -> impl Strategy<Value = WorkerRequest> {
         let infer = (vec(tensor(), 0..4), vec("[a-z]{0,6}", 0..3)).prop_map(|(inputs, outputs)| {
             worker_request::Body::Infer(InferRequest {
+                output_placements: Default::default(),
                 model_id: "m".into(),
                 inputs,
                 outputs,
@@ -548,7 +555,13 @@ mod props {
             |(sets, outputs)| {
                 worker_request::Body::InferBatch(InferBatchRequest {
                     model_id: "m".into(),
-                    sets: sets.into_iter().map(|inputs| InputSet { inputs }).collect(),
+                    sets: sets
+                        .into_iter()
+                        .map(|inputs| InputSet {
+                            output_placements: Default::default(),
+                            inputs,
+                        })
+                        .collect(),
                     outputs,
                 })
             },
@@ -560,6 +573,7 @@ mod props {
             prop_oneof![infer, batch, other],
         )
             .prop_map(|(tag, deadline, body)| WorkerRequest {
+                regions: Default::default(),
                 request_tag: tag,
                 cache_partition: String::new(),
                 deadline_unix_ms: deadline,

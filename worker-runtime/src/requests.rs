@@ -102,6 +102,7 @@ mod tests {
     #[test]
     fn the_tag_is_read_from_the_payload() {
         let req = WorkerRequest {
+            regions: Default::default(),
             request_tag: "abc-1".into(),
             cache_partition: String::new(),
             deadline_unix_ms: 12,

@@ -77,6 +77,7 @@ pub fn request(body: worker_request::Body) -> Vec<u8> {
     WorkerRequest {
         request_tag: TAG.into(),
         cache_partition: String::new(),
+        regions: Vec::new(),
         deadline_unix_ms: 0,
         body: Some(body),
     }

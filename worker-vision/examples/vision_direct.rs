@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let images: Vec<Image> = (0..8)
         .map(|k| Image {
             data: Some(image::Data::Raw(RawImage {
+                shm: Default::default(),
                 width: w as u32,
                 height: h as u32,
                 format: PixelFormat::Bgr8 as i32,

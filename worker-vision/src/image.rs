@@ -20,6 +20,9 @@ use crate::limits::Limits;
 pub fn to_bgr(img: &Image, at: &str, limits: &Limits) -> Result<Mat, WorkerError> {
     match &img.data {
         Some(image::Data::Raw(raw)) => raw_to_bgr(raw, at, limits),
+        Some(image::Data::EncodedShm(_)) => Err(WorkerError::invalid(format!(
+            "{at}: an image in shared memory reached the worker without its region"
+        ))),
         Some(image::Data::Encoded(bytes)) => {
             if bytes.is_empty() {
                 return Err(WorkerError::invalid(format!("{at}: empty encoded image")));
@@ -175,6 +178,7 @@ mod tests {
     fn raw(w: u32, h: u32, format: PixelFormat, stride: u32, data: Vec<u8>) -> Image {
         Image {
             data: Some(image::Data::Raw(RawImage {
+                shm: Default::default(),
                 width: w,
                 height: h,
                 format: format as i32,

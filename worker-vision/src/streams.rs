@@ -159,7 +159,7 @@ impl Stream {
                 Data::Pixels(bgr, arrived.elapsed())
             }
             Some(frame::Data::Encoded(bytes)) => Data::Encoded(bytes.to_vec()),
-            None => Data::Missing,
+            Some(frame::Data::EncodedShm(_)) | None => Data::Missing,
         };
         self.arrived += 1;
         self.pending.push_back(Waiting {

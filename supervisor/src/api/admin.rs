@@ -317,6 +317,7 @@ impl AdminService for AdminApi {
         let wreq = WorkerRequest {
             request_tag: request_id.clone(),
             cache_partition: String::new(),
+            regions: Vec::new(),
             deadline_unix_ms: now_ms()
                 + deadline
                     .saturating_duration_since(Instant::now())

@@ -72,6 +72,7 @@ pub async fn call_worker<T>(
     let req = WorkerRequest {
         request_tag: request_id.clone(),
         cache_partition: client.clone(),
+        regions: Vec::new(),
         deadline_unix_ms: 0,
         body: Some(body),
     };

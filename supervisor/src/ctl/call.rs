@@ -69,6 +69,7 @@ fn tensor(spec: &str) -> Result<Tensor, Status> {
         dtype: dtype(dt)? as i32,
         shape,
         data: data.into(),
+        shm: None,
     })
 }
 

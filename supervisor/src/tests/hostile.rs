@@ -31,6 +31,7 @@ async fn a_worker_flooding_past_its_window_is_killed_for_protocol() {
     let before = peak_rss();
     for (n, text) in ["flood", "flood-control"].into_iter().enumerate() {
         let req = WorkerRequest {
+            regions: Default::default(),
             request_tag: "test".into(),
             cache_partition: String::new(),
             deadline_unix_ms: 0,

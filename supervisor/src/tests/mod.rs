@@ -135,6 +135,7 @@ async fn tokenize_within(
     deadline: Instant,
 ) -> Result<Vec<i32>, Error> {
     let req = WorkerRequest {
+        regions: Default::default(),
         request_tag: "test".into(),
         cache_partition: String::new(),
         deadline_unix_ms: 0,
@@ -454,6 +455,7 @@ async fn kills_for_request_deadlines_never_make_a_model_failed() {
     // killed (reason timeout) once the cancel's grace is over.
     for round in 1..=MAX_RESTARTS + 2 {
         let req = WorkerRequest {
+            regions: Default::default(),
             request_tag: format!("hang-{round}"),
             cache_partition: String::new(),
             deadline_unix_ms: 0,

@@ -38,7 +38,8 @@ pub fn cost(body: &Body) -> u32 {
         | Body::VisionFrame(_)
         | Body::VisionClose(_)
         | Body::Load(_)
-        | Body::SandboxProbe(_) => 1,
+        | Body::SandboxProbe(_)
+        | Body::RegionDetach(_) => 1,
     };
     saturate(c)
 }

@@ -162,6 +162,7 @@ impl WorkerHandle {
         let head = WorkerRequest {
             request_tag: req.request_tag.clone(),
             cache_partition: req.cache_partition.clone(),
+            regions: req.regions.clone(),
             deadline_unix_ms: req.deadline_unix_ms,
             body: None,
         }

@@ -141,6 +141,7 @@ fn tokenize(text: &str) -> Vec<u8> {
 
 fn generate(tokens: u32, deadline_ms: i64) -> Vec<u8> {
     WorkerRequest {
+        regions: Default::default(),
         request_tag: "gen".into(),
         cache_partition: String::new(),
         deadline_unix_ms: deadline_ms,

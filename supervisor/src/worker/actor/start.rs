@@ -416,6 +416,7 @@ impl Handshake<'_> {
         let req = WorkerRequest {
             request_tag: format!("load-{}", self.spec.id),
             cache_partition: String::new(),
+            regions: Vec::new(),
             deadline_unix_ms: 0,
             body: Some(worker_request::Body::Load(Load {
                 path: self.worker_path.clone(),
