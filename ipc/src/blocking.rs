@@ -17,6 +17,7 @@ use crate::ends::{Ends, Side};
 use crate::error::{Blocked, Error, Result};
 use crate::flow::{self, Credits};
 use crate::frame::{Flags, Kind, Meta};
+use crate::passed::Passed;
 use crate::ring::{Consumer, Found, Producer};
 use crate::sys::{self, SharedRegion};
 
@@ -59,6 +60,8 @@ pub struct BlockingChannel {
     peer_bell: OwnedFd,
     sock: Arc<OwnedFd>,
     peer_gone: Arc<AtomicBool>,
+    /// Descriptors the peer passed, until [`BlockingChannel::take_fd`].
+    passed: Arc<Passed>,
     /// Held for its `Drop`, which stops and joins the thread.
     _watch: DeathWatch,
     corrupt: Mutex<Option<String>>,
@@ -73,7 +76,13 @@ impl BlockingChannel {
         let my_bell = Arc::new(a.my_bell);
         let sock = Arc::new(a.sock);
         let peer_gone = Arc::new(AtomicBool::new(false));
-        let watch = DeathWatch::start(sock.clone(), my_bell.clone(), peer_gone.clone())?;
+        let passed = Arc::new(Passed::default());
+        let watch = DeathWatch::start(
+            sock.clone(),
+            my_bell.clone(),
+            peer_gone.clone(),
+            passed.clone(),
+        )?;
         Ok(BlockingChannel {
             side: a.side,
             region: a.rx.region_arc(),
@@ -91,6 +100,7 @@ impl BlockingChannel {
             peer_bell: a.peer_bell,
             sock,
             peer_gone,
+            passed,
             _watch: watch,
             corrupt: Mutex::new(None),
             spin: std::sync::atomic::AtomicU64::new(crate::DEFAULT_SPIN.as_nanos() as u64),
@@ -113,6 +123,24 @@ impl BlockingChannel {
     /// Which side this is.
     pub fn side(&self) -> Side {
         self.side
+    }
+
+    /// Claims the descriptor the peer passed with `tag`
+    /// ([`crate::AsyncChannel::send_fd`]), waiting up to `wait` for it to
+    /// arrive. The peer sends a descriptor before the frame that names its
+    /// tag, so the wait is only for the socket to be read. Errors:
+    /// [`Error::Timeout`] (nothing came with that tag), [`Error::PeerGone`].
+    /// Descriptors nobody claims stay held, at most [`crate::MAX_PASSED`].
+    pub fn take_fd(&self, tag: u64, wait: Duration) -> Result<OwnedFd> {
+        // The death watch normally reads the socket; reading it here too
+        // spares the wait its wake-up.
+        let _ = self.check_peer();
+        self.passed.take(tag, wait, &self.peer_gone)
+    }
+
+    /// Descriptors passed by the peer and not claimed yet.
+    pub fn passed_fds(&self) -> usize {
+        self.passed.len()
     }
 
     /// Size of the shared region in bytes.
@@ -391,7 +419,10 @@ impl BlockingChannel {
     }
 
     fn check_peer(&self) -> Result<()> {
-        if self.peer_gone.load(Ordering::SeqCst) || sys::peer_closed(self.sock.as_ref().as_fd())? {
+        let mut keep = |tag, fd| self.passed.put(tag, fd);
+        if self.peer_gone.load(Ordering::SeqCst)
+            || sys::receive(self.sock.as_ref().as_fd(), &mut keep)?
+        {
             self.peer_gone.store(true, Ordering::SeqCst);
             return Err(Error::PeerGone);
         }

@@ -9,7 +9,7 @@
 //! this side grants credit, which happens as the reader takes frames.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -149,7 +149,10 @@ impl AsyncChannel {
             rx: Mutex::new(a.rx),
             bell: sys::async_fd(a.my_bell)?,
             peer_bell: a.peer_bell,
-            sock: sys::async_fd(a.sock)?,
+            sock: sys::async_fd_with(
+                a.sock,
+                tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+            )?,
             streams: Mutex::new(HashMap::new()),
             control: Mutex::new(VecDeque::new()),
             control_notify: Notify::new(),
@@ -200,6 +203,29 @@ impl AsyncChannel {
         lock(&self.inner.streams)
             .get(&request_id)
             .map_or(0, |s| s.queue.len())
+    }
+
+    /// Passes `fd` to the peer with `tag` (`SCM_RIGHTS` over the channel's
+    /// socketpair); the peer claims it with
+    /// [`crate::BlockingChannel::take_fd`]. Send it before the frame that
+    /// names the tag. The peer gets its own descriptor of the same open
+    /// file: closing ours afterwards does not close it.
+    pub async fn send_fd(&self, tag: u64, fd: BorrowedFd<'_>) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        loop {
+            let mut guard = self
+                .inner
+                .sock
+                .writable()
+                .await
+                .map_err(|e| Error::io("wait death-watch socket", e))?;
+            if sys::send_fd(self.inner.sock.get_ref().as_fd(), tag, fd)? {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
     }
 
     /// The channel's final error, if it has failed.

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
+use crate::passed::Passed;
 use crate::sys;
 
-/// A thread blocked on the death-watch socket: when the peer's end closes
-/// it sets `peer_gone` and rings this side's own doorbell, so a sleeper
-/// wakes at once.
+/// A thread blocked on the death-watch socket: it keeps the descriptors
+/// the peer passes (in `passed`), and when the peer's end closes it sets
+/// `peer_gone` and rings this side's own doorbell, so a sleeper wakes at
+/// once.
 #[derive(Debug)]
 pub(crate) struct DeathWatch {
     stop: OwnedFd,
@@ -21,6 +23,7 @@ impl DeathWatch {
         sock: Arc<OwnedFd>,
         bell: Arc<OwnedFd>,
         gone: Arc<AtomicBool>,
+        passed: Arc<Passed>,
     ) -> Result<Self> {
         let stop = sys::doorbell()?;
         let stop_here = sys::dup(stop.as_fd())?;
@@ -29,8 +32,10 @@ impl DeathWatch {
             .spawn(move || {
                 // An error here leaves the channel without death detection
                 // only for sleepers; senders still fail on a closed peer.
-                if let Ok(true) = sys::watch_for_close(sock.as_fd(), stop_here.as_fd()) {
+                let mut keep = |tag, fd| passed.put(tag, fd);
+                if let Ok(true) = sys::watch_for_close(sock.as_fd(), stop_here.as_fd(), &mut keep) {
                     gone.store(true, Ordering::SeqCst);
+                    passed.wake();
                     let _ = sys::ring(bell.as_fd());
                 }
             })

@@ -41,6 +41,7 @@ mod frame;
 mod layout;
 pub mod loopback;
 pub mod malloc;
+mod passed;
 mod pool;
 mod ring;
 mod sys;
@@ -51,6 +52,7 @@ pub use ends::{ChannelConfig, ENV_VAR, Ends, FILES_ENV_VAR, Side, create, inheri
 pub use error::{Blocked, Error, Result};
 pub use frame::{Flags, HEADER_LEN, Kind, Meta, decode as decode_header, frame_size};
 pub use layout::{MAX_RING_BYTES, MIN_RING_BYTES};
+pub use passed::MAX_PASSED;
 
 /// How long a side waiting for a frame watches the ring before it sleeps on
 /// its doorbell. Bounded, so an idle channel costs no CPU; see

@@ -20,7 +20,10 @@ use nix::fcntl::{FcntlArg, FdFlag, SealFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 
 use crate::error::{Error, Result};
 
@@ -229,6 +232,83 @@ pub(crate) fn death_watch_pair() -> Result<(OwnedFd, OwnedFd)> {
     .map_err(|e| Error::io("socketpair", e))
 }
 
+/// Bytes of the tag that travels with a passed descriptor.
+const TAG_BYTES: usize = 8;
+
+/// Sends `fd` over the death-watch socket with its tag: one message of the
+/// tag's 8 bytes carrying the descriptor (`SCM_RIGHTS`). Ok(false): the
+/// socket's buffer is full now (wait until it is writable and try again).
+pub(crate) fn send_fd(sock: BorrowedFd<'_>, tag: u64, fd: BorrowedFd<'_>) -> Result<bool> {
+    let bytes = tag.to_le_bytes();
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    loop {
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, flags, None) {
+            // A Unix stream socket takes a message carrying descriptors
+            // whole or not at all when it is this small.
+            Ok(n) if n == TAG_BYTES => return Ok(true),
+            Ok(n) => {
+                return Err(Error::Broken(format!(
+                    "descriptor message sent short: {n} of {TAG_BYTES} bytes"
+                )));
+            }
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => return Err(Error::PeerGone),
+            Err(e) => return Err(Error::io("send descriptor", e)),
+        }
+    }
+}
+
+/// Reads the death-watch socket without blocking until it is empty: every
+/// descriptor passed with its tag goes to `got`; true when the peer's end
+/// is closed. A message that is not a tag with exactly one descriptor (the
+/// peer broke the protocol) is dropped, its descriptors closed.
+pub(crate) fn receive(sock: BorrowedFd<'_>, got: &mut dyn FnMut(u64, OwnedFd)) -> Result<bool> {
+    loop {
+        let mut buf = [0u8; TAG_BYTES];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        // Room for more descriptors than a message ever carries, so that
+        // the kernel never truncates (and leaks) what a broken peer sends.
+        let mut space = nix::cmsg_space!([RawFd; 8]);
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+        let (n, mut fds) = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), flags)
+        {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            fds.extend(raw.into_iter().map(|r| {
+                                // SAFETY: the kernel has just installed `r`
+                                // in this process's table for this message;
+                                // nothing else refers to it, so this is its
+                                // one owner.
+                                unsafe { OwnedFd::from_raw_fd(r) }
+                            }));
+                        }
+                    }
+                }
+                (msg.bytes, fds)
+            }
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Ok(true),
+            Err(e) => return Err(Error::io("read death-watch socket", e)),
+        };
+        if n == 0 && fds.is_empty() {
+            return Ok(true);
+        }
+        if n == TAG_BYTES && fds.len() == 1 {
+            let fd = fds.pop().expect("one descriptor");
+            got(u64::from_le_bytes(buf), fd);
+        }
+        // Anything else is dropped here (its descriptors closed).
+    }
+}
+
 /// Checks the death-watch socket without blocking: true when the peer's
 /// end is closed.
 pub(crate) fn peer_closed(sock: BorrowedFd<'_>) -> Result<bool> {
@@ -342,10 +422,19 @@ fn child_setup(fds: &[RawFd], pdeathsig: Option<i32>, parent: libc::pid_t) -> st
 /// Registers a descriptor this crate owns with the tokio reactor (read
 /// readiness only). Must be called inside a tokio runtime.
 pub(crate) fn async_fd(fd: OwnedFd) -> Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    async_fd_with(fd, tokio::io::Interest::READABLE)
+}
+
+/// [`async_fd`] with the readiness wanted (the death-watch socket also
+/// waits to be writable when it passes descriptors).
+pub(crate) fn async_fd_with(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` moves into the `AsyncFd`, so the descriptor is
     // open, refers to the same file description and returns the same number
     // for as long as the `AsyncFd` lives.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(|e| Error::io("register with tokio", e.into_parts().1))
 }
 
@@ -378,8 +467,12 @@ pub(crate) fn sleep_on(bell: BorrowedFd<'_>, timeout: Option<Duration>) -> Resul
 }
 
 /// Blocks until the peer's end of the death-watch socket closes (true) or
-/// `stop` rings (false).
-pub(crate) fn watch_for_close(sock: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> Result<bool> {
+/// `stop` rings (false); descriptors passed meanwhile go to `got`.
+pub(crate) fn watch_for_close(
+    sock: BorrowedFd<'_>,
+    stop: BorrowedFd<'_>,
+    got: &mut dyn FnMut(u64, OwnedFd),
+) -> Result<bool> {
     loop {
         let mut fds = [
             PollFd::new(sock, PollFlags::POLLIN),
@@ -392,7 +485,7 @@ pub(crate) fn watch_for_close(sock: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> Res
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             return Ok(false);
         }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) && peer_closed(sock)? {
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) && receive(sock, got)? {
             return Ok(true);
         }
     }

@@ -109,7 +109,9 @@ pub(super) const OWN_PID_ONLY: &[Sys] = sys![
 pub(super) const OWN_PID_OR_SELF: &[Sys] = sys![SYS_prlimit64];
 
 /// What every worker makes, whatever its family: the worker runtime (the
-/// channel's eventfds and death-watch `poll`, heartbeats, tracing to
+/// channel's eventfds and death-watch `poll`, the shared-memory regions'
+/// descriptors received on that socket (`recvmsg`) and read and written
+/// with `pread64`/`pwrite64`, heartbeats, tracing to
 /// stderr, `/proc/self` memory figures), Rust's std (threads, `statx`,
 /// `readlink` of `/proc/self/exe`), glibc (malloc's `mremap`/`madvise`,
 /// pthreads' `rseq`/`set_robust_list`, `abort`'s signals, sleeps), and the
@@ -120,6 +122,9 @@ pub(super) const BASE: &[Sys] = sys![
     SYS_read,
     SYS_write,
     SYS_writev,
+    SYS_pread64,
+    SYS_pwrite64,
+    SYS_recvmsg,
     SYS_close,
     SYS_openat,
     SYS_fstat,
