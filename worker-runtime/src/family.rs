@@ -14,6 +14,7 @@ use sidecar_proto::worker::{
 
 use crate::error::WorkerError;
 use crate::outbox::Outbox;
+use crate::regions::{Regions, Resolved};
 use crate::requests::RequestNames;
 
 /// A request as the serve loop hands it to its family.
@@ -32,6 +33,9 @@ pub struct Call {
     /// What is asked (never a Load: the loop hands those to
     /// [`Family::load`]).
     pub body: worker_request::Body,
+    /// The shared-memory regions the request may name, by the caller's
+    /// names (`WorkerRequest.regions`, attached).
+    pub regions: Resolved,
 }
 
 /// What [`Family::read`] made of a REQUEST frame.
@@ -129,6 +133,10 @@ pub struct Context {
     chan: Arc<BlockingChannel>,
     pub(crate) outbox: Outbox,
     pub(crate) names: RequestNames,
+    /// The worker's open shared-memory regions.
+    pub(crate) regions: Regions,
+    /// The regions of the frame being read ([`Family::read`]).
+    pub(crate) frame_regions: Resolved,
 }
 
 impl Context {
@@ -137,7 +145,21 @@ impl Context {
             outbox: Outbox::new(chan.max_payload()),
             chan,
             names: RequestNames::default(),
+            regions: Regions::default(),
+            frame_regions: Resolved::default(),
         }
+    }
+
+    /// The shared-memory regions the frame being read may name (for a
+    /// family that reads frames in place, in [`Family::read`]; a
+    /// [`Call`] carries its own).
+    pub fn frame_regions(&self) -> &Resolved {
+        &self.frame_regions
+    }
+
+    /// Regions this worker holds open.
+    pub fn open_regions(&self) -> usize {
+        self.regions.len()
     }
 
     /// The channel, for a family that reads or writes frames in place

@@ -8,7 +8,9 @@
 //! loop ([`serve`]) and its seam, the [`Family`] trait; the per-request
 //! [`Outbox`]; the one worker-side error ([`WorkerError`], [`Code`]) and
 //! its wire form; request bookkeeping ([`RequestNames`], [`request_tag`]);
-//! deadlines ([`deadline`]); the memory report ([`memory`], from
+//! deadlines ([`deadline`]); the caller's shared-memory regions
+//! ([`regions`]: attached, looked up per request, read and written with
+//! `pread`/`pwrite`, detached); the memory report ([`memory`], from
 //! `procmem`); exiting with status 0 when the supervisor is gone; the
 //! standalone driver ([`standalone`]); and `main` itself ([`main`],
 //! [`Binary`]); the worker's sandbox ([`sandbox`]), the same for every
@@ -34,6 +36,7 @@ pub mod memory;
 mod outbox;
 pub mod privilege;
 mod probe;
+pub mod regions;
 mod requests;
 pub mod sandbox;
 pub mod seccomp;
@@ -44,5 +47,6 @@ pub use binary::{Binary, LOG_ENV, main};
 pub use error::{Code, WorkerError, answer_too_large, not_loaded};
 pub use family::{Call, Context, Family, Read, decode, model_name};
 pub use outbox::Outbox;
+pub use regions::{Regions, Resolved};
 pub use requests::{RequestNames, request_tag};
 pub use serve::{serve, serve_sandboxed};

@@ -5,13 +5,17 @@
 
 use std::collections::VecDeque;
 
+use prost::Message;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+use sidecar_proto::worker::RegionUse;
 
 /// How many recent requests keep their names.
 const KEEP: usize = 1024;
 
 /// `WorkerRequest.request_tag`'s field number.
 const REQUEST_TAG: u32 = 1;
+/// `WorkerRequest.regions`' field number.
+const REGIONS: u32 = 4;
 
 /// Request id → the caller's name for it.
 #[derive(Debug, Default)]
@@ -70,6 +74,26 @@ pub fn request_tag(payload: &[u8]) -> String {
     String::new()
 }
 
+/// The regions a request frame's payload names (`WorkerRequest.regions`),
+/// read without decoding its body; `None` when the payload is unreadable
+/// (the family's decoding then refuses it).
+pub(crate) fn region_uses(payload: &[u8]) -> Option<Vec<RegionUse>> {
+    let mut buf = payload;
+    let mut uses = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        if (tag, wire) == (REGIONS, WireType::LengthDelimited) {
+            let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+            let body = buf.get(..len)?;
+            uses.push(RegionUse::decode(body).ok()?);
+            buf = &buf[len..];
+            continue;
+        }
+        skip_field(wire, tag, &mut buf, DecodeContext::default()).ok()?;
+    }
+    Some(uses)
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -117,6 +141,35 @@ mod tests {
         .encode_to_vec();
         later.extend_from_slice(&[0x0a, 2, b'h', b'i']);
         assert_eq!(request_tag(&later), "hi");
+    }
+
+    #[test]
+    fn the_regions_are_read_from_the_payload() {
+        let uses = vec![
+            RegionUse {
+                name: "in".into(),
+                id: 7,
+                offset: 4096,
+                byte_size: 100,
+                writable: false,
+                attach: true,
+            },
+            RegionUse {
+                name: "out".into(),
+                id: 9,
+                writable: true,
+                ..Default::default()
+            },
+        ];
+        let req = WorkerRequest {
+            regions: uses.clone(),
+            request_tag: "t".into(),
+            body: Some(worker_request::Body::VisionClose(true)),
+            ..Default::default()
+        };
+        assert_eq!(region_uses(&req.encode_to_vec()), Some(uses));
+        assert_eq!(region_uses(&[]), Some(vec![]));
+        assert_eq!(region_uses(&[0x22, 50, 1]), None, "longer than the payload");
     }
 
     #[test]

@@ -168,6 +168,21 @@ fn on_frame<F: Family>(family: &mut F, cx: &mut Context, counters: &Counters, fr
                 tracing::debug!(request = id, request_id = %tag, "request");
                 cx.names.insert(id, tag);
             }
+            // Its regions first: a descriptor passed with it is claimed
+            // even when the request is refused.
+            let uses = crate::requests::region_uses(frame.payload()).unwrap_or_default();
+            cx.frame_regions = Default::default();
+            if !uses.is_empty() {
+                let chan = cx.chan().clone();
+                match cx.regions.resolve(&chan, uses) {
+                    Ok(r) => cx.frame_regions = r,
+                    Err(e) => {
+                        drop(frame);
+                        cx.fail(id, &e);
+                        return;
+                    }
+                }
+            }
             // This one is in flight while the family reads it.
             counters
                 .in_flight
@@ -177,6 +192,7 @@ fn on_frame<F: Family>(family: &mut F, cx: &mut Context, counters: &Counters, fr
                 Ok(Read::Answered) => {}
                 Err(e) => cx.fail(id, &e),
             }
+            cx.frame_regions = Default::default();
         }
         Kind::Cancel => {
             drop(frame);
@@ -202,6 +218,17 @@ fn dispatch<F: Family>(
             loaded.load_us = arrived.elapsed().as_micros() as u64;
             cx.answer(id, worker_response::Body::Loaded(loaded));
         }),
+        Some(worker_request::Body::RegionDetach(d)) => {
+            let n = cx.regions.detach(&d.ids);
+            tracing::debug!(
+                request = id,
+                detached = n,
+                open = cx.regions.len(),
+                "regions detached"
+            );
+            cx.answer(id, worker_response::Body::RegionsDetached(n));
+            Ok(())
+        }
         Some(worker_request::Body::SandboxProbe(probe)) => crate::probe::answer(&probe)
             .map(|r| cx.answer(id, worker_response::Body::SandboxProbe(r))),
         Some(body) => {
@@ -211,6 +238,7 @@ fn dispatch<F: Family>(
                 arrived,
                 partition: req.cache_partition,
                 body,
+                regions: std::mem::take(&mut cx.frame_regions),
             };
             family.request(cx, call)
         }
