@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use ipc::{Flags, Kind, Received};
 use litert::Compiled;
-use sidecar_proto::v1::{LiteModelInfo, ModelFamily};
+use sidecar_proto::v1::{LiteModelInfo, ModelFamily, SharedMemoryRef};
 use sidecar_proto::worker::{Load, Loaded, worker_request, worker_response};
-use worker_runtime::{Call, Code, Context, Family, Read, WorkerError, not_loaded};
+use worker_runtime::{Call, Code, Context, Family, Read, Resolved, WorkerError, not_loaded};
 
 use crate::load::{Served, lite_error, load_model};
 use crate::tensor::{dtype_of, info, match_inputs};
-use crate::wire::{self, Answer, InferRef, OutputHead, Request, Timings};
+use crate::wire::{self, Answer, InferRef, OutputHead, Placement, Request, Timings};
 
 /// Most input sets of one InferBatch.
 pub const MAX_SETS: usize = 256;
@@ -95,22 +95,42 @@ fn infer(
         )));
     }
     let wanted = wanted_outputs(&s.compiled, &call.outputs)?;
+    let regions = cx.frame_regions();
     // Validate every set before running any.
     let mut matched = Vec::with_capacity(call.sets.len());
+    let mut placed = Vec::with_capacity(call.sets.len());
     for (k, set) in call.sets.iter().enumerate() {
         let at = if call.batch {
             format!("sets[{k}].")
         } else {
             String::new()
         };
-        matched.push(match_inputs(&s.compiled.input_desc, set, &at)?);
+        let inputs = match_inputs(&s.compiled.input_desc, set, &at)?;
+        for input in &inputs {
+            if let Some(r) = &input.shm {
+                regions.check(r, &input_field(&at, input.name), r.byte_size, false)?;
+            }
+        }
+        matched.push(inputs);
+        let placements = call.placements.get(k).map_or(&[][..], Vec::as_slice);
+        placed.push(placements_of(
+            &s.compiled,
+            &wanted,
+            placements,
+            regions,
+            &at,
+        )?);
     }
     // The answer's size is known before the work: the output buffers'
     // sizes are fixed when the model is compiled.
+    let sets = placed
+        .iter()
+        .map(|p| output_heads(&s.compiled, &wanted, p))
+        .collect::<Result<Vec<_>, _>>()?;
     check_answer(
         cx,
         &Answer {
-            sets: vec![output_heads(&s.compiled, &wanted)?; call.sets.len()],
+            sets,
             timings: Timings {
                 queue_us: u64::MAX,
                 invoke_us: u64::MAX,
@@ -121,33 +141,64 @@ fn infer(
     )?;
     let queued = arrived.elapsed();
     let mut invoke = Duration::ZERO;
-    // A batch keeps each set's outputs; a single call reads them from
-    // LiteRT's buffers while writing the answer.
+    // A batch keeps each set's inline outputs; a single call reads them
+    // from LiteRT's buffers while writing the answer. Outputs placed in a
+    // region are written there (one copy, from LiteRT's output buffer)
+    // right after their set's run, before the answer goes out.
     let mut kept: Vec<Vec<Vec<u8>>> = Vec::new();
-    for inputs in &matched {
+    for (k, inputs) in matched.iter().enumerate() {
         cx.check_interrupted(id, deadline_ms)?;
+        let at = if call.batch {
+            format!("sets[{k}].")
+        } else {
+            String::new()
+        };
         for (i, input) in inputs.iter().enumerate() {
+            let mut read = Ok(());
             s.compiled
-                .write_input(i, |buf| buf.copy_from_slice(input.data))
+                .write_input(i, |buf| match &input.shm {
+                    // One copy: from the region straight into LiteRT's
+                    // input buffer.
+                    Some(r) => read = regions.read_into(r, &input_field(&at, input.name), buf),
+                    None => buf.copy_from_slice(input.data),
+                })
                 .map_err(lite_error)?;
+            read?;
         }
         let started = Instant::now();
         s.compiled.run().map_err(lite_error)?;
         invoke += started.elapsed();
+        for (j, &i) in wanted.iter().enumerate() {
+            if let Some(r) = placed[k][j] {
+                let field = format!(
+                    "{at}output_placements[{:?}].shm",
+                    s.compiled.output_desc[i].name
+                );
+                s.compiled
+                    .read_output(i, |b| regions.write(r, &field, b))
+                    .map_err(lite_error)??;
+            }
+        }
         if call.batch {
             let mut outs = Vec::with_capacity(wanted.len());
-            for &i in &wanted {
-                outs.push(
+            for (j, &i) in wanted.iter().enumerate() {
+                outs.push(if placed[k][j].is_some() {
+                    Vec::new()
+                } else {
                     s.compiled
                         .read_output(i, <[u8]>::to_vec)
-                        .map_err(lite_error)?,
-                );
+                        .map_err(lite_error)?
+                });
             }
             kept.push(outs);
         }
     }
+    let sets = placed
+        .iter()
+        .map(|p| output_heads(&s.compiled, &wanted, p))
+        .collect::<Result<Vec<_>, _>>()?;
     let answer = Answer {
-        sets: vec![output_heads(&s.compiled, &wanted)?; call.sets.len()],
+        sets,
         timings: Timings {
             queue_us: queued.as_micros() as u64,
             invoke_us: invoke.as_micros() as u64,
@@ -179,18 +230,70 @@ fn infer(
     Ok(())
 }
 
-/// The outputs asked for, as the answer describes them.
-fn output_heads<'c>(c: &'c Compiled, wanted: &[usize]) -> Result<Vec<OutputHead<'c>>, WorkerError> {
+/// How messages name an input's region ref.
+fn input_field(at: &str, name: &str) -> String {
+    format!("{at}inputs[{name:?}].shm")
+}
+
+/// A set's output placements by wanted output (`None`: inline), checked
+/// before any work: each names an output this call returns, once, and a
+/// writable window of the request's regions large enough for it.
+fn placements_of<'p>(
+    c: &Compiled,
+    wanted: &[usize],
+    placements: &'p [Placement<'_>],
+    regions: &Resolved,
+    at: &str,
+) -> Result<Vec<Option<&'p SharedMemoryRef>>, WorkerError> {
+    let mut placed = vec![None; wanted.len()];
+    for (p_i, p) in placements.iter().enumerate() {
+        let field = format!("{at}output_placements[{p_i}]");
+        let Some(j) = wanted.iter().position(|&i| c.output_desc[i].name == p.name) else {
+            let returned: Vec<&str> = wanted
+                .iter()
+                .map(|&i| c.output_desc[i].name.as_str())
+                .collect();
+            return Err(WorkerError::invalid(format!(
+                "{field}.name: {:?} is not an output this call returns; it returns {returned:?}",
+                p.name
+            )));
+        };
+        if placed[j].is_some() {
+            return Err(WorkerError::invalid(format!(
+                "{field}.name: output {:?} is placed more than once",
+                p.name
+            )));
+        }
+        let len = c.output_bytes(wanted[j]).map_err(lite_error)?;
+        regions.check(&p.shm, &format!("{field}.shm"), len as u64, true)?;
+        placed[j] = Some(&p.shm);
+    }
+    Ok(placed)
+}
+
+/// The outputs asked for, as the answer describes them: a placed one
+/// carries its ref (`byte_size` = the bytes written) and no data.
+fn output_heads<'c>(
+    c: &'c Compiled,
+    wanted: &[usize],
+    placed: &[Option<&SharedMemoryRef>],
+) -> Result<Vec<OutputHead<'c>>, WorkerError> {
     wanted
         .iter()
-        .map(|&i| {
+        .zip(placed)
+        .map(|(&i, place)| {
             let d = &c.output_desc[i];
             let len = c.output_bytes(i).map_err(lite_error)?;
+            let shm = place.map(|r| SharedMemoryRef {
+                byte_size: len as u64,
+                ..r.clone()
+            });
             Ok(OutputHead {
                 name: &d.name,
                 dtype: dtype_of(d.element_type).map_or(0, |t| t.0 as i32),
                 shape: d.shape.iter().map(|&x| i64::from(x)).collect(),
-                len,
+                len: if shm.is_some() { 0 } else { len },
+                shm,
             })
         })
         .collect()

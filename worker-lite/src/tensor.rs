@@ -2,7 +2,7 @@
 //! `DType`, and the checks an input gets before it reaches the runtime.
 
 use litert::{ElementType, TensorDesc};
-use sidecar_proto::v1::{DType, Quantization, TensorInfo};
+use sidecar_proto::v1::{DType, Quantization, SharedMemoryRef, TensorInfo};
 use worker_runtime::WorkerError;
 
 /// The API dtype and element size of a LiteRT element type, if served.
@@ -82,8 +82,10 @@ pub struct InputRef<'a> {
     pub dtype: i32,
     /// Dimensions.
     pub shape: Vec<i64>,
-    /// Raw little-endian bytes.
+    /// Raw little-endian bytes (empty when `shm` is set).
     pub data: &'a [u8],
+    /// The bytes are in a shared-memory region instead.
+    pub shm: Option<SharedMemoryRef>,
 }
 
 /// Matches a request's inputs to the model's, in model order: every model
@@ -137,6 +139,24 @@ pub fn match_inputs<'r, 'a>(
                 )));
             }
             let bytes = byte_size(&m.shape, elem).unwrap_or(0);
+            if let Some(r) = &g.shm {
+                if !g.data.is_empty() {
+                    return Err(WorkerError::invalid(format!(
+                        "{at}inputs: tensor {:?} has both data ({} bytes) and shm; give one",
+                        m.name,
+                        g.data.len()
+                    )));
+                }
+                if r.byte_size != bytes as u64 {
+                    return Err(WorkerError::invalid(format!(
+                        "{at}inputs: tensor {:?} of shape {want:?} and dtype {} is {bytes} bytes, shm.byte_size is {}",
+                        m.name,
+                        dtype_name(dtype as i32),
+                        r.byte_size
+                    )));
+                }
+                return Ok(g);
+            }
             if g.data.len() != bytes {
                 return Err(WorkerError::invalid(format!(
                     "{at}inputs: tensor {:?} of shape {want:?} and dtype {} is {bytes} bytes, got {}",

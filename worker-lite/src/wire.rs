@@ -9,6 +9,7 @@
 use prost::Message;
 use prost::bytes::Buf;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encoded_len_varint};
+use sidecar_proto::v1::SharedMemoryRef;
 use sidecar_proto::worker::WorkerRequest;
 use worker_runtime::WorkerError;
 
@@ -28,8 +29,20 @@ pub struct InferRef<'a> {
     pub sets: Vec<Vec<InputRef<'a>>>,
     /// Outputs asked for (empty: all).
     pub outputs: Vec<&'a str>,
+    /// Per set (one for Infer): outputs to write into shared-memory
+    /// regions (`output_placements`).
+    pub placements: Vec<Vec<Placement<'a>>>,
     /// InferBatch rather than Infer.
     pub batch: bool,
+}
+
+/// An output to write into a region instead of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement<'a> {
+    /// Output name.
+    pub name: &'a str,
+    /// Where.
+    pub shm: SharedMemoryRef,
 }
 
 /// A request frame: an Infer call read in place, or anything else decoded.
@@ -95,31 +108,42 @@ pub fn parse(payload: &[u8]) -> Result<Request<'_>, WorkerError> {
     }
 }
 
-/// InferRequest {1 model_id, 2 inputs, 3 outputs} or InferBatchRequest
-/// {1 model_id, 2 sets {1 inputs}, 3 outputs}.
+/// InferRequest {1 model_id, 2 inputs, 3 outputs, 4 output_placements}
+/// or InferBatchRequest {1 model_id, 2 sets {1 inputs, 2
+/// output_placements}, 3 outputs}.
 fn infer(mut buf: &[u8], batch: bool) -> Result<InferRef<'_>, WorkerError> {
     let mut call = InferRef {
         batch,
         ..Default::default()
     };
     let mut single = Vec::new();
+    let mut single_placed = Vec::new();
     while buf.has_remaining() {
         let (tag, wire) = key(&mut buf)?;
         match (tag, wire) {
             (2, WireType::LengthDelimited) if batch => {
                 let mut set_buf = delimited(&mut buf)?;
                 let mut set = Vec::new();
+                let mut placed = Vec::new();
                 while set_buf.has_remaining() {
                     let (t, w) = key(&mut set_buf)?;
-                    if (t, w) == (1, WireType::LengthDelimited) {
-                        set.push(tensor(delimited(&mut set_buf)?)?);
-                    } else {
-                        skip(w, t, &mut set_buf)?;
+                    match (t, w) {
+                        (1, WireType::LengthDelimited) => {
+                            set.push(tensor(delimited(&mut set_buf)?)?);
+                        }
+                        (2, WireType::LengthDelimited) => {
+                            placed.push(placement(delimited(&mut set_buf)?)?);
+                        }
+                        _ => skip(w, t, &mut set_buf)?,
                     }
                 }
                 call.sets.push(set);
+                call.placements.push(placed);
             }
             (2, WireType::LengthDelimited) => single.push(tensor(delimited(&mut buf)?)?),
+            (4, WireType::LengthDelimited) if !batch => {
+                single_placed.push(placement(delimited(&mut buf)?)?);
+            }
             (3, WireType::LengthDelimited) => {
                 call.outputs
                     .push(utf8(delimited(&mut buf)?, "an output name")?);
@@ -129,17 +153,42 @@ fn infer(mut buf: &[u8], batch: bool) -> Result<InferRef<'_>, WorkerError> {
     }
     if !batch {
         call.sets.push(single);
+        call.placements.push(single_placed);
     }
     Ok(call)
 }
 
-/// Tensor {1 name, 2 dtype, 3 shape (packed or not), 4 data}.
+fn shm_ref(b: &[u8]) -> Result<SharedMemoryRef, WorkerError> {
+    SharedMemoryRef::decode(b).map_err(|e| bad(&e.to_string()))
+}
+
+/// OutputPlacement {1 name, 2 shm}.
+fn placement(mut buf: &[u8]) -> Result<Placement<'_>, WorkerError> {
+    let mut p = Placement {
+        name: "",
+        shm: SharedMemoryRef::default(),
+    };
+    while buf.has_remaining() {
+        let (tag, wire) = key(&mut buf)?;
+        match (tag, wire) {
+            (1, WireType::LengthDelimited) => {
+                p.name = utf8(delimited(&mut buf)?, "an output name")?
+            }
+            (2, WireType::LengthDelimited) => p.shm = shm_ref(delimited(&mut buf)?)?,
+            _ => skip(wire, tag, &mut buf)?,
+        }
+    }
+    Ok(p)
+}
+
+/// Tensor {1 name, 2 dtype, 3 shape (packed or not), 4 data, 5 shm}.
 fn tensor(mut buf: &[u8]) -> Result<InputRef<'_>, WorkerError> {
     let mut t = InputRef {
         name: "",
         dtype: 0,
         shape: Vec::new(),
         data: &[],
+        shm: None,
     };
     let varint = |b: &mut &[u8]| decode_varint(b).map_err(|e| bad(&e.to_string()));
     while buf.has_remaining() {
@@ -155,6 +204,7 @@ fn tensor(mut buf: &[u8]) -> Result<InputRef<'_>, WorkerError> {
             }
             (3, WireType::Varint) => t.shape.push(varint(&mut buf)? as i64),
             (4, WireType::LengthDelimited) => t.data = delimited(&mut buf)?,
+            (5, WireType::LengthDelimited) => t.shm = Some(shm_ref(delimited(&mut buf)?)?),
             _ => skip(wire, tag, &mut buf)?,
         }
     }
@@ -171,8 +221,11 @@ pub struct OutputHead<'a> {
     pub dtype: i32,
     /// Dimensions.
     pub shape: Vec<i64>,
-    /// Byte length of the data.
+    /// Byte length of the data (0 when written into a region).
     pub len: usize,
+    /// Written into a region instead: the ref as given, `byte_size` the
+    /// bytes written.
+    pub shm: Option<SharedMemoryRef>,
 }
 
 fn key_len(tag: u32) -> usize {
@@ -205,6 +258,9 @@ impl OutputHead<'_> {
         }
         if self.len > 0 {
             n += delimited_len(4, self.len);
+        }
+        if let Some(r) = &self.shm {
+            n += delimited_len(5, r.encoded_len());
         }
         n
     }
@@ -340,6 +396,10 @@ impl Answer<'_> {
                     w.head(4, o.len);
                     data(s, i, w.take(o.len));
                 }
+                if let Some(r) = &o.shm {
+                    w.head(5, r.encoded_len());
+                    w.bytes(&r.encode_to_vec());
+                }
             }
         }
         w.head(2, self.timings.body_len());
@@ -361,7 +421,7 @@ impl Answer<'_> {
 mod tests {
     use super::*;
     use prost::bytes::Bytes;
-    use sidecar_proto::v1::{InferBatchRequest, InferRequest, InputSet, Tensor};
+    use sidecar_proto::v1::{InferBatchRequest, InferRequest, InputSet, OutputPlacement, Tensor};
     use sidecar_proto::worker::{WorkerResponse, worker_request, worker_response};
 
     fn tensor_msg(name: &str, data: &[u8]) -> Tensor {
@@ -402,10 +462,72 @@ mod tests {
             ("a", 1, vec![1, 2, 300], &[1u8, 2, 3][..])
         );
         assert_eq!(call.sets[0][1].data, &[] as &[u8]);
+        assert_eq!(call.placements, vec![vec![]]);
         // The data is borrowed from the frame, not copied.
         let start = bytes.as_ptr() as usize;
         let at = a.data.as_ptr() as usize;
         assert!(at >= start && at < start + bytes.len());
+    }
+
+    #[test]
+    fn region_refs_and_placements_are_read() {
+        let at = |region: &str, offset, byte_size| SharedMemoryRef {
+            region: region.into(),
+            offset,
+            byte_size,
+        };
+        let mut input = tensor_msg("a", &[]);
+        input.shm = Some(at("in", 8, 12));
+        let placed = |name: &str, r| OutputPlacement {
+            name: name.into(),
+            shm: Some(r),
+        };
+        let single = WorkerRequest {
+            body: Some(worker_request::Body::Infer(InferRequest {
+                output_placements: vec![placed("x", at("out", 0, 40))],
+                model_id: "m".into(),
+                inputs: vec![input.clone()],
+                outputs: vec![],
+            })),
+            ..Default::default()
+        };
+        let bytes = single.encode_to_vec();
+        let Request::Infer(call, _) = parse(&bytes).expect("parse") else {
+            panic!("not Infer");
+        };
+        assert_eq!(call.sets[0][0].shm, Some(at("in", 8, 12)));
+        assert_eq!(
+            call.placements,
+            vec![vec![Placement {
+                name: "x",
+                shm: at("out", 0, 40)
+            }]]
+        );
+        let batch = WorkerRequest {
+            body: Some(worker_request::Body::InferBatch(InferBatchRequest {
+                model_id: "m".into(),
+                sets: vec![
+                    InputSet {
+                        output_placements: vec![],
+                        inputs: vec![input.clone()],
+                    },
+                    InputSet {
+                        output_placements: vec![placed("y", at("out", 40, 4))],
+                        inputs: vec![input],
+                    },
+                ],
+                outputs: vec![],
+            })),
+            ..Default::default()
+        };
+        let bytes = batch.encode_to_vec();
+        let Request::Infer(call, _) = parse(&bytes).expect("parse") else {
+            panic!("not InferBatch");
+        };
+        assert_eq!(call.placements.len(), 2);
+        assert!(call.placements[0].is_empty());
+        assert_eq!(call.placements[1][0].name, "y");
+        assert_eq!(call.placements[1][0].shm, at("out", 40, 4));
     }
 
     #[test]
@@ -457,18 +579,25 @@ mod tests {
                         dtype: 1,
                         shape: vec![1, 50],
                         len: data[0].len(),
+                        shm: None,
                     },
                     OutputHead {
                         name: "",
                         dtype: 4,
                         shape: vec![],
-                        len: data[1].len(),
+                        len: 0,
+                        shm: Some(SharedMemoryRef {
+                            region: "out".into(),
+                            offset: 64,
+                            byte_size: 7,
+                        }),
                     },
                     OutputHead {
                         name: "out2",
                         dtype: 6,
                         shape: vec![2, 2],
                         len: data[2].len(),
+                        shm: None,
                     },
                 ]
             };
@@ -506,6 +635,14 @@ mod tests {
                 assert_eq!(set[0].shape, vec![1, 50]);
                 assert_eq!(&set[0].data[..], &data[0][..]);
                 assert!(set[1].data.is_empty());
+                assert_eq!(
+                    set[1].shm,
+                    Some(SharedMemoryRef {
+                        region: "out".into(),
+                        offset: 64,
+                        byte_size: 7,
+                    })
+                );
                 assert_eq!(&set[2].data[..], &data[2][..]);
             }
         }
@@ -621,6 +758,7 @@ mod props {
             prop_assert_eq!(g.dtype, w.dtype);
             prop_assert_eq!(&g.shape, &w.shape);
             prop_assert_eq!(g.data, &w.data[..]);
+            prop_assert_eq!(&g.shm, &w.shm);
         }
         Ok(())
     }

@@ -211,6 +211,30 @@ impl Resolved {
         })
     }
 
+    /// Checks before any work that `r` may take `len` bytes (written when
+    /// `write`): a name the request lists, inside its region, at least
+    /// `len` bytes, writable when written. The object's size is checked
+    /// again at the read or write itself.
+    pub fn check(
+        &self,
+        r: &SharedMemoryRef,
+        field: &str,
+        len: u64,
+        write: bool,
+    ) -> Result<(), WorkerError> {
+        let w = self.window(r, field)?;
+        if write && !w.writable {
+            return Err(not_writable(field, w.name));
+        }
+        if len > w.len {
+            return Err(WorkerError::invalid(format!(
+                "{field}.byte_size: {} bytes, but {len} are needed",
+                w.len
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads the first `dst.len()` bytes of `r` into `dst` (one copy,
     /// `pread`); `dst` must not be longer than the ref.
     pub fn read_into(
@@ -252,10 +276,7 @@ impl Resolved {
     pub fn write(&self, r: &SharedMemoryRef, field: &str, src: &[u8]) -> Result<(), WorkerError> {
         let w = self.window(r, field)?;
         if !w.writable {
-            return Err(WorkerError::invalid(format!(
-                "{field}.region: region {:?} was not registered writable",
-                w.name
-            )));
+            return Err(not_writable(field, w.name));
         }
         let len = src.len() as u64;
         if len > w.len {
@@ -299,6 +320,12 @@ impl Window<'_> {
             self.name, self.at
         ))
     }
+}
+
+fn not_writable(field: &str, name: &str) -> WorkerError {
+    WorkerError::invalid(format!(
+        "{field}.region: region {name:?} was not registered writable"
+    ))
 }
 
 fn shrank(name: &str, size: u64, end: u64) -> WorkerError {
