@@ -73,7 +73,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let (start, mut n) = (Instant::now(), 0usize);
     while start.elapsed() < Duration::from_secs_f64(seconds) {
-        let mat = to_bgr(&images[n % images.len()], "frame", &Default::default())?;
+        let mat = to_bgr(
+            &images[n % images.len()],
+            "frame",
+            &Default::default(),
+            &Default::default(),
+        )?;
         ssd.detect(&mat, 0.5, 0.3)?;
         n += 1;
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use sidecar_proto::v1::{
     FrameTimings, Image, ProcessBatchRequest, ProcessBatchResponse, ProcessResponse, vision_task,
 };
-use worker_runtime::{WorkerError, deadline};
+use worker_runtime::{Resolved, WorkerError, deadline};
 
 use crate::image::to_bgr;
 use crate::tasks::{self, Prepared, Served};
@@ -23,6 +23,8 @@ pub struct Batch {
     task: vision_task::Task,
     prepared: Prepared,
     images: Vec<Image>,
+    /// The request's shared-memory regions (kept open until it ends).
+    regions: Resolved,
     results: Vec<ProcessResponse>,
 }
 
@@ -32,6 +34,7 @@ impl Batch {
         id: u64,
         deadline_ms: i64,
         req: ProcessBatchRequest,
+        regions: Resolved,
         s: &Served,
     ) -> Result<Batch, WorkerError> {
         let n = req.images.len();
@@ -60,6 +63,7 @@ impl Batch {
             task,
             prepared,
             images: req.images,
+            regions,
             results: Vec::with_capacity(n),
         })
     }
@@ -73,7 +77,7 @@ impl Batch {
         deadline::check(self.deadline_ms)?;
         let at = format!("images[{i}]");
         let started = Instant::now();
-        let frame = to_bgr(img, &at, &s.limits)?;
+        let frame = to_bgr(img, &at, &s.limits, &self.regions)?;
         let decoded = started.elapsed();
         let mut r = ProcessResponse {
             frame_index: i as u64,

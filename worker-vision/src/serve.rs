@@ -88,7 +88,7 @@ impl Family for Vision {
             worker_request::Body::VisionBatch(batch) => {
                 let s = self.served.as_ref().ok_or_else(not_loaded)?;
                 self.batches
-                    .push_back(Batch::start(id, call.deadline_ms, batch, s)?);
+                    .push_back(Batch::start(id, call.deadline_ms, batch, call.regions, s)?);
             }
             worker_request::Body::VisionOpen(config) => {
                 let s = self.served.as_ref().ok_or_else(not_loaded)?;
@@ -99,7 +99,7 @@ impl Family for Vision {
                 let limits = self.limits();
                 // No stream: it ended already (an error raced the frame).
                 if let Some(s) = self.streams.iter_mut().find(|s| s.id == id)
-                    && let Some(dropped) = s.push(f, &limits)
+                    && let Some(dropped) = s.push(f, &limits, &call.regions)
                 {
                     let r = WorkerResponse {
                         body: Some(worker_response::Body::Vision(dropped)),

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use opencv::core::Mat;
 
 use sidecar_proto::v1::{
-    Frame, FrameTimings, Image, OverflowPolicy, ProcessResponse, StreamConfig, frame, image,
-    vision_task,
+    Frame, FrameTimings, Image, OverflowPolicy, ProcessResponse, SharedMemoryRef, StreamConfig,
+    frame, image, vision_task,
 };
-use worker_runtime::WorkerError;
+use worker_runtime::{Resolved, WorkerError};
 
 use crate::h264::H264;
-use crate::image::to_bgr;
+use crate::image::{read_encoded, to_bgr};
 use crate::limits::Limits;
 use crate::tasks::{self, Prepared, Served};
 
@@ -31,6 +31,9 @@ struct Waiting {
     timestamp_us: i64,
     data: Data,
     arrived: Instant,
+    /// The frame's bytes in a region, as the frame named them: read when
+    /// the frame was taken, so every result of it releases them.
+    released: Option<SharedMemoryRef>,
 }
 
 #[derive(Debug)]
@@ -137,8 +140,15 @@ impl Stream {
     /// Queues a frame; with DROP_OLDEST a full queue gives up its oldest
     /// frame, whose `dropped` result is returned. H.264 chunks are never
     /// dropped: the pictures after them depend on them. Nothing of `f` is
-    /// kept: raw pixels are converted now, other data copied.
-    pub fn push(&mut self, f: Frame, limits: &Limits) -> Option<ProcessResponse> {
+    /// kept: raw pixels are converted now, other data copied; bytes in a
+    /// region (`regions`: the frame's request's) are read now, so each of
+    /// the frame's results, a dropped one's included, releases them.
+    pub fn push(
+        &mut self,
+        f: Frame,
+        limits: &Limits,
+        regions: &Resolved,
+    ) -> Option<ProcessResponse> {
         let arrived = Instant::now();
         let h264 = matches!(f.data, Some(frame::Data::H264(_))) || (f.data.is_none() && f.flush);
         // A picture without an index is numbered by arrival; a chunk's
@@ -148,18 +158,29 @@ impl Stream {
         } else {
             f.index
         };
+        let mut released = None;
         let data = match f.data {
             Some(frame::Data::H264(chunk)) => Data::H264(chunk.to_vec(), f.flush),
             None if f.flush => Data::H264(Vec::new(), true),
             Some(frame::Data::Raw(raw)) => {
+                released = raw.shm.clone();
                 let image = Image {
                     data: Some(image::Data::Raw(raw)),
                 };
-                let bgr = to_bgr(&image, &format!("frame {index}"), limits);
+                let bgr = to_bgr(&image, &format!("frame {index}"), limits, regions);
                 Data::Pixels(bgr, arrived.elapsed())
             }
             Some(frame::Data::Encoded(bytes)) => Data::Encoded(bytes.to_vec()),
-            Some(frame::Data::EncodedShm(_)) | None => Data::Missing,
+            Some(frame::Data::EncodedShm(r)) => {
+                let field = format!("frame {index}.encoded_shm");
+                let read = read_encoded(&r, &field, limits, regions);
+                released = Some(r);
+                match read {
+                    Ok(bytes) => Data::Encoded(bytes),
+                    Err(e) => Data::Pixels(Err(e), arrived.elapsed()),
+                }
+            }
+            None => Data::Missing,
         };
         self.arrived += 1;
         self.pending.push_back(Waiting {
@@ -167,6 +188,7 @@ impl Stream {
             timestamp_us: f.timestamp_us,
             data,
             arrived,
+            released,
         });
         let oldest_is_h264 = self.pending.front().is_some_and(Waiting::is_h264);
         if self.pending.len() > self.max_pending && self.drop_oldest && !oldest_is_h264 {
@@ -175,6 +197,7 @@ impl Stream {
                 frame_index: old.index,
                 timestamp_us: old.timestamp_us,
                 dropped: true,
+                released: old.released,
                 ..Default::default()
             });
         }
@@ -203,7 +226,12 @@ impl Stream {
                 let image = Image {
                     data: Some(image::Data::Encoded(bytes.into())),
                 };
-                let mat = to_bgr(&image, &format!("frame {}", w.index), &served.limits);
+                let mat = to_bgr(
+                    &image,
+                    &format!("frame {}", w.index),
+                    &served.limits,
+                    &Resolved::default(),
+                );
                 frame(w.index, mat, started.elapsed())
             }
             Data::H264(ref chunk, flush) => {
@@ -227,7 +255,10 @@ impl Stream {
                 timestamp_us: w.timestamp_us,
                 arrived: w.arrived,
             };
-            one.run(index, &mat, decoded).map(|r| vec![r])
+            one.run(index, &mat, decoded).map(|mut r| {
+                r.released = w.released;
+                vec![r]
+            })
         }))
     }
 

@@ -34,7 +34,14 @@ impl Template {
             .template
             .as_ref()
             .ok_or_else(|| WorkerError::invalid("template_matching.template is required"))?;
-        let bgr = to_bgr(image, "template_matching.template", limits)?;
+        // A template lives in the stream's config: its regions are not
+        // resolved there, so a template is given inline.
+        let bgr = to_bgr(
+            image,
+            "template_matching.template",
+            limits,
+            &Default::default(),
+        )?;
         let scale = match t.scale {
             0.0 => 1.0,
             s if s > 0.0 && s <= 1.0 => f64::from(s),
