@@ -222,19 +222,19 @@ pub(crate) fn at(region: &str, offset: u64, byte_size: u64) -> SharedMemoryRef {
 /// 1280x720 RGB8: astronaut.png (with a face) scaled to 1280x1280 and its
 /// top 720 rows kept (the face within), made by ffmpeg.
 pub(crate) fn astronaut_1280x720_rgb() -> Vec<u8> {
+    let rgb = astronaut_1280x720("rgb24");
+    assert_eq!(rgb.len(), 1280 * 720 * 3);
+    rgb
+}
+
+/// The same picture in ffmpeg's `pix_fmt`.
+pub(crate) fn astronaut_1280x720(pix_fmt: &str) -> Vec<u8> {
     let png = e2e::root().join("models/testdata/astronaut.png");
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-i"])
         .arg(&png)
-        .args([
-            "-vf",
-            "scale=1280:1280,crop=1280:720:0:0",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ])
+        .args(["-vf", "scale=1280:1280,crop=1280:720:0:0", "-f", "rawvideo"])
+        .args(["-pix_fmt", pix_fmt, "-"])
         .output()
         .expect("ffmpeg (run scripts/setup.sh)");
     assert!(
@@ -242,7 +242,6 @@ pub(crate) fn astronaut_1280x720_rgb() -> Vec<u8> {
         "ffmpeg: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.stdout.len(), 1280 * 720 * 3);
     out.stdout
 }
 

@@ -65,18 +65,17 @@ async fn vision_reads_images_and_stream_frames_from_a_region() {
     .await;
     let pid = w.pid;
     let pixels = support::astronaut_1280x720_rgb();
-    let batch = |img: RawImage, regions| {
+    let batch_of = |data: image::Data, regions| {
         call(
             worker_request::Body::VisionBatch(ProcessBatchRequest {
                 model_id: "m".into(),
                 task: Some(faces_task()),
-                images: vec![Image {
-                    data: Some(image::Data::Raw(img)),
-                }],
+                images: vec![Image { data: Some(data) }],
             }),
             regions,
         )
     };
+    let batch = |img: RawImage, regions| batch_of(image::Data::Raw(img), regions);
     let results = |b: Result<worker_response::Body, support::Failure>| match b {
         Ok(worker_response::Body::VisionBatch(r)) => {
             r.results.into_iter().map(untimed).collect::<Vec<_>>()
@@ -99,6 +98,51 @@ async fn vision_reads_images_and_stream_frames_from_a_region() {
         .await,
     );
     assert_eq!(from_region, inline, "the same result from the region");
+
+    // Other layouts (rows padded to a stride, I420) and an encoded file:
+    // each the same from the region as inline.
+    let stride = 1280 * 3 + 64;
+    let mut bgr_padded = vec![0u8; stride * 720];
+    for (y, row) in pixels.chunks(1280 * 3).enumerate() {
+        for (x, px) in row.chunks(3).enumerate() {
+            bgr_padded[y * stride + 3 * x..y * stride + 3 * x + 3]
+                .copy_from_slice(&[px[2], px[1], px[0]]);
+        }
+    }
+    let i420 = support::astronaut_1280x720("yuv420p");
+    let png = std::fs::read(e2e::root().join("models/testdata/astronaut.png")).expect("png");
+    let layouts = [
+        (PixelFormat::Bgr8, stride as u32, bgr_padded),
+        (PixelFormat::I420, 0, i420),
+    ];
+    for (format, stride, bytes) in layouts {
+        let len = bytes.len() as u64;
+        let img = |data: Vec<u8>, shm| RawImage {
+            format: format as i32,
+            stride,
+            ..raw(data, shm)
+        };
+        put(&frames, 0, &bytes);
+        let inline_too = results(w.ask(&batch(img(bytes, None), vec![])).await);
+        assert_eq!(inline_too[0].faces.len(), 1, "{format:?}: {inline_too:?}");
+        let got = results(
+            w.ask(&batch(img(vec![], Some(at("frames", 0, len))), uses(false)))
+                .await,
+        );
+        assert_eq!(got, inline_too, "{format:?} from the region");
+    }
+    put(&frames, 0, &png);
+    let encoded = results(
+        w.ask(&batch_of(image::Data::Encoded(png.clone().into()), vec![]))
+            .await,
+    );
+    assert_eq!(encoded[0].faces.len(), 1, "{encoded:?}");
+    let shm = at("frames", 0, png.len() as u64);
+    let got = results(
+        w.ask(&batch_of(image::Data::EncodedShm(shm), uses(false)))
+            .await,
+    );
+    assert_eq!(got, encoded, "the encoded file from the region");
 
     // Bad cases.
     let cases = [
@@ -131,6 +175,8 @@ async fn vision_reads_images_and_stream_frames_from_a_region() {
         assert_eq!(got, code, "{msg}");
         assert!(msg.contains(&want), "{msg:?} lacks {want:?}");
         w.alive();
+        let next = results(w.ask(&batch(raw(pixels.clone(), None), vec![])).await);
+        assert_eq!(next, inline, "the next request works");
     }
 
     // A stream cycling through the three slots: results are not read
