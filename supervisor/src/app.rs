@@ -32,11 +32,12 @@ const STREAM_WINDOW: u32 = 8 << 20;
 /// 16 MiB - 1; the 16 KiB default splits a tensor into many frames).
 const MAX_FRAME: u32 = 1 << 20;
 
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "sidecar.v1.ModelService",
     "sidecar.v1.TextService",
     "sidecar.v1.LiteService",
     "sidecar.v1.VisionService",
+    "sidecar.v1.SharedMemoryService",
 ];
 
 /// Runs the supervisor until `shutdown` completes, then drains and stops
@@ -152,6 +153,13 @@ pub async fn run(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
+    let shm = sidecar_proto::v1::shared_memory_service_server::SharedMemoryServiceServer::new(
+        crate::api::shm::ShmApi {
+            regions: shared.shm.clone(),
+        },
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     let model = ModelServiceServer::new(ModelApi {
         registry: registry.clone(),
         config: config.clone(),
@@ -228,6 +236,7 @@ pub async fn run(
             .add_service(text)
             .add_service(lite)
             .add_service(vision)
+            .add_service(shm)
             .add_service(model)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -26,6 +26,7 @@ pub mod openai;
 pub mod pulse;
 pub mod registry;
 pub mod shared;
+pub mod shm;
 pub mod store;
 pub mod traffic;
 pub mod worker;

@@ -1,5 +1,5 @@
 //! What the supervisor's parts share: the config, the metrics, the log
-//! book, the request-id counter and the result cache. Built once at start (`app::run`) and
+//! book, the request-id counter, the result cache and the shared-memory regions. Built once at start (`app::run`) and
 //! passed down, so nothing in the crate is a process global and a test can
 //! build its own.
 
@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::ids::RequestIds;
 use crate::logs::LogBook;
 use crate::metrics::Metrics;
+use crate::shm::Regions;
 
 /// The handles every part of the supervisor may use.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Shared {
     pub request_ids: Arc<RequestIds>,
     /// Answers of deterministic calls, and the calls in flight.
     pub cache: Arc<ResultCache>,
+    /// The clients' shared-memory regions.
+    pub shm: Arc<Regions>,
 }
 
 impl Shared {
@@ -32,6 +35,7 @@ impl Shared {
         let metrics = Arc::new(Metrics::new());
         Shared {
             cache: Arc::new(ResultCache::new(&config.cache, metrics.clone())),
+            shm: Arc::new(Regions::new(config.shm.clone(), metrics.clone())),
             config: Arc::new(config),
             metrics,
             logs: Arc::new(LogBook::default()),

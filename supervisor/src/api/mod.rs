@@ -6,6 +6,7 @@ pub mod files;
 pub mod lite;
 pub mod model;
 pub mod outflow;
+pub mod shm;
 pub mod text;
 pub mod vision;
 
@@ -68,15 +69,22 @@ pub async fn call_worker<T>(
         ))
         .with_request_id(&request_id, &client));
     }
+    // The caller's own regions only, checked before any worker is involved;
+    // a request without refs is unchanged.
+    let held = registry
+        .shared()
+        .shm
+        .resolve(&ticket.identity, &body)
+        .map_err(|e| e.with_request_id(&request_id, &client))?;
     tracing::debug!(request_id, client = %client, model = %model_id, "worker call");
     let req = WorkerRequest {
         request_tag: request_id.clone(),
         cache_partition: client.clone(),
-        regions: Vec::new(),
+        regions: held.uses(),
         deadline_unix_ms: 0,
         body: Some(body),
     };
-    match handle.call_as(req, deadline, ticket).await {
+    match handle.call_as(req, deadline, ticket, held).await {
         Ok(mut call) => {
             call.client = client;
             registry

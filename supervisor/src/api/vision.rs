@@ -126,6 +126,8 @@ impl VisionService for VisionApi {
         // The caller's metadata and extensions (its identity, x-priority,
         // x-request-id) go with the stream's opening, so the stream and its
         // frames are queued and charged to the caller's class.
+        let identity = crate::auth::Identity::of_call(&req);
+        let regions = self.registry.shared().shm.clone();
         let (mut metadata, extensions, mut input) = req.into_parts();
         // The deadline is the one measured above, from the call's arrival.
         metadata.remove("grpc-timeout");
@@ -164,6 +166,10 @@ impl VisionService for VisionApi {
             let mut counts = FrameCounts::new(metrics, model);
             let mut input_open = true;
             let mut holding: Option<Frame> = None;
+            // Per frame sent (its answer with `more` unset ends it): the
+            // shared-memory regions it names, held in use until then.
+            let mut in_use: std::collections::VecDeque<crate::shm::Held> =
+                std::collections::VecDeque::new();
             loop {
                 let read = input_open && held.may_read() && holding.is_none();
                 let mut frame = None;
@@ -217,6 +223,9 @@ impl VisionService for VisionApi {
                         Some(Ok(r)) => match r.body {
                             Some(worker_response::Body::Vision(result)) => {
                                 held.answered(r.more);
+                                if !r.more {
+                                    in_use.pop_front();
+                                }
                                 if result.dropped {
                                     counts.dropped += 1;
                                 } else {
@@ -228,7 +237,12 @@ impl VisionService for VisionApi {
                             }
                             // An H.264 chunk that completed no picture (and the
                             // end of the stream) carry no result.
-                            None => held.answered(r.more),
+                            None => {
+                                held.answered(r.more);
+                                if !r.more {
+                                    in_use.pop_front();
+                                }
+                            }
                             Some(other) => {
                                 let e = Error::Internal(format!("unexpected worker answer {other:?}"));
                                 let _ = tx.send(Err(e.into())).await;
@@ -243,11 +257,24 @@ impl VisionService for VisionApi {
                     () = tx.closed() => return,
                 }
                 if let Some(f) = frame {
+                    let body = worker_request::Body::VisionFrame(f);
+                    // A frame naming a region the caller does not hold (or
+                    // a window past it) ends the stream with that error.
+                    let frame_held = match regions.resolve(&identity, &body) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
                     let more = WorkerRequest {
-                        body: Some(worker_request::Body::VisionFrame(f)),
+                        regions: frame_held.uses(),
+                        body: Some(body),
                         ..Default::default()
                     };
-                    if let Err(e) = call.send_more(&more).await {
+                    let sent = call.send_more_held(more, &frame_held).await;
+                    in_use.push_back(frame_held);
+                    if let Err(e) = sent {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }

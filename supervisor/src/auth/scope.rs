@@ -7,7 +7,8 @@ use std::fmt;
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
-    /// Inference (TextService, LiteService, VisionService), gRPC health,
+    /// Inference (TextService, LiteService, VisionService), the caller's
+    /// own shared-memory regions (SharedMemoryService), gRPC health,
     /// reflection.
     Infer,
     /// The model catalog and the store, read only (ListModels, GetModel,
@@ -115,6 +116,23 @@ const TABLE: &[(&str, &str, Scope)] = &[
     ("sidecar.v1.LiteService", "InferBatch", Scope::Infer),
     ("sidecar.v1.VisionService", "Process", Scope::Infer),
     ("sidecar.v1.VisionService", "ProcessBatch", Scope::Infer),
+    // A client that infers places its own tensors and images in shared
+    // memory: its regions are its own (per identity), like its calls.
+    (
+        "sidecar.v1.SharedMemoryService",
+        "RegisterRegion",
+        Scope::Infer,
+    ),
+    (
+        "sidecar.v1.SharedMemoryService",
+        "UnregisterRegion",
+        Scope::Infer,
+    ),
+    (
+        "sidecar.v1.SharedMemoryService",
+        "ListRegions",
+        Scope::Infer,
+    ),
     ("sidecar.v1.ModelService", "ListModels", Scope::Read),
     ("sidecar.v1.ModelService", "GetModel", Scope::Read),
     ("sidecar.v1.ModelService", "ListFiles", Scope::Read),
@@ -189,7 +207,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 19, "methods of the API's sidecar.v1 services");
+        assert_eq!(seen, 22, "methods of the API's sidecar.v1 services");
         let load = table
             .get("/sidecar.v1.ModelService/LoadModel")
             .expect("LoadModel");

@@ -18,6 +18,7 @@ mod cache;
 mod connections;
 mod exposure;
 mod openai;
+mod shm;
 pub mod small_file;
 mod store;
 mod tls;
@@ -29,6 +30,7 @@ pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use cache::{CacheConfig, MAX_CACHE_BYTES, MIN_CACHE_BYTES, ModelCacheConfig};
 pub use connections::Connections;
 pub use openai::{HttpAddress, OpenAiConfig};
+pub use shm::{MAX_REGIONS_LIMIT, ShmConfig};
 pub use store::StoreLimits;
 pub use tls::{MAX_PEM_BYTES, Tls};
 pub use traffic::{ClassSpec, MAX_IN_FLIGHT, TrafficConfig};
@@ -111,6 +113,8 @@ pub struct Config {
     pub traffic: TrafficConfig,
     /// The OpenAI-compatible HTTP API (`[openai]`, `config::openai`).
     pub openai: OpenAiConfig,
+    /// Shared-memory regions (`[shm]`, `config::shm`).
+    pub shm: ShmConfig,
     /// The API may listen where other hosts reach it without TLS or
     /// tokens, and no warning is logged (see [`Config::exposure`]).
     pub insecure_public: bool,
@@ -424,6 +428,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             traffic: TrafficConfig::default(),
             openai: OpenAiConfig::default(),
+            shm: ShmConfig::default(),
             insecure_public: false,
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -487,6 +492,7 @@ impl Config {
         self.auth.validate()?;
         self.cache.validate()?;
         self.openai.validate()?;
+        self.shm.validate()?;
         self.traffic.validate_with(&self.workers, &self.models)?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;

@@ -174,6 +174,11 @@ pub struct Metrics {
     pub cache_evictions: Family<ModelLabel, Counter>,
     /// Result cache: bytes held per model.
     pub cache_bytes: Family<ModelLabel, Gauge>,
+    /// Shared-memory regions registered, every client together (no
+    /// per-name or per-client label: bounded series).
+    pub shm_regions: Gauge,
+    /// Bytes of the registered shared-memory regions, together.
+    pub shm_region_bytes: Gauge,
     /// Deterministic calls re-sent after their worker died.
     pub retries: Family<ModelLabel, Counter>,
     in_flight: Family<ModelLabel, Gauge>,
@@ -228,6 +233,8 @@ impl Metrics {
             cache_misses: Family::default(),
             cache_evictions: Family::default(),
             cache_bytes: Family::default(),
+            shm_regions: Gauge::default(),
+            shm_region_bytes: Gauge::default(),
             retries: Family::default(),
             in_flight: Family::default(),
             queue_depth: Family::default(),
@@ -305,6 +312,16 @@ impl Metrics {
             "cache_evictions",
             "Result cache: entries dropped for room (cache.max_bytes) or age (the TTL)",
             m.cache_evictions.clone(),
+        );
+        m.registry.register(
+            "shm_regions",
+            "Shared-memory regions registered, all clients together",
+            m.shm_regions.clone(),
+        );
+        m.registry.register(
+            "shm_region_bytes",
+            "Bytes of the registered shared-memory regions, all clients together",
+            m.shm_region_bytes.clone(),
         );
         m.registry.register(
             "cache_bytes",

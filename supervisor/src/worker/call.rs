@@ -31,6 +31,8 @@ pub struct CallStream {
     /// The caller's client class.
     class: usize,
     _permit: Permit,
+    /// The shared-memory regions the call uses, held until it ends.
+    _regions: crate::shm::Held,
 }
 
 impl Drop for CallStream {
@@ -69,7 +71,8 @@ impl WorkerHandle {
             priority: crate::traffic::Priority::Normal,
             cost: req.body.as_ref().map_or(1, crate::traffic::cost),
         };
-        self.call_as(req, deadline, ticket).await
+        self.call_as(req, deadline, ticket, crate::shm::Held::default())
+            .await
     }
 
     /// Charges `identity`'s class `cost` against its rate limit on this
@@ -91,12 +94,16 @@ impl WorkerHandle {
 
     /// Sends `req` to the model's worker: charges the caller's class its
     /// cost (over its rate: refused at once), waits for a slot in the
-    /// model's fair queue, then for READY, all within `deadline`.
+    /// model's fair queue, then for READY, all within `deadline`. `held`:
+    /// the shared-memory regions `req.regions` names (held in use for the
+    /// call); their descriptors go to this worker process the first time
+    /// it meets them (`shm::attach`).
     pub async fn call_as(
         &self,
         mut req: WorkerRequest,
         deadline: Instant,
         ticket: Ticket,
+        held: crate::shm::Held,
     ) -> Result<CallStream, Error> {
         let arrived = Instant::now();
         let id = &self.spec.id;
@@ -157,6 +164,14 @@ impl WorkerHandle {
                 return Err(Error::InvalidArgument(format!("model {id:?}: {why}")));
             }
         }
+        // Descriptors first, then the request naming them, in order on this
+        // worker's channel. A call without regions takes no lock.
+        let attached = conn.regions.clone();
+        let _order = if held.is_empty() {
+            None
+        } else {
+            Some(attached.prepare(&held, &mut req.regions).await?)
+        };
         // The request id and deadline come first in the encoding; the body
         // (the method and its fields) is the rest.
         let head = WorkerRequest {
@@ -194,6 +209,7 @@ impl WorkerHandle {
             flight: quarantined.then_some(hash),
             class,
             _permit: permit,
+            _regions: held,
         })
     }
 
@@ -370,6 +386,22 @@ impl CallStream {
             })
             .await
             .map_err(|e| self.handle.channel_error(&self.conn, e))
+    }
+
+    /// [`CallStream::send_more`] for a frame naming shared-memory regions
+    /// (`held`, resolved by the caller, `req.regions` their uses): the
+    /// descriptors this worker process has not met go first.
+    pub async fn send_more_held(
+        &self,
+        mut req: WorkerRequest,
+        held: &crate::shm::Held,
+    ) -> Result<(), Error> {
+        if held.is_empty() {
+            return self.send_more(&req).await;
+        }
+        let attached = self.conn.regions.clone();
+        let _order = attached.prepare(held, &mut req.regions).await?;
+        self.send_more(&req).await
     }
 
     /// The next answer; `None` after the last. Errors end with the

@@ -41,6 +41,9 @@ pub struct Conn {
     pub pid: u32,
     /// How it ended, once it has.
     pub exit: watch::Receiver<Option<Exit>>,
+    /// The shared-memory regions this process holds (a respawned worker
+    /// is a new `Conn`, holding none).
+    pub regions: Arc<crate::shm::Attached>,
 }
 
 /// What the actor publishes about its model.

@@ -170,7 +170,10 @@ pub async fn process_batch(
     req: Request<ProcessBatchRequest>,
 ) -> Result<Response<ProcessBatchResponse>, Status> {
     let model_id = req.get_ref().model_id.clone();
-    let (ctx, r) = Ctx::new(registry, Family::Vision, default, req, &model_id);
+    let (mut ctx, r) = Ctx::new(registry, Family::Vision, default, req, &model_id);
+    if r.images.iter().any(crate::shm::resolve::image_has_ref) {
+        ctx.uncached();
+    }
     let task = r
         .task
         .as_ref()
@@ -242,7 +245,10 @@ async fn whole<A: Message + Default>(
     extract: impl Fn(Answer) -> Option<A>,
     adjust: impl Fn(&mut A, Option<Duration>, u64),
 ) -> Result<Response<A>, Status> {
-    let (ctx, ()) = Ctx::new(registry, family, default, req, &w.model_id);
+    let (mut ctx, ()) = Ctx::new(registry, family, default, req, &w.model_id);
+    if crate::shm::resolve::uses_regions(&w.body) {
+        ctx.uncached();
+    }
     let key = ctx.key(w.method, &[&w.keyed]);
     if let Some(mut a) = ctx.get(key).await.and_then(|b| A::decode(b).ok()) {
         ctx.count(1, 0);

@@ -256,6 +256,12 @@ impl Ctx {
         self.base.is_some() && !self.control.no_cache && !self.control.no_store
     }
 
+    /// No cache and no dedup for this call: its bytes are in shared
+    /// memory, whose content changes under the same request bytes.
+    pub fn uncached(&mut self) {
+        self.base = None;
+    }
+
     /// The dedup key of what is sent (`keys`: its items' keys in order);
     /// `None`: no dedup (nothing to send, an item without a key, or no
     /// model context).

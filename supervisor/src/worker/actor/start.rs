@@ -154,7 +154,14 @@ impl Actor {
                     s.lite = loaded.lite;
                     s.last_error_code = 0;
                 });
-                Ok(Started::Ready(Conn { chan, pid, exit }))
+                let regions = Arc::new(crate::shm::Attached::new(chan.clone(), pid));
+                self.shared.shm.holders.add(&regions);
+                Ok(Started::Ready(Conn {
+                    chan,
+                    pid,
+                    exit,
+                    regions,
+                }))
             }
             Ok(Err((e, code))) => {
                 let (ended, ours) =
