@@ -7,8 +7,8 @@ use std::fmt;
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
-    /// Inference (TextService, LiteService, VisionService), gRPC health,
-    /// reflection.
+    /// Inference (TextService, LiteService, VisionService, the Open
+    /// Inference Protocol), gRPC health, reflection.
     Infer,
     /// The model catalog and the store, read only (ListModels, GetModel,
     /// ListFiles, GetFile).
@@ -123,6 +123,42 @@ const TABLE: &[(&str, &str, Scope)] = &[
     ("sidecar.v1.ModelService", "UnloadModel", Scope::Manage),
     ("sidecar.v1.ModelService", "PutFile", Scope::Manage),
     ("sidecar.v1.ModelService", "DeleteFile", Scope::Manage),
+    // The Open Inference Protocol (`api::oip`): health and metadata are
+    // read by the clients that infer; a caller's shared-memory regions
+    // are its own inputs and outputs.
+    ("inference.GRPCInferenceService", "ServerLive", Scope::Infer),
+    (
+        "inference.GRPCInferenceService",
+        "ServerReady",
+        Scope::Infer,
+    ),
+    ("inference.GRPCInferenceService", "ModelReady", Scope::Infer),
+    (
+        "inference.GRPCInferenceService",
+        "ServerMetadata",
+        Scope::Infer,
+    ),
+    (
+        "inference.GRPCInferenceService",
+        "ModelMetadata",
+        Scope::Infer,
+    ),
+    ("inference.GRPCInferenceService", "ModelInfer", Scope::Infer),
+    (
+        "inference.GRPCInferenceService",
+        "SystemSharedMemoryStatus",
+        Scope::Infer,
+    ),
+    (
+        "inference.GRPCInferenceService",
+        "SystemSharedMemoryRegister",
+        Scope::Infer,
+    ),
+    (
+        "inference.GRPCInferenceService",
+        "SystemSharedMemoryUnregister",
+        Scope::Infer,
+    ),
     ("grpc.health.v1.Health", "Check", Scope::Infer),
     ("grpc.health.v1.Health", "Watch", Scope::Infer),
     (
@@ -190,6 +226,18 @@ mod tests {
             }
         }
         assert_eq!(seen, 19, "methods of the API's sidecar.v1 services");
+        // The Open Inference Protocol's service, every method.
+        let mut oip = 0;
+        for file in set.file.iter().filter(|f| f.package() == "inference") {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    assert!(table.get(&path).is_some(), "{path} has no scope");
+                    oip += 1;
+                }
+            }
+        }
+        assert_eq!(oip, 9, "methods of inference.GRPCInferenceService");
         let load = table
             .get("/sidecar.v1.ModelService/LoadModel")
             .expect("LoadModel");
