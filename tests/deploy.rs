@@ -162,6 +162,34 @@ fn the_manifests_parse_and_match_what_the_sidecar_serves() {
     let socket_dir = parsed.control_socket.parent().expect("socket directory");
     assert_ne!(socket_dir, Path::new(run_mount));
     assert_eq!(socket_dir.parent(), Some(Path::new(run_mount)));
+
+    // The API's Unix socket and the shared-memory regions: memory-backed
+    // emptyDirs both containers mount at the same paths (containers of a
+    // pod share no /dev/shm otherwise).
+    let api_socket = parsed
+        .api_socket
+        .path
+        .as_deref()
+        .expect("[api_socket] path");
+    for (volume, path) in [
+        ("api", api_socket.parent().expect("socket dir")),
+        ("shm", Path::new("/dev/shm")),
+    ] {
+        let v = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap_or_else(|| panic!("volume {volume}"));
+        assert_eq!(v["emptyDir"]["medium"], "Memory", "{volume}");
+        assert_eq!(Path::new(mount(sidecar, volume)), path, "sidecar {volume}");
+        assert_eq!(Path::new(mount(app, volume)), path, "app {volume}");
+    }
+    assert!(
+        !api_socket.starts_with(socket_dir),
+        "not the control socket's directory"
+    );
+    assert_eq!(parsed.api_socket.mode, 0o660);
 }
 
 /// The Dockerfile's instructions: continuation lines joined, comments

@@ -112,17 +112,24 @@ async fn metrics(
     }
 }
 
-async fn readyz(State(p): State<Probe>) -> (StatusCode, String) {
-    if !p.accepting.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+/// Whether the sidecar is ready (`/readyz`, the Open Inference
+/// Protocol's `ServerReady`): accepting calls and every required model
+/// READY; why not, when it is not.
+pub fn readiness(accepting: &AtomicBool, registry: &Registry) -> Result<(), String> {
+    if !accepting.load(Ordering::SeqCst) {
+        return Err("shutting down".into());
     }
-    let waiting = p.registry.not_ready();
+    let waiting = registry.not_ready();
     if waiting.is_empty() {
-        (StatusCode::OK, "ready\n".into())
+        Ok(())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", waiting.join(", ")),
-        )
+        Err(format!("not ready: {}", waiting.join(", ")))
+    }
+}
+
+async fn readyz(State(p): State<Probe>) -> (StatusCode, String) {
+    match readiness(&p.accepting, &p.registry) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

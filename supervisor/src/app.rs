@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use sidecar_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use sidecar_proto::v1::model_service_server::ModelServiceServer;
 use sidecar_proto::v1::text_service_server::TextServiceServer;
 use tokio_stream::StreamExt;
@@ -15,6 +16,7 @@ use tonic_health::ServingStatus;
 use crate::api::admin::AdminApi;
 use crate::api::lite::LiteApi;
 use crate::api::model::ModelApi;
+use crate::api::oip::OipApi;
 use crate::api::text::TextApi;
 use crate::api::vision::VisionApi;
 use crate::config::Config;
@@ -32,18 +34,20 @@ const STREAM_WINDOW: u32 = 8 << 20;
 /// 16 MiB - 1; the 16 KiB default splits a tensor into many frames).
 const MAX_FRAME: u32 = 1 << 20;
 
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "sidecar.v1.ModelService",
     "sidecar.v1.TextService",
     "sidecar.v1.LiteService",
     "sidecar.v1.VisionService",
     "sidecar.v1.SharedMemoryService",
+    "inference.GRPCInferenceService",
 ];
 
 /// Runs the supervisor until `shutdown` completes, then drains and stops
 /// every worker. Prints one line to stdout once listening:
-/// `sidecar listening api=ADDR admin=ADDR openai=ADDR` (`openai=off` when
-/// the HTTP API is disabled).
+/// `sidecar listening api=ADDR admin=ADDR openai=ADDR api_socket=PATH`
+/// (`api=off` when `api_socket.tcp` is false, `openai=off` when the HTTP
+/// API is disabled, `api_socket=off` without a Unix socket).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -57,7 +61,9 @@ pub async fn run(
     config
         .workers
         .check_identity(nix::unistd::geteuid().as_raw())?;
-    if let Some(warning) = config.exposure() {
+    if config.api_socket.tcp
+        && let Some(warning) = config.exposure()
+    {
         tracing::warn!("{warning}");
     }
     // The files were checked with the config; read again here, so a
@@ -77,6 +83,8 @@ pub async fn run(
     let store = Store::open(&config.model_store)?;
     // First, so a refused control socket stops the start before any worker.
     let control = crate::ctl::socket::bind(&config.control_socket)?;
+    // So is a refused API socket (a live one: another sidecar there).
+    let api_socket = bind_api_socket(&config)?;
     let spawner = Spawner::start()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let models = Arc::new(Models::default());
@@ -101,7 +109,7 @@ pub async fn run(
         config.admin_listen,
         registry.clone(),
         accepting.clone(),
-        pulse,
+        pulse.clone(),
     )?;
 
     health.set_service_status("", ServingStatus::Serving).await;
@@ -113,12 +121,27 @@ pub async fn run(
         .build_v1()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Config(format!("listen {}: {e}", config.listen)))?;
-    let api = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(format!("API socket: {e}")))?;
+    let listener = if config.api_socket.tcp {
+        Some(
+            tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| Error::Config(format!("listen {}: {e}", config.listen)))?,
+        )
+    } else {
+        None
+    };
+    let api = match &listener {
+        Some(l) => l
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("API socket: {e}")))?
+            .to_string(),
+        None => "off".to_owned(),
+    };
+    let api_socket_shown = config
+        .api_socket
+        .path
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |p| format!("unix:{}", p.display()));
     // The OpenAI-compatible HTTP API: its own listener, the same call path.
     let http_tls = match (&config.tls, config.openai.enabled) {
         (Some(t), true) => Some(crate::net::tls::Acceptor::start_http(t)?),
@@ -128,10 +151,10 @@ pub async fn run(
     let openai_addr = openai
         .as_ref()
         .map_or_else(|| "off".to_owned(), |s| s.address.clone());
-    tracing::info!(%api, %admin, openai = %openai_addr, tls = tls.is_some(), control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
+    tracing::info!(%api, api_socket = %api_socket_shown, %admin, openai = %openai_addr, tls = tls.is_some(), control = %config.control_socket.display(), store = %registry.store.root().display(), "sidecar listening");
     let _ = writeln!(
         std::io::stdout(),
-        "sidecar listening api={api} admin={admin} openai={openai_addr}"
+        "sidecar listening api={api} admin={admin} openai={openai_addr} api_socket={api_socket_shown}"
     );
 
     let limit = config.max_message_bytes;
@@ -141,12 +164,20 @@ pub async fn run(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
-    let lite = sidecar_proto::v1::lite_service_server::LiteServiceServer::new(LiteApi {
+    let lite_api = LiteApi {
         registry: registry.clone(),
         config: config.clone(),
+    };
+    let oip = GrpcInferenceServiceServer::new(OipApi {
+        lite: lite_api.clone(),
+        accepting: accepting.clone(),
+        pulse,
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
+    let lite = sidecar_proto::v1::lite_service_server::LiteServiceServer::new(lite_api)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let vision = sidecar_proto::v1::vision_service_server::VisionServiceServer::new(VisionApi {
         registry: registry.clone(),
         config: config.clone(),
@@ -203,45 +234,71 @@ pub async fn run(
             ),
     );
 
-    // Connections we accept ourselves do not get tonic's socket options:
-    // without TCP_NODELAY a small message (a token, a unary answer's
-    // trailers) can wait 40 ms for the client's delayed ACK.
-    let accepted = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn
-            && let Err(e) = c.set_nodelay(true)
-        {
-            tracing::warn!("TCP_NODELAY: {e}");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let router = crate::net::server(&config.connections)
+        // Tensors and images are large messages: HTTP/2's default
+        // 64 KiB windows would cost a round trip per 64 KiB.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(2 * STREAM_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
+        .layer(crate::net::ActiveLayer)
+        .layer(crate::metrics::CallLayer::new(shared.metrics.clone()))
+        // Inside the metrics layer, so refused calls are counted with
+        // their client; before every service.
+        .layer(crate::auth::AuthLayer::new(
+            auth,
+            crate::auth::Listener::Api,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(text)
+        .add_service(lite)
+        .add_service(vision)
+        .add_service(shm)
+        .add_service(model)
+        .add_service(oip);
+    // The same services and layers on both listeners.
+    let mut servers = Vec::new();
+    if let Some(listener) = listener {
+        // Connections we accept ourselves do not get tonic's socket
+        // options: without TCP_NODELAY a small message (a token, a unary
+        // answer's trailers) can wait 40 ms for the client's delayed ACK.
+        let accepted = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(c) = &conn
+                && let Err(e) = c.set_nodelay(true)
+            {
+                tracing::warn!("TCP_NODELAY: {e}");
+            }
+            conn
+        });
+        let incoming = crate::net::api(accepted, &config.connections, tls);
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(router.clone().serve_with_incoming_shutdown(
+            incoming,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    if let Some(listener) = api_socket {
+        let incoming = crate::net::incoming(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            &config.connections,
+            "api_socket",
+        );
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let server = async {
+        for s in servers {
+            let _ = s.await;
         }
-        conn
-    });
-    let incoming = crate::net::api(accepted, &config.connections, tls);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        crate::net::server(&config.connections)
-            // Tensors and images are large messages: HTTP/2's default
-            // 64 KiB windows would cost a round trip per 64 KiB.
-            .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(2 * STREAM_WINDOW))
-            .max_frame_size(Some(MAX_FRAME))
-            .layer(crate::net::ActiveLayer)
-            .layer(crate::metrics::CallLayer::new(shared.metrics.clone()))
-            // Inside the metrics layer, so refused calls are counted with
-            // their client; before every service.
-            .layer(crate::auth::AuthLayer::new(
-                auth,
-                crate::auth::Listener::Api,
-            ))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(text)
-            .add_service(lite)
-            .add_service(vision)
-            .add_service(shm)
-            .add_service(model)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            }),
-    );
+    };
 
     shutdown.await;
     tracing::info!(
@@ -257,7 +314,7 @@ pub async fn run(
             .set_service_status(s, ServingStatus::NotServing)
             .await;
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     let http = async {
         if let Some(s) = openai {
             s.stop(config.shutdown_grace).await;
@@ -276,6 +333,41 @@ pub async fn run(
     let _ = control_stop.send(());
     let _ = control_server.await;
     crate::ctl::socket::remove(&config.control_socket);
+    if let Some(path) = &config.api_socket.path {
+        crate::ctl::socket::remove(path);
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `[api_socket]`'s socket, when one is configured: its directory
+/// created with the mode's directory equivalent, never the control
+/// socket's (checked again here on the real paths, through links), a
+/// live socket refused, a stale one replaced, the mode and owner set.
+fn bind_api_socket(config: &Config) -> Result<Option<tokio::net::UnixListener>, Error> {
+    let s = &config.api_socket;
+    let Some(path) = &s.path else {
+        return Ok(None);
+    };
+    let real = |p: &std::path::Path| p.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    if let (Some(dir), Some(control)) = (real(path), real(&config.control_socket))
+        && dir.starts_with(&control)
+    {
+        return Err(Error::Config(format!(
+            "api_socket.path {}: its directory {} is (or is inside) the control socket's \
+             directory {} (control_socket {}); put the API socket in a directory of its own",
+            path.display(),
+            dir.display(),
+            control.display(),
+            config.control_socket.display()
+        )));
+    }
+    let access = crate::ctl::socket::Access {
+        dir_mode: s.dir_mode(),
+        private_dir: false,
+        mode: s.mode,
+        owner: s.owner,
+        group: s.group,
+    };
+    crate::ctl::socket::bind_with(path, "api_socket.path", &access).map(Some)
 }

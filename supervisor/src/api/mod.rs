@@ -5,6 +5,7 @@ pub mod deterministic;
 pub mod files;
 pub mod lite;
 pub mod model;
+pub mod oip;
 pub mod outflow;
 pub mod shm;
 pub mod text;

@@ -7,9 +7,9 @@ use std::fmt;
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
-    /// Inference (TextService, LiteService, VisionService), the caller's
-    /// own shared-memory regions (SharedMemoryService), gRPC health,
-    /// reflection.
+    /// Inference (TextService, LiteService, VisionService, the Open
+    /// Inference Protocol), the caller's own shared-memory regions
+    /// (SharedMemoryService), gRPC health, reflection.
     Infer,
     /// The model catalog and the store, read only (ListModels, GetModel,
     /// ListFiles, GetFile).
@@ -141,6 +141,42 @@ const TABLE: &[(&str, &str, Scope)] = &[
     ("sidecar.v1.ModelService", "UnloadModel", Scope::Manage),
     ("sidecar.v1.ModelService", "PutFile", Scope::Manage),
     ("sidecar.v1.ModelService", "DeleteFile", Scope::Manage),
+    // The Open Inference Protocol (`api::oip`): health and metadata are
+    // read by the clients that infer; a caller's shared-memory regions
+    // are its own inputs and outputs.
+    ("inference.GRPCInferenceService", "ServerLive", Scope::Infer),
+    (
+        "inference.GRPCInferenceService",
+        "ServerReady",
+        Scope::Infer,
+    ),
+    ("inference.GRPCInferenceService", "ModelReady", Scope::Infer),
+    (
+        "inference.GRPCInferenceService",
+        "ServerMetadata",
+        Scope::Infer,
+    ),
+    (
+        "inference.GRPCInferenceService",
+        "ModelMetadata",
+        Scope::Infer,
+    ),
+    ("inference.GRPCInferenceService", "ModelInfer", Scope::Infer),
+    (
+        "inference.GRPCInferenceService",
+        "SystemSharedMemoryStatus",
+        Scope::Infer,
+    ),
+    (
+        "inference.GRPCInferenceService",
+        "SystemSharedMemoryRegister",
+        Scope::Infer,
+    ),
+    (
+        "inference.GRPCInferenceService",
+        "SystemSharedMemoryUnregister",
+        Scope::Infer,
+    ),
     ("grpc.health.v1.Health", "Check", Scope::Infer),
     ("grpc.health.v1.Health", "Watch", Scope::Infer),
     (
@@ -224,6 +260,29 @@ mod tests {
         ] {
             assert_eq!(table.get(made_up), None, "{made_up}");
         }
+    }
+
+    /// Every method of the Open Inference Protocol's service (the
+    /// `inference` package, served on the API port by `api::oip`) has a
+    /// scope: `infer`.
+    #[test]
+    fn every_method_of_the_open_inference_protocol_has_a_scope() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(sidecar_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let table = MethodScopes::default();
+        let mut seen = 0;
+        for file in set.file.iter().filter(|f| f.package() == "inference") {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    let got = table.get(&path).map(|m| m.scope);
+                    assert_eq!(got, Some(Scope::Infer), "{path}");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 9, "methods of inference.GRPCInferenceService");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use sidecar_proto::v1::{
 
 use crate::error::Error;
 
+mod api_socket;
 mod auth;
 mod cache;
 mod connections;
@@ -26,6 +27,7 @@ mod traffic;
 mod units;
 mod workers;
 
+pub use api_socket::{ApiSocket, Listen};
 pub use auth::{AuthConfig, MAX_CLIENT_IDS};
 pub use cache::{CacheConfig, MAX_CACHE_BYTES, MIN_CACHE_BYTES, ModelCacheConfig};
 pub use connections::Connections;
@@ -49,9 +51,11 @@ pub struct Cli {
     /// TOML config file.
     #[arg(long, env = "SIDECAR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// gRPC API address (overrides the file).
-    #[arg(long, env = "SIDECAR_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    /// gRPC API address, HOST:PORT or unix:/PATH (overrides the file);
+    /// repeatable, one of each at most. A unix: path alone turns the TCP
+    /// listener off.
+    #[arg(long, env = "SIDECAR_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<Listen>,
     /// HTTP admin address for /livez, /readyz (overrides the file).
     #[arg(long, env = "SIDECAR_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -76,6 +80,8 @@ pub struct Cli {
 pub struct Config {
     /// gRPC API address (pod-local by default).
     pub listen: SocketAddr,
+    /// The gRPC API on a Unix socket (`[api_socket]`, `config::api_socket`).
+    pub api_socket: ApiSocket,
     /// HTTP admin address (`/livez`, `/readyz`).
     pub admin_listen: SocketAddr,
     /// Control socket (Unix, mode 0600) serving AdminService; nothing that
@@ -412,6 +418,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: ([127, 0, 0, 1], 50051).into(),
+            api_socket: ApiSocket::default(),
             admin_listen: ([0, 0, 0, 0], 9090).into(),
             control_socket: PathBuf::from("/run/sidecar/control.sock"),
             model_store: PathBuf::from("models"),
@@ -456,9 +463,7 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
         };
-        if let Some(a) = cli.listen {
-            config.listen = a;
-        }
+        api_socket::apply(&cli.listen, &mut config.listen, &mut config.api_socket)?;
         if let Some(a) = cli.admin_listen {
             config.admin_listen = a;
         }
@@ -493,6 +498,7 @@ impl Config {
         self.cache.validate()?;
         self.openai.validate()?;
         self.shm.validate()?;
+        self.api_socket.validate(&self.control_socket)?;
         self.traffic.validate_with(&self.workers, &self.models)?;
         self.workers.check_pair()?;
         self.check_runtime_dir()?;

@@ -51,6 +51,67 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, Error> {
 /// Binds a socket at `path` after the checks above, errors naming the
 /// setting `key` (the HTTP API's `openai.address` takes the same care).
 pub fn bind_as(path: &Path, key: &str) -> Result<tokio::net::UnixListener, Error> {
+    bind_with(path, key, &Access::PRIVATE)
+}
+
+/// Who may reach a socket: its directory's and its own permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Mode of the directory when it is created.
+    pub dir_mode: u32,
+    /// Whether an existing directory must be ours with mode 0700
+    /// ([`check_dir`]); false for a directory shared with another
+    /// container, whose socket's own mode and owner guard it.
+    pub private_dir: bool,
+    /// The socket's mode, set right after bind.
+    pub mode: u32,
+    /// uid and gid the socket (and a directory created here) is given.
+    pub owner: Option<u32>,
+    /// See `owner`.
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// The control socket's: a 0700 directory of ours, the socket 0600.
+    pub const PRIVATE: Access = Access {
+        dir_mode: 0o700,
+        private_dir: true,
+        mode: 0o600,
+        owner: None,
+        group: None,
+    };
+}
+
+fn chown(path: &Path, access: &Access, key: &str, socket: &Path) -> Result<(), Error> {
+    if access.owner.is_none() && access.group.is_none() {
+        return Ok(());
+    }
+    nix::unistd::chown(
+        path,
+        access.owner.map(nix::unistd::Uid::from_raw),
+        access.group.map(nix::unistd::Gid::from_raw),
+    )
+    .map_err(|e| {
+        fail(
+            key,
+            socket,
+            format_args!(
+                "chown {} to owner {} group {}: {e} (changing the owner needs CAP_CHOWN;                  a group, membership of it)",
+                path.display(),
+                access.owner.map_or("unchanged".into(), |u| u.to_string()),
+                access.group.map_or("unchanged".into(), |g| g.to_string()),
+            ),
+        )
+    })
+}
+
+/// [`bind_as`] with `access`: the directory created with its mode when
+/// missing (and given its owner), the socket given its mode and owner.
+pub fn bind_with(
+    path: &Path,
+    key: &str,
+    access: &Access,
+) -> Result<tokio::net::UnixListener, Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -63,7 +124,7 @@ pub fn bind_as(path: &Path, key: &str) -> Result<tokio::net::UnixListener, Error
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(access.dir_mode)
                 .create(dir)
                 .map_err(|e| {
                     fail(
@@ -72,6 +133,16 @@ pub fn bind_as(path: &Path, key: &str) -> Result<tokio::net::UnixListener, Error
                         format_args!("create directory {}: {e}", dir.display()),
                     )
                 })?;
+            // The umask may have taken bits the mode asks for.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(access.dir_mode))
+                .map_err(|e| {
+                    fail(
+                        key,
+                        path,
+                        format_args!("chmod {:04o} {}: {e}", access.dir_mode, dir.display()),
+                    )
+                })?;
+            chown(dir, access, key, path)?;
         }
         Err(e) => {
             return Err(fail(
@@ -90,13 +161,21 @@ pub fn bind_as(path: &Path, key: &str) -> Result<tokio::net::UnixListener, Error
             format_args!("{} is not a directory", dir.display()),
         ));
     }
-    let me = nix::unistd::geteuid().as_raw();
-    check_dir(dir, meta.uid(), meta.mode(), me).map_err(|e| fail(key, path, e))?;
+    if access.private_dir {
+        let me = nix::unistd::geteuid().as_raw();
+        check_dir(dir, meta.uid(), meta.mode(), me).map_err(|e| fail(key, path, e))?;
+    }
     remove_stale(path, key)?;
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| fail(key, path, format_args!("bind: {e}")))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail(key, path, format_args!("chmod 0600: {e}")))?;
+    let placed = std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| fail(key, path, format_args!("chmod {:04o}: {e}", access.mode)))
+        .and_then(|()| chown(path, access, key, path));
+    if let Err(e) = placed {
+        // A socket left with the wrong mode or owner is no one's.
+        remove(path);
+        return Err(e);
+    }
     Ok(listener)
 }
 
