@@ -12,6 +12,12 @@
 # `scripts/bench.sh vision [REPS]`: face-detection stream FPS against the
 # same processing in-process.
 #
+# `scripts/bench.sh colocated [REPS]`: a client beside the sidecar, three
+# rows in one run (TCP inline, Unix socket inline, Unix socket + shared
+# memory) for LITE face detection (against the LiteRT Python interpreter)
+# and a raw 1280x720 VISION stream (against vision_direct). A row the
+# sidecar cannot serve is printed with the reason; the exit status is 2.
+#
 # `scripts/bench.sh batching [REPS]`: batching across calls: N one-text
 # Embed callers against one N-text call, N Infer callers against one
 # InferBatch of N sets, and the shipped LITE models' input shapes.
@@ -32,6 +38,7 @@
 #        scripts/bench.sh lite [REPS]
 #        scripts/bench.sh cache [CALLS]
 #        scripts/bench.sh vision [REPS]
+#        scripts/bench.sh colocated [REPS]
 #        scripts/bench.sh batching [REPS]
 #        scripts/bench.sh traffic [CALLS]
 #        scripts/bench.sh openai [ROUNDS]
@@ -95,6 +102,17 @@ if [[ "${1:-}" == vision ]]; then
     echo "bench: VISION, ${2:-3} interleaved runs; this takes a few minutes" >&2
     VISION_DIRECT="$CARGO_TARGET_DIR/release/examples/vision_direct" BENCH_REPS="${2:-3}" \
         SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_vision"
+    exit
+fi
+if [[ "${1:-}" == colocated ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    cargo build --release -p worker-vision --example vision_direct
+    cargo build --release -p e2e --example bench_colocated
+    echo "bench: colocated clients (TCP, Unix socket, shared memory), ${2:-3} interleaved runs; a few minutes" >&2
+    BENCH_PYTHON="$root/.venv/bin/python" VISION_DIRECT="$CARGO_TARGET_DIR/release/examples/vision_direct" \
+        BENCH_REPS="${2:-3}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_colocated"
     exit
 fi
 if [[ "${1:-}" == batching ]]; then
