@@ -2,8 +2,7 @@
 //! inputs read from a region and an output written into one give what
 //! inline bytes give, a region's changed content is never answered from
 //! the result cache, and a respawned worker gets the descriptor again.
-//! Needs the workers' region table (the workers' branch): ignored until
-//! the merge enables it.
+//! Needs the workers' region table and the supervisor's registry together.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -126,7 +125,6 @@ async fn register(sc: &Sidecar, key: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the workers' region table (merge)"]
 async fn regions_give_what_inline_bytes_give_and_are_never_cached() {
     let _serial = serial().await;
     let (sc, mut lite) = start().await;
