@@ -6,9 +6,7 @@
 //! equal bit for bit to `LiteService.Infer` (raw and typed contents), and
 //! each refusal with its code and a message naming the thing.
 
-use std::process::Command;
-
-use e2e::{SMOLLM2, Sidecar, add_model, float_pattern, lite_config, root, serial, store};
+use e2e::{SMOLLM2, Sidecar, add_model, float_pattern, lite_config, serial, store};
 use sidecar_proto::inference::ModelMetadataRequest;
 use sidecar_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
@@ -20,31 +18,8 @@ use tonic::Code;
 const FACE: &str = "mediapipe/face_detection_short_range.tflite";
 const MODEL: &str = "face-detector";
 
-/// Runs the Triton client script with `args`; its JSON output, after
-/// asserting it exited 0.
 async fn python(args: Vec<String>) -> serde_json::Value {
-    let python = root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(root().join("tests/python/triton_client.py"))
-            .args(args)
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "triton client failed:\n{stdout}\n{stderr}"
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    e2e::python_json("triton_client.py", args).await
 }
 
 /// `[{name, datatype, shape}]` of `LiteModelInfo` tensors, as the

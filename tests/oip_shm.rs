@@ -9,9 +9,7 @@
 //! too small, an object that shrank and a region unregistered between two
 //! calls each get a clear error while the worker serves on.
 
-use std::process::Command;
-
-use e2e::{Sidecar, add_model, float_pattern, lite_config, root, serial, store};
+use e2e::{Sidecar, add_model, float_pattern, lite_config, serial, store};
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
 use sidecar_proto::v1::{
     DType, GetModelInfoRequest, InferRequest, InferResponse, ModelState, Tensor,
@@ -21,28 +19,7 @@ const FACE: &str = "mediapipe/face_detection_short_range.tflite";
 const MODEL: &str = "face-detector";
 
 async fn python(args: Vec<String>) -> serde_json::Value {
-    let python = root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(root().join("tests/python/triton_shm.py"))
-            .args(args)
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "triton shm client failed:\n{stdout}\n{stderr}"
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    e2e::python_json("triton_shm.py", args).await
 }
 
 async fn infer(

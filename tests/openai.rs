@@ -4,39 +4,13 @@
 //! JSON schema), completions, embeddings (float and base64, equal to the
 //! gRPC Embed's), and each error as the client's own exception.
 
-use std::process::Command;
 use std::time::Duration;
 
-use e2e::{
-    MINILM, Sidecar, add_model, minilm_config, root, serial, sha256_hex, smollm2_config, store,
-};
+use e2e::{MINILM, Sidecar, add_model, minilm_config, serial, sha256_hex, smollm2_config, store};
 use sidecar_proto::v1::{EmbedRequest, ModelState};
 
-/// Runs the Python client with `args`; its stdout, after asserting it
-/// exited 0.
 async fn python(args: Vec<String>) -> String {
-    let python = root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(root().join("tests/python/openai_client.py"))
-            .args(args)
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
-    stdout
+    e2e::python_script("openai_client.py", args).await
 }
 
 /// The sidecar is whole at the end: same pid, probes 200, `model` not

@@ -50,6 +50,38 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Runs the project venv's Python on `tests/python/<script>` with `args`;
+/// its stdout, after asserting it exited 0 (the failure shows both
+/// streams).
+pub async fn python_script(script: &str, args: Vec<String>) -> String {
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    let path = root().join("tests/python").join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(path)
+            .args(args)
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// [`python_script`] for a script that prints one JSON object.
+pub async fn python_json(script: &str, args: Vec<String>) -> serde_json::Value {
+    let stdout = python_script(script, args).await;
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
+}
+
 /// A binary built by this workspace.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
