@@ -246,6 +246,60 @@ async fn the_api_serves_on_a_unix_socket_with_its_mode_owner_and_identity() {
             && err.contains(&other.path().join("control.sock").display().to_string()),
         "{err}"
     );
+    // Through a link to the control socket's directory and a
+    // subdirectory not made yet: refused the same, nothing created.
+    let links = tempfile::tempdir().expect("tempdir");
+    let alias = links.path().join("alias");
+    std::os::unix::fs::symlink(other.path(), &alias).expect("symlink");
+    let through = alias.join("new/api.sock");
+    let file = write_config(
+        other.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[api_socket]\npath = \"{}\"\n",
+            through.display()
+        ),
+    );
+    let err = refused_start(&file);
+    assert!(
+        err.contains("control socket's directory")
+            && err.contains(&through.display().to_string())
+            && err.contains(&other.path().join("control.sock").display().to_string()),
+        "{err}"
+    );
+    assert!(
+        !other.path().join("new").exists(),
+        "no directory made inside the control socket's"
+    );
+    // A link planted at the path (to a file whose mode and owner a root
+    // supervisor could change) is refused; its target is unchanged.
+    let planted_dir = tempfile::tempdir().expect("tempdir");
+    let target = planted_dir.path().join("target");
+    std::fs::write(&target, b"keep").expect("write");
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .expect("chmod");
+    let planted = planted_dir.path().join("api.sock");
+    std::os::unix::fs::symlink(&target, &planted).expect("symlink");
+    let file = write_config(
+        other.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[api_socket]\npath = \"{}\"\nmode = \"0666\"\n",
+            planted.display()
+        ),
+    );
+    let err = refused_start(&file);
+    assert!(
+        err.contains("a symbolic link") && err.contains(&planted.display().to_string()),
+        "{err}"
+    );
+    let meta = std::fs::symlink_metadata(&target).expect("target");
+    assert_eq!(meta.mode() & 0o7777, 0o640, "the target keeps its mode");
+    assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+    assert!(
+        std::fs::symlink_metadata(&planted)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
     // Any other file at the path is left alone and refused.
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let plain = elsewhere.path().join("api.sock");

@@ -7,8 +7,8 @@
 //! each refusal with its code and a message naming the thing.
 
 use e2e::{SMOLLM2, Sidecar, add_model, float_pattern, lite_config, serial, store};
-use sidecar_proto::inference::ModelMetadataRequest;
 use sidecar_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use sidecar_proto::inference::{ModelMetadataRequest, ModelReadyRequest};
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
 use sidecar_proto::v1::{
     DType, GetModelInfoRequest, InferRequest, InferResponse, LiteModelInfo, ModelState, Tensor,
@@ -160,13 +160,15 @@ async fn the_triton_client_works_over_tcp_and_the_unix_socket() {
     let socket_dir = tempfile::tempdir().expect("tempdir");
     let socket = socket_dir.path().join("api/api.sock");
     let config = format!(
-        "[api_socket]\npath = \"{}\"\n{}[[models]]\nid = \"smollm2\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\npreload = false\n",
+        "[api_socket]\npath = \"{}\"\n{}[[models]]\nid = \"smollm2\"\nfamily = \"text\"\npath = \"{SMOLLM2}\"\n",
         socket.display(),
         lite_config(MODEL, FACE, "")
     );
     let sc = Sidecar::start(store, &config);
     let pid = sc.child.id();
     let worker = sc.ready(MODEL).await.worker_pid;
+    // READY for TextService (and for /readyz), not for this protocol.
+    sc.ready("smollm2").await;
 
     // The reference: LiteService over tonic, on the same input.
     let mut lite = LiteServiceClient::new(sc.channel().await).max_decoding_message_size(64 << 20);
@@ -212,8 +214,35 @@ async fn the_triton_client_works_over_tcp_and_the_unix_socket() {
         check(&url, &got, &info, &reference, out.path());
     }
 
-    // A TEXT model: FAILED_PRECONDITION naming the service to use.
+    // A TEXT model: FAILED_PRECONDITION naming the service to use, and
+    // not ready here though READY for TextService (Triton: a model that
+    // cannot infer is not ready).
     let mut oip = GrpcInferenceServiceClient::new(sc.channel().await);
+    for version in ["", "1"] {
+        let ready = oip
+            .model_ready(ModelReadyRequest {
+                name: "smollm2".into(),
+                version: version.into(),
+            })
+            .await
+            .expect("ModelReady")
+            .into_inner()
+            .ready;
+        assert!(
+            !ready,
+            "a TEXT model is not ready for OIP (version {version:?})"
+        );
+    }
+    let lite_ready = oip
+        .model_ready(ModelReadyRequest {
+            name: MODEL.into(),
+            version: String::new(),
+        })
+        .await
+        .expect("ModelReady")
+        .into_inner()
+        .ready;
+    assert!(lite_ready, "the READY LITE model is ready");
     let err = oip
         .model_metadata(ModelMetadataRequest {
             name: "smollm2".into(),

@@ -340,6 +340,39 @@ pub async fn run(
     Ok(())
 }
 
+/// Where `dir` really is, through links, though it (or some of its
+/// ancestors) may not exist yet: the nearest existing ancestor made
+/// canonical, the missing rest appended (a `..` in it taken back
+/// lexically, as those parts are directories made later, not links).
+fn real_dir(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::path::{Component, Path};
+    let mut missing = Vec::new();
+    let mut at = dir;
+    let mut real = loop {
+        let probe = if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        };
+        if let Ok(real) = std::fs::canonicalize(probe) {
+            break real;
+        }
+        let mut parts = at.components();
+        missing.push(parts.next_back()?);
+        at = parts.as_path();
+    };
+    for part in missing.iter().rev() {
+        match part {
+            Component::ParentDir => {
+                real.pop();
+            }
+            Component::Normal(name) => real.push(name),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(real)
+}
+
 /// Binds `[api_socket]`'s socket, when one is configured: its directory
 /// created with the mode's directory equivalent, never the control
 /// socket's (checked again here on the real paths, through links), a
@@ -349,7 +382,7 @@ fn bind_api_socket(config: &Config) -> Result<Option<tokio::net::UnixListener>, 
     let Some(path) = &s.path else {
         return Ok(None);
     };
-    let real = |p: &std::path::Path| p.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    let real = |p: &std::path::Path| p.parent().and_then(real_dir);
     if let (Some(dir), Some(control)) = (real(path), real(&config.control_socket))
         && dir.starts_with(&control)
     {

@@ -166,17 +166,7 @@ pub fn bind_with(
         check_dir(dir, meta.uid(), meta.mode(), me).map_err(|e| fail(key, path, e))?;
     }
     remove_stale(path, key)?;
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| fail(key, path, format_args!("bind: {e}")))?;
-    let placed = std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
-        .map_err(|e| fail(key, path, format_args!("chmod {:04o}: {e}", access.mode)))
-        .and_then(|()| chown(path, access, key, path));
-    if let Err(e) = placed {
-        // A socket left with the wrong mode or owner is no one's.
-        remove(path);
-        return Err(e);
-    }
-    Ok(listener)
+    place::bind_placed(path, dir, key, access)
 }
 
 /// Removes what is at `path` only if it is a socket nobody listens on.
@@ -229,6 +219,8 @@ pub fn remove(path: &Path) {
         let _ = std::fs::remove_file(path);
     }
 }
+
+mod place;
 
 #[cfg(test)]
 mod tests;

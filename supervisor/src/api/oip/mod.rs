@@ -132,7 +132,8 @@ impl GrpcInferenceService for OipApi {
 
     /// As Triton: an unknown model, or a version it lacks, is `ready:
     /// false`, not an error (`tritonclient`'s `is_model_ready` returns
-    /// False).
+    /// False); so is a TEXT or VISION model, which `ModelInfer` refuses
+    /// (a model that cannot infer here is not ready here).
     async fn model_ready(
         &self,
         req: Request<ModelReadyRequest>,
@@ -143,7 +144,7 @@ impl GrpcInferenceService for OipApi {
             && self
                 .registry()
                 .get(&r.name)
-                .is_ok_and(|h| h.status().state == State::Ready);
+                .is_ok_and(|h| h.spec.family == Family::Lite && h.status().state == State::Ready);
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -208,7 +209,14 @@ impl GrpcInferenceService for OipApi {
         req: Request<SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
         let caller = Caller::of_call(&req);
-        let answer = crate::shm::oip::register(self.regions(), &caller, req.into_inner())?;
+        let regions = Arc::clone(&self.registry().shared().shm);
+        let r = req.into_inner();
+        // Opening and fstat touch the file system: off the async workers
+        // (as `SharedMemoryService.RegisterRegion`).
+        let answer =
+            tokio::task::spawn_blocking(move || crate::shm::oip::register(&regions, &caller, r))
+                .await
+                .map_err(|e| Error::Internal(format!("register task: {e}")))??;
         Ok(Response::new(answer))
     }
 

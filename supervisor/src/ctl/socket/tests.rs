@@ -141,3 +141,92 @@ fn shutdown_removes_only_a_socket() {
     remove(&sock);
     assert!(!sock.exists());
 }
+
+/// A shared directory (an emptyDir is 0777): the API socket's case.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+const SHARED: Access = Access {
+    dir_mode: 0o755,
+    private_dir: false,
+    mode: 0o666,
+    owner: None,
+    group: None,
+};
+
+/// What is left in `dir` besides `keep`: no private directory stays.
+fn leftovers(dir: &Path, keep: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != keep)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_socket_appears_with_its_mode_and_owner_and_no_private_directory_stays() {
+    let dir = shared_dir();
+    let path = dir.path().join("api.sock");
+    let me = nix::unistd::getegid().as_raw();
+    let access = Access {
+        group: Some(me),
+        ..SHARED
+    };
+    let listener = bind_with(&path, "api_socket.path", &access).expect("bound");
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o666,
+        "the mode asked, whatever the umask"
+    );
+    assert_eq!(meta.gid(), me);
+    assert_eq!(leftovers(dir.path(), "api.sock"), Vec::<String>::new());
+    // Reachable at its final path: the listener is the moved socket's.
+    let client = tokio::net::UnixStream::connect(&path)
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    assert_eq!(
+        server.peer_cred().unwrap().uid(),
+        client.peer_cred().unwrap().uid()
+    );
+}
+
+#[tokio::test]
+async fn a_link_planted_after_the_stale_check_is_never_followed_nor_replaced() {
+    // The window between the stale check and the socket's appearance:
+    // `place` is what runs after the check, so a link planted before it
+    // is one planted in the window.
+    let dir = shared_dir();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("passwd");
+    std::fs::write(&target, b"root:x:0:0").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let path = dir.path().join("api.sock");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let e = place::bind_placed(&path, dir.path(), "api_socket.path", &SHARED)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("refusing to replace it"),
+        "{e}"
+    );
+    assert_eq!(mode(&target), 0o640, "the link's target keeps its mode");
+    assert_eq!(std::fs::read(&target).unwrap(), b"root:x:0:0");
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_link(&path).unwrap(),
+        target,
+        "the link is left"
+    );
+    assert_eq!(leftovers(dir.path(), "api.sock"), Vec::<String>::new());
+}
