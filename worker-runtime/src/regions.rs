@@ -6,7 +6,11 @@
 //! list: a name not in it is refused, never looked up in the table. A
 //! `RegionUse` with `attach` set brings its descriptor (passed over the
 //! channel's socketpair just before the frame, tagged with the id): it is
-//! claimed here with a bounded wait and kept until `RegionDetach`.
+//! claimed here with a bounded wait and kept until `RegionDetach`. A use
+//! without `attach` whose id the table lacks first claims, without
+//! waiting, a descriptor already passed under that id (sent for a request
+//! that never arrived) before it is refused; `RegionDetach` also closes
+//! unclaimed descriptors of the ids it names.
 //!
 //! Bytes are moved with `pread`/`pwrite` on the descriptor, never through
 //! a mapping: a client may `ftruncate` its object at any moment, and a
@@ -62,8 +66,10 @@ impl Regions {
     }
 
     /// Closes the regions of `ids` (a call using one keeps it until it
-    /// ends); how many were open.
-    pub fn detach(&mut self, ids: &[u64]) -> u32 {
+    /// ends), and any descriptor of theirs passed but never claimed (its
+    /// request never came); how many were open.
+    pub fn detach(&mut self, chan: &BlockingChannel, ids: &[u64]) -> u32 {
+        chan.forget_fd(ids);
         ids.iter()
             .filter(|id| self.open.remove(id).is_some())
             .count() as u32
@@ -104,6 +110,14 @@ impl Regions {
                     u.name, u.offset, u.byte_size
                 ))
             })?;
+            if !u.attach && !self.open.contains_key(&u.id) {
+                // A descriptor passed for a request that never arrived (the
+                // supervisor's call was cancelled after `send_fd`) is
+                // still waiting in the channel: claim it without waiting.
+                if let Ok(fd) = chan.take_fd(u.id, Duration::ZERO) {
+                    self.insert(&u, fd)?;
+                }
+            }
             let open = self.open.get(&u.id).cloned().ok_or_else(|| {
                 WorkerError::precondition(format!(
                     "region {:?} (id {}) is not attached to this worker",
@@ -131,6 +145,10 @@ impl Regions {
                 u.name, u.id
             )),
         })?;
+        self.insert(u, fd)
+    }
+
+    fn insert(&mut self, u: &RegionUse, fd: OwnedFd) -> Result<(), WorkerError> {
         let file = File::from(fd);
         let meta = file.metadata().map_err(|e| {
             WorkerError::internal(format!("region {:?}: fstat failed: {e}", u.name))

@@ -400,7 +400,7 @@ async fn descriptors_go_once_per_worker_and_are_detached_on_unregister() {
             ..Default::default()
         };
         drop(chan.request(&req.encode_to_vec()).await.expect("request"));
-        drop(order);
+        order.commit();
     }
     let id = d.regions.list(&a, "r")[0].id;
     let fd = worker
