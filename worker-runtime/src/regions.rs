@@ -19,7 +19,9 @@
 //! destination the caller gives (LiteRT's input buffer, a BGR matrix), so
 //! a region's bytes are copied once, as a frame's are. Every use re-checks
 //! the window against the object's current size (`fstat`) first, and a
-//! write never lands past that size: the client's object is never grown.
+//! write never lands past that size, unless the client shrinks the object
+//! between that check and the write ([`Resolved::write`]): the write then
+//! grows it back, but never past the registered window.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -291,6 +293,15 @@ impl Resolved {
 
     /// Writes `src` at the start of `r` (one copy, `pwrite`): the region
     /// must be writable and the ref at least `src.len()` bytes long.
+    ///
+    /// The size check and the `pwrite` are not atomic: a client that
+    /// shrinks its object between them (`ftruncate`) has it grown back by
+    /// the write, up to the end of these `src.len()` bytes at most, which
+    /// lie within the ref and so within the window it registered (never
+    /// past `offset + byte_size`; the shrunk range reads back as zeros
+    /// except what was written). Only the client's own racing truncate
+    /// can cause it; no other object, and no byte outside its window, is
+    /// ever written.
     pub fn write(&self, r: &SharedMemoryRef, field: &str, src: &[u8]) -> Result<(), WorkerError> {
         let w = self.window(r, field)?;
         if !w.writable {
