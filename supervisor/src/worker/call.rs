@@ -405,8 +405,11 @@ impl CallStream {
             return self.send_more(&req).await;
         }
         let attached = self.conn.regions.clone();
-        let _order = attached.prepare(held, &mut req.regions).await?;
-        self.send_more(&req).await
+        let order = attached.prepare(held, &mut req.regions).await?;
+        self.send_more(&req).await?;
+        // Written: the worker holds the regions it attached from now on.
+        order.commit();
+        Ok(())
     }
 
     /// The next answer; `None` after the last. Errors end with the
