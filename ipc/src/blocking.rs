@@ -138,6 +138,15 @@ impl BlockingChannel {
         self.passed.take(tag, wait, &self.peer_gone)
     }
 
+    /// Closes the descriptors passed with `tags` that nobody claimed (a
+    /// region detached before the request that would claim it arrived);
+    /// how many were held. Without it they would stay held, counting
+    /// towards [`crate::MAX_PASSED`], until the channel closes.
+    pub fn forget_fd(&self, tags: &[u64]) -> usize {
+        let _ = self.check_peer();
+        self.passed.forget(tags)
+    }
+
     /// Descriptors passed by the peer and not claimed yet.
     pub fn passed_fds(&self) -> usize {
         self.passed.len()

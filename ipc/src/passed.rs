@@ -50,6 +50,12 @@ impl Passed {
         lock(&self.held).len()
     }
 
+    /// Closes the unclaimed descriptors of `tags`; how many were held.
+    pub(crate) fn forget(&self, tags: &[u64]) -> usize {
+        let mut held = lock(&self.held);
+        tags.iter().filter(|t| held.remove(t).is_some()).count()
+    }
+
     /// Claims the descriptor tagged `tag`, waiting up to `wait` for it.
     pub(crate) fn take(&self, tag: u64, wait: Duration, gone: &AtomicBool) -> Result<OwnedFd> {
         let end = Instant::now() + wait;

@@ -232,6 +232,10 @@ pub(crate) fn death_watch_pair() -> Result<(OwnedFd, OwnedFd)> {
     .map_err(|e| Error::io("socketpair", e))
 }
 
+/// Most descriptors one `SCM_RIGHTS` message carries on Linux
+/// (`include/net/scm.h`).
+const SCM_MAX_FD: usize = 253;
+
 /// Bytes of the tag that travels with a passed descriptor.
 const TAG_BYTES: usize = 8;
 
@@ -270,9 +274,11 @@ pub(crate) fn receive(sock: BorrowedFd<'_>, got: &mut dyn FnMut(u64, OwnedFd)) -
     loop {
         let mut buf = [0u8; TAG_BYTES];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        // Room for more descriptors than a message ever carries, so that
-        // the kernel never truncates (and leaks) what a broken peer sends.
-        let mut space = nix::cmsg_space!([RawFd; 8]);
+        // Room for SCM_MAX_FD (253) descriptors, the most one message can
+        // carry on Linux: the kernel never truncates what even a broken
+        // peer sends (MSG_CTRUNC), so `cmsgs()` never fails and every
+        // descriptor installed is owned here (and closed when dropped).
+        let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
         let (n, mut fds) = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), flags)
         {
@@ -496,4 +502,37 @@ pub(crate) fn mallopt(param: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: `mallopt` only updates the allocator's tunables (under its
     // own lock); any value is accepted or refused with 0.
     unsafe { libc::mallopt(param, value) == 1 }
+}
+
+#[cfg(test)]
+mod receive_tests {
+    use super::*;
+
+    /// A broken peer sends one message with 200 descriptors (the write end
+    /// of a pipe, 200 times): none is handed on, and none leaks: once ours
+    /// is closed, the pipe's read end sees end-of-file.
+    #[test]
+    fn a_message_with_many_descriptors_is_closed_whole() {
+        let (a, b) = death_watch_pair().expect("pair");
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+                .expect("pipe");
+        let many = vec![w.as_raw_fd(); 200];
+        let tag = 5u64.to_le_bytes();
+        let iov = [std::io::IoSlice::new(&tag)];
+        let cmsg = [ControlMessage::ScmRights(&many)];
+        let sent = sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None);
+        assert_eq!(sent, Ok(TAG_BYTES));
+        drop(w);
+        let mut handed = 0;
+        let closed = receive(b.as_fd(), &mut |_, _| handed += 1).expect("receive");
+        assert!(!closed);
+        assert_eq!(handed, 0, "not a tag with exactly one descriptor");
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(&r, &mut buf),
+            Ok(0),
+            "a copy of the pipe's write end leaked"
+        );
+    }
 }

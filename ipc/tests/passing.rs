@@ -99,3 +99,32 @@ async fn unclaimed_descriptors_are_bounded_and_a_gone_peer_is_said() {
     let gone = side_b.take_fd(123_456, Duration::from_secs(5));
     assert!(matches!(gone, Err(Error::PeerGone)), "{gone:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_descriptors_are_closed_by_tag() {
+    let (a, b) = ipc::create(ChannelConfig::default()).unwrap();
+    let side_a = AsyncChannel::new(a).unwrap();
+    let side_b = BlockingChannel::new(b).unwrap();
+    let f = file_with("forget me");
+    for tag in [1u64, 2, 3] {
+        side_a.send_fd(tag, f.as_fd()).await.unwrap();
+    }
+    // A request after them: once it is read, so are the descriptors.
+    let _answers = side_a.request(b"after the descriptors").await.unwrap();
+    let req = side_b.recv_timeout(Duration::from_secs(5)).unwrap();
+    drop(req);
+    let start = std::time::Instant::now();
+    while side_b.passed_fds() < 3 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(side_b.passed_fds(), 3);
+    // Tags 1 and 3 (and 99, never sent): two were held, both closed.
+    assert_eq!(side_b.forget_fd(&[1, 3, 99]), 2);
+    assert_eq!(side_b.passed_fds(), 1);
+    assert_eq!(side_b.forget_fd(&[1]), 0, "forgotten once");
+    let gone = side_b.take_fd(1, Duration::from_millis(50));
+    assert!(matches!(gone, Err(Error::Timeout)), "{gone:?}");
+    let two = side_b.take_fd(2, Duration::from_secs(5)).unwrap();
+    assert_eq!(read_all(two), "forget me");
+    assert_eq!(side_b.passed_fds(), 0);
+}

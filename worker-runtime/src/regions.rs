@@ -6,7 +6,11 @@
 //! list: a name not in it is refused, never looked up in the table. A
 //! `RegionUse` with `attach` set brings its descriptor (passed over the
 //! channel's socketpair just before the frame, tagged with the id): it is
-//! claimed here with a bounded wait and kept until `RegionDetach`.
+//! claimed here with a bounded wait and kept until `RegionDetach`. A use
+//! without `attach` whose id the table lacks first claims, without
+//! waiting, a descriptor already passed under that id (sent for a request
+//! that never arrived) before it is refused; `RegionDetach` also closes
+//! unclaimed descriptors of the ids it names.
 //!
 //! Bytes are moved with `pread`/`pwrite` on the descriptor, never through
 //! a mapping: a client may `ftruncate` its object at any moment, and a
@@ -15,7 +19,9 @@
 //! destination the caller gives (LiteRT's input buffer, a BGR matrix), so
 //! a region's bytes are copied once, as a frame's are. Every use re-checks
 //! the window against the object's current size (`fstat`) first, and a
-//! write never lands past that size: the client's object is never grown.
+//! write never lands past that size, unless the client shrinks the object
+//! between that check and the write ([`Resolved::write`]): the write then
+//! grows it back, but never past the registered window.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,8 +68,10 @@ impl Regions {
     }
 
     /// Closes the regions of `ids` (a call using one keeps it until it
-    /// ends); how many were open.
-    pub fn detach(&mut self, ids: &[u64]) -> u32 {
+    /// ends), and any descriptor of theirs passed but never claimed (its
+    /// request never came); how many were open.
+    pub fn detach(&mut self, chan: &BlockingChannel, ids: &[u64]) -> u32 {
+        chan.forget_fd(ids);
         ids.iter()
             .filter(|id| self.open.remove(id).is_some())
             .count() as u32
@@ -104,6 +112,14 @@ impl Regions {
                     u.name, u.offset, u.byte_size
                 ))
             })?;
+            if !u.attach && !self.open.contains_key(&u.id) {
+                // A descriptor passed for a request that never arrived (the
+                // supervisor's call was cancelled after `send_fd`) is
+                // still waiting in the channel: claim it without waiting.
+                if let Ok(fd) = chan.take_fd(u.id, Duration::ZERO) {
+                    self.insert(&u, fd)?;
+                }
+            }
             let open = self.open.get(&u.id).cloned().ok_or_else(|| {
                 WorkerError::precondition(format!(
                     "region {:?} (id {}) is not attached to this worker",
@@ -131,6 +147,10 @@ impl Regions {
                 u.name, u.id
             )),
         })?;
+        self.insert(u, fd)
+    }
+
+    fn insert(&mut self, u: &RegionUse, fd: OwnedFd) -> Result<(), WorkerError> {
         let file = File::from(fd);
         let meta = file.metadata().map_err(|e| {
             WorkerError::internal(format!("region {:?}: fstat failed: {e}", u.name))
@@ -273,6 +293,15 @@ impl Resolved {
 
     /// Writes `src` at the start of `r` (one copy, `pwrite`): the region
     /// must be writable and the ref at least `src.len()` bytes long.
+    ///
+    /// The size check and the `pwrite` are not atomic: a client that
+    /// shrinks its object between them (`ftruncate`) has it grown back by
+    /// the write, up to the end of these `src.len()` bytes at most, which
+    /// lie within the ref and so within the window it registered (never
+    /// past `offset + byte_size`; the shrunk range reads back as zeros
+    /// except what was written). Only the client's own racing truncate
+    /// can cause it; no other object, and no byte outside its window, is
+    /// ever written.
     pub fn write(&self, r: &SharedMemoryRef, field: &str, src: &[u8]) -> Result<(), WorkerError> {
         let w = self.window(r, field)?;
         if !w.writable {

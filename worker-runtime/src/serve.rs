@@ -219,7 +219,8 @@ fn dispatch<F: Family>(
             cx.answer(id, worker_response::Body::Loaded(loaded));
         }),
         Some(worker_request::Body::RegionDetach(d)) => {
-            let n = cx.regions.detach(&d.ids);
+            let chan = cx.chan().clone();
+            let n = cx.regions.detach(&chan, &d.ids);
             tracing::debug!(
                 request = id,
                 detached = n,

@@ -182,12 +182,7 @@ impl VisionService for VisionApi {
                                     counts.arrived += 1;
                                     counts.dropped += 1;
                                     counts.metrics.reject(&counts.model, "rate_limited");
-                                    let dropped = ProcessResponse {
-                                        frame_index: f.index,
-                                        timestamp_us: f.timestamp_us,
-                                        dropped: true,
-                                        ..Default::default()
-                                    };
+                                    let dropped = dropped_result(&f);
                                     if !tx.send(Ok(dropped)).await {
                                         return;
                                     }
@@ -305,6 +300,24 @@ impl VisionService for VisionApi {
     }
 }
 
+/// The result of a frame the supervisor drops itself (DROP_OLDEST over
+/// the rate limit): `dropped`, and `released` naming the frame's region
+/// bytes as the frame named them (never read: the client may reuse them).
+fn dropped_result(f: &Frame) -> ProcessResponse {
+    let released = match &f.data {
+        Some(frame::Data::Raw(raw)) => raw.shm.clone(),
+        Some(frame::Data::EncodedShm(r)) => Some(r.clone()),
+        _ => None,
+    };
+    ProcessResponse {
+        frame_index: f.index,
+        timestamp_us: f.timestamp_us,
+        dropped: true,
+        released,
+        ..Default::default()
+    }
+}
+
 /// Waits until `limit` lets a frame go (at once without a limit).
 async fn take(limit: Option<&crate::traffic::FrameLimit>) {
     if let Some(l) = limit {
@@ -314,7 +327,42 @@ async fn take(limit: Option<&crate::traffic::FrameLimit>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Held;
+    use super::{Frame, Held, dropped_result, frame};
+    use sidecar_proto::v1::{RawImage, SharedMemoryRef};
+
+    #[test]
+    fn a_dropped_region_frame_releases_its_bytes() {
+        let slot = |offset| SharedMemoryRef {
+            region: "ring".into(),
+            offset,
+            byte_size: 2_764_800,
+        };
+        let raw = Frame {
+            index: 7,
+            timestamp_us: 70,
+            data: Some(frame::Data::Raw(RawImage {
+                shm: Some(slot(2_764_800)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let got = dropped_result(&raw);
+        assert!(got.dropped);
+        assert_eq!((got.frame_index, got.timestamp_us), (7, 70));
+        assert_eq!(got.released, Some(slot(2_764_800)));
+        let encoded = Frame {
+            index: 8,
+            data: Some(frame::Data::EncodedShm(slot(0))),
+            ..Default::default()
+        };
+        assert_eq!(dropped_result(&encoded).released, Some(slot(0)));
+        let inline = Frame {
+            index: 9,
+            data: Some(frame::Data::Encoded(vec![0xff, 0xd8].into())),
+            ..Default::default()
+        };
+        assert_eq!(dropped_result(&inline).released, None, "no region");
+    }
 
     #[test]
     fn a_chunk_with_several_pictures_counts_once() {

@@ -111,8 +111,38 @@ pub struct Attached {
     order: tokio::sync::Mutex<()>,
 }
 
-/// Held while a call's descriptors and its request are written.
-pub type Order<'a> = tokio::sync::MutexGuard<'a, ()>;
+/// Held while a call's descriptors and its request are written. The
+/// regions this call attaches are recorded as held by the worker only
+/// once [`Order::commit`] says the REQUEST frame carrying `attach = true`
+/// was written: dropped uncommitted (the call was cancelled or timed out
+/// waiting for ring space, or the write failed), the marks are forgotten
+/// and the next call attaches them again.
+#[derive(Debug)]
+#[must_use = "commit once the request is written, or the attach marks are forgotten"]
+pub struct Order<'a> {
+    book: &'a Mutex<Book>,
+    attached: Vec<u64>,
+    _order: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Order<'_> {
+    /// The request naming the regions was written: keep the marks.
+    pub fn commit(mut self) {
+        self.attached.clear();
+    }
+}
+
+impl Drop for Order<'_> {
+    fn drop(&mut self) {
+        if !self.attached.is_empty() {
+            lock_book(self.book).forget(&self.attached);
+        }
+    }
+}
+
+fn lock_book(m: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Attached {
     /// The regions of the worker `pid` behind `chan`, none held yet.
@@ -126,7 +156,7 @@ impl Attached {
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+        lock_book(&self.book)
     }
 
     /// Ids this worker holds.
@@ -136,10 +166,16 @@ impl Attached {
 
     /// Marks `uses` (the request's `regions`), detaches what the cap
     /// pushes out and sends the descriptors to attach; the request must
-    /// be written while the returned guard is held.
+    /// be written while the returned guard is held, and the guard
+    /// committed once it is ([`Order`]).
     pub async fn prepare(&self, held: &Held, uses: &mut [RegionUse]) -> Result<Order<'_>, Error> {
         let order = self.order.lock().await;
         let evicted = self.book().mark(uses)?;
+        let order = Order {
+            book: &self.book,
+            attached: uses.iter().filter(|u| u.attach).map(|u| u.id).collect(),
+            _order: order,
+        };
         if !evicted.is_empty() {
             tracing::debug!(
                 pid = self.pid,
@@ -153,8 +189,7 @@ impl Attached {
                 continue;
             };
             if let Err(e) = self.chan.send_fd(u.id, h.0.fd()).await {
-                let ids: Vec<u64> = uses.iter().filter(|u| u.attach).map(|u| u.id).collect();
-                self.book().forget(&ids);
+                // Dropping `order` forgets this call's marks.
                 return Err(Error::Unavailable(format!(
                     "passing shared-memory region {} to the worker (pid {}): {e}",
                     super::names::shown(&u.name),
@@ -277,6 +312,44 @@ mod tests {
             panic!("more regions than a worker holds accepted");
         };
         assert!(m.contains("names 4") && m.contains("at most 3"), "{m}");
+    }
+
+    #[test]
+    fn an_uncommitted_attach_is_rolled_back() {
+        let book = Mutex::new(Book::new(8));
+        let lock = tokio::sync::Mutex::new(());
+        let order = |attached: Vec<u64>| {
+            let g = lock.try_lock().expect("free");
+            Order {
+                book: &book,
+                attached,
+                _order: g,
+            }
+        };
+        // Region 1 held already; the call attaches 2 and 3, then its
+        // request is never written (cancelled waiting for ring space).
+        lock_book(&book).mark(&mut uses(&[1])).expect("room");
+        let mut u = uses(&[1, 2, 3]);
+        lock_book(&book).mark(&mut u).expect("room");
+        assert_eq!(
+            u.iter().map(|u| u.attach).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        drop(order(vec![2, 3]));
+        assert_eq!(lock_book(&book).len(), 1, "only region 1 stays held");
+        let mut again = uses(&[1, 2, 3]);
+        lock_book(&book).mark(&mut again).expect("room");
+        assert_eq!(
+            again.iter().map(|u| u.attach).collect::<Vec<_>>(),
+            [false, true, true],
+            "the next call attaches 2 and 3 again"
+        );
+        // Committed: the request was written, the marks stay.
+        order(vec![2, 3]).commit();
+        assert_eq!(lock_book(&book).len(), 3);
+        let mut later = uses(&[2, 3]);
+        lock_book(&book).mark(&mut later).expect("room");
+        assert!(later.iter().all(|u| !u.attach), "held: no attach");
     }
 
     #[test]

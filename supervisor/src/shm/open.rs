@@ -7,12 +7,11 @@
 //! - a caller whose uid is known (peer credentials on a Unix socket):
 //!   the object must be owned by that uid (uid 0 may name any object);
 //!   it is readable and writable as its owner bits say;
-//! - a caller whose uid is not known (TCP, with or without a token): the
-//!   object must be owned by the supervisor's own uid when that is not 0
-//!   (a colocated container running as the same user), with its owner
-//!   bits; otherwise only what its "other" bits grant everyone
-//!   (`S_IROTH`, `S_IWOTH`): a root supervisor never lends a TCP caller
-//!   root's private objects.
+//! - a caller whose uid is not known (TCP, with or without a token): only
+//!   what the object's "other" bits grant everyone (`S_IROTH`, `S_IWOTH`),
+//!   whoever owns it. The supervisor's own uid lends nothing: a TCP
+//!   client (another container, or the network) never borrows the
+//!   sidecar's rights over its own or the application's private objects.
 //!
 //! Refused: PERMISSION_DENIED naming the object's owner and the caller.
 
@@ -31,7 +30,7 @@ use crate::error::Error;
 pub struct Asker {
     /// The caller's uid when the transport tells it.
     pub uid: Option<u32>,
-    /// The supervisor's effective uid.
+    /// The supervisor's effective uid (reported, never lent: module docs).
     pub own_uid: u32,
 }
 
@@ -65,7 +64,6 @@ pub fn access(asker: Asker, owner: u32, mode: u32, key: &str) -> Result<Access, 
                 shown(key)
             )));
         }
-        None if owner == asker.own_uid && owner != 0 => bits(usr_r, usr_w),
         None => bits(oth_r, oth_w),
     };
     if !got.read {
@@ -74,7 +72,7 @@ pub fn access(asker: Asker, owner: u32, mode: u32, key: &str) -> Result<Access, 
             shown(key),
             mode & 0o7777,
             if asker.uid.is_none() {
-                " (a caller without peer credentials may use objects of the sidecar's own non-root uid, or objects readable by all)"
+                " (a caller without peer credentials may use only objects readable by all: mode o+r)"
             } else {
                 ""
             }
@@ -214,15 +212,27 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_uid_gets_the_sidecars_own_or_what_all_may() {
+    fn an_unknown_uid_gets_only_what_all_may() {
         let tcp = Asker {
             uid: None,
             own_uid: ME,
         };
-        assert!(access(tcp, ME, 0o600, "/k").expect("same uid").write);
+        // The sidecar's own non-root uid lends nothing to a TCP caller.
+        let Err(Error::PermissionDenied(m)) = access(tcp, ME, 0o600, "/k") else {
+            panic!("a TCP caller borrowed the sidecar's owner bits");
+        };
+        assert!(
+            m.contains("owner uid 1000") && m.contains("mode 600"),
+            "{m}"
+        );
+        assert!(m.contains("o+r"), "{m}");
+        let own_ro = access(tcp, ME, 0o644, "/k").expect("own, readable by all");
+        assert_eq!((own_ro.read, own_ro.write), (true, false), "o+r only");
         assert!(access(tcp, 2000, 0o600, "/k").is_err(), "another user's");
         let all = access(tcp, 2000, 0o644, "/k").expect("readable by all");
         assert_eq!((all.read, all.write), (true, false));
+        let rw = access(tcp, 2000, 0o606, "/k").expect("o+rw");
+        assert_eq!((rw.read, rw.write), (true, true));
         let root_sidecar = Asker {
             uid: None,
             own_uid: 0,

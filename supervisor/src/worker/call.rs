@@ -144,13 +144,13 @@ impl WorkerHandle {
         // A request refused for crashing workers is refused before it is
         // sent. Only then is the body hashed on its own (a copy); otherwise
         // its hash is taken from the ring below, where it is written anyway.
-        // A vision stream's poison is in its frames, not in its opening
-        // message, which every camera with the same settings shares: the
-        // opening is never quarantined.
-        let quarantined = !matches!(
-            req.body,
-            Some(sidecar_proto::worker::worker_request::Body::VisionOpen(_))
-        );
+        // Not quarantined (`quarantine::applies`): a vision stream's
+        // opening (its poison is in its frames, not in the opening every
+        // camera with the same settings shares), nor a request naming
+        // regions (the bytes are not in the request: its hash would cover
+        // names, offsets and sizes only, blame other callers of the same
+        // window and let the culprit escape by shifting its offset).
+        let quarantined = super::quarantine::applies(&req);
         if quarantined && self.quarantine.any_refused() {
             let body = WorkerRequest {
                 body: req.body.clone(),
@@ -167,7 +167,7 @@ impl WorkerHandle {
         // Descriptors first, then the request naming them, in order on this
         // worker's channel. A call without regions takes no lock.
         let attached = conn.regions.clone();
-        let _order = if held.is_empty() {
+        let order = if held.is_empty() {
             None
         } else {
             Some(attached.prepare(&held, &mut req.regions).await?)
@@ -194,6 +194,11 @@ impl WorkerHandle {
             })
             .await
             .map_err(|e| self.channel_error(&conn, e))?;
+        // The REQUEST frame carrying `attach = true` is written: the worker
+        // holds those regions from now on.
+        if let Some(order) = order {
+            order.commit();
+        }
         if quarantined {
             self.quarantine.enter(conn.pid, hash);
         }
@@ -400,8 +405,11 @@ impl CallStream {
             return self.send_more(&req).await;
         }
         let attached = self.conn.regions.clone();
-        let _order = attached.prepare(held, &mut req.regions).await?;
-        self.send_more(&req).await
+        let order = attached.prepare(held, &mut req.regions).await?;
+        self.send_more(&req).await?;
+        // Written: the worker holds the regions it attached from now on.
+        order.commit();
+        Ok(())
     }
 
     /// The next answer; `None` after the last. Errors end with the

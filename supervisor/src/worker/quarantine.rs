@@ -9,8 +9,17 @@
 //! hash noted in two such crashes within `quarantine_ttl` is refused with
 //! INVALID_ARGUMENT naming the crashes for `quarantine_ttl`, instead of
 //! crashing a third worker. One model's quarantine is its own.
+//!
+//! Not quarantined ([`applies`]): a vision stream's opening (every camera
+//! with the same settings shares it; the poison is in the frames), and
+//! any request naming shared-memory regions: its body holds region names,
+//! offsets and sizes, not the bytes the worker reads, so its hash would
+//! blame every caller using the same name and window for one caller's
+//! poison, and the culprit would escape by shifting its offset.
 
 use std::collections::{HashMap, VecDeque};
+
+use sidecar_proto::worker::{WorkerRequest, worker_request::Body};
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,6 +43,18 @@ struct Book {
     /// `enter` after its worker's death is not recorded against a pid the
     /// system may reuse.
     dead: VecDeque<u32>,
+}
+
+/// Whether the quarantine knows `req` by its hash (module docs): not a
+/// vision stream's opening, and not a request naming regions (its bytes
+/// are not in the request).
+pub(crate) fn applies(req: &WorkerRequest) -> bool {
+    req.regions.is_empty()
+        && match &req.body {
+            Some(Body::VisionOpen(_)) => false,
+            Some(body) => !crate::shm::resolve::uses_regions(body),
+            None => true,
+        }
 }
 
 /// Dead workers remembered (a worker dies at most every backoff).
@@ -196,6 +217,63 @@ mod tests {
         assert!(q.died(7, true).is_empty());
         q.enter(7, h);
         assert!(q.died(7, true).is_empty(), "pid 7's death was already seen");
+    }
+
+    #[test]
+    fn a_request_with_region_refs_is_never_quarantined() {
+        use prost::Message;
+        use sidecar_proto::v1::{InferRequest, SharedMemoryRef, Tensor};
+        use sidecar_proto::worker::RegionUse;
+        let tensor = |shm: Option<SharedMemoryRef>| Tensor {
+            name: "input0".into(),
+            shm,
+            ..Default::default()
+        };
+        let with_ref = WorkerRequest {
+            regions: vec![RegionUse {
+                id: 1,
+                name: "input0".into(),
+                ..Default::default()
+            }],
+            body: Some(Body::Infer(InferRequest {
+                inputs: vec![tensor(Some(SharedMemoryRef {
+                    region: "input0".into(),
+                    offset: 0,
+                    byte_size: 16,
+                }))],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(!applies(&with_ref), "refs name bytes the hash never sees");
+        let mut body_only = with_ref.clone();
+        body_only.regions.clear();
+        assert!(!applies(&body_only), "a ref in the body alone");
+        let inline = WorkerRequest {
+            body: Some(Body::Infer(InferRequest {
+                inputs: vec![tensor(None)],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(applies(&inline), "inline bytes are hashed");
+        let open = WorkerRequest {
+            body: Some(Body::VisionOpen(Default::default())),
+            ..Default::default()
+        };
+        assert!(!applies(&open));
+        // Even if the same bytes crashed two workers, a call with refs is
+        // not the one refused: only a request that `applies` is entered.
+        let q = Quarantine::new(Duration::from_secs(600));
+        let h = q.hash(&body_only.encode_to_vec());
+        for pid in [1, 2] {
+            if applies(&body_only) {
+                q.enter(pid, h);
+            }
+            q.died(pid, true);
+        }
+        assert!(!q.any_refused());
+        assert!(q.check(h).is_ok());
     }
 
     #[test]

@@ -97,7 +97,11 @@ impl WorkerHandle {
     }
 
     /// The quarantine's reason when it refuses a request with this body.
+    /// A body naming regions is never refused (`quarantine::applies`).
     pub fn refusal(&self, body: &worker_request::Body) -> Option<String> {
+        if crate::shm::resolve::uses_regions(body) {
+            return None;
+        }
         let encoded = WorkerRequest {
             body: Some(body.clone()),
             ..Default::default()

@@ -404,3 +404,37 @@ fn at_most_256_regions_are_held() {
         );
     });
 }
+
+#[test]
+fn a_descriptor_whose_request_never_came_is_claimed_or_forgotten() {
+    let fd = object(1024);
+    with_worker(|chan| async move {
+        // The supervisor sent region 21's descriptor, then its call was
+        // cancelled before the request with `attach = true` was written;
+        // the next request names it with `attach = false`.
+        chan.send_fd(21, fd.as_fd()).await.expect("send fd");
+        let a = |attach| use_of("a", 21, 0, 1024, false, attach);
+        assert_eq!(
+            ask(&chan, &command("read a 9 2", vec![a(false)])).await,
+            Ok(vec![9, 10]),
+            "claimed without waiting"
+        );
+        assert_eq!(
+            ask(&chan, &command("read a 3 1", vec![a(false)])).await,
+            Ok(vec![3]),
+            "kept from then on"
+        );
+        // Region 22's descriptor came, its request never did, then it was
+        // detached: the descriptor is closed, not held forever.
+        chan.send_fd(22, fd.as_fd()).await.expect("send fd");
+        assert_eq!(ask(&chan, &detach(vec![22])).await, Ok(vec![0]));
+        let b = use_of("b", 22, 0, 1024, false, false);
+        let (code, msg) = ask(&chan, &command("read b 0 1", vec![b]))
+            .await
+            .expect_err("forgotten");
+        assert_eq!(
+            (code, msg.as_str()),
+            (9, "region \"b\" (id 22) is not attached to this worker")
+        );
+    });
+}
