@@ -17,12 +17,15 @@ pub const DEFAULT_MAX_PICTURES_PER_CHUNK: u32 = 64;
 pub const DEFAULT_MAX_BATCH_IMAGES: u32 = 256;
 /// Default tracks of one tracking task.
 pub const DEFAULT_MAX_TRACKS: u32 = 256;
+/// Default of `max_pending_bytes`: what one stream's waiting frames hold.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 512 << 20;
 
 /// The caps the options may not exceed.
 const CAP_PIXELS: u64 = MAX_SIDE as u64 * MAX_SIDE as u64;
 const CAP_PICTURES_PER_CHUNK: u32 = 4096;
 const CAP_BATCH_IMAGES: u32 = 1024;
 const CAP_TRACKS: u32 = 4096;
+const CAP_PENDING_BYTES: u64 = 16 << 30;
 
 /// A model's limits, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub struct Limits {
     pub max_batch_images: u32,
     /// Most tracks of one tracking task.
     pub max_tracks: u32,
+    /// Most bytes one stream's waiting frames may hold.
+    pub max_pending_bytes: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
             max_pictures_per_chunk: DEFAULT_MAX_PICTURES_PER_CHUNK,
             max_batch_images: DEFAULT_MAX_BATCH_IMAGES,
             max_tracks: DEFAULT_MAX_TRACKS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
         }
     }
 }
@@ -84,6 +90,12 @@ impl Limits {
                 CAP_BATCH_IMAGES,
             )?,
             max_tracks: pick("max_tracks", o.max_tracks, DEFAULT_MAX_TRACKS, CAP_TRACKS)?,
+            max_pending_bytes: pick(
+                "max_pending_bytes",
+                o.max_pending_bytes,
+                DEFAULT_MAX_PENDING_BYTES,
+                CAP_PENDING_BYTES,
+            )?,
         })
     }
 
@@ -130,6 +142,16 @@ mod tests {
         assert_eq!(
             e.message,
             "vision.max_batch_images 5000 exceeds the limit of 1024"
+        );
+        assert_eq!(l.max_pending_bytes, 512 << 20);
+        let o = VisionOptions {
+            max_pending_bytes: (16 << 30) + 1,
+            ..Default::default()
+        };
+        let e = Limits::from_options(&o).expect_err("over the cap");
+        assert_eq!(
+            e.message,
+            "vision.max_pending_bytes 17179869185 exceeds the limit of 17179869184"
         );
     }
 

@@ -98,14 +98,23 @@ impl Family for Vision {
             worker_request::Body::VisionFrame(f) => {
                 let limits = self.limits();
                 // No stream: it ended already (an error raced the frame).
-                if let Some(s) = self.streams.iter_mut().find(|s| s.id == id)
-                    && let Some(dropped) = s.push(f, &limits, &call.regions)
-                {
-                    let r = WorkerResponse {
-                        body: Some(worker_response::Body::Vision(dropped)),
-                        more: false,
-                    };
-                    cx.respond(id, &r, Flags::NONE);
+                let Some(i) = self.streams.iter().position(|s| s.id == id) else {
+                    return Ok(());
+                };
+                match self.streams[i].push(f, &limits, &call.regions) {
+                    Ok(dropped) => {
+                        for d in dropped {
+                            let r = WorkerResponse {
+                                body: Some(worker_response::Body::Vision(d)),
+                                more: false,
+                            };
+                            cx.respond(id, &r, Flags::NONE);
+                        }
+                    }
+                    Err(e) => {
+                        self.streams.remove(i);
+                        cx.fail(id, &e);
+                    }
                 }
             }
             worker_request::Body::VisionClose(_) => {

@@ -3,17 +3,25 @@
 //! busy stream does not starve the others. H.264 pictures are numbered
 //! consecutively in output order from the first chunk's index, whatever
 //! the chunking and flushes.
+//!
+//! What waiting frames hold is bounded twice: by `max_pending_frames` and
+//! by the model's `max_pending_bytes` (converted pixels, encoded files
+//! and H.264 chunks given inline; one frame alone is always taken, the
+//! image limits bound it). Frames whose bytes lie in a client's region hold
+//! nothing while they wait: they are read in their turn (the request's
+//! region handles keep the object open, so an unregister in between does
+//! not pull it away).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use opencv::core::Mat;
+use opencv::core::{Mat, MatTraitConst};
 
 use sidecar_proto::v1::{
-    Frame, FrameTimings, Image, OverflowPolicy, ProcessResponse, SharedMemoryRef, StreamConfig,
-    frame, image, vision_task,
+    Frame, FrameTimings, Image, OverflowPolicy, ProcessResponse, RawImage, SharedMemoryRef,
+    StreamConfig, frame, image, vision_task,
 };
-use worker_runtime::{Resolved, WorkerError};
+use worker_runtime::{Code, Resolved, WorkerError};
 
 use crate::h264::H264;
 use crate::image::{read_encoded, to_bgr};
@@ -31,9 +39,11 @@ struct Waiting {
     timestamp_us: i64,
     data: Data,
     arrived: Instant,
-    /// The frame's bytes in a region, as the frame named them: read when
-    /// the frame was taken, so every result of it releases them.
+    /// The frame's bytes in a region, as the frame named them: read in
+    /// the frame's turn, so every result of it releases them.
     released: Option<SharedMemoryRef>,
+    /// What the frame holds while it waits.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -45,6 +55,10 @@ enum Data {
     Encoded(Vec<u8>),
     /// An H.264 chunk (and whether the stream ends after it).
     H264(Vec<u8>, bool),
+    /// Raw pixels in a region, read and converted in their turn.
+    RawRegion(RawImage, Resolved),
+    /// An encoded file in a region, read and decoded in its turn.
+    EncodedRegion(SharedMemoryRef, Resolved),
     /// No data: an error in its turn.
     Missing,
 }
@@ -52,6 +66,31 @@ enum Data {
 impl Waiting {
     fn is_h264(&self) -> bool {
         matches!(self.data, Data::H264(..))
+    }
+
+    /// The `dropped` result of a frame given up.
+    fn dropped(self) -> ProcessResponse {
+        ProcessResponse {
+            frame_index: self.index,
+            timestamp_us: self.timestamp_us,
+            dropped: true,
+            released: self.released,
+            ..Default::default()
+        }
+    }
+}
+
+impl Data {
+    /// The bytes this data holds while it waits.
+    fn bytes(&self) -> usize {
+        match self {
+            Data::Pixels(Ok(mat), _) => mat.total() * mat.elem_size().unwrap_or(1),
+            Data::Encoded(b) | Data::H264(b, _) => b.len(),
+            Data::Pixels(Err(_), _)
+            | Data::RawRegion(..)
+            | Data::EncodedRegion(..)
+            | Data::Missing => 0,
+        }
     }
 }
 
@@ -64,6 +103,8 @@ pub struct Stream {
     prepared: Prepared,
     pending: VecDeque<Waiting>,
     max_pending: usize,
+    /// Bytes the waiting frames hold (`Waiting::bytes`).
+    pending_bytes: usize,
     drop_oldest: bool,
     /// Arrival count, for frames that give no index.
     arrived: u64,
@@ -128,6 +169,7 @@ impl Stream {
             tasks,
             pending: VecDeque::new(),
             max_pending,
+            pending_bytes: 0,
             drop_oldest,
             arrived: 0,
             h264: None,
@@ -138,17 +180,23 @@ impl Stream {
     }
 
     /// Queues a frame; with DROP_OLDEST a full queue gives up its oldest
-    /// frame, whose `dropped` result is returned. H.264 chunks are never
+    /// frames, whose `dropped` results are returned. H.264 chunks are never
     /// dropped: the pictures after them depend on them. Nothing of `f` is
-    /// kept: raw pixels are converted now, other data copied; bytes in a
-    /// region (`regions`: the frame's request's) are read now, so each of
-    /// the frame's results, a dropped one's included, releases them.
+    /// kept: raw pixels are converted now, other data copied; a frame in a
+    /// region (`regions`: the frame's request's) keeps its handles and is
+    /// read in its turn, and each of its results, a dropped one's included,
+    /// releases its bytes.
+    ///
+    /// A frame that would take the waiting frames past `max_pending_bytes`
+    /// makes room by dropping the oldest (DROP_OLDEST); when that cannot
+    /// make room (the default policy never drops, nor is an H.264 chunk
+    /// dropped), RESOURCE_EXHAUSTED, which ends the stream.
     pub fn push(
         &mut self,
         f: Frame,
         limits: &Limits,
         regions: &Resolved,
-    ) -> Option<ProcessResponse> {
+    ) -> Result<Vec<ProcessResponse>, WorkerError> {
         let arrived = Instant::now();
         let h264 = matches!(f.data, Some(frame::Data::H264(_))) || (f.data.is_none() && f.flush);
         // A picture without an index is numbered by arrival; a chunk's
@@ -162,6 +210,10 @@ impl Stream {
         let data = match f.data {
             Some(frame::Data::H264(chunk)) => Data::H264(chunk.to_vec(), f.flush),
             None if f.flush => Data::H264(Vec::new(), true),
+            Some(frame::Data::Raw(raw)) if raw.shm.is_some() && raw.data.is_empty() => {
+                released = raw.shm.clone();
+                Data::RawRegion(raw, regions.clone())
+            }
             Some(frame::Data::Raw(raw)) => {
                 released = raw.shm.clone();
                 let image = Image {
@@ -172,36 +224,54 @@ impl Stream {
             }
             Some(frame::Data::Encoded(bytes)) => Data::Encoded(bytes.to_vec()),
             Some(frame::Data::EncodedShm(r)) => {
-                let field = format!("frame {index}.encoded_shm");
-                let read = read_encoded(&r, &field, limits, regions);
-                released = Some(r);
-                match read {
-                    Ok(bytes) => Data::Encoded(bytes),
-                    Err(e) => Data::Pixels(Err(e), arrived.elapsed()),
-                }
+                released = Some(r.clone());
+                Data::EncodedRegion(r, regions.clone())
             }
             None => Data::Missing,
         };
         self.arrived += 1;
+        let bytes = data.bytes();
+        let mut dropped = Vec::new();
+        let budget = limits.max_pending_bytes;
+        let full = |s: &Stream| {
+            !s.pending.is_empty() && (s.pending_bytes.saturating_add(bytes) as u64) > budget
+        };
+        while full(self) && self.drop_oldest && !self.pending.front().is_some_and(Waiting::is_h264)
+        {
+            dropped.extend(self.pop().map(Waiting::dropped));
+        }
+        if full(self) {
+            return Err(WorkerError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "frame {index}: its {bytes} bytes would take the {} frames waiting past the stream's limit of {budget} bytes (max_pending_bytes; {} held); send smaller frames or fewer at once (max_pending_frames {}), put them in a shared-memory region (they then wait without their bytes), or use overflow DROP_OLDEST",
+                    self.pending.len(),
+                    self.pending_bytes,
+                    self.max_pending
+                ),
+            ));
+        }
+        self.pending_bytes += bytes;
         self.pending.push_back(Waiting {
             index,
             timestamp_us: f.timestamp_us,
             data,
             arrived,
             released,
+            bytes,
         });
         let oldest_is_h264 = self.pending.front().is_some_and(Waiting::is_h264);
         if self.pending.len() > self.max_pending && self.drop_oldest && !oldest_is_h264 {
-            let old = self.pending.pop_front()?;
-            return Some(ProcessResponse {
-                frame_index: old.index,
-                timestamp_us: old.timestamp_us,
-                dropped: true,
-                released: old.released,
-                ..Default::default()
-            });
+            dropped.extend(self.pop().map(Waiting::dropped));
         }
-        None
+        Ok(dropped)
+    }
+
+    /// Takes the oldest waiting frame.
+    fn pop(&mut self) -> Option<Waiting> {
+        let w = self.pending.pop_front()?;
+        self.pending_bytes -= w.bytes;
+        Some(w)
     }
 
     /// Frames waiting.
@@ -216,7 +286,7 @@ impl Stream {
         &mut self,
         served: &mut Served,
     ) -> Option<Result<Vec<ProcessResponse>, WorkerError>> {
-        let w = self.pending.pop_front()?;
+        let w = self.pop()?;
         let started = Instant::now();
         let frame =
             |index: u64, mat: Result<Mat, WorkerError>, decoded: Duration| (mat, index, decoded);
@@ -232,6 +302,32 @@ impl Stream {
                     &served.limits,
                     &Resolved::default(),
                 );
+                frame(w.index, mat, started.elapsed())
+            }
+            Data::RawRegion(ref raw, ref regions) => {
+                let image = Image {
+                    data: Some(image::Data::Raw(raw.clone())),
+                };
+                let at = format!("frame {}", w.index);
+                frame(
+                    w.index,
+                    to_bgr(&image, &at, &served.limits, regions),
+                    started.elapsed(),
+                )
+            }
+            Data::EncodedRegion(ref r, ref regions) => {
+                let field = format!("frame {}.encoded_shm", w.index);
+                let mat = read_encoded(r, &field, &served.limits, regions).and_then(|bytes| {
+                    let image = Image {
+                        data: Some(image::Data::Encoded(bytes.into())),
+                    };
+                    to_bgr(
+                        &image,
+                        &format!("frame {}", w.index),
+                        &served.limits,
+                        &Resolved::default(),
+                    )
+                });
                 frame(w.index, mat, started.elapsed())
             }
             Data::H264(ref chunk, flush) => {

@@ -85,6 +85,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
                 max_pictures_per_chunk: v.max_pictures_per_chunk,
                 max_batch_images: v.max_batch_images,
                 max_tracks: v.max_tracks,
+                max_pending_bytes: v.max_pending_bytes,
             };
             TextSpec::default()
         }

@@ -271,6 +271,10 @@ pub struct VisionSpec {
     /// Most tracks of one tracking task (initial boxes, and tracks
     /// detections add); 0 = 256, at most 4096.
     pub max_tracks: u32,
+    /// Most bytes the waiting frames of one stream may hold (inline
+    /// frames; frames in a region wait without their bytes); 0 = 512 MiB,
+    /// at most 16 GiB.
+    pub max_pending_bytes: u64,
 }
 
 impl VisionSpec {
@@ -284,6 +288,7 @@ impl VisionSpec {
             max_pictures_per_chunk: self.max_pictures_per_chunk,
             max_batch_images: self.max_batch_images,
             max_tracks: self.max_tracks,
+            max_pending_bytes: self.max_pending_bytes,
             ..Default::default()
         }
     }

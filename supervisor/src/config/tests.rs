@@ -116,7 +116,7 @@ fn a_vision_model_takes_its_ssd_options_from_the_file() {
 #[test]
 fn a_vision_model_takes_its_limits_from_the_file() {
     let c: Config = toml::from_str(
-        "[[models]]\nid='faces'\nfamily='vision'\npath='f.tflite'\nvision = { max_pixels = 2073600, max_pictures_per_chunk = 16, max_batch_images = 32, max_tracks = 8 }\n",
+        "[[models]]\nid='faces'\nfamily='vision'\npath='f.tflite'\nvision = { max_pixels = 2073600, max_pictures_per_chunk = 16, max_batch_images = 32, max_tracks = 8, max_pending_bytes = 8388608 }\n",
     )
     .unwrap();
     let wire = c.models[0].vision.to_proto();
@@ -129,6 +129,7 @@ fn a_vision_model_takes_its_limits_from_the_file() {
         ),
         (2_073_600, 16, 32, 8)
     );
+    assert_eq!(wire.max_pending_bytes, 8 << 20);
     // Unset: 0 on the wire, the worker's documented defaults.
     let wire = VisionSpec::default().to_proto();
     assert_eq!(

@@ -24,6 +24,9 @@ const REGION: &str = "bench-lite";
 pub(crate) struct Samples {
     pub(crate) latency: Vec<f64>,
     pub(crate) invoke: Vec<f64>,
+    /// The supervisor's `timings.total_us`: from the call's arrival at the
+    /// supervisor to its answer.
+    pub(crate) served: Vec<f64>,
 }
 
 /// The input and output windows of the region.
@@ -188,6 +191,7 @@ impl Row {
             let (_, r) = self.call().await?;
             s.latency.push(started.elapsed().as_secs_f64() * 1e6);
             s.invoke.push(invoke_us(&r)?);
+            s.served.push(r.timings.map_or(0.0, |t| t.total_us as f64));
         }
         Ok(s)
     }

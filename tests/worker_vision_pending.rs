@@ -1,0 +1,191 @@
+//! What a Process stream's waiting frames may hold, in the real
+//! worker-vision driven over a real channel by this test playing the
+//! supervisor (credit windows of one frame, so a stream whose results are
+//! not read stops and its frames wait): frames given inline are bounded by
+//! the model's `max_pending_bytes`, under the default policy (the stream
+//! ends with RESOURCE_EXHAUSTED naming the limit) and under DROP_OLDEST
+//! (the oldest are dropped, every frame still answered); frames in a
+//! region wait without their bytes, far past the limit, and each is read
+//! in its turn. The worker (same pid) serves on.
+
+// Shared by the region test files; each uses part of it.
+#[allow(dead_code)]
+#[path = "worker_regions_support.rs"]
+mod support;
+
+use std::os::fd::AsFd;
+
+use e2e::serial;
+use sidecar_proto::v1::{
+    FaceDetector, Frame, Image, ModelFamily, OverflowPolicy, PixelFormat, ProcessBatchRequest,
+    RawImage, SharedMemoryRef, StreamConfig, VisionOptions, frame, image,
+};
+use sidecar_proto::worker::{WorkerRequest, load, worker_request, worker_response};
+
+use support::{Worker, at, call, next_answer, object, put, region, send_more};
+
+/// Three 1280x720 BGR frames (2 764 800 bytes each) fit, a fourth does not.
+const BUDGET: u64 = 8 << 20;
+const FRAME: u64 = 1280 * 720 * 3;
+
+fn raw(data: Vec<u8>, shm: Option<SharedMemoryRef>) -> RawImage {
+    RawImage {
+        width: 1280,
+        height: 720,
+        format: PixelFormat::Rgb8 as i32,
+        stride: 0,
+        data: data.into(),
+        shm,
+    }
+}
+
+fn open(policy: OverflowPolicy) -> WorkerRequest {
+    call(
+        worker_request::Body::VisionOpen(StreamConfig {
+            model_id: "m".into(),
+            tasks: vec![e2e::vision::faces(FaceDetector::Unspecified)],
+            max_pending_frames: 64,
+            overflow: policy as i32,
+        }),
+        vec![],
+    )
+}
+
+fn frame_of(
+    index: u64,
+    raw: RawImage,
+    regions: Vec<sidecar_proto::worker::RegionUse>,
+) -> WorkerRequest {
+    call(
+        worker_request::Body::VisionFrame(Frame {
+            index,
+            data: Some(frame::Data::Raw(raw)),
+            ..Default::default()
+        }),
+        regions,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_none() {
+    let _serial = serial().await;
+    let options = load::Options::Vision(VisionOptions {
+        threads: 1,
+        max_pending_bytes: BUDGET,
+        ..Default::default()
+    });
+    let mut w = Worker::start(
+        "worker-vision",
+        ModelFamily::Vision,
+        e2e::vision::BLAZEFACE,
+        options,
+        1,
+    )
+    .await;
+    let pid = w.pid;
+    let pixels = support::astronaut_1280x720_rgb();
+
+    // The default policy: ten frames sent, none of their results read.
+    // At most two run before the window closes (none when the worker reads
+    // the frames before it runs one), three wait (8 294 400 bytes), and
+    // the next ends the stream, naming the limit.
+    let mut stream = w.open(&open(OverflowPolicy::Unspecified)).await;
+    for i in 1..=10 {
+        send_more(&stream, &frame_of(i, raw(pixels.clone(), None), vec![])).await;
+    }
+    let mut done = 0;
+    let failure = loop {
+        let (flags, r) = next_answer(&mut stream).await.expect("an answer");
+        match r {
+            Ok(r) => {
+                assert!(!flags.is_end(), "results, then the error: {r:?}");
+                done += 1;
+            }
+            Err(e) => {
+                assert!(flags.is_end(), "the error ends the stream");
+                break e;
+            }
+        }
+    };
+    let (code, msg) = failure;
+    assert_eq!(code, 8, "RESOURCE_EXHAUSTED: {msg}");
+    for want in [
+        "its 2764800 bytes would take the 3 frames waiting past the stream's limit of 8388608 bytes (max_pending_bytes; 8294400 held)",
+        "shared-memory region",
+        "DROP_OLDEST",
+    ] {
+        assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+    }
+    assert!(done <= 2, "{done} results before the error");
+    w.alive();
+
+    // DROP_OLDEST: the same ten frames; the oldest waiting are dropped to
+    // make room, and every frame is answered once.
+    let mut stream = w.open(&open(OverflowPolicy::DropOldest)).await;
+    for i in 1..=10 {
+        send_more(&stream, &frame_of(i, raw(pixels.clone(), None), vec![])).await;
+    }
+    let (mut seen, mut dropped) = (Vec::new(), 0);
+    while seen.len() < 10 {
+        let (flags, r) = next_answer(&mut stream).await.expect("an answer");
+        assert!(!flags.is_end(), "the stream is open");
+        let r = r.unwrap_or_else(|e| panic!("{e:?}"));
+        let Some(worker_response::Body::Vision(p)) = r.body else {
+            panic!("{r:?}")
+        };
+        dropped += usize::from(p.dropped);
+        if !p.dropped {
+            assert_eq!(p.faces.len(), 1, "frame {}: {p:?}", p.frame_index);
+        }
+        seen.push(p.frame_index);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "one answer per frame");
+    assert!(dropped >= 4, "{dropped} dropped: at most three wait");
+    w.alive();
+
+    // Frames in a region wait without their bytes: forty frames of one
+    // slot (110 MB named, thirteen times the limit), none read until all
+    // are sent, then every one processed and released.
+    let slot = object(FRAME);
+    put(&slot, 0, &pixels);
+    w.chan.send_fd(11, slot.as_fd()).await.expect("send fd");
+    let uses = |attach| vec![region("frames", 11, FRAME, false, attach)];
+    let mut stream = w.open(&open(OverflowPolicy::Unspecified)).await;
+    for i in 1..=40 {
+        let f = frame_of(i, raw(vec![], Some(at("frames", 0, FRAME))), uses(i == 1));
+        send_more(&stream, &f).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let (flags, r) = next_answer(&mut stream).await.expect("an answer");
+        assert!(!flags.is_end(), "the stream is open");
+        let r = r.unwrap_or_else(|e| panic!("{e:?}"));
+        let Some(worker_response::Body::Vision(p)) = r.body else {
+            panic!("{r:?}")
+        };
+        assert!(!p.dropped, "nothing dropped: {p:?}");
+        assert_eq!(p.faces.len(), 1, "frame {}: {p:?}", p.frame_index);
+        assert_eq!(p.released, Some(at("frames", 0, FRAME)));
+        seen.push(p.frame_index);
+    }
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>(), "in order, each once");
+    w.alive();
+
+    // The worker serves on.
+    let batch = call(
+        worker_request::Body::VisionBatch(ProcessBatchRequest {
+            model_id: "m".into(),
+            task: Some(e2e::vision::faces(FaceDetector::Unspecified)),
+            images: vec![Image {
+                data: Some(image::Data::Raw(raw(pixels, None))),
+            }],
+        }),
+        vec![],
+    );
+    match w.ask(&batch).await {
+        Ok(worker_response::Body::VisionBatch(r)) => assert_eq!(r.results[0].faces.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.pid, pid);
+}
