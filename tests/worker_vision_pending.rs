@@ -20,11 +20,11 @@ use sidecar_proto::v1::{
     FaceDetector, Frame, Image, ModelFamily, OverflowPolicy, PixelFormat, ProcessBatchRequest,
     RawImage, SharedMemoryRef, StreamConfig, VisionOptions, frame, image,
 };
-use sidecar_proto::worker::{WorkerRequest, load, worker_request, worker_response};
+use sidecar_proto::worker::{RegionDetach, WorkerRequest, load, worker_request, worker_response};
 
 use support::{Worker, at, call, next_answer, object, put, region, send_more};
 
-/// Three 1280x720 BGR frames (2 764 800 bytes each) fit, a fourth does not.
+/// Three 1280x720 BGR frames (2 764 800 bytes each) hold less, four more.
 const BUDGET: u64 = 8 << 20;
 const FRAME: u64 = 1280 * 720 * 3;
 
@@ -87,7 +87,8 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
 
     // The default policy: ten frames sent, none of their results read.
     // At most two run before the window closes (none when the worker reads
-    // the frames before it runs one), three wait (8 294 400 bytes), and
+    // the frames before it runs one); a frame is taken while the waiting
+    // ones hold less than the limit, so four wait (11 059 200 bytes), and
     // the next ends the stream, naming the limit.
     let mut stream = w.open(&open(OverflowPolicy::Unspecified)).await;
     for i in 1..=10 {
@@ -110,7 +111,7 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
     let (code, msg) = failure;
     assert_eq!(code, 8, "RESOURCE_EXHAUSTED: {msg}");
     for want in [
-        "its 2764800 bytes would take the 3 frames waiting past the stream's limit of 8388608 bytes (max_pending_bytes; 8294400 held)",
+        "the 4 frames waiting hold 11059200 bytes, the stream's limit (vision.max_pending_bytes 8388608)",
         "shared-memory region",
         "DROP_OLDEST",
     ] {
@@ -120,7 +121,7 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
     w.alive();
 
     // DROP_OLDEST: the same ten frames; the oldest waiting are dropped to
-    // make room, and every frame is answered once.
+    // make room (three fit), and every frame is answered once.
     let mut stream = w.open(&open(OverflowPolicy::DropOldest)).await;
     for i in 1..=10 {
         send_more(&stream, &frame_of(i, raw(pixels.clone(), None), vec![])).await;
@@ -141,12 +142,58 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
     }
     seen.sort_unstable();
     assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "one answer per frame");
-    assert!(dropped >= 4, "{dropped} dropped: at most three wait");
+    assert!(
+        dropped >= 5,
+        "{dropped} dropped: at most two run, three wait"
+    );
+    w.alive();
+
+    // DROP_OLDEST and an H.264 chunk that alone holds more than the limit:
+    // frames 1 and 2 are run, or dropped to make room for the chunk; then
+    // dropping what is ahead of the chunk cannot make room, so frame 4
+    // ends the stream, and frames 1 and 2 were each answered before.
+    let mut stream = w.open(&open(OverflowPolicy::DropOldest)).await;
+    for i in 1..=2 {
+        send_more(&stream, &frame_of(i, raw(pixels.clone(), None), vec![])).await;
+    }
+    let chunk = call(
+        worker_request::Body::VisionFrame(Frame {
+            index: 3,
+            data: Some(frame::Data::H264(vec![0u8; 9 << 20].into())),
+            ..Default::default()
+        }),
+        vec![],
+    );
+    send_more(&stream, &chunk).await;
+    send_more(&stream, &frame_of(4, raw(pixels.clone(), None), vec![])).await;
+    let mut answered = Vec::new();
+    let (code, msg) = loop {
+        let (flags, r) = next_answer(&mut stream).await.expect("an answer");
+        match r {
+            Ok(r) => {
+                let Some(worker_response::Body::Vision(p)) = r.body else {
+                    panic!("{r:?}")
+                };
+                assert!(p.frame_index <= 2, "only frames 1 and 2 answer: {p:?}");
+                answered.push(p.frame_index);
+            }
+            Err(e) => {
+                assert!(flags.is_end());
+                break e;
+            }
+        }
+    };
+    assert_eq!(code, 8, "{msg}");
+    assert!(msg.starts_with("frame 4: the "), "{msg}");
+    assert!(msg.contains("vision.max_pending_bytes 8388608"), "{msg}");
+    assert_eq!(answered, [1, 2], "each answered once, in order");
     w.alive();
 
     // Frames in a region wait without their bytes: forty frames of one
-    // slot (110 MB named, thirteen times the limit), none read until all
-    // are sent, then every one processed and released.
+    // slot (110 MB named, thirteen times the limit) are all taken with
+    // their results unread. The region is then unregistered (detached)
+    // while they wait: the frames keep it open, and every one is
+    // processed and released in its turn.
     let slot = object(FRAME);
     put(&slot, 0, &pixels);
     w.chan.send_fd(11, slot.as_fd()).await.expect("send fd");
@@ -155,6 +202,16 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
     for i in 1..=40 {
         let f = frame_of(i, raw(vec![], Some(at("frames", 0, FRAME))), uses(i == 1));
         send_more(&stream, &f).await;
+    }
+    let detach = WorkerRequest {
+        body: Some(worker_request::Body::RegionDetach(RegionDetach {
+            ids: vec![11],
+        })),
+        ..Default::default()
+    };
+    match w.ask(&detach).await {
+        Ok(worker_response::Body::RegionsDetached(n)) => assert_eq!(n, 1, "it was attached"),
+        other => panic!("{other:?}"),
     }
     let mut seen = Vec::new();
     while seen.len() < 40 {

@@ -44,5 +44,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// Bump it whenever `sidecar/worker/v1/worker.proto` changes incompatibly.
 pub const WORKER_PROTOCOL_VERSION: u32 = 2;
 
+/// `VisionOptions.max_pending_bytes` when 0: what one Process stream's
+/// waiting frames may hold (the worker refuses past it, the supervisor
+/// stops reading the client at it).
+pub const VISION_MAX_PENDING_BYTES: u64 = 128 << 20;
+
 #[cfg(test)]
 mod contract_tests;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ipc::BlockingChannel;
@@ -39,8 +39,9 @@ use crate::error::{Code, WorkerError};
 /// How long a request's `attach` waits for its descriptor.
 pub const ATTACH_WAIT: Duration = Duration::from_secs(2);
 
-/// Most regions one worker keeps open (the channel holds at most as many
-/// passed descriptors).
+/// Most regions one worker keeps open, counting those detached but still
+/// used by a call or a waiting stream frame (the channel holds at most as
+/// many passed descriptors).
 pub const MAX_REGIONS: usize = ipc::MAX_PASSED;
 
 /// One open region: the descriptor the supervisor passed.
@@ -54,6 +55,10 @@ struct Open {
 #[derive(Debug, Default)]
 pub struct Regions {
     open: HashMap<u64, Arc<Open>>,
+    /// Regions detached while a call or a waiting frame still held them:
+    /// their descriptors stay open until the last of those ends, and
+    /// count toward [`MAX_REGIONS`] until then.
+    detached: Vec<Weak<Open>>,
 }
 
 impl Regions {
@@ -72,9 +77,16 @@ impl Regions {
     /// request never came); how many were open.
     pub fn detach(&mut self, chan: &BlockingChannel, ids: &[u64]) -> u32 {
         chan.forget_fd(ids);
-        ids.iter()
-            .filter(|id| self.open.remove(id).is_some())
-            .count() as u32
+        let mut n = 0;
+        for id in ids {
+            if let Some(open) = self.open.remove(id) {
+                n += 1;
+                if Arc::strong_count(&open) > 1 {
+                    self.detached.push(Arc::downgrade(&open));
+                }
+            }
+        }
+        n
     }
 
     /// One request's `regions`: claims the descriptors of those with
@@ -161,13 +173,15 @@ impl Regions {
                 u.name
             )));
         }
-        if self.open.len() >= MAX_REGIONS && !self.open.contains_key(&u.id) {
+        self.detached.retain(|w| w.strong_count() > 0);
+        let held = self.open.len() + self.detached.len();
+        if held >= MAX_REGIONS && !self.open.contains_key(&u.id) {
             return Err(WorkerError::new(
                 Code::ResourceExhausted,
                 format!(
-                    "region {:?}: this worker holds {} regions, the most it keeps ({MAX_REGIONS}); unregister some",
+                    "region {:?}: this worker holds {held} regions ({} of them unregistered but still used by calls or waiting stream frames), the most it keeps ({MAX_REGIONS}); unregister some or let those frames be answered",
                     u.name,
-                    self.open.len()
+                    self.detached.len()
                 ),
             ));
         }

@@ -18,7 +18,7 @@ pub const DEFAULT_MAX_BATCH_IMAGES: u32 = 256;
 /// Default tracks of one tracking task.
 pub const DEFAULT_MAX_TRACKS: u32 = 256;
 /// Default of `max_pending_bytes`: what one stream's waiting frames hold.
-pub const DEFAULT_MAX_PENDING_BYTES: u64 = 512 << 20;
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = sidecar_proto::VISION_MAX_PENDING_BYTES;
 
 /// The caps the options may not exceed.
 const CAP_PIXELS: u64 = MAX_SIDE as u64 * MAX_SIDE as u64;
@@ -143,7 +143,7 @@ mod tests {
             e.message,
             "vision.max_batch_images 5000 exceeds the limit of 1024"
         );
-        assert_eq!(l.max_pending_bytes, 512 << 20);
+        assert_eq!(l.max_pending_bytes, 128 << 20);
         let o = VisionOptions {
             max_pending_bytes: (16 << 30) + 1,
             ..Default::default()

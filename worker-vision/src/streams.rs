@@ -6,8 +6,11 @@
 //!
 //! What waiting frames hold is bounded twice: by `max_pending_frames` and
 //! by the model's `max_pending_bytes` (converted pixels, encoded files
-//! and H.264 chunks given inline; one frame alone is always taken, the
-//! image limits bound it). Frames whose bytes lie in a client's region hold
+//! and H.264 chunks given inline): a frame is taken while the frames
+//! waiting hold less, so they hold at most that plus one frame (which the
+//! image limits bound). The supervisor stops reading a stream at the same
+//! figures, so a client that keeps to flow control never meets the
+//! refusal here; it is the backstop. Frames whose bytes lie in a client's region hold
 //! nothing while they wait: they are read in their turn (the request's
 //! region handles keep the object open, so an unregister in between does
 //! not pull it away).
@@ -181,16 +184,18 @@ impl Stream {
 
     /// Queues a frame; with DROP_OLDEST a full queue gives up its oldest
     /// frames, whose `dropped` results are returned. H.264 chunks are never
-    /// dropped: the pictures after them depend on them. Nothing of `f` is
-    /// kept: raw pixels are converted now, other data copied; a frame in a
-    /// region (`regions`: the frame's request's) keeps its handles and is
-    /// read in its turn, and each of its results, a dropped one's included,
+    /// dropped: the pictures after them depend on them. Raw pixels given
+    /// inline are converted now and other inline data copied, so nothing of
+    /// the channel's memory is kept; a frame in a region keeps its
+    /// request's region handles (the objects stay open) and is read in its
+    /// turn. Each result of a region frame, a dropped one's included,
     /// releases its bytes.
     ///
-    /// A frame that would take the waiting frames past `max_pending_bytes`
-    /// makes room by dropping the oldest (DROP_OLDEST); when that cannot
-    /// make room (the default policy never drops, nor is an H.264 chunk
-    /// dropped), RESOURCE_EXHAUSTED, which ends the stream.
+    /// The frame is taken while the waiting frames hold less than
+    /// `max_pending_bytes`. Under DROP_OLDEST the oldest frames ahead of
+    /// any H.264 chunk are first dropped until the new one fits, when
+    /// dropping them can make room at all (otherwise none is dropped).
+    /// Refused: RESOURCE_EXHAUSTED, which ends the stream.
     pub fn push(
         &mut self,
         f: Frame,
@@ -231,20 +236,30 @@ impl Stream {
         };
         self.arrived += 1;
         let bytes = data.bytes();
-        let mut dropped = Vec::new();
         let budget = limits.max_pending_bytes;
-        let full = |s: &Stream| {
-            !s.pending.is_empty() && (s.pending_bytes.saturating_add(bytes) as u64) > budget
-        };
-        while full(self) && self.drop_oldest && !self.pending.front().is_some_and(Waiting::is_h264)
-        {
-            dropped.extend(self.pop().map(Waiting::dropped));
+        let mut dropped = Vec::new();
+        if self.drop_oldest && self.over(bytes, budget) {
+            // What dropping every frame ahead of the first H.264 chunk
+            // would free: drop only when that makes room.
+            let droppable: usize = self
+                .pending
+                .iter()
+                .take_while(|w| !w.is_h264())
+                .map(|w| w.bytes)
+                .sum();
+            if ((self.pending_bytes - droppable) as u64) < budget {
+                while self.over(bytes, budget)
+                    && !self.pending.front().is_some_and(Waiting::is_h264)
+                {
+                    dropped.extend(self.pop().map(Waiting::dropped));
+                }
+            }
         }
-        if full(self) {
+        if self.pending_bytes as u64 >= budget {
             return Err(WorkerError::new(
                 Code::ResourceExhausted,
                 format!(
-                    "frame {index}: its {bytes} bytes would take the {} frames waiting past the stream's limit of {budget} bytes (max_pending_bytes; {} held); send smaller frames or fewer at once (max_pending_frames {}), put them in a shared-memory region (they then wait without their bytes), or use overflow DROP_OLDEST",
+                    "frame {index}: the {} frames waiting hold {} bytes, the stream's limit (vision.max_pending_bytes {budget}); send smaller frames or fewer at once (max_pending_frames {}), put them in a shared-memory region (they then wait without their bytes), or use overflow DROP_OLDEST",
                     self.pending.len(),
                     self.pending_bytes,
                     self.max_pending
@@ -265,6 +280,11 @@ impl Stream {
             dropped.extend(self.pop().map(Waiting::dropped));
         }
         Ok(dropped)
+    }
+
+    /// Whether a frame of `bytes` does not fit beside the waiting ones.
+    fn over(&self, bytes: usize, budget: u64) -> bool {
+        !self.pending.is_empty() && (self.pending_bytes.saturating_add(bytes) as u64) > budget
     }
 
     /// Takes the oldest waiting frame.

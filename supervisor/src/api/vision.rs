@@ -63,38 +63,55 @@ impl Drop for FrameCounts {
 /// The frame messages of a stream its worker holds: sent, not yet answered
 /// in full (one result, a `dropped` result, an empty answer for an H.264
 /// chunk that completed no picture, or several results, all but the last
-/// marked `more`). Bounds what a stream keeps in its worker.
+/// marked `more`), and the bytes they hold there ([`frame_bytes`]). Bounds
+/// what a stream keeps in its worker, in frames and in bytes, with the
+/// worker's own figures (`max_pending_frames`, `max_pending_bytes`).
 #[derive(Debug)]
 struct Held {
-    messages: usize,
+    /// Each unanswered message's bytes, oldest first (answers come in
+    /// order).
+    messages: std::collections::VecDeque<u64>,
+    bytes: u64,
     most: usize,
+    most_bytes: u64,
 }
 
 impl Held {
     /// With the default overflow policy the client is not read beyond
     /// `max_pending` (HTTP/2 flow control holds it back). With DROP_OLDEST
     /// it is read on, so the worker sees new frames and drops old ones,
-    /// up to twice that: H.264 chunks are never dropped.
-    fn new(max_pending: usize, drop_oldest: bool) -> Held {
-        let most = if drop_oldest {
-            2 * max_pending
+    /// up to twice that: H.264 chunks are never dropped. The same for
+    /// bytes: the client is read while the unanswered frames hold less
+    /// than `max_pending_bytes` (twice that with DROP_OLDEST), as the
+    /// worker takes a frame while its waiting ones hold less.
+    fn new(max_pending: usize, max_pending_bytes: u64, drop_oldest: bool) -> Held {
+        let (most, most_bytes) = if drop_oldest {
+            (2 * max_pending, max_pending_bytes.saturating_mul(2))
         } else {
-            max_pending
+            (max_pending, max_pending_bytes)
         };
-        Held { messages: 0, most }
+        Held {
+            messages: std::collections::VecDeque::new(),
+            bytes: 0,
+            most,
+            most_bytes,
+        }
     }
 
     fn may_read(&self) -> bool {
-        self.messages < self.most
+        self.messages.len() < self.most && self.bytes < self.most_bytes
     }
 
-    fn sent(&mut self) {
-        self.messages += 1;
+    fn sent(&mut self, bytes: u64) {
+        self.messages.push_back(bytes);
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 
     fn answered(&mut self, more: bool) {
-        if !more {
-            self.messages = self.messages.saturating_sub(1);
+        if !more && let Some(b) = self.messages.pop_front() {
+            // The sum saturates on absurd sizes (the worker refuses
+            // those frames): never below zero.
+            self.bytes = self.bytes.saturating_sub(b);
         }
     }
 }
@@ -145,7 +162,12 @@ impl VisionService for VisionApi {
             n => n as usize,
         };
         let drop_oldest = config.overflow == OverflowPolicy::DropOldest as i32;
-        let mut held = Held::new(max_pending, drop_oldest);
+        // The model's figure (an unknown model fails just below).
+        let max_pending_bytes = match self.registry.get(&config.model_id) {
+            Ok(h) if h.spec.vision.max_pending_bytes > 0 => h.spec.vision.max_pending_bytes,
+            _ => sidecar_proto::VISION_MAX_PENDING_BYTES,
+        };
+        let mut held = Held::new(max_pending, max_pending_bytes, drop_oldest);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let model = config.model_id.clone();
         let mut call = super::call_worker(
@@ -252,6 +274,7 @@ impl VisionService for VisionApi {
                     () = tx.closed() => return,
                 }
                 if let Some(f) = frame {
+                    let bytes = frame_bytes(&f);
                     let body = worker_request::Body::VisionFrame(f);
                     // A frame naming a region the caller does not hold (or
                     // a window past it) ends the stream with that error.
@@ -274,7 +297,7 @@ impl VisionService for VisionApi {
                         return;
                     }
                     counts.arrived += 1;
-                    held.sent();
+                    held.sent(bytes);
                 }
             }
         });
@@ -318,6 +341,21 @@ fn dropped_result(f: &Frame) -> ProcessResponse {
     }
 }
 
+/// What a frame holds in its worker while it waits: raw pixels given
+/// inline as converted (3 bytes a pixel), an encoded file or H.264 chunk
+/// given inline as its length; a frame in a region holds nothing there.
+fn frame_bytes(f: &Frame) -> u64 {
+    match &f.data {
+        Some(frame::Data::Raw(raw)) if raw.shm.is_none() || !raw.data.is_empty() => {
+            u64::from(raw.width)
+                .saturating_mul(u64::from(raw.height))
+                .saturating_mul(3)
+        }
+        Some(frame::Data::Encoded(b) | frame::Data::H264(b)) => b.len() as u64,
+        _ => 0,
+    }
+}
+
 /// Waits until `limit` lets a frame go (at once without a limit).
 async fn take(limit: Option<&crate::traffic::FrameLimit>) {
     if let Some(l) = limit {
@@ -327,7 +365,7 @@ async fn take(limit: Option<&crate::traffic::FrameLimit>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Frame, Held, dropped_result, frame};
+    use super::{Frame, Held, dropped_result, frame, frame_bytes};
     use sidecar_proto::v1::{RawImage, SharedMemoryRef};
 
     #[test]
@@ -366,9 +404,9 @@ mod tests {
 
     #[test]
     fn a_chunk_with_several_pictures_counts_once() {
-        let mut held = Held::new(2, false);
-        held.sent();
-        held.sent();
+        let mut held = Held::new(2, 1 << 20, false);
+        held.sent(0);
+        held.sent(0);
         assert!(!held.may_read(), "two messages held, two allowed");
         // A chunk that completed three pictures: two answers marked more.
         held.answered(true);
@@ -376,19 +414,80 @@ mod tests {
         assert!(!held.may_read(), "the chunk is not done yet");
         held.answered(false);
         assert!(held.may_read());
-        held.sent();
+        held.sent(0);
         assert!(!held.may_read());
     }
 
     #[test]
     fn drop_oldest_reads_on_but_not_without_bound() {
-        let mut held = Held::new(2, true);
+        let mut held = Held::new(2, 1 << 20, true);
         for _ in 0..4 {
             assert!(held.may_read());
-            held.sent();
+            held.sent(0);
         }
         assert!(!held.may_read(), "H.264 chunks are never dropped");
         held.answered(false);
         assert!(held.may_read());
+    }
+
+    #[test]
+    fn the_client_is_read_while_the_unanswered_frames_hold_less_than_the_limit() {
+        let frame = |w: u32, h: u32| Frame {
+            data: Some(frame::Data::Raw(RawImage {
+                width: w,
+                height: h,
+                data: vec![0; 4].into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        // Raw pixels count as converted (3 bytes a pixel), whatever the
+        // message carries; a frame in a region counts nothing.
+        assert_eq!(frame_bytes(&frame(1280, 720)), 2_764_800);
+        assert_eq!(frame_bytes(&frame(u32::MAX, u32::MAX)), u64::MAX);
+        let in_region = Frame {
+            data: Some(frame::Data::Raw(RawImage {
+                width: 1280,
+                height: 720,
+                shm: Some(SharedMemoryRef::default()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(frame_bytes(&in_region), 0);
+        let chunk = Frame {
+            data: Some(frame::Data::H264(vec![0; 1000].into())),
+            ..Default::default()
+        };
+        assert_eq!(frame_bytes(&chunk), 1000);
+
+        let mut held = Held::new(64, 8 << 20, false);
+        for _ in 0..3 {
+            assert!(held.may_read());
+            held.sent(2_764_800);
+        }
+        assert!(held.may_read(), "8 294 400 bytes held, under 8 MiB");
+        held.sent(2_764_800);
+        assert!(!held.may_read(), "11 059 200 bytes held");
+        held.answered(true);
+        assert!(!held.may_read(), "a chunk's first picture frees nothing");
+        held.answered(false);
+        assert!(held.may_read(), "one frame answered");
+        // DROP_OLDEST reads on up to twice the bytes.
+        let mut held = Held::new(64, 8 << 20, true);
+        for _ in 0..7 {
+            held.sent(2_764_800);
+        }
+        assert!(!held.may_read(), "19 353 600 bytes held, over 16 MiB");
+        // An answer with nothing held left is harmless, and absurd sizes
+        // saturate without wrapping.
+        let mut held = Held::new(2, 1, false);
+        held.answered(false);
+        assert!(held.may_read());
+        held.sent(u64::MAX);
+        held.sent(5);
+        held.answered(false);
+        held.answered(false);
+        assert!(held.may_read(), "nothing held");
     }
 }

@@ -272,7 +272,7 @@ pub struct VisionSpec {
     /// detections add); 0 = 256, at most 4096.
     pub max_tracks: u32,
     /// Most bytes the waiting frames of one stream may hold (inline
-    /// frames; frames in a region wait without their bytes); 0 = 512 MiB,
+    /// frames; frames in a region wait without their bytes); 0 = 128 MiB,
     /// at most 16 GiB.
     pub max_pending_bytes: u64,
 }

@@ -13,7 +13,7 @@
 //! nobody listens on (a previous run's); a regular file, a directory, a
 //! link or a live socket is an error naming the path.
 
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::error::Error;
@@ -82,29 +82,6 @@ impl Access {
     };
 }
 
-fn chown(path: &Path, access: &Access, key: &str, socket: &Path) -> Result<(), Error> {
-    if access.owner.is_none() && access.group.is_none() {
-        return Ok(());
-    }
-    nix::unistd::chown(
-        path,
-        access.owner.map(nix::unistd::Uid::from_raw),
-        access.group.map(nix::unistd::Gid::from_raw),
-    )
-    .map_err(|e| {
-        fail(
-            key,
-            socket,
-            format_args!(
-                "chown {} to owner {} group {}: {e} (changing the owner needs CAP_CHOWN;                  a group, membership of it)",
-                path.display(),
-                access.owner.map_or("unchanged".into(), |u| u.to_string()),
-                access.group.map_or("unchanged".into(), |g| g.to_string()),
-            ),
-        )
-    })
-}
-
 /// [`bind_as`] with `access`: the directory created with its mode when
 /// missing (and given its owner), the socket given its mode and owner.
 pub fn bind_with(
@@ -133,16 +110,7 @@ pub fn bind_with(
                         format_args!("create directory {}: {e}", dir.display()),
                     )
                 })?;
-            // The umask may have taken bits the mode asks for.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(access.dir_mode))
-                .map_err(|e| {
-                    fail(
-                        key,
-                        path,
-                        format_args!("chmod {:04o} {}: {e}", access.dir_mode, dir.display()),
-                    )
-                })?;
-            chown(dir, access, key, path)?;
+            settle_created(dir, access).map_err(|e| fail(key, path, e))?;
         }
         Err(e) => {
             return Err(fail(
@@ -167,6 +135,57 @@ pub fn bind_with(
     }
     remove_stale(path, key)?;
     place::bind_placed(path, dir, key, access)
+}
+
+/// Gives a directory just created at `dir` its mode (the umask may have
+/// taken bits) and owner through a descriptor opened without following a
+/// link, after checking it is still the one made: a directory of ours. So
+/// whoever can write to its parent and swaps it, between the `mkdir` and
+/// now, for a link to `/etc/...` or a directory of theirs, gets a refusal,
+/// never a chmod or chown of what they chose.
+fn settle_created(dir: &Path, access: &Access) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| {
+        format!(
+            "directory {} just created: open without following a link: {e} (was it replaced?)",
+            dir.display()
+        )
+    })?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("fstat {}: {e}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(format!(
+            "directory {} just created is owned by uid {}, not this process's {me}: it was replaced; refusing to change it",
+            dir.display(),
+            st.st_uid
+        ));
+    }
+    nix::sys::stat::fchmod(
+        &fd,
+        nix::sys::stat::Mode::from_bits_truncate(access.dir_mode),
+    )
+    .map_err(|e| format!("chmod {:04o} {}: {e}", access.dir_mode, dir.display()))?;
+    if access.owner.is_some() || access.group.is_some() {
+        nix::unistd::fchown(
+            &fd,
+            access.owner.map(nix::unistd::Uid::from_raw),
+            access.group.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(|e| {
+            format!(
+                "chown {} to owner {} group {}: {e} (changing the owner needs CAP_CHOWN; a group, membership of it)",
+                dir.display(),
+                access.owner.map_or("unchanged".into(), |u| u.to_string()),
+                access.group.map_or("unchanged".into(), |g| g.to_string()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Removes what is at `path` only if it is a socket nobody listens on.

@@ -230,3 +230,62 @@ async fn a_link_planted_after_the_stale_check_is_never_followed_nor_replaced() {
     );
     assert_eq!(leftovers(dir.path(), "api.sock"), Vec::<String>::new());
 }
+
+#[test]
+fn a_created_directory_swapped_before_its_chmod_is_refused_and_left_alone() {
+    let base = tempfile::tempdir().unwrap();
+    let access = Access {
+        dir_mode: 0o750,
+        private_dir: false,
+        mode: 0o660,
+        owner: None,
+        group: None,
+    };
+    // Ours: its mode is set through the descriptor, the umask undone.
+    let ours = base.path().join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o700)).unwrap();
+    settle_created(&ours, &access).expect("ours");
+    assert_eq!(mode(&ours), 0o750);
+
+    // Swapped for a link to a file elsewhere: refused, the target untouched.
+    let target = base.path().join("target");
+    std::fs::write(&target, b"x").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = settle_created(&link, &access).expect_err("a link");
+    assert!(e.contains("open without following a link"), "{e}");
+    assert_eq!(mode(&target), 0o600, "the link's target is untouched");
+}
+
+#[test]
+fn a_created_directory_swapped_for_another_users_is_refused_and_left_alone() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root, to make a directory of another uid"
+    );
+    let base = tempfile::tempdir().unwrap();
+    let access = Access {
+        dir_mode: 0o750,
+        private_dir: false,
+        mode: 0o660,
+        owner: Some(0),
+        group: Some(0),
+    };
+    let theirs = base.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let e = settle_created(&theirs, &access).expect_err("theirs");
+    assert!(
+        e.contains("is owned by uid 65534, not this process's 0: it was replaced"),
+        "{e}"
+    );
+    let meta = std::fs::metadata(&theirs).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid()),
+        (0o777, 65534),
+        "left as it was"
+    );
+}
