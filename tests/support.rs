@@ -359,6 +359,17 @@ impl Sidecar {
         .await
     }
 
+    /// The value of the `/metrics` line that starts with `head` (0 when
+    /// absent).
+    pub fn metric(&self, head: &str) -> u64 {
+        let (code, body) = self.admin_get("/metrics");
+        assert_eq!(code, 200);
+        body.lines()
+            .find(|l| l.starts_with(head))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// HTTP GET on the admin port: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};

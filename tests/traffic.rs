@@ -39,16 +39,6 @@ async fn text(sc: &Sidecar) -> TextServiceClient<Channel> {
     sc.text().await
 }
 
-/// The value of the metric line that starts with `head` (0 when absent).
-fn metric(sc: &Sidecar, head: &str) -> u64 {
-    let (code, body) = sc.admin_get("/metrics");
-    assert_eq!(code, 200);
-    body.lines()
-        .find(|l| l.starts_with(head))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The supervisor is the same process, its probes answer 200, SmolLM2 is
 /// READY and answers.
 async fn still_serving(sc: &Sidecar, pid: u32) {
@@ -90,10 +80,7 @@ async fn a_flooding_class_is_rate_limited_and_the_other_is_served() {
     let sc = Sidecar::start(store(), &config);
     sc.ready("smollm2").await;
     let pid = sc.child.id();
-    let before = metric(
-        &sc,
-        "sidecar_rejected_total{model=\"smollm2\",reason=\"rate_limited\"}",
-    );
+    let before = sc.metric("sidecar_rejected_total{model=\"smollm2\",reason=\"rate_limited\"}");
 
     // The flood: 100 calls a second (20x 5/s) for 2 s, each on its own.
     let flood_client = text(&sc).await;
@@ -158,10 +145,7 @@ async fn a_flooding_class_is_rate_limited_and_the_other_is_served() {
         "{ok} flood calls passed in {secs:.1} s (at most {most})"
     );
     assert_eq!(ok + limited, 200);
-    let after = metric(
-        &sc,
-        "sidecar_rejected_total{model=\"smollm2\",reason=\"rate_limited\"}",
-    );
+    let after = sc.metric("sidecar_rejected_total{model=\"smollm2\",reason=\"rate_limited\"}");
     assert_eq!(after - before, limited, "every refusal is counted");
 
     // A call that costs more than the bucket holds can never pass.
@@ -593,7 +577,7 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
         req
     };
     let head = "sidecar_rejected_total{model=\"faces\",reason=\"rate_limited\"}";
-    let before = metric(&sc, head);
+    let before = sc.metric(head);
 
     // An anonymous camera (the default class, without a rate) is never
     // limited, however fast it sends.
@@ -608,7 +592,7 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
         anonymous += 1;
     }
     assert_eq!(anonymous, 20, "every anonymous frame processed");
-    assert_eq!(metric(&sc, head), before, "no anonymous frame refused");
+    assert_eq!(sc.metric(head), before, "no anonymous frame refused");
 
     let started = Instant::now();
     let mut s = client
@@ -635,7 +619,7 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
         20 - dropped
     );
     assert_eq!(
-        metric(&sc, head) - before,
+        sc.metric(head) - before,
         dropped,
         "each dropped frame is counted"
     );
@@ -656,7 +640,7 @@ async fn a_vision_stream_is_limited_frame_by_frame() {
         (0..6).collect::<Vec<u64>>(),
         "all processed, in order"
     );
-    assert_eq!(metric(&sc, head) - before, dropped, "holding is no refusal");
+    assert_eq!(sc.metric(head) - before, dropped, "holding is no refusal");
     assert_eq!(sc.child.id(), pid);
     assert_eq!(sc.admin_get("/readyz").0, 200);
     assert_eq!(sc.model("faces").await.restarts, 0);

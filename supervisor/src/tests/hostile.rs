@@ -19,8 +19,9 @@ fn peak_rss() -> u64 {
 
 /// A worker that sends answers past its credit window, or control frames
 /// past the control queue's bound, is killed with reason `protocol` at
-/// once: the supervisor holds at most a window of its frames (a window is
-/// 64 frames of 64 KiB here: 4 MiB, not the gigabytes the flood sends),
+/// once: the supervisor holds at most a window of its frames unread (a
+/// window is 64 frames of 64 KiB here: 4 MiB, not the gigabytes the flood
+/// sends),
 /// the caller gets UNAVAILABLE naming the violation, and the respawned
 /// worker serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,6 +43,13 @@ async fn a_worker_flooding_past_its_window_is_killed_for_protocol() {
             })),
         };
         let mut call = h.call(req, Instant::now() + PATIENCE).await.expect("sent");
+        // Nothing is read until the worker is gone: reading returns credit,
+        // and a reader that keeps up lets any number of answers through
+        // within the window. Unread, the supervisor holds at most 64.
+        wait_for(&h, "the flooding worker killed", |s| {
+            s.restarts as usize == n + 1 && s.last_kill_reason == Some(KillReason::Protocol)
+        })
+        .await;
         let mut answers = 0;
         let err = loop {
             match call.next().await {
