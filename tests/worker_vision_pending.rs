@@ -111,7 +111,7 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
     let (code, msg) = failure;
     assert_eq!(code, 8, "RESOURCE_EXHAUSTED: {msg}");
     for want in [
-        "the 4 frames waiting hold 11059200 bytes, the stream's limit (vision.max_pending_bytes 8388608)",
+        "the 4 frames waiting hold 11059200 bytes, the stream's limit (8388608 bytes: vision.max_pending_bytes 8388608)",
         "shared-memory region",
         "DROP_OLDEST",
     ] {
@@ -148,24 +148,29 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
     );
     w.alive();
 
-    // DROP_OLDEST and an H.264 chunk that alone holds more than the limit:
-    // frames 1 and 2 are run, or dropped to make room for the chunk; then
-    // dropping what is ahead of the chunk cannot make room, so frame 4
-    // ends the stream, and frames 1 and 2 were each answered before.
+    // DROP_OLDEST and H.264 chunks, which are never dropped: frames 1 and
+    // 2 run (their results unread, the worker then stops), two 9 MiB
+    // chunks wait (18 MiB: under DROP_OLDEST the limit is twice 8 MiB, as
+    // the supervisor reads on to twice it), and frame 5 ends the stream;
+    // nothing was dropped in vain, and frames 1 and 2 were answered.
     let mut stream = w.open(&open(OverflowPolicy::DropOldest)).await;
     for i in 1..=2 {
         send_more(&stream, &frame_of(i, raw(pixels.clone(), None), vec![])).await;
     }
-    let chunk = call(
-        worker_request::Body::VisionFrame(Frame {
-            index: 3,
-            data: Some(frame::Data::H264(vec![0u8; 9 << 20].into())),
-            ..Default::default()
-        }),
-        vec![],
-    );
-    send_more(&stream, &chunk).await;
-    send_more(&stream, &frame_of(4, raw(pixels.clone(), None), vec![])).await;
+    // Both run well within this (a few ms each), so the window is shut.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for index in [3, 4] {
+        let chunk = call(
+            worker_request::Body::VisionFrame(Frame {
+                index,
+                data: Some(frame::Data::H264(vec![0u8; 9 << 20].into())),
+                ..Default::default()
+            }),
+            vec![],
+        );
+        send_more(&stream, &chunk).await;
+    }
+    send_more(&stream, &frame_of(5, raw(pixels.clone(), None), vec![])).await;
     let mut answered = Vec::new();
     let (code, msg) = loop {
         let (flags, r) = next_answer(&mut stream).await.expect("an answer");
@@ -175,6 +180,7 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
                     panic!("{r:?}")
                 };
                 assert!(p.frame_index <= 2, "only frames 1 and 2 answer: {p:?}");
+                assert!(!p.dropped, "nothing dropped: {p:?}");
                 answered.push(p.frame_index);
             }
             Err(e) => {
@@ -184,8 +190,10 @@ async fn a_streams_waiting_frames_are_bounded_in_bytes_and_region_frames_hold_no
         }
     };
     assert_eq!(code, 8, "{msg}");
-    assert!(msg.starts_with("frame 4: the "), "{msg}");
-    assert!(msg.contains("vision.max_pending_bytes 8388608"), "{msg}");
+    assert!(
+        msg.starts_with("frame 5: the 2 frames waiting hold 18874368 bytes, the stream's limit (16777216 bytes: vision.max_pending_bytes 8388608, twice that under DROP_OLDEST"),
+        "{msg}"
+    );
     assert_eq!(answered, [1, 2], "each answered once, in order");
     w.alive();
 

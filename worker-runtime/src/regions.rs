@@ -39,10 +39,16 @@ use crate::error::{Code, WorkerError};
 /// How long a request's `attach` waits for its descriptor.
 pub const ATTACH_WAIT: Duration = Duration::from_secs(2);
 
-/// Most regions one worker keeps open, counting those detached but still
-/// used by a call or a waiting stream frame (the channel holds at most as
-/// many passed descriptors).
+/// Most regions one worker keeps attached (the channel holds at most as
+/// many passed descriptors; the supervisor's book keeps to it).
 pub const MAX_REGIONS: usize = ipc::MAX_PASSED;
+
+/// Most regions detached while a call or a waiting stream frame still
+/// holds them (their descriptors stay open until those end). Apart from
+/// [`MAX_REGIONS`], which the supervisor counts on; with the defaults
+/// (4 streams of at most 128 waiting frames) it is never reached, and the
+/// worker's descriptor limit (4096) stays far.
+pub const MAX_HELD_DETACHED: usize = 1024;
 
 /// One open region: the descriptor the supervisor passed.
 #[derive(Debug)]
@@ -57,7 +63,7 @@ pub struct Regions {
     open: HashMap<u64, Arc<Open>>,
     /// Regions detached while a call or a waiting frame still held them:
     /// their descriptors stay open until the last of those ends, and
-    /// count toward [`MAX_REGIONS`] until then.
+    /// count toward [`MAX_HELD_DETACHED`] until then.
     detached: Vec<Weak<Open>>,
 }
 
@@ -173,19 +179,34 @@ impl Regions {
                 u.name
             )));
         }
-        self.detached.retain(|w| w.strong_count() > 0);
-        let held = self.open.len() + self.detached.len();
-        if held >= MAX_REGIONS && !self.open.contains_key(&u.id) {
+        if self.open.len() >= MAX_REGIONS && !self.open.contains_key(&u.id) {
             return Err(WorkerError::new(
                 Code::ResourceExhausted,
                 format!(
-                    "region {:?}: this worker holds {held} regions ({} of them unregistered but still used by calls or waiting stream frames), the most it keeps ({MAX_REGIONS}); unregister some or let those frames be answered",
+                    "region {:?}: this worker holds {} regions, the most it keeps ({MAX_REGIONS}); unregister some",
+                    u.name,
+                    self.open.len()
+                ),
+            ));
+        }
+        self.detached.retain(|w| w.strong_count() > 0);
+        if self.detached.len() >= MAX_HELD_DETACHED {
+            return Err(WorkerError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "region {:?}: {} unregistered regions are still held by calls or waiting stream frames of this worker, the most it keeps open ({MAX_HELD_DETACHED}); let those frames be answered",
                     u.name,
                     self.detached.len()
                 ),
             ));
         }
-        self.open.insert(u.id, Arc::new(Open { file }));
+        // The same id attached again: a holder of the old descriptor
+        // keeps it, counted as detached.
+        if let Some(old) = self.open.insert(u.id, Arc::new(Open { file }))
+            && Arc::strong_count(&old) > 1
+        {
+            self.detached.push(Arc::downgrade(&old));
+        }
         Ok(())
     }
 }

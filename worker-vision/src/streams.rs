@@ -194,8 +194,10 @@ impl Stream {
     /// The frame is taken while the waiting frames hold less than
     /// `max_pending_bytes`. Under DROP_OLDEST the oldest frames ahead of
     /// any H.264 chunk are first dropped until the new one fits, when
-    /// dropping them can make room at all (otherwise none is dropped).
-    /// Refused: RESOURCE_EXHAUSTED, which ends the stream.
+    /// dropping them can make room at all (otherwise none is dropped), and
+    /// the frame is taken while they hold less than twice the limit (as
+    /// the supervisor reads such a stream on to twice it). Refused:
+    /// RESOURCE_EXHAUSTED, which ends the stream.
     pub fn push(
         &mut self,
         f: Frame,
@@ -255,13 +257,26 @@ impl Stream {
                 }
             }
         }
-        if self.pending_bytes as u64 >= budget {
+        // The supervisor reads a DROP_OLDEST stream on up to twice the
+        // limit (what cannot be dropped, H.264 chunks and what waits
+        // behind them, may fill that): refused only past what it sends.
+        let refuse_at = if self.drop_oldest {
+            budget.saturating_mul(2)
+        } else {
+            budget
+        };
+        if self.pending_bytes as u64 >= refuse_at {
             return Err(WorkerError::new(
                 Code::ResourceExhausted,
                 format!(
-                    "frame {index}: the {} frames waiting hold {} bytes, the stream's limit (vision.max_pending_bytes {budget}); send smaller frames or fewer at once (max_pending_frames {}), put them in a shared-memory region (they then wait without their bytes), or use overflow DROP_OLDEST",
+                    "frame {index}: the {} frames waiting hold {} bytes, the stream's limit ({refuse_at} bytes: vision.max_pending_bytes {budget}{}); send smaller frames or fewer at once (max_pending_frames {}), put them in a shared-memory region (they then wait without their bytes), or use overflow DROP_OLDEST",
                     self.pending.len(),
                     self.pending_bytes,
+                    if self.drop_oldest {
+                        ", twice that under DROP_OLDEST, as H.264 chunks are never dropped"
+                    } else {
+                        ""
+                    },
                     self.max_pending
                 ),
             ));
