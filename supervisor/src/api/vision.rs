@@ -200,7 +200,7 @@ impl VisionService for VisionApi {
                     msg = input.message(), if read => match msg {
                         Ok(Some(ProcessRequest { msg: Some(process_request::Msg::Frame(f)) })) => {
                             match limit.as_ref().map(|l| l.try_take()) {
-                                Some(false) if drop_oldest && !matches!(f.data, Some(frame::Data::H264(_))) => {
+                                Some(false) if drop_oldest && !is_h264(&f) => {
                                     counts.arrived += 1;
                                     counts.dropped += 1;
                                     counts.metrics.reject(&counts.model, "rate_limited");
@@ -341,6 +341,12 @@ fn dropped_result(f: &Frame) -> ProcessResponse {
     }
 }
 
+/// Whether a frame is a piece of the stream's H.264 (a chunk, or a flush
+/// with no data): never dropped, as the pictures after it depend on it.
+fn is_h264(f: &Frame) -> bool {
+    matches!(f.data, Some(frame::Data::H264(_))) || (f.data.is_none() && f.flush)
+}
+
 /// What a frame holds in its worker while it waits: raw pixels given
 /// inline as converted (3 bytes a pixel), an encoded file or H.264 chunk
 /// given inline as its length; a frame in a region holds nothing there.
@@ -365,7 +371,7 @@ async fn take(limit: Option<&crate::traffic::FrameLimit>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Frame, Held, dropped_result, frame, frame_bytes};
+    use super::{Frame, Held, dropped_result, frame, frame_bytes, is_h264};
     use sidecar_proto::v1::{RawImage, SharedMemoryRef};
 
     #[test]
@@ -428,6 +434,32 @@ mod tests {
         assert!(!held.may_read(), "H.264 chunks are never dropped");
         held.answered(false);
         assert!(held.may_read());
+    }
+
+    #[test]
+    fn h264_chunks_and_flushes_are_never_dropped_over_the_rate() {
+        let chunk = Frame {
+            data: Some(frame::Data::H264(vec![0; 4].into())),
+            ..Default::default()
+        };
+        let flush = Frame {
+            flush: true,
+            ..Default::default()
+        };
+        let picture = Frame {
+            data: Some(frame::Data::Raw(RawImage::default())),
+            ..Default::default()
+        };
+        assert!(is_h264(&chunk));
+        assert!(
+            is_h264(&flush),
+            "a flush with no data ends the H.264 stream"
+        );
+        assert!(!is_h264(&picture));
+        assert!(
+            !is_h264(&Frame::default()),
+            "no data, no flush: a bad frame"
+        );
     }
 
     #[test]
