@@ -82,6 +82,12 @@ impl Registry {
     pub fn add(&self, spec: ModelSpec) -> Result<WorkerHandle, Error> {
         check_model_id(&spec.id)?;
         let file = self.store.resolve(&spec.path)?;
+        let companions = match spec.family {
+            crate::config::Family::Vision => {
+                crate::worker::companions::Companions::resolve(&self.store, &spec.vision.pipeline)?
+            }
+            _ => crate::worker::companions::Companions::default(),
+        };
         let mut models = self
             .models
             .0
@@ -99,6 +105,7 @@ impl Registry {
         let handle = WorkerHandle::start(
             spec,
             file,
+            companions,
             self.shared.clone(),
             self.spawner.clone(),
             self.guard.clone(),

@@ -86,6 +86,7 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
                 max_batch_images: v.max_batch_images,
                 max_tracks: v.max_tracks,
                 max_pending_bytes: v.max_pending_bytes,
+                pipeline: crate::config::PipelineSpec::from_proto(v.pipeline),
             };
             TextSpec::default()
         }

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sidecar_proto::v1::{
-    Accelerator, LiteOptions, ModelFamily, SsdOptions, TextOptions, VisionOptions,
-};
+use sidecar_proto::v1::{Accelerator, LiteOptions, ModelFamily, TextOptions};
 
 use crate::error::Error;
 
@@ -25,6 +23,7 @@ mod store;
 mod tls;
 mod traffic;
 mod units;
+mod vision;
 mod workers;
 
 pub use api_socket::{ApiSocket, Listen};
@@ -38,6 +37,7 @@ pub use tls::{MAX_PEM_BYTES, Tls};
 pub use traffic::{ClassSpec, MAX_IN_FLIGHT, TrafficConfig};
 pub use units::bytes;
 use units::{opt_secs, secs};
+pub use vision::{PipelineSpec, VisionSpec, set_role};
 pub use workers::{SeccompMode, WorkerPolicy};
 
 /// Command-line flags (each also readable from the environment).
@@ -247,51 +247,6 @@ pub struct ModelSpec {
     /// VISION options.
     #[serde(default)]
     pub vision: VisionSpec,
-}
-
-/// VISION options in the config file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct VisionSpec {
-    /// Threads for the detector; 0 = 1.
-    pub threads: u32,
-    /// Anchors and decoding of an SSD `.tflite` detector (MediaPipe's
-    /// options, e.g. for its palm or pose detector); absent: BlazeFace
-    /// short range. The worker checks them against the model's tensors.
-    pub ssd: Option<SsdOptions>,
-    /// Most pixels (width x height) of one image or picture (batch images,
-    /// templates, stream frames, H.264 pictures), read from the header
-    /// before decoding; 0 = 33 177 600 (7680x4320, 8K UHD), at most
-    /// 268 435 456. Each side is at most 16384 whatever this says.
-    pub max_pixels: u64,
-    /// Most pictures one H.264 chunk may complete; 0 = 64, at most 4096.
-    pub max_pictures_per_chunk: u32,
-    /// Most images of one ProcessBatch; 0 = 256, at most 1024.
-    pub max_batch_images: u32,
-    /// Most tracks of one tracking task (initial boxes, and tracks
-    /// detections add); 0 = 256, at most 4096.
-    pub max_tracks: u32,
-    /// Most bytes the waiting frames of one stream may hold (inline
-    /// frames; frames in a region wait without their bytes); 0 = 128 MiB,
-    /// at most 16 GiB.
-    pub max_pending_bytes: u64,
-}
-
-impl VisionSpec {
-    /// The wire form (0: the worker's default; over a cap, the worker
-    /// refuses the load with INVALID_ARGUMENT naming the option).
-    pub fn to_proto(&self) -> VisionOptions {
-        VisionOptions {
-            threads: self.threads.max(1),
-            ssd: self.ssd.clone(),
-            max_pixels: self.max_pixels,
-            max_pictures_per_chunk: self.max_pictures_per_chunk,
-            max_batch_images: self.max_batch_images,
-            max_tracks: self.max_tracks,
-            max_pending_bytes: self.max_pending_bytes,
-            ..Default::default()
-        }
-    }
 }
 
 /// LITE options in the config file.

@@ -8,6 +8,7 @@
 
 mod actor;
 mod call;
+pub mod companions;
 pub mod model_file;
 pub mod process;
 pub(crate) mod quarantine;
@@ -149,6 +150,7 @@ impl WorkerHandle {
     pub fn start(
         spec: ModelSpec,
         file: std::path::PathBuf,
+        companions: companions::Companions,
         shared: Shared,
         spawner: Spawner,
         guard: Arc<Guard>,
@@ -159,7 +161,7 @@ impl WorkerHandle {
             &shared.config,
             crate::traffic::capacity(&spec, &shared.config),
         ));
-        let file_size = std::fs::metadata(&file).map_or(0, |m| m.len());
+        let file_size = std::fs::metadata(&file).map_or(0, |m| m.len()) + companions.size();
         let memory = Arc::new(std::sync::Mutex::new(ModelMemory {
             // The actor reads the file's header before the first load.
             estimate: spec.memory_estimate,
@@ -172,6 +174,7 @@ impl WorkerHandle {
         let (status, conn) = actor::spawn(actor::Parts {
             spec: spec.clone(),
             file,
+            companions,
             shared: shared.clone(),
             spawner,
             cmds: rx,

@@ -67,6 +67,7 @@ enum Why {
 pub(super) struct Parts {
     pub(super) spec: Arc<ModelSpec>,
     pub(super) file: PathBuf,
+    pub(super) companions: super::companions::Companions,
     pub(super) shared: Shared,
     pub(super) spawner: Spawner,
     pub(super) cmds: mpsc::Receiver<Command>,
@@ -78,6 +79,8 @@ pub(super) struct Parts {
 struct Actor {
     spec: Arc<ModelSpec>,
     file: PathBuf,
+    /// A VISION model's companion models, opened with the model file.
+    companions: super::companions::Companions,
     shared: Shared,
     spawner: Spawner,
     cmds: mpsc::Receiver<Command>,
@@ -104,6 +107,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
     let Parts {
         spec,
         file,
+        companions,
         shared,
         spawner,
         cmds,
@@ -143,6 +147,7 @@ pub(super) fn spawn(parts: Parts) -> (watch::Receiver<Status>, watch::Receiver<O
     let actor = Actor {
         spec,
         file,
+        companions,
         shared,
         spawner,
         cmds,

@@ -51,6 +51,8 @@ struct Handshake<'a> {
     worker_path: String,
     /// Its size, from the open file.
     size: u64,
+    /// A VISION model's companion models: `/proc/self/fd/N` per role.
+    pipeline: Option<sidecar_proto::v1::PipelineModels>,
     shape: Option<&'a TextShape>,
     status: &'a watch::Sender<Status>,
     guard: &'a Guard,
@@ -71,6 +73,10 @@ impl Actor {
         let grace = self.config().workers.kill_grace;
         let model = self.open_model().await?;
         let (worker_path, size) = (model.worker_path(), model.size());
+        let companions = self.companions.open().map_err(|e| (e, 0))?;
+        let pipeline = companions.worker_paths;
+        let mut files = vec![model.into_fd()];
+        files.extend(companions.files.into_iter().map(|f| f.into_fd()));
         let (mine, theirs) = ipc::create(self.config().channel(self.spec.family))
             .map_err(|e| (format!("ipc channel: {e}"), 0))?;
         let program = self
@@ -83,7 +89,7 @@ impl Actor {
                 &program,
                 &self.worker_env(),
                 theirs,
-                vec![model.into_fd()],
+                files,
                 self.config().workers.identity(),
             )
             .await
@@ -129,6 +135,7 @@ impl Actor {
             file: &self.file,
             worker_path,
             size,
+            pipeline,
             shape: self.prepared.as_ref().and_then(|p| p.shape.as_ref()),
             status: &self.status,
             guard: &self.guard,
@@ -433,7 +440,10 @@ impl Handshake<'_> {
                 options: Some(match self.spec.family {
                     Family::Text => load::Options::Text(self.text_options()),
                     Family::Lite => load::Options::Lite(self.spec.lite.to_proto()),
-                    Family::Vision => load::Options::Vision(self.spec.vision.to_proto()),
+                    Family::Vision => load::Options::Vision(sidecar_proto::v1::VisionOptions {
+                        pipeline: self.pipeline.clone(),
+                        ..self.spec.vision.to_proto()
+                    }),
                 }),
             })),
         };
