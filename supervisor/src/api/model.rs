@@ -146,6 +146,47 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
 
 type Chunks = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
 
+impl ModelApi {
+    /// A model's info with the registry's view of it (a swap in progress).
+    fn info(&self, h: &crate::worker::WorkerHandle) -> ModelInfo {
+        ModelInfo {
+            swap: self.registry.swap_note(&h.spec.id),
+            ..h.info()
+        }
+    }
+}
+
+/// LoadModel's swap options (`replace`): `None` without it.
+fn swap_options(
+    req: &LoadModelRequest,
+    deadline: std::time::Instant,
+) -> Result<Option<crate::registry::SwapOptions>, Error> {
+    if !req.replace {
+        if req.allow_cold_swap || req.drain_timeout_ms != 0 {
+            return Err(Error::InvalidArgument(
+                "allow_cold_swap and drain_timeout_ms apply to a swap: set replace = true".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let drain = match req.drain_timeout_ms {
+        0 => Duration::from_secs(30),
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    if drain > crate::registry::MAX_DRAIN {
+        return Err(Error::InvalidArgument(format!(
+            "drain_timeout_ms {} exceeds the limit of {}",
+            req.drain_timeout_ms,
+            crate::registry::MAX_DRAIN.as_millis()
+        )));
+    }
+    Ok(Some(crate::registry::SwapOptions {
+        allow_cold: req.allow_cold_swap,
+        drain,
+        deadline,
+    }))
+}
+
 #[tonic::async_trait]
 impl ModelService for ModelApi {
     async fn load_model(
@@ -154,9 +195,13 @@ impl ModelService for ModelApi {
     ) -> Result<Response<LoadModelResponse>, Status> {
         let deadline = super::deadline(&req, self.config.deadlines.load, self.config.deadlines.max);
         let client = Identity::of_call(&req);
+        let swap = swap_options(req.get_ref(), deadline)?;
         let spec = spec_from(req.into_inner())?;
-        tracing::info!(%client, model = ?spec.id, path = ?spec.path, pinned = spec.pinned, "LoadModel");
-        let handle = self.registry.add(spec)?;
+        tracing::info!(%client, model = ?spec.id, path = ?spec.path, pinned = spec.pinned, replace = swap.is_some(), "LoadModel");
+        let handle = match swap {
+            Some(opts) => self.registry.swap(spec, opts).await?,
+            None => self.registry.add(spec)?,
+        };
         if handle.status().state == State::Failed {
             // Loading a FAILED model again is the explicit reload.
             handle.restart().await?;
@@ -169,7 +214,7 @@ impl ModelService for ModelApi {
         let status = handle.wait_settled(deadline).await;
         match status.state {
             State::Ready => Ok(Response::new(LoadModelResponse {
-                model: Some(handle.info()),
+                model: Some(self.info(&handle)),
             })),
             State::Failed => {
                 let id = handle.spec.id.clone();
@@ -226,7 +271,7 @@ impl ModelService for ModelApi {
             .registry
             .list()
             .into_iter()
-            .map(|h| h.info())
+            .map(|h| self.info(&h))
             .filter(|m| family == 0 || m.family == family)
             .collect();
         Ok(Response::new(ListModelsResponse { models }))
@@ -238,7 +283,7 @@ impl ModelService for ModelApi {
     ) -> Result<Response<ModelInfo>, Status> {
         let handle = self.registry.get(&req.into_inner().model_id)?;
         self.settle_cache().await;
-        Ok(Response::new(handle.info()))
+        Ok(Response::new(self.info(&handle)))
     }
 
     async fn list_files(

@@ -104,6 +104,17 @@ pub enum Cmd {
         /// Private memory budget, bytes or with a unit ("512MiB").
         #[arg(long)]
         budget: Option<String>,
+        /// Swap: when the id is loaded with another file, load this one
+        /// beside it, switch the id once it is READY, drain the old one.
+        #[arg(long)]
+        replace: bool,
+        /// With --replace: when both do not fit, unload the old one first.
+        #[arg(long, requires = "replace")]
+        allow_cold_swap: bool,
+        /// With --replace: seconds the old version's calls may run after
+        /// the switch (default 30).
+        #[arg(long, requires = "replace")]
+        drain_timeout: Option<u32>,
     },
     /// Unload a model (after draining its calls unless --force).
     Unload {
@@ -279,6 +290,9 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
             pinned,
             optional,
             budget,
+            replace,
+            allow_cold_swap,
+            drain_timeout,
         } => {
             let family = match family.as_str() {
                 "text" => ModelFamily::Text,
@@ -306,6 +320,9 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
                     memory_budget_bytes: budget,
                     max_in_flight: 0,
                     options: None,
+                    replace: *replace,
+                    allow_cold_swap: *allow_cold_swap,
+                    drain_timeout_ms: drain_timeout.map_or(0, |s| s.saturating_mul(1000)),
                 })
                 .await?
                 .into_inner();

@@ -39,6 +39,8 @@ fn model_json(m: &ModelInfo) -> Value {
         "model_id": m.model_id,
         "family": m.family().as_str_name().trim_start_matches("MODEL_FAMILY_"),
         "path": m.path,
+        "version": m.version,
+        "swap": m.swap,
         "state": state(m),
         "pid": m.worker_pid,
         "restarts": m.restarts,

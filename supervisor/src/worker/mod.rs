@@ -143,9 +143,28 @@ pub struct WorkerHandle {
     /// Re-sent calls after a self-raised crash go one at a time.
     retry_gate: Arc<Semaphore>,
     retries: Arc<std::sync::atomic::AtomicU64>,
+    /// Its version under its id (1, then one more per swap).
+    version: u32,
 }
 
 impl WorkerHandle {
+    /// This handle with `version` (a swap's new version).
+    pub fn with_version(mut self, version: u32) -> WorkerHandle {
+        self.version = version;
+        self
+    }
+
+    /// Its version under its id.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Whether `other` is a handle of the same loaded model (not another
+    /// version under the same id).
+    pub fn same(&self, other: &WorkerHandle) -> bool {
+        Arc::ptr_eq(&self.spec, &other.spec)
+    }
+
     /// Starts the actor for `spec` (the model file already resolved).
     pub fn start(
         spec: ModelSpec,
@@ -196,6 +215,7 @@ impl WorkerHandle {
             quarantine,
             retry_gate: Arc::new(Semaphore::new(1)),
             retries: Arc::default(),
+            version: 1,
         }
     }
 
@@ -391,6 +411,8 @@ impl WorkerHandle {
             cache: Some(self.shared.cache.stats(&self.spec.id)),
             worker_requests: s.worker_requests,
             retries: self.retries.load(Ordering::Relaxed),
+            version: self.version,
+            swap: String::new(),
         }
     }
 

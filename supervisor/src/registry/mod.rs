@@ -1,4 +1,9 @@
-//! The loaded models, by id, and their health names.
+//! The loaded models, by id, and their health names; a model swapped for
+//! another version under its id (`swap`).
+
+mod swap;
+
+pub use swap::{MAX_DRAIN, SwapOptions};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -21,7 +26,18 @@ use crate::worker::{Spawner, WorkerHandle};
 /// (as its `Tenants`). Built first, so the guard and the registry can both
 /// be built whole.
 #[derive(Debug, Default)]
-pub struct Models(RwLock<BTreeMap<String, WorkerHandle>>);
+pub struct Models(RwLock<BTreeMap<String, WorkerHandle>>, RwLock<Vec<Aside>>);
+
+/// A worker outside the map: a swap's incoming version while it loads, or
+/// an outgoing one while it drains. The memory guard counts it; calls never
+/// find it by id.
+#[derive(Debug, Clone)]
+struct Aside {
+    id: String,
+    /// What it is doing ("loading version 3 beside version 2").
+    note: String,
+    handle: WorkerHandle,
+}
 
 impl Models {
     fn list(&self) -> Vec<WorkerHandle> {
@@ -36,8 +52,16 @@ impl Models {
 
 impl Tenants for Models {
     fn tenants(&self) -> Vec<Arc<dyn Tenant>> {
+        let aside: Vec<WorkerHandle> = self
+            .1
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|a| a.handle.clone())
+            .collect();
         self.list()
             .into_iter()
+            .chain(aside)
             .map(|h| Arc::new(h) as Arc<dyn Tenant>)
             .collect()
     }
@@ -80,6 +104,14 @@ impl Registry {
     /// `spec.preload`, else on the first call). Adding the same model again
     /// returns it; a different model under a taken id is ALREADY_EXISTS.
     pub fn add(&self, spec: ModelSpec) -> Result<WorkerHandle, Error> {
+        self.add_version(spec, 1)
+    }
+
+    /// The model file and companion files of `spec`, resolved in the store.
+    fn resolve_files(
+        &self,
+        spec: &ModelSpec,
+    ) -> Result<(std::path::PathBuf, crate::worker::companions::Companions), Error> {
         check_model_id(&spec.id)?;
         let file = self.store.resolve(&spec.path)?;
         let companions = match spec.family {
@@ -88,6 +120,12 @@ impl Registry {
             }
             _ => crate::worker::companions::Companions::default(),
         };
+        Ok((file, companions))
+    }
+
+    /// `add`, as `version` of its id.
+    fn add_version(&self, spec: ModelSpec, version: u32) -> Result<WorkerHandle, Error> {
+        let (file, companions) = self.resolve_files(&spec)?;
         let mut models = self
             .models
             .0
@@ -109,7 +147,8 @@ impl Registry {
             self.shared.clone(),
             self.spawner.clone(),
             self.guard.clone(),
-        );
+        )
+        .with_version(version);
         self.shared.metrics.enroll(&handle.spec.id);
         // Its cache share lives from here to `remove`: a call that raced
         // the unload finds none and creates no figures.
@@ -190,6 +229,7 @@ impl Registry {
     /// Keeps `model/<id>` in grpc.health.v1 in step with the model's state.
     fn watch_health(&self, mut handle: WorkerHandle) {
         let mut health = self.health.clone();
+        let models = self.models.clone();
         tokio::spawn(async move {
             let name = format!("model/{}", handle.spec.id);
             loop {
@@ -199,6 +239,16 @@ impl Registry {
                 } else {
                     ServingStatus::NotServing
                 };
+                // A version swapped out speaks no more for the id.
+                let current = models
+                    .0
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&handle.spec.id)
+                    .is_some_and(|h| h.same(&handle));
+                if !current {
+                    return;
+                }
                 health.set_service_status(&name, serving).await;
                 if state == State::Stopped || !handle.changed().await {
                     health.clear_service_status(&name).await;
