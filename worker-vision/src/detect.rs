@@ -126,6 +126,28 @@ impl Ssd {
         iou: f32,
     ) -> Result<Vec<Detection>, WorkerError> {
         let (w, h) = (frame.cols(), frame.rows());
+        Ok(self
+            .detect_raw(frame, min_score, iou)?
+            .iter()
+            .map(|d| to_pixels(d, w, h, &self.options.labels))
+            .collect())
+    }
+
+    /// Whether this is a BlazeFace-style face detector (one class, six
+    /// keypoints: the eyes first), as the face mesh needs.
+    pub fn is_face_detector(&self) -> bool {
+        self.options.num_classes <= 1 && self.options.num_keypoints == 6
+    }
+
+    /// Runs the detector on a BGR frame: detections normalised to the
+    /// frame (letterbox removed, not clipped), best first.
+    pub fn detect_raw(
+        &mut self,
+        frame: &Mat,
+        min_score: f32,
+        iou: f32,
+    ) -> Result<Vec<Raw>, WorkerError> {
+        let (w, h) = (frame.cols(), frame.rows());
         let (iw, ih) = (
             self.options.input_width as i32,
             self.options.input_height as i32,
@@ -187,14 +209,31 @@ impl Ssd {
         };
         Ok(ssd::weighted_nms(raw, iou)
             .into_iter()
-            .map(|d| to_pixels(&d, &lb, w, h, &self.options.labels))
+            .map(|d| lb.remove(d))
             .collect())
     }
 }
 
-fn to_pixels(d: &Raw, lb: &Letterbox, w: i32, h: i32, labels: &[String]) -> Detection {
-    let x = |v: f32| ((v - lb.pad_x) / lb.content_w * w as f32).clamp(0.0, w as f32);
-    let y = |v: f32| ((v - lb.pad_y) / lb.content_h * h as f32).clamp(0.0, h as f32);
+impl Letterbox {
+    /// A detection normalised to the input, normalised to the frame.
+    fn remove(&self, d: Raw) -> Raw {
+        let x = |v: f32| (v - self.pad_x) / self.content_w;
+        let y = |v: f32| (v - self.pad_y) / self.content_h;
+        Raw {
+            xmin: x(d.xmin),
+            ymin: y(d.ymin),
+            xmax: x(d.xmax),
+            ymax: y(d.ymax),
+            keypoints: d.keypoints.iter().map(|&(kx, ky)| (x(kx), y(ky))).collect(),
+            ..d
+        }
+    }
+}
+
+/// A detection normalised to a `w`x`h` frame in its pixels, clipped to it.
+pub fn to_pixels(d: &Raw, w: i32, h: i32, labels: &[String]) -> Detection {
+    let x = |v: f32| (v * w as f32).clamp(0.0, w as f32);
+    let y = |v: f32| (v * h as f32).clamp(0.0, h as f32);
     let (x0, y0, x1, y1) = (x(d.xmin), y(d.ymin), x(d.xmax), y(d.ymax));
     Detection {
         r#box: Some(PixelBox {
