@@ -195,7 +195,8 @@ pub fn run(
                 }
             }
             vision_task::Task::FaceMesh(_) => {
-                if let (Some(t), Some(models)) = (prepared.face_mesh.as_mut(), s.face_mesh.as_mut()) {
+                if let (Some(t), Some(models)) = (prepared.face_mesh.as_mut(), s.face_mesh.as_mut())
+                {
                     let run = face_mesh::Run {
                         models,
                         own: &mut s.detector,

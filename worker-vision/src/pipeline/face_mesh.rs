@@ -154,7 +154,12 @@ impl FaceTracker {
 
     /// Runs the face mesh on a BGR frame into `r.face_meshes` and
     /// `r.stages`.
-    pub fn run(&mut self, run: Run<'_>, frame: &Mat, r: &mut ProcessResponse) -> Result<(), WorkerError> {
+    pub fn run(
+        &mut self,
+        run: Run<'_>,
+        frame: &Mat,
+        r: &mut ProcessResponse,
+    ) -> Result<(), WorkerError> {
         let (w, h) = (frame.cols() as f32, frame.rows() as f32);
         let prev = std::mem::take(&mut self.regions);
         let mut candidates: Vec<(Roi, Option<Raw>)> = Vec::new();
@@ -177,7 +182,10 @@ impl FaceTracker {
         }
         // Tracked regions win over the detections they overlap.
         let mut regions: Vec<(Roi, Option<Raw>)> = Vec::new();
-        for c in candidates.into_iter().chain(prev.into_iter().map(|p| (p, None))) {
+        for c in candidates
+            .into_iter()
+            .chain(prev.into_iter().map(|p| (p, None)))
+        {
             regions.retain(|k| roi::iou(&k.0, &c.0) <= SAME_FACE_IOU);
             regions.push(c);
         }
@@ -260,7 +268,13 @@ pub fn detection_region(d: &Raw, w: f32, h: f32) -> Roi {
         _ => ((0.0, 0.0), (1.0, 0.0)),
     };
     let rotation = roi::rotation(p0, p1, w, h, 0.0);
-    roi::square_long((d.xmin, d.ymin, d.xmax, d.ymax), rotation, w, h, REGION_SCALE)
+    roi::square_long(
+        (d.xmin, d.ymin, d.xmax, d.ymax),
+        rotation,
+        w,
+        h,
+        REGION_SCALE,
+    )
 }
 
 /// The next frame's region from a face's landmarks (normalised): their

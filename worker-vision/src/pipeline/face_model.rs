@@ -15,8 +15,8 @@ use worker_runtime::WorkerError;
 
 use crate::detect::Ssd;
 use crate::error::lite_error;
-use crate::pipeline::iris::IrisModel;
 use crate::pipeline::face_roi::{self as roi, Roi};
+use crate::pipeline::iris::IrisModel;
 use crate::ssd;
 
 /// Points of the face mesh.
@@ -144,7 +144,12 @@ pub(crate) fn load_checked(
             shapes(&ins)
         )));
     }
-    let count = |t: &TensorDesc| t.shape.iter().map(|&d| d.max(0) as usize).product::<usize>();
+    let count = |t: &TensorDesc| {
+        t.shape
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .product::<usize>()
+    };
     let mut found = Vec::new();
     for &n in outputs {
         match outs
@@ -194,9 +199,8 @@ fn load_face_detector(
             )));
         }
     };
-    Ssd::load(lib, path, threads, Some(options)).map_err(|e| {
-        WorkerError::new(e.code, format!("pipeline.face_detection: {}", e.message))
-    })
+    Ssd::load(lib, path, threads, Some(options))
+        .map_err(|e| WorkerError::new(e.code, format!("pipeline.face_detection: {}", e.message)))
 }
 
 /// The face landmark model: 468 points (x, y, z in input pixels) and a

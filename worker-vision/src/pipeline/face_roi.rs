@@ -138,10 +138,7 @@ pub fn write_rgb(
             for (j, v) in buf.chunks_exact_mut(4).enumerate() {
                 let (c, p) = (j % 3, j / 3);
                 let (x, y) = (p % w, p / w);
-                let byte = pixels
-                    .get(y * step + x * 3 + (2 - c))
-                    .copied()
-                    .unwrap_or(0);
+                let byte = pixels.get(y * step + x * 3 + (2 - c)).copied().unwrap_or(0);
                 v.copy_from_slice(&(f32::from(byte) * k + lo).to_le_bytes());
             }
         })

@@ -70,20 +70,31 @@ impl IrisModel {
 
     /// The iris points of the eye in `region` (normalised to the frame),
     /// x and y only.
-    fn run(&mut self, frame: &Mat, region: &Roi, mirrored: bool) -> Result<Vec<(f32, f32)>, WorkerError> {
+    fn run(
+        &mut self,
+        frame: &Mat,
+        region: &Roi,
+        mirrored: bool,
+    ) -> Result<Vec<(f32, f32)>, WorkerError> {
         let crop = roi::crop(frame, region, IRIS_INPUT, IRIS_INPUT, mirrored)?;
         roi::write_rgb(&mut self.compiled, 0, &crop, RANGE.0, RANGE.1)?;
         self.compiled.run().map_err(lite_error)?;
         let raw = roi::read_floats(&self.compiled, self.iris)?;
         let side = IRIS_INPUT as f32;
-        Ok(raw
+        let mut points: Vec<(f32, f32)> = raw
             .chunks_exact(3)
             .map(|p| {
                 let x = p[0] / side;
                 let x = if mirrored { 1.0 - x } else { x };
                 roi::project(region, x, p[1] / side)
             })
-            .collect())
+            .collect();
+        // The rim points go round the iris from the side nearer the
+        // image's right; mirrored, they came out going the other way.
+        if mirrored && points.len() == IRIS {
+            points.swap(1, 3);
+        }
+        Ok(points)
     }
 }
 
@@ -97,12 +108,18 @@ pub fn eye_region(a: (f32, f32), b: (f32, f32), w: f32, h: f32) -> Roi {
 
 /// Appends the 10 iris points to a face's 468 mesh points (normalised to
 /// the frame, z to its width).
-pub fn refine(model: &mut IrisModel, frame: &Mat, points: &mut Vec<[f32; 3]>) -> Result<(), WorkerError> {
+pub fn refine(
+    model: &mut IrisModel,
+    frame: &Mat,
+    points: &mut Vec<[f32; 3]>,
+) -> Result<(), WorkerError> {
     let (w, h) = (frame.cols() as f32, frame.rows() as f32);
     let mut added = Vec::with_capacity(2 * IRIS);
     for (a, b, mirrored) in EYES {
         let (Some(pa), Some(pb)) = (points.get(a), points.get(b)) else {
-            return Err(WorkerError::internal("iris: the mesh has fewer than 468 points"));
+            return Err(WorkerError::internal(
+                "iris: the mesh has fewer than 468 points",
+            ));
         };
         let z = (pa[2] + pb[2]) / 2.0;
         let region = eye_region((pa[0], pa[1]), (pb[0], pb[1]), w, h);
