@@ -1,0 +1,6 @@
+//! The MediaPipe solutions (hands, pose, face mesh, selfie segmentation):
+//! a detector finds a region, a landmark model refines it on a rotated
+//! crop, and in a stream the next frame's region comes from this frame's
+//! landmarks. `roi` holds the geometry they share.
+
+pub mod roi;
