@@ -87,6 +87,9 @@ impl Batch {
         if let Some(c) = self.prepared.crop_mut() {
             c.reset();
         }
+        if let Some(h) = self.prepared.hands_mut() {
+            h.reset();
+        }
         tasks::run(
             s,
             std::slice::from_ref(&self.task),

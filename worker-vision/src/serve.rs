@@ -283,5 +283,11 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
             )));
         }
     };
-    Ok(Served::new(detector, limits))
+    let mut served = Served::new(detector, limits);
+    served.hands = crate::pipeline::hands::Models::load(
+        &litert::runtime_path(),
+        options.pipeline.as_ref(),
+        options.threads.max(1),
+    )?;
+    Ok(served)
 }

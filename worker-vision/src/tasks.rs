@@ -9,6 +9,7 @@ use worker_runtime::{WorkerError, deadline};
 use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
 use crate::limits::Limits;
+use crate::pipeline::hands::{self, Hands};
 use crate::template::Template;
 use crate::track::Tracking;
 
@@ -28,6 +29,9 @@ pub struct Served {
     pub detector: Detector,
     /// What one request may cost.
     pub limits: Limits,
+    /// The hands task's models (`pipeline.palm_detection`,
+    /// `pipeline.hand_landmark`).
+    pub hands: Option<hands::Models>,
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
@@ -39,6 +43,7 @@ impl Served {
         Served {
             detector,
             limits,
+            hands: None,
             haar: None,
             lbp: None,
         }
@@ -69,6 +74,7 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
             }
             Ok(())
         }
+        vision_task::Task::Hands(h) => Hands::check(h, s.hands.as_ref()),
         // Checked when prepared (`Prepared::new`).
         vision_task::Task::TemplateMatching(_)
         | vision_task::Task::AutoCrop(_)
@@ -83,12 +89,18 @@ pub struct Prepared {
     template: Option<Template>,
     crop: Option<AutoCrop>,
     tracking: Option<Tracking>,
+    hands: Option<Hands>,
 }
 
 impl Prepared {
     /// The auto-crop state, if the tasks crop.
     pub fn crop_mut(&mut self) -> Option<&mut AutoCrop> {
         self.crop.as_mut()
+    }
+
+    /// The hands task's tracked hands, if the tasks find hands.
+    pub fn hands_mut(&mut self) -> Option<&mut Hands> {
+        self.hands.as_mut()
     }
 
     /// Prepares `tasks` (checked already) within the model's limits.
@@ -103,6 +115,7 @@ impl Prepared {
                 vision_task::Task::Tracking(t) => {
                     p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
                 }
+                vision_task::Task::Hands(h) => p.hands = Some(Hands::new(h)?),
                 _ => {}
             }
         }
@@ -179,6 +192,13 @@ pub fn run(
                         }
                     };
                     r.crop = Some(crop.window(frame, &faces)?);
+                }
+            }
+            vision_task::Task::Hands(_) => {
+                if let (Some(h), Some(m)) = (prepared.hands.as_mut(), s.hands.as_mut()) {
+                    let (hands, stages) = h.run(m, frame, deadline_ms)?;
+                    r.hands = hands;
+                    r.stages.extend(stages);
                 }
             }
             // After the other tasks: it may use their detections.

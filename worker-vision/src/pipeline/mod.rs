@@ -3,4 +3,7 @@
 //! crop, and in a stream the next frame's region comes from this frame's
 //! landmarks. `roi` holds the geometry they share.
 
+pub mod hands;
+pub mod model;
+pub mod palm;
 pub mod roi;
