@@ -91,6 +91,9 @@ impl Batch {
         if let Some(f) = self.prepared.face_mesh_mut() {
             f.forget();
         }
+        if let Some(h) = self.prepared.hands_mut() {
+            h.reset();
+        }
         tasks::run(
             s,
             std::slice::from_ref(&self.task),

@@ -291,5 +291,10 @@ pub(crate) fn load_with(load: &Load, lib: &Path) -> Result<Served, WorkerError> 
     };
     let mut served = Served::new(detector, limits);
     served.face_mesh = FaceModels::load(lib, options.pipeline.as_ref(), options.threads.max(1))?;
+    served.hands = crate::pipeline::hands::Models::load(
+        lib,
+        options.pipeline.as_ref(),
+        options.threads.max(1),
+    )?;
     Ok(served)
 }

@@ -11,6 +11,7 @@ use crate::detect::{Cascade, Ssd};
 use crate::limits::Limits;
 use crate::pipeline::face_mesh::{self, FaceTracker};
 use crate::pipeline::face_model::FaceModels;
+use crate::pipeline::hands::{self, Hands};
 use crate::template::Template;
 use crate::track::Tracking;
 
@@ -32,6 +33,9 @@ pub struct Served {
     pub limits: Limits,
     /// The face mesh's models (`pipeline.face_landmark` and companions).
     pub face_mesh: Option<FaceModels>,
+    /// The hands task's models (`pipeline.palm_detection`,
+    /// `pipeline.hand_landmark`).
+    pub hands: Option<hands::Models>,
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
@@ -44,6 +48,7 @@ impl Served {
             detector,
             limits,
             face_mesh: None,
+            hands: None,
             haar: None,
             lbp: None,
         }
@@ -75,6 +80,7 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
             Ok(())
         }
         vision_task::Task::FaceMesh(f) => face_mesh::check(f, s.face_mesh.as_ref(), &s.detector),
+        vision_task::Task::Hands(h) => Hands::check(h, s.hands.as_ref()),
         // Checked when prepared (`Prepared::new`).
         vision_task::Task::TemplateMatching(_)
         | vision_task::Task::AutoCrop(_)
@@ -90,6 +96,7 @@ pub struct Prepared {
     crop: Option<AutoCrop>,
     tracking: Option<Tracking>,
     face_mesh: Option<FaceTracker>,
+    hands: Option<Hands>,
 }
 
 impl Prepared {
@@ -101,6 +108,11 @@ impl Prepared {
     /// The face mesh's tracked regions, if the tasks hold one.
     pub fn face_mesh_mut(&mut self) -> Option<&mut FaceTracker> {
         self.face_mesh.as_mut()
+    }
+
+    /// The hands task's tracked hands, if the tasks find hands.
+    pub fn hands_mut(&mut self) -> Option<&mut Hands> {
+        self.hands.as_mut()
     }
 
     /// Prepares `tasks` (checked already) within the model's limits.
@@ -116,6 +128,7 @@ impl Prepared {
                 vision_task::Task::Tracking(t) => {
                     p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
                 }
+                vision_task::Task::Hands(h) => p.hands = Some(Hands::new(h)?),
                 _ => {}
             }
         }
@@ -203,6 +216,13 @@ pub fn run(
                         deadline_ms,
                     };
                     t.run(run, frame, r)?;
+                }
+            }
+            vision_task::Task::Hands(_) => {
+                if let (Some(h), Some(m)) = (prepared.hands.as_mut(), s.hands.as_mut()) {
+                    let (hands, stages) = h.run(m, frame, deadline_ms)?;
+                    r.hands = hands;
+                    r.stages.extend(stages);
                 }
             }
             // After the other tasks: it may use their detections.

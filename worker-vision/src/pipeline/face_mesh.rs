@@ -21,15 +21,22 @@ use worker_runtime::{WorkerError, deadline};
 
 use crate::detect::{Ssd, to_pixels};
 use crate::pipeline::face_model::{FaceModels, MESH_POINTS};
-use crate::pipeline::face_roi::{self as roi, Roi};
 use crate::pipeline::iris;
+use crate::pipeline::roi::{FrameSize, RectTransform, Region, rotation};
 use crate::ssd::Raw;
 use crate::tasks::Detector;
 
 /// Most faces one task may ask for.
 pub const MAX_FACES: u32 = 8;
-/// Region scale around a detection and around the landmarks.
-const REGION_SCALE: f32 = 1.5;
+/// Detection → region (`FaceDetectionFrontDetectionToRoi`) and landmarks
+/// → next region (`FaceLandmarkLandmarksToRoi`): squared, scaled 1.5.
+const TO_REGION: RectTransform = RectTransform {
+    scale_x: 1.5,
+    scale_y: 1.5,
+    shift_x: 0.0,
+    shift_y: 0.0,
+    square_long: true,
+};
 /// Overlap above which a tracked region replaces a detected one.
 const SAME_FACE_IOU: f32 = 0.5;
 /// Weighted NMS overlap of the face detector (MediaPipe's 0.3).
@@ -118,7 +125,7 @@ pub fn check(
 #[derive(Debug, Clone)]
 pub struct FaceTracker {
     settings: Settings,
-    regions: Vec<Roi>,
+    regions: Vec<Region>,
 }
 
 /// What one frame's run needs besides the frame.
@@ -160,9 +167,9 @@ impl FaceTracker {
         frame: &Mat,
         r: &mut ProcessResponse,
     ) -> Result<(), WorkerError> {
-        let (w, h) = (frame.cols() as f32, frame.rows() as f32);
+        let size = FrameSize::of(frame);
         let prev = std::mem::take(&mut self.regions);
-        let mut candidates: Vec<(Roi, Option<Raw>)> = Vec::new();
+        let mut candidates: Vec<(Region, Option<Raw>)> = Vec::new();
         if prev.len() < self.settings.max_faces {
             deadline::check(run.deadline_ms)?;
             let t0 = Instant::now();
@@ -176,17 +183,17 @@ impl FaceTracker {
             let mut found = detector.detect_raw(frame, self.settings.min_detection, NMS_IOU)?;
             found.truncate(self.settings.max_faces);
             for d in found {
-                candidates.push((detection_region(&d, w, h), Some(d)));
+                candidates.push((detection_region(&d, size), Some(d)));
             }
             r.stages.push(stage("face_detection", t0));
         }
         // Tracked regions win over the detections they overlap.
-        let mut regions: Vec<(Roi, Option<Raw>)> = Vec::new();
+        let mut regions: Vec<(Region, Option<Raw>)> = Vec::new();
         for c in candidates
             .into_iter()
             .chain(prev.into_iter().map(|p| (p, None)))
         {
-            regions.retain(|k| roi::iou(&k.0, &c.0) <= SAME_FACE_IOU);
+            regions.retain(|k| k.0.iou(&c.0) <= SAME_FACE_IOU);
             regions.push(c);
         }
         if regions.is_empty() {
@@ -201,16 +208,8 @@ impl FaceTracker {
             if out.presence < self.settings.min_tracking {
                 continue;
             }
-            // Normalised to the frame; z to the frame's width.
-            let mut points: Vec<[f32; 3]> = out
-                .points
-                .iter()
-                .map(|p| {
-                    let (x, y) = roi::project(&region, p[0], p[1]);
-                    [x, y, p[2] * region.w]
-                })
-                .collect();
-            self.regions.push(landmark_region(&points, w, h));
+            let mut points = out.points;
+            self.regions.push(landmark_region(&points, size));
             if self.settings.refine {
                 let t1 = Instant::now();
                 if let Some(model) = run.models.iris.as_mut() {
@@ -222,20 +221,23 @@ impl FaceTracker {
                 landmarks: points
                     .iter()
                     .map(|p| Landmark {
-                        x: p[0] * w,
-                        y: p[1] * h,
-                        z: p[2] * w,
+                        x: p[0] * size.width,
+                        y: p[1] * size.height,
+                        z: p[2],
                         ..Default::default()
                     })
                     .collect(),
                 presence: out.presence,
-                detection: detection.map(|d| to_pixels(&d, w as i32, h as i32, &[])),
-                region: Some(FaceMeshRegion {
-                    x_center: region.cx * w,
-                    y_center: region.cy * h,
-                    width: region.w * w,
-                    height: region.h * h,
-                    rotation: region.rotation,
+                detection: detection.map(|d| to_pixels(&d, frame.cols(), frame.rows(), &[])),
+                region: Some({
+                    let (x_center, y_center, width, height) = region.pixels(size);
+                    FaceMeshRegion {
+                        x_center,
+                        y_center,
+                        width,
+                        height,
+                        rotation: region.rotation,
+                    }
                 }),
             });
         }
@@ -262,28 +264,28 @@ fn stage(name: &str, since: Instant) -> StageTiming {
 
 /// A face detection's region: rotated by the eyes (keypoints 0 → 1) to
 /// 0°, square on the long side, scaled 1.5.
-pub fn detection_region(d: &Raw, w: f32, h: f32) -> Roi {
+pub fn detection_region(d: &Raw, size: FrameSize) -> Region {
     let (p0, p1) = match d.keypoints.as_slice() {
         [a, b, ..] => (*a, *b),
         _ => ((0.0, 0.0), (1.0, 0.0)),
     };
-    let rotation = roi::rotation(p0, p1, w, h, 0.0);
-    roi::square_long(
-        (d.xmin, d.ymin, d.xmax, d.ymax),
-        rotation,
-        w,
-        h,
-        REGION_SCALE,
-    )
+    Region::from_box(d.xmin, d.ymin, d.xmax, d.ymax)
+        .rotated(rotation(p0, p1, 0.0, size))
+        .transform(&TO_REGION, size)
 }
 
-/// The next frame's region from a face's landmarks (normalised): their
+/// The next frame's region from a face's mesh points (normalised): their
 /// bounding box, rotated by the eyes (33 → 263) to 0°, square on the long
 /// side, scaled 1.5.
-pub fn landmark_region(points: &[[f32; 3]], w: f32, h: f32) -> Roi {
-    let mesh = &points[..points.len().min(MESH_POINTS)];
-    let bbox = roi::bounds(mesh.iter().map(|p| (p[0], p[1])));
-    let at = |i: usize| mesh.get(i).map(|p| (p[0], p[1])).unwrap_or((0.0, 0.0));
-    let rotation = roi::rotation(at(EYES.0), at(EYES.1), w, h, 0.0);
-    roi::square_long(bbox, rotation, w, h, REGION_SCALE)
+pub fn landmark_region(points: &[[f32; 3]], size: FrameSize) -> Region {
+    let mesh: Vec<(f32, f32)> = points
+        .iter()
+        .take(MESH_POINTS)
+        .map(|p| (p[0], p[1]))
+        .collect();
+    let at = |i: usize| mesh.get(i).copied().unwrap_or((0.0, 0.0));
+    Region::around(&mesh)
+        .unwrap_or_default()
+        .rotated(rotation(at(EYES.0), at(EYES.1), 0.0, size))
+        .transform(&TO_REGION, size)
 }

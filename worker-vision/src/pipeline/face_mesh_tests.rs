@@ -148,8 +148,10 @@ fn the_attention_model_and_models_that_do_not_fit_their_role_are_refused() {
     )
     .expect_err("a hand model as the face landmark model");
     refused(e.clone(), "pipeline.face_landmark");
-    refused(e.clone(), "[[1, 224, 224, 3]]");
-    refused(e, "one float32 [1, 192, 192, 3]");
+    refused(
+        e,
+        "inputs are [float32 [1, 224, 224, 3]]; a face landmark model takes one float32 [1, 192, 192, 3]",
+    );
 
     let e = load_served(
         &short,

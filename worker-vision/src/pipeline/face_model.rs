@@ -8,23 +8,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use litert::{Compiled, HW_CPU, Runtime, TensorDesc};
+use litert::{Runtime, TensorDesc};
 use opencv::core::Mat;
 use sidecar_proto::v1::PipelineModels;
 use worker_runtime::WorkerError;
 
 use crate::detect::Ssd;
 use crate::error::lite_error;
-use crate::pipeline::face_roi::{self as roi, Roi};
 use crate::pipeline::iris::IrisModel;
+use crate::pipeline::model::Model;
+use crate::pipeline::roi::{Border, Region, TensorSpec};
 use crate::ssd;
 
 /// Points of the face mesh.
 pub const MESH_POINTS: usize = 468;
-/// Side of the landmark model's square input.
-pub const MESH_INPUT: i32 = 192;
-/// LiteRT's float32 element type.
-const FLOAT32: i32 = 1;
 
 /// The face mesh's models.
 #[derive(Debug)]
@@ -88,12 +85,13 @@ impl FaceModels {
     }
 }
 
-/// Reads a model's signature, naming the pipeline field on failure.
+/// Reads a model's signature (before compiling it), naming the pipeline
+/// field on failure.
 fn signature(
     rt: &Arc<Runtime>,
     path: &Path,
     field: &str,
-) -> Result<(litert::Model, Vec<TensorDesc>, Vec<TensorDesc>), WorkerError> {
+) -> Result<(Vec<TensorDesc>, Vec<TensorDesc>), WorkerError> {
     let model = rt.model(path).map_err(|e| {
         WorkerError::invalid(format!(
             "pipeline.{field}: {} is not a model LiteRT can read: {e}",
@@ -106,76 +104,7 @@ fn signature(
             path.display()
         ))
     })?;
-    Ok((model, inputs, outputs))
-}
-
-/// Compiles a checked model for the CPU.
-pub(crate) fn compile(
-    model: litert::Model,
-    path: &Path,
-    field: &str,
-    threads: u32,
-) -> Result<Compiled, WorkerError> {
-    model.compile(HW_CPU, threads).map_err(|e| {
-        WorkerError::invalid(format!(
-            "pipeline.{field}: LiteRT could not compile {}: {e}",
-            path.display()
-        ))
-    })
-}
-
-/// Loads a checked model: its one float32 input is `input`, and each of
-/// `outputs` (element counts) is one of its outputs; the indices of those
-/// outputs.
-pub(crate) fn load_checked(
-    rt: &Arc<Runtime>,
-    path: &Path,
-    field: &str,
-    threads: u32,
-    input: [i32; 4],
-    outputs: &[usize],
-) -> Result<(Compiled, Vec<usize>), WorkerError> {
-    let (model, ins, outs) = signature(rt, path, field)?;
-    let shapes = |d: &[TensorDesc]| d.iter().map(|t| t.shape.clone()).collect::<Vec<_>>();
-    if ins.len() != 1 || ins[0].shape != input || ins[0].element_type != FLOAT32 {
-        return Err(WorkerError::invalid(format!(
-            "pipeline.{field}: {}'s inputs are {:?}; this role takes one float32 {input:?}",
-            path.display(),
-            shapes(&ins)
-        )));
-    }
-    let count = |t: &TensorDesc| {
-        t.shape
-            .iter()
-            .map(|&d| d.max(0) as usize)
-            .product::<usize>()
-    };
-    let mut found = Vec::new();
-    for &n in outputs {
-        match outs
-            .iter()
-            .position(|t| count(t) == n && t.element_type == FLOAT32)
-        {
-            Some(i) => found.push(i),
-            None => {
-                return Err(WorkerError::invalid(format!(
-                    "pipeline.{field}: {}'s outputs are {:?}; this role needs float32 outputs of {outputs:?} values",
-                    path.display(),
-                    shapes(&outs)
-                )));
-            }
-        }
-    }
-    if outs.len() != outputs.len() {
-        return Err(WorkerError::invalid(format!(
-            "pipeline.{field}: {} has {} outputs {:?}; this role has {} ({outputs:?} values)",
-            path.display(),
-            outs.len(),
-            shapes(&outs),
-            outputs.len()
-        )));
-    }
-    Ok((compile(model, path, field, threads)?, found))
+    Ok((inputs, outputs))
 }
 
 /// A face detector for `pipeline.face_detection`: BlazeFace short range
@@ -186,7 +115,7 @@ fn load_face_detector(
     path: &Path,
     threads: u32,
 ) -> Result<Ssd, WorkerError> {
-    let (_, ins, _) = signature(rt, path, "face_detection")?;
+    let (ins, _) = signature(rt, path, "face_detection")?;
     let options = match ins.first().map(|t| t.shape.as_slice()) {
         Some([1, 128, 128, 3]) => ssd::blazeface_short_range(),
         Some([1, 192, 192, 3]) => ssd::blazeface_full_range(),
@@ -203,25 +132,29 @@ fn load_face_detector(
         .map_err(|e| WorkerError::new(e.code, format!("pipeline.face_detection: {}", e.message)))
 }
 
+/// The face landmark model's input (`ImageToTensorCalculator` of
+/// `face_landmark_cpu`: the rotated crop stretched to 192x192, RGB 0..1,
+/// edges replicated).
+pub const MESH_INPUT: TensorSpec = TensorSpec {
+    width: 192,
+    height: 192,
+    range: (0.0, 1.0),
+    border: Border::Replicate,
+    keep_aspect: false,
+};
+
 /// The face landmark model: 468 points (x, y, z in input pixels) and a
 /// face flag (a logit).
+#[derive(Debug)]
 pub struct FaceLandmark {
-    compiled: Compiled,
-    mesh: usize,
-    flag: usize,
-}
-
-impl std::fmt::Debug for FaceLandmark {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaceLandmark").finish_non_exhaustive()
-    }
+    model: Model,
 }
 
 /// The landmark model's answer for one region.
 #[derive(Debug, Clone)]
 pub struct MeshOutput {
-    /// Points normalised to the crop (x, y in 0..1 across it; z divided by
-    /// the input width, as MediaPipe's TensorsToLandmarks does).
+    /// Points normalised to the frame (x, y); z in the frame's pixels,
+    /// scaled like x (MediaPipe's z times the frame width).
     pub points: Vec<[f32; 3]>,
     /// Sigmoid of the face flag.
     pub presence: f32,
@@ -229,10 +162,11 @@ pub struct MeshOutput {
 
 impl FaceLandmark {
     /// Loads `face_landmark.tflite` (input [1, 192, 192, 3], outputs 1404
-    /// and 1 values). The attention variant is refused by name: it needs
-    /// MediaPipe's custom ops, which LiteRT lacks.
+    /// and 1 values). The attention variant is refused by name, before
+    /// LiteRT tries it: it needs MediaPipe's custom ops, which LiteRT
+    /// lacks.
     pub fn load(rt: &Arc<Runtime>, path: &Path, threads: u32) -> Result<FaceLandmark, WorkerError> {
-        let (_, _, outs) = signature(rt, path, "face_landmark")?;
+        let (_, outs) = signature(rt, path, "face_landmark")?;
         if outs.len() > 2
             && outs
                 .iter()
@@ -247,33 +181,35 @@ impl FaceLandmark {
                 outs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()
             )));
         }
-        let (compiled, found) = load_checked(
+        let side = MESH_INPUT.width;
+        let model = Model::load(
             rt,
             path,
-            "face_landmark",
             threads,
-            [1, MESH_INPUT, MESH_INPUT, 3],
-            &[MESH_POINTS * 3, 1],
+            "pipeline.face_landmark",
+            "a face landmark model",
+            (
+                &[1, side, side, 3],
+                &[&[1, 1, 1, MESH_POINTS as i32 * 3], &[1, 1, 1, 1]],
+            ),
         )?;
-        Ok(FaceLandmark {
-            compiled,
-            mesh: found[0],
-            flag: found[1],
-        })
+        Ok(FaceLandmark { model })
     }
 
-    /// Runs the model on `region` of a BGR frame (MediaPipe's
-    /// ImageToTensor: the rotated crop, border replicated, RGB in 0..1).
-    pub fn run(&mut self, frame: &Mat, region: &Roi) -> Result<MeshOutput, WorkerError> {
-        let crop = roi::crop(frame, region, MESH_INPUT, MESH_INPUT, false)?;
-        roi::write_rgb(&mut self.compiled, 0, &crop, 0.0, 1.0)?;
-        self.compiled.run().map_err(lite_error)?;
-        let raw = roi::read_floats(&self.compiled, self.mesh)?;
-        let flag = roi::read_floats(&self.compiled, self.flag)?;
-        let side = MESH_INPUT as f32;
+    /// Runs the model on `region` of a BGR frame and projects its points
+    /// back into the frame (LandmarkProjection).
+    pub fn run(&mut self, frame: &Mat, region: &Region) -> Result<MeshOutput, WorkerError> {
+        let crop = self.model.input(frame, region, &MESH_INPUT)?;
+        self.model.run()?;
+        let raw = self.model.output(0)?;
+        let flag = self.model.output(1)?;
+        let side = MESH_INPUT.width as f32;
         let points = raw
             .chunks_exact(3)
-            .map(|p| [p[0] / side, p[1] / side, p[2] / side])
+            .map(|p| {
+                let (x, y) = crop.to_frame(p[0] / side, p[1] / side);
+                [x, y, crop.z_to_pixels(p[2] / side)]
+            })
             .collect();
         let logit = flag.first().copied().unwrap_or(f32::MIN);
         Ok(MeshOutput {
