@@ -19,7 +19,7 @@ use sidecar_proto::v1::{
 };
 use worker_runtime::{WorkerError, deadline};
 
-use crate::detect::{Ssd, to_pixels};
+use crate::detect::{Ssd, frame_pixels};
 use crate::pipeline::face_model::{FaceModels, MESH_POINTS};
 use crate::pipeline::iris;
 use crate::pipeline::roi::{FrameSize, RectTransform, Region, rotation};
@@ -228,7 +228,7 @@ impl FaceTracker {
                     })
                     .collect(),
                 presence: out.presence,
-                detection: detection.map(|d| to_pixels(&d, frame.cols(), frame.rows(), &[])),
+                detection: detection.map(|d| frame_pixels(&d, frame.cols(), frame.rows())),
                 region: Some({
                     let (x_center, y_center, width, height) = region.pixels(size);
                     FaceMeshRegion {

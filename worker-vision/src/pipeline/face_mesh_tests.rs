@@ -17,6 +17,8 @@ use crate::serve::load_with;
 use crate::tasks::{self, Prepared, Served};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+/// The photographs `scripts/setup.sh` extracts.
+pub(super) const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/testdata");
 
 pub(super) fn model(name: &str) -> String {
     format!("{ROOT}/models/mediapipe/{name}.tflite")
@@ -62,7 +64,7 @@ pub(super) fn served(iris: bool) -> Served {
 }
 
 pub(super) fn photo(name: &str) -> Mat {
-    let path = format!("{ROOT}/models/testdata/{name}");
+    let path = format!("{TESTDATA}/{name}");
     let m = imgcodecs::imread(&path, imgcodecs::IMREAD_COLOR).expect("imread");
     assert!(m.cols() > 0, "{path} is missing (run scripts/setup.sh)");
     m
@@ -298,7 +300,7 @@ fn a_photo_without_a_face_gives_an_empty_result() {
 #[test]
 fn process_batch_detects_on_every_image() {
     let mut s = served(false);
-    let bytes = std::fs::read(format!("{ROOT}/models/testdata/astronaut.png")).expect("photo");
+    let bytes = std::fs::read(format!("{TESTDATA}/astronaut.png")).expect("photo");
     let img = || Image {
         data: Some(image::Data::Encoded(bytes.clone().into())),
     };
@@ -323,53 +325,4 @@ fn process_batch_detects_on_every_image() {
         assert!(ran(r, "face_detection"), "{:?}", r.stages);
     }
     assert_eq!(answer.results[0].face_meshes, answer.results[2].face_meshes);
-}
-
-#[test]
-fn explore_video() {
-    let mut s = served(false);
-    let task = FaceMeshTask::default();
-    let mut stream = prepare(&s, &task).expect("prepare");
-    let full = photo("astronaut.png");
-    let (cw, ch) = (300, 300);
-    let mut rects = Vec::new();
-    for i in 0..45 {
-        rects.push((i * 3, i));
-    }
-    for _ in 45..48 {
-        rects.push((100, 212));
-    }
-    for i in 48..60 {
-        rects.push((140 - (i - 48) * 3, 40 + (i - 48)));
-    }
-    let mut detector_runs = 0;
-    for (k, &(x, y)) in rects.iter().enumerate() {
-        let frame = Mat::roi(&full, Rect::new(x, y, cw, ch))
-            .expect("roi")
-            .try_clone()
-            .expect("clone");
-        let r = run(&mut s, &task, &mut stream, &frame);
-        let mut fresh = prepare(&s, &task).expect("prepare");
-        let truth = run(&mut s, &task, &mut fresh, &frame);
-        detector_runs += ran(&r, "face_detection") as usize;
-        let d = match (r.face_meshes.first(), truth.face_meshes.first()) {
-            (Some(a), Some(b)) => {
-                let t: Vec<[f64; 2]> = b
-                    .landmarks
-                    .iter()
-                    .map(|l| [l.x as f64, l.y as f64])
-                    .collect();
-                Some(distances(&a.landmarks, &t))
-            }
-            _ => None,
-        };
-        eprintln!(
-            "{k} ({x},{y}) faces {} truth {} det {} d {:?}",
-            r.face_meshes.len(),
-            truth.face_meshes.len(),
-            ran(&r, "face_detection"),
-            d
-        );
-    }
-    eprintln!("detector runs {detector_runs}");
 }

@@ -12,4 +12,6 @@ pub mod palm;
 pub mod roi;
 
 #[cfg(test)]
+mod face_mesh_fixtures;
+#[cfg(test)]
 mod face_mesh_tests;
