@@ -156,10 +156,6 @@ fn face_mesh_matches_mediapipe_on_the_photographs() {
             assert_eq!(mine.landmarks.len(), 468, "{name}");
             let (mean, max) = distances(&mine.landmarks, t);
             eprintln!(
-                mine.detection,
-                mine.region, mine.landmarks[33], mine.landmarks[263], mine.landmarks[1]
-            );
-            eprintln!(
                 "{name} face {k}: mean {mean:.2} px ({:.3} % of the diagonal), max {max:.2} px ({:.3} %)",
                 100.0 * mean / diag,
                 100.0 * max / diag
