@@ -341,12 +341,18 @@ pub fn palm_region(p: &PalmDetection, size: FrameSize) -> Region {
 /// A hand's landmarks (normalised to the frame) → its region on the next
 /// frame.
 pub fn next_region(landmarks: &[(f32, f32)], size: FrameSize) -> Region {
-    let steady: Vec<(f32, f32)> = STEADY.iter().filter_map(|&i| landmarks.get(i).copied()).collect();
+    let steady: Vec<(f32, f32)> = STEADY
+        .iter()
+        .filter_map(|&i| landmarks.get(i).copied())
+        .collect();
     let at = |i: usize| landmarks.get(i).copied().unwrap_or_default();
     // Towards the fingers: the index and ring MCPs' midpoint, averaged
     // with the middle MCP.
     let (i, mid, r) = (at(5), at(9), at(13));
-    let toward = (((i.0 + r.0) / 2.0 + mid.0) / 2.0, ((i.1 + r.1) / 2.0 + mid.1) / 2.0);
+    let toward = (
+        ((i.0 + r.0) / 2.0 + mid.0) / 2.0,
+        ((i.1 + r.1) / 2.0 + mid.1) / 2.0,
+    );
     let turn = rotation(at(0), toward, FRAC_PI_2, size);
     Region::around_rotated(&steady, turn, size)
         .unwrap_or_default()

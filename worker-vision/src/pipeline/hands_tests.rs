@@ -17,7 +17,11 @@ fn lib() -> PathBuf {
 
 fn model(name: &str) -> String {
     let p = root().join("models/mediapipe").join(name);
-    assert!(p.is_file(), "{} is missing (run scripts/setup.sh)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing (run scripts/setup.sh)",
+        p.display()
+    );
     p.display().to_string()
 }
 
@@ -34,8 +38,12 @@ fn models(complexity: &str) -> Models {
 
 fn photo(name: &str) -> Mat {
     let p = root().join("models/testdata").join(name);
-    let m = imgcodecs::imread(&p.display().to_string(), imgcodecs::IMREAD_COLOR).unwrap();
-    assert!(!m.empty(), "{} is missing (run scripts/setup.sh)", p.display());
+    let m = imgcodecs::imread(&p, imgcodecs::IMREAD_COLOR).unwrap();
+    assert!(
+        !m.empty(),
+        "{} is missing (run scripts/setup.sh)",
+        p.display()
+    );
     m
 }
 
@@ -71,7 +79,9 @@ fn a_model_that_does_not_fit_its_role_is_refused_naming_it() {
     // Same input, other outputs: the face detector is no palm detector.
     let e = load(&model("face_detection_short_range.tflite"), &hand).unwrap_err();
     assert!(
-        e.message.starts_with("pipeline.palm_detection: the model's inputs are [float32 [1, 128, 128, 3]]"),
+        e.message.starts_with(
+            "pipeline.palm_detection: the model's inputs are [float32 [1, 128, 128, 3]]"
+        ),
         "{}",
         e.message
     );
@@ -79,7 +89,8 @@ fn a_model_that_does_not_fit_its_role_is_refused_naming_it() {
     let e = load(&lib().display().to_string(), &hand).unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument);
     assert!(
-        e.message.starts_with("pipeline.palm_detection: LiteRT cannot load it as a palm detector"),
+        e.message
+            .starts_with("pipeline.palm_detection: LiteRT cannot load it as a palm detector"),
         "{}",
         e.message
     );
@@ -117,11 +128,18 @@ fn options_are_checked_naming_the_field_the_value_and_the_limit() {
     assert_eq!(e.message, "hands.min_tracking_score NaN is outside 0..1");
     // Defaults: MediaPipe's.
     let h = Hands::new(&HandsTask::default()).unwrap();
-    assert_eq!((h.max_hands, h.min_detection, h.min_tracking), (2, 0.5, 0.5));
+    assert_eq!(
+        (h.max_hands, h.min_detection, h.min_tracking),
+        (2, 0.5, 0.5)
+    );
     // Without the models: INVALID_ARGUMENT naming the option to set.
     let e = Hands::check(&HandsTask::default(), None).unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument);
-    assert!(e.message.contains("pipeline.palm_detection"), "{}", e.message);
+    assert!(
+        e.message.contains("pipeline.palm_detection"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]

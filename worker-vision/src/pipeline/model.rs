@@ -59,9 +59,7 @@ impl Model {
             .model(path)
             .and_then(|m| m.compile(HW_CPU, threads.max(1)))
             .map_err(|e| {
-                WorkerError::invalid(format!(
-                    "{field}: LiteRT cannot load it as {role} ({e})"
-                ))
+                WorkerError::invalid(format!("{field}: LiteRT cannot load it as {role} ({e})"))
             })?;
         let fits = |d: &TensorDesc, want: &[i32]| d.element_type == FLOAT32 && d.shape == want;
         let ins = &compiled.input_desc;

@@ -94,7 +94,11 @@ impl Palm {
     }
 
     /// The palms in a BGR frame scoring at least `min_score`, best first.
-    pub fn detect(&mut self, frame: &Mat, min_score: f32) -> Result<Vec<PalmDetection>, WorkerError> {
+    pub fn detect(
+        &mut self,
+        frame: &Mat,
+        min_score: f32,
+    ) -> Result<Vec<PalmDetection>, WorkerError> {
         let crop = self.model.input(frame, &Region::whole(), &INPUT)?;
         self.model.run()?;
         let boxes = self.model.output(0)?;
