@@ -38,7 +38,7 @@ fn models(complexity: &str) -> Models {
 
 fn photo(name: &str) -> Mat {
     let p = root().join("models/testdata").join(name);
-    let m = imgcodecs::imread(&p.display().to_string(), imgcodecs::IMREAD_COLOR).unwrap();
+    let m = imgcodecs::imread(&p, imgcodecs::IMREAD_COLOR).unwrap();
     assert!(
         !m.empty(),
         "{} is missing (run scripts/setup.sh)",
