@@ -154,11 +154,6 @@ impl FaceTracker {
         self.regions.clear();
     }
 
-    /// Regions tracked into the next frame.
-    pub fn tracked(&self) -> usize {
-        self.regions.len()
-    }
-
     /// Runs the face mesh on a BGR frame into `r.face_meshes` and
     /// `r.stages`.
     pub fn run(
@@ -187,15 +182,7 @@ impl FaceTracker {
             }
             r.stages.push(stage("face_detection", t0));
         }
-        // Tracked regions win over the detections they overlap.
-        let mut regions: Vec<(Region, Option<Raw>)> = Vec::new();
-        for c in candidates
-            .into_iter()
-            .chain(prev.into_iter().map(|p| (p, None)))
-        {
-            regions.retain(|k| k.0.iou(&c.0) <= SAME_FACE_IOU);
-            regions.push(c);
-        }
+        let regions = associate(candidates, prev, self.settings.max_faces);
         if regions.is_empty() {
             return Ok(());
         }
@@ -205,7 +192,11 @@ impl FaceTracker {
             let t0 = Instant::now();
             let out = run.models.landmark.run(frame, &region)?;
             mesh_us += t0.elapsed().as_micros() as u64;
-            if out.presence < self.settings.min_tracking {
+            // A face below the tracking score, or one whose points are not
+            // numbers, is dropped and not tracked.
+            if out.presence < self.settings.min_tracking
+                || out.points.iter().flatten().any(|v| !v.is_finite())
+            {
                 continue;
             }
             let mut points = out.points;
@@ -253,6 +244,38 @@ impl FaceTracker {
         }
         Ok(())
     }
+}
+
+/// The regions of a frame (`AssociationNormRectCalculator`, min
+/// similarity 0.5): the detected ones (best first), then the tracked ones,
+/// each replacing the earlier ones it overlaps by IoU > 0.5, so that a
+/// tracked face wins over its own detection. MediaPipe's graph can then
+/// hold more than `max_faces` (new faces beside fewer tracked ones); here
+/// the weakest new ones are left out, so a caller never gets more faces
+/// than it asked for.
+pub fn associate(
+    detected: Vec<(Region, Option<Raw>)>,
+    tracked: Vec<Region>,
+    max_faces: usize,
+) -> Vec<(Region, Option<Raw>)> {
+    let mut regions: Vec<(Region, Option<Raw>)> = Vec::new();
+    for c in detected
+        .into_iter()
+        .chain(tracked.into_iter().map(|p| (p, None)))
+    {
+        regions.retain(|k| k.0.iou(&c.0) <= SAME_FACE_IOU);
+        regions.push(c);
+    }
+    while regions.len() > max_faces {
+        // The last new face is the weakest detection left.
+        match regions.iter().rposition(|r| r.1.is_some()) {
+            Some(i) => {
+                regions.remove(i);
+            }
+            None => regions.truncate(max_faces),
+        }
+    }
+    regions
 }
 
 fn stage(name: &str, since: Instant) -> StageTiming {

@@ -326,3 +326,43 @@ fn process_batch_detects_on_every_image() {
     }
     assert_eq!(answer.results[0].face_meshes, answer.results[2].face_meshes);
 }
+
+#[test]
+fn association_keeps_tracked_faces_over_their_detections_and_at_most_max_faces() {
+    use crate::pipeline::face_mesh::associate;
+    use crate::pipeline::roi::Region;
+    use crate::ssd::Raw;
+    let at = |x: f32| Region::from_box(x, 0.1, x + 0.2, 0.3);
+    let det = |x: f32, score: f32| {
+        (
+            at(x),
+            Some(Raw {
+                xmin: x,
+                ymin: 0.1,
+                xmax: x + 0.2,
+                ymax: 0.3,
+                score,
+                class_id: 0,
+                keypoints: vec![],
+            }),
+        )
+    };
+    // A detection of the tracked face (shifted a little) gives way to it;
+    // the new face comes first, then the tracked one (MediaPipe's order).
+    let tracked = Region::from_box(0.01, 0.1, 0.21, 0.3);
+    let out = associate(vec![det(0.0, 0.9), det(0.5, 0.8)], vec![tracked], 2);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].0, at(0.5));
+    assert!(out[0].1.is_some());
+    assert_eq!(out[1].0, tracked);
+    assert!(out[1].1.is_none());
+    // Two new faces beside one tracked, max 2: the weaker new one is left
+    // out, the tracked one kept.
+    let out = associate(vec![det(0.3, 0.9), det(0.6, 0.7)], vec![tracked], 2);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].0, at(0.3));
+    assert_eq!(out[1].0, tracked);
+    // Nothing overlapping, nothing over the limit: all kept.
+    assert_eq!(associate(vec![det(0.3, 0.9)], vec![tracked], 2).len(), 2);
+    assert!(associate(vec![], vec![], 1).is_empty());
+}
