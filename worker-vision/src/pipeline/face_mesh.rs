@@ -186,7 +186,7 @@ impl FaceTracker {
         if regions.is_empty() {
             return Ok(());
         }
-        let (mut mesh_us, mut iris_us) = (0u64, 0u64);
+        let (mut mesh_us, mut iris_us) = (0u64, None);
         for (region, detection) in regions {
             deadline::check(run.deadline_ms)?;
             let t0 = Instant::now();
@@ -205,8 +205,8 @@ impl FaceTracker {
                 let t1 = Instant::now();
                 if let Some(model) = run.models.iris.as_mut() {
                     iris::refine(model, frame, &mut points)?;
+                    iris_us = Some(iris_us.unwrap_or(0) + t1.elapsed().as_micros() as u64);
                 }
-                iris_us += t1.elapsed().as_micros() as u64;
             }
             r.face_meshes.push(FaceMesh {
                 landmarks: points
@@ -236,10 +236,10 @@ impl FaceTracker {
             stage: "face_landmark".into(),
             us: mesh_us,
         });
-        if self.settings.refine {
+        if let Some(us) = iris_us {
             r.stages.push(StageTiming {
                 stage: "iris_landmark".into(),
-                us: iris_us,
+                us,
             });
         }
         Ok(())

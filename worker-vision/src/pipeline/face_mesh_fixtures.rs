@@ -100,7 +100,9 @@ fn task_of(options: &Value, refine: bool) -> FaceMeshTask {
     }
 }
 
-/// One photograph through ProcessBatch.
+/// One photograph through ProcessBatch: its face meshes; the stages must
+/// include the detector (static-image mode) and the iris model exactly
+/// when refined and a face was found.
 fn batch(s: &mut Served, image_name: &str, task: FaceMeshTask) -> Vec<FaceMesh> {
     let path = format!("{TESTDATA}/{image_name}");
     let bytes =
@@ -117,8 +119,11 @@ fn batch(s: &mut Served, image_name: &str, task: FaceMeshTask) -> Vec<FaceMesh> 
     let mut b = Batch::start(1, 0, req, Resolved::default(), s).expect("start");
     loop {
         if let Some(mut a) = b.step(s).expect("step") {
-            assert!(ran(&a.results[0], "face_detection"), "static-image mode");
-            return std::mem::take(&mut a.results[0].face_meshes);
+            let r = &mut a.results[0];
+            assert!(ran(r, "face_detection"), "static-image mode");
+            let refined = task.refine_landmarks && !r.face_meshes.is_empty();
+            assert_eq!(ran(r, "iris_landmark"), refined, "{:?}", r.stages);
+            return std::mem::take(&mut r.face_meshes);
         }
     }
 }
