@@ -8,11 +8,14 @@ use opencv::core::{Mat, Rect};
 use opencv::prelude::*;
 use serde_json::Value;
 use sidecar_proto::v1::{
-    FaceMesh, FaceMeshTask, Image, Landmark, ProcessBatchRequest, VisionTask, image, vision_task,
+    FaceMesh, FaceMeshTask, Image, Landmark, PipelineModels, ProcessBatchRequest, VisionTask,
+    image, vision_task,
 };
 use worker_runtime::Resolved;
 
-use super::face_mesh_tests::{TESTDATA, distances, photo, prepare, ran, run, served};
+use super::face_mesh_tests::{
+    TESTDATA, distances, load_served, model, photo, prepare, ran, run, served,
+};
 use crate::batch::Batch;
 use crate::tasks::Served;
 
@@ -175,6 +178,33 @@ fn face_mesh_matches_mediapipe_on_the_photographs() {
         with_faces >= 3 && without >= 1,
         "{with_faces} photos with faces, {without} without"
     );
+}
+
+#[test]
+fn the_full_range_detector_as_pipeline_face_detection_gives_the_same_mesh() {
+    // MediaPipe's face mesh uses the short-range detector; with the full
+    // range one (pipeline.face_detection) the landmark model still lands
+    // on the same face, so its mesh is within the same bound.
+    let mut s = load_served(
+        &model("face_detection_short_range"),
+        PipelineModels {
+            face_landmark: model("face_landmark"),
+            face_detection: model("face_detection_full_range_sparse"),
+            ..Default::default()
+        },
+    )
+    .expect("load");
+    for name in ["astronaut.face_mesh.mesh.json", "grace_hopper.face_mesh.mesh.json"] {
+        let f = fixture(name);
+        let diag = f["width"].as_f64().expect("width").hypot(f["height"].as_f64().expect("height"));
+        let theirs: Vec<Vec<[f64; 2]>> =
+            f["faces"].as_array().expect("faces").iter().map(points).collect();
+        let ours = batch(&mut s, f["image"].as_str().expect("image"), task_of(&f["options"], false));
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        let (mean, max) = distances(&ours[0].landmarks, &theirs[0]);
+        eprintln!("{name} (full range): mean {mean:.2} px, max {max:.2} px");
+        assert!(mean <= MEAN_OF_DIAGONAL * diag, "{name}: mean {mean} px");
+    }
 }
 
 #[test]
