@@ -194,12 +194,26 @@ fn the_full_range_detector_as_pipeline_face_detection_gives_the_same_mesh() {
         },
     )
     .expect("load");
-    for name in ["astronaut.face_mesh.mesh.json", "grace_hopper.face_mesh.mesh.json"] {
+    for name in [
+        "astronaut.face_mesh.mesh.json",
+        "grace_hopper.face_mesh.mesh.json",
+    ] {
         let f = fixture(name);
-        let diag = f["width"].as_f64().expect("width").hypot(f["height"].as_f64().expect("height"));
-        let theirs: Vec<Vec<[f64; 2]>> =
-            f["faces"].as_array().expect("faces").iter().map(points).collect();
-        let ours = batch(&mut s, f["image"].as_str().expect("image"), task_of(&f["options"], false));
+        let diag = f["width"]
+            .as_f64()
+            .expect("width")
+            .hypot(f["height"].as_f64().expect("height"));
+        let theirs: Vec<Vec<[f64; 2]>> = f["faces"]
+            .as_array()
+            .expect("faces")
+            .iter()
+            .map(points)
+            .collect();
+        let ours = batch(
+            &mut s,
+            f["image"].as_str().expect("image"),
+            task_of(&f["options"], false),
+        );
         assert_eq!(ours.len(), theirs.len(), "{name}");
         let (mean, max) = distances(&ours[0].landmarks, &theirs[0]);
         eprintln!("{name} (full range): mean {mean:.2} px, max {max:.2} px");
