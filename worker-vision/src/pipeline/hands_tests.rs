@@ -7,15 +7,15 @@ use worker_runtime::Code;
 
 use super::*;
 
-fn root() -> PathBuf {
+pub(super) fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn lib() -> PathBuf {
+pub(super) fn lib() -> PathBuf {
     root().join("runtime/litert/libLiteRt.so")
 }
 
-fn model(name: &str) -> String {
+pub(super) fn model(name: &str) -> String {
     let p = root().join("models/mediapipe").join(name);
     assert!(
         p.is_file(),
@@ -25,7 +25,7 @@ fn model(name: &str) -> String {
     p.display().to_string()
 }
 
-fn models(complexity: &str) -> Models {
+pub(super) fn models(complexity: &str) -> Models {
     let p = PipelineModels {
         palm_detection: model(&format!("palm_detection_{complexity}.tflite")),
         hand_landmark: model(&format!("hand_landmark_{complexity}.tflite")),
@@ -38,7 +38,7 @@ fn models(complexity: &str) -> Models {
 
 /// The photographs `scripts/setup.sh` extracts (`SIDECAR_TESTDATA`: another
 /// folder holding the same files).
-fn photo(name: &str) -> Mat {
+pub(super) fn photo(name: &str) -> Mat {
     let dir = std::env::var_os("SIDECAR_TESTDATA")
         .map_or_else(|| root().join("models/testdata"), PathBuf::from);
     let p = dir.join(name);
@@ -146,13 +146,13 @@ fn options_are_checked_naming_the_field_the_value_and_the_limit() {
     );
 }
 
-fn fixture(name: &str) -> serde_json::Value {
+pub(super) fn fixture(name: &str) -> serde_json::Value {
     let p = root().join("tests/fixtures/mediapipe").join(name);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
 
-fn points(v: &serde_json::Value) -> Vec<(f32, f32)> {
+pub(super) fn points(v: &serde_json::Value) -> Vec<(f32, f32)> {
     v.as_array()
         .unwrap()
         .iter()
@@ -178,7 +178,12 @@ fn distance(ours: &Hand, theirs: &[(f32, f32)]) -> (f32, f32) {
 /// Pairs each of MediaPipe's hands with ours, nearest first; asserts the
 /// counts, the handedness and the distance (≤ 1.5 % of the diagonal);
 /// gives the largest mean and largest single distance seen, in pixels.
-fn compare(ours: &[Hand], theirs: &[serde_json::Value], diag: f32, at: &str) -> (f32, f32) {
+pub(super) fn compare(
+    ours: &[Hand],
+    theirs: &[serde_json::Value],
+    diag: f32,
+    at: &str,
+) -> (f32, f32) {
     assert_eq!(ours.len(), theirs.len(), "{at}: hands found");
     let mut worst = (0.0f32, 0.0f32);
     let mut taken = vec![false; ours.len()];
