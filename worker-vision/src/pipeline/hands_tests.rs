@@ -299,3 +299,60 @@ fn photos_match_mediapipe_full() {
 fn photos_match_mediapipe_lite() {
     photos_match_mediapipe("lite");
 }
+
+/// Regions as `[x, y, w, h, rotation]` in pixels.
+fn near(ours: &Region, theirs: &serde_json::Value, size: FrameSize, at: &str) {
+    let t: Vec<f32> = (0..5).map(|i| theirs[i].as_f64().unwrap() as f32).collect();
+    let (x, y, w, h) = ours.pixels(size);
+    let d = [x - t[0], y - t[1], w - t[2], h - t[3]];
+    assert!(
+        d.iter().all(|d| d.abs() <= 1.0) && (ours.rotation - t[4]).abs() <= 0.005,
+        "{at}: ours ({x}, {y}, {w}, {h}, {}), MediaPipe's {t:?}",
+        ours.rotation
+    );
+}
+
+#[test]
+fn regions_from_palms_and_from_landmarks_are_mediapipes() {
+    let fx = fixture("hands.regions.json");
+    let mut checked = 0;
+    for (name, runs) in fx["photos"].as_object().unwrap() {
+        let frame = photo(name);
+        let size = FrameSize::of(&frame);
+        for (complexity, frames) in runs.as_object().unwrap() {
+            let mut m = models(complexity);
+            let mut h = Hands::new(&HandsTask::default()).unwrap();
+            for (i, f) in frames.as_array().unwrap().iter().enumerate() {
+                let at = format!("{name} {complexity} frame {i}");
+                let (_, stages) = h.run(&mut m, &frame, 0).unwrap();
+                // The palm detector runs while fewer than 2 hands are
+                // tracked; its palms' regions are MediaPipe's.
+                let palms = f["from_palms"].as_array().unwrap();
+                let detected = stages.iter().any(|s| s.stage == "palm_detection");
+                assert_eq!(detected, !palms.is_empty(), "{at}: {stages:?}");
+                if detected {
+                    let mut found = m.palm.detect(&frame, 0.5).unwrap();
+                    found.truncate(2);
+                    assert_eq!(found.len(), palms.len(), "{at}");
+                    for (p, t) in found.iter().zip(palms) {
+                        near(
+                            &palm_region(p, size),
+                            t,
+                            size,
+                            &format!("{at} from the palm"),
+                        );
+                        checked += 1;
+                    }
+                }
+                // The next frame's regions, from this frame's landmarks.
+                let next = f["from_landmarks"].as_array().unwrap();
+                assert_eq!(h.tracked.len(), next.len(), "{at}");
+                for (ours, t) in h.tracked.iter().zip(next) {
+                    near(ours, t, size, &format!("{at} from the landmarks"));
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked} regions compared");
+}
