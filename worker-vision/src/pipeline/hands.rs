@@ -200,11 +200,11 @@ impl Hands {
     ) -> Result<(Vec<Hand>, Vec<StageTiming>), WorkerError> {
         let size = FrameSize::of(frame);
         let mut stages = Vec::new();
-        let tracked = if self.static_mode {
-            Vec::new()
-        } else {
-            std::mem::take(&mut self.tracked)
-        };
+        // Replaced by this frame's hands (kept in static mode too, unused).
+        let mut tracked = std::mem::take(&mut self.tracked);
+        if self.static_mode {
+            tracked.clear();
+        }
         // (region, the palm it came from)
         let mut regions: Vec<(Region, Option<PalmDetection>)> = Vec::new();
         if tracked.len() < self.max_hands {

@@ -116,6 +116,18 @@ fn a_stream_tracks_the_hand_and_runs_the_palm_detector_rarely() {
         phase(&phases, "back"),
     );
     let (on_track, on_back) = (runs(track.clone()), runs(back.clone()));
+    let us = |stage: &str| {
+        let t: Vec<u64> = results
+            .iter()
+            .flat_map(|r| r.stages.iter().filter(|s| s.stage == stage).map(|s| s.us))
+            .collect();
+        t.iter().sum::<u64>() / t.len().max(1) as u64
+    };
+    eprintln!(
+        "per run: palm_detection {} us, hand_landmark {} us",
+        us("palm_detection"),
+        us("hand_landmark")
+    );
     eprintln!(
         "palm detector on {on_track} of {} tracked frames, {} of {} away, {on_back} of {} back; landmarks: mean {:.2} px, worst frame mean {worst_mean:.2} px, max {worst_max:.2} px",
         track.len(),
@@ -195,6 +207,8 @@ fn with_room_for_more_hands_or_in_static_mode_the_detector_runs_on_every_frame()
             // every hand comes from a palm.
             let from_palm = i == 0 || task.static_image_mode;
             assert_eq!(r.hands[0].palm.is_some(), from_palm, "{task:?} frame {i}");
+            // What a stream keeps: this frame's hands only.
+            assert_eq!(prepared.hands_mut().unwrap().tracked.len(), 1);
         }
     }
 }
