@@ -214,7 +214,10 @@ impl Hands {
             palms.truncate(self.max_hands);
             stages.push(stage("palm_detection", t0));
             for p in palms {
-                associate(&mut regions, (palm_region(&p, size), Some(p)));
+                let r = palm_region(&p, size);
+                if r.is_usable() {
+                    associate(&mut regions, (r, Some(p)));
+                }
             }
         }
         for r in tracked {
@@ -230,7 +233,9 @@ impl Hands {
             deadline::check(deadline_ms)?;
             if let Some((hand, next)) = self.landmarks(m, frame, &region, palm.as_ref())? {
                 hands.push(hand);
-                self.tracked.push(next);
+                if next.is_usable() {
+                    self.tracked.push(next);
+                }
             }
         }
         if ran {

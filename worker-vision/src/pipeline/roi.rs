@@ -183,6 +183,22 @@ impl Region {
         })
     }
 
+    /// Finite, with a positive size: a model's NaN or a collapsed box
+    /// gives none, and nothing is cropped from it.
+    pub fn is_usable(&self) -> bool {
+        [
+            self.x_center,
+            self.y_center,
+            self.width,
+            self.height,
+            self.rotation,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
+            && self.width > 0.0
+            && self.height > 0.0
+    }
+
     /// The same region turned to `rotation`.
     pub fn rotated(self, rotation: f32) -> Region {
         Region { rotation, ..self }

@@ -83,6 +83,15 @@ fn regions_around_points_upright_and_turned() {
     assert_eq!(a, Region::from_box(0.1, 0.2, 0.3, 0.6));
     assert!(close(a.x_center, 0.2, EPS) && close(a.height, 0.4, EPS));
     assert_eq!(Region::around(&[]), None);
+    assert!(a.is_usable());
+    assert!(!Region::around(&[(0.5, 0.5)]).unwrap().is_usable());
+    assert!(
+        !Region {
+            x_center: f32::NAN,
+            ..a
+        }
+        .is_usable()
+    );
     // The corners of a 20 x 10 px rectangle turned by 0.5 rad about
     // (50, 60): the turned box is that rectangle again.
     let (s, c) = 0.5f32.sin_cos();
