@@ -39,7 +39,8 @@ if [[ -n "$wheel" ]] && echo "$sha  $wheel" | sha256sum --quiet -c - 2>/dev/null
     pkgs[0]="$wheel"
 fi
 # matplotlib and opencv bring their own dependencies; mediapipe's own list
-# is replaced by the pins above.
+# is replaced by the pins above (pip then prints that jax, jaxlib,
+# sentencepiece and sounddevice are "not installed": expected).
 "$venv/bin/pip" install -q --no-deps "${pkgs[0]}"
 "$venv/bin/pip" install -q "${pkgs[@]:1}"
 "$venv/bin/python" -c 'import mediapipe as mp; mp.solutions.hands.Hands; print("mediapipe_venv: mediapipe", mp.__version__)' >&2
