@@ -67,11 +67,39 @@ fn phase(phases: &serde_json::Value, name: &str) -> std::ops::Range<usize> {
     first..first + p["count"].as_u64().unwrap() as usize
 }
 
+/// MediaPipe's own video-mode run with `max_num_hands` = `max`: per frame,
+/// whether its palm detector ran and found a palm, and how many hands it
+/// returned.
+fn mediapipe_video_mode(truth: &serde_json::Value, max: u64) -> (Vec<bool>, Vec<usize>) {
+    let run = truth["mediapipe_video_mode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["options"]["max_num_hands"] == max)
+        .unwrap();
+    let list = |k: &str| -> Vec<u64> {
+        run[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    (
+        list("detector_ran_and_found")
+            .iter()
+            .map(|&v| v == 1)
+            .collect(),
+        list("results").iter().map(|&v| v as usize).collect(),
+    )
+}
+
 #[test]
 fn a_stream_tracks_the_hand_and_runs_the_palm_detector_rarely() {
     let (frames, phases) = crops("hands");
-    let truth = fixture("video.hands.json");
-    let truth = truth["frames"].as_array().unwrap();
+    let fx = fixture("video.hands.json");
+    let (mp_found, mp_count) = mediapipe_video_mode(&fx, 1);
+    let truth = fx["frames"].as_array().unwrap();
     assert_eq!(frames.len(), truth.len());
     let mut s = served();
     // One hand in view: with max_hands 1 a tracked hand is enough, so the
@@ -140,6 +168,18 @@ fn a_stream_tracks_the_hand_and_runs_the_palm_detector_rarely() {
         ran(&results[0], "palm_detection"),
         "the first frame detects"
     );
+    // Frame for frame as MediaPipe's own graph in video mode: the palm
+    // detector found a palm on the same frames, the same hand counts.
+    let found: Vec<bool> = results
+        .iter()
+        .map(|r| r.hands.iter().any(|h| h.palm.is_some()))
+        .collect();
+    assert_eq!(
+        found, mp_found,
+        "frames where the palm detector found a palm"
+    );
+    let count: Vec<usize> = results.iter().map(|r| r.hands.len()).collect();
+    assert_eq!(count, mp_count, "hands per frame");
     assert!(
         (on_track as f32) < 0.2 * track.len() as f32,
         "the palm detector ran on {on_track} of {} frames",
@@ -183,6 +223,10 @@ fn a_stream_tracks_the_hand_and_runs_the_palm_detector_rarely() {
 #[test]
 fn with_room_for_more_hands_or_in_static_mode_the_detector_runs_on_every_frame() {
     let (frames, _) = crops("hands");
+    // MediaPipe in video mode with 2 hands allowed: its detector finds the
+    // one hand on every frame of the track phase.
+    let (mp_found, mp_count) = mediapipe_video_mode(&fixture("video.hands.json"), 2);
+    assert!(mp_found[..60].iter().all(|&f| f));
     let mut s = served();
     for task in [
         // One hand tracked, two allowed: MediaPipe's graph looks for the
@@ -196,11 +240,11 @@ fn with_room_for_more_hands_or_in_static_mode_the_detector_runs_on_every_frame()
     ] {
         let tasks = [hands_task(task)];
         let mut prepared = Prepared::new(&tasks, &s.limits).unwrap();
-        for (i, frame) in frames.iter().take(8).enumerate() {
+        for (i, frame) in frames.iter().take(60).enumerate() {
             let mut r = ProcessResponse::default();
             tasks::run(&mut s, &tasks, &mut prepared, frame, &mut r, "frame", 0).unwrap();
             assert!(ran(&r, "palm_detection"), "{task:?} frame {i}");
-            assert_eq!(r.hands.len(), 1, "{task:?} frame {i}");
+            assert_eq!(r.hands.len(), mp_count[i], "{task:?} frame {i}");
             // The palm found on a tracked hand gives way to it (the
             // association keeps the tracked region), so past the first
             // frame a tracking stream's hand has no palm; in static mode
