@@ -200,11 +200,11 @@ impl Hands {
     ) -> Result<(Vec<Hand>, Vec<StageTiming>), WorkerError> {
         let size = FrameSize::of(frame);
         let mut stages = Vec::new();
-        let tracked = if self.static_mode {
-            Vec::new()
-        } else {
-            std::mem::take(&mut self.tracked)
-        };
+        // Replaced by this frame's hands (kept in static mode too, unused).
+        let mut tracked = std::mem::take(&mut self.tracked);
+        if self.static_mode {
+            tracked.clear();
+        }
         // (region, the palm it came from)
         let mut regions: Vec<(Region, Option<PalmDetection>)> = Vec::new();
         if tracked.len() < self.max_hands {
@@ -214,7 +214,10 @@ impl Hands {
             palms.truncate(self.max_hands);
             stages.push(stage("palm_detection", t0));
             for p in palms {
-                associate(&mut regions, (palm_region(&p, size), Some(p)));
+                let r = palm_region(&p, size);
+                if r.is_usable() {
+                    associate(&mut regions, (r, Some(p)));
+                }
             }
         }
         for r in tracked {
@@ -230,7 +233,9 @@ impl Hands {
             deadline::check(deadline_ms)?;
             if let Some((hand, next)) = self.landmarks(m, frame, &region, palm.as_ref())? {
                 hands.push(hand);
-                self.tracked.push(next);
+                if next.is_usable() {
+                    self.tracked.push(next);
+                }
             }
         }
         if ran {
@@ -386,3 +391,7 @@ fn palm_detection(p: &PalmDetection, size: FrameSize) -> Detection {
 #[cfg(test)]
 #[path = "hands_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "hands_video_tests.rs"]
+mod video_tests;

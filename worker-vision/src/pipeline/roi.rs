@@ -183,6 +183,22 @@ impl Region {
         })
     }
 
+    /// Finite, with a positive size: a model's NaN or a collapsed box
+    /// gives none, and nothing is cropped from it.
+    pub fn is_usable(&self) -> bool {
+        [
+            self.x_center,
+            self.y_center,
+            self.width,
+            self.height,
+            self.rotation,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
+            && self.width > 0.0
+            && self.height > 0.0
+    }
+
     /// The same region turned to `rotation`.
     pub fn rotated(self, rotation: f32) -> Region {
         Region { rotation, ..self }
@@ -312,9 +328,43 @@ pub struct Crop {
     pub letterbox: Letterbox,
     /// The frame's size.
     pub size: FrameSize,
+    /// Tensor pixel → frame pixel (affine, row-major 2x3).
+    pub matrix: [[f64; 3]; 2],
+    /// The tensor's width and height.
+    pub tensor: (i32, i32),
 }
 
 impl Crop {
+    /// A map over the tensor (a segmentation mask, one channel, the
+    /// tensor's size) → the same map over the frame, bilinear, `border`
+    /// outside the crop (MediaPipe's `WarpAffineCalculator` with the
+    /// crop's inverse).
+    pub fn to_frame_map(&self, map: &Mat, border: Border) -> Result<Mat, WorkerError> {
+        if (map.cols(), map.rows()) != self.tensor || map.channels() != 1 {
+            return Err(WorkerError::internal(format!(
+                "a map of {}x{} with {} channels is not one of the tensor's {}x{}",
+                map.cols(),
+                map.rows(),
+                map.channels(),
+                self.tensor.0,
+                self.tensor.1
+            )));
+        }
+        let m = Mat::from_slice_2d(&self.matrix).map_err(cv("affine matrix"))?;
+        let mut out = Mat::default();
+        imgproc::warp_affine(
+            map,
+            &mut out,
+            &m,
+            Size::new(self.size.width as i32, self.size.height as i32),
+            imgproc::INTER_LINEAR,
+            border_mode(border),
+            Scalar::all(0.0),
+        )
+        .map_err(cv("warpAffine"))?;
+        Ok(out)
+    }
+
     /// A point in the tensor (normalised) → frame pixels.
     pub fn to_pixels(&self, u: f32, v: f32) -> (f32, f32) {
         let (x, y) = self.letterbox.remove(u, v);
@@ -385,15 +435,12 @@ pub fn to_tensor(
     let (tw, th) = (spec.width as f64, spec.height as f64);
     let (s, c) = (region.rotation as f64).sin_cos();
     let (w, h, cx, cy) = (w as f64, h as f64, cx as f64, cy as f64);
-    let m = Mat::from_slice_2d(&[
+    let matrix = [
         [c * w / tw, -s * h / th, cx - c * w / 2.0 + s * h / 2.0],
         [s * w / tw, c * h / th, cy - s * w / 2.0 - c * h / 2.0],
-    ])
-    .map_err(cv("affine matrix"))?;
-    let border = match spec.border {
-        Border::Zero => BORDER_CONSTANT,
-        Border::Replicate => BORDER_REPLICATE,
-    };
+    ];
+    let m = Mat::from_slice_2d(&matrix).map_err(cv("affine matrix"))?;
+    let border = border_mode(spec.border);
     let mut warped = Mat::default();
     imgproc::warp_affine(
         frame,
@@ -419,7 +466,16 @@ pub fn to_tensor(
         region: *region,
         letterbox,
         size,
+        matrix,
+        tensor: (spec.width, spec.height),
     })
+}
+
+fn border_mode(b: Border) -> i32 {
+    match b {
+        Border::Zero => BORDER_CONSTANT,
+        Border::Replicate => BORDER_REPLICATE,
+    }
 }
 
 #[cfg(test)]

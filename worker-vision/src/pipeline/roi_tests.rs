@@ -83,6 +83,15 @@ fn regions_around_points_upright_and_turned() {
     assert_eq!(a, Region::from_box(0.1, 0.2, 0.3, 0.6));
     assert!(close(a.x_center, 0.2, EPS) && close(a.height, 0.4, EPS));
     assert_eq!(Region::around(&[]), None);
+    assert!(a.is_usable());
+    assert!(!Region::around(&[(0.5, 0.5)]).unwrap().is_usable());
+    assert!(
+        !Region {
+            x_center: f32::NAN,
+            ..a
+        }
+        .is_usable()
+    );
     // The corners of a 20 x 10 px rectangle turned by 0.5 rad about
     // (50, 60): the turned box is that rectangle again.
     let (s, c) = 0.5f32.sin_cos();
@@ -224,6 +233,53 @@ fn a_buffer_of_the_wrong_size_is_refused_naming_both() {
     let e = to_tensor(&frame, &Region::whole(), &spec, &mut [0u8; 10]).unwrap_err();
     assert!(
         e.message.contains("has 10 bytes") && e.message.contains("has 192"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_map_over_the_tensor_goes_back_over_the_frame() {
+    let frame = Mat::new_rows_cols_with_default(240, 320, CV_8UC3, Scalar::all(0.0)).unwrap();
+    let size = FrameSize {
+        width: 320.0,
+        height: 240.0,
+    };
+    let region = Region::from_pixels(150.0, 110.0, 100.0, 100.0, 0.4, size);
+    let spec = TensorSpec {
+        width: 50,
+        height: 50,
+        range: (0.0, 1.0),
+        border: Border::Zero,
+        keep_aspect: true,
+    };
+    let mut buf = vec![0u8; spec.bytes()];
+    let crop = to_tensor(&frame, &region, &spec, &mut buf).unwrap();
+    // A mask of ones over the tensor's top-left quarter.
+    let mut mask =
+        Mat::new_rows_cols_with_default(50, 50, opencv::core::CV_32FC1, Scalar::all(0.0)).unwrap();
+    for y in 0..25 {
+        for x in 0..25 {
+            *mask.at_2d_mut::<f32>(y, x).unwrap() = 1.0;
+        }
+    }
+    let back = crop.to_frame_map(&mask, Border::Zero).unwrap();
+    assert_eq!((back.cols(), back.rows()), (320, 240));
+    let at = |u: f32, v: f32| {
+        let (x, y) = crop.to_pixels(u, v);
+        *back
+            .at_2d::<f32>(y.round() as i32, x.round() as i32)
+            .unwrap()
+    };
+    // Inside the quarter, outside it, and outside the crop.
+    assert!(close(at(0.25, 0.25), 1.0, 1e-3), "{}", at(0.25, 0.25));
+    assert!(close(at(0.75, 0.75), 0.0, 1e-3));
+    assert_eq!(*back.at_2d::<f32>(5, 5).unwrap(), 0.0);
+    let e = crop
+        .to_frame_map(&Mat::default(), Border::Zero)
+        .unwrap_err();
+    assert!(
+        e.message.contains("not one of the tensor's 50x50"),
         "{}",
         e.message
     );
