@@ -178,7 +178,11 @@ impl FaceTracker {
             let mut found = detector.detect_raw(frame, self.settings.min_detection, NMS_IOU)?;
             found.truncate(self.settings.max_faces);
             for d in found {
-                candidates.push((detection_region(&d, size), Some(d)));
+                let region = detection_region(&d, size);
+                // A collapsed or non-finite box gives no crop.
+                if region.is_usable() {
+                    candidates.push((region, Some(d)));
+                }
             }
             r.stages.push(stage("face_detection", t0));
         }
@@ -200,7 +204,10 @@ impl FaceTracker {
                 continue;
             }
             let mut points = out.points;
-            self.regions.push(landmark_region(&points, size));
+            let next = landmark_region(&points, size);
+            if next.is_usable() {
+                self.regions.push(next);
+            }
             if self.settings.refine {
                 let t1 = Instant::now();
                 if let Some(model) = run.models.iris.as_mut() {

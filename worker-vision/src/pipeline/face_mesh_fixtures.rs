@@ -334,6 +334,9 @@ fn a_moving_crop_is_tracked_and_the_detector_runs_only_when_the_face_is_lost() {
     let task = task_of(&truth["options"], false);
     let mut stream = prepare(&s, &task).expect("prepare");
     let mut detected = Vec::new();
+    // Frames where the detector ran and found the face, and the face
+    // counts: MediaPipe's own video mode gives them.
+    let (mut found, mut counts) = (Vec::new(), Vec::new());
     let (mut worst_mean, mut worst_max) = (0.0f64, 0.0f64);
     for (i, (frame, t)) in video.frames.iter().zip(truth_frames).enumerate() {
         let r = run(&mut s, &task, &mut stream, frame);
@@ -349,6 +352,10 @@ fn a_moving_crop_is_tracked_and_the_detector_runs_only_when_the_face_is_lost() {
             "frame {i}"
         );
         detected.push(ran(&r, "face_detection"));
+        found.push(u64::from(
+            r.face_meshes.iter().any(|m| m.detection.is_some()),
+        ));
+        counts.push(r.face_meshes.len() as u64);
         let diag = (frame.cols() as f64).hypot(frame.rows() as f64);
         for (mine, t) in r.face_meshes.iter().zip(&theirs) {
             let (mean, max) = distances(&every(&mine.landmarks, step), t);
@@ -372,6 +379,21 @@ fn a_moving_crop_is_tracked_and_the_detector_runs_only_when_the_face_is_lost() {
         100.0 * worst_max
     );
     assert!(runs * 5 < n, "the detector ran on {runs} of {n} frames");
+    let mp = &truth["mediapipe_video_mode"][0];
+    let list = |k: &str| -> Vec<u64> {
+        mp[k]
+            .as_array()
+            .unwrap_or_else(|| panic!("mediapipe_video_mode.{k}"))
+            .iter()
+            .map(|v| v.as_u64().expect("a count"))
+            .collect()
+    };
+    assert_eq!(
+        found,
+        list("detector_ran_and_found"),
+        "as MediaPipe's video mode"
+    );
+    assert_eq!(counts, list("results"), "as MediaPipe's video mode");
     let phase = |name: &str| {
         video
             .phases
