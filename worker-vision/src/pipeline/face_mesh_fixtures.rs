@@ -451,3 +451,28 @@ fn a_second_face_is_looked_for_without_duplicating_the_tracked_one() {
         );
     }
 }
+
+#[test]
+fn two_streams_on_one_worker_keep_their_own_regions() {
+    // One loaded model, two streams taking turns: the first sees the face,
+    // the second frames without it. Each keeps its own tracked regions.
+    let video = video();
+    let (away, _) = video
+        .phases
+        .iter()
+        .find(|p| p.0 == "away")
+        .map(|p| (p.1, p.2))
+        .expect("away phase");
+    let mut s = served(false);
+    let task = FaceMeshTask::default();
+    let mut a = prepare(&s, &task).expect("prepare");
+    let mut b = prepare(&s, &task).expect("prepare");
+    for i in 0..10 {
+        let ra = run(&mut s, &task, &mut a, &video.frames[i]);
+        let rb = run(&mut s, &task, &mut b, &video.frames[away + i]);
+        assert_eq!(ra.face_meshes.len(), 1, "frame {i}");
+        assert_eq!(ran(&ra, "face_detection"), i == 0, "frame {i}");
+        assert!(rb.face_meshes.is_empty(), "frame {i}");
+        assert!(ran(&rb, "face_detection"), "frame {i}: nothing tracked");
+    }
+}
