@@ -200,7 +200,8 @@ impl Hands {
     ) -> Result<(Vec<Hand>, Vec<StageTiming>), WorkerError> {
         let size = FrameSize::of(frame);
         let mut stages = Vec::new();
-        // Replaced by this frame's hands (kept in static mode too, unused).
+        // The previous frame's regions; this frame's hands replace them
+        // (static mode ignores them).
         let mut tracked = std::mem::take(&mut self.tracked);
         if self.static_mode {
             tracked.clear();
