@@ -87,6 +87,13 @@ impl Batch {
         if let Some(c) = self.prepared.crop_mut() {
             c.reset();
         }
+        // Static-image mode: the detector on every image.
+        if let Some(f) = self.prepared.face_mesh_mut() {
+            f.forget();
+        }
+        if let Some(h) = self.prepared.hands_mut() {
+            h.reset();
+        }
         tasks::run(
             s,
             std::slice::from_ref(&self.task),

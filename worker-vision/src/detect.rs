@@ -12,6 +12,7 @@ use sidecar_proto::v1::{Box as PixelBox, Detection, Point, SsdOptions};
 use worker_runtime::WorkerError;
 
 use crate::error::{cv, lite_error};
+use crate::pipeline::roi::{Border, Region, TensorSpec, to_tensor};
 use crate::ssd::{self, Anchor, Raw};
 
 /// Where Debian's `opencv-data` puts the cascades.
@@ -190,6 +191,75 @@ impl Ssd {
             .map(|d| to_pixels(&d, &lb, w, h, &self.options.labels))
             .collect())
     }
+
+    /// Whether this is a BlazeFace-style face detector (one class, six
+    /// keypoints: the eyes first), as the face mesh needs.
+    pub fn is_face_detector(&self) -> bool {
+        self.options.num_classes <= 1 && self.options.num_keypoints == 6
+    }
+
+    /// Runs the detector as MediaPipe's face detection graph does
+    /// (`ImageToTensorCalculator`: the whole frame letterboxed into the
+    /// input with a black border, RGB -1..1): detections normalised to the
+    /// frame (letterbox removed, not clipped), best first.
+    pub fn detect_raw(
+        &mut self,
+        frame: &Mat,
+        min_score: f32,
+        iou: f32,
+    ) -> Result<Vec<Raw>, WorkerError> {
+        let spec = TensorSpec {
+            width: self.options.input_width as i32,
+            height: self.options.input_height as i32,
+            range: (-1.0, 1.0),
+            border: Border::Zero,
+            keep_aspect: true,
+        };
+        let mut crop = Err(WorkerError::internal(
+            "the detector's input was not written",
+        ));
+        self.compiled
+            .write_input(0, |buf| {
+                crop = to_tensor(frame, &Region::whole(), &spec, buf)
+            })
+            .map_err(lite_error)?;
+        let crop = crop?;
+        self.compiled.run().map_err(lite_error)?;
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let boxes = self
+            .compiled
+            .read_output(self.boxes, floats)
+            .map_err(lite_error)?;
+        let scores = self
+            .compiled
+            .read_output(self.scores, floats)
+            .map_err(lite_error)?;
+        let raw = ssd::decode(&self.options, &self.anchors, &boxes, &scores, min_score);
+        Ok(ssd::weighted_nms(raw, iou)
+            .into_iter()
+            .map(|d| {
+                let (xmin, ymin) = crop.to_frame(d.xmin, d.ymin);
+                let (xmax, ymax) = crop.to_frame(d.xmax, d.ymax);
+                let keypoints = d
+                    .keypoints
+                    .iter()
+                    .map(|&(x, y)| crop.to_frame(x, y))
+                    .collect();
+                Raw {
+                    xmin,
+                    ymin,
+                    xmax,
+                    ymax,
+                    keypoints,
+                    ..d
+                }
+            })
+            .collect())
+    }
 }
 
 fn to_pixels(d: &Raw, lb: &Letterbox, w: i32, h: i32, labels: &[String]) -> Detection {
@@ -285,4 +355,16 @@ impl Cascade {
             })
             .collect())
     }
+}
+
+/// A detection normalised to a `w`x`h` frame, in its pixels, clipped to
+/// it.
+pub fn frame_pixels(d: &Raw, w: i32, h: i32) -> Detection {
+    let identity = Letterbox {
+        content_w: 1.0,
+        content_h: 1.0,
+        pad_x: 0.0,
+        pad_y: 0.0,
+    };
+    to_pixels(d, &identity, w, h, &[])
 }

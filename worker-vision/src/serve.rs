@@ -19,6 +19,7 @@ use worker_runtime::{Call, Code, Context, Family, Read, WorkerError, decode, not
 use crate::batch::Batch;
 use crate::detect::{Cascade, Ssd};
 use crate::limits::Limits;
+use crate::pipeline::face_model::FaceModels;
 use crate::streams::Stream;
 use crate::tasks::{Detector, Served};
 
@@ -258,6 +259,11 @@ impl Vision {
 }
 
 fn load_model(load: &Load) -> Result<Served, WorkerError> {
+    load_with(load, &litert::runtime_path())
+}
+
+/// Loads the model with the LiteRT runtime at `lib`.
+pub(crate) fn load_with(load: &Load, lib: &Path) -> Result<Served, WorkerError> {
     let options = match &load.options {
         Some(sidecar_proto::worker::load::Options::Vision(o)) => o.clone(),
         _ => VisionOptions::default(),
@@ -271,7 +277,7 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
     // (`/proc/self/fd/N`) has none.
     let detector = match Path::new(name).extension().and_then(|e| e.to_str()) {
         Some("tflite") => Detector::Ssd(Box::new(Ssd::load(
-            &litert::runtime_path(),
+            lib,
             path,
             options.threads.max(1),
             options.ssd,
@@ -283,5 +289,12 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
             )));
         }
     };
-    Ok(Served::new(detector, limits))
+    let mut served = Served::new(detector, limits);
+    served.face_mesh = FaceModels::load(lib, options.pipeline.as_ref(), options.threads.max(1))?;
+    served.hands = crate::pipeline::hands::Models::load(
+        lib,
+        options.pipeline.as_ref(),
+        options.threads.max(1),
+    )?;
+    Ok(served)
 }

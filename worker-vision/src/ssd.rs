@@ -61,6 +61,22 @@ pub fn blazeface_short_range() -> SsdOptions {
     }
 }
 
+/// MediaPipe's BlazeFace full-range configuration
+/// (`face_detection_full_range_sparse.tflite`: 192x192, one 48x48 layer).
+pub fn blazeface_full_range() -> SsdOptions {
+    SsdOptions {
+        input_width: 192,
+        input_height: 192,
+        strides: vec![4],
+        interpolated_scale_aspect_ratio: 0.0,
+        x_scale: 192.0,
+        y_scale: 192.0,
+        w_scale: 192.0,
+        h_scale: 192.0,
+        ..blazeface_short_range()
+    }
+}
+
 /// Refuses options no SSD detector has, before anchors are made from
 /// them (a caller's options must not make millions of anchors): a zero
 /// input size, no layers or more than 8, a stride under 4, more than 8

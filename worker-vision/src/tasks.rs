@@ -9,6 +9,9 @@ use worker_runtime::{WorkerError, deadline};
 use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
 use crate::limits::Limits;
+use crate::pipeline::face_mesh::{self, FaceTracker};
+use crate::pipeline::face_model::FaceModels;
+use crate::pipeline::hands::{self, Hands};
 use crate::template::Template;
 use crate::track::Tracking;
 
@@ -28,6 +31,11 @@ pub struct Served {
     pub detector: Detector,
     /// What one request may cost.
     pub limits: Limits,
+    /// The face mesh's models (`pipeline.face_landmark` and companions).
+    pub face_mesh: Option<FaceModels>,
+    /// The hands task's models (`pipeline.palm_detection`,
+    /// `pipeline.hand_landmark`).
+    pub hands: Option<hands::Models>,
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
@@ -39,6 +47,8 @@ impl Served {
         Served {
             detector,
             limits,
+            face_mesh: None,
+            hands: None,
             haar: None,
             lbp: None,
         }
@@ -69,6 +79,8 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
             }
             Ok(())
         }
+        vision_task::Task::FaceMesh(f) => face_mesh::check(f, s.face_mesh.as_ref(), &s.detector),
+        vision_task::Task::Hands(h) => Hands::check(h, s.hands.as_ref()),
         // Checked when prepared (`Prepared::new`).
         vision_task::Task::TemplateMatching(_)
         | vision_task::Task::AutoCrop(_)
@@ -83,12 +95,24 @@ pub struct Prepared {
     template: Option<Template>,
     crop: Option<AutoCrop>,
     tracking: Option<Tracking>,
+    face_mesh: Option<FaceTracker>,
+    hands: Option<Hands>,
 }
 
 impl Prepared {
     /// The auto-crop state, if the tasks crop.
     pub fn crop_mut(&mut self) -> Option<&mut AutoCrop> {
         self.crop.as_mut()
+    }
+
+    /// The face mesh's tracked regions, if the tasks hold one.
+    pub fn face_mesh_mut(&mut self) -> Option<&mut FaceTracker> {
+        self.face_mesh.as_mut()
+    }
+
+    /// The hands task's tracked hands, if the tasks find hands.
+    pub fn hands_mut(&mut self) -> Option<&mut Hands> {
+        self.hands.as_mut()
     }
 
     /// Prepares `tasks` (checked already) within the model's limits.
@@ -100,9 +124,11 @@ impl Prepared {
                     p.template = Some(Template::new(m, limits)?);
                 }
                 vision_task::Task::AutoCrop(c) => p.crop = Some(AutoCrop::new(c)?),
+                vision_task::Task::FaceMesh(f) => p.face_mesh = Some(FaceTracker::new(f)?),
                 vision_task::Task::Tracking(t) => {
                     p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
                 }
+                vision_task::Task::Hands(h) => p.hands = Some(Hands::new(h)?),
                 _ => {}
             }
         }
@@ -179,6 +205,24 @@ pub fn run(
                         }
                     };
                     r.crop = Some(crop.window(frame, &faces)?);
+                }
+            }
+            vision_task::Task::FaceMesh(_) => {
+                if let (Some(t), Some(models)) = (prepared.face_mesh.as_mut(), s.face_mesh.as_mut())
+                {
+                    let run = face_mesh::Run {
+                        models,
+                        own: &mut s.detector,
+                        deadline_ms,
+                    };
+                    t.run(run, frame, r)?;
+                }
+            }
+            vision_task::Task::Hands(_) => {
+                if let (Some(h), Some(m)) = (prepared.hands.as_mut(), s.hands.as_mut()) {
+                    let (hands, stages) = h.run(m, frame, deadline_ms)?;
+                    r.hands = hands;
+                    r.stages.extend(stages);
                 }
             }
             // After the other tasks: it may use their detections.
