@@ -87,6 +87,7 @@ impl Batch {
         if let Some(c) = self.prepared.crop_mut() {
             c.reset();
         }
+        self.prepared.still();
         tasks::run(
             s,
             std::slice::from_ref(&self.task),

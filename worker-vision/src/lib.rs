@@ -22,6 +22,7 @@ pub mod h264;
 pub mod header;
 pub mod image;
 pub mod limits;
+pub mod pipeline;
 pub mod serve;
 pub mod sps;
 pub mod ssd;

@@ -274,7 +274,7 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
             &litert::runtime_path(),
             path,
             options.threads.max(1),
-            options.ssd,
+            options.ssd.clone(),
         )?)),
         Some("xml") => Detector::Cascade(Cascade::load(path)?),
         _ => {
@@ -283,5 +283,7 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
             )));
         }
     };
-    Ok(Served::new(detector, limits))
+    let mut served = Served::new(detector, limits);
+    crate::pipeline::load(&mut served, &options)?;
+    Ok(served)
 }

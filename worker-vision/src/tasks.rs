@@ -9,6 +9,7 @@ use worker_runtime::{WorkerError, deadline};
 use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
 use crate::limits::Limits;
+use crate::pipeline::{pose, segmentation};
 use crate::template::Template;
 use crate::track::Tracking;
 
@@ -31,6 +32,11 @@ pub struct Served {
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
+    /// MediaPipe Pose's models (`pipeline.pose_detection`,
+    /// `pipeline.pose_landmark`), when loaded.
+    pub pose: Option<pose::Models>,
+    /// The selfie segmentation model, when loaded.
+    pub selfie: Option<segmentation::Selfie>,
 }
 
 impl Served {
@@ -41,6 +47,8 @@ impl Served {
             limits,
             haar: None,
             lbp: None,
+            pose: None,
+            selfie: None,
         }
     }
 }
@@ -69,6 +77,8 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
             }
             Ok(())
         }
+        vision_task::Task::Pose(p) => pose::check(p, s.pose.is_some()),
+        vision_task::Task::SelfieSegmentation(t) => segmentation::check(t, s.selfie.is_some()),
         // Checked when prepared (`Prepared::new`).
         vision_task::Task::TemplateMatching(_)
         | vision_task::Task::AutoCrop(_)
@@ -83,12 +93,22 @@ pub struct Prepared {
     template: Option<Template>,
     crop: Option<AutoCrop>,
     tracking: Option<Tracking>,
+    pose: Option<pose::State>,
+    selfie: Option<segmentation::MaskSpec>,
 }
 
 impl Prepared {
     /// The auto-crop state, if the tasks crop.
     pub fn crop_mut(&mut self) -> Option<&mut AutoCrop> {
         self.crop.as_mut()
+    }
+
+    /// Static-image mode for the next frame (each image of a batch is
+    /// alone): the tracked regions and filters forgotten.
+    pub fn still(&mut self) {
+        if let Some(p) = self.pose.as_mut() {
+            p.reset();
+        }
     }
 
     /// Prepares `tasks` (checked already) within the model's limits.
@@ -102,6 +122,10 @@ impl Prepared {
                 vision_task::Task::AutoCrop(c) => p.crop = Some(AutoCrop::new(c)?),
                 vision_task::Task::Tracking(t) => {
                     p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
+                }
+                vision_task::Task::Pose(t) => p.pose = Some(pose::State::new(t)?),
+                vision_task::Task::SelfieSegmentation(t) => {
+                    p.selfie = Some(segmentation::MaskSpec::of(t)?);
                 }
                 _ => {}
             }
@@ -179,6 +203,22 @@ pub fn run(
                         }
                     };
                     r.crop = Some(crop.window(frame, &faces)?);
+                }
+            }
+            vision_task::Task::Pose(_) => {
+                if let (Some(m), Some(st)) = (s.pose.as_mut(), prepared.pose.as_mut()) {
+                    r.pose = pose::run(m, st, frame, r.timestamp_us, deadline_ms, &mut r.stages)?;
+                }
+            }
+            vision_task::Task::SelfieSegmentation(_) => {
+                if let (Some(m), Some(spec)) = (s.selfie.as_mut(), prepared.selfie.as_ref()) {
+                    let t0 = std::time::Instant::now();
+                    let mask = m.run(frame)?;
+                    r.segmentation = Some(spec.encode(&mask)?);
+                    r.stages.push(sidecar_proto::v1::StageTiming {
+                        stage: "selfie_segmentation".into(),
+                        us: t0.elapsed().as_micros() as u64,
+                    });
                 }
             }
             // After the other tasks: it may use their detections.

@@ -1,0 +1,56 @@
+//! MediaPipe's solutions, written on the `litert` crate after MediaPipe's
+//! own graphs (the `.pbtxt`/`.binarypb` files and calculator options of
+//! `mediapipe==0.10.21`): a detector finds a region, a landmark model
+//! refines it, and in a stream the next frame's region comes from this
+//! frame's landmarks.
+
+pub mod pose;
+pub mod segmentation;
+pub mod smoothing;
+
+use std::path::Path;
+
+use sidecar_proto::v1::VisionOptions;
+use worker_runtime::WorkerError;
+
+use crate::tasks::Served;
+
+/// Loads the companion models `options.pipeline` names (paths the worker
+/// can open) into `served`; a model that does not fit its role is
+/// INVALID_ARGUMENT naming its field.
+pub fn load(served: &mut Served, options: &VisionOptions) -> Result<(), WorkerError> {
+    let Some(p) = &options.pipeline else {
+        return Ok(());
+    };
+    let lib = litert::runtime_path();
+    let threads = options.threads.max(1);
+    match (p.pose_detection.is_empty(), p.pose_landmark.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            served.pose = Some(pose::Models::load(
+                &lib,
+                Path::new(&p.pose_detection),
+                Path::new(&p.pose_landmark),
+                threads,
+            )?);
+        }
+        (true, false) => {
+            return Err(WorkerError::invalid(
+                "pipeline.pose_detection is empty; pose needs it with pipeline.pose_landmark",
+            ));
+        }
+        (false, true) => {
+            return Err(WorkerError::invalid(
+                "pipeline.pose_landmark is empty; pose needs it with pipeline.pose_detection",
+            ));
+        }
+    }
+    if !p.selfie_segmentation.is_empty() {
+        served.selfie = Some(segmentation::Selfie::load(
+            &lib,
+            Path::new(&p.selfie_segmentation),
+            threads,
+        )?);
+    }
+    Ok(())
+}
