@@ -5,6 +5,7 @@
 //! frame's landmarks.
 
 pub mod pose;
+pub mod pose_detection;
 pub mod segmentation;
 pub mod smoothing;
 
@@ -54,3 +55,6 @@ pub fn load(served: &mut Served, options: &VisionOptions) -> Result<(), WorkerEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod pose_tests;

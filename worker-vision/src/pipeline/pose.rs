@@ -28,13 +28,12 @@ use opencv::core::{self, Mat, Point2f, RotatedRect, Scalar, Size, Size2f};
 use opencv::imgproc;
 use opencv::prelude::*;
 use sidecar_proto::v1::{
-    Box as PixelBox, Detection, Landmark, Point, Pose, PoseTask, SsdOptions, StageTiming,
-    WorldLandmark,
+    Box as PixelBox, Detection, Landmark, Point, Pose, PoseTask, StageTiming, WorldLandmark,
 };
 use worker_runtime::{WorkerError, deadline};
 
-use crate::detect::Ssd;
 use crate::error::{cv, lite_error};
+use crate::pipeline::pose_detection::Detector;
 use crate::pipeline::segmentation::{self, MaskSpec};
 use crate::pipeline::smoothing::{Landmarks, OneEuroConfig, Visibility};
 use crate::ssd::Raw;
@@ -206,30 +205,6 @@ pub fn pose_region(r: NormRect, size: (f32, f32)) -> NormRect {
     }
 }
 
-/// MediaPipe's pose detector configuration (`PoseDetectionCpu`).
-pub fn detection_options() -> SsdOptions {
-    SsdOptions {
-        input_width: 224,
-        input_height: 224,
-        min_scale: 0.148_437_5,
-        max_scale: 0.75,
-        anchor_offset_x: 0.5,
-        anchor_offset_y: 0.5,
-        strides: vec![8, 16, 32, 32, 32],
-        aspect_ratios: vec![1.0],
-        fixed_anchor_size: true,
-        interpolated_scale_aspect_ratio: 1.0,
-        num_classes: 1,
-        num_keypoints: 4,
-        x_scale: 224.0,
-        y_scale: 224.0,
-        w_scale: 224.0,
-        h_scale: 224.0,
-        score_clipping_thresh: 100.0,
-        labels: vec!["person".into()],
-    }
-}
-
 /// Output indices of the landmark model.
 #[derive(Debug, Clone, Copy)]
 struct Outputs {
@@ -242,7 +217,7 @@ struct Outputs {
 
 /// The pose detector and landmark model, loaded once per worker.
 pub struct Models {
-    detector: Ssd,
+    detector: Detector,
     landmark: Compiled,
     outputs: Outputs,
 }
@@ -262,9 +237,7 @@ impl Models {
         landmark: &Path,
         threads: u32,
     ) -> Result<Models, WorkerError> {
-        let detector = Ssd::load(lib, detection, threads, Some(detection_options())).map_err(
-            |e| WorkerError::invalid(format!("pipeline.pose_detection: {}", e.message)),
-        )?;
+        let detector = Detector::load(lib, detection, threads)?;
         let field = "pipeline.pose_landmark";
         let landmark = Runtime::load(lib)
             .map_err(lite_error)?
@@ -397,6 +370,13 @@ impl State {
         self.last_us = None;
     }
 
+    /// Tracks `region` from the next frame on (tests: a region as
+    /// MediaPipe found it).
+    #[cfg(test)]
+    pub(crate) fn track(&mut self, region: NormRect) {
+        self.region = Some(region);
+    }
+
     /// The filters' clock: the client's timestamp while it increases, else
     /// one frame at 30 fps after the last.
     fn clock(&mut self, timestamp_us: i64) -> i64 {
@@ -427,9 +407,7 @@ pub fn run(
         None => {
             deadline::check(deadline_ms)?;
             let t0 = Instant::now();
-            let found = m
-                .detector
-                .detect_normalized(frame, st.options.min_detection, 0.3)?;
+            let found = m.detector.detect(frame, st.options.min_detection)?;
             stages.push(stage("pose_detection", t0));
             let Some(d) = found.into_iter().next() else {
                 st.reset();
