@@ -88,6 +88,9 @@ impl Batch {
             c.reset();
         }
         self.prepared.still();
+        if let Some(h) = self.prepared.hands_mut() {
+            h.reset();
+        }
         tasks::run(
             s,
             std::slice::from_ref(&self.task),

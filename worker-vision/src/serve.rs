@@ -285,5 +285,10 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
     };
     let mut served = Served::new(detector, limits);
     crate::pipeline::load(&mut served, &options)?;
+    served.hands = crate::pipeline::hands::Models::load(
+        &litert::runtime_path(),
+        options.pipeline.as_ref(),
+        options.threads.max(1),
+    )?;
     Ok(served)
 }

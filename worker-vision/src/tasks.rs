@@ -9,6 +9,7 @@ use worker_runtime::{WorkerError, deadline};
 use crate::crop::AutoCrop;
 use crate::detect::{Cascade, Ssd};
 use crate::limits::Limits;
+use crate::pipeline::hands::{self, Hands};
 use crate::pipeline::{pose, segmentation};
 use crate::template::Template;
 use crate::track::Tracking;
@@ -29,6 +30,9 @@ pub struct Served {
     pub detector: Detector,
     /// What one request may cost.
     pub limits: Limits,
+    /// The hands task's models (`pipeline.palm_detection`,
+    /// `pipeline.hand_landmark`).
+    pub hands: Option<hands::Models>,
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
@@ -45,6 +49,7 @@ impl Served {
         Served {
             detector,
             limits,
+            hands: None,
             haar: None,
             lbp: None,
             pose: None,
@@ -77,6 +82,7 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
             }
             Ok(())
         }
+        vision_task::Task::Hands(h) => Hands::check(h, s.hands.as_ref()),
         vision_task::Task::Pose(p) => pose::check(p, s.pose.is_some()),
         vision_task::Task::SelfieSegmentation(t) => segmentation::check(t, s.selfie.is_some()),
         // Checked when prepared (`Prepared::new`).
@@ -93,6 +99,7 @@ pub struct Prepared {
     template: Option<Template>,
     crop: Option<AutoCrop>,
     tracking: Option<Tracking>,
+    hands: Option<Hands>,
     pose: Option<pose::State>,
     selfie: Option<segmentation::MaskSpec>,
 }
@@ -101,6 +108,11 @@ impl Prepared {
     /// The auto-crop state, if the tasks crop.
     pub fn crop_mut(&mut self) -> Option<&mut AutoCrop> {
         self.crop.as_mut()
+    }
+
+    /// The hands task's tracked hands, if the tasks find hands.
+    pub fn hands_mut(&mut self) -> Option<&mut Hands> {
+        self.hands.as_mut()
     }
 
     /// Static-image mode for the next frame (each image of a batch is
@@ -123,6 +135,7 @@ impl Prepared {
                 vision_task::Task::Tracking(t) => {
                     p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
                 }
+                vision_task::Task::Hands(h) => p.hands = Some(Hands::new(h)?),
                 vision_task::Task::Pose(t) => p.pose = Some(pose::State::new(t)?),
                 vision_task::Task::SelfieSegmentation(t) => {
                     p.selfie = Some(segmentation::MaskSpec::of(t)?);
@@ -203,6 +216,13 @@ pub fn run(
                         }
                     };
                     r.crop = Some(crop.window(frame, &faces)?);
+                }
+            }
+            vision_task::Task::Hands(_) => {
+                if let (Some(h), Some(m)) = (prepared.hands.as_mut(), s.hands.as_mut()) {
+                    let (hands, stages) = h.run(m, frame, deadline_ms)?;
+                    r.hands = hands;
+                    r.stages.extend(stages);
                 }
             }
             vision_task::Task::Pose(_) => {

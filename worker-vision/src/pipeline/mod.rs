@@ -1,11 +1,14 @@
-//! MediaPipe's solutions, written on the `litert` crate after MediaPipe's
-//! own graphs (the `.pbtxt`/`.binarypb` files and calculator options of
-//! `mediapipe==0.10.21`): a detector finds a region, a landmark model
-//! refines it, and in a stream the next frame's region comes from this
-//! frame's landmarks.
+//! The MediaPipe solutions (hands, pose, face mesh, selfie segmentation):
+//! a detector finds a region, a landmark model refines it on a rotated
+//! crop, and in a stream the next frame's region comes from this frame's
+//! landmarks. `roi` holds the geometry they share.
 
+pub mod hands;
+pub mod model;
+pub mod palm;
 pub mod pose;
 pub mod pose_detection;
+pub mod roi;
 pub mod segmentation;
 pub mod smoothing;
 
@@ -23,13 +26,20 @@ pub fn load(served: &mut Served, options: &VisionOptions) -> Result<(), WorkerEr
     let Some(p) = &options.pipeline else {
         return Ok(());
     };
-    let lib = litert::runtime_path();
+    if p.pose_detection.is_empty()
+        && p.pose_landmark.is_empty()
+        && p.selfie_segmentation.is_empty()
+    {
+        return Ok(());
+    }
+    let rt = litert::Runtime::load(&litert::runtime_path())
+        .map_err(|e| WorkerError::unavailable(e.to_string()))?;
     let threads = options.threads.max(1);
     match (p.pose_detection.is_empty(), p.pose_landmark.is_empty()) {
         (true, true) => {}
         (false, false) => {
             served.pose = Some(pose::Models::load(
-                &lib,
+                &rt,
                 Path::new(&p.pose_detection),
                 Path::new(&p.pose_landmark),
                 threads,
@@ -48,7 +58,7 @@ pub fn load(served: &mut Served, options: &VisionOptions) -> Result<(), WorkerEr
     }
     if !p.selfie_segmentation.is_empty() {
         served.selfie = Some(segmentation::Selfie::load(
-            &lib,
+            &rt,
             Path::new(&p.selfie_segmentation),
             threads,
         )?);

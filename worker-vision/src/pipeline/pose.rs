@@ -21,21 +21,23 @@
 //! mode: detector every time, no smoothing).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use litert::{Compiled, HW_CPU, Runtime};
-use opencv::core::{self, Mat, Point2f, RotatedRect, Scalar, Size, Size2f};
+use litert::Runtime;
+use opencv::core::{self, Mat, Scalar, Size};
 use opencv::imgproc;
-use opencv::prelude::*;
 use sidecar_proto::v1::{
     Box as PixelBox, Detection, Landmark, Point, Pose, PoseTask, StageTiming, WorldLandmark,
 };
 use worker_runtime::{WorkerError, deadline};
 
-use crate::error::{cv, lite_error};
-use crate::pipeline::pose_detection::Detector;
-use crate::pipeline::segmentation::{self, MaskSpec};
-use crate::pipeline::smoothing::{Landmarks, OneEuroConfig, Visibility};
+use super::model::Model;
+use super::pose_detection::Detector;
+use super::roi::{self, Border, Crop, FrameSize, RectTransform, Region, TensorSpec};
+use super::segmentation::{self, MaskSpec};
+use super::smoothing::{Landmarks, OneEuroConfig, Visibility};
+use crate::error::cv;
 use crate::ssd::Raw;
 
 /// Landmarks the landmark model gives (33 + 2 auxiliary + 4 unused).
@@ -46,237 +48,78 @@ const POSE: usize = 33;
 /// increase (MediaPipe's Python solutions feed 30 fps).
 const FRAME_US: i64 = 33_333;
 
-/// A rotated rectangle, normalised to the frame: centre, size, rotation
-/// (radians, clockwise on screen), MediaPipe's `NormalizedRect`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NormRect {
-    /// Centre x.
-    pub x: f32,
-    /// Centre y.
-    pub y: f32,
-    /// Width.
-    pub w: f32,
-    /// Height.
-    pub h: f32,
-    /// Rotation, radians.
-    pub rotation: f32,
-}
-
-/// How a region becomes a model's input (`ImageToTensorCalculator`).
-#[derive(Debug, Clone, Copy)]
-pub struct Crop {
-    /// Tensor width and height.
-    pub width: i32,
-    /// Tensor height.
-    pub height: i32,
-    /// Pad the region to the tensor's aspect ratio (letterbox).
-    pub keep_aspect: bool,
-    /// OpenCV border mode outside the frame.
-    pub border: i32,
-    /// Values of byte 0 and byte 255.
-    pub range: (f32, f32),
-}
-
-/// What a crop did: the letterbox padding (left, top, right, bottom,
-/// normalised to the tensor) and the frame → tensor pixel transform.
-#[derive(Debug)]
-pub struct Cropped {
-    /// Padding, normalised.
-    pub pad: [f32; 4],
-    /// 3x3, frame pixels → tensor pixels.
-    pub matrix: Mat,
-}
-
-/// Little-endian float32 bytes as floats.
-pub fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
+/// The landmark model's input (`PoseLandmarkByRoiCpu`).
+const INPUT: TensorSpec = TensorSpec {
+    width: 256,
+    height: 256,
+    range: (0.0, 1.0),
+    border: Border::Replicate,
+    keep_aspect: true,
+};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// MediaPipe's `NormalizeRadians`: into −π..π.
-fn normalize_radians(a: f32) -> f32 {
-    use std::f32::consts::PI;
-    a - 2.0 * PI * ((a + PI) / (2.0 * PI)).floor()
-}
-
-/// Crops `rect` of a BGR frame of `size` (w, h) into an RGB float tensor
-/// (`buf`, little-endian f32) as `ImageToTensorCalculator` does on the CPU:
-/// the rectangle's corners mapped onto the tensor's by a perspective warp,
-/// bilinear.
-pub fn crop_rgb(
-    frame: &Mat,
-    rect: &NormRect,
-    size: (f32, f32),
-    spec: &Crop,
-    buf: &mut [u8],
-) -> Result<Cropped, WorkerError> {
-    let (fw, fh) = size;
-    let (mut w, mut h) = (rect.w * fw, rect.h * fh);
-    let mut pad = [0.0; 4];
-    if spec.keep_aspect {
-        let tensor = spec.height as f32 / spec.width as f32;
-        let roi = h / w;
-        if tensor > roi {
-            let p = (1.0 - roi / tensor) / 2.0;
-            h = w * tensor;
-            pad = [0.0, p, 0.0, p];
-        } else {
-            let p = (1.0 - tensor / roi) / 2.0;
-            w = h / tensor;
-            pad = [p, 0.0, p, 0.0];
-        }
-    }
-    let rotated = RotatedRect::new(
-        Point2f::new(rect.x * fw, rect.y * fh),
-        Size2f::new(w, h),
-        rect.rotation.to_degrees(),
-    )
-    .map_err(cv("RotatedRect"))?;
-    let mut corners = Mat::default();
-    imgproc::box_points(rotated, &mut corners).map_err(cv("boxPoints"))?;
-    let (tw, th) = (spec.width as f32, spec.height as f32);
-    let dst = Mat::from_slice_2d(&[[0.0f32, th], [0.0, 0.0], [tw, 0.0], [tw, th]])
-        .map_err(cv("corners"))?;
-    let matrix = imgproc::get_perspective_transform(&corners, &dst, core::DECOMP_LU)
-        .map_err(cv("getPerspectiveTransform"))?;
-    let mut out = Mat::default();
-    imgproc::warp_perspective(
-        frame,
-        &mut out,
-        &matrix,
-        Size::new(spec.width, spec.height),
-        imgproc::INTER_LINEAR,
-        spec.border,
-        Scalar::default(),
-    )
-    .map_err(cv("warpPerspective"))?;
-    let pixels = out.data_bytes().map_err(cv("pixels"))?;
-    let (lo, hi) = spec.range;
-    let scale = (hi - lo) / 255.0;
-    if pixels.len() * 4 != buf.len() {
-        return Err(WorkerError::internal(format!(
-            "a {}x{} crop is {} bytes; the model's input holds {}",
-            spec.width,
-            spec.height,
-            pixels.len() * 4,
-            buf.len()
-        )));
-    }
-    for (px, out) in pixels.chunks_exact(3).zip(buf.chunks_exact_mut(12)) {
-        // BGR in the frame, RGB into the model.
-        for c in 0..3 {
-            let v = lo + f32::from(px[2 - c]) * scale;
-            out[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes());
-        }
-    }
-    Ok(Cropped { pad, matrix })
-}
-
-/// The rectangle `AlignmentPointsRectsCalculator` makes from a centre and
-/// a scale point (pixels): centred on the first, twice their distance
-/// wide and high, rotated so that centre → scale point is at 90°.
-pub fn alignment_rect(c: (f32, f32), s: (f32, f32), size: (f32, f32)) -> NormRect {
-    let (fw, fh) = size;
-    let side = ((s.0 - c.0).powi(2) + (s.1 - c.1).powi(2)).sqrt() * 2.0;
-    NormRect {
-        x: c.0 / fw,
-        y: c.1 / fh,
-        w: side / fw,
-        h: side / fh,
-        rotation: normalize_radians(
-            std::f32::consts::FRAC_PI_2 - (-(s.1 - c.1)).atan2(s.0 - c.0),
-        ),
-    }
-}
-
-/// `RectTransformationCalculator` as pose configures it: square on the
-/// long side in pixels, then ×1.25.
-pub fn pose_region(r: NormRect, size: (f32, f32)) -> NormRect {
-    let long = (r.w * size.0).max(r.h * size.1);
-    NormRect {
-        w: long / size.0 * 1.25,
-        h: long / size.1 * 1.25,
-        ..r
-    }
-}
-
-/// Output indices of the landmark model.
-#[derive(Debug, Clone, Copy)]
-struct Outputs {
-    landmarks: usize,
-    flag: usize,
-    mask: usize,
-    heatmap: usize,
-    world: usize,
+/// The region `AlignmentPointsRectsCalculator` then
+/// `RectTransformationCalculator` make for pose from a centre and a scale
+/// point (normalised to the frame): centred on the first, twice their
+/// distance across, turned so that centre → scale point points up
+/// (90°), ×1.25, square in pixels. The second: the region before the
+/// transformation (the object's scale for the filters).
+pub fn pose_region(c: (f32, f32), s: (f32, f32), size: FrameSize) -> (Region, Region) {
+    let (cx, cy) = (c.0 * size.width, c.1 * size.height);
+    let (sx, sy) = (s.0 * size.width, s.1 * size.height);
+    let side = ((sx - cx).powi(2) + (sy - cy).powi(2)).sqrt() * 2.0;
+    let turn = roi::rotation(c, s, std::f32::consts::FRAC_PI_2, size);
+    let raw = Region::from_pixels(cx, cy, side, side, turn, size);
+    let t = RectTransform {
+        scale_x: 1.25,
+        scale_y: 1.25,
+        square_long: true,
+        ..Default::default()
+    };
+    (raw.transform(&t, size), raw)
 }
 
 /// The pose detector and landmark model, loaded once per worker.
+#[derive(Debug)]
 pub struct Models {
     detector: Detector,
-    landmark: Compiled,
-    outputs: Outputs,
-}
-
-impl std::fmt::Debug for Models {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("pose::Models").finish_non_exhaustive()
-    }
+    /// Outputs in order: landmarks [1, 195], pose presence [1, 1], mask
+    /// [1, 256, 256, 1] (logits), heatmap [1, 64, 64, 39], world landmarks
+    /// [1, 117] (`TensorsToPoseLandmarksAndSegmentation` splits them so).
+    landmark: Model,
 }
 
 impl Models {
     /// Loads `pipeline.pose_detection` and `pipeline.pose_landmark`,
     /// refusing a model whose tensors do not fit its role.
     pub fn load(
-        lib: &Path,
+        rt: &Arc<Runtime>,
         detection: &Path,
         landmark: &Path,
         threads: u32,
     ) -> Result<Models, WorkerError> {
-        let detector = Detector::load(lib, detection, threads)?;
-        let field = "pipeline.pose_landmark";
-        let landmark = Runtime::load(lib)
-            .map_err(lite_error)?
-            .model(landmark)
-            .and_then(|m| m.compile(HW_CPU, threads))
-            .map_err(|e| WorkerError::invalid(format!("{field}: LiteRT could not load it: {e}")))?;
-        let input = landmark.input_desc.first().map(|d| (&d.shape, d.element_type));
-        let shapes: Vec<&Vec<i32>> = landmark.output_desc.iter().map(|d| &d.shape).collect();
-        let find = |want: &[i32]| shapes.iter().position(|s| s.as_slice() == want);
-        let outputs = match (
-            input,
-            find(&[1, 195]),
-            find(&[1, 1]),
-            find(&[1, 256, 256, 1]),
-            find(&[1, 64, 64, 39]),
-            find(&[1, 117]),
-        ) {
-            (Some((s, 1)), Some(landmarks), Some(flag), Some(mask), Some(heatmap), Some(world))
-                if s.as_slice() == [1, 256, 256, 3] && shapes.len() == 5 =>
-            {
-                Outputs {
-                    landmarks,
-                    flag,
-                    mask,
-                    heatmap,
-                    world,
-                }
-            }
-            _ => {
-                return Err(WorkerError::invalid(format!(
-                    "{field}: the model takes {input:?} (shape, type) and gives {shapes:?}; a pose landmark model takes float32 [1, 256, 256, 3] and gives [1, 195] landmarks, [1, 1] presence, [1, 256, 256, 1] mask, [1, 64, 64, 39] heatmap, [1, 117] world landmarks"
-                )));
-            }
-        };
-        Ok(Models {
-            detector,
+        let detector = Detector::load(rt, detection, threads)?;
+        let landmark = Model::load(
+            rt,
             landmark,
-            outputs,
-        })
+            threads,
+            "pipeline.pose_landmark",
+            "a pose landmark model (pose_landmark_full)",
+            (
+                &[1, 256, 256, 3],
+                &[
+                    &[1, 195],
+                    &[1, 1],
+                    &[1, 256, 256, 1],
+                    &[1, 64, 64, 39],
+                    &[1, 117],
+                ],
+            ),
+        )?;
+        Ok(Models { detector, landmark })
     }
 }
 
@@ -314,7 +157,7 @@ pub fn check(t: &PoseTask, loaded: bool) -> Result<(), WorkerError> {
 pub struct State {
     options: Options,
     /// The region from the last frame's landmarks, while tracking.
-    region: Option<NormRect>,
+    region: Option<Region>,
     landmarks: Landmarks,
     visibility: Visibility,
     world: Landmarks,
@@ -373,7 +216,7 @@ impl State {
     /// Tracks `region` from the next frame on (tests: a region as
     /// MediaPipe found it).
     #[cfg(test)]
-    pub(crate) fn track(&mut self, region: NormRect) {
+    pub(crate) fn track(&mut self, region: Region) {
         self.region = Some(region);
     }
 
@@ -399,7 +242,7 @@ pub fn run(
     deadline_ms: i64,
     stages: &mut Vec<StageTiming>,
 ) -> Result<Option<Pose>, WorkerError> {
-    let size = (frame.cols() as f32, frame.rows() as f32);
+    let size = FrameSize::of(frame);
     let t_us = st.clock(timestamp_us);
     let mut detection = None;
     let region = match st.region.take() {
@@ -414,10 +257,9 @@ pub fn run(
                 return Ok(None);
             };
             if d.keypoints.len() < 2 {
-                return Err(WorkerError::internal("pose detection without keypoints"));
+                return Err(WorkerError::internal("a pose detection without keypoints"));
             }
-            let px = |k: usize| (d.keypoints[k].0 * size.0, d.keypoints[k].1 * size.1);
-            let r = pose_region(alignment_rect(px(0), px(1), size), size);
+            let r = pose_region(d.keypoints[0], d.keypoints[1], size).0;
             detection = Some(to_pixels(&d, size));
             r
         }
@@ -425,35 +267,30 @@ pub fn run(
     deadline::check(deadline_ms)?;
     let t0 = Instant::now();
     let want_mask = st.options.mask.is_some();
-    let found = landmarks(m, frame, &region, size, st.options.min_tracking, want_mask)?;
+    let found = landmarks(&mut m.landmark, frame, &region, st.options.min_tracking, want_mask)?;
     let Some(mut found) = found else {
         stages.push(stage("pose_landmark", t0));
         st.reset();
         return Ok(None);
     };
-    let px = |p: &[f32; 5]| (p[0] * size.0, p[1] * size.1);
-    let aux_rect = alignment_rect(px(&found.points[POSE]), px(&found.points[POSE + 1]), size);
-    let object_scale = (aux_rect.w * size.0 + aux_rect.h * size.1) / 2.0;
-    let mut points: Vec<[f32; 3]> = found.points[..POSE]
-        .iter()
-        .map(|p| [p[0] * size.0, p[1] * size.1, p[2] * size.0])
-        .collect();
+    let (w, h) = (size.width, size.height);
+    // In pixels (z scaled as x), as the filters and the client take them.
+    let pixels = |p: &[f32; 5]| [p[0] * w, p[1] * h, p[2] * w];
+    let mut points: Vec<[f32; 3]> = found.points[..POSE].iter().map(pixels).collect();
     let mut visibility: Vec<f32> = found.points[..POSE].iter().map(|p| p[3]).collect();
+    let xy = |p: &[f32; 5]| (p[0], p[1]);
+    let object = pose_region(xy(&found.points[POSE]), xy(&found.points[POSE + 1]), size).1;
+    let object_scale = (object.width * w + object.height * h) / 2.0;
     if st.options.smooth {
         st.visibility.apply(&mut visibility);
         st.landmarks.apply(&mut points, t_us, object_scale);
         st.world.apply(&mut found.world, t_us, 1.0);
     }
     // The next frame's region: from the auxiliary points, always smoothed.
-    let mut aux: Vec<[f32; 3]> = found.points[POSE..POSE + 2]
-        .iter()
-        .map(|p| [p[0] * size.0, p[1] * size.1, p[2] * size.0])
-        .collect();
+    let mut aux: Vec<[f32; 3]> = found.points[POSE..POSE + 2].iter().map(pixels).collect();
     st.auxiliary.apply(&mut aux, t_us, object_scale);
-    st.region = Some(pose_region(
-        alignment_rect((aux[0][0], aux[0][1]), (aux[1][0], aux[1][1]), size),
-        size,
-    ));
+    let norm = |p: &[f32; 3]| (p[0] / w, p[1] / h);
+    st.region = Some(pose_region(norm(&aux[0]), norm(&aux[1]), size).0);
     let segmentation = match (st.options.mask, found.mask.take()) {
         (Some(spec), Some(mut mask)) => {
             if st.options.smooth_mask
@@ -503,10 +340,10 @@ fn stage(name: &str, t0: Instant) -> StageTiming {
     }
 }
 
-/// A detection normalised to the frame, in frame pixels (keypoints not
-/// clamped: the scale point may lie outside the frame).
-fn to_pixels(d: &Raw, size: (f32, f32)) -> Detection {
-    let (w, h) = size;
+/// A detection normalised to the frame, in frame pixels: the box clamped
+/// to the frame, the keypoints not (the scale points often lie outside).
+fn to_pixels(d: &Raw, size: FrameSize) -> Detection {
+    let (w, h) = (size.width, size.height);
     let (x0, y0) = (d.xmin.clamp(0.0, 1.0) * w, d.ymin.clamp(0.0, 1.0) * h);
     let (x1, y1) = (d.xmax.clamp(0.0, 1.0) * w, d.ymax.clamp(0.0, 1.0) * h);
     Detection {
@@ -527,12 +364,12 @@ fn to_pixels(d: &Raw, size: (f32, f32)) -> Detection {
     }
 }
 
-/// The landmark model's answer on one region, in frame-normalised terms.
+/// The landmark model's answer on one region, normalised to the frame.
 struct Found {
     /// x, y (normalised to the frame), z (normalised like x), visibility,
     /// presence; 39 points.
     points: Vec<[f32; 5]>,
-    /// 33 world landmarks, metres, rotated like the region.
+    /// 33 world landmarks, metres, turned like the region.
     world: Vec<[f32; 3]>,
     score: f32,
     /// The person probability at the frame's size.
@@ -540,35 +377,23 @@ struct Found {
 }
 
 fn landmarks(
-    m: &mut Models,
+    model: &mut Model,
     frame: &Mat,
-    region: &NormRect,
-    size: (f32, f32),
+    region: &Region,
     min_tracking: f32,
     want_mask: bool,
 ) -> Result<Option<Found>, WorkerError> {
-    let spec = Crop {
-        width: 256,
-        height: 256,
-        keep_aspect: true,
-        border: core::BORDER_REPLICATE,
-        range: (0.0, 1.0),
-    };
-    let mut cropped = Err(WorkerError::internal("the pose crop was not written"));
-    m.landmark
-        .write_input(0, |buf| cropped = crop_rgb(frame, region, size, &spec, buf))
-        .map_err(lite_error)?;
-    let cropped = cropped?;
-    m.landmark.run().map_err(lite_error)?;
-    let o = m.outputs;
-    let read = |i: usize| m.landmark.read_output(i, floats).map_err(lite_error);
-    let score = read(o.flag)?.first().copied().unwrap_or(0.0);
+    let crop = model.input(frame, region, &INPUT)?;
+    model.run()?;
+    let score = model.output(1)?.first().copied().unwrap_or(0.0);
+    // ThresholdingCalculator: below the threshold (or not a number) the
+    // pose is not present.
     if !(score >= min_tracking) {
         return Ok(None);
     }
-    let raw = read(o.landmarks)?;
-    let heat = read(o.heatmap)?;
-    let world = read(o.world)?;
+    let raw = model.output(0)?;
+    let heat = model.output(3)?;
+    let world = model.output(4)?;
     if raw.len() != POINTS * 5 || heat.len() != 64 * 64 * POINTS || world.len() != POINTS * 3 {
         return Err(WorkerError::internal(
             "the pose landmark model's outputs changed size",
@@ -587,38 +412,22 @@ fn landmarks(
         })
         .collect();
     refine(&mut points, &heat, 64, 64, 7);
-    let [left, top, right, bottom] = cropped.pad;
-    let (cos, sin) = (region.rotation.cos(), region.rotation.sin());
     for p in &mut points {
-        // Letterbox removal, then from the region to the frame.
-        let x = (p[0] - left) / (1.0 - left - right) - 0.5;
-        let y = (p[1] - top) / (1.0 - top - bottom) - 0.5;
-        p[0] = (cos * x - sin * y) * region.w + region.x;
-        p[1] = (sin * x + cos * y) * region.h + region.y;
-        p[2] /= 1.0 - left - right;
-        p[2] *= region.w;
+        let (x, y) = crop.to_frame(p[0], p[1]);
+        p[2] = crop.z_to_pixels(p[2]) / crop.size.width;
+        (p[0], p[1]) = (x, y);
     }
     let world = world
         .chunks_exact(3)
         .take(POSE)
-        .map(|w| [cos * w[0] - sin * w[1], sin * w[0] + cos * w[1], w[2]])
+        .map(|v| {
+            let (x, y) = roi::rotate_world(v[0], v[1], region.rotation);
+            [x, y, v[2]]
+        })
         .collect();
     let mask = if want_mask {
-        let logits = read(o.mask)?;
-        let probs: Vec<f32> = logits.iter().map(|&v| sigmoid(v)).collect();
-        let small = Mat::new_rows_cols_with_data(256, 256, &probs).map_err(cv("mask"))?;
-        let mut full = Mat::default();
-        imgproc::warp_perspective(
-            &small,
-            &mut full,
-            &cropped.matrix,
-            Size::new(size.0 as i32, size.1 as i32),
-            imgproc::INTER_LINEAR | imgproc::WARP_INVERSE_MAP,
-            core::BORDER_CONSTANT,
-            Scalar::default(),
-        )
-        .map_err(cv("warp mask"))?;
-        Some(full)
+        let probs: Vec<f32> = model.output(2)?.iter().map(|&v| sigmoid(v)).collect();
+        Some(unwarp(&probs, &crop)?)
     } else {
         None
     };
@@ -628,6 +437,34 @@ fn landmarks(
         score,
         mask,
     }))
+}
+
+/// The crop's 256x256 mask warped back onto the frame (`WarpAffineCalculator`
+/// with the crop's inverse, zero outside the region).
+fn unwarp(probs: &[f32], crop: &Crop) -> Result<Mat, WorkerError> {
+    let (tw, th) = (INPUT.width, INPUT.height);
+    let small = Mat::new_rows_cols_with_data(th, tw, probs).map_err(cv("mask"))?;
+    // Tensor pixels → frame pixels.
+    let o = crop.to_pixels(0.0, 0.0);
+    let u = crop.to_pixels(1.0 / tw as f32, 0.0);
+    let v = crop.to_pixels(0.0, 1.0 / th as f32);
+    let m = Mat::from_slice_2d(&[
+        [f64::from(u.0 - o.0), f64::from(v.0 - o.0), f64::from(o.0)],
+        [f64::from(u.1 - o.1), f64::from(v.1 - o.1), f64::from(o.1)],
+    ])
+    .map_err(cv("mask matrix"))?;
+    let mut full = Mat::default();
+    imgproc::warp_affine(
+        &small,
+        &mut full,
+        &m,
+        Size::new(crop.size.width as i32, crop.size.height as i32),
+        imgproc::INTER_LINEAR,
+        core::BORDER_CONSTANT,
+        Scalar::default(),
+    )
+    .map_err(cv("warp mask"))?;
+    Ok(full)
 }
 
 /// `RefineLandmarksFromHeatmapCalculator`: each point moved to the

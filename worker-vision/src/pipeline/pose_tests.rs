@@ -20,10 +20,14 @@ fn lib() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/litert/libLiteRt.so")
 }
 
+fn runtime() -> std::sync::Arc<litert::Runtime> {
+    litert::Runtime::load(&lib()).expect("the LiteRT runtime loads")
+}
+
 fn load_pose() -> Models {
     let m = models().join("mediapipe");
     Models::load(
-        &lib(),
+        &runtime(),
         &m.join("pose_detection.tflite"),
         &m.join("pose_landmark_full.tflite"),
         1,
@@ -48,7 +52,7 @@ fn debug_astronaut() {
     .unwrap();
     let mut stages: Vec<StageTiming> = vec![];
     if std::env::var("MPRECT").is_ok() {
-        st.track(pose::NormRect { x: 0.3100179433822632, y: 1.0234607458114624, w: 2.4510183334350586, h: 2.4510183334350586, rotation: 0.16009271144866943 });
+        st.track(super::roi::Region { x_center: 0.3100179433822632, y_center: 1.0234607458114624, width: 2.4510183334350586, height: 2.4510183334350586, rotation: 0.16009271144866943 });
     }
     let p = pose::run(&mut m, &mut st, &frame, 0, 0, &mut stages).unwrap().unwrap();
     let r: serde_json::Value =
@@ -62,7 +66,7 @@ fn debug_astronaut() {
     }
     println!("score {} mean {} max {:?} stages {stages:?}", p.score, d.iter().sum::<f32>() / d.len() as f32, d.iter().cloned().fold(0.0, f32::max));
     println!("det {:?}", p.detection);
-    let mut s = Selfie::load(&lib(), &models().join("mediapipe/selfie_segmentation.tflite"), 1).unwrap();
+    let mut s = Selfie::load(&runtime(), &models().join("mediapipe/selfie_segmentation.tflite"), 1).unwrap();
     let mask = s.run(&frame).unwrap();
     let pos = (0..mask.rows()).map(|y| mask.at_row::<f32>(y).unwrap().iter().filter(|&&v| v >= 0.5).count()).sum::<usize>();
     println!("selfie pos {} mp {}", pos as f64 / (mask.rows()*mask.cols()) as f64, r["selfie0_pos"]);

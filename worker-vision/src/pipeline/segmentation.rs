@@ -10,9 +10,10 @@
 //! The graph has no smoothing across frames, so neither has this.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use litert::{Compiled, HW_CPU, Runtime};
-use opencv::core::{self, Mat, Size, Vector};
+use opencv::core::{Mat, Size, Vector};
 use opencv::imgcodecs;
 use opencv::imgproc;
 use opencv::prelude::*;
@@ -20,7 +21,7 @@ use sidecar_proto::v1::{SegmentationMask, SegmentationMaskFormat, SelfieSegmenta
 use worker_runtime::WorkerError;
 
 use crate::error::{cv, lite_error};
-use crate::pipeline::pose::{Crop, NormRect, crop_rgb, floats};
+use super::roi::{Border, Region, TensorSpec, to_tensor};
 
 /// How a mask goes to the client: a threshold (0: none) and an encoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,10 +140,9 @@ impl std::fmt::Debug for Selfie {
 impl Selfie {
     /// Loads `path` as `pipeline.selfie_segmentation`: float32 input
     /// [1, 256, 256, 3] or [1, 144, 256, 3], one output [1, H, W, 1].
-    pub fn load(lib: &Path, path: &Path, threads: u32) -> Result<Selfie, WorkerError> {
+    pub fn load(rt: &Arc<Runtime>, path: &Path, threads: u32) -> Result<Selfie, WorkerError> {
         let field = "pipeline.selfie_segmentation";
-        let compiled = Runtime::load(lib)
-            .map_err(lite_error)?
+        let compiled = rt
             .model(path)
             .and_then(|m| m.compile(HW_CPU, threads))
             .map_err(|e| WorkerError::invalid(format!("{field}: LiteRT could not load it: {e}")))?;
@@ -172,35 +172,29 @@ impl Selfie {
     /// The person probability of each pixel of a BGR frame (CV_32F, the
     /// frame's size).
     pub fn run(&mut self, frame: &Mat) -> Result<Mat, WorkerError> {
-        let (fw, fh) = (frame.cols() as f32, frame.rows() as f32);
-        let whole = NormRect {
-            x: 0.5,
-            y: 0.5,
-            w: 1.0,
-            h: 1.0,
-            rotation: 0.0,
-        };
-        let spec = Crop {
+        // The whole frame stretched to the input (keep_aspect_ratio false).
+        let spec = TensorSpec {
             width: self.width,
             height: self.height,
-            keep_aspect: false,
-            border: core::BORDER_CONSTANT,
             range: (0.0, 1.0),
+            border: Border::Zero,
+            keep_aspect: false,
         };
         let (w, h) = (self.width, self.height);
-        let mut failed = None;
+        let mut cropped = Err(WorkerError::internal("the input was not written"));
         self.compiled
-            .write_input(0, |buf| {
-                if let Err(e) = crop_rgb(frame, &whole, (fw, fh), &spec, buf) {
-                    failed = Some(e);
-                }
+            .write_input(0, |buf| cropped = to_tensor(frame, &Region::whole(), &spec, buf))
+            .map_err(lite_error)?;
+        cropped?;
+        self.compiled.run().map_err(lite_error)?;
+        let probs: Vec<f32> = self
+            .compiled
+            .read_output(0, |b| {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
             })
             .map_err(lite_error)?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        self.compiled.run().map_err(lite_error)?;
-        let probs = self.compiled.read_output(0, floats).map_err(lite_error)?;
         if probs.len() != (w * h) as usize {
             return Err(WorkerError::internal(format!(
                 "selfie segmentation gave {} values for a {w}x{h} mask",
