@@ -284,7 +284,7 @@ fn load_model(load: &Load) -> Result<Served, WorkerError> {
         }
     };
     let mut served = Served::new(detector, limits);
-    crate::pipeline::load(&mut served, &options)?;
+    crate::pipeline::load(&mut served, &litert::runtime_path(), &options)?;
     served.hands = crate::pipeline::hands::Models::load(
         &litert::runtime_path(),
         options.pipeline.as_ref(),

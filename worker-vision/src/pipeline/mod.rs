@@ -20,9 +20,9 @@ use worker_runtime::WorkerError;
 use crate::tasks::Served;
 
 /// Loads the companion models `options.pipeline` names (paths the worker
-/// can open) into `served`; a model that does not fit its role is
+/// can open) into `served`, with the LiteRT runtime at `lib`; a model that does not fit its role is
 /// INVALID_ARGUMENT naming its field.
-pub fn load(served: &mut Served, options: &VisionOptions) -> Result<(), WorkerError> {
+pub fn load(served: &mut Served, lib: &Path, options: &VisionOptions) -> Result<(), WorkerError> {
     let Some(p) = &options.pipeline else {
         return Ok(());
     };
@@ -32,7 +32,7 @@ pub fn load(served: &mut Served, options: &VisionOptions) -> Result<(), WorkerEr
     {
         return Ok(());
     }
-    let rt = litert::Runtime::load(&litert::runtime_path())
+    let rt = litert::Runtime::load(lib)
         .map_err(|e| WorkerError::unavailable(e.to_string()))?;
     let threads = options.threads.max(1);
     match (p.pose_detection.is_empty(), p.pose_landmark.is_empty()) {
