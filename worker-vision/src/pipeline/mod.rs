@@ -26,14 +26,11 @@ pub fn load(served: &mut Served, lib: &Path, options: &VisionOptions) -> Result<
     let Some(p) = &options.pipeline else {
         return Ok(());
     };
-    if p.pose_detection.is_empty()
-        && p.pose_landmark.is_empty()
-        && p.selfie_segmentation.is_empty()
+    if p.pose_detection.is_empty() && p.pose_landmark.is_empty() && p.selfie_segmentation.is_empty()
     {
         return Ok(());
     }
-    let rt = litert::Runtime::load(lib)
-        .map_err(|e| WorkerError::unavailable(e.to_string()))?;
+    let rt = litert::Runtime::load(lib).map_err(|e| WorkerError::unavailable(e.to_string()))?;
     let threads = options.threads.max(1);
     match (p.pose_detection.is_empty(), p.pose_landmark.is_empty()) {
         (true, true) => {}

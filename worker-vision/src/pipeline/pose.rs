@@ -213,11 +213,10 @@ impl State {
         self.last_us = None;
     }
 
-    /// Tracks `region` from the next frame on (tests: a region as
-    /// MediaPipe found it).
+    /// The region tracked to the next frame.
     #[cfg(test)]
-    pub(crate) fn track(&mut self, region: Region) {
-        self.region = Some(region);
+    pub(crate) fn tracked(&self) -> Option<Region> {
+        self.region
     }
 
     /// The filters' clock: the client's timestamp while it increases, else
@@ -267,7 +266,13 @@ pub fn run(
     deadline::check(deadline_ms)?;
     let t0 = Instant::now();
     let want_mask = st.options.mask.is_some();
-    let found = landmarks(&mut m.landmark, frame, &region, st.options.min_tracking, want_mask)?;
+    let found = landmarks(
+        &mut m.landmark,
+        frame,
+        &region,
+        st.options.min_tracking,
+        want_mask,
+    )?;
     let Some(mut found) = found else {
         stages.push(stage("pose_landmark", t0));
         st.reset();
@@ -388,7 +393,7 @@ fn landmarks(
     let score = model.output(1)?.first().copied().unwrap_or(0.0);
     // ThresholdingCalculator: below the threshold (or not a number) the
     // pose is not present.
-    if !(score >= min_tracking) {
+    if score.is_nan() || score < min_tracking {
         return Ok(None);
     }
     let raw = model.output(0)?;

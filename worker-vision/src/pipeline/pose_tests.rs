@@ -27,7 +27,11 @@ fn runtime() -> Arc<litert::Runtime> {
 
 fn model(name: &str) -> PathBuf {
     let p = root().join("models/mediapipe").join(name);
-    assert!(p.is_file(), "{} is missing (run scripts/setup.sh)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing (run scripts/setup.sh)",
+        p.display()
+    );
     p
 }
 
@@ -47,7 +51,11 @@ fn load_selfie(name: &str) -> Selfie {
 
 pub(crate) fn photo(path: &Path) -> Mat {
     let m = imgcodecs::imread(path.to_str().unwrap(), imgcodecs::IMREAD_COLOR).unwrap();
-    assert!(!m.empty(), "{} is missing (run scripts/setup.sh)", path.display());
+    assert!(
+        !m.empty(),
+        "{} is missing (run scripts/setup.sh)",
+        path.display()
+    );
     m
 }
 
@@ -75,9 +83,21 @@ fn a_model_that_does_not_fit_its_role_is_refused_naming_it() {
     ));
     assert!(m.starts_with("pipeline.pose_landmark: the model's inputs are [float32 [1, 224, 224, 3]]; a pose landmark model (pose_landmark_full) takes one float32 [1, 256, 256, 3]"), "{m}");
     let m = refused(Selfie::load(&rt, &model("pose_detection.tflite"), 1));
-    assert!(m.starts_with("pipeline.selfie_segmentation: the model's input is Some(([1, 224, 224, 3], 1))"), "{m}");
-    let m = refused(Selfie::load(&rt, &root().join("models/testdata/astronaut.png"), 1));
-    assert!(m.starts_with("pipeline.selfie_segmentation: LiteRT could not load it"), "{m}");
+    assert!(
+        m.starts_with(
+            "pipeline.selfie_segmentation: the model's input is Some(([1, 224, 224, 3], 1))"
+        ),
+        "{m}"
+    );
+    let m = refused(Selfie::load(
+        &rt,
+        &root().join("models/testdata/astronaut.png"),
+        1,
+    ));
+    assert!(
+        m.starts_with("pipeline.selfie_segmentation: LiteRT could not load it"),
+        "{m}"
+    );
     // One of the pair without the other, through the worker's load.
     let mut served = crate::tasks::Served::new(
         crate::tasks::Detector::Cascade(
@@ -98,12 +118,21 @@ fn a_model_that_does_not_fit_its_role_is_refused_naming_it() {
             ..Default::default()
         }),
     ));
-    assert_eq!(m, "pipeline.pose_detection is empty; pose needs it with pipeline.pose_landmark");
+    assert_eq!(
+        m,
+        "pipeline.pose_detection is empty; pose needs it with pipeline.pose_landmark"
+    );
     // Without the models, the tasks are refused naming what they need.
     let m = refused(pose::check(&PoseTask::default(), false));
-    assert!(m.starts_with("pose needs pipeline.pose_detection and pipeline.pose_landmark"), "{m}");
+    assert!(
+        m.starts_with("pose needs pipeline.pose_detection and pipeline.pose_landmark"),
+        "{m}"
+    );
     let m = refused(check_selfie(&SelfieSegmentationTask::default(), false));
-    assert!(m.starts_with("selfie_segmentation needs pipeline.selfie_segmentation"), "{m}");
+    assert!(
+        m.starts_with("selfie_segmentation needs pipeline.selfie_segmentation"),
+        "{m}"
+    );
     // Both loaded by name through the worker's load.
     super::load(
         &mut served,
@@ -220,6 +249,7 @@ fn the_detector_runs_only_when_the_pose_is_not_tracked() {
     assert!(first.detection.is_some());
     let (second, stages) = pose_frame(&mut m, &mut st, &frame, 33_333);
     assert_eq!(stages, ["pose_landmark"], "tracked from the first frame");
+    assert!(st.tracked().is_some());
     let second = second.expect("still there");
     assert!(second.detection.is_none());
     // The same picture: the tracked region finds the same body (the
@@ -232,8 +262,15 @@ fn the_detector_runs_only_when_the_pose_is_not_tracked() {
         .map(|(a, b)| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt())
         .collect();
     let mean = moved.iter().sum::<f32>() / moved.len() as f32;
-    println!("tracked vs detected on the same picture: {} visible landmarks, mean {mean} px, max {} px", moved.len(), moved.iter().fold(0.0f32, |a, &b| a.max(b)));
-    assert!(moved.len() >= 10 && mean < 0.015 * 724.0, "tracked landmarks moved {mean} px on the same picture");
+    eprintln!(
+        "tracked vs detected on the same picture: {} visible landmarks, mean {mean} px, max {} px",
+        moved.len(),
+        moved.iter().fold(0.0f32, |a, &b| a.max(b))
+    );
+    assert!(
+        moved.len() >= 10 && mean < 0.015 * 724.0,
+        "tracked landmarks moved {mean} px on the same picture"
+    );
     // A black frame: tracking is lost, the next frame runs the detector.
     let black = Mat::zeros(512, 512, opencv::core::CV_8UC3)
         .unwrap()
@@ -242,10 +279,52 @@ fn the_detector_runs_only_when_the_pose_is_not_tracked() {
     let (none, stages) = pose_frame(&mut m, &mut st, &black, 66_666);
     assert!(none.is_none());
     assert_eq!(stages, ["pose_landmark"]);
+    assert_eq!(st.tracked(), None, "lost: nothing tracked");
     let (none, stages) = pose_frame(&mut m, &mut st, &black, 99_999);
     assert!(none.is_none());
     assert_eq!(stages, ["pose_detection"], "no person: no landmark stage");
     let (back, stages) = pose_frame(&mut m, &mut st, &frame, 133_332);
     assert!(back.is_some());
     assert_eq!(stages, ["pose_detection", "pose_landmark"]);
+}
+
+/// The share of a mask's pixels at or above 0.5.
+fn person_share(mask: &Mat) -> f64 {
+    let on: usize = (0..mask.rows())
+        .map(|y| {
+            mask.at_row::<f32>(y)
+                .unwrap()
+                .iter()
+                .filter(|&&p| p >= 0.5)
+                .count()
+        })
+        .sum();
+    on as f64 / (mask.rows() * mask.cols()) as f64
+}
+
+#[test]
+fn selfie_masks_have_the_frame_size_and_nobody_on_a_black_frame() {
+    let frame = photo(&root().join("models/testdata/astronaut.png"));
+    let black = Mat::zeros(240, 320, opencv::core::CV_8UC3)
+        .unwrap()
+        .to_mat()
+        .unwrap();
+    for name in [
+        "selfie_segmentation.tflite",
+        "selfie_segmentation_landscape.tflite",
+    ] {
+        let mut s = load_selfie(name);
+        let mask = s.run(&frame).unwrap();
+        assert_eq!((mask.cols(), mask.rows()), (frame.cols(), frame.rows()));
+        let share = person_share(&mask);
+        eprintln!("{name}: astronaut.png {share:.4} of the pixels are the person");
+        assert!(share > 0.3, "{name}: {share}");
+        let mask = s.run(&black).unwrap();
+        assert_eq!((mask.cols(), mask.rows()), (320, 240));
+        assert_eq!(
+            person_share(&mask),
+            0.0,
+            "{name}: a person on a black frame"
+        );
+    }
 }

@@ -20,8 +20,8 @@ use opencv::prelude::*;
 use sidecar_proto::v1::{SegmentationMask, SegmentationMaskFormat, SelfieSegmentationTask};
 use worker_runtime::WorkerError;
 
-use crate::error::{cv, lite_error};
 use super::roi::{Border, Region, TensorSpec, to_tensor};
+use crate::error::{cv, lite_error};
 
 /// How a mask goes to the client: a threshold (0: none) and an encoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,7 +112,8 @@ pub fn smooth(current: &mut Mat, previous: &Mat, ratio: f32) -> Result<(), Worke
             // polynomial in (c − 0.5)² approximates it.
             let t = *c - 0.5;
             let x = t * t;
-            let poly = x * (5.68842 + x * (-0.748699 + x * (-57.8051 + x * (291.309 + x * -624.717))));
+            let poly =
+                x * (5.68842 + x * (-0.748699 + x * (-57.8051 + x * (291.309 + x * -624.717))));
             let uncertainty = 1.0 - poly.min(1.0);
             *c += (p - *c) * (uncertainty * ratio);
         }
@@ -146,7 +147,10 @@ impl Selfie {
             .model(path)
             .and_then(|m| m.compile(HW_CPU, threads))
             .map_err(|e| WorkerError::invalid(format!("{field}: LiteRT could not load it: {e}")))?;
-        let input = compiled.input_desc.first().map(|d| (d.shape.clone(), d.element_type));
+        let input = compiled
+            .input_desc
+            .first()
+            .map(|d| (d.shape.clone(), d.element_type));
         let (width, height) = match input {
             Some((s, 1)) if s == [1, 256, 256, 3] => (256, 256),
             Some((s, 1)) if s == [1, 144, 256, 3] => (256, 144),
@@ -183,7 +187,9 @@ impl Selfie {
         let (w, h) = (self.width, self.height);
         let mut cropped = Err(WorkerError::internal("the input was not written"));
         self.compiled
-            .write_input(0, |buf| cropped = to_tensor(frame, &Region::whole(), &spec, buf))
+            .write_input(0, |buf| {
+                cropped = to_tensor(frame, &Region::whole(), &spec, buf)
+            })
             .map_err(lite_error)?;
         cropped?;
         self.compiled.run().map_err(lite_error)?;

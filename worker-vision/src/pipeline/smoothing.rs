@@ -149,7 +149,7 @@ impl Landmarks {
         let mut value_scale = 1.0;
         if !c.disable_value_scaling {
             let scale = f64::from(object_scale);
-            if !(scale >= c.min_allowed_object_scale) {
+            if scale.is_nan() || scale < c.min_allowed_object_scale {
                 return;
             }
             value_scale = 1.0 / scale;
@@ -270,6 +270,9 @@ mod tests {
         assert_eq!(a, [1.0, 0.0]);
         let mut a = [0.0, 1.0];
         v.apply(&mut a);
-        assert!((a[0] - 0.9).abs() < 1e-6 && (a[1] - 0.1).abs() < 1e-6, "{a:?}");
+        assert!(
+            (a[0] - 0.9).abs() < 1e-6 && (a[1] - 0.1).abs() < 1e-6,
+            "{a:?}"
+        );
     }
 }
