@@ -328,3 +328,256 @@ fn selfie_masks_have_the_frame_size_and_nobody_on_a_black_frame() {
         );
     }
 }
+
+/// MediaPipe's results, as `scripts/mediapipe_fixtures.py` wrote them.
+fn fixtures(suffix: &str) -> Vec<(PathBuf, serde_json::Value)> {
+    let dir = root().join("tests/fixtures/mediapipe");
+    let mut out: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, serde_json::from_str(&text).unwrap())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!out.is_empty(), "no {suffix} fixtures in {}", dir.display());
+    out
+}
+
+fn f(v: &serde_json::Value) -> f32 {
+    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number")) as f32
+}
+
+/// A fixture's mask at 0.5: its rows' run lengths, background first.
+fn fixture_mask(seg: &serde_json::Value) -> Vec<bool> {
+    let (w, h) = (
+        seg["width"].as_u64().unwrap(),
+        seg["height"].as_u64().unwrap(),
+    );
+    let mut out = Vec::with_capacity((w * h) as usize);
+    for row in seg["rle_rows"].as_array().unwrap() {
+        let start = out.len();
+        for (k, run) in row.as_array().unwrap().iter().enumerate() {
+            out.extend(std::iter::repeat_n(
+                k % 2 == 1,
+                run.as_u64().unwrap() as usize,
+            ));
+        }
+        assert_eq!((out.len() - start) as u64, w, "a row of {w} pixels");
+    }
+    assert_eq!(out.len() as u64, w * h);
+    out
+}
+
+/// Intersection over union of two masks at 0.5.
+fn iou(a: &[bool], b: &[bool]) -> f64 {
+    assert_eq!(a.len(), b.len(), "masks of different sizes");
+    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+fn at_half(mask: &Mat) -> Vec<bool> {
+    (0..mask.rows())
+        .flat_map(|y| {
+            mask.at_row::<f32>(y)
+                .unwrap()
+                .iter()
+                .map(|&p| p >= 0.5)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Mean and max distance (pixels) between our landmarks and MediaPipe's,
+/// over all of them, and the mean over those MediaPipe sees (visibility
+/// at least 0.5).
+fn distances(ours: &[sidecar_proto::v1::Landmark], theirs: &serde_json::Value) -> (f32, f32, f32) {
+    let theirs = theirs.as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len(), "landmark counts");
+    let d: Vec<(f32, bool)> = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| {
+            let dist = ((a.x - f(&b[0])).powi(2) + (a.y - f(&b[1])).powi(2)).sqrt();
+            (dist, b[3].as_f64().is_some_and(|v| v >= 0.5))
+        })
+        .collect();
+    let mean = d.iter().map(|x| x.0).sum::<f32>() / d.len() as f32;
+    let max = d.iter().map(|x| x.0).fold(0.0, f32::max);
+    let seen: Vec<f32> = d.iter().filter(|x| x.1).map(|x| x.0).collect();
+    let seen_mean = seen.iter().sum::<f32>() / seen.len().max(1) as f32;
+    (mean, max, seen_mean)
+}
+
+#[test]
+fn pose_matches_mediapipe_on_the_fixture_photos() {
+    let mut m = load_pose();
+    let (mut with, mut without) = (0, 0);
+    for (path, fx) in fixtures(".pose.json") {
+        let name = fx["image"].as_str().unwrap();
+        let frame = photo(&root().join("models/testdata").join(name));
+        let (w, h) = (frame.cols() as f32, frame.rows() as f32);
+        assert_eq!((w, h), (f(&fx["width"]), f(&fx["height"])), "{name}");
+        // Static-image mode: a fresh state, as ProcessBatch gives each image.
+        let mut st = State::new(&PoseTask {
+            segmentation: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let (pose, stages) = pose_frame(&mut m, &mut st, &frame, 0);
+        let expected = fx["poses"].as_array().unwrap();
+        assert_eq!(
+            usize::from(pose.is_some()),
+            expected.len(),
+            "{}: pose count",
+            path.display()
+        );
+        assert_eq!(stages[0], "pose_detection", "static-image mode");
+        let Some(pose) = pose else {
+            without += 1;
+            continue;
+        };
+        with += 1;
+        let diag = (w * w + h * h).sqrt();
+        let (mean, max, seen) = distances(&pose.landmarks, &expected[0]["landmarks"]);
+        let mine = pose.segmentation.as_ref().expect("the mask asked for");
+        let ours: Vec<bool> = mine.data.iter().map(|&b| b >= 128).collect();
+        let iou = iou(&ours, &fixture_mask(&fx["segmentation"]));
+        eprintln!(
+            "pose {name}: mean {mean:.2} px ({:.3} % of the diagonal), max {max:.2} px, visible mean {seen:.2} px; mask IoU {iou:.4}",
+            100.0 * mean / diag
+        );
+        assert!(mean <= 0.015 * diag, "{name}: mean {mean} px");
+        assert!(iou >= 0.95, "{name}: mask IoU {iou}");
+        assert_eq!(pose.world_landmarks.len(), 33);
+        let (wm, _, _) = distances(
+            &pose
+                .world_landmarks
+                .iter()
+                .map(|l| sidecar_proto::v1::Landmark {
+                    x: l.x,
+                    y: l.y,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+            &expected[0]["world_landmarks"],
+        );
+        eprintln!("pose {name}: world landmarks mean x/y distance {wm:.4} m");
+        assert!(wm < 0.05, "{name}: world landmarks {wm} m off");
+    }
+    assert!(
+        with > 0 && without > 0,
+        "the fixtures need photos with and without a person ({with}, {without})"
+    );
+}
+
+#[test]
+fn selfie_masks_match_mediapipe_on_the_fixture_photos() {
+    let mut general = load_selfie("selfie_segmentation.tflite");
+    let mut landscape = load_selfie("selfie_segmentation_landscape.tflite");
+    for (path, fx) in fixtures(".json") {
+        let p = path.to_string_lossy();
+        let model = if p.ends_with(".selfie_segmentation.general.json") {
+            &mut general
+        } else if p.ends_with(".selfie_segmentation.landscape.json") {
+            &mut landscape
+        } else {
+            continue;
+        };
+        let name = fx["image"].as_str().unwrap();
+        let frame = photo(&root().join("models/testdata").join(name));
+        let ours = at_half(&model.run(&frame).unwrap());
+        let theirs = fixture_mask(&fx["segmentation"]);
+        let iou = iou(&ours, &theirs);
+        let on = theirs.iter().filter(|x| **x).count();
+        eprintln!(
+            "{}: IoU {iou:.4} ({on} person pixels)",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        assert!(iou >= 0.95, "{p}: IoU {iou}");
+    }
+}
+
+#[test]
+fn a_batch_runs_the_detector_on_every_image_a_stream_tracks() {
+    use crate::tasks::{self, Prepared};
+    use sidecar_proto::v1::{ProcessResponse, vision_task::Task};
+    let mut served = crate::tasks::Served::new(
+        crate::tasks::Detector::Cascade(
+            crate::detect::Cascade::system("haarcascade_frontalface_default.xml").unwrap(),
+        ),
+        Default::default(),
+    );
+    super::load(
+        &mut served,
+        &root().join("runtime/litert/libLiteRt.so"),
+        &VisionOptions {
+            pipeline: Some(PipelineModels {
+                pose_detection: model("pose_detection.tflite").display().to_string(),
+                pose_landmark: model("pose_landmark_full.tflite").display().to_string(),
+                selfie_segmentation: model("selfie_segmentation.tflite").display().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tasks = [
+        Task::Pose(PoseTask {
+            segmentation: true,
+            ..Default::default()
+        }),
+        Task::SelfieSegmentation(SelfieSegmentationTask {
+            threshold: 0.5,
+            format: SegmentationMaskFormat::Png as i32,
+        }),
+    ];
+    for t in &tasks {
+        tasks::check(t, &served).unwrap();
+    }
+    let mut prepared = Prepared::new(&tasks, &served.limits).unwrap();
+    let frame = photo(&root().join("models/testdata/astronaut.png"));
+    let mut frame_stages = |prepared: &mut Prepared| {
+        let mut r = ProcessResponse::default();
+        tasks::run(&mut served, &tasks, prepared, &frame, &mut r, "t", 0).unwrap();
+        let stages: Vec<String> = r.stages.iter().map(|s| s.stage.clone()).collect();
+        (r, stages)
+    };
+    // ProcessBatch: each image alone.
+    for _ in 0..2 {
+        prepared.still();
+        let (r, stages) = frame_stages(&mut prepared);
+        assert_eq!(
+            stages,
+            ["pose_detection", "pose_landmark", "selfie_segmentation"]
+        );
+        let pose = r.pose.expect("a person");
+        let mask = pose.segmentation.expect("the pose mask");
+        assert_eq!(
+            (mask.width, mask.height, mask.data.len()),
+            (512, 512, 512 * 512)
+        );
+        let selfie = r.segmentation.expect("the selfie mask");
+        assert_eq!(selfie.format, SegmentationMaskFormat::Png as i32);
+        let png = imgcodecs::imdecode(
+            &Vector::<u8>::from_slice(&selfie.data),
+            imgcodecs::IMREAD_GRAYSCALE,
+        )
+        .unwrap();
+        assert_eq!((png.cols(), png.rows()), (512, 512));
+        let values: std::collections::BTreeSet<u8> =
+            png.data_bytes().unwrap().iter().copied().collect();
+        assert_eq!(values, [0u8, 255].into(), "thresholded");
+    }
+    // A stream: the next frame is tracked.
+    let (r, stages) = frame_stages(&mut prepared);
+    assert_eq!(stages, ["pose_landmark", "selfie_segmentation"]);
+    assert!(r.pose.is_some_and(|p| p.detection.is_none()));
+}
