@@ -295,7 +295,13 @@ pub fn run(
     let mut aux: Vec<[f32; 3]> = found.points[POSE..POSE + 2].iter().map(pixels).collect();
     st.auxiliary.apply(&mut aux, t_us, object_scale);
     let norm = |p: &[f32; 3]| (p[0] / w, p[1] / h);
-    st.region = Some(pose_region(norm(&aux[0]), norm(&aux[1]), size).0);
+    let next = pose_region(norm(&aux[0]), norm(&aux[1]), size).0;
+    // A model file is not trusted: a region that is not finite (or has no
+    // size) is not tracked; the next frame runs the detector.
+    let finite = [next.x_center, next.y_center, next.width, next.height, next.rotation]
+        .iter()
+        .all(|v| v.is_finite());
+    st.region = (finite && next.width > 0.0).then_some(next);
     let segmentation = match (st.options.mask, found.mask.take()) {
         (Some(spec), Some(mut mask)) => {
             if st.options.smooth_mask
