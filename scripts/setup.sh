@@ -146,4 +146,64 @@ fi
 skimage_wheel="$(fetch_wheel scikit-image==0.25.2 "${SKIMAGE_WHEEL_SHA256:-24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641}")"
 extract "$skimage_wheel" skimage/data/astronaut.png models/testdata/astronaut.png 791555
 
+# MediaPipe solutions' reference photographs (tests/fixtures/mediapipe/, made
+# by scripts/mediapipe_fixtures.py), each from a registry package:
+# - rocket.jpg: scikit-image 0.25.2, skimage/data/rocket.jpg (no person:
+#   the empty results);
+# - grace_hopper.jpg: matplotlib 3.9.4, matplotlib/mpl-data/sample_data/
+#   grace_hopper.jpg (one face, upper body);
+# - bus.jpg, zidane.jpg: ultralytics 8.4.190, ultralytics/assets/ (people
+#   standing full body in a street; two men, one pointing hand);
+# - people_sofa.jpg, people_stairs.jpg: the npm package
+#   @vladmandic/face-api 1.7.15, package/demo/sample2.jpg and sample5.jpg
+#   (groups; on the sofa two hands (a left and a right) for the lite hand
+#   model, on the stairs one right hand).
+extract "$skimage_wheel" skimage/data/rocket.jpg models/testdata/rocket.jpg 112525
+mpl_wheel="$(fetch_wheel matplotlib==3.9.4 "${MATPLOTLIB_WHEEL_SHA256:-aca90ed222ac3565d2752b83dbb27627480d27662671e4d39da72e97f657a423}")"
+extract "$mpl_wheel" matplotlib/mpl-data/sample_data/grace_hopper.jpg models/testdata/grace_hopper.jpg 61306
+ultralytics_wheel="$(fetch_wheel ultralytics==8.4.190 "${ULTRALYTICS_WHEEL_SHA256:-bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8}")"
+extract "$ultralytics_wheel" ultralytics/assets/bus.jpg models/testdata/bus.jpg 137419
+extract "$ultralytics_wheel" ultralytics/assets/zidane.jpg models/testdata/zidane.jpg 50427
+
+# fetch_npm NAME@VERSION SHA256-OF-TARBALL: an npm package's tarball
+# (`npm pack`, never installed) in the download cache, checksum verified.
+fetch_npm() {
+    local spec="$1" sha="$2" dir="$cache/downloads/npm-${1//[@\/]/-}"
+    local tgz
+    tgz="$(find "$dir" -name '*.tgz' 2>/dev/null | head -1)"
+    if [[ -z "$tgz" ]] || ! echo "$sha  $tgz" | sha256sum --quiet -c - 2>/dev/null; then
+        say "downloading $spec"
+        command -v npm >/dev/null || {
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -q >/dev/null
+            apt-get install -y -q --no-install-recommends npm >/dev/null
+        }
+        rm -rf "$dir" && mkdir -p "$dir"
+        (cd "$dir" && npm pack -q "$spec" >/dev/null 2>&1)
+        tgz="$(find "$dir" -name '*.tgz' | head -1)"
+        if [[ -z "$tgz" ]] || ! echo "$sha  $tgz" | sha256sum --quiet -c -; then
+            echo "setup: checksum mismatch for $spec ($tgz; expected $sha)" >&2
+            exit 1
+        fi
+    fi
+    echo "$tgz"
+}
+
+# extract_tgz TARBALL MEMBER DEST SIZE: one file out of a tarball, unless
+# DEST is there with the right size.
+extract_tgz() {
+    local tgz="$1" member="$2" dest="$3" size="$4"
+    if [[ -f "$dest" && "$(stat -c %s "$dest")" == "$size" ]]; then
+        return
+    fi
+    say "extracting $member"
+    mkdir -p "$(dirname "$dest")"
+    tar -xzOf "$tgz" "$member" >"$dest.part"
+    mv "$dest.part" "$dest"
+}
+
+faceapi_tgz="$(fetch_npm @vladmandic/face-api@1.7.15 "${FACEAPI_NPM_SHA256:-0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031}")"
+extract_tgz "$faceapi_tgz" package/demo/sample2.jpg models/testdata/people_sofa.jpg 181758
+extract_tgz "$faceapi_tgz" package/demo/sample5.jpg models/testdata/people_stairs.jpg 166400
+
 say "ok (rust $have; models in $root/models)"
