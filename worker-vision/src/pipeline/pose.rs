@@ -298,9 +298,15 @@ pub fn run(
     let next = pose_region(norm(&aux[0]), norm(&aux[1]), size).0;
     // A model file is not trusted: a region that is not finite (or has no
     // size) is not tracked; the next frame runs the detector.
-    let finite = [next.x_center, next.y_center, next.width, next.height, next.rotation]
-        .iter()
-        .all(|v| v.is_finite());
+    let finite = [
+        next.x_center,
+        next.y_center,
+        next.width,
+        next.height,
+        next.rotation,
+    ]
+    .iter()
+    .all(|v| v.is_finite());
     st.region = (finite && next.width > 0.0).then_some(next);
     let segmentation = match (st.options.mask, found.mask.take()) {
         (Some(spec), Some(mut mask)) => {
