@@ -403,9 +403,9 @@ fn landmarks(
     let crop = model.input(frame, region, &INPUT)?;
     model.run()?;
     let score = model.output(1)?.first().copied().unwrap_or(0.0);
-    // ThresholdingCalculator: below the threshold (or not a number) the
-    // pose is not present.
-    if score.is_nan() || score < min_tracking {
+    // ThresholdingCalculator: present only above the threshold (not a
+    // number: absent).
+    if score.is_nan() || score <= min_tracking {
         return Ok(None);
     }
     let raw = model.output(0)?;

@@ -236,9 +236,20 @@ pub(crate) fn pose_frame(
     frame: &Mat,
     t_us: i64,
 ) -> (Option<sidecar_proto::v1::Pose>, Vec<String>) {
+    let (p, stages) = pose_timed(m, st, frame, t_us);
+    (p, stages.into_iter().map(|s| s.stage).collect())
+}
+
+/// Runs pose on one frame; the stages it ran with their times.
+fn pose_timed(
+    m: &mut Models,
+    st: &mut State,
+    frame: &Mat,
+    t_us: i64,
+) -> (Option<sidecar_proto::v1::Pose>, Vec<StageTiming>) {
     let mut stages: Vec<StageTiming> = vec![];
     let p = pose::run(m, st, frame, t_us, 0, &mut stages).expect("pose runs");
-    (p, stages.into_iter().map(|s| s.stage).collect())
+    (p, stages)
 }
 
 #[test]
@@ -622,12 +633,17 @@ fn a_moving_crop_video_is_tracked_and_found_again_after_the_person_left() {
     let mut detected = vec![false; frames.len()];
     let mut worst: (f32, usize) = (0.0, 0);
     let mut means = vec![];
+    let mut times = std::collections::BTreeMap::<String, (u64, u64)>::new();
     for (i, (fr, t)) in frames.iter().zip(truth).enumerate() {
         let r = |k: &str| fr[k].as_i64().unwrap() as i32;
         let rect = opencv::core::Rect::new(r("x"), r("y"), r("w"), r("h"));
         let frame = Mat::roi(&source, rect).unwrap().try_clone().unwrap();
-        let (pose, stages) = pose_frame(&mut m, &mut st, &frame, i as i64 * 33_333);
-        detected[i] = stages.iter().any(|s| s == "pose_detection");
+        let (pose, stages) = pose_timed(&mut m, &mut st, &frame, i as i64 * 33_333);
+        for s in &stages {
+            let e = times.entry(s.stage.clone()).or_insert((0, 0));
+            *e = (e.0 + s.us, e.1 + 1);
+        }
+        detected[i] = stages.iter().any(|s| s.stage == "pose_detection");
         let expected = t["poses"].as_array().unwrap();
         assert_eq!(
             usize::from(pose.is_some()),
@@ -670,6 +686,12 @@ fn a_moving_crop_video_is_tracked_and_found_again_after_the_person_left() {
         worst.0,
         100.0 * worst.0 / diag
     );
+    for (stage, (us, n)) in &times {
+        eprintln!(
+            "pose video: {stage} {n} runs, mean {} µs (1 thread, not asserted)",
+            us / n
+        );
+    }
     assert!(
         count(&track) * 5 < track.len(),
         "the detector ran on {} of {} frames",
