@@ -126,23 +126,6 @@ impl Ssd {
         iou: f32,
     ) -> Result<Vec<Detection>, WorkerError> {
         let (w, h) = (frame.cols(), frame.rows());
-        Ok(self
-            .detect_normalized(frame, min_score, iou)?
-            .iter()
-            .map(|d| to_pixels(d, w, h, &self.options.labels))
-            .collect())
-    }
-
-    /// Runs the detector on a BGR frame: the detections best first,
-    /// normalised to the frame (letterbox removed), not clamped (a pipeline
-    /// needs keypoints that lie outside the frame).
-    pub fn detect_normalized(
-        &mut self,
-        frame: &Mat,
-        min_score: f32,
-        iou: f32,
-    ) -> Result<Vec<Raw>, WorkerError> {
-        let (w, h) = (frame.cols(), frame.rows());
         let (iw, ih) = (
             self.options.input_width as i32,
             self.options.input_height as i32,
@@ -202,25 +185,16 @@ impl Ssd {
             pad_x: px as f32 / iw as f32,
             pad_y: py as f32 / ih as f32,
         };
-        let x = |v: f32| (v - lb.pad_x) / lb.content_w;
-        let y = |v: f32| (v - lb.pad_y) / lb.content_h;
         Ok(ssd::weighted_nms(raw, iou)
             .into_iter()
-            .map(|d| Raw {
-                xmin: x(d.xmin),
-                ymin: y(d.ymin),
-                xmax: x(d.xmax),
-                ymax: y(d.ymax),
-                keypoints: d.keypoints.iter().map(|&(kx, ky)| (x(kx), y(ky))).collect(),
-                ..d
-            })
+            .map(|d| to_pixels(&d, &lb, w, h, &self.options.labels))
             .collect())
     }
 }
 
-fn to_pixels(d: &Raw, w: i32, h: i32, labels: &[String]) -> Detection {
-    let x = |v: f32| (v * w as f32).clamp(0.0, w as f32);
-    let y = |v: f32| (v * h as f32).clamp(0.0, h as f32);
+fn to_pixels(d: &Raw, lb: &Letterbox, w: i32, h: i32, labels: &[String]) -> Detection {
+    let x = |v: f32| ((v - lb.pad_x) / lb.content_w * w as f32).clamp(0.0, w as f32);
+    let y = |v: f32| ((v - lb.pad_y) / lb.content_h * h as f32).clamp(0.0, h as f32);
     let (x0, y0, x1, y1) = (x(d.xmin), y(d.ymin), x(d.xmax), y(d.ymax));
     Detection {
         r#box: Some(PixelBox {

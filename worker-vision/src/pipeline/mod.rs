@@ -8,6 +8,7 @@ pub mod model;
 pub mod palm;
 pub mod pose;
 pub mod pose_detection;
+pub mod pose_landmark;
 pub mod roi;
 pub mod segmentation;
 pub mod smoothing;
@@ -63,5 +64,7 @@ pub fn load(served: &mut Served, lib: &Path, options: &VisionOptions) -> Result<
     Ok(())
 }
 
+#[cfg(test)]
+mod pose_test_support;
 #[cfg(test)]
 mod pose_tests;

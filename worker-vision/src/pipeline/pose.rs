@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use litert::Runtime;
-use opencv::core::{self, Mat, Scalar, Size};
-use opencv::imgproc;
+use opencv::core::Mat;
 use sidecar_proto::v1::{
     Box as PixelBox, Detection, Landmark, Point, Pose, PoseTask, StageTiming, WorldLandmark,
 };
@@ -34,32 +33,15 @@ use worker_runtime::{WorkerError, deadline};
 
 use super::model::Model;
 use super::pose_detection::Detector;
-use super::roi::{self, Border, Crop, FrameSize, RectTransform, Region, TensorSpec};
+use super::pose_landmark::{self, POSE};
+use super::roi::{self, FrameSize, RectTransform, Region};
 use super::segmentation::{self, MaskSpec};
 use super::smoothing::{Landmarks, OneEuroConfig, Visibility};
-use crate::error::cv;
 use crate::ssd::Raw;
 
-/// Landmarks the landmark model gives (33 + 2 auxiliary + 4 unused).
-const POINTS: usize = 39;
-/// Landmarks returned.
-const POSE: usize = 33;
 /// Time between frames assumed when the client's timestamps do not
 /// increase (MediaPipe's Python solutions feed 30 fps).
 const FRAME_US: i64 = 33_333;
-
-/// The landmark model's input (`PoseLandmarkByRoiCpu`).
-const INPUT: TensorSpec = TensorSpec {
-    width: 256,
-    height: 256,
-    range: (0.0, 1.0),
-    border: Border::Replicate,
-    keep_aspect: true,
-};
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 /// The region `AlignmentPointsRectsCalculator` then
 /// `RectTransformationCalculator` make for pose from a centre and a scale
@@ -86,9 +68,7 @@ pub fn pose_region(c: (f32, f32), s: (f32, f32), size: FrameSize) -> (Region, Re
 #[derive(Debug)]
 pub struct Models {
     detector: Detector,
-    /// Outputs in order: landmarks [1, 195], pose presence [1, 1], mask
-    /// [1, 256, 256, 1] (logits), heatmap [1, 64, 64, 39], world landmarks
-    /// [1, 117] (`TensorsToPoseLandmarksAndSegmentation` splits them so).
+    /// `pose_landmark_full` (see `pose_landmark::load`).
     landmark: Model,
 }
 
@@ -102,23 +82,7 @@ impl Models {
         threads: u32,
     ) -> Result<Models, WorkerError> {
         let detector = Detector::load(rt, detection, threads)?;
-        let landmark = Model::load(
-            rt,
-            landmark,
-            threads,
-            "pipeline.pose_landmark",
-            "a pose landmark model (pose_landmark_full)",
-            (
-                &[1, 256, 256, 3],
-                &[
-                    &[1, 195],
-                    &[1, 1],
-                    &[1, 256, 256, 1],
-                    &[1, 64, 64, 39],
-                    &[1, 117],
-                ],
-            ),
-        )?;
+        let landmark = pose_landmark::load(rt, landmark, threads)?;
         Ok(Models { detector, landmark })
     }
 }
@@ -266,7 +230,7 @@ pub fn run(
     deadline::check(deadline_ms)?;
     let t0 = Instant::now();
     let want_mask = st.options.mask.is_some();
-    let found = landmarks(
+    let found = pose_landmark::run(
         &mut m.landmark,
         frame,
         &region,
@@ -378,137 +342,5 @@ fn to_pixels(d: &Raw, size: FrameSize) -> Detection {
             .iter()
             .map(|&(x, y)| Point { x: x * w, y: y * h })
             .collect(),
-    }
-}
-
-/// The landmark model's answer on one region, normalised to the frame.
-struct Found {
-    /// x, y (normalised to the frame), z (normalised like x), visibility,
-    /// presence; 39 points.
-    points: Vec<[f32; 5]>,
-    /// 33 world landmarks, metres, turned like the region.
-    world: Vec<[f32; 3]>,
-    score: f32,
-    /// The person probability at the frame's size.
-    mask: Option<Mat>,
-}
-
-fn landmarks(
-    model: &mut Model,
-    frame: &Mat,
-    region: &Region,
-    min_tracking: f32,
-    want_mask: bool,
-) -> Result<Option<Found>, WorkerError> {
-    let crop = model.input(frame, region, &INPUT)?;
-    model.run()?;
-    let score = model.output(1)?.first().copied().unwrap_or(0.0);
-    // ThresholdingCalculator: present only above the threshold (not a
-    // number: absent).
-    if score.is_nan() || score <= min_tracking {
-        return Ok(None);
-    }
-    let raw = model.output(0)?;
-    let heat = model.output(3)?;
-    let world = model.output(4)?;
-    if raw.len() != POINTS * 5 || heat.len() != 64 * 64 * POINTS || world.len() != POINTS * 3 {
-        return Err(WorkerError::internal(
-            "the pose landmark model's outputs changed size",
-        ));
-    }
-    let mut points: Vec<[f32; 5]> = raw
-        .chunks_exact(5)
-        .map(|p| {
-            [
-                p[0] / 256.0,
-                p[1] / 256.0,
-                p[2] / 256.0,
-                sigmoid(p[3]),
-                sigmoid(p[4]),
-            ]
-        })
-        .collect();
-    refine(&mut points, &heat, 64, 64, 7);
-    for p in &mut points {
-        let (x, y) = crop.to_frame(p[0], p[1]);
-        p[2] = crop.z_to_pixels(p[2]) / crop.size.width;
-        (p[0], p[1]) = (x, y);
-    }
-    let world = world
-        .chunks_exact(3)
-        .take(POSE)
-        .map(|v| {
-            let (x, y) = roi::rotate_world(v[0], v[1], region.rotation);
-            [x, y, v[2]]
-        })
-        .collect();
-    let mask = if want_mask {
-        let probs: Vec<f32> = model.output(2)?.iter().map(|&v| sigmoid(v)).collect();
-        Some(unwarp(&probs, &crop)?)
-    } else {
-        None
-    };
-    Ok(Some(Found {
-        points,
-        world,
-        score,
-        mask,
-    }))
-}
-
-/// The crop's 256x256 mask warped back onto the frame (`WarpAffineCalculator`
-/// with the crop's inverse, zero outside the region).
-fn unwarp(probs: &[f32], crop: &Crop) -> Result<Mat, WorkerError> {
-    let (tw, th) = (INPUT.width, INPUT.height);
-    let small = Mat::new_rows_cols_with_data(th, tw, probs).map_err(cv("mask"))?;
-    // Tensor pixels → frame pixels.
-    let o = crop.to_pixels(0.0, 0.0);
-    let u = crop.to_pixels(1.0 / tw as f32, 0.0);
-    let v = crop.to_pixels(0.0, 1.0 / th as f32);
-    let m = Mat::from_slice_2d(&[
-        [f64::from(u.0 - o.0), f64::from(v.0 - o.0), f64::from(o.0)],
-        [f64::from(u.1 - o.1), f64::from(v.1 - o.1), f64::from(o.1)],
-    ])
-    .map_err(cv("mask matrix"))?;
-    let mut full = Mat::default();
-    imgproc::warp_affine(
-        &small,
-        &mut full,
-        &m,
-        Size::new(crop.size.width as i32, crop.size.height as i32),
-        imgproc::INTER_LINEAR,
-        core::BORDER_CONSTANT,
-        Scalar::default(),
-    )
-    .map_err(cv("warp mask"))?;
-    Ok(full)
-}
-
-/// `RefineLandmarksFromHeatmapCalculator`: each point moved to the
-/// sigmoid-weighted mean of its `kernel`² heatmap window when the window's
-/// best confidence is at least 0.5.
-fn refine(points: &mut [[f32; 5]], heat: &[f32], hw: usize, hh: usize, kernel: i32) {
-    let channels = points.len();
-    let offset = (kernel - 1) / 2;
-    for (i, p) in points.iter_mut().enumerate() {
-        // Truncation toward zero, as the calculator's int conversion.
-        let (col, row) = ((p[0] * hw as f32) as i32, (p[1] * hh as f32) as i32);
-        if col < 0 || col >= hw as i32 || row < 0 || row >= hh as i32 {
-            continue;
-        }
-        let (mut sum, mut wx, mut wy, mut best) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
-        for r in (row - offset).max(0)..(row + offset + 1).min(hh as i32) {
-            for c in (col - offset).max(0)..(col + offset + 1).min(hw as i32) {
-                let v = sigmoid(heat[(r as usize * hw + c as usize) * channels + i]);
-                sum += v;
-                best = best.max(v);
-                wx += c as f32 * v;
-                wy += r as f32 * v;
-            }
-        }
-        if best >= 0.5 && sum > 0.0 {
-            p[0] = wx / hw as f32 / sum;
-            p[1] = wy / hh as f32 / sum;
-        }
     }
 }
