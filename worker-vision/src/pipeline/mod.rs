@@ -68,3 +68,5 @@ pub fn load(served: &mut Served, lib: &Path, options: &VisionOptions) -> Result<
 mod pose_test_support;
 #[cfg(test)]
 mod pose_tests;
+#[cfg(test)]
+mod segmentation_tests;
