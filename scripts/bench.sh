@@ -30,6 +30,13 @@
 # alone and beside a 20x flood from another client class, with and without
 # [traffic] classes.
 #
+# `scripts/bench.sh mediapipe [SECONDS]`: stream FPS of hands, pose and face
+# mesh through the sidecar against MediaPipe's own legacy solutions in video
+# mode in-process (scripts/bench_mediapipe_reference.py, in the venv of
+# scripts/mediapipe_venv.sh), on the frames of the moving-crop video
+# (tests/fixtures/mediapipe/video.json). The sidecar side is the e2e example
+# `bench_mediapipe` (MEDIAPIPE_REFERENCE_JSON: the reference's JSON lines).
+#
 # `scripts/bench.sh openai [ROUNDS]`: streaming /v1/chat/completions of the
 # sidecar against llama-server (built here from the same source package),
 # 1, 4 and 8 concurrent clients, 128 tokens each, EOS ignored.
@@ -42,6 +49,7 @@
 #        scripts/bench.sh batching [REPS]
 #        scripts/bench.sh traffic [CALLS]
 #        scripts/bench.sh openai [ROUNDS]
+#        scripts/bench.sh mediapipe [SECONDS]
 #        scripts/bench.sh prefix [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,6 +139,27 @@ if [[ "${1:-}" == traffic ]]; then
     echo "bench: traffic, ${2:-40} polite calls per phase; this takes a few minutes" >&2
     BENCH_CALLS="${2:-40}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
         "$CARGO_TARGET_DIR/release/examples/bench_traffic"
+    exit
+fi
+if [[ "${1:-}" == mediapipe ]]; then
+    scripts/setup.sh
+    scripts/mediapipe_venv.sh
+    mp_python="${MEDIAPIPE_VENV:-$cache/mediapipe-venv}/bin/python"
+    echo "bench: MediaPipe, ${2:-10} s per solution, in-process (video mode)" >&2
+    log="$(mktemp)"
+    reference="$("$mp_python" scripts/bench_mediapipe_reference.py --seconds "${2:-10}" 2>"$log")" ||
+        { cat "$log" >&2; echo "bench: scripts/bench_mediapipe_reference.py failed" >&2; exit 1; }
+    rm -f "$log"
+    echo "$reference"
+    if [[ ! -f tests/examples/bench_mediapipe.rs ]]; then
+        echo "bench: the sidecar side (tests/examples/bench_mediapipe.rs) is missing: only MediaPipe's side ran" >&2
+        exit 2
+    fi
+    cargo build --release --workspace --bins
+    cargo build --release -p e2e --example bench_mediapipe
+    echo "bench: the sidecar, the same frames" >&2
+    MEDIAPIPE_REFERENCE_JSON="$reference" BENCH_SECONDS="${2:-10}" SIDECAR_LOG="${SIDECAR_LOG:-warn}" \
+        "$CARGO_TARGET_DIR/release/examples/bench_mediapipe"
     exit
 fi
 if [[ "${1:-}" == openai ]]; then

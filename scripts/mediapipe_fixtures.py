@@ -279,6 +279,33 @@ def check_crop(name, photo_wh, frames):
             sys.exit(f"video {name}: frame {i} crop {x},{y} {cw}x{ch} outside {w}x{h}")
 
 
+def video_mode(name, bgr, frames):
+    """MediaPipe in VIDEO mode (tracking) over all the frames in order: per
+    frame whether its detector ran and found something, and the results.
+    Hands with max_num_hands 1 and 2 (with 2 and one hand in view MediaPipe
+    runs the palm detector on every frame)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_mediapipe_reference as bench
+
+    crops = [np.ascontiguousarray(bgr[y:y + ch, x:x + cw]) for x, y, cw, ch in frames]
+    runs = []
+    for max_hands in ((1, 2) if name == "hands" else (1,)):
+        t = bench.trace(name, crops, 1, max_hands)
+        options = {"static_image_mode": False, "min_detection_confidence": 0.5,
+                   "min_tracking_confidence": 0.5}
+        if name == "hands":
+            options.update({"max_num_hands": max_hands, "model_complexity": 1})
+        elif name == "pose":
+            options.update({"model_complexity": 1, "smooth_landmarks": True})
+        else:
+            options.update({"max_num_faces": 1, "refine_landmarks": False})
+        runs.append({"options": options,
+                     "detector_ran_and_found": t["detector_ran"],
+                     "detector_frames": sum(t["detector_ran"]),
+                     "results": t["results"]})
+    return runs
+
+
 def video_fixtures(photos_dir, out_dir):
     plan = video_plan()
     phases = []
@@ -343,6 +370,7 @@ def video_fixtures(photos_dir, out_dir):
                         if name == "face_mesh" else ""),
             "landmark_indices_step": FACE_VIDEO_STEP if name == "face_mesh" else 1,
             "frames": truth,
+            "mediapipe_video_mode": video_mode(name, bgr, p["frames"]),
         }
         write(out_dir, f"video.{name}.json", doc)
         counts = [t["detections"] for t in truth]
