@@ -386,3 +386,7 @@ fn palm_detection(p: &PalmDetection, size: FrameSize) -> Detection {
 #[cfg(test)]
 #[path = "hands_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "hands_video_tests.rs"]
+mod video_tests;

@@ -7,15 +7,15 @@ use worker_runtime::Code;
 
 use super::*;
 
-fn root() -> PathBuf {
+pub(super) fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn lib() -> PathBuf {
+pub(super) fn lib() -> PathBuf {
     root().join("runtime/litert/libLiteRt.so")
 }
 
-fn model(name: &str) -> String {
+pub(super) fn model(name: &str) -> String {
     let p = root().join("models/mediapipe").join(name);
     assert!(
         p.is_file(),
@@ -25,7 +25,7 @@ fn model(name: &str) -> String {
     p.display().to_string()
 }
 
-fn models(complexity: &str) -> Models {
+pub(super) fn models(complexity: &str) -> Models {
     let p = PipelineModels {
         palm_detection: model(&format!("palm_detection_{complexity}.tflite")),
         hand_landmark: model(&format!("hand_landmark_{complexity}.tflite")),
@@ -36,8 +36,12 @@ fn models(complexity: &str) -> Models {
         .expect("named")
 }
 
-fn photo(name: &str) -> Mat {
-    let p = root().join("models/testdata").join(name);
+/// The photographs `scripts/setup.sh` extracts (`SIDECAR_TESTDATA`: another
+/// folder holding the same files).
+pub(super) fn photo(name: &str) -> Mat {
+    let dir = std::env::var_os("SIDECAR_TESTDATA")
+        .map_or_else(|| root().join("models/testdata"), PathBuf::from);
+    let p = dir.join(name);
     let m = imgcodecs::imread(&p, imgcodecs::IMREAD_COLOR).unwrap();
     assert!(
         !m.empty(),
@@ -142,21 +146,156 @@ fn options_are_checked_naming_the_field_the_value_and_the_limit() {
     );
 }
 
-#[test]
-fn probe_astronaut() {
-    let mut m = models("full");
-    let frame = photo("astronaut.png");
-    let mut h = Hands::new(&HandsTask::default()).unwrap();
-    let (hands, stages) = h.run(&mut m, &frame, 0).unwrap();
-    eprintln!("{stages:?}");
-    for hand in &hands {
+pub(super) fn fixture(name: &str) -> serde_json::Value {
+    let p = root().join("tests/fixtures/mediapipe").join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub(super) fn points(v: &serde_json::Value) -> Vec<(f32, f32)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32))
+        .collect()
+}
+
+/// Mean and largest distance between two hands' landmarks, in pixels.
+fn distance(ours: &Hand, theirs: &[(f32, f32)]) -> (f32, f32) {
+    assert_eq!(ours.landmarks.len(), theirs.len());
+    let d: Vec<f32> = ours
+        .landmarks
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a.x - b.0).hypot(a.y - b.1))
+        .collect();
+    (
+        d.iter().sum::<f32>() / d.len() as f32,
+        d.iter().copied().fold(0.0, f32::max),
+    )
+}
+
+/// Pairs each of MediaPipe's hands with ours, nearest first; asserts the
+/// counts, the handedness and the distance (≤ 1.5 % of the diagonal);
+/// gives the largest mean and largest single distance seen, in pixels.
+pub(super) fn compare(
+    ours: &[Hand],
+    theirs: &[serde_json::Value],
+    diag: f32,
+    at: &str,
+) -> (f32, f32) {
+    assert_eq!(ours.len(), theirs.len(), "{at}: hands found");
+    let mut worst = (0.0f32, 0.0f32);
+    let mut taken = vec![false; ours.len()];
+    for (k, t) in theirs.iter().enumerate() {
+        let lm = points(&t["landmarks"]);
+        let (i, (mean, max)) = ours
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !taken[*i])
+            .map(|(i, h)| (i, distance(h, &lm)))
+            .min_by(|a, b| a.1.0.total_cmp(&b.1.0))
+            .unwrap();
+        taken[i] = true;
+        let label = t["handedness"]["label"]
+            .as_str()
+            .or(t["handedness"].as_str())
+            .unwrap();
         eprintln!(
-            "{} {} {} {:?} {:?}",
-            hand.handedness,
-            hand.handedness_score,
-            hand.presence,
-            hand.palm,
-            &hand.landmarks[..3]
+            "{at} hand {k} ({label}): mean {mean:.2} px ({:.3} % of the diagonal), max {max:.2} px; ours {} {:.3}, presence {:.3}",
+            100.0 * mean / diag,
+            ours[i].handedness,
+            ours[i].handedness_score,
+            ours[i].presence
         );
+        assert_eq!(ours[i].handedness, label, "{at} hand {k}: handedness");
+        assert!(
+            mean <= 0.015 * diag,
+            "{at} hand {k}: mean distance {mean} px over 1.5 % of the diagonal {diag}"
+        );
+        worst = (worst.0.max(mean), worst.1.max(max));
     }
+    worst
+}
+
+const PHOTOS: [&str; 7] = [
+    "astronaut.png",
+    "grace_hopper.jpg",
+    "bus.jpg",
+    "zidane.jpg",
+    "people_sofa.jpg",
+    "people_stairs.jpg",
+    "rocket.jpg",
+];
+
+fn photos_match_mediapipe(complexity: &str) {
+    let mut m = models(complexity);
+    let mut seen = 0;
+    for name in PHOTOS {
+        let stem = name.split('.').next().unwrap();
+        let fx = fixture(&format!("{stem}.hands.{complexity}.json"));
+        let frame = photo(name);
+        assert_eq!(frame.cols() as u64, fx["width"].as_u64().unwrap());
+        let theirs = fx["hands"].as_array().unwrap();
+        assert_eq!(fx["detections"].as_u64().unwrap() as usize, theirs.len());
+        let mut h = Hands::new(&HandsTask::default()).unwrap();
+        let (hands, stages) = h.run(&mut m, &frame, 0).unwrap();
+        // The detector ran; the landmark model only on hands.
+        assert_eq!(stages[0].stage, "palm_detection");
+        assert_eq!(stages.len(), if hands.is_empty() { 1 } else { 2 });
+        let diag = (frame.cols() as f32).hypot(frame.rows() as f32);
+        let (mean, max) = compare(&hands, theirs, diag, &format!("{complexity} {name}"));
+        eprintln!(
+            "{complexity} {name}: {} hands, worst mean {mean:.2} px, max {max:.2} px",
+            hands.len()
+        );
+        for (ours, t) in hands.iter().zip(theirs) {
+            assert_eq!(ours.landmarks.len(), 21);
+            assert_eq!(ours.world_landmarks.len(), 21);
+            assert!(ours.palm.is_some() && ours.region.is_some());
+            // World landmarks within 1 cm of MediaPipe's on average, z
+            // (pixels) within the landmarks' tolerance, the hands paired
+            // in MediaPipe's order.
+            let w = t["world_landmarks"].as_array().unwrap();
+            let dw: f32 = ours
+                .world_landmarks
+                .iter()
+                .zip(w)
+                .map(|(a, b)| {
+                    let b: Vec<f32> = (0..3).map(|i| b[i].as_f64().unwrap() as f32).collect();
+                    ((a.x - b[0]).powi(2) + (a.y - b[1]).powi(2) + (a.z - b[2]).powi(2)).sqrt()
+                })
+                .sum::<f32>()
+                / 21.0;
+            let lm = t["landmarks"].as_array().unwrap();
+            let dz: f32 = ours
+                .landmarks
+                .iter()
+                .zip(lm)
+                .map(|(a, b)| (a.z - b[2].as_f64().unwrap() as f32).abs())
+                .sum::<f32>()
+                / 21.0;
+            eprintln!(
+                "  world landmarks: mean {:.3} cm; z: mean {dz:.3} px",
+                dw * 100.0
+            );
+            assert!(
+                dw <= 0.01,
+                "{name}: world landmarks {dw} m apart on average"
+            );
+            assert!(dz <= 0.015 * diag, "{name}: z {dz} px apart on average");
+        }
+        seen += hands.len();
+    }
+    assert!(seen >= 3, "the photographs hold hands: {seen} found");
+}
+
+#[test]
+fn photos_match_mediapipe_full() {
+    photos_match_mediapipe("full");
+}
+
+#[test]
+fn photos_match_mediapipe_lite() {
+    photos_match_mediapipe("lite");
 }
