@@ -387,11 +387,23 @@ fn a_moving_crop_video_is_tracked_and_found_again_after_the_person_left() {
         serde_json::from_str(&text).unwrap()
     };
     let (video, truth) = (read("video.json"), read("video.pose.json"));
+    let mediapipe = &truth["mediapipe_video_mode"][0];
+    let numbers = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("{v} is not an array"))
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (their_found, their_results) = (
+        numbers(&mediapipe["detector_ran_and_found"]),
+        numbers(&mediapipe["results"]),
+    );
     let v = &video["solutions"]["pose"];
     let source = photo(&testdata(v["photo"].as_str().unwrap()));
     let frames = v["frames"].as_array().unwrap();
-    let truth = truth["frames"].as_array().unwrap();
-    assert_eq!(frames.len(), truth.len());
+    let truth_frames = truth["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), truth_frames.len());
     let phase = |name: &str| {
         let p = video["phases"]
             .as_array()
@@ -406,10 +418,14 @@ fn a_moving_crop_video_is_tracked_and_found_again_after_the_person_left() {
     let mut m = load_pose();
     let mut st = State::new(&PoseTask::default()).unwrap();
     let mut detected = vec![false; frames.len()];
+    // Frames where the detector ran and found the person (MediaPipe's
+    // detection stream had a packet), and frames with a pose.
+    let mut found = vec![0u64; frames.len()];
+    let mut results = vec![0u64; frames.len()];
     let mut worst: (f32, usize) = (0.0, 0);
     let mut means = vec![];
     let mut times = std::collections::BTreeMap::<String, (u64, u64)>::new();
-    for (i, (fr, t)) in frames.iter().zip(truth).enumerate() {
+    for (i, (fr, t)) in frames.iter().zip(truth_frames).enumerate() {
         let r = |k: &str| fr[k].as_i64().unwrap() as i32;
         let rect = opencv::core::Rect::new(r("x"), r("y"), r("w"), r("h"));
         let frame = Mat::roi(&source, rect).unwrap().try_clone().unwrap();
@@ -419,6 +435,8 @@ fn a_moving_crop_video_is_tracked_and_found_again_after_the_person_left() {
             *e = (e.0 + s.us, e.1 + 1);
         }
         detected[i] = stages.iter().any(|s| s.stage == "pose_detection");
+        found[i] = u64::from(pose.as_ref().is_some_and(|p| p.detection.is_some()));
+        results[i] = u64::from(pose.is_some());
         let expected = t["poses"].as_array().unwrap();
         assert_eq!(
             usize::from(pose.is_some()),
@@ -477,6 +495,13 @@ fn a_moving_crop_video_is_tracked_and_found_again_after_the_person_left() {
         detected[back.start],
         "the detector runs again when the person comes back"
     );
+    // MediaPipe itself in video mode over the same frames: its detector
+    // finds the person on the same frames, and it has a pose on the same.
+    assert_eq!(
+        found, their_found,
+        "frames where the detector found the person"
+    );
+    assert_eq!(results, their_results, "frames with a pose");
     assert!(
         count(&back) * 5 < back.len(),
         "after re-entry: {} of {}",
