@@ -69,4 +69,6 @@ mod pose_test_support;
 #[cfg(test)]
 mod pose_tests;
 #[cfg(test)]
+mod pose_video_tests;
+#[cfg(test)]
 mod segmentation_tests;
