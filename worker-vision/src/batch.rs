@@ -83,17 +83,9 @@ impl Batch {
             frame_index: i as u64,
             ..Default::default()
         };
-        // Images of a batch are independent: no smoothing across them.
-        if let Some(c) = self.prepared.crop_mut() {
-            c.reset();
-        }
-        // Static-image mode: the detector on every image.
-        if let Some(f) = self.prepared.face_mesh_mut() {
-            f.forget();
-        }
-        if let Some(h) = self.prepared.hands_mut() {
-            h.reset();
-        }
+        // Images of a batch are independent (static-image mode): no
+        // smoothing or tracking across them, the detectors on every image.
+        self.prepared.still();
         tasks::run(
             s,
             std::slice::from_ref(&self.task),

@@ -280,7 +280,7 @@ pub(crate) fn load_with(load: &Load, lib: &Path) -> Result<Served, WorkerError> 
             lib,
             path,
             options.threads.max(1),
-            options.ssd,
+            options.ssd.clone(),
         )?)),
         Some("xml") => Detector::Cascade(Cascade::load(path)?),
         _ => {
@@ -291,6 +291,7 @@ pub(crate) fn load_with(load: &Load, lib: &Path) -> Result<Served, WorkerError> 
     };
     let mut served = Served::new(detector, limits);
     served.face_mesh = FaceModels::load(lib, options.pipeline.as_ref(), options.threads.max(1))?;
+    crate::pipeline::load(&mut served, lib, &options)?;
     served.hands = crate::pipeline::hands::Models::load(
         lib,
         options.pipeline.as_ref(),

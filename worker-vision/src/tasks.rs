@@ -12,6 +12,7 @@ use crate::limits::Limits;
 use crate::pipeline::face_mesh::{self, FaceTracker};
 use crate::pipeline::face_model::FaceModels;
 use crate::pipeline::hands::{self, Hands};
+use crate::pipeline::{pose, segmentation};
 use crate::template::Template;
 use crate::track::Tracking;
 
@@ -39,6 +40,11 @@ pub struct Served {
     /// Debian's cascades, loaded on first use.
     haar: Option<Cascade>,
     lbp: Option<Cascade>,
+    /// MediaPipe Pose's models (`pipeline.pose_detection`,
+    /// `pipeline.pose_landmark`), when loaded.
+    pub pose: Option<pose::Models>,
+    /// The selfie segmentation model, when loaded.
+    pub selfie: Option<segmentation::Selfie>,
 }
 
 impl Served {
@@ -51,6 +57,8 @@ impl Served {
             hands: None,
             haar: None,
             lbp: None,
+            pose: None,
+            selfie: None,
         }
     }
 }
@@ -81,6 +89,8 @@ pub fn check(task: &vision_task::Task, s: &Served) -> Result<(), WorkerError> {
         }
         vision_task::Task::FaceMesh(f) => face_mesh::check(f, s.face_mesh.as_ref(), &s.detector),
         vision_task::Task::Hands(h) => Hands::check(h, s.hands.as_ref()),
+        vision_task::Task::Pose(p) => pose::check(p, s.pose.is_some()),
+        vision_task::Task::SelfieSegmentation(t) => segmentation::check(t, s.selfie.is_some()),
         // Checked when prepared (`Prepared::new`).
         vision_task::Task::TemplateMatching(_)
         | vision_task::Task::AutoCrop(_)
@@ -97,6 +107,8 @@ pub struct Prepared {
     tracking: Option<Tracking>,
     face_mesh: Option<FaceTracker>,
     hands: Option<Hands>,
+    pose: Option<pose::State>,
+    selfie: Option<segmentation::MaskSpec>,
 }
 
 impl Prepared {
@@ -115,6 +127,23 @@ impl Prepared {
         self.hands.as_mut()
     }
 
+    /// Static-image mode for the next frame (each image of a batch is
+    /// alone): the tracked regions and filters forgotten.
+    pub fn still(&mut self) {
+        if let Some(c) = self.crop.as_mut() {
+            c.reset();
+        }
+        if let Some(f) = self.face_mesh.as_mut() {
+            f.forget();
+        }
+        if let Some(h) = self.hands.as_mut() {
+            h.reset();
+        }
+        if let Some(p) = self.pose.as_mut() {
+            p.reset();
+        }
+    }
+
     /// Prepares `tasks` (checked already) within the model's limits.
     pub fn new(tasks: &[vision_task::Task], limits: &Limits) -> Result<Prepared, WorkerError> {
         let mut p = Prepared::default();
@@ -129,6 +158,10 @@ impl Prepared {
                     p.tracking = Some(Tracking::new(t, limits.max_tracks)?);
                 }
                 vision_task::Task::Hands(h) => p.hands = Some(Hands::new(h)?),
+                vision_task::Task::Pose(t) => p.pose = Some(pose::State::new(t)?),
+                vision_task::Task::SelfieSegmentation(t) => {
+                    p.selfie = Some(segmentation::MaskSpec::of(t)?);
+                }
                 _ => {}
             }
         }
@@ -223,6 +256,22 @@ pub fn run(
                     let (hands, stages) = h.run(m, frame, deadline_ms)?;
                     r.hands = hands;
                     r.stages.extend(stages);
+                }
+            }
+            vision_task::Task::Pose(_) => {
+                if let (Some(m), Some(st)) = (s.pose.as_mut(), prepared.pose.as_mut()) {
+                    r.pose = pose::run(m, st, frame, r.timestamp_us, deadline_ms, &mut r.stages)?;
+                }
+            }
+            vision_task::Task::SelfieSegmentation(_) => {
+                if let (Some(m), Some(spec)) = (s.selfie.as_mut(), prepared.selfie.as_ref()) {
+                    let t0 = std::time::Instant::now();
+                    let mask = m.run(frame)?;
+                    r.segmentation = Some(spec.encode(&mask)?);
+                    r.stages.push(sidecar_proto::v1::StageTiming {
+                        stage: "selfie_segmentation".into(),
+                        us: t0.elapsed().as_micros() as u64,
+                    });
                 }
             }
             // After the other tasks: it may use their detections.
