@@ -15,7 +15,7 @@ use std::time::Instant;
 use opencv::core::Mat;
 use opencv::prelude::*;
 use sidecar_proto::v1::{
-    FaceMesh, FaceMeshRegion, FaceMeshTask, Landmark, ProcessResponse, StageTiming,
+    FaceMesh, FaceMeshTask, Landmark, LandmarkRegion, ProcessResponse, StageTiming,
 };
 use worker_runtime::{WorkerError, deadline};
 
@@ -229,7 +229,7 @@ impl FaceTracker {
                 detection: detection.map(|d| frame_pixels(&d, frame.cols(), frame.rows())),
                 region: Some({
                     let (x_center, y_center, width, height) = region.pixels(size);
-                    FaceMeshRegion {
+                    LandmarkRegion {
                         x_center,
                         y_center,
                         width,

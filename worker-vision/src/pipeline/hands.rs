@@ -35,7 +35,7 @@ use std::time::Instant;
 use litert::Runtime;
 use opencv::core::Mat;
 use sidecar_proto::v1::{
-    Box as PixelBox, Detection, Hand, HandRegion, HandsTask, Landmark, PipelineModels, Point,
+    Box as PixelBox, Detection, Hand, HandsTask, Landmark, LandmarkRegion, PipelineModels, Point,
     StageTiming, WorldLandmark,
 };
 use worker_runtime::{WorkerError, deadline};
@@ -300,7 +300,7 @@ impl Hands {
             handedness_score,
             presence,
             palm: palm.map(|p| palm_detection(p, size)),
-            region: Some(HandRegion {
+            region: Some(LandmarkRegion {
                 x_center: cx,
                 y_center: cy,
                 width: w,
