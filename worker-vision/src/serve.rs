@@ -60,7 +60,16 @@ fn respond(cx: &mut Context, id: u64, r: &WorkerResponse, flags: Flags) -> bool 
 impl Family for Vision {
     const FAMILY: ModelFamily = ModelFamily::Vision;
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const CAPABILITIES: &'static [&'static str] = &["process_batch", "process", "faces", "objects"];
+    const CAPABILITIES: &'static [&'static str] = &[
+        "process_batch",
+        "process",
+        "faces",
+        "objects",
+        "hands",
+        "pose",
+        "face_mesh",
+        "selfie_segmentation",
+    ];
 
     fn load(&mut self, load: &Load) -> Result<Loaded, WorkerError> {
         self.served = Some(load_model(load)?);
