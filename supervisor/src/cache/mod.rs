@@ -50,6 +50,9 @@ impl Entry {
 }
 
 /// What a deterministic execution answered.
+// One per execution, shared behind an `Arc<Outcome>`: boxing the larger
+// variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Answer {
     /// A unary method's answer.
