@@ -9,7 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e::{Sidecar, add_model, float_pattern, greedy, lite_config, serial, smollm2_config, store};
+use e2e::{
+    Sidecar, add_model, float_pattern, greedy, impossible_gguf, lite_config, serial,
+    smollm2_config, store,
+};
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
 use sidecar_proto::v1::{
     DType, FaceDetector, GetStatusRequest, InferRequest, ModelState, ProcessBatchRequest,
@@ -157,26 +160,6 @@ async fn a_text_model_is_served_through_its_descriptor_under_landlock() {
     healthy(&sc, "smollm2").await;
     let rss = e2e::status_bytes(pid, "VmRSS");
     assert!(rss < 1 << 30, "worker VmRSS {} MiB", rss >> 20);
-}
-
-/// A GGUF header the supervisor refuses: `llama.block_count` past any
-/// model (the same refusal as `tests/hostile.rs`).
-fn impossible_gguf() -> Vec<u8> {
-    let mut f = b"GGUF".to_vec();
-    f.extend(3u32.to_le_bytes());
-    f.extend(0u64.to_le_bytes());
-    f.extend(2u64.to_le_bytes());
-    let key = |f: &mut Vec<u8>, k: &str, typ: u32| {
-        f.extend((k.len() as u64).to_le_bytes());
-        f.extend(k.as_bytes());
-        f.extend(typ.to_le_bytes());
-    };
-    key(&mut f, "general.architecture", 8);
-    f.extend(5u64.to_le_bytes());
-    f.extend(b"llama");
-    key(&mut f, "llama.block_count", 10);
-    f.extend(u64::MAX.to_le_bytes());
-    f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

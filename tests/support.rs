@@ -594,3 +594,23 @@ fn procmem_field(status: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kib| kib * 1024)
 }
+
+/// A GGUF header the supervisor refuses: `llama.block_count` past any
+/// model (the same refusal as `tests/hostile.rs`).
+pub fn impossible_gguf() -> Vec<u8> {
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend(0u64.to_le_bytes());
+    f.extend(2u64.to_le_bytes());
+    let key = |f: &mut Vec<u8>, k: &str, typ: u32| {
+        f.extend((k.len() as u64).to_le_bytes());
+        f.extend(k.as_bytes());
+        f.extend(typ.to_le_bytes());
+    };
+    key(&mut f, "general.architecture", 8);
+    f.extend(5u64.to_le_bytes());
+    f.extend(b"llama");
+    key(&mut f, "llama.block_count", 10);
+    f.extend(u64::MAX.to_le_bytes());
+    f
+}

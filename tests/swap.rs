@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{MINILM, SMOLLM2, Sidecar, add_model, greedy, minilm_config, smollm2_config};
+use e2e::{
+    MINILM, SMOLLM2, Sidecar, add_model, greedy, impossible_gguf, minilm_config, smollm2_config,
+};
 use sidecar_proto::v1::{EmbedRequest, LoadModelRequest, ModelFamily, ModelState};
 use tonic::Code;
 
@@ -328,24 +330,4 @@ async fn a_swap_to_a_file_that_cannot_load_leaves_the_old_version_serving() {
         err.message()
     );
     assert_eq!(sc.admin_get("/readyz").0, 200);
-}
-
-/// A GGUF header the supervisor refuses: `llama.block_count` past any
-/// model (as `tests/landlock.rs`).
-fn impossible_gguf() -> Vec<u8> {
-    let mut f = b"GGUF".to_vec();
-    f.extend(3u32.to_le_bytes());
-    f.extend(0u64.to_le_bytes());
-    f.extend(2u64.to_le_bytes());
-    let key = |f: &mut Vec<u8>, k: &str, typ: u32| {
-        f.extend((k.len() as u64).to_le_bytes());
-        f.extend(k.as_bytes());
-        f.extend(typ.to_le_bytes());
-    };
-    key(&mut f, "general.architecture", 8);
-    f.extend(5u64.to_le_bytes());
-    f.extend(b"llama");
-    key(&mut f, "llama.block_count", 10);
-    f.extend(u64::MAX.to_le_bytes());
-    f
 }

@@ -165,6 +165,22 @@ impl Ssd {
                 }
             })
             .map_err(lite_error)?;
+        let raw = self.run_and_decode(min_score)?;
+        let lb = Letterbox {
+            content_w: nw as f32 / iw as f32,
+            content_h: nh as f32 / ih as f32,
+            pad_x: px as f32 / iw as f32,
+            pad_y: py as f32 / ih as f32,
+        };
+        Ok(ssd::weighted_nms(raw, iou)
+            .into_iter()
+            .map(|d| to_pixels(&d, &lb, w, h, &self.options.labels))
+            .collect())
+    }
+
+    /// Runs the model on the input written, and decodes its boxes and
+    /// scores (before NMS).
+    fn run_and_decode(&mut self, min_score: f32) -> Result<Vec<Raw>, WorkerError> {
         self.compiled.run().map_err(lite_error)?;
         let floats = |b: &[u8]| -> Vec<f32> {
             b.chunks_exact(4)
@@ -179,17 +195,13 @@ impl Ssd {
             .compiled
             .read_output(self.scores, floats)
             .map_err(lite_error)?;
-        let raw = ssd::decode(&self.options, &self.anchors, &boxes, &scores, min_score);
-        let lb = Letterbox {
-            content_w: nw as f32 / iw as f32,
-            content_h: nh as f32 / ih as f32,
-            pad_x: px as f32 / iw as f32,
-            pad_y: py as f32 / ih as f32,
-        };
-        Ok(ssd::weighted_nms(raw, iou)
-            .into_iter()
-            .map(|d| to_pixels(&d, &lb, w, h, &self.options.labels))
-            .collect())
+        Ok(ssd::decode(
+            &self.options,
+            &self.anchors,
+            &boxes,
+            &scores,
+            min_score,
+        ))
     }
 
     /// Whether this is a BlazeFace-style face detector (one class, six
@@ -224,21 +236,7 @@ impl Ssd {
             })
             .map_err(lite_error)?;
         let crop = crop?;
-        self.compiled.run().map_err(lite_error)?;
-        let floats = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        let boxes = self
-            .compiled
-            .read_output(self.boxes, floats)
-            .map_err(lite_error)?;
-        let scores = self
-            .compiled
-            .read_output(self.scores, floats)
-            .map_err(lite_error)?;
-        let raw = ssd::decode(&self.options, &self.anchors, &boxes, &scores, min_score);
+        let raw = self.run_and_decode(min_score)?;
         Ok(ssd::weighted_nms(raw, iou)
             .into_iter()
             .map(|d| {
