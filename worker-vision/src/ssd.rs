@@ -226,7 +226,9 @@ pub fn decode(
                     |best, (c, s)| if s > best.1 { (c, s) } else { best },
                 );
         let score = sigmoid(logit.clamp(-clip, clip));
-        if score < min_score {
+        // A model's NaN or infinite output is no detection (NaN passes
+        // every comparison that would drop it).
+        if !(score >= min_score) || raw.iter().any(|v| !v.is_finite()) {
             continue;
         }
         let xc = raw[0] / xs * a.w + a.x;
@@ -271,10 +273,12 @@ pub fn weighted_nms(mut dets: Vec<Raw>, threshold: f32) -> Vec<Raw> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut out = Vec::new();
     while !dets.is_empty() {
-        let top = dets[0].clone();
-        let (cluster, rest): (Vec<Raw>, Vec<Raw>) = dets
-            .into_iter()
-            .partition(|d| iou(&top, d) > threshold || *d == top);
+        // The best one always leaves the list (even a box no comparison
+        // matches, such as one with NaN corners): the loop ends.
+        let top = dets.remove(0);
+        let (mut cluster, rest): (Vec<Raw>, Vec<Raw>) =
+            dets.into_iter().partition(|d| iou(&top, d) > threshold);
+        cluster.insert(0, top.clone());
         dets = rest;
         let total: f32 = cluster.iter().map(|d| d.score).sum();
         let avg =
@@ -297,6 +301,37 @@ pub fn weighted_nms(mut dets: Vec<Raw>, threshold: f32) -> Vec<Raw> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_nan_box_ends_the_suppression_and_decodes_to_nothing() {
+        let nan = Raw {
+            xmin: f32::NAN,
+            ymin: 0.0,
+            xmax: 1.0,
+            ymax: 1.0,
+            score: 0.9,
+            class_id: 0,
+            keypoints: vec![],
+        };
+        let fine = Raw {
+            xmin: 0.0,
+            ..nan.clone()
+        };
+        let out = weighted_nms(vec![nan, fine.clone(), fine], 0.3);
+        assert_eq!(out.len(), 2, "the NaN box alone, the two equal boxes merged");
+        let o = blazeface_short_range();
+        let a = anchors(&o);
+        let coords = 4 + 2 * o.num_keypoints as usize;
+        let mut boxes = vec![0.0f32; a.len() * coords];
+        boxes[0] = f32::NAN;
+        boxes[coords + 2] = f32::INFINITY;
+        let mut scores = vec![-100.0f32; a.len()];
+        scores[0] = 10.0;
+        scores[1] = 10.0;
+        scores[2] = f32::NAN;
+        assert!(decode(&o, &a, &boxes, &scores, 0.5).is_empty(), "NaN/inf outputs are no detections");
+    }
+
     use super::*;
 
     #[test]

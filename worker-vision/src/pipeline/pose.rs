@@ -187,7 +187,7 @@ impl State {
     /// one frame at 30 fps after the last.
     fn clock(&mut self, timestamp_us: i64) -> i64 {
         let t = match self.last_us {
-            Some(last) if timestamp_us <= last => last + FRAME_US,
+            Some(last) if timestamp_us <= last => last.saturating_add(FRAME_US),
             None if timestamp_us <= 0 => FRAME_US,
             _ => timestamp_us,
         };
@@ -223,6 +223,12 @@ pub fn run(
                 return Err(WorkerError::internal("a pose detection without keypoints"));
             }
             let r = pose_region(d.keypoints[0], d.keypoints[1], size).0;
+            // A detection whose region cannot be cropped (NaN, no size)
+            // is no person.
+            if !r.is_usable() {
+                st.reset();
+                return Ok(None);
+            }
             detection = Some(to_pixels(&d, size));
             r
         }
@@ -342,5 +348,21 @@ fn to_pixels(d: &Raw, size: FrameSize) -> Detection {
             .iter()
             .map(|&(x, y)| Point { x: x * w, y: y * h })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_clock_saturates_at_the_last_timestamp() {
+        let mut st = State::new(&PoseTask::default()).expect("state");
+        assert_eq!(st.clock(i64::MAX), i64::MAX);
+        assert_eq!(st.clock(5), i64::MAX, "no overflow past the largest timestamp");
+        let mut st = State::new(&PoseTask::default()).expect("state");
+        assert_eq!(st.clock(0), FRAME_US);
+        assert_eq!(st.clock(0), 2 * FRAME_US);
+        assert_eq!(st.clock(1_000_000), 1_000_000);
     }
 }

@@ -160,10 +160,15 @@ impl Selfie {
                 )));
             }
         };
-        let outputs: Vec<&Vec<i32>> = compiled.output_desc.iter().map(|d| &d.shape).collect();
-        if outputs != [&vec![1, height, width, 1]] || compiled.input_desc.len() != 1 {
+        let outputs: Vec<(&Vec<i32>, i32)> = compiled
+            .output_desc
+            .iter()
+            .map(|d| (&d.shape, d.element_type))
+            .collect();
+        // Element type 1: float32.
+        if outputs != [(&vec![1, height, width, 1], 1)] || compiled.input_desc.len() != 1 {
             return Err(WorkerError::invalid(format!(
-                "{field}: the model's outputs are {outputs:?}; a selfie segmentation model gives one [1, {height}, {width}, 1] mask"
+                "{field}: the model's outputs are {outputs:?} (shape, type); a selfie segmentation model gives one float32 [1, {height}, {width}, 1] mask"
             )));
         }
         Ok(Selfie {
