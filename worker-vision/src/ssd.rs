@@ -318,7 +318,11 @@ mod tests {
             ..nan.clone()
         };
         let out = weighted_nms(vec![nan, fine.clone(), fine], 0.3);
-        assert_eq!(out.len(), 2, "the NaN box alone, the two equal boxes merged");
+        assert_eq!(
+            out.len(),
+            2,
+            "the NaN box alone, the two equal boxes merged"
+        );
         let o = blazeface_short_range();
         let a = anchors(&o);
         let coords = 4 + 2 * o.num_keypoints as usize;
@@ -329,7 +333,10 @@ mod tests {
         scores[0] = 10.0;
         scores[1] = 10.0;
         scores[2] = f32::NAN;
-        assert!(decode(&o, &a, &boxes, &scores, 0.5).is_empty(), "NaN/inf outputs are no detections");
+        assert!(
+            decode(&o, &a, &boxes, &scores, 0.5).is_empty(),
+            "NaN/inf outputs are no detections"
+        );
     }
 
     use super::*;

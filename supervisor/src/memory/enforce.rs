@@ -74,9 +74,10 @@ impl Guard {
         let weighed: Vec<Usage> = usage.iter().map(|(u, _, _)| u.clone()).collect();
         let reserve = self.config.memory.host_reserve;
         for verdict in policy::verdicts(&weighed, h.free(), reserve) {
-            let (id, note) = match &verdict {
+            let (id, used, note) = match &verdict {
                 Verdict::OverBudget { id, used, budget } => (
                     id,
+                    used,
                     format!(
                         "host memory: private memory {} is over the model's budget of {}",
                         mib(*used),
@@ -90,6 +91,7 @@ impl Guard {
                     reserve,
                 } => (
                     id,
+                    used,
                     format!(
                         "host memory: {} free is under the reserve of {}; this worker held {} private, the most over its estimate",
                         mib(*free),
@@ -98,7 +100,12 @@ impl Guard {
                     ),
                 ),
             };
-            if let Some((_, m, pid)) = usage.iter().find(|(u, _, _)| &u.id == id) {
+            // By id and the memory sampled: a swap's two versions share
+            // the id.
+            if let Some((_, m, pid)) = usage
+                .iter()
+                .find(|(u, _, _)| &u.id == id && u.private == *used)
+            {
                 tracing::warn!(model = %id, pid, "killing worker: {note}");
                 m.kill(*pid, KillReason::Oom, note).await;
                 self.stopped(*pid);
@@ -141,7 +148,7 @@ impl Guard {
             *seen
         };
         let lost = gpus.len() < seen || gpus.iter().any(|d| !d.ok);
-        for m in models.iter().filter(|m| uses_gpu(m.spec())) {
+        for m in models.iter().filter(|m| uses_gpu(m.spec()) && m.current()) {
             let serving = !lost && m.view().state == State::Ready;
             let status = if serving {
                 ServingStatus::Serving

@@ -323,7 +323,8 @@ impl Guard {
         let others: Vec<Arc<dyn Tenant>> = self
             .models()
             .into_iter()
-            .filter(|m| m.spec().id != id && lock(m.figures()).admitted)
+            // Every other worker, a swap's other version of `id` included.
+            .filter(|m| !Arc::ptr_eq(m.figures(), memory) && lock(m.figures()).admitted)
             .collect();
         let committed = others.iter().map(|m| lock(m.figures()).footprint()).sum();
         let room = Room {
@@ -334,7 +335,14 @@ impl Guard {
         };
         let candidates: Vec<Candidate> = others
             .iter()
-            .filter(|m| m.view().state == State::Ready && !lock(m.figures()).evicting)
+            // Never the other version of `id` (a swap refuses instead), nor
+            // a swap's version aside.
+            .filter(|m| {
+                m.view().state == State::Ready
+                    && !lock(m.figures()).evicting
+                    && m.current()
+                    && m.spec().id != id
+            })
             .map(|m| Candidate {
                 id: m.spec().id.clone(),
                 footprint: lock(m.figures()).footprint(),
@@ -351,7 +359,7 @@ impl Guard {
             Admission::Evict(ids) => {
                 let victims: Vec<Arc<dyn Tenant>> = others
                     .into_iter()
-                    .filter(|m| ids.contains(&m.spec().id))
+                    .filter(|m| m.current() && ids.contains(&m.spec().id))
                     .collect();
                 for v in &victims {
                     lock(v.figures()).evicting = true;

@@ -49,6 +49,13 @@ pub trait Tenant: Send + Sync + Debug {
     /// Stops its worker to free memory (the model goes back to IDLE);
     /// done once the process is gone.
     fn evict(&self, note: String) -> Done<'_>;
+    /// Whether calls find it by its id; false for a swap's version loading
+    /// beside the serving one or draining after it (`registry::swap`):
+    /// counted, never evicted to make room, never speaking for the id's
+    /// health.
+    fn current(&self) -> bool {
+        true
+    }
 }
 
 /// The models the guard watches.

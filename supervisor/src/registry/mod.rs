@@ -209,11 +209,15 @@ impl Registry {
         // Its answers go with it: a model loaded again under this id
         // computes them afresh.
         self.shared.cache.forget(id).await;
-        self.models
+        // Only the version unloaded: a swap may have switched the id since.
+        let mut map = self
+            .models
             .0
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.get(id).is_some_and(|h| h.same(&handle)) {
+            map.remove(id);
+        }
         Ok(())
     }
 

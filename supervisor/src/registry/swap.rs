@@ -85,6 +85,7 @@ impl Registry {
                 self.guard.clone(),
             )
             .with_version(version);
+            new.set_aside(true);
             aside.push(Aside {
                 id: id.clone(),
                 note: format!("loading version {version} beside version {}", old.version()),
@@ -113,14 +114,30 @@ impl Registry {
             }
             return Err(refusal(&id, version, old.version(), &settled, why));
         }
-        // The switch, in one step under the map's lock.
-        {
+        // The switch, in one step under the map's lock, only if the id
+        // still serves the version this swap replaces (an unload or another
+        // swap may have come first).
+        let switched = {
             let mut map = self
                 .models
                 .0
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            map.insert(id.clone(), new.clone());
+            let still = map.get(&id).is_some_and(|h| h.same(&old));
+            if still {
+                map.insert(id.clone(), new.clone());
+                new.set_aside(false);
+                old.set_aside(true);
+            }
+            still
+        };
+        if !switched {
+            self.set_aside(&new, None);
+            new.unload(KillReason::Requested).await;
+            return Err(Error::FailedPrecondition(format!(
+                "model {id:?}: version {} was unloaded or replaced while version {version} loaded; version {version} is unloaded",
+                old.version()
+            )));
         }
         self.set_aside(
             &new,

@@ -145,6 +145,9 @@ pub struct WorkerHandle {
     retries: Arc<std::sync::atomic::AtomicU64>,
     /// Its version under its id (1, then one more per swap).
     version: u32,
+    /// A swap's version loading beside the serving one, or draining after
+    /// it: calls do not find it by id.
+    aside: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WorkerHandle {
@@ -157,6 +160,16 @@ impl WorkerHandle {
     /// Its version under its id.
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// Marks it as a swap's version beside the serving one (or not).
+    pub fn set_aside(&self, aside: bool) {
+        self.aside.store(aside, Ordering::SeqCst);
+    }
+
+    /// Whether it is a swap's version beside the serving one.
+    pub fn is_aside(&self) -> bool {
+        self.aside.load(Ordering::SeqCst)
     }
 
     /// Whether `other` is a handle of the same loaded model (not another
@@ -216,6 +229,7 @@ impl WorkerHandle {
             retry_gate: Arc::new(Semaphore::new(1)),
             retries: Arc::default(),
             version: 1,
+            aside: Arc::default(),
         }
     }
 

@@ -39,4 +39,8 @@ impl Tenant for WorkerHandle {
     fn evict(&self, note: String) -> Done<'_> {
         Box::pin(WorkerHandle::evict(self, note))
     }
+
+    fn current(&self) -> bool {
+        !self.is_aside()
+    }
 }

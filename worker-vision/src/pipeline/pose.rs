@@ -359,7 +359,11 @@ mod clock_tests {
     fn the_filters_clock_saturates_at_the_last_timestamp() {
         let mut st = State::new(&PoseTask::default()).expect("state");
         assert_eq!(st.clock(i64::MAX), i64::MAX);
-        assert_eq!(st.clock(5), i64::MAX, "no overflow past the largest timestamp");
+        assert_eq!(
+            st.clock(5),
+            i64::MAX,
+            "no overflow past the largest timestamp"
+        );
         let mut st = State::new(&PoseTask::default()).expect("state");
         assert_eq!(st.clock(0), FRAME_US);
         assert_eq!(st.clock(0), 2 * FRAME_US);
