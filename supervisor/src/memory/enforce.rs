@@ -61,6 +61,7 @@ impl Guard {
                 usage.push((
                     Usage {
                         id: m.spec().id.clone(),
+                        pid: s.pid,
                         private: p.private_bytes,
                         estimate,
                         budget: m.spec().memory_budget,
@@ -74,10 +75,15 @@ impl Guard {
         let weighed: Vec<Usage> = usage.iter().map(|(u, _, _)| u.clone()).collect();
         let reserve = self.config.memory.host_reserve;
         for verdict in policy::verdicts(&weighed, h.free(), reserve) {
-            let (id, used, note) = match &verdict {
-                Verdict::OverBudget { id, used, budget } => (
+            let (id, victim, note) = match &verdict {
+                Verdict::OverBudget {
                     id,
+                    pid,
                     used,
+                    budget,
+                } => (
+                    id,
+                    pid,
                     format!(
                         "host memory: private memory {} is over the model's budget of {}",
                         mib(*used),
@@ -86,12 +92,13 @@ impl Guard {
                 ),
                 Verdict::HostReserve {
                     id,
+                    pid,
                     used,
                     free,
                     reserve,
                 } => (
                     id,
-                    used,
+                    pid,
                     format!(
                         "host memory: {} free is under the reserve of {}; this worker held {} private, the most over its estimate",
                         mib(*free),
@@ -100,12 +107,8 @@ impl Guard {
                     ),
                 ),
             };
-            // By id and the memory sampled: a swap's two versions share
-            // the id.
-            if let Some((_, m, pid)) = usage
-                .iter()
-                .find(|(u, _, _)| &u.id == id && u.private == *used)
-            {
+            // By pid: a swap's two versions share the id.
+            if let Some((_, m, pid)) = usage.iter().find(|(_, _, p)| p == victim) {
                 tracing::warn!(model = %id, pid, "killing worker: {note}");
                 m.kill(*pid, KillReason::Oom, note).await;
                 self.stopped(*pid);

@@ -162,6 +162,8 @@ pub fn gpu_layers_that_fit(
 pub struct Usage {
     /// Model id.
     pub id: String,
+    /// Its worker (a swap's two versions share the id).
+    pub pid: u32,
     /// Private memory now.
     pub private: u64,
     /// Its estimate.
@@ -176,11 +178,17 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Over its own budget.
-    OverBudget { id: String, used: u64, budget: u64 },
+    OverBudget {
+        id: String,
+        pid: u32,
+        used: u64,
+        budget: u64,
+    },
     /// The host fell under its reserve; this worker is the most over its
     /// estimate (or the largest).
     HostReserve {
         id: String,
+        pid: u32,
         used: u64,
         free: u64,
         reserve: u64,
@@ -196,6 +204,7 @@ pub fn verdicts(usage: &[Usage], free: u64, reserve: u64) -> Vec<Verdict> {
         .filter(|u| u.budget > 0 && u.private > u.budget)
         .map(|u| Verdict::OverBudget {
             id: u.id.clone(),
+            pid: u.pid,
             used: u.private,
             budget: u.budget,
         })
@@ -208,6 +217,7 @@ pub fn verdicts(usage: &[Usage], free: u64, reserve: u64) -> Vec<Verdict> {
         .max_by_key(|u| (!u.pinned, u.private.saturating_sub(u.estimate), u.private))
         .map(|u| Verdict::HostReserve {
             id: u.id.clone(),
+            pid: u.pid,
             used: u.private,
             free,
             reserve,
@@ -314,6 +324,7 @@ mod tests {
     fn verdict_table() {
         let u = |id: &str, private: u64, estimate: u64, budget: u64, pinned: bool| Usage {
             id: id.into(),
+            pid: id.len() as u32,
             private: private * MIB,
             estimate: estimate * MIB,
             budget: budget * MIB,
@@ -328,6 +339,7 @@ mod tests {
             verdicts(&workers, 5000 * MIB, 100 * MIB),
             vec![Verdict::OverBudget {
                 id: "b".into(),
+                pid: 1,
                 used: 500 * MIB,
                 budget: 400 * MIB
             }],
@@ -339,6 +351,7 @@ mod tests {
             verdicts(&within, 50 * MIB, 100 * MIB),
             vec![Verdict::HostReserve {
                 id: "a".into(),
+                pid: 1,
                 used: 300 * MIB,
                 free: 50 * MIB,
                 reserve: 100 * MIB

@@ -324,3 +324,23 @@ async fn an_admission_waiting_for_an_eviction_blocks_no_other_admission() {
     assert_eq!(victim.evictions.load(Ordering::SeqCst), 1);
     admit(&g, &small).await.expect("small fits beside b");
 }
+
+/// A swap's new version is admitted under the id of the version still
+/// serving: the serving one's footprint counts, and it is never evicted to
+/// make room for its successor (the swap is refused instead).
+#[tokio::test]
+async fn a_second_version_under_the_same_id_counts_the_first_and_does_not_evict_it() {
+    let old = Arc::new(Fake::new("m", 600, State::Ready));
+    let new = Arc::new(Fake::new("m", 600, State::Loading));
+    let g = guard(1000, &[old.clone(), new.clone()]);
+    let r = admit(&g, &new).await;
+    assert!(
+        matches!(r, Err(Error::ResourceExhausted(_))),
+        "600 + 600 MiB admitted in 1000 MiB: {r:?}"
+    );
+    assert_eq!(
+        old.evictions.load(Ordering::SeqCst),
+        0,
+        "the serving version stays"
+    );
+}
