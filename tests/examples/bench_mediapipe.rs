@@ -10,9 +10,10 @@
 //! by the reference's own OpenCV (the venv's `cv2.imread`, BGR), sent as raw
 //! BGR inline over the local connection, looped with increasing timestamps
 //! (33 333 µs apart, as MediaPipe's Python API stamps its frames). At most a
-//! few frames are in flight and none is dropped (the stream's overflow
-//! policy keeps every frame). As the reference, one untimed pass over the
-//! 60 frames first (the first detection), then BENCH_SECONDS timed.
+//! few frames are in flight (`BENCH_IN_FLIGHT`) and none is dropped (the
+//! stream's overflow policy keeps every frame). As the reference, one
+//! untimed pass over the 60 frames first (the first detection), then
+//! BENCH_SECONDS timed.
 //!
 //! Threads: the worker runs every model with 1 LiteRT thread; the
 //! reference's graph has `num_threads` 1 (inference is one XNNPACK thread
@@ -22,8 +23,10 @@
 //! Environment (set by `scripts/bench.sh mediapipe`): `MEDIAPIPE_PYTHON`
 //! (the venv's python; default `~/.cache/sidecar/mediapipe-venv/bin/python`),
 //! `BENCH_REPS` (default 3), `BENCH_SECONDS` (default 10),
-//! `BENCH_SOLUTIONS` (default `hands,pose,face_mesh`). A row that cannot run
-//! says why, and the exit status is then 2.
+//! `BENCH_SOLUTIONS` (default `hands,pose,face_mesh`), `BENCH_IN_FLIGHT`
+//! (default 4, as the VISION benchmark's: the client's queue and the
+//! stream's `max_pending_frames`). A row that cannot run says why, and the
+//! exit status is then 2.
 #![allow(clippy::print_stdout)] // The report is this tool's output.
 
 use std::collections::BTreeMap;
@@ -253,14 +256,17 @@ async fn sidecar_run(
     frames: &Frames,
     seconds: f64,
 ) -> Res<Run> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    // Frames in flight: at most this many wait in the client's channel and
+    // as many in the sidecar (the stream's max_pending_frames).
+    let in_flight: u32 = std::env::var("BENCH_IN_FLIGHT").map_or(Ok(4), |v| v.parse())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(in_flight as usize);
     tx.send(ProcessRequest {
         msg: Some(process_request::Msg::Config(StreamConfig {
             model_id: MODEL_ID.into(),
             tasks: vec![VisionTask {
                 task: Some(sol.task()),
             }],
-            max_pending_frames: 2,
+            max_pending_frames: in_flight,
             ..Default::default()
         })),
     })
@@ -605,7 +611,7 @@ async fn main() -> Res<()> {
     ipc::malloc::keep_freed_memory();
     let reps: usize = std::env::var("BENCH_REPS").map_or(Ok(3), |v| v.parse())?;
     let seconds: f64 = std::env::var("BENCH_SECONDS").map_or(Ok(10.0), |v| v.parse())?;
-    if reps == 0 || !(seconds > 0.0) {
+    if reps == 0 || seconds.is_nan() || seconds <= 0.0 {
         return Err(
             format!("BENCH_REPS {reps} and BENCH_SECONDS {seconds}: at least 1 and > 0").into(),
         );
