@@ -36,8 +36,9 @@
 # (scripts/bench_mediapipe_reference.py, in the venv of
 # scripts/mediapipe_venv.sh, made when missing), on the same frames of the
 # moving-crop video (tests/fixtures/mediapipe/video.json), interleaved per
-# solution, REPS times (default 3), BENCH_SECONDS (default 10) per run. A
-# row that cannot run says why; the exit status is then 2.
+# solution, REPS times (default 3), BENCH_SECONDS (default 10) per run;
+# BENCH_FIFO=1 runs both sides under SCHED_FIFO (a shared, loaded machine).
+# A row that cannot run says why; the exit status is then 2.
 #
 # `scripts/bench.sh openai [ROUNDS]`: streaming /v1/chat/completions of the
 # sidecar against llama-server (built here from the same source package),
@@ -150,8 +151,13 @@ if [[ "${1:-}" == mediapipe ]]; then
     cargo build --release --workspace --bins
     cargo build --release -p e2e --example bench_mediapipe
     echo "bench: MediaPipe, ${2:-3} interleaved runs of ${BENCH_SECONDS:-10} s per side and solution; a few minutes" >&2
+    # BENCH_FIFO=1: both sides (the example, the sidecar it starts, the
+    # reference it runs) under SCHED_FIFO, ahead of other tenants' work on
+    # a shared machine (needs CAP_SYS_NICE).
+    sched=()
+    [[ "${BENCH_FIFO:-0}" == 1 ]] && sched=(chrt -f 10)
     MEDIAPIPE_PYTHON="$mp_python" BENCH_REPS="${2:-3}" BENCH_SECONDS="${BENCH_SECONDS:-10}" \
-        SIDECAR_LOG="${SIDECAR_LOG:-warn}" "$CARGO_TARGET_DIR/release/examples/bench_mediapipe"
+        SIDECAR_LOG="${SIDECAR_LOG:-warn}" "${sched[@]}" "$CARGO_TARGET_DIR/release/examples/bench_mediapipe"
     exit
 fi
 if [[ "${1:-}" == openai ]]; then

@@ -399,6 +399,23 @@ fn loadavg() -> String {
         .unwrap_or_else(|e| format!("unreadable ({e})"))
 }
 
+/// This process's scheduling policy (`/proc/self/stat` field 41), which
+/// the sidecar and the reference inherit (`BENCH_FIFO=1` in bench.sh).
+fn policy() -> &'static str {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let field = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(38).map(str::to_owned));
+    match field.as_deref() {
+        Some("0") => "SCHED_OTHER",
+        Some("1") => "SCHED_FIFO",
+        Some("2") => "SCHED_RR",
+        Some("3") => "SCHED_BATCH",
+        Some("5") => "SCHED_IDLE",
+        _ => "unknown",
+    }
+}
+
 /// Starts the sidecar with the one VISION model and its companions; the
 /// sidecar, a client and the pids.
 async fn start_sidecar() -> Res<(
@@ -640,8 +657,9 @@ async fn main() -> Res<()> {
         "Machine: {} cores, no GPU; load average before: {load_before}. Median over {reps} \
          interleaved runs of {seconds} s per side (sidecar, then MediaPipe in-process, video \
          mode). Sidecar: 1 LiteRT thread per model; MediaPipe: graph num_threads 1; neither \
-         pinned.\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+         pinned; both under {}.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        policy()
     );
     let mut all_ran = true;
     for sol in chosen {
