@@ -129,6 +129,13 @@ struct Frames {
 
 /// The photo decoded by the reference's own OpenCV: (width, height, BGR).
 fn decode(python: &PathBuf, photo: &PathBuf) -> Res<(usize, usize, Vec<u8>)> {
+    if !python.is_file() {
+        return Err(format!(
+            "{} is missing (run scripts/mediapipe_venv.sh): its OpenCV decodes the photo",
+            python.display()
+        )
+        .into());
+    }
     const SCRIPT: &str = "import sys, cv2\n\
         im = cv2.imread(sys.argv[1], cv2.IMREAD_COLOR)\n\
         if im is None: sys.exit(sys.argv[1] + ': missing or unreadable (run scripts/setup.sh)')\n\
