@@ -68,6 +68,10 @@ pub fn load(served: &mut Served, lib: &Path, options: &VisionOptions) -> Result<
 }
 
 #[cfg(test)]
+mod face_mesh_fixtures;
+#[cfg(test)]
+mod face_mesh_tests;
+#[cfg(test)]
 mod pose_test_support;
 #[cfg(test)]
 mod pose_tests;
@@ -75,7 +79,3 @@ mod pose_tests;
 mod pose_video_tests;
 #[cfg(test)]
 mod segmentation_tests;
-#[cfg(test)]
-mod face_mesh_fixtures;
-#[cfg(test)]
-mod face_mesh_tests;
