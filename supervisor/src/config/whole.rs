@@ -198,3 +198,7 @@ impl Config {
 fn show(v: &impl std::fmt::Debug) -> String {
     format!("{v:?}")
 }
+
+#[cfg(test)]
+#[path = "whole_tests.rs"]
+mod tests;
