@@ -198,7 +198,7 @@ async fn a_swap_under_load_fails_no_call_and_drains_the_old_version() {
         tally.ok.load(Ordering::SeqCst),
         tally.failed.load(Ordering::SeqCst),
     );
-    println!(
+    eprintln!(
         "swap under load: {ok} calls answered ({ok_before_swap} before the swap), {failed} failed; /readyz not 200 {not_ready} times"
     );
     assert_eq!(
