@@ -101,6 +101,11 @@ pub async fn run(
     for spec in &config.models {
         registry.add(spec.clone())?;
     }
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        config.clone(),
+        registry.clone(),
+    ));
+    crate::reload::on_sighup(reloader.clone())?;
     let accepting = Arc::new(AtomicBool::new(true));
     let pulse = crate::pulse::Pulse::default();
     pulse.beat();
@@ -202,6 +207,7 @@ pub async fn run(
         registry: registry.clone(),
         config: config.clone(),
         started: std::time::Instant::now(),
+        reloader,
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

@@ -25,6 +25,7 @@ pub mod net;
 pub mod openai;
 pub mod pulse;
 pub mod registry;
+pub mod reload;
 pub mod shared;
 pub mod shm;
 pub mod store;

@@ -10,9 +10,10 @@ use sidecar_proto::v1::admin_service_server::AdminService;
 use sidecar_proto::v1::{
     CallTimings, CallWorkerRequest, CallWorkerResponse, ChatRequest, DrainModelRequest,
     DrainModelResponse, EmbedRequest, GenerateRequest, GetStatusRequest, InferRequest,
-    ListWorkersRequest, ListWorkersResponse, LogLine, ProcessBatchRequest, RestartWorkerRequest,
-    RestartWorkerResponse, SandboxState, StatusResponse, StreamLogsRequest, TokenizeRequest,
-    WorkerInfo, WorkerSandbox, call_worker_request, call_worker_response,
+    ListWorkersRequest, ListWorkersResponse, LogLine, ProcessBatchRequest, ReloadConfigRequest,
+    ReloadConfigResponse, RestartWorkerRequest, RestartWorkerResponse, SandboxState,
+    StatusResponse, StreamLogsRequest, TokenizeRequest, WorkerInfo, WorkerSandbox,
+    call_worker_request, call_worker_response,
 };
 use sidecar_proto::worker::{
     WorkerError, WorkerRequest, WorkerResponse, worker_request, worker_response,
@@ -35,6 +36,8 @@ pub struct AdminApi {
     pub config: Arc<Config>,
     /// When the supervisor started.
     pub started: Instant,
+    /// The config reloads (ReloadConfig, GetStatus's last reload).
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// The wire form of a worker's sandbox report.
@@ -104,6 +107,22 @@ impl AdminService for AdminApi {
                     })
                 })
                 .collect(),
+            last_reload: self.reloader.last(),
+        }))
+    }
+
+    async fn reload_config(
+        &self,
+        req: Request<ReloadConfigRequest>,
+    ) -> Result<Response<ReloadConfigResponse>, Status> {
+        let client = crate::auth::Identity::of_call(&req);
+        tracing::info!(%client, "ReloadConfig");
+        let outcome = self
+            .reloader
+            .reload(&format!("ReloadConfig by {client}"))
+            .await?;
+        Ok(Response::new(ReloadConfigResponse {
+            outcome: Some(outcome),
         }))
     }
 

@@ -24,6 +24,7 @@ mod tls;
 mod traffic;
 mod units;
 mod vision;
+mod whole;
 mod workers;
 
 pub use api_socket::{ApiSocket, Listen};
@@ -41,7 +42,7 @@ pub use vision::{PipelineSpec, VisionSpec, set_role};
 pub use workers::{SeccompMode, WorkerPolicy};
 
 /// Command-line flags (each also readable from the environment).
-#[derive(Debug, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "sidecar",
     version,
@@ -133,6 +134,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The model catalog.
     pub models: Vec<ModelSpec>,
+    /// The flags (and so the file) this config was read with: a reload
+    /// (`reload`) reads the same file with the same flags. `None`: built
+    /// in code.
+    #[serde(skip)]
+    pub origin: Option<std::sync::Arc<Cli>>,
 }
 
 /// Default deadlines.
@@ -400,6 +406,7 @@ impl Default for Config {
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             models: Vec::new(),
+            origin: None,
         }
     }
 }
@@ -423,19 +430,26 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
         };
-        api_socket::apply(&cli.listen, &mut config.listen, &mut config.api_socket)?;
-        if let Some(a) = cli.admin_listen {
-            config.admin_listen = a;
-        }
-        if let Some(p) = &cli.model_store {
-            config.model_store = p.clone();
-        }
-        if let Some(p) = &cli.control_socket {
-            config.control_socket = p.clone();
-        }
-        config.insecure_public |= cli.insecure_public;
+        config.apply_flags(cli)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The flags over what the file says; remembers them (`origin`).
+    fn apply_flags(&mut self, cli: &Cli) -> Result<(), Error> {
+        api_socket::apply(&cli.listen, &mut self.listen, &mut self.api_socket)?;
+        if let Some(a) = cli.admin_listen {
+            self.admin_listen = a;
+        }
+        if let Some(p) = &cli.model_store {
+            self.model_store = p.clone();
+        }
+        if let Some(p) = &cli.control_socket {
+            self.control_socket = p.clone();
+        }
+        self.insecure_public |= cli.insecure_public;
+        self.origin = Some(std::sync::Arc::new(cli.clone()));
+        Ok(())
     }
 
     /// Parses a TOML file.
@@ -446,13 +460,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        let mut seen = std::collections::HashSet::new();
-        for m in &self.models {
-            crate::ids::check_model_id(&m.id)?;
-            if !seen.insert(&m.id) {
-                return Err(Error::Config(format!("model id {:?} appears twice", m.id)));
-            }
-            m.text.validate(&m.id)?;
+        if let Some(e) = self.model_errors().into_iter().next() {
+            return Err(e);
         }
         self.auth.validate()?;
         self.cache.validate()?;

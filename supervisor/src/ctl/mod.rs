@@ -21,7 +21,7 @@ use sidecar_proto::v1::admin_service_client::AdminServiceClient;
 use sidecar_proto::v1::model_service_client::ModelServiceClient;
 use sidecar_proto::v1::{
     DrainModelRequest, GetStatusRequest, ListWorkersRequest, LoadModelRequest, ModelFamily,
-    RestartWorkerRequest, StreamLogsRequest, UnloadModelRequest,
+    ReloadConfigRequest, RestartWorkerRequest, StreamLogsRequest, UnloadModelRequest,
 };
 use tonic::transport::Channel;
 
@@ -124,6 +124,11 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Read the config file again and apply its [[models]] (as SIGHUP):
+    /// added ones load, removed ones unload, changed ones swap. Exits 1
+    /// when the file is invalid (every error printed, nothing changed) or
+    /// a change could not be made.
+    Reload,
     /// Read a token's secret from stdin (one line) and print the form the
     /// tokens file holds (`sha256:HEX`); the control socket is not used.
     /// A line of the file: `NAME SCOPES HASH`, e.g.
@@ -340,6 +345,21 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
                 println!("{}", json!({"unloaded": model}));
             } else {
                 println!("unloaded {model}");
+            }
+        }
+        Cmd::Reload => {
+            let r = admin
+                .reload_config(ReloadConfigRequest {})
+                .await?
+                .into_inner()
+                .outcome
+                .unwrap_or_default();
+            print::reload(&r, cli.json);
+            if !r.ok {
+                return Err(tonic::Status::aborted(format!(
+                    "the reload was not applied whole: {}",
+                    r.refused.join("; ")
+                )));
             }
         }
         Cmd::Call(args) => call::run(&mut admin, args, cli.json).await?,

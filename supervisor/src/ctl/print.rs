@@ -1,7 +1,9 @@
 //! Tables for people, JSON for scripts.
 
 use serde_json::{Value, json};
-use sidecar_proto::v1::{LogLine, ModelInfo, SandboxState, StatusResponse, WorkerInfo};
+use sidecar_proto::v1::{
+    LogLine, ModelInfo, ReloadOutcome, SandboxState, StatusResponse, WorkerInfo,
+};
 
 fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / f64::from(1 << 20))
@@ -119,6 +121,7 @@ pub(super) fn status(s: &StatusResponse, json_out: bool) {
             "worker_sandboxes": s.worker_sandboxes.iter().map(|w| json!({
                 "model_id": w.model_id, "pid": w.pid,
                 "sandbox": w.sandbox.as_ref().map(sandbox_json)})).collect::<Vec<_>>(),
+            "last_reload": s.last_reload.as_ref().map(reload_json),
         });
         println!("{v}");
         return;
@@ -161,6 +164,19 @@ pub(super) fn status(s: &StatusResponse, json_out: bool) {
     }
     if let Some(sb) = &s.sandbox {
         println!("supervisor sandbox: {}", sandbox_line(sb));
+    }
+    if let Some(r) = &s.last_reload {
+        println!(
+            "last config reload: {} at {} ms ({}): {} added, {} removed, {} swapped, {} refused, {} settings not applied",
+            if r.ok { "ok" } else { "ERROR" },
+            r.unix_ms,
+            r.trigger,
+            r.added.len(),
+            r.removed.len(),
+            r.swapped.len(),
+            r.refused.len() + r.errors.len(),
+            r.not_applied.len()
+        );
     }
     println!();
     table(&MODEL_HEADER, &model_rows(&s.models));
@@ -287,4 +303,40 @@ pub(super) fn log_line(l: &LogLine, json_out: bool) {
         "{} {}[{}] {source}: {}",
         l.unix_ms, l.model_id, l.pid, l.text
     );
+}
+
+/// A config reload's outcome as JSON.
+fn reload_json(r: &ReloadOutcome) -> Value {
+    json!({
+        "unix_ms": r.unix_ms, "ok": r.ok, "trigger": r.trigger, "file": r.file,
+        "added": r.added, "removed": r.removed, "swapped": r.swapped,
+        "unchanged": r.unchanged, "refused": r.refused,
+        "not_applied": r.not_applied, "errors": r.errors,
+    })
+}
+
+/// `sidecarctl reload`'s answer: one line a change.
+pub(super) fn reload(r: &ReloadOutcome, json_out: bool) {
+    if json_out {
+        println!("{}", reload_json(r));
+        return;
+    }
+    println!(
+        "config {} reloaded: {}",
+        r.file,
+        if r.ok { "ok" } else { "NOT APPLIED WHOLE" }
+    );
+    for (what, list) in [
+        ("added", &r.added),
+        ("removed", &r.removed),
+        ("swapped", &r.swapped),
+        ("unchanged", &r.unchanged),
+        ("refused", &r.refused),
+        ("not applied", &r.not_applied),
+        ("error", &r.errors),
+    ] {
+        for item in list {
+            println!("  {what}: {item}");
+        }
+    }
 }

@@ -103,6 +103,13 @@ pub struct ModelLabel {
     pub model: String,
 }
 
+/// A config reload's `outcome`: `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
 /// `model` and a `reason` (of a rejection or a kill).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelReason {
@@ -181,6 +188,10 @@ pub struct Metrics {
     pub shm_region_bytes: Gauge,
     /// Deterministic calls re-sent after their worker died.
     pub retries: Family<ModelLabel, Counter>,
+    /// Config reloads by outcome (`reload`).
+    pub config_reloads: Family<OutcomeLabel, Counter>,
+    /// When the last reload applied whole, Unix seconds (0: none yet).
+    pub config_reload_success: Gauge,
     in_flight: Family<ModelLabel, Gauge>,
     queue_depth: Family<ModelLabel, Gauge>,
     state: Family<ModelStateLabel, Gauge>,
@@ -236,6 +247,8 @@ impl Metrics {
             shm_regions: Gauge::default(),
             shm_region_bytes: Gauge::default(),
             retries: Family::default(),
+            config_reloads: Family::default(),
+            config_reload_success: Gauge::default(),
             in_flight: Family::default(),
             queue_depth: Family::default(),
             state: Family::default(),
@@ -357,6 +370,21 @@ impl Metrics {
             "worker_uptime_seconds",
             "Seconds since the model's current worker started",
             m.uptime.clone(),
+        );
+        for outcome in ["ok", "error"] {
+            drop(m.config_reloads.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            }));
+        }
+        m.registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP, sidecarctl reload) by outcome",
+            m.config_reloads.clone(),
+        );
+        m.registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the config was last reloaded and applied whole, Unix seconds (0: never)",
+            m.config_reload_success.clone(),
         );
         m
     }

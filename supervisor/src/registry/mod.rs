@@ -123,6 +123,12 @@ impl Registry {
         Ok((file, companions))
     }
 
+    /// Whether `spec`'s files resolve in the store (a path escaping it, a
+    /// missing file, a vision pipeline's companions), without loading it.
+    pub fn check_files(&self, spec: &ModelSpec) -> Result<(), Error> {
+        self.resolve_files(spec).map(drop)
+    }
+
     /// `add`, as `version` of its id.
     fn add_version(&self, spec: ModelSpec, version: u32) -> Result<WorkerHandle, Error> {
         let (file, companions) = self.resolve_files(&spec)?;
