@@ -228,7 +228,7 @@ pub fn decode(
         let score = sigmoid(logit.clamp(-clip, clip));
         // A model's NaN or infinite output is no detection (NaN passes
         // every comparison that would drop it).
-        if !(score >= min_score) || raw.iter().any(|v| !v.is_finite()) {
+        if score.is_nan() || score < min_score || raw.iter().any(|v| !v.is_finite()) {
             continue;
         }
         let xc = raw[0] / xs * a.w + a.x;
