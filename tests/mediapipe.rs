@@ -12,10 +12,10 @@ use e2e::{Sidecar, add_model, root, serial, store};
 use serde_json::Value;
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
-    FaceMeshTask, HandsTask, Image, LoadModelRequest, ModelFamily, PipelineModels, PixelFormat,
-    PoseTask, ProcessBatchRequest, ProcessRequest, ProcessResponse, SegmentationMaskFormat,
-    SelfieSegmentationTask, StreamConfig, VisionOptions, VisionTask, image, load_model_request,
-    process_request, vision_task,
+    DeleteFileRequest, FaceMeshTask, HandsTask, Image, LoadModelRequest, ModelFamily,
+    PipelineModels, PixelFormat, PoseTask, ProcessBatchRequest, ProcessRequest, ProcessResponse,
+    SegmentationMaskFormat, SelfieSegmentationTask, StreamConfig, VisionOptions, VisionTask, image,
+    load_model_request, process_request, vision_task,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -285,6 +285,19 @@ async fn each_solution_matches_mediapipe_on_the_photographs_through_the_sidecar(
 
     let after = sc.model("mp").await;
     assert_eq!(after.worker_pid, pid, "the worker served every task");
+    // A companion in use is protected like the model file.
+    let err = sc
+        .manage()
+        .await
+        .delete_file(DeleteFileRequest { path: HAND.into() })
+        .await
+        .expect_err("a companion in use");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("used by loaded model(s) mp"),
+        "{}",
+        err.message()
+    );
     assert_eq!(sc.admin_get("/readyz").0, 200);
 }
 

@@ -333,7 +333,8 @@ pub async fn run(
             config.shutdown_grace
         );
     }
-    for handle in registry.list() {
+    // A swap's versions aside (loading or draining) too.
+    for handle in registry.list().into_iter().chain(registry.aside()) {
         handle.unload(KillReason::Shutdown).await;
     }
     let _ = control_stop.send(());

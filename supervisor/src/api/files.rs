@@ -49,14 +49,20 @@ fn users_of(registry: &Registry, file: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Store-relative files that loaded models use, with their model ids.
+/// Store-relative files that loaded models use (their model files and a
+/// VISION model's companion models), with their model ids.
 fn used_files(registry: &Registry) -> Vec<(PathBuf, String)> {
     registry
         .list()
         .into_iter()
-        .filter_map(|h| {
-            let p = registry.store.resolve(&h.spec.path).ok()?;
-            Some((p, h.spec.id.clone()))
+        .flat_map(|h| {
+            let companions = h.spec.vision.pipeline.roles().map(|(_, p)| p.to_owned());
+            std::iter::once(h.spec.path.clone())
+                .chain(companions)
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| registry.store.resolve(&p).ok())
+                .map(|p| (p, h.spec.id.clone()))
+                .collect::<Vec<_>>()
         })
         .collect()
 }

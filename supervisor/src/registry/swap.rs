@@ -178,6 +178,17 @@ impl Registry {
         aside.extend(with);
     }
 
+    /// The workers of swaps beside the serving ones (loading or draining).
+    pub fn aside(&self) -> Vec<WorkerHandle> {
+        self.models
+            .1
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|a| a.handle.clone())
+            .collect()
+    }
+
     /// What a swap of `id` is doing, for ModelInfo.swap (empty: none).
     pub fn swap_note(&self, id: &str) -> String {
         self.models
