@@ -41,9 +41,28 @@ struct Tally {
     ok: AtomicU64,
     failed: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
+    /// Per client, the version each answer of the swapped model named
+    /// (`x-sidecar-model-version`), in call order; with whether the swap
+    /// had returned when the call started.
+    versions: std::sync::Mutex<Vec<Vec<(String, bool)>>>,
+    swapped: AtomicBool,
 }
 
 impl Tally {
+    /// Notes the version that answered a call of `client` to smollm2.
+    fn version(&self, client: usize, md: &tonic::metadata::MetadataMap, after_swap: bool) {
+        let v = md
+            .get("x-sidecar-model-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut all = self.versions.lock().expect("lock");
+        if all.len() <= client {
+            all.resize(client + 1, Vec::new());
+        }
+        all[client].push((v, after_swap));
+    }
+
     fn note<T>(&self, r: Result<T, tonic::Status>) {
         match r {
             Ok(_) => {
@@ -95,8 +114,10 @@ async fn a_swap_under_load_fails_no_call_and_drains_the_old_version() {
                     let mut req = tonic::Request::new(greedy(&format!("Count to {i}:"), 6));
                     req.metadata_mut()
                         .insert("cache-control", "no-cache".parse().expect("value"));
+                    let after = tally.swapped.load(Ordering::SeqCst);
                     let r = match text.generate_stream(req).await {
                         Ok(s) => {
+                            tally.version(c as usize, s.metadata(), after);
                             let mut s = s.into_inner();
                             let mut done = false;
                             let mut err = None;
@@ -137,7 +158,12 @@ async fn a_swap_under_load_fails_no_call_and_drains_the_old_version() {
                     let mut req = tonic::Request::new(greedy(&format!("Say {i} {c}:"), 4));
                     req.metadata_mut()
                         .insert("cache-control", "no-cache".parse().expect("value"));
-                    tally.note(text.generate(req).await);
+                    let after = tally.swapped.load(Ordering::SeqCst);
+                    let r = text.generate(req).await;
+                    if let Ok(r) = &r {
+                        tally.version(c as usize, r.metadata(), after);
+                    }
+                    tally.note(r);
                 }
             }
         }));
@@ -166,9 +192,9 @@ async fn a_swap_under_load_fails_no_call_and_drains_the_old_version() {
         probe(&sc);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let swapped = swap
-        .await
-        .expect("task")
+    let swapped = swap.await.expect("task");
+    tally.swapped.store(true, Ordering::SeqCst);
+    let swapped = swapped
         .expect("the swap succeeds")
         .into_inner()
         .model
@@ -210,6 +236,38 @@ async fn a_swap_under_load_fails_no_call_and_drains_the_old_version() {
         tally.first_error.lock().expect("lock")
     );
     assert_eq!(not_ready, 0, "/readyz is 200 throughout");
+    // Every answer names one version; a client never goes back to the old
+    // one, and calls made after the swap returned reach the new one.
+    let versions = tally.versions.lock().expect("lock").clone();
+    let mut counts = [0u64; 2];
+    for (c, seen) in versions.iter().enumerate() {
+        for w in seen.windows(2) {
+            assert!(
+                w[0].0 <= w[1].0,
+                "client {c} went back from version {} to {}",
+                w[0].0,
+                w[1].0
+            );
+        }
+        for (v, after) in seen {
+            match v.as_str() {
+                "1" => {
+                    assert!(
+                        !after,
+                        "client {c}: a call made after the swap returned reached version 1"
+                    );
+                    counts[0] += 1;
+                }
+                "2" => counts[1] += 1,
+                other => panic!("client {c}: an answer named version {other:?}"),
+            }
+        }
+    }
+    eprintln!("answers by version: 1: {}, 2: {}", counts[0], counts[1]);
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "both versions answered: {counts:?}"
+    );
     let now = sc.model("smollm2").await;
     assert_eq!((now.version, now.worker_pid), (2, swapped.worker_pid));
     assert_eq!(now.swap, "", "no swap in progress after the drain");

@@ -132,7 +132,8 @@ impl Error {
         })
     }
 
-    fn map_message(self, tag: &dyn Fn(String) -> String) -> Error {
+    /// The same error with its message rewritten by `tag`.
+    pub fn map_message(self, tag: &dyn Fn(String) -> String) -> Error {
         match self {
             Error::InvalidArgument(m) => Error::InvalidArgument(tag(m)),
             Error::NotFound(m) => Error::NotFound(tag(m)),

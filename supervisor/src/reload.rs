@@ -167,18 +167,19 @@ impl Reloader {
             let Some(was) = from_file.remove(&id) else {
                 continue;
             };
-            match self.registry.get(&id) {
-                Err(_) => out.removed.push(format!("{id} (already unloaded)")),
-                Ok(h) if !same_model(&was, &h.spec) => out.refused.push(format!(
+            match self.registry.by_id(&id) {
+                None => out.removed.push(format!("{id} (already unloaded)")),
+                Some(h) if !same_model(&was, &h.spec) => out.refused.push(format!(
                     "{id}: left alone: it was replaced at run time (LoadModel) by another file or options"
                 )),
-                Ok(h) => {
+                Some(h) => {
                     let registry = self.registry.clone();
                     removals.spawn(async move {
                         if !h.drain(DRAIN).await {
                             tracing::warn!(model = %id, "config reload: calls still running after {DRAIN:?}; unloading anyway");
                         }
                         let r = registry.remove(&id, KillReason::Requested).await;
+                        registry.remove_all_kept(&id, Some(DRAIN)).await;
                         (id, r)
                     });
                 }
@@ -193,13 +194,14 @@ impl Reloader {
         }
         let mut swaps = tokio::task::JoinSet::new();
         for (id, spec) in wanted {
-            let loaded = self.registry.get(id).ok();
+            let loaded = self.registry.by_id(id);
             match (from_file.get(id), loaded) {
                 (Some(was), _) if was == spec => out.unchanged.push(id.to_owned()),
                 (Some(was), Some(h)) if same_model(was, &h.spec) => {
                     let registry = self.registry.clone();
                     let opts = SwapOptions {
                         allow_cold: false,
+                        keep_previous: false,
                         drain: DRAIN,
                         deadline: Instant::now() + self.config.deadlines.load,
                     };

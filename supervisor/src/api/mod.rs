@@ -1,6 +1,7 @@
 //! The gRPC services of the API port.
 
 pub mod admin;
+pub mod aliases;
 pub mod deterministic;
 pub mod files;
 pub mod lite;
@@ -53,7 +54,9 @@ pub async fn call_worker<T>(
         crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
         e.with_request_id(&request_id, &client)
     })?;
-    let method = crate::metrics::note_model(&model_id);
+    // By the model's id: an alias or "id@version" counts under its id.
+    let method = crate::metrics::note_model(&handle.spec.id);
+    crate::metrics::note_version(handle.version());
     if handle.spec.family != family {
         return Err(Error::FailedPrecondition(format!(
             "model {model_id:?} is a {} model, not {}",
@@ -94,7 +97,7 @@ pub async fn call_worker<T>(
                 .queue_wait
                 .get_or_create(&crate::metrics::MethodModel {
                     method,
-                    model: model_id,
+                    model: handle.spec.id.clone(),
                     protocol: crate::metrics::call_protocol().to_owned(),
                 })
                 .observe(call.queued.as_secs_f64());

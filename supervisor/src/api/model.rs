@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use sidecar_proto::v1::model_service_server::ModelService;
 use sidecar_proto::v1::{
-    Accelerator, DeleteFileRequest, DeleteFileResponse, FileChunk, GetFileRequest, GetModelRequest,
-    ListFilesRequest, ListFilesResponse, ListModelsRequest, ListModelsResponse, LoadModelRequest,
-    LoadModelResponse, ModelFamily, ModelInfo, PutFileRequest, PutFileResponse, UnloadModelRequest,
-    UnloadModelResponse, load_model_request,
+    Accelerator, DeleteAliasRequest, DeleteAliasResponse, DeleteFileRequest, DeleteFileResponse,
+    FileChunk, GetFileRequest, GetModelRequest, ListFilesRequest, ListFilesResponse,
+    ListModelsRequest, ListModelsResponse, LoadModelRequest, LoadModelResponse, ModelFamily,
+    ModelInfo, PutFileRequest, PutFileResponse, SetAliasRequest, SetAliasResponse,
+    UnloadModelRequest, UnloadModelResponse, load_model_request,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -147,12 +148,10 @@ fn spec_from(req: LoadModelRequest) -> Result<ModelSpec, Error> {
 type Chunks = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
 
 impl ModelApi {
-    /// A model's info with the registry's view of it (a swap in progress).
+    /// A model's info with the registry's view of it (a swap in progress,
+    /// aliases, versions).
     fn info(&self, h: &crate::worker::WorkerHandle) -> ModelInfo {
-        ModelInfo {
-            swap: self.registry.swap_note(&h.spec.id),
-            ..h.info()
-        }
+        super::aliases::info(&self.registry, h)
     }
 }
 
@@ -162,9 +161,9 @@ fn swap_options(
     deadline: std::time::Instant,
 ) -> Result<Option<crate::registry::SwapOptions>, Error> {
     if !req.replace {
-        if req.allow_cold_swap || req.drain_timeout_ms != 0 {
+        if req.allow_cold_swap || req.drain_timeout_ms != 0 || req.keep_previous {
             return Err(Error::InvalidArgument(
-                "allow_cold_swap and drain_timeout_ms apply to a swap: set replace = true".into(),
+                "allow_cold_swap, keep_previous and drain_timeout_ms apply to a swap: set replace = true".into(),
             ));
         }
         return Ok(None);
@@ -182,6 +181,7 @@ fn swap_options(
     }
     Ok(Some(crate::registry::SwapOptions {
         allow_cold: req.allow_cold_swap,
+        keep_previous: req.keep_previous,
         drain,
         deadline,
     }))
@@ -244,20 +244,8 @@ impl ModelService for ModelApi {
     ) -> Result<Response<UnloadModelResponse>, Status> {
         let client = Identity::of_call(&req);
         let req = req.into_inner();
-        let handle = self.registry.get(&req.model_id)?;
-        tracing::info!(%client, model = ?req.model_id, force = req.force, "UnloadModel");
-        if !req.force {
-            let wait = match req.drain_timeout_ms {
-                0 => Duration::from_secs(10),
-                ms => Duration::from_millis(u64::from(ms)),
-            };
-            if !handle.drain(wait).await {
-                tracing::warn!(model = %req.model_id, "calls still running after {wait:?}; unloading anyway");
-            }
-        }
-        self.registry
-            .remove(&req.model_id, KillReason::Requested)
-            .await?;
+        tracing::info!(%client, model = ?req.model_id.chars().take(80).collect::<String>(), force = req.force, "UnloadModel");
+        super::aliases::unload(&self.registry, req).await?;
         Ok(Response::new(UnloadModelResponse {}))
     }
 
@@ -267,14 +255,18 @@ impl ModelService for ModelApi {
     ) -> Result<Response<ListModelsResponse>, Status> {
         let family = req.into_inner().family;
         self.settle_cache().await;
-        let models: Vec<ModelInfo> = self
-            .registry
-            .list()
+        let models: Vec<ModelInfo> = super::aliases::every_version(&self.registry)
             .into_iter()
             .map(|h| self.info(&h))
             .filter(|m| family == 0 || m.family == family)
             .collect();
-        Ok(Response::new(ListModelsResponse { models }))
+        let aliases = self
+            .registry
+            .aliases()
+            .into_iter()
+            .map(|(a, t)| super::aliases::alias(a, t))
+            .collect();
+        Ok(Response::new(ListModelsResponse { models, aliases }))
     }
 
     async fn get_model(
@@ -323,5 +315,23 @@ impl ModelService for ModelApi {
         super::files::delete(&self.registry, &path).await?;
         tracing::info!(%client, path = ?path.chars().take(256).collect::<String>(), "DeleteFile");
         Ok(Response::new(DeleteFileResponse {}))
+    }
+
+    async fn set_alias(
+        &self,
+        req: Request<SetAliasRequest>,
+    ) -> Result<Response<SetAliasResponse>, Status> {
+        Ok(Response::new(super::aliases::set(
+            &self.registry,
+            req.into_inner(),
+        )?))
+    }
+
+    async fn delete_alias(
+        &self,
+        req: Request<DeleteAliasRequest>,
+    ) -> Result<Response<DeleteAliasResponse>, Status> {
+        super::aliases::delete(&self.registry, req.into_inner())?;
+        Ok(Response::new(DeleteAliasResponse {}))
     }
 }

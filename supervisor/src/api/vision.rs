@@ -117,7 +117,6 @@ impl VisionService for VisionApi {
         };
         let mut held = Held::new(max_pending, max_pending_bytes, drop_oldest);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let model = config.model_id.clone();
         let mut call = super::call_worker(
             &self.registry,
             Family::Vision,
@@ -126,6 +125,8 @@ impl VisionService for VisionApi {
             |c| (c.model_id.clone(), worker_request::Body::VisionOpen(c)),
         )
         .await?;
+        // By the model's id (not an alias or "id@version" the client named).
+        let model = call.model_id().to_owned();
         let (mut tx, rx) = super::outflow::channel(8, self.config.connections.stream_stall);
         let metrics = call.metrics().clone();
         // The class's rate limit, one unit a frame: DROP_OLDEST drops a

@@ -141,6 +141,8 @@ const TABLE: &[(&str, &str, Scope)] = &[
     ("sidecar.v1.ModelService", "UnloadModel", Scope::Manage),
     ("sidecar.v1.ModelService", "PutFile", Scope::Manage),
     ("sidecar.v1.ModelService", "DeleteFile", Scope::Manage),
+    ("sidecar.v1.ModelService", "SetAlias", Scope::Manage),
+    ("sidecar.v1.ModelService", "DeleteAlias", Scope::Manage),
     // The Open Inference Protocol (`api::oip`): health and metadata are
     // read by the clients that infer; a caller's shared-memory regions
     // are its own inputs and outputs.
@@ -243,7 +245,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 22, "methods of the API's sidecar.v1 services");
+        assert_eq!(seen, 24, "methods of the API's sidecar.v1 services");
         let load = table
             .get("/sidecar.v1.ModelService/LoadModel")
             .expect("LoadModel");

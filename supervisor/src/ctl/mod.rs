@@ -20,8 +20,9 @@ use serde_json::json;
 use sidecar_proto::v1::admin_service_client::AdminServiceClient;
 use sidecar_proto::v1::model_service_client::ModelServiceClient;
 use sidecar_proto::v1::{
-    DrainModelRequest, GetStatusRequest, ListWorkersRequest, LoadModelRequest, ModelFamily,
-    ReloadConfigRequest, RestartWorkerRequest, StreamLogsRequest, UnloadModelRequest,
+    DeleteAliasRequest, DrainModelRequest, GetStatusRequest, ListModelsRequest, ListWorkersRequest,
+    LoadModelRequest, ModelFamily, ReloadConfigRequest, RestartWorkerRequest, SetAliasRequest,
+    StreamLogsRequest, UnloadModelRequest,
 };
 use tonic::transport::Channel;
 
@@ -115,10 +116,31 @@ pub enum Cmd {
         /// the switch (default 30).
         #[arg(long, requires = "replace")]
         drain_timeout: Option<u32>,
+        /// With --replace: keep the old version loaded, reached as
+        /// "MODEL@VERSION", instead of draining and unloading it.
+        #[arg(long, requires = "replace")]
+        keep_previous: bool,
     },
-    /// Unload a model (after draining its calls unless --force).
+    /// Point an alias at a model id (its current version, following
+    /// swaps) or at one version ("minilm@2"), in one step.
+    Alias {
+        /// The alias.
+        alias: String,
+        /// A model id, or "MODEL@VERSION".
+        target: String,
+    },
+    /// Remove an alias (the model it names is untouched).
+    Unalias {
+        /// The alias.
+        alias: String,
+    },
+    /// Every alias and what it names.
+    Aliases,
+    /// Unload a model, every version of it (after draining its calls
+    /// unless --force); "MODEL@VERSION": one version kept beside the
+    /// current one.
     Unload {
-        /// Model id.
+        /// Model id, or "MODEL@VERSION".
         model: String,
         /// Do not wait for calls in flight.
         #[arg(long)]
@@ -298,6 +320,7 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
             replace,
             allow_cold_swap,
             drain_timeout,
+            keep_previous,
         } => {
             let family = match family.as_str() {
                 "text" => ModelFamily::Text,
@@ -327,6 +350,7 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
                     options: None,
                     replace: *replace,
                     allow_cold_swap: *allow_cold_swap,
+                    keep_previous: *keep_previous,
                     drain_timeout_ms: drain_timeout.map_or(0, |s| s.saturating_mul(1000)),
                 })
                 .await?
@@ -346,6 +370,36 @@ async fn execute(cli: &Cli, channel: Channel) -> Result<(), tonic::Status> {
             } else {
                 println!("unloaded {model}");
             }
+        }
+        Cmd::Alias { alias, target } => {
+            let r = models
+                .set_alias(SetAliasRequest {
+                    alias: alias.clone(),
+                    model_id: target.clone(),
+                    version: 0,
+                })
+                .await?
+                .into_inner();
+            print::alias_set(&r, cli.json);
+        }
+        Cmd::Unalias { alias } => {
+            models
+                .delete_alias(DeleteAliasRequest {
+                    alias: alias.clone(),
+                })
+                .await?;
+            if cli.json {
+                println!("{}", json!({"deleted": alias}));
+            } else {
+                println!("alias {alias} deleted");
+            }
+        }
+        Cmd::Aliases => {
+            let r = models
+                .list_models(ListModelsRequest::default())
+                .await?
+                .into_inner();
+            print::aliases(&r.aliases, cli.json);
         }
         Cmd::Reload => {
             let r = admin

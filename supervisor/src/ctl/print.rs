@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 use sidecar_proto::v1::{
-    LogLine, ModelInfo, ReloadOutcome, SandboxState, StatusResponse, WorkerInfo,
+    LogLine, ModelAlias, ModelInfo, ReloadOutcome, SandboxState, SetAliasResponse, StatusResponse,
+    WorkerInfo,
 };
 
 fn mib(b: u64) -> String {
@@ -42,6 +43,9 @@ fn model_json(m: &ModelInfo) -> Value {
         "family": m.family().as_str_name().trim_start_matches("MODEL_FAMILY_"),
         "path": m.path,
         "version": m.version,
+        "current": m.current,
+        "versions": m.versions,
+        "aliases": m.aliases,
         "swap": m.swap,
         "state": state(m),
         "pid": m.worker_pid,
@@ -69,7 +73,11 @@ fn model_rows(models: &[ModelInfo]) -> Vec<Vec<String>> {
         .map(|m| {
             let mem = m.memory.clone().unwrap_or_default();
             vec![
-                m.model_id.clone(),
+                if m.current {
+                    m.model_id.clone()
+                } else {
+                    format!("{}@{}", m.model_id, m.version)
+                },
                 m.family()
                     .as_str_name()
                     .trim_start_matches("MODEL_FAMILY_")
@@ -339,4 +347,44 @@ pub(super) fn reload(r: &ReloadOutcome, json_out: bool) {
             println!("  {what}: {item}");
         }
     }
+}
+
+/// What an alias names, as `sidecarctl` prints it.
+fn target(a: &ModelAlias) -> String {
+    match a.version {
+        0 => a.model_id.clone(),
+        v => format!("{}@{v}", a.model_id),
+    }
+}
+
+fn alias_json(a: &ModelAlias) -> Value {
+    json!({"alias": a.alias, "model_id": a.model_id, "version": a.version, "target": target(a)})
+}
+
+/// An alias just set, and what it named before.
+pub(super) fn alias_set(r: &SetAliasResponse, json_out: bool) {
+    let Some(a) = &r.alias else { return };
+    if json_out {
+        let mut v = alias_json(a);
+        v["previous"] = r.previous.as_ref().map_or(Value::Null, alias_json);
+        println!("{v}");
+        return;
+    }
+    match &r.previous {
+        Some(p) => println!("alias {} -> {} (was {})", a.alias, target(a), target(p)),
+        None => println!("alias {} -> {}", a.alias, target(a)),
+    }
+}
+
+/// Every alias.
+pub(super) fn aliases(list: &[ModelAlias], json_out: bool) {
+    if json_out {
+        println!("{}", Value::Array(list.iter().map(alias_json).collect()));
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| vec![a.alias.clone(), target(a)])
+        .collect();
+    table(&["ALIAS", "TARGET"], &rows);
 }

@@ -19,6 +19,8 @@ pub struct CallInfo {
     pub protocol: &'static str,
     model: Mutex<String>,
     client: Mutex<String>,
+    /// The version of the model that answers (0: none yet).
+    version: std::sync::atomic::AtomicU32,
 }
 
 impl CallInfo {
@@ -28,6 +30,15 @@ impl CallInfo {
             method: method.to_owned(),
             protocol,
             ..Default::default()
+        }
+    }
+
+    /// Adds [`MODEL_VERSION_HEADER`] to a response's headers once the
+    /// call found its model.
+    pub fn stamp_version(&self, headers: &mut http::HeaderMap) {
+        let version = self.version.load(std::sync::atomic::Ordering::Relaxed);
+        if version > 0 {
+            headers.insert(MODEL_VERSION_HEADER, http::HeaderValue::from(version));
         }
     }
 
@@ -42,6 +53,20 @@ impl CallInfo {
 
 tokio::task_local! {
     static CALL: Arc<CallInfo>;
+}
+
+/// The response header naming the version of the model that answered a
+/// call (set where the call found its model: an alias or a swap may point
+/// the same name at another version for the next call).
+pub const MODEL_VERSION_HEADER: &str = "x-sidecar-model-version";
+
+/// Names the version of the current call's model (its last resolution
+/// wins); outside a call, nothing.
+pub fn note_version(version: u32) {
+    let _ = CALL.try_with(|c| {
+        c.version
+            .store(version, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 /// Names the current call's model (from `api::call_worker`); the method,
@@ -175,9 +200,10 @@ where
         };
         let info = Arc::new(CallInfo::new(&method, "grpc"));
         let mut record = Record::new(info.clone(), self.metrics.clone());
-        let fut = CALL.scope(info, self.inner.call(req));
+        let fut = CALL.scope(info.clone(), self.inner.call(req));
         Box::pin(async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            info.stamp_version(resp.headers_mut());
             // An error answer carries its status in the headers.
             let code = resp
                 .headers()

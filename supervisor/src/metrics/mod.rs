@@ -54,13 +54,23 @@ pub struct ModelGauges {
     pub uptime_s: Option<i64>,
     /// Host private, host file-backed and GPU bytes (`None`: not sampled).
     pub memory: Option<[u64; 3]>,
+    /// The current version's number.
+    pub version: u32,
+    /// Versions calls may reach (the current one and those kept).
+    pub versions: u32,
+    /// A swap in progress.
+    pub swapping: bool,
+    /// The aliases naming a loaded version of the id, and that version
+    /// (`None`: the current one, following swaps).
+    pub aliases: Vec<(String, Option<u32>)>,
 }
 
 mod layer;
+pub mod versions;
 
 pub use layer::{
-    CallInfo, CallLayer, CallService, Record, Recorded, call_protocol, call_scope, note_client,
-    note_model, within,
+    CallInfo, CallLayer, CallService, MODEL_VERSION_HEADER, Record, Recorded, call_protocol,
+    call_scope, note_client, note_model, note_version, within,
 };
 
 /// `method`, `model` and the gRPC `code` name.
@@ -192,6 +202,8 @@ pub struct Metrics {
     pub config_reloads: Family<OutcomeLabel, Counter>,
     /// When the last reload applied whole, Unix seconds (0: none yet).
     pub config_reload_success: Gauge,
+    /// Versions, swaps and aliases.
+    pub versions: versions::Versions,
     in_flight: Family<ModelLabel, Gauge>,
     queue_depth: Family<ModelLabel, Gauge>,
     state: Family<ModelStateLabel, Gauge>,
@@ -249,6 +261,7 @@ impl Metrics {
             retries: Family::default(),
             config_reloads: Family::default(),
             config_reload_success: Gauge::default(),
+            versions: versions::Versions::default(),
             in_flight: Family::default(),
             queue_depth: Family::default(),
             state: Family::default(),
@@ -386,6 +399,7 @@ impl Metrics {
             "When the config was last reloaded and applied whole, Unix seconds (0: never)",
             m.config_reload_success.clone(),
         );
+        m.versions.register(&mut m.registry);
         m
     }
 
@@ -410,6 +424,7 @@ impl Metrics {
             drop(f.get_or_create(&label));
         }
         drop(self.cache_bytes.get_or_create(&label));
+        self.versions.enroll(model);
         for reason in REJECTIONS {
             drop(self.rejected.get_or_create(&ModelReason {
                 model: model.into(),
@@ -439,6 +454,11 @@ impl Metrics {
             .inc();
     }
 
+    /// A swap of `model` ended (`outcome`: ok, error or cold).
+    pub fn swap(&self, model: &str, outcome: &str) {
+        self.versions.swap(model, outcome);
+    }
+
     /// Vision frames of one kind.
     pub fn frame(&self, model: &str, kind: &str, n: u64) {
         self.frames
@@ -457,6 +477,7 @@ impl Metrics {
         }
         self.state.clear();
         self.memory.clear();
+        self.versions.set(models);
         for g in models {
             let model = ModelLabel {
                 model: g.model.clone(),

@@ -167,8 +167,10 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    let stamp = info.clone();
     let finish =
-        |resp: Response, record: &Mutex<Option<Record>>| {
+        move |mut resp: Response, record: &Mutex<Option<Record>>| {
+            stamp.stamp_version(resp.headers_mut());
             if let Some(mut r) = record.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 let code = resp.extensions().get::<Code>().copied().unwrap_or(
                     if resp.status().is_success() {

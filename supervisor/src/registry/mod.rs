@@ -1,8 +1,11 @@
 //! The loaded models, by id, and their health names; a model swapped for
-//! another version under its id (`swap`).
+//! another version under its id (`swap`); the names calls use, resolved to
+//! a loaded version (`names`: "id@2", aliases).
 
+mod names;
 mod swap;
 
+pub use names::{MAX_ALIASES, Target};
 pub use swap::{MAX_DRAIN, SwapOptions};
 
 use std::collections::BTreeMap;
@@ -24,24 +27,43 @@ use crate::worker::{Spawner, WorkerHandle};
 
 /// The models by id: the registry's map, which the memory guard reads too
 /// (as its `Tenants`). Built first, so the guard and the registry can both
-/// be built whole.
+/// be built whole. Locks are taken in field order.
 #[derive(Debug, Default)]
-pub struct Models(RwLock<BTreeMap<String, WorkerHandle>>, RwLock<Vec<Aside>>);
+pub struct Models {
+    /// Each id's current version: what a call naming the id reaches.
+    current: RwLock<BTreeMap<String, WorkerHandle>>,
+    /// The other versions loaded under an id.
+    aside: RwLock<Vec<Aside>>,
+    /// Alias → what it names.
+    aliases: RwLock<BTreeMap<String, Target>>,
+}
 
-/// A worker outside the map: a swap's incoming version while it loads, or
-/// an outgoing one while it drains. The memory guard counts it; calls never
-/// find it by id.
+/// A worker outside the map: a swap's incoming version while it loads, an
+/// outgoing one while it drains, or one kept beside the current version.
+/// The memory guard counts it; a call naming the bare id never finds it.
 #[derive(Debug, Clone)]
 struct Aside {
     id: String,
+    role: Role,
     /// What it is doing ("loading version 3 beside version 2").
     note: String,
     handle: WorkerHandle,
 }
 
+/// What a version beside the current one is there for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A swap's new version, loading; calls cannot reach it yet.
+    Loading,
+    /// A swapped-out version finishing its calls; no new call reaches it.
+    Draining,
+    /// Kept after a swap (`keep_previous`): reached as "id@version".
+    Kept,
+}
+
 impl Models {
     fn list(&self) -> Vec<WorkerHandle> {
-        self.0
+        self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
@@ -53,7 +75,7 @@ impl Models {
 impl Tenants for Models {
     fn tenants(&self) -> Vec<Arc<dyn Tenant>> {
         let aside: Vec<WorkerHandle> = self
-            .1
+            .aside
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
@@ -134,9 +156,15 @@ impl Registry {
         let (file, companions) = self.resolve_files(&spec)?;
         let mut models = self
             .models
-            .0
+            .current
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.is_alias(&spec.id) {
+            return Err(Error::AlreadyExists(format!(
+                "model_id {:?} is an alias; delete the alias first (DeleteAlias) or choose another id",
+                spec.id
+            )));
+        }
         if let Some(existing) = models.get(&spec.id) {
             if *existing.spec == spec {
                 return Ok(existing.clone());
@@ -164,18 +192,18 @@ impl Registry {
         Ok(handle)
     }
 
-    /// A model by id.
-    pub fn get(&self, id: &str) -> Result<WorkerHandle, Error> {
+    /// The model id's current version (`get` resolves every name a call
+    /// may give).
+    pub fn by_id(&self, id: &str) -> Option<WorkerHandle> {
         self.models
-            .0
+            .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("model {id:?} is not loaded")))
     }
 
-    /// Every model, by id.
+    /// Every model's current version, by id.
     pub fn list(&self) -> Vec<WorkerHandle> {
         self.models.list()
     }
@@ -188,12 +216,24 @@ impl Registry {
     /// Every model's gauges now, for a metrics scrape.
     pub fn gauges(&self) -> Vec<ModelGauges> {
         let now = now_ms();
+        let aliases = self.aliases();
         self.list()
             .iter()
             .map(|h| {
                 let info = h.info();
                 let s = h.status();
+                let versions = self.versions(&h.spec.id);
                 ModelGauges {
+                    version: h.version(),
+                    versions: versions.len() as u32,
+                    swapping: !self.swap_note(&h.spec.id).is_empty(),
+                    aliases: aliases
+                        .iter()
+                        .filter(|(_, t)| {
+                            t.id == h.spec.id && t.version.is_none_or(|v| versions.contains(&v))
+                        })
+                        .map(|(a, t)| (a.clone(), t.version))
+                        .collect(),
                     model: info.model_id,
                     state: s.state,
                     in_flight: info.in_flight,
@@ -208,9 +248,12 @@ impl Registry {
             .collect()
     }
 
-    /// Stops a model's worker and forgets it.
+    /// Stops a model's current worker and forgets it (its versions kept
+    /// beside it: `remove_kept`).
     pub async fn remove(&self, id: &str, reason: KillReason) -> Result<(), Error> {
-        let handle = self.get(id)?;
+        let handle = self
+            .by_id(id)
+            .ok_or_else(|| Error::NotFound(format!("model {id:?} is not loaded")))?;
         handle.unload(reason).await;
         // Its answers go with it: a model loaded again under this id
         // computes them afresh.
@@ -218,7 +261,7 @@ impl Registry {
         // Only the version unloaded: a swap may have switched the id since.
         let mut map = self
             .models
-            .0
+            .current
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if map.get(id).is_some_and(|h| h.same(&handle)) {
@@ -251,7 +294,7 @@ impl Registry {
                 };
                 // A version swapped out speaks no more for the id.
                 let current = models
-                    .0
+                    .current
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)
                     .get(&handle.spec.id)

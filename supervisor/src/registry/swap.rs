@@ -12,7 +12,7 @@
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use super::{Aside, Registry};
+use super::{Aside, Registry, Role};
 use crate::config::ModelSpec;
 use crate::error::Error;
 use crate::lifecycle::{KillReason, State};
@@ -34,6 +34,9 @@ pub struct SwapOptions {
     pub drain: Duration,
     /// When the new version must be READY.
     pub deadline: Instant,
+    /// Keep the old version loaded (reached as "id@version") instead of
+    /// draining and unloading it.
+    pub keep_previous: bool,
 }
 
 impl Registry {
@@ -42,10 +45,8 @@ impl Registry {
     /// nothing to do. Returns the version now serving once the switch is
     /// made (the old version drains in the background).
     pub async fn swap(&self, spec: ModelSpec, opts: SwapOptions) -> Result<WorkerHandle, Error> {
-        let old = match self.get(&spec.id) {
-            Ok(h) => h,
-            Err(Error::NotFound(_)) => return self.add(spec),
-            Err(e) => return Err(e),
+        let Some(old) = self.by_id(&spec.id) else {
+            return self.add(spec);
         };
         if *old.spec == spec {
             return Ok(old);
@@ -57,18 +58,21 @@ impl Registry {
             )));
         }
         let id = spec.id.clone();
-        let version = old.version() + 1;
+        let version = self
+            .versions(&id)
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(old.version())
+            + 1;
         let (file, companions) = self.resolve_files(&spec)?;
         let new = {
             let mut aside = self
                 .models
-                .1
+                .aside
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            if aside
-                .iter()
-                .any(|a| a.id == id && a.note.starts_with("loading"))
-            {
+            if aside.iter().any(|a| a.id == id && a.role == Role::Loading) {
                 return Err(Error::FailedPrecondition(format!(
                     "model {id:?}: a swap is already in progress; wait for it (GetModel shows it)"
                 )));
@@ -88,6 +92,7 @@ impl Registry {
             new.set_aside(true);
             aside.push(Aside {
                 id: id.clone(),
+                role: Role::Loading,
                 note: format!("loading version {version} beside version {}", old.version()),
                 handle: new.clone(),
             });
@@ -105,6 +110,7 @@ impl Registry {
             };
             if settled.last_error_code == REFUSED_MEMORY && opts.allow_cold {
                 tracing::warn!(model = %id, "swap: both versions do not fit; unloading the old one first (allow_cold_swap)");
+                self.shared.metrics.swap(&id, "cold");
                 self.remove(&id, KillReason::Requested).await?;
                 let spec = ModelSpec {
                     preload: true,
@@ -112,6 +118,7 @@ impl Registry {
                 };
                 return self.add_version(spec, version);
             }
+            self.shared.metrics.swap(&id, "error");
             return Err(refusal(&id, version, old.version(), &settled, why));
         }
         // The switch, in one step under the map's lock, only if the id
@@ -120,7 +127,7 @@ impl Registry {
         let switched = {
             let mut map = self
                 .models
-                .0
+                .current
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             let still = map.get(&id).is_some_and(|h| h.same(&old));
@@ -132,6 +139,7 @@ impl Registry {
             still
         };
         if !switched {
+            self.shared.metrics.swap(&id, "error");
             self.set_aside(&new, None);
             new.unload(KillReason::Requested).await;
             return Err(Error::FailedPrecondition(format!(
@@ -139,10 +147,26 @@ impl Registry {
                 old.version()
             )));
         }
+        self.shared.metrics.swap(&id, "ok");
+        if opts.keep_previous {
+            self.set_aside(
+                &new,
+                Some(Aside {
+                    id: id.clone(),
+                    role: Role::Kept,
+                    note: String::new(),
+                    handle: old.clone(),
+                }),
+            );
+            self.watch_health(new.clone());
+            tracing::info!(model = %id, version, kept = old.version(), "swap: the id now serves the new version; the old one stays loaded");
+            return Ok(new);
+        }
         self.set_aside(
             &new,
             Some(Aside {
                 id: id.clone(),
+                role: Role::Draining,
                 note: format!("version {} draining", old.version()),
                 handle: old.clone(),
             }),
@@ -157,7 +181,7 @@ impl Registry {
             }
             old.unload(KillReason::Requested).await;
             registry_models
-                .1
+                .aside
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|a| !a.handle.same(&old));
@@ -171,7 +195,7 @@ impl Registry {
     fn set_aside(&self, handle: &WorkerHandle, with: Option<Aside>) {
         let mut aside = self
             .models
-            .1
+            .aside
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         aside.retain(|a| !a.handle.same(handle));
@@ -181,7 +205,7 @@ impl Registry {
     /// The workers of swaps beside the serving ones (loading or draining).
     pub fn aside(&self) -> Vec<WorkerHandle> {
         self.models
-            .1
+            .aside
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
@@ -192,11 +216,11 @@ impl Registry {
     /// What a swap of `id` is doing, for ModelInfo.swap (empty: none).
     pub fn swap_note(&self, id: &str) -> String {
         self.models
-            .1
+            .aside
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|a| a.id == id)
+            .filter(|a| a.id == id && a.role != Role::Kept)
             .map(|a| a.note.as_str())
             .collect::<Vec<_>>()
             .join("; ")

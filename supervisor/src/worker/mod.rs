@@ -426,7 +426,11 @@ impl WorkerHandle {
             worker_requests: s.worker_requests,
             retries: self.retries.load(Ordering::Relaxed),
             version: self.version,
+            // The registry's view (`api::aliases::info`).
             swap: String::new(),
+            aliases: Vec::new(),
+            current: !self.is_aside(),
+            versions: vec![self.version],
         }
     }
 

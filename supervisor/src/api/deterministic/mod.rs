@@ -191,10 +191,11 @@ impl Ctx {
             class: 0,
         };
         if let Some(h) = handle {
-            crate::metrics::note_model(model_id);
+            crate::metrics::note_model(&h.spec.id);
+            crate::metrics::note_version(h.version());
             ctx.class = h.class_of(&client);
             // None once the model is unloaded: the call goes uncached.
-            if let Some(model) = registry.shared().cache.model(model_id) {
+            if let Some(model) = registry.shared().cache.model(&h.spec.id) {
                 ctx.base = ctx.base_key(&h, &model);
                 ctx.model = Some(model);
             }

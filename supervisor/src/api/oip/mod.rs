@@ -35,11 +35,10 @@ use crate::lifecycle::State;
 use crate::pulse::Pulse;
 use crate::registry::Registry;
 use crate::shm::{Caller, Regions};
+use crate::worker::WorkerHandle;
 
 /// The platform `ModelMetadata` reports for a LITE model.
 pub const PLATFORM: &str = "litert_tflite";
-/// The one version each model has.
-pub const VERSION: &str = "1";
 /// The protocol extensions served.
 pub const EXTENSIONS: &[&str] = &["system_shared_memory"];
 
@@ -65,18 +64,37 @@ impl OipApi {
         &self.registry().shared().shm
     }
 
-    /// Checks the version (empty or "1"), the model's existence and that
-    /// it is LITE; what LiteService calls it.
-    fn lite_model(&self, name: &str, version: &str) -> Result<(), Error> {
+    /// Resolves `name` (a model id, an alias) and `version` (empty: the
+    /// current one; else one loaded version, `LoadModelRequest.keep_previous`)
+    /// to the name a LiteService call gives and the version it reaches,
+    /// which must be LITE.
+    fn lite_model(&self, name: &str, version: &str) -> Result<(String, WorkerHandle), Error> {
         let handle = self.registry().get(name)?;
-        if !version.is_empty() && version != VERSION {
-            return Err(Error::NotFound(format!(
-                "model {name:?} has no version {version:?}; its only version is \"1\" \
-                 (or leave the version empty)"
-            )));
-        }
+        let (call, handle) = if version.is_empty() {
+            (name.to_owned(), handle)
+        } else {
+            let no_version = || {
+                Error::NotFound(format!(
+                    "model {name:?} has no version {:?} loaded; its versions: {:?} \
+                     (or leave the version empty for the current one)",
+                    version.chars().take(40).collect::<String>(),
+                    self.registry().versions(&handle.spec.id)
+                ))
+            };
+            let v = version
+                .parse::<u32>()
+                .ok()
+                .filter(|v| *v > 0 && !version.starts_with(['0', '+']))
+                .ok_or_else(no_version)?;
+            let pinned = format!("{}@{v}", handle.spec.id);
+            match self.registry().get(&pinned) {
+                Ok(h) => (pinned, h),
+                Err(Error::NotFound(_)) => return Err(no_version()),
+                Err(e) => return Err(e),
+            }
+        };
         match handle.spec.family {
-            Family::Lite => Ok(()),
+            Family::Lite => Ok((call, handle)),
             other => {
                 let (family, service) = match other {
                     Family::Text => ("TEXT", "sidecar.v1.TextService (or the OpenAI HTTP API)"),
@@ -139,12 +157,9 @@ impl GrpcInferenceService for OipApi {
         req: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = req.into_inner();
-        let version_ok = r.version.is_empty() || r.version == VERSION;
-        let ready = version_ok
-            && self
-                .registry()
-                .get(&r.name)
-                .is_ok_and(|h| h.spec.family == Family::Lite && h.status().state == State::Ready);
+        let ready = self
+            .lite_model(&r.name, &r.version)
+            .is_ok_and(|(_, h)| h.status().state == State::Ready);
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -164,17 +179,22 @@ impl GrpcInferenceService for OipApi {
         req: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let (name, version) = (req.get_ref().name.clone(), req.get_ref().version.clone());
-        self.lite_model(&name, &version)?;
+        let (call, handle) = self.lite_model(&name, &version)?;
         let info = self
             .lite
-            .get_model_info(Self::rewrap(req, |r| {
-                Ok(GetModelInfoRequest { model_id: r.name })
+            .get_model_info(Self::rewrap(req, |_| {
+                Ok(GetModelInfoRequest { model_id: call })
             })?)
             .await?
             .into_inner();
         Ok(Response::new(ModelMetadataResponse {
             name,
-            versions: vec![VERSION.to_owned()],
+            versions: self
+                .registry()
+                .versions(&handle.spec.id)
+                .iter()
+                .map(u32::to_string)
+                .collect(),
             platform: PLATFORM.to_owned(),
             inputs: info.inputs.into_iter().map(tensor_metadata).collect(),
             outputs: info.outputs.into_iter().map(tensor_metadata).collect(),
@@ -189,10 +209,22 @@ impl GrpcInferenceService for OipApi {
             let r = req.get_ref();
             (r.model_name.clone(), r.model_version.clone(), r.id.clone())
         };
-        self.lite_model(&name, &version)?;
-        let call = Self::rewrap(req, tensors::infer_request)?;
+        // The version reported is the one resolved here; the call names it
+        // when the client did, else the id (an alias), as resolved again
+        // at admission.
+        let (target, handle) = self.lite_model(&name, &version)?;
+        let call = Self::rewrap(req, |r| {
+            let mut call = tensors::infer_request(r)?;
+            call.model_id = target;
+            Ok(call)
+        })?;
         let answer = self.lite.infer(call).await?.into_inner();
-        Ok(Response::new(tensors::infer_response(name, id, answer)))
+        Ok(Response::new(tensors::infer_response(
+            name,
+            handle.version().to_string(),
+            id,
+            answer,
+        )))
     }
 
     async fn system_shared_memory_status(

@@ -338,7 +338,12 @@ pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, Error> {
 /// The `ModelInferResponse` of an `InferResponse`: one output and one raw
 /// content per tensor, in order; an output written into shared memory
 /// has empty raw content and carries its region's parameters.
-pub fn infer_response(model: String, id: String, answer: InferResponse) -> ModelInferResponse {
+pub fn infer_response(
+    model: String,
+    version: String,
+    id: String,
+    answer: InferResponse,
+) -> ModelInferResponse {
     let mut outputs = Vec::with_capacity(answer.outputs.len());
     let mut raw = Vec::with_capacity(answer.outputs.len());
     for t in answer.outputs {
@@ -357,7 +362,7 @@ pub fn infer_response(model: String, id: String, answer: InferResponse) -> Model
     }
     ModelInferResponse {
         model_name: model,
-        model_version: "1".to_owned(),
+        model_version: version,
         id,
         parameters: HashMap::new(),
         outputs,

@@ -242,7 +242,7 @@ fn shared_memory_parameters_map_both_ways() {
         ],
         timings: None,
     };
-    let r = infer_response("m".into(), "id-1".into(), answer);
+    let r = infer_response("m".into(), "1".into(), "id-1".into(), answer);
     assert_eq!((r.model_version.as_str(), r.id.as_str()), ("1", "id-1"));
     assert_eq!(
         r.raw_output_contents,
