@@ -34,6 +34,9 @@ pub const QUICK_RESTARTS: &str = "[workers]\nbackoff_initial = 0.05\nbackoff_max
 #[path = "vision_support.rs"]
 pub mod vision;
 
+#[path = "names_support.rs"]
+pub mod names;
+
 #[path = "chaos_support.rs"]
 pub mod chaos;
 

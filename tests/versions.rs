@@ -1,367 +1,18 @@
-//! Model versions and aliases: an alias resolves when a call or stream is
-//! admitted (a running stream stays on the model it found; new streams go
-//! to the new target); a swap may keep the old version loaded, reached as
+//! Model versions: a swap may keep the old version loaded, reached as
 //! "id@version" or through an alias pinned to it; every answer names the
-//! version that gave it (`x-sidecar-model-version`); a swap that does not
-//! fit beside the old version is refused unless `allow_cold_swap`.
+//! version that gave it (`x-sidecar-model-version`); numbers are never
+//! given twice; a swap that does not fit beside the old version is
+//! refused unless `allow_cold_swap`.
 
 use std::time::Duration;
 
-use e2e::vision::{BLAZEFACE, astronaut};
+use e2e::names::{header, set};
+use e2e::vision::BLAZEFACE;
 use e2e::{MINILM, Sidecar, add_model, lite_config, minilm_config};
-use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
-    DeleteAliasRequest, EmbedRequest, FaceDetector, Frame, GetModelRequest, ListModelsRequest,
-    LoadModelRequest, ModelAlias, ModelFamily, ProcessRequest, ProcessResponse, SetAliasRequest,
-    StreamConfig, UnloadModelRequest, frame, image, process_request,
+    EmbedRequest, ListModelsRequest, LoadModelRequest, ModelFamily, UnloadModelRequest,
 };
-use tokio::sync::mpsc;
 use tonic::Code;
-
-const VERSION: &str = "x-sidecar-model-version";
-
-fn set(alias: &str, target: &str) -> SetAliasRequest {
-    SetAliasRequest {
-        alias: alias.into(),
-        model_id: target.into(),
-        version: 0,
-    }
-}
-
-fn frame_msg(index: u64) -> ProcessRequest {
-    let Some(image::Data::Encoded(png)) = astronaut().data else {
-        unreachable!("astronaut() is encoded")
-    };
-    ProcessRequest {
-        msg: Some(process_request::Msg::Frame(Frame {
-            index,
-            timestamp_us: index as i64,
-            data: Some(frame::Data::Encoded(png)),
-            flush: false,
-        })),
-    }
-}
-
-/// A stream on `model` fed through a channel, so frames go one by one.
-struct Stream {
-    tx: mpsc::Sender<ProcessRequest>,
-    rx: tonic::Streaming<ProcessResponse>,
-    version: String,
-}
-
-impl Stream {
-    async fn open(
-        client: &mut VisionServiceClient<tonic::transport::Channel>,
-        model: &str,
-    ) -> Self {
-        let (tx, input) = mpsc::channel(4);
-        tx.send(ProcessRequest {
-            msg: Some(process_request::Msg::Config(StreamConfig {
-                model_id: model.into(),
-                tasks: vec![e2e::vision::faces(FaceDetector::Unspecified)],
-                ..Default::default()
-            })),
-        })
-        .await
-        .expect("send config");
-        let resp = client
-            .process(tokio_stream::wrappers::ReceiverStream::new(input))
-            .await
-            .expect("the stream opens");
-        let version = header(resp.metadata());
-        Stream {
-            tx,
-            rx: resp.into_inner(),
-            version,
-        }
-    }
-
-    /// Sends frame `index` and reads its answer: one face.
-    async fn frame(&mut self, index: u64) {
-        self.tx.send(frame_msg(index)).await.expect("send frame");
-        let r = self
-            .rx
-            .message()
-            .await
-            .expect("the stream goes on")
-            .expect("an answer");
-        assert_eq!((r.frame_index, r.faces.len()), (index, 1), "{r:?}");
-    }
-
-    /// Ends the input; the stream ends cleanly.
-    async fn close(mut self) {
-        drop(self.tx);
-        assert!(
-            self.rx.message().await.expect("a clean end").is_none(),
-            "no answer after the last frame"
-        );
-    }
-}
-
-fn header(md: &tonic::metadata::MetadataMap) -> String {
-    md.get(VERSION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn alias(name: &str, model: &str, version: u32) -> ModelAlias {
-    ModelAlias {
-        alias: name.into(),
-        model_id: model.into(),
-        version,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_alias_flip_leaves_a_running_stream_on_its_model_and_sends_new_streams_to_the_new_target()
- {
-    let _serial = e2e::serial().await;
-    let store = e2e::store();
-    add_model(&store, BLAZEFACE);
-    let vision = |id: &str| {
-        format!(
-            "[[models]]\nid = \"{id}\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\nvision = {{ threads = 1 }}\n"
-        )
-    };
-    let sc = Sidecar::start(
-        store,
-        &format!("{}{}", vision("faces-a"), vision("faces-b")),
-    );
-    let a = sc.ready("faces-a").await;
-    let b = sc.ready("faces-b").await;
-    let supervisor = sc.child.id();
-    let mut manage = sc.manage().await;
-    let r = manage
-        .set_alias(set("cam", "faces-a"))
-        .await
-        .expect("SetAlias")
-        .into_inner();
-    assert_eq!(r.alias, Some(alias("cam", "faces-a", 0)));
-    assert_eq!(r.previous, None);
-    let mut client = VisionServiceClient::connect(format!("http://{}", sc.api))
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20);
-
-    // A stream through the alias, running when the alias flips.
-    let mut first = Stream::open(&mut client, "cam").await;
-    assert_eq!(first.version, "1");
-    first.frame(0).await;
-    let r = manage
-        .set_alias(set("cam", "faces-b"))
-        .await
-        .expect("flip")
-        .into_inner();
-    assert_eq!(r.previous, Some(alias("cam", "faces-a", 0)), "{r:?}");
-    for i in 1..4 {
-        first.frame(i).await;
-    }
-    // A new stream through the alias goes to the new target, while the
-    // first one still runs.
-    let mut second = Stream::open(&mut client, "cam").await;
-    second.frame(0).await;
-    second.frame(1).await;
-    first.frame(4).await;
-    first.close().await;
-    second.close().await;
-    // Frames are counted by the model that processed them, at each
-    // stream's end.
-    let processed = |model: &str| {
-        sc.metric(&format!(
-            "sidecar_vision_frames_total{{model=\"{model}\",kind=\"processed\"}}"
-        ))
-    };
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while (processed("faces-a"), processed("faces-b")) != (5, 2) {
-        assert!(
-            std::time::Instant::now() < until,
-            "the first stream ran on faces-a (5 frames), the second on faces-b (2): {:?}",
-            (processed("faces-a"), processed("faces-b"))
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // Where the alias shows: ListModels, GetModel (through it too), metrics.
-    let list = manage
-        .list_models(ListModelsRequest::default())
-        .await
-        .expect("ListModels")
-        .into_inner();
-    assert_eq!(list.aliases, [alias("cam", "faces-b", 0)]);
-    let via = manage
-        .get_model(GetModelRequest {
-            model_id: "cam".into(),
-        })
-        .await
-        .expect("GetModel through the alias")
-        .into_inner();
-    assert_eq!(
-        (via.model_id.as_str(), via.aliases.clone()),
-        ("faces-b", vec!["cam".to_owned()])
-    );
-    assert!(sc.model("faces-a").await.aliases.is_empty());
-    let text = sc.admin_get("/metrics").1;
-    assert!(
-        text.lines().any(|l| l
-            == "sidecar_model_alias_info{alias=\"cam\",model=\"faces-b\",version=\"current\"} 1"),
-        "{text}"
-    );
-
-    // Refusals, each with its code and what it names.
-    let refused = |r: Result<
-        tonic::Response<sidecar_proto::v1::SetAliasResponse>,
-        tonic::Status,
-    >| { r.expect_err("refused") };
-    let e = refused(manage.set_alias(set("faces-a", "faces-b")).await);
-    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    assert!(
-        e.message().contains("\"faces-a\" is a loaded model's id"),
-        "{e:?}"
-    );
-    let e = refused(manage.set_alias(set("other", "nope")).await);
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    assert!(
-        e.message().contains("model \"nope\" is not loaded"),
-        "{e:?}"
-    );
-    let e = refused(manage.set_alias(set("chain", "cam")).await);
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("\"cam\" is an alias itself"), "{e:?}");
-    let e = refused(manage.set_alias(set("Bad Name", "faces-a")).await);
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let huge = "a".repeat(1 << 20);
-    let e = refused(manage.set_alias(set(&huge, "faces-a")).await);
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(
-        e.message().len() < 400,
-        "a bounded message: {}",
-        e.message().len()
-    );
-    let e = refused(manage.set_alias(set("pinned", "faces-a@2")).await);
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    assert!(e.message().contains("no version 2"), "{e:?}");
-    let e = refused(manage.set_alias(set("pinned", "faces-a@zero")).await);
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = refused(
-        manage
-            .set_alias(SetAliasRequest {
-                version: 1,
-                ..set("pinned", "faces-a@1")
-            })
-            .await,
-    );
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = manage
-        .load_model(LoadModelRequest {
-            model_id: "cam".into(),
-            family: ModelFamily::Vision as i32,
-            path: BLAZEFACE.into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("an alias's name is taken");
-    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    assert!(e.message().contains("is an alias"), "{e:?}");
-    let e = manage
-        .unload_model(UnloadModelRequest {
-            model_id: "cam".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("an alias is not unloaded");
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("DeleteAlias"), "{e:?}");
-    // The alias limit: 256 in all.
-    for i in 1..256 {
-        manage
-            .set_alias(set(&format!("many-{i}"), "faces-a"))
-            .await
-            .unwrap_or_else(|e| panic!("alias {i}: {e:?}"));
-    }
-    let e = refused(manage.set_alias(set("one-too-many", "faces-a")).await);
-    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-    assert!(e.message().contains("256 aliases"), "{e:?}");
-    manage
-        .set_alias(set("many-1", "faces-b"))
-        .await
-        .expect("moving an alias at the limit is fine");
-    for i in 1..256 {
-        manage
-            .delete_alias(DeleteAliasRequest {
-                alias: format!("many-{i}"),
-            })
-            .await
-            .expect("DeleteAlias");
-    }
-
-    // sidecarctl: set, list, delete.
-    let (code, out, err) = sc.ctl(&["alias", "front", "faces-a@1"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "alias front -> faces-a@1");
-    let (code, out, err) = sc.ctl(&["--json", "aliases"]);
-    assert_eq!(code, 0, "{err}");
-    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(
-        list,
-        serde_json::json!([
-            {"alias": "cam", "model_id": "faces-b", "version": 0, "target": "faces-b"},
-            {"alias": "front", "model_id": "faces-a", "version": 1, "target": "faces-a@1"},
-        ])
-    );
-    let (code, out, err) = sc.ctl(&["unalias", "front"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "alias front deleted");
-    let (code, _, err) = sc.ctl(&["unalias", "front"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("alias \"front\" does not exist"), "{err}");
-
-    // The target unloaded: calls through the alias say what it names.
-    manage
-        .unload_model(UnloadModelRequest {
-            model_id: "faces-b".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("unload faces-b");
-    e2e::wait_gone(b.worker_pid, Duration::from_secs(20), "faces-b's worker").await;
-    let (tx, input) = mpsc::channel(1);
-    tx.send(ProcessRequest {
-        msg: Some(process_request::Msg::Config(StreamConfig {
-            model_id: "cam".into(),
-            tasks: vec![e2e::vision::faces(FaceDetector::Unspecified)],
-            ..Default::default()
-        })),
-    })
-    .await
-    .expect("send");
-    let e = client
-        .process(tokio_stream::wrappers::ReceiverStream::new(input))
-        .await
-        .expect_err("a dangling alias");
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    assert!(
-        e.message()
-            .contains("alias \"cam\" names \"faces-b\": model \"faces-b\" is not loaded"),
-        "{e:?}"
-    );
-    manage
-        .delete_alias(DeleteAliasRequest {
-            alias: "cam".into(),
-        })
-        .await
-        .expect("DeleteAlias");
-    let e = manage
-        .delete_alias(DeleteAliasRequest {
-            alias: "cam".into(),
-        })
-        .await
-        .expect_err("gone");
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let a_now = sc.model("faces-a").await;
-    assert_eq!((a_now.worker_pid, a_now.restarts), (a.worker_pid, 0));
-    assert_eq!(sc.child.id(), supervisor);
-}
 
 async fn embed(
     sc: &Sidecar,
@@ -394,23 +45,24 @@ async fn a_swap_may_keep_the_old_version_reached_by_its_number_until_it_is_unloa
     let (version, before) = embed(&sc, "minilm").await.expect("embed");
     assert_eq!(version, "1");
     let mut manage = sc.manage().await;
+    let request = LoadModelRequest {
+        model_id: "minilm".into(),
+        family: ModelFamily::Text as i32,
+        path: "minilm/copy.gguf".into(),
+        replace: true,
+        keep_previous: true,
+        options: Some(sidecar_proto::v1::load_model_request::Options::Text(
+            sidecar_proto::v1::TextOptions {
+                context_size: 512,
+                threads: 1,
+                embeddings: Some(true),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
     let swapped = manage
-        .load_model(LoadModelRequest {
-            model_id: "minilm".into(),
-            family: ModelFamily::Text as i32,
-            path: "minilm/copy.gguf".into(),
-            replace: true,
-            keep_previous: true,
-            options: Some(sidecar_proto::v1::load_model_request::Options::Text(
-                sidecar_proto::v1::TextOptions {
-                    context_size: 512,
-                    threads: 1,
-                    embeddings: Some(true),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        })
+        .load_model(request.clone())
         .await
         .expect("the swap")
         .into_inner()
@@ -490,20 +142,32 @@ async fn a_swap_may_keep_the_old_version_reached_by_its_number_until_it_is_unloa
         .expect_err("the current version");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("current version"), "{e:?}");
+    let unload = |name: &str| UnloadModelRequest {
+        model_id: name.into(),
+        ..Default::default()
+    };
+    // A version an alias is pinned to is not unloaded by its number.
+    let e = manage
+        .unload_model(unload("minilm@1"))
+        .await
+        .expect_err("pinned by an alias");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("\"minilm@1\" is named by aliases [\"stable\"]"),
+        "{e:?}"
+    );
     manage
-        .unload_model(UnloadModelRequest {
-            model_id: "minilm@1".into(),
-            ..Default::default()
+        .delete_alias(sidecar_proto::v1::DeleteAliasRequest {
+            alias: "stable".into(),
         })
+        .await
+        .expect("DeleteAlias");
+    manage
+        .unload_model(unload("minilm@1"))
         .await
         .expect("unload version 1");
     e2e::wait_gone(v1.worker_pid, Duration::from_secs(20), "version 1's worker").await;
-    let e = embed(&sc, "stable").await.expect_err("its version is gone");
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    assert!(
-        e.message().contains("alias \"stable\" names \"minilm@1\""),
-        "{e:?}"
-    );
     let m = sc.model("minilm").await;
     assert_eq!(
         (m.version, m.versions.clone(), m.worker_pid),
@@ -513,6 +177,77 @@ async fn a_swap_may_keep_the_old_version_reached_by_its_number_until_it_is_unloa
         .await
         .expect("the current version serves");
     assert_eq!(version, "2");
+
+    // A swap that would unload a version an alias is pinned to is refused.
+    manage
+        .set_alias(set("pin", "minilm@2"))
+        .await
+        .expect("SetAlias");
+    let to = |path: &str, keep: bool| LoadModelRequest {
+        path: path.into(),
+        keep_previous: keep,
+        ..request.clone()
+    };
+    let e = manage
+        .load_model(to(MINILM, false))
+        .await
+        .expect_err("the alias pins version 2");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("aliases [\"pin\"] are pinned to version 2"),
+        "{e:?}"
+    );
+    // At most three versions kept beside the current one.
+    for (n, path) in [(3, MINILM), (4, "minilm/copy.gguf"), (5, MINILM)] {
+        let m = manage
+            .load_model(to(path, true))
+            .await
+            .unwrap_or_else(|e| panic!("swap to version {n}: {e:?}"))
+            .into_inner()
+            .model
+            .expect("model");
+        assert_eq!(m.version, n);
+    }
+    assert_eq!(sc.model("minilm").await.versions, [2, 3, 4, 5]);
+    let e = manage
+        .load_model(to("minilm/copy.gguf", true))
+        .await
+        .expect_err("a fourth kept version");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("keeps 3 versions"), "{e:?}");
+    // The id unloaded: every version goes, and numbers are not given again.
+    let pids: Vec<u32> = manage
+        .list_models(ListModelsRequest::default())
+        .await
+        .expect("ListModels")
+        .into_inner()
+        .models
+        .iter()
+        .map(|m| m.worker_pid)
+        .collect();
+    assert_eq!(pids.len(), 4);
+    manage
+        .unload_model(unload("minilm"))
+        .await
+        .expect("unload every version");
+    for pid in pids {
+        e2e::wait_gone(pid, Duration::from_secs(20), "a version's worker").await;
+    }
+    let e = embed(&sc, "pin").await.expect_err("its version is gone");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let again = manage
+        .load_model(to(MINILM, false))
+        .await
+        .expect("loaded again")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(again.version, 6, "1..5 are not given again");
+    let e = embed(&sc, "pin")
+        .await
+        .expect_err("version 2 is not the new file");
+    assert!(e.message().contains("no version 2"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,7 +318,8 @@ async fn a_swap_that_does_not_fit_beside_the_old_version_is_refused_unless_cold(
         .expect("model");
     assert_eq!(
         (cold.version, cold.path.as_str()),
-        (2, "mediapipe/copy.tflite")
+        // 2 went to the reload's refused swap.
+        (3, "mediapipe/copy.tflite")
     );
     e2e::wait_gone(v1.worker_pid, Duration::from_secs(10), "version 1's worker").await;
     let text = sc.admin_get("/metrics").1;

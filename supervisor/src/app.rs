@@ -101,6 +101,12 @@ pub async fn run(
     for spec in &config.models {
         registry.add(spec.clone())?;
     }
+    for (alias, target) in &config.aliases {
+        let target = crate::registry::Target::parse(target)?;
+        registry
+            .set_alias(alias, target)
+            .map_err(|e| Error::Config(format!("[aliases] {alias:?}: {e}")))?;
+    }
     let reloader = Arc::new(crate::reload::Reloader::new(
         config.clone(),
         registry.clone(),

@@ -24,8 +24,57 @@ pub fn check_model_id(id: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "model_id {id:?} must be 1..64 characters of [a-z0-9._-] starting with a letter or digit"
+            "model_id {:?} must be 1..64 characters of [a-z0-9._-] starting with a letter or digit",
+            id.chars().take(80).collect::<String>()
         )))
+    }
+}
+
+/// Most aliases at once.
+pub const MAX_ALIASES: usize = 256;
+
+/// What an alias (or a call) names: a model id, and one version of it
+/// (`None`: its current version, following swaps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The model id.
+    pub id: String,
+    /// One version of it.
+    pub version: Option<u32>,
+}
+
+impl Target {
+    /// "id" or "id@version", checked: a valid id and a version 1 or more.
+    pub fn parse(name: &str) -> Result<Target, Error> {
+        let Some((id, version)) = name.split_once('@') else {
+            check_model_id(name)?;
+            return Ok(Target {
+                id: name.to_owned(),
+                version: None,
+            });
+        };
+        check_model_id(id)?;
+        match version.parse::<u32>() {
+            Ok(v) if v > 0 && !version.starts_with('+') && !version.starts_with('0') => {
+                Ok(Target {
+                    id: id.to_owned(),
+                    version: Some(v),
+                })
+            }
+            _ => Err(Error::InvalidArgument(format!(
+                "model_id {:?}: the version after '@' must be a number from 1 to {}",
+                name.chars().take(80).collect::<String>(),
+                u32::MAX
+            ))),
+        }
+    }
+
+    /// As a call would name it.
+    pub fn name(&self) -> String {
+        match self.version {
+            Some(v) => format!("{}@{v}", self.id),
+            None => self.id.clone(),
+        }
     }
 }
 
@@ -115,5 +164,40 @@ mod tests {
         let pid = std::process::id();
         assert_eq!(ids.next(), format!("sc-{pid}-1"));
         assert_eq!(ids.next(), format!("sc-{pid}-2"));
+    }
+
+    #[test]
+    fn names_parse_into_an_id_and_an_optional_version() {
+        assert_eq!(
+            Target::parse("minilm").expect("id"),
+            Target {
+                id: "minilm".into(),
+                version: None
+            }
+        );
+        let t = Target::parse("minilm@12").expect("version");
+        assert_eq!(
+            (t.id.as_str(), t.version, t.name()),
+            ("minilm", Some(12), "minilm@12".into())
+        );
+        for bad in [
+            "minilm@",
+            "minilm@0",
+            "minilm@01",
+            "minilm@+3",
+            "minilm@-1",
+            "minilm@x",
+            "minilm@4294967296",
+            "@2",
+            "Minilm@2",
+            "a@1@2",
+            "minilm@ 2",
+        ] {
+            let e = Target::parse(bad).expect_err(bad);
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e:?}");
+        }
+        let long = format!("m@{}", "9".repeat(100_000));
+        let e = Target::parse(&long).expect_err("long");
+        assert!(e.to_string().len() < 300, "the message is bounded: {e}");
     }
 }

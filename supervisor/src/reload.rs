@@ -5,9 +5,11 @@
 //! A valid one's `[[models]]` are compared with the models the file loaded
 //! before (runtime LoadModel models are not the file's and are left
 //! alone): added ones load, removed ones drain and unload, changed ones
-//! swap (`Registry::swap`), the others are untouched. Settings outside
-//! `[[models]]` apply only at start: the ones that differ are reported
-//! as not applied.
+//! swap (`Registry::swap`), the others are untouched. Then `[aliases]`:
+//! new and moved ones set, the ones the file set and no longer names
+//! deleted (unless moved at run time since). Settings outside
+//! `[[models]]` and `[aliases]` apply only at start: the ones that differ
+//! are reported as not applied.
 //!
 //! One reload runs at a time; the last one's outcome is kept for
 //! `GetStatus`, and counted in `/metrics`.
@@ -22,7 +24,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, ModelSpec};
 use crate::error::Error;
 use crate::lifecycle::KillReason;
-use crate::registry::{Registry, SwapOptions};
+use crate::registry::{Registry, SwapOptions, Target};
 
 /// How long a removed or swapped-out model's calls may run.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -37,6 +39,9 @@ pub struct Reloader {
     /// these are swapped or removed by a reload. Held for a whole reload,
     /// so reloads run one at a time.
     from_file: tokio::sync::Mutex<BTreeMap<String, ModelSpec>>,
+    /// The aliases the file set (a run-time SetAlias of the same name
+    /// takes it over until the file names it again).
+    aliases_from_file: Mutex<BTreeMap<String, Target>>,
     last: Mutex<Option<ReloadOutcome>>,
 }
 
@@ -58,8 +63,14 @@ impl Reloader {
             .iter()
             .map(|m| (m.id.clone(), m.clone()))
             .collect();
+        let aliases_from_file = config
+            .aliases
+            .iter()
+            .filter_map(|(a, t)| Some((a.clone(), Target::parse(t).ok()?)))
+            .collect();
         Reloader {
             registry,
+            aliases_from_file: Mutex::new(aliases_from_file),
             config,
             from_file: tokio::sync::Mutex::new(from_file),
             last: Mutex::new(None),
@@ -117,6 +128,15 @@ impl Reloader {
             tracing::warn!(trigger, "config reload: {n}");
         }
         self.apply(&new, &mut from_file, &mut out).await;
+        self.apply_aliases(&new, &mut out);
+        for list in [
+            &mut out.added,
+            &mut out.removed,
+            &mut out.swapped,
+            &mut out.unchanged,
+        ] {
+            list.sort();
+        }
         out.ok = out.refused.is_empty();
         out.unix_ms = now_ms();
         tracing::info!(
@@ -251,6 +271,56 @@ impl Reloader {
             &mut out.refused,
         ] {
             list.sort();
+        }
+    }
+
+    /// Makes the aliases what `new`'s `[aliases]` say, after its models:
+    /// new and moved ones set (`added`, `swapped`: "alias chat -> smollm2"),
+    /// ones the file no longer names deleted unless moved at run time
+    /// since (`refused`: left alone).
+    fn apply_aliases(&self, new: &Config, out: &mut ReloadOutcome) {
+        let mut owned = self
+            .aliases_from_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now: BTreeMap<String, Target> = self.registry.aliases().into_iter().collect();
+        for (alias, was) in owned.clone() {
+            if new.aliases.contains_key(&alias) {
+                continue;
+            }
+            owned.remove(&alias);
+            match now.get(&alias) {
+                Some(t) if *t == was => match self.registry.delete_alias(&alias) {
+                    Ok(_) => out.removed.push(format!("alias {alias}")),
+                    Err(e) => out.refused.push(format!("alias {alias}: not deleted: {e}")),
+                },
+                Some(t) => out.refused.push(format!(
+                    "alias {alias}: left alone: it was moved at run time (SetAlias) to {}",
+                    t.name()
+                )),
+                None => out.removed.push(format!("alias {alias} (already deleted)")),
+            }
+        }
+        for (alias, target) in &new.aliases {
+            // Checked with the file (`Config::load_whole`).
+            let Ok(t) = Target::parse(target) else {
+                continue;
+            };
+            let line = format!("alias {alias} -> {}", t.name());
+            if now.get(alias) == Some(&t) {
+                owned.insert(alias.clone(), t);
+                out.unchanged.push(format!("alias {alias}"));
+                continue;
+            }
+            match self.registry.set_alias(alias, t.clone()) {
+                Ok(Some(_)) => out.swapped.push(line),
+                Ok(None) => out.added.push(line),
+                Err(e) => {
+                    out.refused.push(format!("alias {alias}: not set: {e}"));
+                    continue;
+                }
+            }
+            owned.insert(alias.clone(), t);
         }
     }
 

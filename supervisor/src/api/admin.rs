@@ -231,10 +231,11 @@ impl AdminService for AdminApi {
         req: Request<StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let req = req.into_inner();
-        let model = (!req.model_id.is_empty()).then_some(req.model_id);
-        if let Some(m) = &model {
-            self.registry.get(m)?;
-        }
+        // Lines are kept by model id: an alias or "id@N" names its id.
+        let model = match (!req.model_id.is_empty()).then_some(req.model_id) {
+            Some(m) => Some(self.registry.get(&m)?.spec.id.clone()),
+            None => None,
+        };
         let book = &self.registry.shared().logs;
         // Subscribed before the history is read: no line falls between.
         let mut rx = book.subscribe();

@@ -70,17 +70,26 @@ pub async fn unload(registry: &Registry, req: UnloadModelRequest) -> Result<(), 
     if target.version.is_some() {
         return registry.remove_kept(&target, wait).await;
     }
-    let handle = registry
-        .by_id(&target.id)
-        .ok_or_else(|| Error::NotFound(format!("model {:?} is not loaded", target.id)))?;
+    let kept = registry.kept_of(&target.id);
+    let Some(handle) = registry.by_id(&target.id) else {
+        if kept == 0 {
+            return Err(Error::NotFound(format!(
+                "model {:?} is not loaded",
+                target.id
+            )));
+        }
+        // Versions kept after their id's current one went.
+        registry.remove_all_kept(&target.id, wait).await;
+        return Ok(());
+    };
     if let Some(wait) = wait
         && !handle.drain(wait).await
     {
         tracing::warn!(model = %target.id, "calls still running after {wait:?}; unloading anyway");
     }
-    registry.remove(&target.id, KillReason::Requested).await?;
+    let removed = registry.remove(&target.id, KillReason::Requested).await;
     registry.remove_all_kept(&target.id, wait).await;
-    Ok(())
+    removed
 }
 
 /// A version's info with the registry's view of it: a swap in progress,
@@ -105,6 +114,14 @@ pub fn every_version(registry: &Registry) -> Vec<WorkerHandle> {
         all.push(h);
         all.extend(kept.iter().filter(|k| k.spec.id == id).cloned());
     }
+    // Kept versions whose id's current one went (a failed cold swap):
+    // listed, so they can be seen and unloaded.
+    let orphans: Vec<WorkerHandle> = kept
+        .into_iter()
+        .filter(|k| !all.iter().any(|h| h.same(k)))
+        .collect();
+    all.extend(orphans);
+    all.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
     all
 }
 

@@ -38,6 +38,7 @@ pub async fn call_worker<T>(
     let priority = crate::traffic::Priority::of(req.metadata())
         .map_err(|e| e.with_request_id(&request_id, &client))?;
     let charged = req.extensions().get::<crate::traffic::Charged>().is_some();
+    let resolved = req.extensions().get::<Resolved>().map(|r| r.0.clone());
     let (model_id, body) = into_body(req.into_inner());
     let ticket = crate::traffic::Ticket {
         identity,
@@ -50,10 +51,13 @@ pub async fn call_worker<T>(
     };
     // The metrics name a model only once it is known: a client's made-up
     // ids all count as one `unknown` model.
-    let handle = registry.get(&model_id).map_err(|e| {
-        crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
-        e.with_request_id(&request_id, &client)
-    })?;
+    let handle = match resolved {
+        Some(h) => h,
+        None => registry.get(&model_id).map_err(|e| {
+            crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
+            e.with_request_id(&request_id, &client)
+        })?,
+    };
     // By the model's id: an alias or "id@version" counts under its id.
     let method = crate::metrics::note_model(&handle.spec.id);
     crate::metrics::note_version(handle.version());
@@ -110,6 +114,14 @@ pub async fn call_worker<T>(
     }
 }
 
+/// The version of a model a call's name resolved to, kept in the
+/// request's extensions once found: every later step of the call (the
+/// charge, the cache's key, the execution, a re-send after a worker death)
+/// uses that version, even when an alias moves or a swap switches the id
+/// meanwhile.
+#[derive(Debug, Clone)]
+pub struct Resolved(pub crate::worker::WorkerHandle);
+
 /// Charges the caller's class the cost of a unary call to `model_id`
 /// (`what` reads both from the request) against its rate limit, where the
 /// call enters the API: before the result cache, so every call counts,
@@ -123,12 +135,18 @@ pub fn charge<T>(
     what: impl FnOnce(&T) -> (&str, u32),
 ) -> Result<Request<T>, Error> {
     let (model_id, cost) = what(req.get_ref());
-    let Ok(handle) = registry.get(model_id) else {
+    let found = match req.extensions().get::<Resolved>() {
+        Some(r) => Ok(r.0.clone()),
+        None => registry.get(model_id),
+    };
+    let Ok(handle) = found else {
         return Ok(req);
     };
     if handle.spec.family != family {
         return Ok(req);
     }
+    // The version charged is the one that runs the call.
+    req.extensions_mut().insert(Resolved(handle.clone()));
     let identity = crate::auth::Identity::of_call(&req);
     if let Err(e) = handle.charge(&identity, cost) {
         let request_id = request_id(&req, &registry.shared().request_ids);

@@ -168,6 +168,12 @@ fn swap_options(
         }
         return Ok(None);
     }
+    if req.allow_cold_swap && req.keep_previous {
+        return Err(Error::InvalidArgument(
+            "allow_cold_swap and keep_previous contradict: a cold swap unloads the old version first"
+                .into(),
+        ));
+    }
     let drain = match req.drain_timeout_ms {
         0 => Duration::from_secs(30),
         ms => Duration::from_millis(u64::from(ms)),

@@ -111,10 +111,16 @@ impl VisionService for VisionApi {
         };
         let drop_oldest = config.overflow == OverflowPolicy::DropOldest as i32;
         // The model's figure (an unknown model fails just below).
-        let max_pending_bytes = match self.registry.get(&config.model_id) {
-            Ok(h) if h.spec.vision.max_pending_bytes > 0 => h.spec.vision.max_pending_bytes,
+        let resolved = self.registry.get(&config.model_id).ok();
+        let max_pending_bytes = match &resolved {
+            Some(h) if h.spec.vision.max_pending_bytes > 0 => h.spec.vision.max_pending_bytes,
             _ => sidecar_proto::VISION_MAX_PENDING_BYTES,
         };
+        // The stream runs on the version found here, to its end.
+        let mut extensions = extensions;
+        if let Some(h) = resolved {
+            extensions.insert(super::Resolved(h));
+        }
         let mut held = Held::new(max_pending, max_pending_bytes, drop_oldest);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let mut call = super::call_worker(

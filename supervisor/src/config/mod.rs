@@ -134,6 +134,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The model catalog.
     pub models: Vec<ModelSpec>,
+    /// `[aliases]`: alias = "model id" or "model id@version", set at start
+    /// and by a reload (see `reload`); more may be set at run time
+    /// (SetAlias).
+    pub aliases: std::collections::BTreeMap<String, String>,
     /// The flags (and so the file) this config was read with: a reload
     /// (`reload`) reads the same file with the same flags. `None`: built
     /// in code.
@@ -406,6 +410,7 @@ impl Default for Config {
             livez_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             models: Vec::new(),
+            aliases: std::collections::BTreeMap::new(),
             origin: None,
         }
     }

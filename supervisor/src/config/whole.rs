@@ -106,6 +106,45 @@ impl Config {
                 errors.push(e);
             }
         }
+        errors.extend(self.alias_errors());
+        errors
+    }
+
+    /// `[aliases]`' errors: a bad name or target, an alias that is a
+    /// model's id, a target that is not one of the file's models, too many.
+    fn alias_errors(&self) -> Vec<Error> {
+        let mut errors = Vec::new();
+        if self.aliases.len() > crate::ids::MAX_ALIASES {
+            errors.push(Error::Config(format!(
+                "[aliases] has {} entries; at most {}",
+                self.aliases.len(),
+                crate::ids::MAX_ALIASES
+            )));
+        }
+        let ids: std::collections::HashSet<&str> =
+            self.models.iter().map(|m| m.id.as_str()).collect();
+        for (alias, target) in &self.aliases {
+            let what = format!("[aliases] {:?}", alias.chars().take(80).collect::<String>());
+            if crate::ids::check_model_id(alias).is_err() {
+                errors.push(Error::Config(format!(
+                    "{what}: an alias is 1..64 characters of [a-z0-9._-] starting with a letter or digit"
+                )));
+                continue;
+            }
+            if ids.contains(alias.as_str()) {
+                errors.push(Error::Config(format!(
+                    "{what}: a model of the file has this id"
+                )));
+            }
+            match crate::ids::Target::parse(target) {
+                Err(e) => errors.push(Error::Config(format!("{what}: {e}"))),
+                Ok(t) if !ids.contains(t.id.as_str()) => errors.push(Error::Config(format!(
+                    "{what}: {:?} is not a model of the file's [[models]]",
+                    t.id
+                ))),
+                Ok(_) => {}
+            }
+        }
         errors
     }
 
@@ -139,6 +178,7 @@ impl Config {
             livez_stall,
             shutdown_grace,
             models: _,
+            aliases: _,
             origin: _,
         } = new;
         let pairs: [(&str, String, String); 22] = [

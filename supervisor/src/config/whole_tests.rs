@@ -104,3 +104,31 @@ fn without_a_file_there_is_nothing_to_reload() {
     let errors = Config::load_whole(&cli, &|_| Ok(())).expect_err("no file");
     assert!(errors[0].contains("without a config file"), "{errors:?}");
 }
+
+#[test]
+fn every_bad_alias_of_a_file_is_reported() {
+    let (_dir, cli) = file(
+        "[[models]]\nid = \"a\"\nfamily = \"lite\"\npath = \"a.tflite\"\n\
+         [aliases]\nok = \"a\"\npinned = \"a@1\"\n\"Bad Name\" = \"a\"\na = \"a\"\n\
+         ghost = \"nope\"\nzero = \"a@0\"\n",
+    );
+    let errors = Config::load_whole(&cli, &|_| Ok(())).expect_err("bad aliases");
+    let text = errors.join("\n");
+    for words in [
+        "[aliases] \"Bad Name\": an alias is 1..64 characters",
+        "[aliases] \"a\": a model of the file has this id",
+        "[aliases] \"ghost\": \"nope\" is not a model of the file's [[models]]",
+        "[aliases] \"zero\": model_id \"a@0\": the version after '@' must be a number",
+    ] {
+        assert!(text.contains(words), "{words:?} not in\n{text}");
+    }
+    assert_eq!(errors.len(), 4, "{text}");
+    let many: String = (0..=crate::ids::MAX_ALIASES)
+        .map(|i| format!("n{i} = \"a\"\n"))
+        .collect();
+    let (_dir, cli) = file(&format!(
+        "[[models]]\nid = \"a\"\nfamily = \"lite\"\npath = \"a.tflite\"\n[aliases]\n{many}"
+    ));
+    let errors = Config::load_whole(&cli, &|_| Ok(())).expect_err("too many");
+    assert_eq!(errors, ["config: [aliases] has 257 entries; at most 256"]);
+}

@@ -382,7 +382,7 @@ impl Guard {
                 free,
                 reserve,
             } => Decision::Refuse(Error::ResourceExhausted(format!(
-                "model {id:?} needs {} of host memory; {} is free to models (limit {}, {} held by other models, {} kept in reserve), even after unloading every idle, unpinned model",
+                "model {id:?} needs {} of host memory; {} is free to models (limit {}, {} held by other models, {} kept in reserve), even after unloading every idle, unpinned model (a swap's other versions, loading, draining or kept, are not unloaded for room)",
                 mib(needed),
                 mib(free),
                 mib(room.limit),

@@ -34,7 +34,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
     let opts = options(&body, body.max_completion_tokens)?;
     let (messages, constraint) = check(&body)?;
     let model = body.model.clone();
-    text_model(ctx, call, &model, Use::Chat)?;
+    let resolved = text_model(ctx, call, &model, Use::Chat)?;
     let config = &ctx.api.config;
     let default = opts.timeout(config.openai.chat_timeout, config);
     let Options {
@@ -53,7 +53,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         constraint,
         chat_template: String::new(),
     };
-    let req = call.request(message, default, config.deadlines.max);
+    let req = resolved.pin(call.request(message, default, config.deadlines.max));
     let shape = Shape::new(Kind::Chat, &call.id, model, &ctx.fingerprint, include_usage);
     if stream {
         let tokens = ctx.api.chat_stream(req).await?.into_inner();

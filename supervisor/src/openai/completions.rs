@@ -79,7 +79,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         ));
     }
     let model = body.model.clone();
-    text_model(ctx, call, &model, Use::Generate)?;
+    let resolved = text_model(ctx, call, &model, Use::Generate)?;
     let config = &ctx.api.config;
     let default = opts.timeout(config.openai.completions_timeout, config);
     let Options {
@@ -98,7 +98,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         constraint: None,
         add_special: None,
     };
-    let req = call.request(message, default, config.deadlines.max);
+    let req = resolved.pin(call.request(message, default, config.deadlines.max));
     let shape = Shape::new(
         Kind::Completion,
         &call.id,

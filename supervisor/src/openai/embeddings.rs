@@ -93,7 +93,8 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
             ));
         }
     };
-    let details = text_model(ctx, call, &body.model, Use::Embed)?;
+    let resolved = text_model(ctx, call, &body.model, Use::Embed)?;
+    let details = resolved.details.clone();
     // Checked before the call when the model's width is known (it has
     // loaded), so a wrong value costs no embedding and no charge.
     if let (Some(d), Some(width)) = (body.dimensions, details.map(|d| d.embedding_size))
@@ -112,7 +113,7 @@ async fn run(ctx: &Ctx, call: &Call, body: Body) -> Result<Response, ApiError> {
         normalize: None,
         truncation: 0,
     };
-    let req = call.request(message, default, config.deadlines.max);
+    let req = resolved.pin(call.request(message, default, config.deadlines.max));
     let answer = ctx.api.embed(req).await?.into_inner();
     if let Some(d) = body.dimensions.filter(|&d| d != answer.dimensions) {
         return Err(wrong_dimensions(d, &body.model, answer.dimensions));

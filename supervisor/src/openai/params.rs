@@ -181,21 +181,40 @@ pub(super) enum Use {
     Embed,
 }
 
+/// The model a route resolved, and what its worker read from the file.
+pub(super) struct Resolved {
+    /// The version every later step of the call uses.
+    pub(super) handle: crate::worker::WorkerHandle,
+    /// What the worker read (`None`: not loaded yet).
+    pub(super) details: Option<sidecar_proto::v1::TextModelDetails>,
+}
+
+impl Resolved {
+    /// Pins `req` to the version resolved (`api::Resolved`).
+    pub(super) fn pin<T>(&self, mut req: tonic::Request<T>) -> tonic::Request<T> {
+        req.extensions_mut()
+            .insert(crate::api::Resolved(self.handle.clone()));
+        req
+    }
+}
+
 /// Checks that `model` is a TEXT model fit for `usage` before anything is
 /// charged or sent: an unknown (or over-long) id is 404 `model_not_found`,
 /// another family 404, a model that cannot serve the route (an embedding
 /// model asked to chat, a generation model asked to embed, a chat without
 /// a template) 400, which clients do not retry. What the worker read from
 /// the file decides when the model has loaded; before that, its
-/// `text.embeddings` setting when given. Returns what the worker read.
+/// `text.embeddings` setting when given. Returns the version found and
+/// what its worker read.
 pub(super) fn text_model(
     ctx: &Ctx,
     call: &Call,
     model: &str,
     usage: Use,
-) -> Result<Option<sidecar_proto::v1::TextModelDetails>, ApiError> {
+) -> Result<Resolved, ApiError> {
     let client = call.identity.to_string();
-    if model.len() > crate::ids::MAX_MODEL_ID {
+    // An id, an alias, or "id@version" (at most "@4294967295" more).
+    if model.len() > crate::ids::MAX_MODEL_ID + 11 {
         crate::metrics::note_model(crate::metrics::UNKNOWN_MODEL);
         return Err(ApiError::from(
             Error::NotFound(format!(
@@ -213,7 +232,7 @@ pub(super) fn text_model(
         ApiError::from(e.with_request_id(&call.id, &client)).with_param("model")
     })?;
     if handle.spec.family != Family::Text {
-        crate::metrics::note_model(model);
+        crate::metrics::note_model(&handle.spec.id);
         return Err(ApiError::from(
             Error::NotFound(format!(
                 "model {model:?} is not a text model: the OpenAI API serves the TEXT models of GET /v1/models"
@@ -240,13 +259,13 @@ pub(super) fn text_model(
         _ => None,
     };
     if let Some(message) = refusal {
-        crate::metrics::note_model(model);
+        crate::metrics::note_model(&handle.spec.id);
         return Err(ApiError::from(
             Error::InvalidArgument(message).with_request_id(&call.id, &client),
         )
         .with_param("model"));
     }
-    Ok(details)
+    Ok(Resolved { handle, details })
 }
 
 /// OpenAI's `finish_reason`: `stop` for EOS or a stop string, `length`

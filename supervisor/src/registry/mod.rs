@@ -5,8 +5,8 @@
 mod names;
 mod swap;
 
-pub use names::{MAX_ALIASES, Target};
-pub use swap::{MAX_DRAIN, SwapOptions};
+pub use crate::ids::{MAX_ALIASES, Target};
+pub use swap::{MAX_DRAIN, MAX_KEPT, SwapOptions};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -36,7 +36,15 @@ pub struct Models {
     aside: RwLock<Vec<Aside>>,
     /// Alias → what it names.
     aliases: RwLock<BTreeMap<String, Target>>,
+    /// The last version number given under each id: numbers are never
+    /// given twice while the supervisor runs (an alias pinned to "m@2"
+    /// never reaches another file after `m` is unloaded and loaded again).
+    numbers: std::sync::Mutex<BTreeMap<String, u32>>,
 }
+
+/// Ids whose last version number is remembered; past it, the numbers of
+/// ids with nothing loaded are forgotten.
+const MAX_NUMBERED: usize = 4096;
 
 /// A worker outside the map: a swap's incoming version while it loads, an
 /// outgoing one while it drains, or one kept beside the current version.
@@ -126,7 +134,32 @@ impl Registry {
     /// `spec.preload`, else on the first call). Adding the same model again
     /// returns it; a different model under a taken id is ALREADY_EXISTS.
     pub fn add(&self, spec: ModelSpec) -> Result<WorkerHandle, Error> {
-        self.add_version(spec, 1)
+        self.add_version(spec, None)
+    }
+
+    /// The next version number of `id` (1 for an id never loaded).
+    /// `current`: the map, held by the caller.
+    fn next_version(&self, current: &BTreeMap<String, WorkerHandle>, id: &str) -> u32 {
+        let loaded: std::collections::BTreeSet<String> = self
+            .models
+            .aside
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|a| a.id.clone())
+            .chain(current.keys().cloned())
+            .collect();
+        let mut numbers = self
+            .models
+            .numbers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if numbers.len() >= MAX_NUMBERED && !numbers.contains_key(id) {
+            numbers.retain(|k, _| loaded.contains(k));
+        }
+        let n = numbers.entry(id.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
     }
 
     /// The model file and companion files of `spec`, resolved in the store.
@@ -151,8 +184,8 @@ impl Registry {
         self.resolve_files(spec).map(drop)
     }
 
-    /// `add`, as `version` of its id.
-    fn add_version(&self, spec: ModelSpec, version: u32) -> Result<WorkerHandle, Error> {
+    /// `add`, as `version` of its id (`None`: the next number).
+    fn add_version(&self, spec: ModelSpec, version: Option<u32>) -> Result<WorkerHandle, Error> {
         let (file, companions) = self.resolve_files(&spec)?;
         let mut models = self
             .models
@@ -174,6 +207,7 @@ impl Registry {
                 spec.id
             )));
         }
+        let version = version.unwrap_or_else(|| self.next_version(&models, &spec.id));
         let handle = WorkerHandle::start(
             spec,
             file,

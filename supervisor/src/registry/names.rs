@@ -11,57 +11,9 @@ use std::sync::PoisonError;
 
 use super::{Registry, Role};
 use crate::error::Error;
-use crate::ids::check_model_id;
+use crate::ids::{MAX_ALIASES, Target, check_model_id};
 use crate::lifecycle::KillReason;
 use crate::worker::WorkerHandle;
-
-/// Most aliases at once.
-pub const MAX_ALIASES: usize = 256;
-
-/// What an alias (or a call) names: a model id, and one version of it
-/// (`None`: its current version, following swaps).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The model id.
-    pub id: String,
-    /// One version of it.
-    pub version: Option<u32>,
-}
-
-impl Target {
-    /// "id" or "id@version", checked: a valid id and a version 1 or more.
-    pub fn parse(name: &str) -> Result<Target, Error> {
-        let Some((id, version)) = name.split_once('@') else {
-            check_model_id(name)?;
-            return Ok(Target {
-                id: name.to_owned(),
-                version: None,
-            });
-        };
-        check_model_id(id)?;
-        match version.parse::<u32>() {
-            Ok(v) if v > 0 && !version.starts_with('+') && !version.starts_with('0') => {
-                Ok(Target {
-                    id: id.to_owned(),
-                    version: Some(v),
-                })
-            }
-            _ => Err(Error::InvalidArgument(format!(
-                "model_id {:?}: the version after '@' must be a number from 1 to {}",
-                name.chars().take(80).collect::<String>(),
-                u32::MAX
-            ))),
-        }
-    }
-
-    /// As a call would name it.
-    pub fn name(&self) -> String {
-        match self.version {
-            Some(v) => format!("{}@{v}", self.id),
-            None => self.id.clone(),
-        }
-    }
-}
 
 impl Registry {
     /// The loaded version a call naming `name` reaches now: an id's current
@@ -132,6 +84,8 @@ impl Registry {
 
     /// Every version of `id` calls may reach, ascending.
     pub fn versions(&self, id: &str) -> Vec<u32> {
+        // The current map before the aside list (the lock order).
+        let current = self.by_id(id).map(|h| h.version());
         let mut v: Vec<u32> = self
             .models
             .aside
@@ -140,7 +94,7 @@ impl Registry {
             .iter()
             .filter(|a| a.id == id && a.role == Role::Kept)
             .map(|a| a.handle.version())
-            .chain(self.by_id(id).map(|h| h.version()))
+            .chain(current)
             .collect();
         v.sort_unstable();
         v
@@ -161,19 +115,52 @@ impl Registry {
         kept
     }
 
+    /// How many versions are kept beside `id`'s current one.
+    pub fn kept_of(&self, id: &str) -> usize {
+        self.models
+            .aside
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|a| a.id == id && a.role == Role::Kept)
+            .count()
+    }
+
     /// Whether `handle` is its id's current version.
     pub fn is_current(&self, handle: &WorkerHandle) -> bool {
         self.by_id(&handle.spec.id).is_some_and(|h| h.same(handle))
     }
 
     /// Unloads one version kept beside `target.id`'s current one (after
-    /// `drain`, its calls' time to finish).
+    /// `drain`, its calls' time to finish); refused while an alias is
+    /// pinned to it.
     pub async fn remove_kept(
         &self,
         target: &Target,
         drain: Option<std::time::Duration>,
     ) -> Result<(), Error> {
+        self.unload_kept(target, drain, true).await
+    }
+
+    async fn unload_kept(
+        &self,
+        target: &Target,
+        drain: Option<std::time::Duration>,
+        check_aliases: bool,
+    ) -> Result<(), Error> {
         let handle = self.version_of(target)?;
+        let pinned: Vec<String> = self
+            .aliases()
+            .into_iter()
+            .filter(|(_, t)| t == target)
+            .map(|(a, _)| a)
+            .collect();
+        if check_aliases && !pinned.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "{:?} is named by aliases {pinned:?}: move or delete them first",
+                target.name()
+            )));
+        }
         if self.is_current(&handle) {
             return Err(Error::FailedPrecondition(format!(
                 "{:?} is model {:?}'s current version: unload {:?} (every version) or swap it first",
@@ -202,14 +189,15 @@ impl Registry {
         Ok(())
     }
 
-    /// Unloads every version kept beside `id`'s current one.
+    /// Unloads every version kept beside `id`'s current one (the id is
+    /// going: aliases pinned to them are left naming nothing).
     pub async fn remove_all_kept(&self, id: &str, drain: Option<std::time::Duration>) {
         for h in self.kept().into_iter().filter(|h| h.spec.id == id) {
             let target = Target {
                 id: id.to_owned(),
                 version: Some(h.version()),
             };
-            if let Err(e) = self.remove_kept(&target, drain).await {
+            if let Err(e) = self.unload_kept(&target, drain, false).await {
                 tracing::warn!(model = %target.name(), "unloading a kept version: {e}");
             }
         }
@@ -239,7 +227,8 @@ impl Registry {
     }
 
     /// Points `alias` at `target` (which must be loaded now); returns what
-    /// it named before.
+    /// it named before. Checked and set under the locks, in their order:
+    /// no load, unload or swap comes between.
     pub fn set_alias(&self, alias: &str, target: Target) -> Result<Option<Target>, Error> {
         check_model_id(alias).map_err(|_| {
             Error::InvalidArgument(format!(
@@ -247,74 +236,53 @@ impl Registry {
                 alias.chars().take(80).collect::<String>()
             ))
         })?;
-        // The current map first (the lock order), held while the alias
-        // changes: a load cannot take the name meanwhile.
         let current = self
             .models
             .current
             .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let aside = self
+            .models
+            .aside
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut aliases = self
+            .models
+            .aliases
+            .write()
             .unwrap_or_else(PoisonError::into_inner);
         if current.contains_key(alias) {
             return Err(Error::AlreadyExists(format!(
                 "alias {alias:?} is a loaded model's id; an alias needs a name of its own"
             )));
         }
-        let mut aliases = self
-            .models
-            .aliases
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
         if aliases.contains_key(&target.id) {
             return Err(Error::InvalidArgument(format!(
                 "alias {alias:?}: {:?} is an alias itself; name a model id",
                 target.id
             )));
         }
-        if !current.contains_key(&target.id) {
+        let Some(serving) = current.get(&target.id) else {
             return Err(Error::NotFound(format!(
                 "alias {alias:?}: model {:?} is not loaded",
                 target.id
             )));
-        }
+        };
         if let Some(v) = target.version {
-            drop(aliases);
-            drop(current);
-            self.version_of(&target)
-                .map_err(|e| e.map_message(&|m: String| format!("alias {alias:?}: {m}")))?;
-            return self.insert_alias(alias, target, v);
+            let kept = aside
+                .iter()
+                .any(|a| a.id == target.id && a.role == Role::Kept && a.handle.version() == v);
+            if serving.version() != v && !kept {
+                return Err(Error::NotFound(format!(
+                    "alias {alias:?}: model {:?} has no version {v} that calls may reach",
+                    target.id
+                )));
+            }
         }
         if !aliases.contains_key(alias) && aliases.len() >= MAX_ALIASES {
-            return Err(too_many(alias));
-        }
-        Ok(aliases.insert(alias.to_owned(), target))
-    }
-
-    /// `set_alias`'s last step for a pinned version, checked again under
-    /// the locks.
-    fn insert_alias(&self, alias: &str, target: Target, v: u32) -> Result<Option<Target>, Error> {
-        let current = self
-            .models
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut aliases = self
-            .models
-            .aliases
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if current.contains_key(alias) {
-            return Err(Error::AlreadyExists(format!(
-                "alias {alias:?} is a loaded model's id; an alias needs a name of its own"
+            return Err(Error::ResourceExhausted(format!(
+                "alias {alias:?}: {MAX_ALIASES} aliases exist already (the limit); delete one first"
             )));
-        }
-        if !current.contains_key(&target.id) {
-            return Err(Error::NotFound(format!(
-                "alias {alias:?}: model {:?} version {v} is not loaded",
-                target.id
-            )));
-        }
-        if !aliases.contains_key(alias) && aliases.len() >= MAX_ALIASES {
-            return Err(too_many(alias));
         }
         Ok(aliases.insert(alias.to_owned(), target))
     }
@@ -360,51 +328,5 @@ impl Registry {
             })
             .map(|(a, _)| a)
             .collect()
-    }
-}
-
-fn too_many(alias: &str) -> Error {
-    Error::ResourceExhausted(format!(
-        "alias {alias:?}: {MAX_ALIASES} aliases exist already (the limit); delete one first"
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_parse_into_an_id_and_an_optional_version() {
-        assert_eq!(
-            Target::parse("minilm").expect("id"),
-            Target {
-                id: "minilm".into(),
-                version: None
-            }
-        );
-        let t = Target::parse("minilm@12").expect("version");
-        assert_eq!(
-            (t.id.as_str(), t.version, t.name()),
-            ("minilm", Some(12), "minilm@12".into())
-        );
-        for bad in [
-            "minilm@",
-            "minilm@0",
-            "minilm@01",
-            "minilm@+3",
-            "minilm@-1",
-            "minilm@x",
-            "minilm@4294967296",
-            "@2",
-            "Minilm@2",
-            "a@1@2",
-            "minilm@ 2",
-        ] {
-            let e = Target::parse(bad).expect_err(bad);
-            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e:?}");
-        }
-        let long = format!("m@{}", "9".repeat(100_000));
-        let e = Target::parse(&long).expect_err("long");
-        assert!(e.to_string().len() < 300, "the message is bounded: {e}");
     }
 }

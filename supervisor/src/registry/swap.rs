@@ -22,6 +22,9 @@ use crate::worker::{REFUSED_MEMORY, Status, WorkerHandle};
 /// that looked it up just before).
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// Most versions kept beside an id's current one (`keep_previous`).
+pub const MAX_KEPT: usize = 3;
+
 /// Most a swap's drain may last.
 pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
 
@@ -58,14 +61,33 @@ impl Registry {
             )));
         }
         let id = spec.id.clone();
-        let version = self
-            .versions(&id)
+        let pinned: Vec<String> = self
+            .aliases()
             .into_iter()
-            .max()
-            .unwrap_or(0)
-            .max(old.version())
-            + 1;
+            .filter(|(_, t)| t.id == id && t.version == Some(old.version()))
+            .map(|(a, _)| a)
+            .collect();
+        if !pinned.is_empty() && !opts.keep_previous {
+            return Err(Error::FailedPrecondition(format!(
+                "model {id:?}: aliases {pinned:?} are pinned to version {}, which this swap would unload: swap with keep_previous, or move the aliases first",
+                old.version()
+            )));
+        }
+        if opts.keep_previous && self.kept_of(&id) >= MAX_KEPT {
+            return Err(Error::FailedPrecondition(format!(
+                "model {id:?} keeps {MAX_KEPT} versions beside its current one already (the limit): unload one (UnloadModel \"{id}@N\") first"
+            )));
+        }
         let (file, companions) = self.resolve_files(&spec)?;
+        // A number given to a swap refused below is not given again.
+        let version = {
+            let current = self
+                .models
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.next_version(&current, &id)
+        };
         let new = {
             let mut aside = self
                 .models
@@ -116,7 +138,7 @@ impl Registry {
                     preload: true,
                     ..(*new.spec).clone()
                 };
-                return self.add_version(spec, version);
+                return self.add_version(spec, Some(version));
             }
             self.shared.metrics.swap(&id, "error");
             return Err(refusal(&id, version, old.version(), &settled, why));

@@ -163,16 +163,21 @@ impl Ctx {
         let control = CacheControl::of(req.metadata());
         let request_id = super::request_id(&req, &registry.shared().request_ids);
         let client = crate::auth::Identity::of_call(&req);
-        let (mut metadata, extensions, body) = req.into_parts();
+        let (mut metadata, mut extensions, body) = req.into_parts();
         // Every attempt of this call, and its errors, carry one id.
         if let Ok(v) = request_id.parse() {
             metadata.insert("x-request-id", v);
         }
         // A wrong id or family is `call_worker`'s to report, uncached.
-        let handle = registry
-            .get(model_id)
-            .ok()
-            .filter(|h| h.spec.family == family);
+        let handle = match extensions.get::<crate::api::Resolved>() {
+            Some(r) => Some(r.0.clone()),
+            None => registry.get(model_id).ok(),
+        }
+        .filter(|h| h.spec.family == family);
+        // Its key and its execution (and a re-send) on this one version.
+        if let Some(h) = &handle {
+            extensions.insert(crate::api::Resolved(h.clone()));
+        }
         let mut ctx = Ctx {
             registry: registry.clone(),
             family,

@@ -108,6 +108,12 @@ impl OipApi {
         }
     }
 
+    /// `req`, its model resolved to `handle` for every later step.
+    fn pin<T>(mut req: Request<T>, handle: &WorkerHandle) -> Request<T> {
+        req.extensions_mut().insert(super::Resolved(handle.clone()));
+        req
+    }
+
     /// Carries a request's metadata and extensions (identity, charge
     /// marks, connection info) over to `message`.
     fn rewrap<T, U>(
@@ -180,6 +186,7 @@ impl GrpcInferenceService for OipApi {
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let (name, version) = (req.get_ref().name.clone(), req.get_ref().version.clone());
         let (call, handle) = self.lite_model(&name, &version)?;
+        let req = Self::pin(req, &handle);
         let info = self
             .lite
             .get_model_info(Self::rewrap(req, |_| {
@@ -209,10 +216,9 @@ impl GrpcInferenceService for OipApi {
             let r = req.get_ref();
             (r.model_name.clone(), r.model_version.clone(), r.id.clone())
         };
-        // The version reported is the one resolved here; the call names it
-        // when the client did, else the id (an alias), as resolved again
-        // at admission.
+        // The version reported is the one resolved here, which runs it.
         let (target, handle) = self.lite_model(&name, &version)?;
+        let req = Self::pin(req, &handle);
         let call = Self::rewrap(req, |r| {
             let mut call = tensors::infer_request(r)?;
             call.model_id = target;
