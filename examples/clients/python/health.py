@@ -27,8 +27,15 @@ def main() -> int:
         if args.wait:
             delay = 0.05
             while True:
-                states = {m: check(api.channel, f"model/{m}", deadline.remaining()) for m in args.model}
-                if all(s == "SERVING" for s in states.values()):
+                try:
+                    states = [check(api.channel, f"model/{m}", deadline.remaining()) for m in args.model]
+                except grpc.RpcError as e:
+                    # Not up yet (UNAVAILABLE) or the model not registered
+                    # yet (NOT_FOUND): keep polling within the deadline.
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                        raise
+                    states = [e.code().name]
+                if all(s == "SERVING" for s in states):
                     break
                 time.sleep(min(delay, deadline.remaining()))
                 delay = min(delay * 2, 1.0)

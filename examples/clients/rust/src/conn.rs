@@ -83,7 +83,11 @@ impl Call {
 
     /// `msg` with `grpc-timeout` = the time left (at most `cap`), an
     /// `x-request-id`, and the token or client id.
-    pub(crate) fn request_within<T>(&self, msg: T, cap: Option<Duration>) -> Result<Request<T>, Status> {
+    pub(crate) fn request_within<T>(
+        &self,
+        msg: T,
+        cap: Option<Duration>,
+    ) -> Result<Request<T>, Status> {
         let mut left = self.remaining()?;
         if let Some(cap) = cap {
             left = left.min(cap);
@@ -116,7 +120,7 @@ impl Call {
         fut: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         match tokio::time::timeout_at(self.end, fut).await {
-            Ok(r) => r,
+            Ok(r) => r.map_err(deadline_as_such),
             Err(_) => Err(Status::deadline_exceeded("the example's deadline passed")),
         }
     }
@@ -125,6 +129,18 @@ impl Call {
 fn ascii(s: &str) -> Result<tonic::metadata::AsciiMetadataValue, Status> {
     MetadataValue::try_from(s)
         .map_err(|_| Status::invalid_argument(format!("metadata value {s:?} is not ASCII")))
+}
+
+/// tonic ends a call whose `grpc-timeout` passed on the client's side
+/// with CANCELLED "Timeout expired" (tonic 0.14); every other gRPC client
+/// says DEADLINE_EXCEEDED, and so does the server: say it too, so that
+/// the retry rules see one code.
+pub(crate) fn deadline_as_such(s: Status) -> Status {
+    if s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired" {
+        Status::deadline_exceeded("Deadline Exceeded (the call's grpc-timeout passed)")
+    } else {
+        s
+    }
 }
 
 /// A code's name as gRPC spells it (RESOURCE_EXHAUSTED).

@@ -41,7 +41,9 @@ pub(crate) struct UploadArgs {
 
 fn state_name(s: i32) -> String {
     ModelState::try_from(s).map_or("?".into(), |s| {
-        s.as_str_name().trim_start_matches("MODEL_STATE_").to_owned()
+        s.as_str_name()
+            .trim_start_matches("MODEL_STATE_")
+            .to_owned()
     })
 }
 
@@ -52,8 +54,14 @@ pub(crate) async fn upload(target: &str, call: &Call, a: UploadArgs) -> Result<(
         "vision" => ModelFamily::Vision,
         other => return Err(format!("--family {other:?}: text, lite or vision")),
     };
-    let data = tokio::fs::read(&a.file).await.map_err(|e| format!("{}: {e}", a.file.display()))?;
-    let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let data = tokio::fs::read(&a.file)
+        .await
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let name = a
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let dest = a.dest.clone().unwrap_or(format!("uploads/{name}"));
     let sha = format!("{:x}", Sha256::digest(&data));
     let total = data.len();
@@ -84,7 +92,11 @@ pub(crate) async fn upload(target: &str, call: &Call, a: UploadArgs) -> Result<(
     let mut models = ModelServiceClient::new(connect(target).await?)
         .max_encoding_message_size(crate::conn::MAX_MESSAGE_BYTES);
     let req = call.request(stream).map_err(|e| show(&e))?;
-    let put = call.within(models.put_file(req)).await.map_err(|e| show(&e))?.into_inner();
+    let put = call
+        .within(models.put_file(req))
+        .await
+        .map_err(|e| show(&e))?
+        .into_inner();
     let file = put.file.unwrap_or_default();
     let verified = file.sha256 == sha;
     println!(
@@ -105,8 +117,13 @@ pub(crate) async fn upload(target: &str, call: &Call, a: UploadArgs) -> Result<(
     let started = Instant::now();
     let mut seen: Vec<i32> = Vec::new();
     while !load.is_finished() {
-        let get = GetModelRequest { model_id: a.model_id.clone() };
-        if let Ok(m) = models.get_model(call.request(get).map_err(|e| show(&e))?).await {
+        let get = GetModelRequest {
+            model_id: a.model_id.clone(),
+        };
+        if let Ok(m) = models
+            .get_model(call.request(get).map_err(|e| show(&e))?)
+            .await
+        {
             let s = m.into_inner().state;
             if seen.last() != Some(&s) {
                 seen.push(s);
@@ -134,17 +151,26 @@ pub(crate) async fn upload(target: &str, call: &Call, a: UploadArgs) -> Result<(
     );
     if let (Some(api), ModelFamily::Lite) = (&a.api, family) {
         let mut lite = LiteServiceClient::new(connect(api).await?);
-        let req = GetModelInfoRequest { model_id: a.model_id.clone() };
+        let req = GetModelInfoRequest {
+            model_id: a.model_id.clone(),
+        };
         let mi = call
             .within(lite.get_model_info(call.request(req).map_err(|e| show(&e))?))
             .await
             .map_err(|e| show(&e))?
             .into_inner();
         let shapes: Vec<&Vec<i64>> = mi.inputs.iter().map(|t| &t.shape).collect();
-        println!("call {}: inputs {shapes:?}, {} outputs", a.model_id, mi.outputs.len());
+        println!(
+            "call {}: inputs {shapes:?}, {} outputs",
+            a.model_id,
+            mi.outputs.len()
+        );
     }
     if !a.keep {
-        let req = UnloadModelRequest { model_id: a.model_id.clone(), ..Default::default() };
+        let req = UnloadModelRequest {
+            model_id: a.model_id.clone(),
+            ..Default::default()
+        };
         call.within(models.unload_model(call.request(req).map_err(|e| show(&e))?))
             .await
             .map_err(|e| show(&e))?;

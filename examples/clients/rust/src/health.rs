@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -30,14 +31,17 @@ async fn check(h: &mut Health, call: &Call, service: &str) -> Result<String, ton
         service: service.into(),
     })?;
     let r = call.within(h.check(req)).await?.into_inner();
-    Ok(ServingStatus::try_from(r.status).map_or("?", |s| s.as_str_name()).to_owned())
+    Ok(ServingStatus::try_from(r.status)
+        .map_or("?", |s| s.as_str_name())
+        .to_owned())
 }
 
 /// GET /readyz: (status, body).
 async fn readyz(admin: &str, call: &Call) -> Result<(u16, String), String> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(admin).await?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n").await?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n")
+            .await?;
         let mut out = Vec::new();
         s.take(64 << 10).read_to_end(&mut out).await?;
         Ok::<_, std::io::Error>(out)
@@ -47,8 +51,17 @@ async fn readyz(admin: &str, call: &Call) -> Result<(u16, String), String> {
         .map_err(|_| "readyz: deadline".to_owned())?
         .map_err(|e| format!("readyz {admin}: {e}"))?;
     let text = String::from_utf8_lossy(&out);
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     Ok((code, body))
 }
 
@@ -59,7 +72,13 @@ pub(crate) async fn run(target: &str, call: &Call, a: HealthArgs) -> Result<(), 
         loop {
             let mut all = true;
             for m in &a.model {
-                all &= check(&mut h, call, &format!("model/{m}")).await.map_err(|e| show(&e))? == "SERVING";
+                // Not up yet (UNAVAILABLE) or not registered yet
+                // (NOT_FOUND): keep polling within the deadline.
+                all &= match check(&mut h, call, &format!("model/{m}")).await {
+                    Ok(s) => s == "SERVING",
+                    Err(e) if matches!(e.code(), Code::Unavailable | Code::NotFound) => false,
+                    Err(e) => return Err(show(&e)),
+                };
             }
             if all {
                 break;

@@ -69,19 +69,27 @@ pub(crate) async fn run(target: &str, call: &Call, a: LiteArgs) -> Result<(), St
     let mut lite = LiteServiceClient::new(connect(target).await?)
         .max_decoding_message_size(crate::conn::MAX_MESSAGE_BYTES);
     let info = call
-        .within(lite.get_model_info(
-            call.request(GetModelInfoRequest {
-                model_id: a.model.clone(),
-            })
-            .map_err(|e| show(&e))?,
-        ))
+        .within(
+            lite.get_model_info(
+                call.request(GetModelInfoRequest {
+                    model_id: a.model.clone(),
+                })
+                .map_err(|e| show(&e))?,
+            ),
+        )
         .await
         .map_err(|e| show(&e))?
         .into_inner();
     let mut inputs = Vec::new();
     for t in &info.inputs {
-        let d = DType::try_from(t.dtype).map_err(|_| format!("input {}: dtype {}", t.name, t.dtype))?;
-        println!("input {}: shape={:?} dtype={}", t.name, t.shape, d.as_str_name());
+        let d =
+            DType::try_from(t.dtype).map_err(|_| format!("input {}: dtype {}", t.name, t.dtype))?;
+        println!(
+            "input {}: shape={:?} dtype={}",
+            t.name,
+            t.shape,
+            d.as_str_name()
+        );
         inputs.push(Tensor {
             name: t.name.clone(),
             dtype: t.dtype,
@@ -91,14 +99,16 @@ pub(crate) async fn run(target: &str, call: &Call, a: LiteArgs) -> Result<(), St
         });
     }
     let r = call
-        .within(lite.infer(
-            call.request(InferRequest {
-                model_id: a.model.clone(),
-                inputs: inputs.clone(),
-                ..Default::default()
-            })
-            .map_err(|e| show(&e))?,
-        ))
+        .within(
+            lite.infer(
+                call.request(InferRequest {
+                    model_id: a.model.clone(),
+                    inputs: inputs.clone(),
+                    ..Default::default()
+                })
+                .map_err(|e| show(&e))?,
+            ),
+        )
         .await
         .map_err(|e| show(&e))?
         .into_inner();
@@ -108,7 +118,12 @@ pub(crate) async fn run(target: &str, call: &Call, a: LiteArgs) -> Result<(), St
             let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             format!(" min={lo:.4} max={hi:.4}")
         });
-        println!("output {}: shape={:?} {} bytes{range}", o.name, o.shape, o.data.len());
+        println!(
+            "output {}: shape={:?} {} bytes{range}",
+            o.name,
+            o.shape,
+            o.data.len()
+        );
     }
     let invoke = r.timings.map_or(0, |t| t.invoke_us);
     println!("infer: {} outputs, invoke {invoke} us", r.outputs.len());
@@ -117,19 +132,24 @@ pub(crate) async fn run(target: &str, call: &Call, a: LiteArgs) -> Result<(), St
         ..Default::default()
     };
     let b = call
-        .within(lite.infer_batch(
-            call.request(InferBatchRequest {
-                model_id: a.model,
-                sets: vec![set.clone(), set],
-                ..Default::default()
-            })
-            .map_err(|e| show(&e))?,
-        ))
+        .within(
+            lite.infer_batch(
+                call.request(InferBatchRequest {
+                    model_id: a.model,
+                    sets: vec![set.clone(), set],
+                    ..Default::default()
+                })
+                .map_err(|e| show(&e))?,
+            ),
+        )
         .await
         .map_err(|e| show(&e))?
         .into_inner();
     let same = b.results.iter().all(|s| s.outputs == r.outputs);
-    println!("batch: {} sets, identical to Infer: {same}", b.results.len());
+    println!(
+        "batch: {} sets, identical to Infer: {same}",
+        b.results.len()
+    );
     if !same || r.outputs.is_empty() {
         return Err("InferBatch differs from Infer".into());
     }

@@ -27,7 +27,12 @@ use conn::Call;
 #[command(name = "sidecar-examples", version)]
 struct Cli {
     /// API address: HOST:PORT or unix:/PATH.
-    #[arg(long, env = "SIDECAR_TARGET", default_value = "127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "SIDECAR_TARGET",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     target: String,
     /// Seconds the whole example may take, retries included.
     #[arg(long, default_value_t = 60.0, global = true)]

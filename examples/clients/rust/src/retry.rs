@@ -25,7 +25,13 @@ pub(crate) fn retryable(code: Code) -> bool {
 
 /// The server's `retry-after-ms`, when the call was rate limited.
 pub(crate) fn retry_after(s: &Status) -> Option<Duration> {
-    let ms: u64 = s.metadata().get(RETRY_AFTER_MS)?.to_str().ok()?.parse().ok()?;
+    let ms: u64 = s
+        .metadata()
+        .get(RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 
@@ -52,6 +58,7 @@ impl Default for Policy {
 pub(crate) struct Attempt {
     pub(crate) number: u32,
     pub(crate) code: Code,
+    pub(crate) message: String,
     pub(crate) wait: Duration,
     pub(crate) retry_after: Option<Duration>,
 }
@@ -92,6 +99,7 @@ where
         on_retry(&Attempt {
             number,
             code: err.code(),
+            message: err.message().to_owned(),
             wait,
             retry_after: after,
         });
@@ -117,7 +125,11 @@ fn row(label: &str, s: &Status) {
         .map(|d| format!(" retry-after-ms={}", d.as_millis()))
         .unwrap_or_default();
     let retry = if retryable(s.code()) { "yes" } else { "no" };
-    println!("{label}: {} retry={retry}{extra}: {}", code_name(s.code()), s.message());
+    println!(
+        "{label}: {} retry={retry}{extra}: {}",
+        code_name(s.code()),
+        s.message()
+    );
 }
 
 pub(crate) async fn errors(target: &str, call: &Call, a: ErrorsArgs) -> Result<(), String> {
@@ -143,10 +155,20 @@ pub(crate) async fn errors(target: &str, call: &Call, a: ErrorsArgs) -> Result<(
     // These rows as any caller; only the burst below as `--client-id`, the
     // rate-limited class (a 200-token Generate costs more than its burst).
     let anyone = call.anonymous();
-    let r1 = text.generate(anyone.request(too_long).map_err(|e| show(&e))?).await;
-    let r2 = text.tokenize(anyone.request(unknown).map_err(|e| show(&e))?).await;
-    let r3 = text.generate(anyone.request_within(slow, short).map_err(|e| show(&e))?).await;
-    for (label, r) in [("invalid argument", r1.err()), ("unknown model", r2.err()), ("deadline", r3.err())] {
+    let r1 = anyone
+        .within(text.generate(anyone.request(too_long).map_err(|e| show(&e))?))
+        .await;
+    let r2 = anyone
+        .within(text.tokenize(anyone.request(unknown).map_err(|e| show(&e))?))
+        .await;
+    let r3 = anyone
+        .within(text.generate(anyone.request_within(slow, short).map_err(|e| show(&e))?))
+        .await;
+    for (label, r) in [
+        ("invalid argument", r1.err()),
+        ("unknown model", r2.err()),
+        ("deadline", r3.err()),
+    ] {
         match r {
             Some(s) => row(label, &s),
             None => return Err(format!("{label}: the call succeeded")),
@@ -161,14 +183,17 @@ pub(crate) async fn errors(target: &str, call: &Call, a: ErrorsArgs) -> Result<(
             text: format!("call {n}"),
             ..Default::default()
         };
-        let policy = Policy { attempts: 8, ..Policy::default() };
+        let policy = Policy {
+            attempts: 8,
+            ..Policy::default()
+        };
         with_retry(
             policy,
             call.end(),
             || {
                 let mut c = text.clone();
                 let r = call.request(req.clone());
-                async move { c.tokenize(r?).await }
+                call.within(async move { c.tokenize(r?).await })
             },
             |at| {
                 retries += 1;
@@ -179,7 +204,8 @@ pub(crate) async fn errors(target: &str, call: &Call, a: ErrorsArgs) -> Result<(
                     "  retry {} after {}: retry-after-ms={}, waiting {} ms",
                     at.number,
                     code_name(at.code),
-                    at.retry_after.map_or("none".into(), |d| d.as_millis().to_string()),
+                    at.retry_after
+                        .map_or("none".into(), |d| d.as_millis().to_string()),
                     at.wait.as_millis()
                 );
             },
@@ -201,14 +227,18 @@ pub(crate) async fn errors(target: &str, call: &Call, a: ErrorsArgs) -> Result<(
     let closed = TextServiceClient::new(channel);
     let started = Instant::now();
     let mut waits = Vec::new();
-    let policy = Policy { attempts: 4, base: Duration::from_millis(50), ..Policy::default() };
+    let policy = Policy {
+        attempts: 4,
+        base: Duration::from_millis(50),
+        ..Policy::default()
+    };
     let r = with_retry(
         policy,
         Instant::now() + Duration::from_secs(10),
         || {
             let mut c = closed.clone();
             let r = call.request_within(TokenizeRequest::default(), Some(Duration::from_secs(2)));
-            async move { c.tokenize(r?).await }
+            call.within(async move { c.tokenize(r?).await })
         },
         |at| waits.push(at.wait.as_millis().to_string()),
     )

@@ -121,7 +121,9 @@ pub(crate) async fn generate(target: &str, call: &Call, a: GenerateArgs) -> Resu
             }
         }
     }
-    Err(format!("the stream ended before it could be cancelled ({got} tokens)"))
+    Err(format!(
+        "the stream ended before it could be cancelled ({got} tokens)"
+    ))
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,7 +146,10 @@ fn msg(role: &str, content: &str) -> ChatMessage {
 pub(crate) async fn chat(target: &str, call: &Call, a: ChatArgs) -> Result<(), String> {
     let mut text = client(target).await?;
     let mut history = vec![
-        msg("system", "You are a helpful assistant. Answer in one short sentence."),
+        msg(
+            "system",
+            "You are a helpful assistant. Answer in one short sentence.",
+        ),
         msg("user", &a.question),
     ];
     let req = |messages: Vec<ChatMessage>| ChatRequest {
@@ -267,7 +272,7 @@ async fn embed_all(
             || {
                 let mut c = text.clone();
                 let r = call.request(req.clone());
-                async move { c.embed(r?).await }
+                call.within(async move { c.embed(r?).await })
             },
             |at| {
                 retries += 1;
@@ -275,10 +280,11 @@ async fn embed_all(
                     format!("retry-after-ms {}", d.as_millis())
                 });
                 println!(
-                    "retry {}: {} ({why}), waiting {} ms",
+                    "retry {}: {} ({why}), waiting {} ms: {}",
                     at.number,
                     code_name(at.code),
-                    at.wait.as_millis()
+                    at.wait.as_millis(),
+                    at.message
                 );
             },
         )

@@ -56,7 +56,10 @@ struct Y4m {
 }
 
 fn parse_y4m(data: &[u8]) -> Result<Y4m, String> {
-    let end = data.iter().position(|&b| b == b'\n').ok_or("no Y4M header line")?;
+    let end = data
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no Y4M header line")?;
     let header = std::str::from_utf8(&data[..end]).map_err(|_| "Y4M header is not text")?;
     let mut words = header.split(' ');
     if words.next() != Some("YUV4MPEG2") {
@@ -75,7 +78,9 @@ fn parse_y4m(data: &[u8]) -> Result<Y4m, String> {
                     fps = n / d;
                 }
             }
-            "C" if !v.starts_with("420") => return Err(format!("Y4M colour space C{v}: only 4:2:0")),
+            "C" if !v.starts_with("420") => {
+                return Err(format!("Y4M colour space C{v}: only 4:2:0"));
+            }
             _ => {}
         }
     }
@@ -86,7 +91,10 @@ fn parse_y4m(data: &[u8]) -> Result<Y4m, String> {
     let mut frames = Vec::new();
     let mut at = end + 1;
     while at < data.len() {
-        let nl = data[at..].iter().position(|&b| b == b'\n').ok_or("Y4M frame header cut")?;
+        let nl = data[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("Y4M frame header cut")?;
         if !data[at..].starts_with(b"FRAME") {
             return Err(format!("Y4M frame {} has no FRAME header", frames.len()));
         }
@@ -96,7 +104,12 @@ fn parse_y4m(data: &[u8]) -> Result<Y4m, String> {
         frames.push(data[start..stop].to_vec());
         at = stop;
     }
-    Ok(Y4m { width: w, height: h, fps, frames })
+    Ok(Y4m {
+        width: w,
+        height: h,
+        fps,
+        frames,
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,16 +132,28 @@ pub(crate) struct VideoArgs {
 }
 
 pub(crate) async fn video(target: &str, call: &Call, a: VideoArgs) -> Result<(), String> {
-    let data = tokio::fs::read(&a.y4m).await.map_err(|e| format!("{}: {e}", a.y4m.display()))?;
+    let data = tokio::fs::read(&a.y4m)
+        .await
+        .map_err(|e| format!("{}: {e}", a.y4m.display()))?;
     let video = parse_y4m(&data)?;
     let mode = if a.live { "live" } else { "file" };
     println!(
         "video: {}x{} at {:.0} fps, {} frames, {mode} mode, window {}",
-        video.width, video.height, video.fps, video.frames.len(), a.window
+        video.width,
+        video.height,
+        video.fps,
+        video.frames.len(),
+        a.window
     );
-    let overflow = if a.live { OverflowPolicy::DropOldest } else { OverflowPolicy::Unspecified };
+    let overflow = if a.live {
+        OverflowPolicy::DropOldest
+    } else {
+        OverflowPolicy::Unspecified
+    };
     let (tx, rx) = mpsc::channel(1);
-    tx.send(config(&a.model, a.max_pending, overflow)).await.map_err(|e| e.to_string())?;
+    tx.send(config(&a.model, a.max_pending, overflow))
+        .await
+        .map_err(|e| e.to_string())?;
     let window = Arc::new(Semaphore::new(a.window as usize));
     let dropped_locally = Arc::new(AtomicU64::new(0));
     let (w, h, fps, live) = (video.width, video.height, video.fps, a.live);
@@ -163,7 +188,11 @@ pub(crate) async fn video(target: &str, call: &Call, a: VideoArgs) -> Result<(),
                     ..Default::default()
                 };
                 let ts = due.as_micros() as i64;
-                if tx.send(frame_msg(sent, ts, frame::Data::Raw(raw))).await.is_err() {
+                if tx
+                    .send(frame_msg(sent, ts, frame::Data::Raw(raw)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 sent += 1;
@@ -175,8 +204,14 @@ pub(crate) async fn video(target: &str, call: &Call, a: VideoArgs) -> Result<(),
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let started = Instant::now();
-    let req = call.request(ReceiverStream::new(rx)).map_err(|e| show(&e))?;
-    let mut s = call.within(client.process(req)).await.map_err(|e| show(&e))?.into_inner();
+    let req = call
+        .request(ReceiverStream::new(rx))
+        .map_err(|e| show(&e))?;
+    let mut s = call
+        .within(client.process(req))
+        .await
+        .map_err(|e| show(&e))?
+        .into_inner();
     let (mut results, mut processed, mut server_dropped, mut with_faces) = (0u64, 0u64, 0u64, 0u64);
     while let Some(r) = call.within(s.message()).await.map_err(|e| show(&e))? {
         window.add_permits(1);
@@ -189,7 +224,13 @@ pub(crate) async fn video(target: &str, call: &Call, a: VideoArgs) -> Result<(),
         with_faces += u64::from(!r.faces.is_empty());
         if processed <= 3 {
             let ms = r.timings.map_or(0.0, |t| t.total_us as f64 / 1000.0);
-            println!("frame {}: {}x{}, {} faces, {ms:.1} ms", r.frame_index, r.width, r.height, r.faces.len());
+            println!(
+                "frame {}: {}x{}, {} faces, {ms:.1} ms",
+                r.frame_index,
+                r.width,
+                r.height,
+                r.faces.len()
+            );
         }
     }
     window.close();
@@ -219,7 +260,9 @@ pub(crate) struct H264Args {
 }
 
 pub(crate) async fn h264(target: &str, call: &Call, a: H264Args) -> Result<(), String> {
-    let data = tokio::fs::read(&a.file).await.map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let data = tokio::fs::read(&a.file)
+        .await
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
     let mut msgs = vec![config(&a.model, 8, OverflowPolicy::Unspecified)];
     let chunks = data.chunks(a.chunk as usize);
     let n = chunks.len();
@@ -231,8 +274,14 @@ pub(crate) async fn h264(target: &str, call: &Call, a: H264Args) -> Result<(), S
         })),
     });
     let mut client = VisionServiceClient::new(connect(target).await?);
-    let req = call.request(tokio_stream::iter(msgs)).map_err(|e| show(&e))?;
-    let mut s = call.within(client.process(req)).await.map_err(|e| show(&e))?.into_inner();
+    let req = call
+        .request(tokio_stream::iter(msgs))
+        .map_err(|e| show(&e))?;
+    let mut s = call
+        .within(client.process(req))
+        .await
+        .map_err(|e| show(&e))?
+        .into_inner();
     let (mut indices, mut size) = (Vec::new(), (0, 0));
     while let Some(r) = call.within(s.message()).await.map_err(|e| show(&e))? {
         indices.push(r.frame_index);
