@@ -461,10 +461,7 @@ fn the_api_reference_is_current_with_the_protos() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("docs/api.md is current (7 files"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("docs/api.md is current ("), "{stdout}");
     let api = std::fs::read_to_string(root().join("docs/api.md")).expect("docs/api.md");
     for name in [
         "TextService",

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Health and readiness: gRPC health (`grpc.health.v1`) for the server, a
 service and each model, and `/readyz` on the admin port; `--wait` polls
-until the model serves (what a client does at start instead of failing its
-first calls with UNAVAILABLE).
+until the models serve and the sidecar is ready (what a client does at
+start instead of failing its first calls with UNAVAILABLE).
 
     .venv/bin/python examples/clients/python/health.py --admin 127.0.0.1:9090 --model smollm2 --wait
 """
@@ -20,7 +20,8 @@ def main() -> int:
     p = parser(__doc__)
     p.add_argument("--admin", default="127.0.0.1:9090", help="the admin port (HOST:PORT)")
     p.add_argument("--model", action="append", default=[], help="a model id (repeatable)")
-    p.add_argument("--wait", action="store_true", help="poll until every model is SERVING (within --deadline)")
+    p.add_argument("--wait", action="store_true",
+                   help="poll until every --model is SERVING and /readyz is 200 (within --deadline)")
     args = p.parse_args()
     deadline = Deadline(args.deadline)
     with connect(args.target) as api:
@@ -35,7 +36,7 @@ def main() -> int:
                     if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                         raise
                     states = [e.code().name]
-                if all(s == "SERVING" for s in states):
+                if all(s == "SERVING" for s in states) and readyz(args.admin, deadline.remaining())[0] == 200:
                     break
                 time.sleep(min(delay, deadline.remaining()))
                 delay = min(delay * 2, 1.0)

@@ -19,7 +19,8 @@ pub(crate) struct HealthArgs {
     /// Model ids (repeatable).
     #[arg(long)]
     model: Vec<String>,
-    /// Poll until every model is SERVING (within --deadline).
+    /// Poll until every --model is SERVING and /readyz is 200 (within
+    /// --deadline).
     #[arg(long)]
     wait: bool,
 }
@@ -80,7 +81,11 @@ pub(crate) async fn run(target: &str, call: &Call, a: HealthArgs) -> Result<(), 
                     Err(e) => return Err(show(&e)),
                 };
             }
-            if all {
+            if all
+                && readyz(&a.admin, call)
+                    .await
+                    .is_ok_and(|(code, _)| code == 200)
+            {
                 break;
             }
             call.remaining().map_err(|e| show(&e))?;
