@@ -66,7 +66,7 @@ fn the_clients_readme_shows_every_example() {
         .filter(|n| n.ends_with(".py"))
         .collect();
     scripts.sort();
-    assert_eq!(scripts.len(), 9, "{scripts:?}");
+    assert_eq!(scripts.len(), 10, "{scripts:?}");
     for s in &scripts {
         assert!(
             readme.contains(&format!("examples/clients/python/{s}")),
@@ -74,7 +74,7 @@ fn the_clients_readme_shows_every_example() {
         );
     }
     for sub in [
-        "generate", "chat", "embed", "lite", "video", "h264", "health", "upload", "errors",
+        "generate", "chat", "embed", "lite", "shm", "video", "h264", "health", "upload", "errors",
     ] {
         assert!(
             readme.contains(&format!("sidecar-examples {sub} "))

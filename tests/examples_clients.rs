@@ -4,7 +4,7 @@
 //! that prove it worked checked: tokens streamed and a stream cancelled,
 //! a two-turn chat, embeddings' dimension and the local cache, a retry
 //! after RESOURCE_EXHAUSTED that waited the server's `retry-after-ms`,
-//! LITE outputs, a video's frames with back-pressure and with drops
+//! LITE outputs (inline and through a shared-memory region), a video's frames with back-pressure and with drops
 //! counted, H.264 pictures, health and `/readyz`, an upload and a load.
 //! So the examples cannot rot.
 
@@ -22,11 +22,12 @@ const TRAFFIC: &str = "[auth]\nclient_ids = [\"limited\", \"batch\"]\n\
     [traffic.classes.limited]\nmatch = [\"client:limited\"]\nrate = 0.5\nburst = 2\n\
     [traffic.classes.batch]\nmatch = [\"client:batch\"]\nrate = 1.0\nburst = 4\n";
 
-fn config() -> String {
+fn config(api_socket: &Path) -> String {
     format!(
-        "{TRAFFIC}{}[[models]]\nid = \"minilm\"\nfamily = \"text\"\npath = \"{MINILM}\"\ntext = {{ threads = 1 }}\n\
+        "[api_socket]\npath = \"{}\"\n{TRAFFIC}{}[[models]]\nid = \"minilm\"\nfamily = \"text\"\npath = \"{MINILM}\"\ntext = {{ threads = 1 }}\n\
          [[models]]\nid = \"face-detector\"\nfamily = \"lite\"\npath = \"{BLAZEFACE}\"\nlite = {{ threads = 1 }}\n\
          [[models]]\nid = \"faces\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\nvision = {{ threads = 1 }}\n",
+        api_socket.display(),
         smollm2_config("")
     )
 }
@@ -222,6 +223,16 @@ fn check(lang: &str, name: &str, out: &str) {
                 "batch: 2 sets, identical to Infer: true",
             ],
         ),
+        "shm" => expect(
+            &what,
+            out,
+            &[
+                "shm: region io (/sidecar-example-",
+                ", 200192 bytes) registered, writable=true",
+                "shm infer: input 196608 bytes read from the region, output classificators 3584 bytes written into it (inline data 0 bytes), identical to inline: true",
+                "shm: unregistered 1",
+            ],
+        ),
         "video" => expect(
             &what,
             out,
@@ -315,12 +326,17 @@ async fn every_client_example_runs_against_the_real_sidecar() {
     let store = store();
     add_model(&store, MINILM);
     add_model(&store, BLAZEFACE);
-    let sc = Sidecar::start(store, &config());
+    // The API on a Unix socket too: a shared-memory client is on the same
+    // host, and the socket tells the server its uid.
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let api_socket = sockets.path().join("api.sock");
+    let sc = Sidecar::start(store, &config(&api_socket));
     for m in ["smollm2", "minilm", "face-detector", "faces"] {
         sc.ready(m).await;
     }
     let api = sc.api.to_string();
     let admin = sc.admin.to_string();
+    let local = format!("unix://{}", api_socket.display());
     let control = format!("unix://{}", sc.store.path().join("control.sock").display());
     let upload = root()
         .join("models")
@@ -359,6 +375,11 @@ async fn every_client_example_runs_against_the_real_sidecar() {
             vec!["--client-id", "batch", "embed"],
         ),
         ("lite", vec!["lite_numpy.py"], vec!["lite"]),
+        (
+            "shm",
+            vec!["lite_shm.py", "--target", &local],
+            vec!["--target", &local, "shm"],
+        ),
         (
             "video",
             vec!["vision_video.py", "--video", &mp4],

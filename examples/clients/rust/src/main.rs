@@ -57,6 +57,8 @@ enum Cmd {
     Embed(text::EmbedArgs),
     /// LITE inference: tensors from the model's own shapes.
     Lite(lite::LiteArgs),
+    /// LITE inference through a shared-memory region.
+    Shm(lite::ShmArgs),
     /// A Y4M video's frames over one stream, with back-pressure or drops.
     Video(vision::VideoArgs),
     /// An H.264 Annex-B file in chunks, then a flush.
@@ -87,6 +89,7 @@ async fn main() -> ExitCode {
         Cmd::Chat(a) => text::chat(target, &call, a).await,
         Cmd::Embed(a) => text::embed(target, &call, a).await,
         Cmd::Lite(a) => lite::run(target, &call, a).await,
+        Cmd::Shm(a) => lite::shm(target, &call, a).await,
         Cmd::Video(a) => vision::video(target, &call, a).await,
         Cmd::H264(a) => vision::h264(target, &call, a).await,
         Cmd::Health(a) => health::run(target, &call, a).await,
