@@ -280,6 +280,8 @@ fn check(lang: &str, name: &str, out: &str) {
                 "load uploaded-face: ",
                 "READY in ",
                 "inputs [[1, 128, 128, 3]], 2 outputs",
+                "swap uploaded-face: version 1 -> 2 (threads 1 -> 2), ",
+                " calls during the swap, 0 failed",
                 "and deleted uploads/face_detection_short_range.tflite",
             ],
         ),
@@ -416,6 +418,7 @@ async fn every_client_example_runs_against_the_real_sidecar() {
                 "uploaded-face",
                 "--api",
                 &api,
+                "--swap",
             ],
             vec![
                 "--target",
@@ -429,6 +432,7 @@ async fn every_client_example_runs_against_the_real_sidecar() {
                 "uploaded-face",
                 "--api",
                 &api,
+                "--swap",
             ],
         ),
         (

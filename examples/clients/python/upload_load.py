@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Uploads a model file into the model store with progress, loads it and
-watches its state until READY, then (with `--api`) calls it, and unloads
-and deletes it unless `--keep`.
+watches its state until READY, then (with `--api`) calls it, with
+`--swap` replaces it by a second version while calls run (none refused),
+and unloads and deletes it unless `--keep`.
 
 Changing the catalog or the store needs the `manage` scope: over the
 control socket (the sidecar's own user), or with a token that has it.
@@ -13,12 +14,50 @@ control socket (the sidecar's own user), or with a token that has it.
 import hashlib
 import os
 import sys
+import threading
 import time
+
+import grpc
 
 from sidecar_client import Deadline, connect, metadata
 from sidecar_client.cli import parser
 
 CHUNK = 64 << 10
+
+
+def swap(api, args, dest: str, deadline: Deadline, md) -> bool:
+    """LoadModel with `replace`: the new version (other options) loads
+    beside the old one, the id switches to it once READY, the old one
+    drains; calls made meanwhile are answered by one or the other."""
+    m, lite_opts = api.pb.model_pb2, api.pb.model_pb2.LiteOptions(threads=2)
+    stop, calls, failed = threading.Event(), [0], []
+
+    def caller() -> None:
+        with connect(args.api) as c:
+            req = c.pb.lite_pb2.GetModelInfoRequest(model_id=args.model_id)
+            while not stop.is_set():
+                try:
+                    c.lite.GetModelInfo(req, timeout=min(5.0, deadline.remaining()), metadata=metadata(token=args.token))
+                    calls[0] += 1
+                except grpc.RpcError as e:
+                    failed.append(f"{e.code().name}: {e.details()}")
+                time.sleep(0.01)  # a client's pace, not a flood
+
+    before = api.model.GetModel(m.GetModelRequest(model_id=args.model_id), timeout=deadline.remaining(), metadata=md).version
+    t = threading.Thread(target=caller)
+    t.start()
+    try:
+        r = api.model.LoadModel(
+            m.LoadModelRequest(model_id=args.model_id, family=api.pb.common_pb2.MODEL_FAMILY_LITE, path=dest,
+                               lite=lite_opts, replace=True, drain_timeout_ms=1000),
+            timeout=deadline.remaining(), metadata=md)
+        time.sleep(0.2)  # calls on the new version too
+    finally:
+        stop.set()
+        t.join()
+    print(f"swap {args.model_id}: version {before} -> {r.model.version} (threads 1 -> 2), "
+          f"{calls[0]} calls during the swap, {len(failed)} failed{': ' + failed[0] if failed else ''}")
+    return r.model.version == before + 1 and not failed and calls[0] > 0
 
 
 def main() -> int:
@@ -28,6 +67,8 @@ def main() -> int:
     p.add_argument("--family", choices=["text", "lite", "vision"], required=True)
     p.add_argument("--model-id", required=True)
     p.add_argument("--api", default=None, help="API address to call the loaded model on (lite models)")
+    p.add_argument("--swap", action="store_true",
+                   help="lite with --api: swap in a second version (2 threads) while calls run, none refused")
     p.add_argument("--keep", action="store_true", help="leave the model loaded and the file in the store")
     args = p.parse_args()
     deadline = Deadline(args.deadline)
@@ -83,11 +124,14 @@ def main() -> int:
                 mi = call_api.lite.GetModelInfo(lite.GetModelInfoRequest(model_id=args.model_id),
                                                 timeout=deadline.remaining(), metadata=metadata(token=args.token))
                 print(f"call {args.model_id}: inputs {[list(t.shape) for t in mi.inputs]}, {len(mi.outputs)} outputs")
+        swapped = True
+        if args.swap and args.api and args.family == "lite":
+            swapped = swap(api, args, dest, deadline, md)
         if not args.keep:
             api.model.UnloadModel(m.UnloadModelRequest(model_id=args.model_id), timeout=deadline.remaining(), metadata=md)
             api.model.DeleteFile(m.DeleteFileRequest(path=dest), timeout=deadline.remaining(), metadata=md)
             print(f"unloaded {args.model_id} and deleted {dest}")
-        return 0 if ok and info.state == api.pb.common_pb2.MODEL_STATE_READY else 1
+        return 0 if ok and swapped and info.state == api.pb.common_pb2.MODEL_STATE_READY else 1
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ use sha2::{Digest, Sha256};
 use sidecar_proto::v1::lite_service_client::LiteServiceClient;
 use sidecar_proto::v1::model_service_client::ModelServiceClient;
 use sidecar_proto::v1::{
-    DeleteFileRequest, GetModelInfoRequest, GetModelRequest, LoadModelRequest, ModelFamily,
-    ModelState, PutFileHeader, PutFileRequest, UnloadModelRequest, put_file_request,
+    DeleteFileRequest, GetModelInfoRequest, GetModelRequest, LiteOptions, LoadModelRequest,
+    ModelFamily, ModelState, PutFileHeader, PutFileRequest, UnloadModelRequest, load_model_request,
+    put_file_request,
 };
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 
 use crate::conn::{Call, connect, show};
 
@@ -34,6 +36,10 @@ pub(crate) struct UploadArgs {
     /// API address to call the loaded model on (lite models).
     #[arg(long)]
     api: Option<String>,
+    /// Lite with --api: swap in a second version (2 threads) while calls
+    /// run, none refused.
+    #[arg(long)]
+    swap: bool,
     /// Leave the model loaded and the file in the store.
     #[arg(long)]
     keep: bool,
@@ -166,6 +172,10 @@ pub(crate) async fn upload(target: &str, call: &Call, a: UploadArgs) -> Result<(
             mi.outputs.len()
         );
     }
+    let mut swapped = true;
+    if let (true, Some(api), ModelFamily::Lite) = (a.swap, &a.api, family) {
+        swapped = swap(&mut models, call, api, &a.model_id, &dest).await?;
+    }
     if !a.keep {
         let req = UnloadModelRequest {
             model_id: a.model_id.clone(),
@@ -180,8 +190,80 @@ pub(crate) async fn upload(target: &str, call: &Call, a: UploadArgs) -> Result<(
             .map_err(|e| show(&e))?;
         println!("unloaded {} and deleted {dest}", a.model_id);
     }
-    if !verified || info.state != ModelState::Ready as i32 {
+    if !verified || !swapped || info.state != ModelState::Ready as i32 {
         return Err("not verified, or not READY".into());
     }
     Ok(())
+}
+
+/// LoadModel with `replace`: the new version (other options) loads beside
+/// the old one, the id switches to it once READY, the old one drains;
+/// calls made meanwhile are answered by one or the other.
+async fn swap(
+    models: &mut ModelServiceClient<Channel>,
+    call: &Call,
+    api: &str,
+    id: &str,
+    dest: &str,
+) -> Result<bool, String> {
+    let get = GetModelRequest {
+        model_id: id.into(),
+    };
+    let before = call
+        .within(models.get_model(call.request(get).map_err(|e| show(&e))?))
+        .await
+        .map_err(|e| show(&e))?
+        .into_inner()
+        .version;
+    let mut lite = LiteServiceClient::new(connect(api).await?);
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let calls = {
+        let (id, end) = (id.to_owned(), call.end());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while stop.try_recv().is_err() && tokio::time::Instant::now() < end {
+                let mut req = tonic::Request::new(GetModelInfoRequest {
+                    model_id: id.clone(),
+                });
+                req.set_timeout(Duration::from_secs(5));
+                match lite.get_model_info(req).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(show(&e)),
+                }
+                // A client's pace, not a flood.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    let req = LoadModelRequest {
+        model_id: id.into(),
+        family: ModelFamily::Lite as i32,
+        path: dest.into(),
+        replace: true,
+        drain_timeout_ms: 1000,
+        options: Some(load_model_request::Options::Lite(LiteOptions {
+            threads: 2,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let loaded = call
+        .within(models.load_model(call.request(req).map_err(|e| show(&e))?))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // calls on the new version too
+    let _ = stop_tx.send(());
+    let (ok, failed) = calls.await.map_err(|e| e.to_string())?;
+    let after = loaded
+        .map_err(|e| show(&e))?
+        .into_inner()
+        .model
+        .unwrap_or_default()
+        .version;
+    let first = failed.first().map(|f| format!(": {f}")).unwrap_or_default();
+    println!(
+        "swap {id}: version {before} -> {after} (threads 1 -> 2), {ok} calls during the swap, {} failed{first}",
+        failed.len()
+    );
+    Ok(after == before + 1 && failed.is_empty() && ok > 0)
 }
