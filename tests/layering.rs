@@ -7,7 +7,9 @@
 //! - no worker crate depends on another worker crate; `worker-runtime` and
 //!   `litert` depend on no worker crate;
 //! - `ipc` depends on no protocol crate (`sidecar-proto`, `prost`) and on
-//!   no worker-side crate; `procmem` depends on nothing in the workspace.
+//!   no worker-side crate; `procmem` depends on nothing in the workspace;
+//! - the client examples (`sidecar-client-examples`) link nothing native
+//!   and no server crate: only `sidecar-proto`, tonic and tokio's world.
 //!
 //! Every kind of dependency counts (normal, build and dev).
 
@@ -204,6 +206,19 @@ fn the_supervisor_links_no_native_runtime() {
         .filter(|n| NATIVE.contains(&n.as_str()) || WORKER_SIDE.contains(&n.as_str()))
         .collect();
     assert!(bad.is_empty(), "the supervisor links {bad:?}");
+    // The client examples link nothing native and nothing of the server:
+    // what a user copies needs only the protos, tonic and tokio.
+    let ex = closure("sidecar-client-examples");
+    assert!(ex.contains("tonic"), "closure too small: {ex:?}");
+    let bad: Vec<&String> = ex
+        .iter()
+        .filter(|n| {
+            NATIVE.contains(&n.as_str())
+                || WORKER_SIDE.contains(&n.as_str())
+                || ["supervisor", "ipc", "procmem"].contains(&n.as_str())
+        })
+        .collect();
+    assert!(bad.is_empty(), "the client examples link {bad:?}");
     // The workers do link their runtimes: the check above can see them.
     assert!(closure("worker-text").contains("llama-cpp-2"));
     let ipc = closure("ipc");
