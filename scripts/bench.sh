@@ -44,7 +44,13 @@
 # sidecar against llama-server (built here from the same source package),
 # 1, 4 and 8 concurrent clients, 128 tokens each, EOS ignored.
 #
+# `scripts/bench.sh knobs [REPS [KNOB,...]]`: the tuning knobs of
+# docs/performance.md, each A against B in fresh sidecars, interleaved
+# (scripts/bench_knobs.py; knobs threads, parallel, context, batch, queue,
+# overflow, cache, window).
+#
 # Usage: scripts/bench.sh [THREADS [REPS]]   (defaults 2 and 3)
+#        scripts/bench.sh knobs [REPS [KNOB,...]]
 #        scripts/bench.sh lite [REPS]
 #        scripts/bench.sh cache [CALLS]
 #        scripts/bench.sh vision [REPS]
@@ -87,6 +93,12 @@ llama_sources() {
     fi
 }
 
+if [[ "${1:-}" == knobs ]]; then
+    scripts/setup.sh
+    cargo build --release --workspace --bins
+    echo "bench: tuning knobs, ${2:-3} interleaved runs each; this takes about 15 minutes" >&2
+    exec "$root/.venv/bin/python" scripts/bench_knobs.py "$CARGO_TARGET_DIR/release/sidecar" "${2:-3}" ${3:+"$3"}
+fi
 if [[ "${1:-}" == lite ]]; then
     scripts/setup.sh
     cargo build --release --workspace --bins

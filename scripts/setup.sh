@@ -54,13 +54,18 @@ venv="$root/.venv"
 # PyYAML to check that the Kubernetes manifests parse; the official openai
 # client for the OpenAI-compatible API's tests (tests/python/openai_client.py);
 # the official Triton client for the Open Inference Protocol's tests
-# (tests/python/triton_client.py; it needs grpcio 1.81 or later); OpenCV's
-# headless wheel for the client example that reads a video file
-# (examples/clients/python/vision_video.py).
+# (tests/python/triton_client.py; it needs grpcio 1.81 or later); the
+# gRPC reflection client (tests/python/reflection_client.py; 1.80.1 is the
+# newest that accepts protobuf 6, which grpcio-tools 1.76 needs: 1.82 and
+# later want protobuf 7); kubernetes-validate, which carries the
+# Kubernetes JSON schemas and checks deploy/kubernetes offline
+# (tests/deploy.rs); OpenCV's headless wheel for the client example that
+# reads a video file (examples/clients/python/vision_video.py).
 py_packages=(grpcio==1.85.3 grpcio-tools==1.76.0 protobuf gguf==0.19.0 safetensors==0.8.0 numpy
     litert-quantizer==0.11.0 ai-edge-litert==2.3.0 pyyaml openai==3.57.0
-    "tritonclient[grpc]==2.73.0" opencv-python-headless==5.0.0.93)
-if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, gguf, safetensors, numpy, litert_quantizer, yaml, openai, tritonclient.grpc, tritonclient.utils.shared_memory, cv2' 2>/dev/null; then
+    "tritonclient[grpc]==2.73.0" grpcio-reflection==1.80.1 kubernetes-validate==1.37.0
+    opencv-python-headless==5.0.0.93)
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import grpc, grpc_tools, gguf, safetensors, numpy, litert_quantizer, yaml, openai, tritonclient.grpc, tritonclient.utils.shared_memory, grpc_reflection.v1alpha.proto_reflection_descriptor_database, kubernetes_validate, cv2' 2>/dev/null; then
     say "creating $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "${py_packages[@]}"

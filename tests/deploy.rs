@@ -1,8 +1,8 @@
 //! What can be checked of the Kubernetes deployment without Docker or a
-//! cluster: the manifests parse (PyYAML), the sidecar's probes point at
-//! the admin port and the paths the supervisor serves, the config in the
-//! ConfigMap is one the supervisor accepts, and the image's build runs the
-//! project's own setup script.
+//! cluster, beyond the schemas (`tests/kubernetes.rs`): the sidecar's
+//! probes point at the admin port and the paths the supervisor serves, the
+//! config in the ConfigMap is one the supervisor accepts, and the image's
+//! build runs the project's own setup script.
 
 use std::path::Path;
 use std::process::Command;

@@ -127,10 +127,21 @@ pub async fn run(
     for s in SERVICES {
         health.set_service_status(s, ServingStatus::Serving).await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sidecar_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    // Reflection (v1 and v1alpha) lists on each listener what it serves:
+    // the names below are the services added to that listener's router.
+    let (reflection, reflection_alpha) = crate::api::reflection::services(&[
+        tonic_health::pb::health_server::SERVICE_NAME,
+        sidecar_proto::v1::text_service_server::SERVICE_NAME,
+        sidecar_proto::v1::lite_service_server::SERVICE_NAME,
+        sidecar_proto::v1::vision_service_server::SERVICE_NAME,
+        sidecar_proto::v1::shared_memory_service_server::SERVICE_NAME,
+        sidecar_proto::v1::model_service_server::SERVICE_NAME,
+        sidecar_proto::inference::grpc_inference_service_server::SERVICE_NAME,
+    ])?;
+    let (control_reflection, control_reflection_alpha) = crate::api::reflection::services(&[
+        sidecar_proto::v1::admin_service_server::SERVICE_NAME,
+        sidecar_proto::v1::model_service_server::SERVICE_NAME,
+    ])?;
 
     let listener = if config.api_socket.tcp {
         Some(
@@ -234,6 +245,8 @@ pub async fn run(
             .add_service(admin_api)
             // LoadModel and UnloadModel for `sidecarctl`, off the network.
             .add_service(control_models)
+            .add_service(control_reflection)
+            .add_service(control_reflection_alpha)
             .serve_with_incoming_shutdown(
                 crate::net::incoming(
                     tokio_stream::wrappers::UnixListenerStream::new(control),
@@ -263,6 +276,7 @@ pub async fn run(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(text)
         .add_service(lite)
         .add_service(vision)

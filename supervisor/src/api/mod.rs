@@ -8,6 +8,7 @@ pub mod lite;
 pub mod model;
 pub mod oip;
 pub mod outflow;
+pub mod reflection;
 pub mod shm;
 pub mod text;
 pub mod vision;

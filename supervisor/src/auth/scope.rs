@@ -186,6 +186,12 @@ const TABLE: &[(&str, &str, Scope)] = &[
         "ServerReflectionInfo",
         Scope::Infer,
     ),
+    // Evans, older grpcurl and Python's `grpc_reflection` speak only this.
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+        Scope::Infer,
+    ),
 ];
 
 impl Default for MethodScopes {
@@ -285,6 +291,26 @@ mod tests {
             }
         }
         assert_eq!(seen, 9, "methods of inference.GRPCInferenceService");
+    }
+
+    /// Both versions of server reflection are open to `infer`, like
+    /// health; each has its own label.
+    #[test]
+    fn both_reflection_versions_need_infer() {
+        let table = MethodScopes::default();
+        for (path, label) in [
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "ServerReflection/ServerReflectionInfo",
+            ),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "ServerReflection/ServerReflectionInfo",
+            ),
+        ] {
+            let m = table.get(path).expect(path);
+            assert_eq!((m.label.as_str(), m.scope), (label, Scope::Infer), "{path}");
+        }
     }
 
     #[test]
