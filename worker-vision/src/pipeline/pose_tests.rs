@@ -116,7 +116,14 @@ fn a_model_that_does_not_fit_its_role_is_refused_naming_it() {
 #[test]
 fn bad_task_options_are_refused_naming_the_field_and_the_value() {
     let selfie = |threshold: f32, format: i32| {
-        check_selfie(&SelfieSegmentationTask { threshold, format }, true)
+        check_selfie(
+            &SelfieSegmentationTask {
+                threshold,
+                format,
+                ..Default::default()
+            },
+            true,
+        )
     };
     assert_eq!(
         refused(selfie(f32::NAN, 0)),
@@ -333,6 +340,7 @@ fn a_batch_runs_the_detector_on_every_image_a_stream_tracks() {
         Task::SelfieSegmentation(SelfieSegmentationTask {
             threshold: 0.5,
             format: SegmentationMaskFormat::Png as i32,
+            ..Default::default()
         }),
     ];
     for t in &tasks {
