@@ -145,14 +145,21 @@ async fn an_8k_frame_gets_a_bounded_mask_that_still_matches_mediapipe() {
     assert!(u64::from(mask.width) * u64::from(mask.height) <= MAX_MASK);
     let f = fixture("grace_hopper.selfie_segmentation.general.json");
     let got = iou(mask, &f["segmentation"]);
-    eprintln!("selfie 8K: mask {}x{}, IoU {got:.4} against MediaPipe's mask of the photo", mask.width, mask.height);
+    eprintln!(
+        "selfie 8K: mask {}x{}, IoU {got:.4} against MediaPipe's mask of the photo",
+        mask.width, mask.height
+    );
     assert!(got >= 0.95, "IoU {got}");
 
     // A larger bound asked for: 8,388,608 raw bytes cannot go through the
     // 4 MiB response ring; the error says so and names what avoids it.
-    let e = batch(&mut client, selfie(SegmentationMaskFormat::Raw, 8_388_608), &jpeg)
-        .await
-        .expect_err("an 8 MB answer");
+    let e = batch(
+        &mut client,
+        selfie(SegmentationMaskFormat::Raw, 8_388_608),
+        &jpeg,
+    )
+    .await
+    .expect_err("an 8 MB answer");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(
         e.message().contains("the channel carries at most")
@@ -162,21 +169,30 @@ async fn an_8k_frame_gets_a_bounded_mask_that_still_matches_mediapipe() {
         e.message()
     );
     // As PNG the same mask fits.
-    let r = batch(&mut client, selfie(SegmentationMaskFormat::Png, 8_388_608), &jpeg)
-        .await
-        .expect("a PNG mask");
+    let r = batch(
+        &mut client,
+        selfie(SegmentationMaskFormat::Png, 8_388_608),
+        &jpeg,
+    )
+    .await
+    .expect("a PNG mask");
     let mask = r[0].segmentation.as_ref().expect("a mask");
     assert_eq!((mask.width, mask.height), (3861, 2172));
     assert_eq!(&mask.data[1..4], b"PNG");
     eprintln!("selfie 8K as PNG at 3861x2172: {} bytes", mask.data.len());
     // Over the cap: refused before anything runs, naming the field.
-    let e = batch(&mut client, selfie(SegmentationMaskFormat::Raw, 8_388_609), &jpeg)
-        .await
-        .expect_err("over the cap");
+    let e = batch(
+        &mut client,
+        selfie(SegmentationMaskFormat::Raw, 8_388_609),
+        &jpeg,
+    )
+    .await
+    .expect_err("over the cap");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
-        e.message()
-            .starts_with("selfie_segmentation.max_mask_pixels 8388609 exceeds the limit of 8388608"),
+        e.message().starts_with(
+            "selfie_segmentation.max_mask_pixels 8388609 exceeds the limit of 8388608"
+        ),
         "{}",
         e.message()
     );
@@ -219,7 +235,10 @@ async fn an_8k_frame_gets_a_bounded_mask_that_still_matches_mediapipe() {
         let mask = pose.segmentation.as_ref().expect("the pose mask");
         assert_eq!((mask.width, mask.height), MASK_8K, "frame {n}");
         let got = iou(mask, &truth["segmentation"]);
-        eprintln!("pose 8K frame {n}: mask {}x{}, IoU {got:.4} against MediaPipe's pose mask of the photo", mask.width, mask.height);
+        eprintln!(
+            "pose 8K frame {n}: mask {}x{}, IoU {got:.4} against MediaPipe's pose mask of the photo",
+            mask.width, mask.height
+        );
         assert!(got >= 0.9, "frame {n}: IoU {got}");
         n += 1;
     }

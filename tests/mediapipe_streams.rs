@@ -176,7 +176,10 @@ async fn stream(
     assert_eq!(results.len(), video.frames.len(), "one result per frame");
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.frame_index, i as u64);
-        assert_eq!((r.width as usize, r.height as usize), (video.width, video.height));
+        assert_eq!(
+            (r.width as usize, r.height as usize),
+            (video.width, video.height)
+        );
     }
     results
 }
@@ -281,7 +284,12 @@ async fn a_pose_stream_tracks_the_person_and_runs_the_detector_rarely() {
     let truth = fixture("video.pose.json");
     let truth = truth["frames"].as_array().expect("frames");
     assert_eq!(truth.len(), video.frames.len());
-    let results = stream(&mut client, vision_task::Task::Pose(PoseTask::default()), &video).await;
+    let results = stream(
+        &mut client,
+        vision_task::Task::Pose(PoseTask::default()),
+        &video,
+    )
+    .await;
     check_detector_runs("pose", &results, &video, "pose_detection");
     for i in video.phase("away") {
         assert!(results[i].pose.is_none(), "frame {i}: nobody in view");
@@ -378,9 +386,13 @@ async fn a_pose_stream_tracks_the_person_and_runs_the_detector_rarely() {
 /// frames and the worst frame, in % of the crop's diagonal.
 fn against_the_photo(results: &[ProcessResponse], video: &Video) -> (f32, (f32, usize)) {
     let photo = fixture("bus.pose.json");
-    let theirs = photo["poses"][0]["landmarks"].as_array().expect("landmarks");
+    let theirs = photo["poses"][0]["landmarks"]
+        .as_array()
+        .expect("landmarks");
     let crops = fixture("video.json");
-    let crops = crops["solutions"]["pose"]["frames"].as_array().expect("frames");
+    let crops = crops["solutions"]["pose"]["frames"]
+        .as_array()
+        .expect("frames");
     let diag = video.diagonal();
     let (mut worst, mut sum, mut n) = ((0f32, 0usize), 0f32, 0usize);
     for (i, (r, c)) in results.iter().zip(crops).enumerate() {

@@ -258,9 +258,7 @@ impl FaceTracker {
 /// (a model file is not trusted; a degenerate crop maps points to
 /// infinity). A face that fails is dropped; the frame's others are kept.
 pub fn kept(presence: f32, points: &[[f32; 3]], min_tracking: f32) -> bool {
-    !presence.is_nan()
-        && presence >= min_tracking
-        && points.iter().flatten().all(|v| v.is_finite())
+    !presence.is_nan() && presence >= min_tracking && points.iter().flatten().all(|v| v.is_finite())
 }
 
 /// The regions of a frame (`AssociationNormRectCalculator`, min

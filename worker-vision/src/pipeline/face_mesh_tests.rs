@@ -373,8 +373,15 @@ fn a_face_whose_presence_or_points_are_not_finite_numbers_is_dropped() {
     let points = vec![[0.5f32, 0.5, 3.0]; 468];
     assert!(kept(0.9, &points, 0.5));
     assert!(!kept(0.4, &points, 0.5), "under the tracking score");
-    assert!(!kept(f32::NAN, &points, 0.5), "a presence that is not a number");
-    for (i, v) in [(0, f32::NAN), (467, f32::INFINITY), (200, f32::NEG_INFINITY)] {
+    assert!(
+        !kept(f32::NAN, &points, 0.5),
+        "a presence that is not a number"
+    );
+    for (i, v) in [
+        (0, f32::NAN),
+        (467, f32::INFINITY),
+        (200, f32::NEG_INFINITY),
+    ] {
         let mut p = points.clone();
         p[i][i % 3] = v;
         assert!(!kept(0.9, &p, 0.5), "point {i}: {v}");

@@ -332,7 +332,9 @@ pub fn decode(
     };
     let finite = landmarks.len() == LANDMARKS
         && world_landmarks.len() == LANDMARKS
-        && landmarks.iter().all(|l| [l.x, l.y, l.z].iter().all(|v| v.is_finite()))
+        && landmarks
+            .iter()
+            .all(|l| [l.x, l.y, l.z].iter().all(|v| v.is_finite()))
         && world_landmarks
             .iter()
             .all(|l| [l.x, l.y, l.z].iter().all(|v| v.is_finite()))

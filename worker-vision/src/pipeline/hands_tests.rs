@@ -366,8 +366,14 @@ fn landmark_crop() -> (super::super::roi::Crop, Region) {
         .unwrap();
     let region = Region::from_pixels(320.0, 240.0, 200.0, 200.0, 0.3, FrameSize::of(&frame));
     let mut buf = vec![0u8; 224 * 224 * 3 * 4];
-    (to_tensor(&frame, &region, &INPUT, &mut buf).unwrap(), region)
+    (
+        to_tensor(&frame, &region, &INPUT, &mut buf).unwrap(),
+        region,
+    )
 }
+
+/// What spoils one output, and how.
+type Spoil = (&'static str, fn(&mut Outputs));
 
 #[test]
 fn a_hand_whose_outputs_are_not_finite_numbers_is_dropped() {
@@ -383,13 +389,15 @@ fn a_hand_whose_outputs_are_not_finite_numbers_is_dropped() {
     assert_eq!(hand.world_landmarks.len(), 21);
     assert_eq!(hand.handedness, "Left");
     assert!(next.is_usable());
-    let bad: [(&str, Box<dyn Fn(&mut Outputs)>); 6] = [
-        ("a NaN landmark", Box::new(|o| o.landmarks[7] = f32::NAN)),
-        ("an infinite depth", Box::new(|o| o.landmarks[2] = f32::INFINITY)),
-        ("a NaN world landmark", Box::new(|o| o.world[10] = f32::NAN)),
-        ("an infinite world landmark", Box::new(|o| o.world[62] = f32::NEG_INFINITY)),
-        ("a NaN presence", Box::new(|o| o.presence = f32::NAN)),
-        ("a NaN handedness", Box::new(|o| o.left = f32::NAN)),
+    let bad: [Spoil; 6] = [
+        ("a NaN landmark", |o| o.landmarks[7] = f32::NAN),
+        ("an infinite depth", |o| o.landmarks[2] = f32::INFINITY),
+        ("a NaN world landmark", |o| o.world[10] = f32::NAN),
+        ("an infinite world landmark", |o| {
+            o.world[62] = f32::NEG_INFINITY
+        }),
+        ("a NaN presence", |o| o.presence = f32::NAN),
+        ("a NaN handedness", |o| o.left = f32::NAN),
     ];
     for (what, spoil) in bad {
         let mut o = good.clone();

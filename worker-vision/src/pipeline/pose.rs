@@ -187,9 +187,9 @@ impl State {
     /// (smoothing), at most 4 × the task's mask bound, whatever the
     /// frame's size.
     pub fn held_bytes(&self) -> usize {
-        self.mask.as_ref().map_or(0, |m| {
-            m.total() * m.elem_size().unwrap_or(0)
-        })
+        self.mask
+            .as_ref()
+            .map_or(0, |m| m.total() * m.elem_size().unwrap_or(0))
     }
 
     /// The region tracked to the next frame.

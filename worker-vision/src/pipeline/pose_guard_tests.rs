@@ -37,7 +37,13 @@ fn crop() -> (Crop, Region) {
 fn finite() -> Outputs {
     Outputs {
         landmarks: (0..39 * 5)
-            .map(|i| if i % 5 < 2 { 100.0 + i as f32 / 5.0 } else { 0.5 })
+            .map(|i| {
+                if i % 5 < 2 {
+                    100.0 + i as f32 / 5.0
+                } else {
+                    0.5
+                }
+            })
             .collect(),
         score: 0.9,
         mask: Some(vec![2.0; 256 * 256]),
@@ -45,6 +51,9 @@ fn finite() -> Outputs {
         world: vec![0.1; 39 * 3],
     }
 }
+
+/// What spoils one output, and how.
+type Spoil = (&'static str, fn(&mut Outputs));
 
 #[test]
 fn outputs_that_are_not_finite_numbers_are_no_pose() {
@@ -54,14 +63,20 @@ fn outputs_that_are_not_finite_numbers_are_no_pose() {
         .expect("finite outputs are a pose");
     assert_eq!(good.world.len(), 33);
     assert!(good.points.iter().flatten().all(|v| v.is_finite()));
-    let bad: [(&str, Box<dyn Fn(&mut Outputs)>); 7] = [
-        ("a NaN landmark x", Box::new(|o| o.landmarks[0] = f32::NAN)),
-        ("an infinite depth", Box::new(|o| o.landmarks[5 * 10 + 2] = f32::INFINITY)),
-        ("a NaN visibility", Box::new(|o| o.landmarks[5 * 20 + 3] = f32::NAN)),
-        ("a NaN auxiliary point", Box::new(|o| o.landmarks[5 * 34 + 1] = f32::NAN)),
-        ("a NaN world landmark", Box::new(|o| o.world[3 * 32 + 2] = f32::NAN)),
-        ("an infinite world landmark", Box::new(|o| o.world[0] = f32::NEG_INFINITY)),
-        ("an infinite score", Box::new(|o| o.score = f32::INFINITY)),
+    let bad: [Spoil; 7] = [
+        ("a NaN landmark x", |o| o.landmarks[0] = f32::NAN),
+        ("an infinite depth", |o| {
+            o.landmarks[5 * 10 + 2] = f32::INFINITY
+        }),
+        ("a NaN visibility", |o| o.landmarks[5 * 20 + 3] = f32::NAN),
+        ("a NaN auxiliary point", |o| {
+            o.landmarks[5 * 34 + 1] = f32::NAN
+        }),
+        ("a NaN world landmark", |o| o.world[3 * 32 + 2] = f32::NAN),
+        ("an infinite world landmark", |o| {
+            o.world[0] = f32::NEG_INFINITY
+        }),
+        ("an infinite score", |o| o.score = f32::INFINITY),
     ];
     for (what, spoil) in bad {
         let mut o = finite();
@@ -101,17 +116,25 @@ fn outputs_that_are_not_finite_numbers_are_no_pose() {
 
 #[test]
 fn an_8k_stream_keeps_its_mask_at_the_bounded_size() {
+    // bus.jpg (810x1080) at 4x, 3240x4320, on the left of a black 8K
+    // frame.
     let src = photo(&testdata("bus.jpg"));
-    let mut frame = Mat::default();
+    let mut big = Mat::default();
     imgproc::resize(
         &src,
-        &mut frame,
-        Size::new(7680, 4320),
+        &mut big,
+        Size::new(3240, 4320),
         0.0,
         0.0,
         imgproc::INTER_LINEAR,
     )
     .unwrap();
+    let mut frame = Mat::zeros(4320, 7680, opencv::core::CV_8UC3)
+        .unwrap()
+        .to_mat()
+        .unwrap();
+    let mut left = Mat::roi_mut(&mut frame, opencv::core::Rect::new(0, 0, 3240, 4320)).unwrap();
+    big.copy_to(&mut left).unwrap();
     let mut m = load_pose();
     let mut st = State::new(&PoseTask {
         segmentation: true,
@@ -119,13 +142,18 @@ fn an_8k_stream_keeps_its_mask_at_the_bounded_size() {
     })
     .unwrap();
     for i in 0..3 {
-        let (pose, _) = pose_timed(&mut m, &mut st, &frame, i * 33_333);
-        let pose = pose.expect("the man on the left");
+        let (pose, stages) = pose_timed(&mut m, &mut st, &frame, i * 33_333);
+        let pose = pose.expect("a person");
+        assert_eq!(
+            stages.iter().any(|s| s.stage == "pose_detection"),
+            i == 0,
+            "frame {i}: detected first, then tracked"
+        );
         let mask = pose.segmentation.expect("the mask asked for");
         assert_eq!((mask.width, mask.height), (1930, 1086), "frame {i}");
         assert_eq!(mask.data.len(), 1930 * 1086);
         let on = mask.data.iter().filter(|&&b| b >= 128).count();
-        assert!(on > 50_000, "frame {i}: {on} person pixels");
+        assert!(on > 10_000, "frame {i}: {on} person pixels");
         // Smoothing keeps the last mask: 4 bytes a pixel of the bounded
         // size, not of the 33 MP frame (132 MB).
         let held = st.held_bytes();

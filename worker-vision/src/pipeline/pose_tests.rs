@@ -256,8 +256,11 @@ fn pose_matches_mediapipe_on_the_fixture_photos() {
         let (w, h) = (frame.cols() as f32, frame.rows() as f32);
         assert_eq!((w, h), (f(&fx["width"]), f(&fx["height"])), "{name}");
         // Static-image mode: a fresh state, as ProcessBatch gives each image.
+        // The mask at the photo's size (people_stairs.jpg is over the
+        // default bound of 2,097,152 pixels).
         let mut st = State::new(&PoseTask {
             segmentation: true,
+            segmentation_max_pixels: super::segmentation::MAX_MASK_PIXELS,
             ..Default::default()
         })
         .unwrap();

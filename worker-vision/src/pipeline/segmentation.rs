@@ -154,7 +154,11 @@ impl MaskSpec {
 /// others are clamped to 0..1.
 pub fn sanitize(probs: &mut [f32]) {
     for p in probs {
-        *p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+        *p = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
     }
 }
 

@@ -24,12 +24,21 @@ fn masks_encode_as_alpha_thresholded_or_png() {
         .unwrap()
         .try_clone()
         .unwrap();
-    let raw = MaskSpec::new(0.0, 0, 0, "t.", "max_mask_pixels").unwrap().encode(&mask).unwrap();
+    let raw = MaskSpec::new(0.0, 0, 0, "t.", "max_mask_pixels")
+        .unwrap()
+        .encode(&mask)
+        .unwrap();
     assert_eq!((raw.width, raw.height), (3, 2));
     assert_eq!(&raw.data[..], &[0, 51, 128, 125, 255, 191]);
-    let cut = MaskSpec::new(0.5, 0, 0, "t.", "max_mask_pixels").unwrap().encode(&mask).unwrap();
+    let cut = MaskSpec::new(0.5, 0, 0, "t.", "max_mask_pixels")
+        .unwrap()
+        .encode(&mask)
+        .unwrap();
     assert_eq!(&cut.data[..], &[0, 0, 255, 0, 255, 255]);
-    let png = MaskSpec::new(0.0, 1, 0, "t.", "max_mask_pixels").unwrap().encode(&mask).unwrap();
+    let png = MaskSpec::new(0.0, 1, 0, "t.", "max_mask_pixels")
+        .unwrap()
+        .encode(&mask)
+        .unwrap();
     assert_eq!(png.format, SegmentationMaskFormat::Png as i32);
     let decoded = imgcodecs::imdecode(
         &Vector::<u8>::from_slice(&png.data),
@@ -111,10 +120,19 @@ fn a_mask_is_the_frame_size_up_to_its_bound_then_scaled_down_to_fit() {
     assert_eq!(big.size_for(3840, 2160), (3840, 2160), "4K at full size");
     let tiny = spec(1).unwrap();
     assert_eq!(tiny.size_for(7680, 4320), (1, 1));
-    for (w, h) in [(7680, 4320), (16384, 16384), (16384, 3), (3, 16384), (1999, 1051)] {
+    for (w, h) in [
+        (7680, 4320),
+        (16384, 16384),
+        (16384, 3),
+        (3, 16384),
+        (1999, 1051),
+    ] {
         for s in [&d, &big, &tiny] {
             let (mw, mh) = s.size_for(w, h);
-            assert!(mw >= 1 && mh >= 1 && mw <= w && mh <= h, "{w}x{h}: {mw}x{mh}");
+            assert!(
+                mw >= 1 && mh >= 1 && mw <= w && mh <= h,
+                "{w}x{h}: {mw}x{mh}"
+            );
             assert!(mw as u64 * mh as u64 <= s.max_pixels, "{w}x{h}: {mw}x{mh}");
         }
     }
@@ -155,14 +173,7 @@ fn an_8k_frame_gets_its_selfie_mask_at_the_bounded_size() {
 
 #[test]
 fn mask_values_that_are_not_numbers_are_no_person_and_never_reach_the_state() {
-    let mut probs = vec![
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        -0.5,
-        1.5,
-        0.25,
-    ];
+    let mut probs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.5, 1.5, 0.25];
     sanitize(&mut probs);
     assert_eq!(probs, [0.0, 0.0, 0.0, 0.0, 1.0, 0.25]);
     // Smoothing against a sanitized previous mask stays finite.

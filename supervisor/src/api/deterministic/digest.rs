@@ -11,7 +11,11 @@ use crate::store::Store;
 /// The model file's sha256 (hex), followed by ` role=sha256` for each
 /// companion model `pipeline` names, in role order. A model without
 /// companions keeps its file's digest alone (its keys are unchanged).
-pub(super) fn model_digest(store: &Store, path: &str, pipeline: &PipelineSpec) -> Result<String, Error> {
+pub(super) fn model_digest(
+    store: &Store,
+    path: &str,
+    pipeline: &PipelineSpec,
+) -> Result<String, Error> {
     let mut digest = store.digests.sha256(&store.resolve(path)?)?;
     for (role, companion) in pipeline.roles() {
         if companion.is_empty() {
@@ -52,7 +56,10 @@ mod tests {
             ..Default::default()
         };
         let before = model_digest(&store, "mediapipe/face.tflite", &spec).expect("digest");
-        assert!(before.starts_with(&format!("{alone} palm_detection=")), "{before}");
+        assert!(
+            before.starts_with(&format!("{alone} palm_detection=")),
+            "{before}"
+        );
         assert!(before.contains(" hand_landmark="), "{before}");
         assert_eq!(
             model_digest(&store, "mediapipe/face.tflite", &spec).expect("again"),

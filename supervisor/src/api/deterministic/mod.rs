@@ -27,8 +27,8 @@
 //! drain) it runs the call itself (`cache::flight::through`). Errors never
 //! name another caller: each caller's error carries its own request line.
 
-pub mod methods;
 mod digest;
+pub mod methods;
 mod resend;
 
 use std::sync::Arc;
