@@ -256,6 +256,7 @@ async fn each_solution_matches_mediapipe_on_the_photographs_through_the_sidecar(
     let selfie = vision_task::Task::SelfieSegmentation(SelfieSegmentationTask {
         threshold: 0.5,
         format: SegmentationMaskFormat::Raw as i32,
+        ..Default::default()
     });
     let r = batch(&mut client, selfie, &["grace_hopper.jpg"]).await;
     let f = fixture("grace_hopper.selfie_segmentation.general.json");

@@ -44,17 +44,22 @@ fn respond(cx: &mut Context, id: u64, r: &WorkerResponse, flags: Flags) -> bool 
     let len = r.encoded_len();
     let max = cx.chan().max_payload();
     if len > max {
-        let e = WorkerError::new(
-            Code::ResourceExhausted,
-            format!(
-                "the answer is {len} bytes; the channel carries at most {max} bytes per answer"
-            ),
-        );
+        let e = WorkerError::new(Code::ResourceExhausted, too_large(len, max));
         cx.fail(id, &e);
         return false;
     }
     cx.respond(id, r, flags);
     true
+}
+
+/// Why an answer of `len` bytes cannot go, and what a caller can change:
+/// the size of the worker's response ring is the server's
+/// (`workers.channel_bytes`); the masks' size and encoding, and the
+/// images per batch, are the caller's.
+fn too_large(len: usize, max: usize) -> String {
+    format!(
+        "the answer is {len} bytes; the channel carries at most {max} bytes per answer (workers.channel_bytes); ask for less in one call: fewer images per batch, a smaller max_mask_pixels (pose: segmentation_max_pixels) or PNG masks"
+    )
 }
 
 impl Family for Vision {

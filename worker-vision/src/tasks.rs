@@ -266,7 +266,7 @@ pub fn run(
             vision_task::Task::SelfieSegmentation(_) => {
                 if let (Some(m), Some(spec)) = (s.selfie.as_mut(), prepared.selfie.as_ref()) {
                     let t0 = std::time::Instant::now();
-                    let mask = m.run(frame)?;
+                    let mask = m.run(frame, spec.size_for(frame.cols(), frame.rows()))?;
                     r.segmentation = Some(spec.encode(&mask)?);
                     r.stages.push(sidecar_proto::v1::StageTiming {
                         stage: "selfie_segmentation".into(),

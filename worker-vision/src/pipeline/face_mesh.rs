@@ -196,24 +196,24 @@ impl FaceTracker {
             let t0 = Instant::now();
             let out = run.models.landmark.run(frame, &region)?;
             mesh_us += t0.elapsed().as_micros() as u64;
-            // A face below the tracking score, or one whose points are not
-            // numbers, is dropped and not tracked.
-            if out.presence < self.settings.min_tracking
-                || out.points.iter().flatten().any(|v| !v.is_finite())
-            {
+            if !kept(out.presence, &out.points, self.settings.min_tracking) {
                 continue;
             }
             let mut points = out.points;
             let next = landmark_region(&points, size);
-            if next.is_usable() {
-                self.regions.push(next);
-            }
             if self.settings.refine {
                 let t1 = Instant::now();
                 if let Some(model) = run.models.iris.as_mut() {
                     iris::refine(model, frame, &mut points)?;
                     iris_us = Some(iris_us.unwrap_or(0) + t1.elapsed().as_micros() as u64);
                 }
+                // Iris points that are not numbers: the face is dropped.
+                if !kept(out.presence, &points, self.settings.min_tracking) {
+                    continue;
+                }
+            }
+            if next.is_usable() {
+                self.regions.push(next);
             }
             r.face_meshes.push(FaceMesh {
                 landmarks: points
@@ -251,6 +251,14 @@ impl FaceTracker {
         }
         Ok(())
     }
+}
+
+/// Whether a face goes to the client (and is tracked): its presence is
+/// a number at least `min_tracking`, and every point is a finite number
+/// (a model file is not trusted; a degenerate crop maps points to
+/// infinity). A face that fails is dropped; the frame's others are kept.
+pub fn kept(presence: f32, points: &[[f32; 3]], min_tracking: f32) -> bool {
+    !presence.is_nan() && presence >= min_tracking && points.iter().flatten().all(|v| v.is_finite())
 }
 
 /// The regions of a frame (`AssociationNormRectCalculator`, min

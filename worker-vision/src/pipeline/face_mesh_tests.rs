@@ -366,3 +366,28 @@ fn association_keeps_tracked_faces_over_their_detections_and_at_most_max_faces()
     assert_eq!(associate(vec![det(0.3, 0.9)], vec![tracked], 2).len(), 2);
     assert!(associate(vec![], vec![], 1).is_empty());
 }
+
+#[test]
+fn a_face_whose_presence_or_points_are_not_finite_numbers_is_dropped() {
+    use crate::pipeline::face_mesh::kept;
+    let points = vec![[0.5f32, 0.5, 3.0]; 468];
+    assert!(kept(0.9, &points, 0.5));
+    assert!(!kept(0.4, &points, 0.5), "under the tracking score");
+    assert!(
+        !kept(f32::NAN, &points, 0.5),
+        "a presence that is not a number"
+    );
+    for (i, v) in [
+        (0, f32::NAN),
+        (467, f32::INFINITY),
+        (200, f32::NEG_INFINITY),
+    ] {
+        let mut p = points.clone();
+        p[i][i % 3] = v;
+        assert!(!kept(0.9, &p, 0.5), "point {i}: {v}");
+    }
+    // Iris points appended (478) are checked the same way.
+    let mut p = points.clone();
+    p.extend([[f32::NAN, 0.5, 0.0]; 10]);
+    assert!(!kept(0.9, &p, 0.5), "a NaN iris point");
+}

@@ -42,7 +42,9 @@ use worker_runtime::{WorkerError, deadline};
 
 use super::model::Model;
 use super::palm::{Palm, PalmDetection};
-use super::roi::{Border, FrameSize, RectTransform, Region, TensorSpec, rotate_world, rotation};
+use super::roi::{
+    Border, Crop, FrameSize, RectTransform, Region, TensorSpec, rotate_world, rotation,
+};
 use crate::error::lite_error;
 
 /// The landmark model's input (`ImageToTensorCalculator` of
@@ -254,62 +256,109 @@ impl Hands {
         region: &Region,
         palm: Option<&PalmDetection>,
     ) -> Result<Option<(Hand, Region)>, WorkerError> {
-        let size = FrameSize::of(frame);
         let crop = m.landmark.input(frame, region, &INPUT)?;
         m.landmark.run()?;
-        let presence = first(&m.landmark.output(1)?);
-        if presence < self.min_tracking {
-            return Ok(None);
-        }
-        let raw = m.landmark.output(0)?;
-        let world = m.landmark.output(3)?;
-        let left = first(&m.landmark.output(2)?);
-        let (tw, th) = (INPUT.width as f32, INPUT.height as f32);
-        let mut normalised = Vec::with_capacity(LANDMARKS);
-        let mut landmarks = Vec::with_capacity(LANDMARKS);
-        for p in raw.chunks_exact(3).take(LANDMARKS) {
-            let (u, v) = (p[0] / tw, p[1] / th);
-            let (x, y) = crop.to_pixels(u, v);
-            normalised.push((x / size.width, y / size.height));
-            landmarks.push(Landmark {
-                x,
-                y,
-                z: crop.z_to_pixels(p[2] / tw / NORMALIZE_Z),
-                visibility: 0.0,
-                presence: 0.0,
-            });
-        }
-        let world_landmarks = world
-            .chunks_exact(3)
-            .take(LANDMARKS)
-            .map(|p| {
-                let (x, y) = rotate_world(p[0], p[1], region.rotation);
-                WorldLandmark { x, y, z: p[2] }
-            })
-            .collect();
-        let (handedness, handedness_score) = if left >= 0.5 {
-            ("Left", left)
-        } else {
-            ("Right", 1.0 - left)
+        let out = Outputs {
+            landmarks: m.landmark.output(0)?,
+            presence: first(&m.landmark.output(1)?),
+            left: first(&m.landmark.output(2)?),
+            world: m.landmark.output(3)?,
         };
-        let (cx, cy, w, h) = region.pixels(size);
-        let hand = Hand {
-            landmarks,
-            world_landmarks,
-            handedness: handedness.into(),
-            handedness_score,
-            presence,
-            palm: palm.map(|p| palm_detection(p, size)),
-            region: Some(LandmarkRegion {
-                x_center: cx,
-                y_center: cy,
-                width: w,
-                height: h,
-                rotation: region.rotation,
-            }),
-        };
-        Ok(Some((hand, next_region(&normalised, size))))
+        Ok(decode(&out, &crop, region, palm, self.min_tracking))
     }
+}
+
+/// The landmark model's outputs on one region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    /// 21 × (x, y, z) in tensor pixels.
+    pub landmarks: Vec<f32>,
+    /// Hand presence, 0..1.
+    pub presence: f32,
+    /// The score of a left hand, 0..1.
+    pub left: f32,
+    /// 21 × (x, y, z) in metres.
+    pub world: Vec<f32>,
+}
+
+/// One region's hand from the landmark model's outputs, and its region on
+/// the next frame; None when its presence is under `min_tracking` (or not
+/// a number), or when anything the client would get is not a finite
+/// number (a model file is not trusted, and a degenerate crop maps points
+/// to infinity): that hand is dropped and not tracked, so the palm
+/// detector looks for it again on the next frame; the frame's other hands
+/// are kept.
+pub fn decode(
+    out: &Outputs,
+    crop: &Crop,
+    region: &Region,
+    palm: Option<&PalmDetection>,
+    min_tracking: f32,
+) -> Option<(Hand, Region)> {
+    let presence = out.presence;
+    if presence.is_nan() || presence < min_tracking {
+        return None;
+    }
+    let size = crop.size;
+    let (tw, th) = (INPUT.width as f32, INPUT.height as f32);
+    let mut normalised = Vec::with_capacity(LANDMARKS);
+    let mut landmarks = Vec::with_capacity(LANDMARKS);
+    for p in out.landmarks.chunks_exact(3).take(LANDMARKS) {
+        let (u, v) = (p[0] / tw, p[1] / th);
+        let (x, y) = crop.to_pixels(u, v);
+        normalised.push((x / size.width, y / size.height));
+        landmarks.push(Landmark {
+            x,
+            y,
+            z: crop.z_to_pixels(p[2] / tw / NORMALIZE_Z),
+            visibility: 0.0,
+            presence: 0.0,
+        });
+    }
+    let world_landmarks: Vec<WorldLandmark> = out
+        .world
+        .chunks_exact(3)
+        .take(LANDMARKS)
+        .map(|p| {
+            let (x, y) = rotate_world(p[0], p[1], region.rotation);
+            WorldLandmark { x, y, z: p[2] }
+        })
+        .collect();
+    let left = out.left;
+    let (handedness, handedness_score) = if left >= 0.5 {
+        ("Left", left)
+    } else {
+        ("Right", 1.0 - left)
+    };
+    let finite = landmarks.len() == LANDMARKS
+        && world_landmarks.len() == LANDMARKS
+        && landmarks
+            .iter()
+            .all(|l| [l.x, l.y, l.z].iter().all(|v| v.is_finite()))
+        && world_landmarks
+            .iter()
+            .all(|l| [l.x, l.y, l.z].iter().all(|v| v.is_finite()))
+        && [presence, handedness_score].iter().all(|v| v.is_finite());
+    if !finite {
+        return None;
+    }
+    let (cx, cy, w, h) = region.pixels(size);
+    let hand = Hand {
+        landmarks,
+        world_landmarks,
+        handedness: handedness.into(),
+        handedness_score,
+        presence,
+        palm: palm.map(|p| palm_detection(p, size)),
+        region: Some(LandmarkRegion {
+            x_center: cx,
+            y_center: cy,
+            width: w,
+            height: h,
+            rotation: region.rotation,
+        }),
+    };
+    Some((hand, next_region(&normalised, size)))
 }
 
 fn first(v: &[f32]) -> f32 {

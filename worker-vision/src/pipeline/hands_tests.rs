@@ -356,3 +356,72 @@ fn regions_from_palms_and_from_landmarks_are_mediapipes() {
     }
     assert!(checked >= 20, "{checked} regions compared");
 }
+
+/// A crop of a 640x480 frame as the hand landmark model's input takes it.
+fn landmark_crop() -> (super::super::roi::Crop, Region) {
+    use super::super::roi::{FrameSize, to_tensor};
+    let frame = Mat::zeros(480, 640, opencv::core::CV_8UC3)
+        .unwrap()
+        .to_mat()
+        .unwrap();
+    let region = Region::from_pixels(320.0, 240.0, 200.0, 200.0, 0.3, FrameSize::of(&frame));
+    let mut buf = vec![0u8; 224 * 224 * 3 * 4];
+    (
+        to_tensor(&frame, &region, &INPUT, &mut buf).unwrap(),
+        region,
+    )
+}
+
+/// What spoils one output, and how.
+type Spoil = (&'static str, fn(&mut Outputs));
+
+#[test]
+fn a_hand_whose_outputs_are_not_finite_numbers_is_dropped() {
+    let (crop, region) = landmark_crop();
+    let good = Outputs {
+        landmarks: (0..63).map(|i| 60.0 + i as f32).collect(),
+        presence: 0.9,
+        left: 0.8,
+        world: vec![0.01; 63],
+    };
+    let (hand, next) = decode(&good, &crop, &region, None, 0.5).expect("a finite hand");
+    assert_eq!(hand.landmarks.len(), 21);
+    assert_eq!(hand.world_landmarks.len(), 21);
+    assert_eq!(hand.handedness, "Left");
+    assert!(next.is_usable());
+    let bad: [Spoil; 6] = [
+        ("a NaN landmark", |o| o.landmarks[7] = f32::NAN),
+        ("an infinite depth", |o| o.landmarks[2] = f32::INFINITY),
+        ("a NaN world landmark", |o| o.world[10] = f32::NAN),
+        ("an infinite world landmark", |o| {
+            o.world[62] = f32::NEG_INFINITY
+        }),
+        ("a NaN presence", |o| o.presence = f32::NAN),
+        ("a NaN handedness", |o| o.left = f32::NAN),
+    ];
+    for (what, spoil) in bad {
+        let mut o = good.clone();
+        spoil(&mut o);
+        assert!(
+            decode(&o, &crop, &region, None, 0.5).is_none(),
+            "{what}: the hand goes to the client"
+        );
+    }
+    // Under the tracking score: dropped as before.
+    let low = Outputs {
+        presence: 0.4,
+        ..good.clone()
+    };
+    assert!(decode(&low, &crop, &region, None, 0.5).is_none());
+    // A degenerate crop (a region too large to map) sends the points to
+    // infinity: dropped.
+    let huge = super::super::roi::Crop {
+        region: Region {
+            width: f32::MAX,
+            height: f32::MAX,
+            ..region
+        },
+        ..crop
+    };
+    assert!(decode(&good, &huge, &region, None, 0.5).is_none());
+}

@@ -72,6 +72,8 @@ mod face_mesh_fixtures;
 #[cfg(test)]
 mod face_mesh_tests;
 #[cfg(test)]
+mod pose_guard_tests;
+#[cfg(test)]
 mod pose_test_support;
 #[cfg(test)]
 mod pose_tests;

@@ -17,7 +17,10 @@
 //! so the detector runs only when the pose was lost; landmarks, visibility
 //! and world landmarks are smoothed when `smooth_landmarks` (default true),
 //! masks blended with the previous one when `smooth_segmentation` (default
-//! true). ProcessBatch resets the state before each image (static-image
+//! true). Masks are made, smoothed and kept at the task's bounded mask size
+//! (`segmentation_max_pixels`), never at an 8K frame's 33 MP: a stream
+//! holds at most 4 bytes per mask pixel. Model outputs that are not finite
+//! numbers are no pose (the frame's result is empty, nothing tracked). ProcessBatch resets the state before each image (static-image
 //! mode: detector every time, no smoothing).
 
 use std::path::Path;
@@ -26,6 +29,7 @@ use std::time::Instant;
 
 use litert::Runtime;
 use opencv::core::Mat;
+use opencv::prelude::*;
 use sidecar_proto::v1::{
     Box as PixelBox, Detection, Landmark, Point, Pose, PoseTask, StageTiming, WorldLandmark,
 };
@@ -142,7 +146,9 @@ impl State {
                 Some(MaskSpec::new(
                     t.segmentation_threshold,
                     t.segmentation_format,
+                    t.segmentation_max_pixels,
                     "pose.segmentation_",
+                    "max_pixels",
                 )?)
             } else {
                 None
@@ -175,6 +181,15 @@ impl State {
         self.auxiliary.reset();
         self.mask = None;
         self.last_us = None;
+    }
+
+    /// Bytes of image-sized state the stream holds: the previous mask
+    /// (smoothing), at most 4 × the task's mask bound, whatever the
+    /// frame's size.
+    pub fn held_bytes(&self) -> usize {
+        self.mask
+            .as_ref()
+            .map_or(0, |m| m.total() * m.elem_size().unwrap_or(0))
     }
 
     /// The region tracked to the next frame.
@@ -235,13 +250,16 @@ pub fn run(
     };
     deadline::check(deadline_ms)?;
     let t0 = Instant::now();
-    let want_mask = st.options.mask.is_some();
+    let mask_size = st
+        .options
+        .mask
+        .map(|spec| spec.size_for(frame.cols(), frame.rows()));
     let found = pose_landmark::run(
         &mut m.landmark,
         frame,
         &region,
         st.options.min_tracking,
-        want_mask,
+        mask_size,
     )?;
     let Some(mut found) = found else {
         stages.push(stage("pose_landmark", t0));

@@ -6,7 +6,8 @@
 //! presence through a sigmoid), refined on the heatmap (7x7 window), the
 //! letterbox removed and projected back to the frame; world landmarks
 //! turned by the region's rotation; the mask (sigmoid) warped back onto
-//! the frame.
+//! the frame, at the frame's size or the smaller one a task's mask bound
+//! asks for. Outputs that are not finite numbers are no pose.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use worker_runtime::WorkerError;
 
 use super::model::Model;
 use super::roi::{self, Border, Crop, Region, TensorSpec};
+use super::segmentation;
 use crate::error::cv;
 
 /// Landmarks the landmark model gives (33 + 2 auxiliary + 4 unused).
@@ -72,18 +74,34 @@ pub struct Found {
     pub world: Vec<[f32; 3]>,
     /// The pose presence score.
     pub score: f32,
-    /// The person probability at the frame's size.
+    /// The person probability over the frame, at the size asked for.
     pub mask: Option<Mat>,
 }
 
+/// The landmark model's raw outputs on one region.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    /// 39 × (x, y, z, visibility, presence) in tensor pixels and logits.
+    pub landmarks: Vec<f32>,
+    /// The pose presence score.
+    pub score: f32,
+    /// The mask's logits, 256x256, when asked for.
+    pub mask: Option<Vec<f32>>,
+    /// The heatmap, 64x64x39.
+    pub heat: Vec<f32>,
+    /// 39 × (x, y, z) world landmarks, metres.
+    pub world: Vec<f32>,
+}
+
 /// The landmarks in `region` of a BGR frame; None when the pose is not
-/// present.
+/// present. `mask_size`: the person mask over the frame, at that size
+/// (the frame's, or smaller), when asked for.
 pub fn run(
     model: &mut Model,
     frame: &Mat,
     region: &Region,
     min_tracking: f32,
-    want_mask: bool,
+    mask_size: Option<(i32, i32)>,
 ) -> Result<Option<Found>, WorkerError> {
     let crop = model.input(frame, region, &INPUT)?;
     model.run()?;
@@ -93,13 +111,44 @@ pub fn run(
     if score.is_nan() || score <= min_tracking {
         return Ok(None);
     }
-    let raw = model.output(0)?;
-    let heat = model.output(3)?;
-    let world = model.output(4)?;
+    let out = Outputs {
+        landmarks: model.output(0)?,
+        score,
+        mask: match mask_size {
+            Some(_) => Some(model.output(2)?),
+            None => None,
+        },
+        heat: model.output(3)?,
+        world: model.output(4)?,
+    };
+    decode(&out, &crop, region, mask_size)
+}
+
+/// The pose from the landmark model's outputs on `crop` of `region`;
+/// None when a point the client gets or the next region is drawn from
+/// (the 33 landmarks and the 2 auxiliary ones), a world landmark or the
+/// score is not a finite number, before or after the projection onto the
+/// frame (a model file is not trusted; a degenerate crop maps points to
+/// infinity): that frame has no pose, and nothing is tracked from it.
+/// Mask values that are not numbers are no person (0).
+pub fn decode(
+    out: &Outputs,
+    crop: &Crop,
+    region: &Region,
+    mask_size: Option<(i32, i32)>,
+) -> Result<Option<Found>, WorkerError> {
+    let (raw, heat, world) = (&out.landmarks, &out.heat, &out.world);
     if raw.len() != POINTS * 5 || heat.len() != 64 * 64 * POINTS || world.len() != POINTS * 3 {
         return Err(WorkerError::internal(
             "the pose landmark model's outputs changed size",
         ));
+    }
+    let used = (POSE + 2) * 5;
+    if !out.score.is_finite()
+        || raw[..used].iter().any(|v| !v.is_finite())
+        || world[..POSE * 3].iter().any(|v| !v.is_finite())
+    {
+        return Ok(None);
     }
     let mut points: Vec<[f32; 5]> = raw
         .chunks_exact(5)
@@ -113,13 +162,16 @@ pub fn run(
             ]
         })
         .collect();
-    refine(&mut points, &heat, 64, 64, 7);
+    refine(&mut points, heat, 64, 64, 7);
     for p in &mut points {
         let (x, y) = crop.to_frame(p[0], p[1]);
         p[2] = crop.z_to_pixels(p[2]) / crop.size.width;
         (p[0], p[1]) = (x, y);
     }
-    let world = world
+    if points[..POSE + 2].iter().flatten().any(|v| !v.is_finite()) {
+        return Ok(None);
+    }
+    let world: Vec<[f32; 3]> = world
         .chunks_exact(3)
         .take(POSE)
         .map(|v| {
@@ -127,32 +179,54 @@ pub fn run(
             [x, y, v[2]]
         })
         .collect();
-    let mask = if want_mask {
-        let probs: Vec<f32> = model.output(2)?.iter().map(|&v| sigmoid(v)).collect();
-        Some(unwarp(&probs, &crop)?)
-    } else {
-        None
+    if world.iter().flatten().any(|v| !v.is_finite()) {
+        return Ok(None);
+    }
+    let mask = match (&out.mask, mask_size) {
+        (Some(logits), Some(size)) => {
+            let mut probs: Vec<f32> = logits.iter().map(|&v| sigmoid(v)).collect();
+            segmentation::sanitize(&mut probs);
+            Some(unwarp(&probs, crop, size)?)
+        }
+        _ => None,
     };
     Ok(Some(Found {
         points,
         world,
-        score,
+        score: out.score,
         mask,
     }))
 }
 
 /// The crop's 256x256 mask warped back onto the frame (`WarpAffineCalculator`
-/// with the crop's inverse, zero outside the region).
-fn unwarp(probs: &[f32], crop: &Crop) -> Result<Mat, WorkerError> {
+/// with the crop's inverse, zero outside the region), straight at `size`
+/// (the frame's, or smaller: the frame's pixels scaled, centres kept).
+fn unwarp(probs: &[f32], crop: &Crop, size: (i32, i32)) -> Result<Mat, WorkerError> {
     let (tw, th) = (INPUT.width, INPUT.height);
+    if probs.len() != (tw * th) as usize {
+        return Err(WorkerError::internal(format!(
+            "the pose mask has {} values, not {tw}x{th}",
+            probs.len()
+        )));
+    }
     let small = Mat::new_rows_cols_with_data(th, tw, probs).map_err(cv("mask"))?;
-    // Tensor pixels → frame pixels.
+    // Tensor pixels → frame pixels → mask pixels.
     let o = crop.to_pixels(0.0, 0.0);
     let u = crop.to_pixels(1.0 / tw as f32, 0.0);
     let v = crop.to_pixels(0.0, 1.0 / th as f32);
+    let sx = f64::from(size.0) / f64::from(crop.size.width);
+    let sy = f64::from(size.1) / f64::from(crop.size.height);
     let m = Mat::from_slice_2d(&[
-        [f64::from(u.0 - o.0), f64::from(v.0 - o.0), f64::from(o.0)],
-        [f64::from(u.1 - o.1), f64::from(v.1 - o.1), f64::from(o.1)],
+        [
+            sx * f64::from(u.0 - o.0),
+            sx * f64::from(v.0 - o.0),
+            sx * (f64::from(o.0) + 0.5) - 0.5,
+        ],
+        [
+            sy * f64::from(u.1 - o.1),
+            sy * f64::from(v.1 - o.1),
+            sy * (f64::from(o.1) + 0.5) - 0.5,
+        ],
     ])
     .map_err(cv("mask matrix"))?;
     let mut full = Mat::default();
@@ -160,7 +234,7 @@ fn unwarp(probs: &[f32], crop: &Crop) -> Result<Mat, WorkerError> {
         &small,
         &mut full,
         &m,
-        Size::new(crop.size.width as i32, crop.size.height as i32),
+        Size::new(size.0, size.1),
         imgproc::INTER_LINEAR,
         core::BORDER_CONSTANT,
         Scalar::default(),

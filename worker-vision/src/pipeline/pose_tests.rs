@@ -116,7 +116,14 @@ fn a_model_that_does_not_fit_its_role_is_refused_naming_it() {
 #[test]
 fn bad_task_options_are_refused_naming_the_field_and_the_value() {
     let selfie = |threshold: f32, format: i32| {
-        check_selfie(&SelfieSegmentationTask { threshold, format }, true)
+        check_selfie(
+            &SelfieSegmentationTask {
+                threshold,
+                format,
+                ..Default::default()
+            },
+            true,
+        )
     };
     assert_eq!(
         refused(selfie(f32::NAN, 0)),
@@ -249,8 +256,11 @@ fn pose_matches_mediapipe_on_the_fixture_photos() {
         let (w, h) = (frame.cols() as f32, frame.rows() as f32);
         assert_eq!((w, h), (f(&fx["width"]), f(&fx["height"])), "{name}");
         // Static-image mode: a fresh state, as ProcessBatch gives each image.
+        // The mask at the photo's size (people_stairs.jpg is over the
+        // default bound of 2,097,152 pixels).
         let mut st = State::new(&PoseTask {
             segmentation: true,
+            segmentation_max_pixels: super::segmentation::MAX_MASK_PIXELS,
             ..Default::default()
         })
         .unwrap();
@@ -333,6 +343,7 @@ fn a_batch_runs_the_detector_on_every_image_a_stream_tracks() {
         Task::SelfieSegmentation(SelfieSegmentationTask {
             threshold: 0.5,
             format: SegmentationMaskFormat::Png as i32,
+            ..Default::default()
         }),
     ];
     for t in &tasks {

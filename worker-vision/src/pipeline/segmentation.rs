@@ -6,7 +6,11 @@
 //! Selfie segmentation as the graph does it: the whole frame stretched
 //! (aspect ratio not kept) into the model's 256x256 (general) or 144x256
 //! (landscape) input, RGB in 0..1, zero border; the output is already a
-//! probability (activation NONE), resized bilinearly to the frame's size.
+//! probability (activation NONE), resized bilinearly to the frame's size,
+//! or, for a frame of more than the task's `max_mask_pixels`, to the
+//! frame's aspect scaled down to that bound (an 8K frame's mask at full
+//! size would be 33 MB, over the worker's response, and the model's mask
+//! is 256x256 anyway).
 //! The graph has no smoothing across frames, so neither has this.
 
 use std::path::Path;
@@ -23,19 +27,36 @@ use worker_runtime::WorkerError;
 use super::roi::{Border, Region, TensorSpec, to_tensor};
 use crate::error::{cv, lite_error};
 
-/// How a mask goes to the client: a threshold (0: none) and an encoding.
+/// The default bound of a mask's pixels: a 1920x1080 frame's mask at
+/// full size (2 MiB as raw alpha).
+pub const DEFAULT_MAX_MASK_PIXELS: u64 = 1 << 21;
+/// The most a task may ask for: a 3840x2160 frame's mask at full size
+/// (8 MiB raw; a stream's smoothing keeps 4 bytes a pixel, 32 MiB).
+pub const MAX_MASK_PIXELS: u64 = 1 << 23;
+
+/// How a mask goes to the client: a threshold (0: none), an encoding and
+/// the most pixels it may have.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MaskSpec {
     /// 0: the probability as 8-bit alpha; else 255 at or above it, 0 below.
     pub threshold: f32,
     /// Raw bytes or PNG.
     pub format: SegmentationMaskFormat,
+    /// Most pixels of the mask: a larger frame's mask is scaled down.
+    pub max_pixels: u64,
 }
 
 impl MaskSpec {
-    /// Checks a task's threshold and format; `field` prefixes their names
-    /// in errors (`selfie_segmentation.threshold`).
-    pub fn new(threshold: f32, format: i32, field: &str) -> Result<MaskSpec, WorkerError> {
+    /// Checks a task's threshold, format and mask bound (`max_pixels`, 0:
+    /// the default); `field` prefixes their names in errors
+    /// (`selfie_segmentation.threshold`), `bound` names the bound's field.
+    pub fn new(
+        threshold: f32,
+        format: i32,
+        max_pixels: u64,
+        field: &str,
+        bound: &str,
+    ) -> Result<MaskSpec, WorkerError> {
         if !(0.0..=1.0).contains(&threshold) {
             return Err(WorkerError::invalid(format!(
                 "{field}threshold {threshold} is not within 0..1"
@@ -46,15 +67,56 @@ impl MaskSpec {
                 "{field}format {format} is not a SegmentationMaskFormat value (0 raw, 1 PNG)"
             ))
         })?;
-        Ok(MaskSpec { threshold, format })
+        let max_pixels = match max_pixels {
+            0 => DEFAULT_MAX_MASK_PIXELS,
+            n if n > MAX_MASK_PIXELS => {
+                return Err(WorkerError::invalid(format!(
+                    "{field}{bound} {n} exceeds the limit of {MAX_MASK_PIXELS}"
+                )));
+            }
+            n => n,
+        };
+        Ok(MaskSpec {
+            threshold,
+            format,
+            max_pixels,
+        })
+    }
+
+    /// The size of the mask of a `width` x `height` frame: the frame's when
+    /// it has at most `max_pixels`, else the frame's aspect scaled down to
+    /// fit (sides rounded down, at least 1).
+    pub fn size_for(&self, width: i32, height: i32) -> (i32, i32) {
+        let (w, h) = (width.max(1), height.max(1));
+        let pixels = w as u64 * h as u64;
+        if pixels <= self.max_pixels {
+            return (w, h);
+        }
+        let s = (self.max_pixels as f64 / pixels as f64).sqrt();
+        let (mut mw, mut mh) = (
+            ((w as f64 * s).floor() as i32).max(1),
+            ((h as f64 * s).floor() as i32).max(1),
+        );
+        // Rounding never lets it past the bound.
+        while mw as u64 * mh as u64 > self.max_pixels {
+            if mw >= mh { mw -= 1 } else { mh -= 1 }
+        }
+        (mw, mh)
     }
 
     /// A selfie segmentation task's mask, checked.
     pub fn of(t: &SelfieSegmentationTask) -> Result<MaskSpec, WorkerError> {
-        MaskSpec::new(t.threshold, t.format, "selfie_segmentation.")
+        MaskSpec::new(
+            t.threshold,
+            t.format,
+            t.max_mask_pixels,
+            "selfie_segmentation.",
+            "max_mask_pixels",
+        )
     }
 
-    /// `mask` (CV_32F probabilities at the frame's size) for the client.
+    /// `mask` (CV_32F probabilities, already at [`MaskSpec::size_for`] the
+    /// frame) for the client.
     pub fn encode(&self, mask: &Mat) -> Result<SegmentationMask, WorkerError> {
         let (w, h) = (mask.cols(), mask.rows());
         let mut bytes = Vec::with_capacity((w.max(0) as usize) * (h.max(0) as usize));
@@ -84,6 +146,19 @@ impl MaskSpec {
             data: data.into(),
             format: self.format as i32,
         })
+    }
+}
+
+/// A model's mask values made safe to keep and send: a value that is not
+/// a finite number (a model file is not trusted) is no person (0), the
+/// others are clamped to 0..1.
+pub fn sanitize(probs: &mut [f32]) {
+    for p in probs {
+        *p = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
     }
 }
 
@@ -178,9 +253,9 @@ impl Selfie {
         })
     }
 
-    /// The person probability of each pixel of a BGR frame (CV_32F, the
-    /// frame's size).
-    pub fn run(&mut self, frame: &Mat) -> Result<Mat, WorkerError> {
+    /// The person probability of each pixel of a BGR frame (CV_32F),
+    /// resized to `size` (the frame's, or smaller: [`MaskSpec::size_for`]).
+    pub fn run(&mut self, frame: &Mat, size: (i32, i32)) -> Result<Mat, WorkerError> {
         // The whole frame stretched to the input (keep_aspect_ratio false).
         let spec = TensorSpec {
             width: self.width,
@@ -198,7 +273,7 @@ impl Selfie {
             .map_err(lite_error)?;
         cropped?;
         self.compiled.run().map_err(lite_error)?;
-        let probs: Vec<f32> = self
+        let mut probs: Vec<f32> = self
             .compiled
             .read_output(0, |b| {
                 b.chunks_exact(4)
@@ -212,12 +287,13 @@ impl Selfie {
                 probs.len()
             )));
         }
+        sanitize(&mut probs);
         let small = Mat::new_rows_cols_with_data(h, w, &probs).map_err(cv("mask"))?;
         let mut mask = Mat::default();
         imgproc::resize(
             &small,
             &mut mask,
-            Size::new(frame.cols(), frame.rows()),
+            Size::new(size.0, size.1),
             0.0,
             0.0,
             imgproc::INTER_LINEAR,

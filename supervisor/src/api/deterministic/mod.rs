@@ -8,7 +8,8 @@
 //! 0, or top_k 1) or carry a seed ([`greedy_or_seeded`]). Never streams.
 //!
 //! A call goes through [`Ctx::new`] (the model, its cache share and the
-//! key of its context: model id, file digest and load options), looks its
+//! key of its context: model id, file digest (with its companion models'
+//! digests) and load options), looks its
 //! items up ([`methods`]: per text for Embed, per image for ProcessBatch,
 //! per call otherwise), sends only what is missing through [`run`]
 //! (dedup, then [`execute`]: `api::call_worker`, and one re-send after a
@@ -26,6 +27,7 @@
 //! drain) it runs the call itself (`cache::flight::through`). Errors never
 //! name another caller: each caller's error carries its own request line.
 
+mod digest;
 pub mod methods;
 mod resend;
 
@@ -43,6 +45,7 @@ use crate::config::Family;
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::worker::WorkerHandle;
+use digest::model_digest;
 use resend::{Exec, execute};
 
 /// Response metadata of a call re-sent after its worker died.
@@ -220,12 +223,15 @@ impl Ctx {
             DigestNow::Start => {
                 let store = self.registry.store.clone();
                 let (path, model, id) = (h.spec.path.clone(), model.clone(), h.spec.id.clone());
+                // A pipeline's companion models are part of what it answers.
+                let pipeline = match h.spec.family {
+                    Family::Vision => h.spec.vision.pipeline.clone(),
+                    _ => Default::default(),
+                };
                 tokio::spawn(async move {
-                    let digest = tokio::task::spawn_blocking(move || {
-                        let file = store.resolve(&path)?;
-                        store.digests.sha256(&file)
-                    })
-                    .await;
+                    let digest =
+                        tokio::task::spawn_blocking(move || model_digest(&store, &path, &pipeline))
+                            .await;
                     let digest = match digest {
                         Ok(Ok(d)) => Some(d),
                         Ok(Err(e)) => {
