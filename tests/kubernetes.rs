@@ -225,6 +225,10 @@ fn the_autoscaler_scales_the_deployment_on_the_sidecars_queue_depth() {
             queue_depth: 3,
             uptime_s: Some(5),
             memory: None,
+            version: 1,
+            versions: 1,
+            swapping: false,
+            aliases: Vec::new(),
         }]);
     let lines: Vec<&str> = rendered.lines().filter(|l| l.contains(metric)).collect();
     assert_eq!(
