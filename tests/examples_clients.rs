@@ -271,20 +271,32 @@ fn check(lang: &str, name: &str, out: &str) {
             out,
             &["in 17 chunks of 4096, pictures=50 size=320x240 in order: true"],
         ),
-        "upload" => expect(
-            &what,
-            out,
-            &[
-                "upload: 224 / 224 KiB (100%)",
-                "uploaded uploads/face_detection_short_range.tflite: 229714 bytes, sha256 verified by the server: true",
-                "load uploaded-face: ",
-                "READY in ",
-                "inputs [[1, 128, 128, 3]], 2 outputs",
-                "swap uploaded-face: version 1 -> 2 (threads 1 -> 2), ",
-                " calls during the swap, 0 failed",
-                "and deleted uploads/face_detection_short_range.tflite",
-            ],
-        ),
+        "upload" => {
+            expect(
+                &what,
+                out,
+                &[
+                    "upload: 224 / 224 KiB (100%)",
+                    "uploaded uploads/face_detection_short_range.tflite: 229714 bytes, sha256 verified by the server: true",
+                    "load uploaded-face: ",
+                    "READY in ",
+                    "inputs [[1, 128, 128, 3]], 2 outputs",
+                    " (threads 1 -> 2), ",
+                    " calls during the swap, 0 failed",
+                    "and deleted uploads/face_detection_short_range.tflite",
+                ],
+            );
+            // The swap's new version is the next number (numbers are never
+            // given twice, so a second example run starts past 1).
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix("swap uploaded-face: version "))
+                .unwrap_or_else(|| panic!("{what}: no swap line in:\n{out}"));
+            let (from, rest) = line.split_once(" -> ").expect("from -> to");
+            let to = rest.split_once(' ').expect("to").0;
+            let (from, to): (u32, u32) = (from.parse().expect("from"), to.parse().expect("to"));
+            assert_eq!(to, from + 1, "{what}: {line}");
+        }
         "errors" => {
             expect(
                 &what,
