@@ -164,18 +164,54 @@ impl Family for Vision {
     }
 
     /// One image of the oldest batch or one frame of the next stream
-    /// (round-robin) whose reader keeps up, taking turns; true when one
-    /// ran.
+    /// (round-robin) whose reader keeps up, the two kinds taking turns to
+    /// go first; true when one ran.
     fn step(&mut self, cx: &mut Context) -> Result<bool, WorkerError> {
         self.batch_turn = !self.batch_turn;
-        if self.batch_turn || !self.step_stream(cx)? {
-            return self.step_batch(cx);
+        for work in turn_order(self.batch_turn) {
+            let ran = match work {
+                Work::Batch => self.step_batch(cx)?,
+                Work::Stream => self.step_stream(cx)?,
+            };
+            if ran {
+                return Ok(true);
+            }
         }
-        Ok(true)
+        Ok(false)
     }
 
     fn in_flight(&self) -> u32 {
         (self.batches.len() + self.streams.len()) as u32
+    }
+}
+
+/// A kind of work a turn may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Batch,
+    Stream,
+}
+
+/// The order a turn tries the two kinds of work in: the one whose turn it
+/// is first, then the other when the first has none. (Trying only the
+/// first made a lone stream's frame wait a whole idle sleep, 200 ms, on
+/// every other turn: the loop saw no progress and slept.)
+fn turn_order(batch_first: bool) -> [Work; 2] {
+    if batch_first {
+        [Work::Batch, Work::Stream]
+    } else {
+        [Work::Stream, Work::Batch]
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+
+    #[test]
+    fn every_turn_tries_both_kinds_of_work_the_turns_one_first() {
+        assert_eq!(turn_order(true), [Work::Batch, Work::Stream]);
+        assert_eq!(turn_order(false), [Work::Stream, Work::Batch]);
     }
 }
 
