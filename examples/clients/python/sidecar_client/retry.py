@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE: "backoff",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "retry-after-ms, else backoff",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "retry-after-ms, or backoff when the queue is full; else never",
 }
 
 RETRY_AFTER_MS = "retry-after-ms"
@@ -71,8 +71,19 @@ def retry_after_ms(err: grpc.RpcError) -> Optional[int]:
     return None
 
 
+# RESOURCE_EXHAUSTED that waiting cures: the model's queue is full (the
+# supervisor's message says so). The others (a memory budget, an answer
+# too large, a store quota) fail the same way every time.
+QUEUE_FULL = ("queue full", "calls waiting")
+
+
 def should_retry(err: grpc.RpcError) -> bool:
-    return err.code() in RETRYABLE
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        details = err.details() or ""
+        return retry_after_ms(err) is not None or any(q in details for q in QUEUE_FULL)
+    return False
 
 
 @dataclass

@@ -17,10 +17,21 @@ use crate::conn::{Call, code_name, connect, show};
 pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// UNAVAILABLE (loading, restarting, draining, a worker died mid-call, the
-/// connection dropped) and RESOURCE_EXHAUSTED (rate limit, queue full,
-/// memory) are worth another try; nothing else is.
-pub(crate) fn retryable(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::ResourceExhausted)
+/// connection dropped) is worth another try; RESOURCE_EXHAUSTED only when
+/// waiting cures it: a rate limit (`retry-after-ms`) or a full queue (the
+/// supervisor's message says so), not a memory budget, an answer too
+/// large or a store quota, which fail the same way every time.
+pub(crate) fn retryable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable => true,
+        Code::ResourceExhausted => {
+            retry_after(s).is_some()
+                || ["queue full", "calls waiting"]
+                    .iter()
+                    .any(|q| s.message().contains(q))
+        }
+        _ => false,
+    }
 }
 
 /// The server's `retry-after-ms`, when the call was rate limited.
@@ -82,7 +93,7 @@ where
             Err(e) => e,
         };
         number += 1;
-        if !retryable(err.code()) || number >= policy.attempts {
+        if !retryable(&err) || number >= policy.attempts {
             return Err(err);
         }
         let after = retry_after(&err);
@@ -124,7 +135,7 @@ fn row(label: &str, s: &Status) {
     let extra = retry_after(s)
         .map(|d| format!(" retry-after-ms={}", d.as_millis()))
         .unwrap_or_default();
-    let retry = if retryable(s.code()) { "yes" } else { "no" };
+    let retry = if retryable(s) { "yes" } else { "no" };
     println!(
         "{label}: {} retry={retry}{extra}: {}",
         code_name(s.code()),
