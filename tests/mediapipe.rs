@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use e2e::mediapipe::{FACE_LANDMARK, HAND, PALM, POSE_DETECTION, POSE_LANDMARK, SELFIE, fixture};
 use e2e::vision::{BLAZEFACE, raw_frame};
 use e2e::{Sidecar, add_model, root, serial, store};
 use serde_json::Value;
@@ -20,44 +21,23 @@ use sidecar_proto::v1::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-const PALM: &str = "mediapipe/palm_detection_full.tflite";
-const HAND: &str = "mediapipe/hand_landmark_full.tflite";
-const POSE_DETECTION: &str = "mediapipe/pose_detection.tflite";
-const POSE_LANDMARK: &str = "mediapipe/pose_landmark_full.tflite";
-const FACE_LANDMARK: &str = "mediapipe/face_landmark.tflite";
-const SELFIE: &str = "mediapipe/selfie_segmentation.tflite";
 const ATTENTION: &str = "mediapipe/face_landmark_with_attention.tflite";
 
-/// A sidecar with model `mp`: BlazeFace plus every companion.
+/// `mp` with every solution's companions (the attention mesh model in the
+/// store too).
 async fn sidecar() -> (Sidecar, VisionServiceClient<Channel>) {
-    let store = store();
-    for f in [
-        BLAZEFACE,
-        PALM,
-        HAND,
-        POSE_DETECTION,
-        POSE_LANDMARK,
-        FACE_LANDMARK,
-        SELFIE,
-        ATTENTION,
-    ] {
-        add_model(&store, f);
-    }
-    let config = format!(
-        "[[models]]\nid = \"mp\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\n[models.vision]\nthreads = 1\n[models.vision.pipeline]\npalm_detection = \"{PALM}\"\nhand_landmark = \"{HAND}\"\npose_detection = \"{POSE_DETECTION}\"\npose_landmark = \"{POSE_LANDMARK}\"\nface_landmark = \"{FACE_LANDMARK}\"\nselfie_segmentation = \"{SELFIE}\"\n"
-    );
-    let sc = Sidecar::start(store, &config);
-    sc.ready("mp").await;
-    let client = VisionServiceClient::new(sc.channel().await)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    (sc, client)
-}
-
-fn fixture(name: &str) -> Value {
-    let path = root().join("tests/fixtures/mediapipe").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("fixture JSON")
+    e2e::mediapipe::sidecar(
+        &[
+            ("palm_detection", PALM),
+            ("hand_landmark", HAND),
+            ("pose_detection", POSE_DETECTION),
+            ("pose_landmark", POSE_LANDMARK),
+            ("face_landmark", FACE_LANDMARK),
+            ("selfie_segmentation", SELFIE),
+        ],
+        &[ATTENTION],
+    )
+    .await
 }
 
 fn photo(name: &str) -> Image {

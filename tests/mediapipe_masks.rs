@@ -6,8 +6,8 @@
 //! full size), scaled down to fit above it, their size stated in
 //! `SegmentationMask.width`/`height`.
 
-use e2e::vision::BLAZEFACE;
-use e2e::{Sidecar, add_model, root, serial, store};
+use e2e::mediapipe::{POSE_DETECTION, POSE_LANDMARK, SELFIE, fixture};
+use e2e::{Sidecar, root, serial};
 use serde_json::Value;
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
@@ -18,10 +18,6 @@ use sidecar_proto::v1::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-const POSE_DETECTION: &str = "mediapipe/pose_detection.tflite";
-const POSE_LANDMARK: &str = "mediapipe/pose_landmark_full.tflite";
-const SELFIE: &str = "mediapipe/selfie_segmentation.tflite";
-
 /// 8K UHD, the default `max_pixels` of a frame.
 const W8K: u32 = 7680;
 const H8K: u32 = 4320;
@@ -29,26 +25,17 @@ const H8K: u32 = 4320;
 const MAX_MASK: u64 = 2_097_152;
 const MASK_8K: (u32, u32) = (1930, 1086);
 
+/// `mp` with the pose and selfie segmentation models.
 async fn sidecar() -> (Sidecar, VisionServiceClient<Channel>) {
-    let store = store();
-    for f in [BLAZEFACE, POSE_DETECTION, POSE_LANDMARK, SELFIE] {
-        add_model(&store, f);
-    }
-    let config = format!(
-        "[[models]]\nid = \"mp\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\n[models.vision]\nthreads = 1\n[models.vision.pipeline]\npose_detection = \"{POSE_DETECTION}\"\npose_landmark = \"{POSE_LANDMARK}\"\nselfie_segmentation = \"{SELFIE}\"\n"
-    );
-    let sc = Sidecar::start(store, &config);
-    sc.ready("mp").await;
-    let client = VisionServiceClient::new(sc.channel().await)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    (sc, client)
-}
-
-fn fixture(name: &str) -> Value {
-    let path = root().join("tests/fixtures/mediapipe").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("fixture JSON")
+    e2e::mediapipe::sidecar(
+        &[
+            ("pose_detection", POSE_DETECTION),
+            ("pose_landmark", POSE_LANDMARK),
+            ("selfie_segmentation", SELFIE),
+        ],
+        &[],
+    )
+    .await
 }
 
 /// `photo` stretched to 7680x4320 by ffmpeg, as a JPEG.

@@ -14,8 +14,9 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use e2e::vision::{BLAZEFACE, raw_frame};
-use e2e::{Sidecar, add_model, root, serial, store};
+use e2e::mediapipe::{HAND, PALM, POSE_DETECTION, POSE_LANDMARK, fixture};
+use e2e::vision::raw_frame;
+use e2e::{Sidecar, root, serial};
 use serde_json::Value;
 use sidecar_proto::v1::vision_service_client::VisionServiceClient;
 use sidecar_proto::v1::{
@@ -24,36 +25,22 @@ use sidecar_proto::v1::{
 };
 use tonic::transport::Channel;
 
-const PALM: &str = "mediapipe/palm_detection_full.tflite";
-const HAND: &str = "mediapipe/hand_landmark_full.tflite";
-const POSE_DETECTION: &str = "mediapipe/pose_detection.tflite";
-const POSE_LANDMARK: &str = "mediapipe/pose_landmark_full.tflite";
-
-/// A sidecar with model `mp`: BlazeFace with the hands and pose models.
-async fn sidecar() -> (Sidecar, VisionServiceClient<Channel>) {
-    let store = store();
-    for f in [BLAZEFACE, PALM, HAND, POSE_DETECTION, POSE_LANDMARK] {
-        add_model(&store, f);
-    }
-    let config = format!(
-        "[[models]]\nid = \"mp\"\nfamily = \"vision\"\npath = \"{BLAZEFACE}\"\n[models.vision]\nthreads = 1\n[models.vision.pipeline]\npalm_detection = \"{PALM}\"\nhand_landmark = \"{HAND}\"\npose_detection = \"{POSE_DETECTION}\"\npose_landmark = \"{POSE_LANDMARK}\"\n"
-    );
-    let sc = Sidecar::start(store, &config);
-    sc.ready("mp").await;
-    let client = VisionServiceClient::new(sc.channel().await)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    (sc, client)
-}
-
-fn fixture(name: &str) -> Value {
-    let path = root().join("tests/fixtures/mediapipe").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("fixture JSON")
-}
-
 fn f(v: &Value) -> f32 {
     v.as_f64().unwrap_or_else(|| panic!("{v} is not a number")) as f32
+}
+
+/// `mp` with the hands and pose models.
+async fn sidecar() -> (Sidecar, VisionServiceClient<Channel>) {
+    e2e::mediapipe::sidecar(
+        &[
+            ("palm_detection", PALM),
+            ("hand_landmark", HAND),
+            ("pose_detection", POSE_DETECTION),
+            ("pose_landmark", POSE_LANDMARK),
+        ],
+        &[],
+    )
+    .await
 }
 
 /// The photograph's pixels (BGR, decoded by ffmpeg).

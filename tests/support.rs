@@ -37,6 +37,9 @@ pub mod vision;
 #[path = "names_support.rs"]
 pub mod names;
 
+#[path = "mediapipe_support.rs"]
+pub mod mediapipe;
+
 #[path = "chaos_support.rs"]
 pub mod chaos;
 
