@@ -155,6 +155,30 @@ async fn an_8k_frame_gets_a_bounded_mask_that_still_matches_mediapipe() {
         "{}",
         e.message()
     );
+    // A batch whose answer outgrows the ring fails at the image that
+    // passes it, not after computing (and holding) every image's mask.
+    let many = client
+        .process_batch(ProcessBatchRequest {
+            model_id: "mp".into(),
+            task: Some(VisionTask {
+                task: Some(selfie(SegmentationMaskFormat::Raw, 0)),
+            }),
+            images: vec![
+                Image {
+                    data: Some(image::Data::Encoded(jpeg.clone().into())),
+                };
+                8
+            ],
+        })
+        .await
+        .expect_err("eight 2 MB masks in one answer: two fit");
+    assert_eq!(many.code(), Code::ResourceExhausted, "{many:?}");
+    assert!(
+        many.message().contains("the channel carries at most")
+            && many.message().contains("it passed that at images[2] of 8"),
+        "{}",
+        many.message()
+    );
     // As PNG the same mask fits.
     let r = batch(
         &mut client,

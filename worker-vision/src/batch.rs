@@ -6,10 +6,11 @@
 
 use std::time::Instant;
 
+use prost::Message;
 use sidecar_proto::v1::{
     FrameTimings, Image, ProcessBatchRequest, ProcessBatchResponse, ProcessResponse, vision_task,
 };
-use worker_runtime::{Resolved, WorkerError, deadline};
+use worker_runtime::{Code, Resolved, WorkerError, deadline};
 
 use crate::image::to_bgr;
 use crate::tasks::{self, Prepared, Served};
@@ -26,6 +27,8 @@ pub struct Batch {
     /// The request's shared-memory regions (kept open until it ends).
     regions: Resolved,
     results: Vec<ProcessResponse>,
+    /// The encoded size of the answer so far.
+    answer_bytes: usize,
 }
 
 impl Batch {
@@ -65,11 +68,19 @@ impl Batch {
             images: req.images,
             regions,
             results: Vec::with_capacity(n),
+            answer_bytes: 0,
         })
     }
 
     /// Runs the task on the next image; the answer once the last is done.
-    pub fn step(&mut self, s: &mut Served) -> Result<Option<ProcessBatchResponse>, WorkerError> {
+    /// An answer past `max_answer` bytes (what one answer frame of the
+    /// channel carries) fails at the image that passes it, not after the
+    /// whole batch was computed and held.
+    pub fn step(
+        &mut self,
+        s: &mut Served,
+        max_answer: usize,
+    ) -> Result<Option<ProcessBatchResponse>, WorkerError> {
         let i = self.results.len();
         let Some(img) = self.images.get(i) else {
             return Ok(Some(self.answer()));
@@ -100,6 +111,18 @@ impl Batch {
             process_us: (started.elapsed() - decoded).as_micros() as u64,
             total_us: started.elapsed().as_micros() as u64,
         });
+        // Its share of the answer: the result and its field's tag and length.
+        self.answer_bytes += r.encoded_len() + 11;
+        if self.answer_bytes > max_answer {
+            return Err(WorkerError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "{} (it passed that at {at} of {})",
+                    crate::serve::too_large(self.answer_bytes, max_answer),
+                    self.images.len()
+                ),
+            ));
+        }
         self.results.push(r);
         // The image's bytes are not needed again.
         self.images[i] = Image::default();

@@ -56,7 +56,7 @@ fn respond(cx: &mut Context, id: u64, r: &WorkerResponse, flags: Flags) -> bool 
 /// the size of the worker's response ring is the server's
 /// (`workers.channel_bytes`); the masks' size and encoding, and the
 /// images per batch, are the caller's.
-fn too_large(len: usize, max: usize) -> String {
+pub(crate) fn too_large(len: usize, max: usize) -> String {
     format!(
         "the answer is {len} bytes; the channel carries at most {max} bytes per answer (workers.channel_bytes); ask for less in one call: fewer images per batch, a smaller max_mask_pixels (pose: segmentation_max_pixels) or PNG masks"
     )
@@ -204,17 +204,6 @@ fn turn_order(batch_first: bool) -> [Work; 2] {
     }
 }
 
-#[cfg(test)]
-mod turn_tests {
-    use super::*;
-
-    #[test]
-    fn every_turn_tries_both_kinds_of_work_the_turns_one_first() {
-        assert_eq!(turn_order(true), [Work::Batch, Work::Stream]);
-        assert_eq!(turn_order(false), [Work::Stream, Work::Batch]);
-    }
-}
-
 impl Vision {
     /// The loaded model's limits (the defaults before it loads).
     fn limits(&self) -> Limits {
@@ -227,7 +216,7 @@ impl Vision {
             return Ok(false);
         };
         let id = batch.id;
-        match batch.step(served) {
+        match batch.step(served, cx.max_answer_bytes()) {
             Ok(None) => {}
             Ok(Some(r)) => {
                 self.batches.pop_front();
@@ -348,4 +337,15 @@ pub(crate) fn load_with(load: &Load, lib: &Path) -> Result<Served, WorkerError> 
         options.threads.max(1),
     )?;
     Ok(served)
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+
+    #[test]
+    fn every_turn_tries_both_kinds_of_work_the_turns_one_first() {
+        assert_eq!(turn_order(true), [Work::Batch, Work::Stream]);
+        assert_eq!(turn_order(false), [Work::Stream, Work::Batch]);
+    }
 }

@@ -121,7 +121,7 @@ fn batch(s: &mut Served, image_name: &str, task: FaceMeshTask) -> Vec<FaceMesh> 
     };
     let mut b = Batch::start(1, 0, req, Resolved::default(), s).expect("start");
     loop {
-        if let Some(mut a) = b.step(s).expect("step") {
+        if let Some(mut a) = b.step(s, usize::MAX).expect("step") {
             let r = &mut a.results[0];
             assert!(ran(r, "face_detection"), "static-image mode");
             let refined = task.refine_landmarks && !r.face_meshes.is_empty();

@@ -313,7 +313,7 @@ fn process_batch_detects_on_every_image() {
     };
     let mut b = Batch::start(1, 0, req, Resolved::default(), &s).expect("start");
     let answer = loop {
-        if let Some(a) = b.step(&mut s).expect("step") {
+        if let Some(a) = b.step(&mut s, usize::MAX).expect("step") {
             break a;
         }
     };

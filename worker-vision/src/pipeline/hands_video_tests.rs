@@ -286,7 +286,7 @@ fn a_batch_treats_each_image_alone() {
     };
     let mut b = Batch::start(1, 0, req, Resolved::default(), &s).unwrap();
     let answer = loop {
-        if let Some(a) = b.step(&mut s).unwrap() {
+        if let Some(a) = b.step(&mut s, usize::MAX).unwrap() {
             break a;
         }
     };
