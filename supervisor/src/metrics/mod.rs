@@ -14,14 +14,13 @@
 //! One `Metrics` per process, built at start and passed down as a handle
 //! (`Shared::metrics`); tests build their own.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::lifecycle::{KillReason, State};
+use crate::lifecycle::KillReason;
 
 /// The model label of a call whose model id is not loaded.
 pub const UNKNOWN_MODEL: &str = "unknown";
@@ -39,113 +38,16 @@ pub const REJECTIONS: [&str; 9] = [
     "quarantined",
 ];
 
-/// One model's gauges at a scrape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelGauges {
-    /// Model id.
-    pub model: String,
-    /// Its state.
-    pub state: State,
-    /// Calls executing.
-    pub in_flight: u32,
-    /// Calls waiting.
-    pub queue_depth: u32,
-    /// Seconds since the current worker started (`None`: no worker).
-    pub uptime_s: Option<i64>,
-    /// Host private, host file-backed and GPU bytes (`None`: not sampled).
-    pub memory: Option<[u64; 3]>,
-    /// The current version's number.
-    pub version: u32,
-    /// Versions calls may reach (the current one and those kept).
-    pub versions: u32,
-    /// A swap in progress.
-    pub swapping: bool,
-    /// The aliases naming a loaded version of the id, and that version
-    /// (`None`: the current one, following swaps).
-    pub aliases: Vec<(String, Option<u32>)>,
-}
-
+mod labels;
 mod layer;
 pub mod versions;
+
+pub use labels::*;
 
 pub use layer::{
     CallInfo, CallLayer, CallService, MODEL_VERSION_HEADER, Record, Recorded, call_protocol,
     call_scope, note_client, note_model, note_version, within,
 };
-
-/// `method`, `model` and the gRPC `code` name.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
-    /// gRPC method ("TextService/Generate").
-    pub method: String,
-    /// Model id ("" when the call failed before naming one).
-    pub model: String,
-    /// gRPC status code name ("OK", "RESOURCE_EXHAUSTED", ...).
-    pub code: String,
-    /// The caller (`auth::Identity`): at most [`MAX_CLIENTS`] distinct
-    /// values, then [`OTHER_CLIENT`].
-    pub client: String,
-    /// The API the call came in by: `grpc` or `http` (the OpenAI API).
-    pub protocol: String,
-}
-
-/// Most distinct `client` label values; later callers are counted as
-/// [`OTHER_CLIENT`].
-pub const MAX_CLIENTS: usize = 256;
-/// The `client` label past [`MAX_CLIENTS`].
-pub const OTHER_CLIENT: &str = "other";
-
-/// `method`, `model` and `protocol`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodModel {
-    /// gRPC method, or the HTTP API's route name ("openai/chat.completions").
-    pub method: String,
-    /// Model id.
-    pub model: String,
-    /// `grpc` or `http`.
-    pub protocol: String,
-}
-
-/// `model`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelLabel {
-    /// Model id.
-    pub model: String,
-}
-
-/// A config reload's `outcome`: `ok` or `error`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// `ok` or `error`.
-    pub outcome: String,
-}
-
-/// `model` and a `reason` (of a rejection or a kill).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelReason {
-    /// Model id.
-    pub model: String,
-    /// Why.
-    pub reason: String,
-}
-
-/// `model` and a `kind` (of frames or memory).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelKind {
-    /// Model id.
-    pub model: String,
-    /// What.
-    pub kind: String,
-}
-
-/// `model` and its `state`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelStateLabel {
-    /// Model id.
-    pub model: String,
-    /// "ready", "loading", ...
-    pub state: String,
-}
 
 type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
 
